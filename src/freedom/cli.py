@@ -1,0 +1,81 @@
+"""The `freedom` command: `freedom run module:app` serves an application.
+
+It runs the HTTP server and the consumer proxy in one process and stops cleanly on
+SIGINT/SIGTERM. A user mistake (bad config, unknown module) is one line on stderr and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Sequence
+
+from .errors import FreedomError
+
+LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
+
+
+def load_app(target: str) -> "object":
+    """Import `module:attribute` (the attribute defaults to `app`)."""
+    module_name, _, attr = target.partition(":")
+    attr = attr or "app"
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and module_name.startswith(exc.name):
+            raise FreedomError(f"cannot import {module_name!r}: no such module (run from the directory that contains it)") from None
+        raise
+    app = getattr(module, attr, None)
+    if app is None:
+        raise FreedomError(f"module {module_name!r} has no attribute {attr!r} (write module:attribute, e.g. example:app)")
+    return app
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .application import Application
+
+    if args.config:
+        os.environ["FREEDOM_PROJECT_CONFIG"] = args.config
+    app = load_app(args.app)
+    if not isinstance(app, Application):
+        raise FreedomError(f"{args.app} is a {type(app).__name__}, not a freedom.Application")
+    if args.embedded_broker:
+        app.embedded_broker = True
+    app.setup()
+    logging.getLogger().setLevel(app.config.log_level)
+    host, port = None, None
+    if args.listen:
+        host, _, p = args.listen.rpartition(":")
+        port = int(p)
+    app.run(host=host or None, port=port)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="freedom", description="Run a freedom service.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve module:app (HTTP server and consumer proxy)")
+    run.add_argument("app", help="the application, as module:attribute (e.g. example:app)")
+    run.add_argument("--embedded-broker", action="store_true",
+                     help="run every Kafka client on an embedded broker (in memory) instead of kafka.toml's servers")
+    run.add_argument("--config", help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
+    run.add_argument("--listen", help="host:port to serve on (default: listen_addr of app.toml)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    try:
+        if args.command == "run":
+            _run(args)
+    except FreedomError as exc:
+        print(f"freedom: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

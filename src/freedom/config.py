@@ -1,0 +1,295 @@
+"""Loading and validating `conf/app.toml` and `conf/infra/kafka.toml`.
+
+Every problem is reported as one :class:`ConfigError` naming the file, the key and what is
+wrong, so that start-up stops with one clear line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigError
+
+CONFIG_ENV = "FREEDOM_PROJECT_CONFIG"
+
+
+def find_config_dir(explicit: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config directory: explicit, else `$FREEDOM_PROJECT_CONFIG`, else `./conf`, else `./server/conf`."""
+    if explicit is not None:
+        return Path(explicit)
+    env = os.environ.get(CONFIG_ENV)
+    if env:
+        path = Path(env)
+        if not path.is_dir():
+            raise ConfigError(env, None, f"${CONFIG_ENV} points to a directory that does not exist")
+        return path
+    for candidate in (Path("conf"), Path("server/conf")):
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
+class _Table:
+    """Reads typed keys out of one TOML table and rejects keys nobody asked for."""
+
+    def __init__(self, file: str, prefix: str, data: Any) -> None:
+        self.file, self.prefix = file, prefix
+        if not isinstance(data, dict):
+            raise ConfigError(file, prefix.rstrip("."), f"must be a table, got {_type_name(data)}")
+        self.data = dict(data)
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}{name}"
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.file, self._key(name), problem)
+
+    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if name not in self.data:
+            return default
+        value = self.data.pop(name)
+        # bool is an int subclass: "retry_count = true" must not pass as 1.
+        if isinstance(value, bool) and kind in (int, float, (int, float)):
+            raise self.error(name, f"must be {_kind_name(kind)}, got a boolean")
+        if not isinstance(value, kind):
+            raise self.error(name, f"must be {_kind_name(kind)}, got {_type_name(value)}")
+        return value
+
+    def table(self, name: str) -> dict[str, Any]:
+        value = self.data.pop(name, {})
+        if not isinstance(value, dict):
+            raise self.error(name, f"must be a table, got {_type_name(value)}")
+        return value
+
+    def done(self) -> None:
+        if self.data:
+            name = sorted(self.data)[0]
+            raise self.error(name, "unknown key (check the spelling; see the README for the keys)")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    names = {str: "a string", bool: "true or false", int: "an integer", float: "a number",
+             list: "an array", dict: "a table"}
+    if isinstance(kind, tuple):
+        return " or ".join(names.get(k, k.__name__) for k in kind)
+    return names.get(kind, kind.__name__)
+
+
+def _type_name(value: Any) -> str:
+    return {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _load(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(str(path), None, f"not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(str(path), None, f"cannot be read: {exc.strerror}") from None
+
+
+# ----------------------------------------------------------------------------- app.toml
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """`conf/app.toml`: where the service listens and what it is called."""
+
+    listen_addr: str = "127.0.0.1:8000"
+    service_name: str = "freedom"
+    log_level: str = "INFO"
+
+    @property
+    def host(self) -> str:
+        return self.listen_addr.rpartition(":")[0] or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return int(self.listen_addr.rpartition(":")[2])
+
+
+def load_app_config(config_dir: Path | None) -> AppConfig:
+    path = config_dir / "app.toml" if config_dir else None
+    if path is None or not path.exists():
+        return AppConfig()
+    t = _Table(str(path), "", _load(path))
+    listen_addr = t.get("listen_addr", str, AppConfig.listen_addr)
+    host, sep, port = listen_addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise t.error("listen_addr", f'must look like "127.0.0.1:8000", got "{listen_addr}"')
+    cfg = AppConfig(
+        listen_addr=listen_addr if host else f"0.0.0.0:{port}",
+        service_name=t.get("service_name", str, AppConfig.service_name),
+        log_level=t.get("log_level", str, AppConfig.log_level).upper(),
+    )
+    t.done()
+    return cfg
+
+
+# ----------------------------------------------------------------------------- kafka.toml
+
+
+@dataclass(frozen=True)
+class ProducerClientConfig:
+    """One `[[producer_clients]]` entry: a cluster messages can be published to."""
+
+    servers: tuple[str, ...] | None  # None: no `servers` key, use the embedded broker
+    name: str = ""
+    delivery_timeout_sec: float = 30.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ConsumerClientConfig:
+    """One `[[consumer_clients]]` entry: a cluster and consumer group the proxy reads from."""
+
+    servers: tuple[str, ...] | None
+    group_id: str = "freedom"
+    retry_count: int = 0
+    retry_group_id: str = "retry_freedom"
+    retry_prefix: str = "retry-"
+    retry_interval_sec: float = 45.0
+    retry_fail_prefix: str = "fail-"
+    initial_offset: str = "latest"
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class KafkaConfig:
+    """`conf/infra/kafka.toml`, keys as in the seed plus a few documented additions."""
+
+    consumer_open: bool = False
+    proxy_addr: str = "http://127.0.0.1:8000"
+    proxy_http2: bool = False
+    producer_open: bool = False
+    producer_clients: tuple[ProducerClientConfig, ...] = ()
+    consumer_clients: tuple[ConsumerClientConfig, ...] = ()
+    file: str = "kafka.toml"
+
+    @property
+    def needs_embedded_broker(self) -> bool:
+        """True when no client names its servers: the seed's example then runs on the embedded broker."""
+        clients = [*self.producer_clients, *self.consumer_clients]
+        return all(c.servers is None for c in clients)
+
+
+def _servers(t: _Table) -> tuple[str, ...] | None:
+    if "servers" not in t.data:
+        return None
+    servers = t.get("servers", list, None)
+    if not servers:
+        raise t.error("servers", "is empty: list at least one broker address, like [\"127.0.0.1:9092\"], "
+                                 "or remove the key to use the embedded broker")
+    out = []
+    for s in servers:
+        if not isinstance(s, str) or not s.strip():
+            raise t.error("servers", f"each entry must be a \"host:port\" string, got {s!r}")
+        host, sep, port = s.strip().rpartition(":")
+        if not sep or not port.isdigit():
+            raise t.error("servers", f'"{s}" is not a "host:port" address')
+        # The seed writes ":9092" for the local broker.
+        out.append(f"{host or '127.0.0.1'}:{port}")
+    return tuple(out)
+
+
+def _settings(t: _Table) -> dict[str, Any]:
+    """`settings = { "security.protocol" = "SASL_SSL", ... }`: librdkafka properties, passed as they are."""
+    raw = t.table("settings")
+    for k, v in raw.items():
+        if not isinstance(v, (str, int, float, bool)):
+            raise t.error(f"settings.{k}", f"must be a string, number or boolean, got {_type_name(v)}")
+    return raw
+
+
+def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
+    """Read `infra/kafka.toml`; None when the file does not exist (Kafka is then off)."""
+    path = config_dir / "infra" / "kafka.toml" if config_dir else None
+    if path is None or not path.exists():
+        return None
+    file = str(path)
+    root = _Table(file, "", _load(path))
+
+    consumer = _Table(file, "consumer.", root.table("consumer"))
+    consumer_open = consumer.get("open", bool, False)
+    proxy_addr = consumer.get("proxy_addr", str, KafkaConfig.proxy_addr).rstrip("/")
+    scheme = urlsplit(proxy_addr).scheme
+    if scheme not in ("http", "https"):
+        raise consumer.error("proxy_addr", f'must start with "http://" or "https://", got "{proxy_addr}"')
+    if not urlsplit(proxy_addr).hostname:
+        raise consumer.error("proxy_addr", f'has no host: "{proxy_addr}"')
+    proxy_http2 = consumer.get("proxy_http2", bool, False)
+    consumer.done()
+
+    producer = _Table(file, "producer.", root.table("producer"))
+    producer_open = producer.get("open", bool, False)
+    producer.done()
+
+    producer_clients = []
+    seen: set[str] = set()
+    for i, raw in enumerate(root.get("producer_clients", list, [])):
+        t = _Table(file, f"producer_clients[{i}].", raw)
+        client = ProducerClientConfig(
+            servers=_servers(t),
+            name=t.get("name", str, ""),
+            delivery_timeout_sec=float(t.get("delivery_timeout_sec", (int, float), 30.0)),
+            settings=_settings(t),
+        )
+        if client.delivery_timeout_sec <= 0:
+            raise t.error("delivery_timeout_sec", "must be greater than 0")
+        if client.name in seen:
+            raise t.error("name", f'"{client.name}" is used by two producer clients; names must be unique')
+        seen.add(client.name)
+        t.done()
+        producer_clients.append(client)
+
+    consumer_clients = []
+    groups: set[str] = set()
+    for i, raw in enumerate(root.get("consumer_clients", list, [])):
+        t = _Table(file, f"consumer_clients[{i}].", raw)
+        d = ConsumerClientConfig
+        client = ConsumerClientConfig(
+            servers=_servers(t),
+            group_id=t.get("group_id", str, d.group_id),
+            retry_count=t.get("retry_count", int, d.retry_count),
+            retry_group_id=t.get("retry_group_id", str, d.retry_group_id),
+            retry_prefix=t.get("retry_prefix", str, d.retry_prefix),
+            retry_interval_sec=float(t.get("retry_interval_sec", (int, float), d.retry_interval_sec)),
+            retry_fail_prefix=t.get("retry_fail_prefix", str, d.retry_fail_prefix),
+            initial_offset=t.get("initial_offset", str, d.initial_offset),
+            settings=_settings(t),
+        )
+        if not client.group_id:
+            raise t.error("group_id", "must not be empty")
+        if client.retry_count < 0:
+            raise t.error("retry_count", "must be 0 (no retries) or more")
+        if client.retry_interval_sec < 0:
+            raise t.error("retry_interval_sec", "must not be negative")
+        if client.initial_offset not in ("latest", "earliest"):
+            raise t.error("initial_offset", f'must be "latest" or "earliest", got "{client.initial_offset}"')
+        if client.retry_count > 0 and not client.retry_prefix:
+            raise t.error("retry_prefix", "must not be empty when retry_count > 0")
+        if client.retry_count > 0 and client.retry_group_id == client.group_id:
+            raise t.error("retry_group_id", "must differ from group_id")
+        if client.group_id in groups:
+            raise t.error("group_id", f'"{client.group_id}" is used by two consumer clients')
+        groups.add(client.group_id)
+        t.done()
+        consumer_clients.append(client)
+    root.done()
+
+    if producer_open and not producer_clients:
+        producer_clients.append(ProducerClientConfig(servers=None))
+    if consumer_open and not consumer_clients:
+        consumer_clients.append(ConsumerClientConfig(servers=None))
+    return KafkaConfig(
+        consumer_open=consumer_open, proxy_addr=proxy_addr, proxy_http2=proxy_http2,
+        producer_open=producer_open, producer_clients=tuple(producer_clients),
+        consumer_clients=tuple(consumer_clients), file=file,
+    )

@@ -1,0 +1,1 @@
+"""Infrastructure components a service installs: Kafka today, others by the same shape."""

@@ -1,0 +1,13 @@
+"""Kafka for freedom: the producer, the consumer proxy and the settings hook.
+
+    from freedom.infra import kafka
+
+    class ShopController:
+        producer: kafka.Producer          # injected per request
+"""
+
+from .delivery import EventRoute
+from .producer import Delivered, Msg, Producer, new_key
+from .settings import setting_config
+
+__all__ = ["Delivered", "EventRoute", "Msg", "Producer", "new_key", "setting_config"]

@@ -1,0 +1,70 @@
+"""Start-up checks against a cluster: is it reachable, and do the topics we listen on exist."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Iterable
+
+import confluent_kafka
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from ...errors import FreedomError
+
+log = logging.getLogger("freedom.kafka.admin")
+
+
+class ClusterUnreachable(FreedomError):
+    """No broker of a configured cluster answered within the start-up wait."""
+
+
+def _admin(settings: dict[str, Any]) -> AdminClient:
+    # Only connection-level settings apply to the admin client.
+    keep = {k: v for k, v in settings.items()
+            if k in ("bootstrap.servers", "client.id") or k.startswith(("security.", "ssl.", "sasl.", "socket."))}
+    return AdminClient(keep)
+
+
+def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0) -> None:
+    """Raise ClusterUnreachable naming `where` (the config entry) when no broker answers in `timeout`."""
+    try:
+        _admin(settings).list_topics(timeout=timeout)
+    except confluent_kafka.KafkaException as exc:
+        raise ClusterUnreachable(
+            f"cannot reach Kafka at {settings['bootstrap.servers']} ({where}) within {timeout:.0f} s: "
+            f"{exc.args[0].str()}; check `servers`, and that the broker is running"
+        ) from None
+
+
+def ensure_topics(settings: dict[str, Any], topics: Iterable[str], timeout: float = 15.0) -> list[str]:
+    """Create whichever of `topics` do not exist yet (broker's default partitions); returns the created ones.
+
+    The consumer proxy does this before subscribing so that a record published right after
+    start-up is not missed by a group that starts at the end of a new topic.
+    """
+    admin = _admin(settings)
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [t for t in topics if t not in existing]
+    if not missing:
+        return []
+    created = []
+    futures = admin.create_topics([NewTopic(t, num_partitions=-1, replication_factor=-1) for t in missing],
+                                  operation_timeout=timeout, request_timeout=timeout)
+    for topic, future in futures.items():
+        try:
+            future.result(timeout)
+            created.append(topic)
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0]
+            if err.code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
+                continue
+            if err.code() in (confluent_kafka.KafkaError.INVALID_PARTITIONS,
+                              confluent_kafka.KafkaError.INVALID_REPLICATION_FACTOR,
+                              confluent_kafka.KafkaError.UNSUPPORTED_VERSION):
+                # Brokers without KIP-464 defaults: one partition, one replica.
+                admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout)
+                created.append(topic)
+                continue
+            raise
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created

@@ -1,0 +1,101 @@
+"""`KafkaInfra`: the Kafka side of a service, started and stopped with it.
+
+It owns the embedded broker (when used), the producer clients and one consumer proxy per
+`[[consumer_clients]]` entry, and makes them from `kafka.toml`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from ...config import KafkaConfig
+from ...errors import PublishError
+from .admin import check_reachable, ensure_topics
+from .delivery import EventRoute, HttpDelivery
+from .producer import PRODUCER_DEFAULTS, Producer, ProducerClient
+from .proxy import ConsumerProxy
+from .settings import client_settings
+
+log = logging.getLogger("freedom.kafka")
+
+
+class KafkaInfra:
+    """Producer and consumer proxies of one service, made from its `kafka.toml`."""
+
+    def __init__(self, config: KafkaConfig, *, embedded: bool = False, ready_timeout: float = 30.0) -> None:
+        self.config = config
+        self.use_embedded = embedded or config.needs_embedded_broker
+        self.ready_timeout = ready_timeout
+        self.embedded: Any = None
+        self.producer = Producer(disabled_reason="the Kafka producer is not started yet")
+        self.proxies: list[ConsumerProxy] = []
+        self.delivery: HttpDelivery | None = None
+
+    def _servers(self, servers: tuple[str, ...] | None) -> tuple[str, ...]:
+        if self.use_embedded:
+            return (self.embedded.bootstrap,)
+        assert servers is not None
+        return servers
+
+    async def start(self, routes: dict[str, EventRoute]) -> None:
+        cfg = self.config
+        if self.use_embedded:
+            from .embedded import EmbeddedBroker
+
+            self.embedded = EmbeddedBroker()
+            await asyncio.to_thread(self.embedded.start)
+            log.warning("using the embedded Kafka broker at %s: it keeps data in memory only, "
+                        "everything is lost when the service stops", self.embedded.bootstrap)
+
+        if cfg.producer_open:
+            clients = {}
+            for i, c in enumerate(cfg.producer_clients):
+                base = {**PRODUCER_DEFAULTS, "message.timeout.ms": int(c.delivery_timeout_sec * 1000)}
+                settings = client_settings(self._servers(c.servers), "producer", c.name, base, c.settings)
+                await asyncio.to_thread(check_reachable, settings, f"producer_clients[{i}] in {cfg.file}")
+                clients[c.name] = ProducerClient(c.name, settings)
+            unnamed = "" if "" in clients else None
+            self.producer = Producer(clients, default=unnamed)
+        else:
+            self.producer = Producer(disabled_reason=f"the Kafka producer is off: set [producer] open = true in {cfg.file}")
+
+        if cfg.consumer_open:
+            if not routes:
+                log.warning("[consumer] open = true in %s, but no event is bound (initiator.listen_event)", cfg.file)
+            else:
+                self.delivery = HttpDelivery(cfg.proxy_addr, http2=cfg.proxy_http2)
+                for i, c in enumerate(cfg.consumer_clients):
+                    settings = client_settings(self._servers(c.servers), "consumer", c.group_id, {}, c.settings)
+                    where = f"consumer_clients[{i}] in {cfg.file}"
+                    await asyncio.to_thread(check_reachable, settings, where)
+                    await asyncio.to_thread(ensure_topics, settings, list(routes))
+                    proxy = ConsumerProxy(c, settings, routes, self.delivery)
+                    await proxy.start()
+                    self.proxies.append(proxy)
+
+    async def wait_ready(self) -> None:
+        """Wait (bounded) until every consumer group got its partitions, so no early record is missed."""
+        if not self.proxies:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.assigned.wait() for p in self.proxies)), self.ready_timeout)
+        except asyncio.TimeoutError:
+            log.warning("consumer groups not assigned partitions within %.0f s; continuing", self.ready_timeout)
+
+    async def stop(self) -> None:
+        """Stop the proxies (drain, commit), then flush the producer, then the embedded broker."""
+        for proxy in self.proxies:
+            try:
+                await proxy.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping consumer group %r failed", proxy.config.group_id)
+        self.proxies.clear()
+        if self.delivery is not None:
+            await self.delivery.aclose()
+        await asyncio.to_thread(self.producer.close)
+        self.producer = Producer(disabled_reason="cannot publish: the service has stopped")
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None

@@ -1,0 +1,112 @@
+"""`@freedom.prepare` and the `Initiator` it hands to start-up hooks.
+
+As in the seed, modules register start-up functions at import time; the application calls
+them once, with an `Initiator`, when it is set up.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import TYPE_CHECKING, Any, Callable
+
+from fastapi import FastAPI
+from fastapi.routing import APIRoute
+
+from .controllers import Injectables, add_controller
+from .errors import RouteError
+from .infra.kafka.delivery import EventRoute
+from .infra.kafka.topics import check_topic
+
+if TYPE_CHECKING:
+    from .application import Application
+
+PrepareHook = Callable[["Initiator"], Any]
+_prepare_hooks: list[PrepareHook] = []
+
+
+def prepare(hook: PrepareHook) -> PrepareHook:
+    """Register a start-up hook (decorator): `hook(initiator)` binds controllers and events."""
+    _prepare_hooks.append(hook)
+    return hook
+
+
+def registered_prepare_hooks() -> list[PrepareHook]:
+    return list(_prepare_hooks)
+
+
+class Initiator:
+    """What a start-up hook uses to build the service."""
+
+    def __init__(self, app: "Application", api: FastAPI, injectables: Injectables) -> None:
+        self.app = app
+        self.fastapi = api  # add plain FastAPI routes here, or use app.fastapi
+        self._injectables = injectables
+        self._controllers: dict[str, type] = {}
+        self._method_routes: dict[Any, tuple[str, str, tuple[str, ...]]] = {}  # func -> (verb, path, params)
+        self._events: list[tuple[str, Any]] = []
+
+    def bind_controller(self, prefix: str, controller: type) -> None:
+        """Route every verb-named method of `controller` under `prefix` (e.g. "/store")."""
+        if not isinstance(prefix, str) or not prefix.startswith("/"):
+            raise RouteError(f'bind_controller: the prefix must start with "/", got {prefix!r}')
+        if isinstance(controller, type) and controller.__name__ in self._controllers:
+            raise RouteError(f"bind_controller: {controller.__name__} is already bound")
+        for route, func in add_controller(self.fastapi, prefix, controller, self._injectables):
+            self._method_routes[func] = (route.method, route.path, route.path_params)
+        self._controllers[controller.__name__] = controller
+
+    def listen_event(self, topic: str, handler: str | Callable[..., Any]) -> None:
+        """Deliver the records of `topic` to `handler`.
+
+        `handler` is "Controller.method" (a bound controller's POST method), that method itself,
+        or the endpoint function of a plain FastAPI POST route. Its path may have one parameter,
+        which receives the message key.
+        """
+        check = _checked_topic(topic)
+        if any(t == check for t, _ in self._events):
+            raise RouteError(f"listen_event: topic {check!r} already has a listener")
+        self._events.append((check, handler))
+
+    def event_routes(self) -> dict[str, EventRoute]:
+        """Resolve every `listen_event` to the route its records are posted to."""
+        return {topic: self._resolve(topic, handler) for topic, handler in self._events}
+
+    def _resolve(self, topic: str, handler: str | Callable[..., Any]) -> EventRoute:
+        if isinstance(handler, str):
+            cls_name, _, method = handler.partition(".")
+            controller = self._controllers.get(cls_name)
+            if controller is None or not method:
+                known = ", ".join(sorted(self._controllers)) or "none"
+                raise RouteError(
+                    f"listen_event({topic!r}, {handler!r}): no bound controller {cls_name!r} "
+                    f"(write \"Controller.method\"; bound controllers: {known})"
+                )
+            func = getattr(controller, method, None)
+            if func is None:
+                raise RouteError(f"listen_event({topic!r}, {handler!r}): {cls_name} has no method {method!r}")
+            handler = func
+        func = inspect.unwrap(handler)
+        if func in self._method_routes:
+            verb, path, params = self._method_routes[func]
+        else:
+            api_route = next((r for r in self.fastapi.routes if isinstance(r, APIRoute) and r.endpoint is func), None)
+            if api_route is None:
+                raise RouteError(
+                    f"listen_event({topic!r}, {getattr(func, '__qualname__', func)!r}): not a route of this app "
+                    "(bind its controller first, or decorate it with @app.fastapi.post(...))"
+                )
+            verb = "POST" if "POST" in api_route.methods else sorted(api_route.methods)[0]
+            path = api_route.path
+            params = tuple(api_route.param_convertors)
+        if verb != "POST":
+            raise RouteError(f"listen_event({topic!r}): the handler must be a POST route (name it post_...), it is {verb} {path}")
+        if len(params) > 1:
+            raise RouteError(f"listen_event({topic!r}): {path} has {len(params)} path parameters; an event route may have one, for the message key")
+        return EventRoute(topic, path, params[0] if params else None)
+
+
+def _checked_topic(topic: str) -> str:
+    try:
+        return check_topic(topic)
+    except (TypeError, ValueError) as exc:
+        raise RouteError(f"listen_event: {exc}") from None

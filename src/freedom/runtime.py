@@ -1,0 +1,106 @@
+"""`Runtime`: what a handler knows about the request it serves.
+
+It holds the request, a logger bound to the request's trace id, the propagated bus and a
+request-scoped store. Controllers get it injected into an attribute annotated `freedom.Runtime`;
+plain FastAPI routes ask for it with `runtime: freedom.RuntimeDep`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Any, MutableMapping
+
+from fastapi import Depends
+from starlette.datastructures import Headers
+from starlette.requests import Request as _StarletteRequest
+
+from .bus import BUS_HEADER, Bus
+from .tracing import TRACEPARENT, new_trace_id, parse_traceparent
+
+
+class Utf8Headers(Headers):
+    """Request headers decoded as UTF-8 (falling back to latin-1).
+
+    Kafka header values are bytes, usually UTF-8 (the seed sends `x-action: 购买`); the consumer
+    proxy passes them on unchanged, so handlers must decode them the same way to read them back.
+    """
+
+    @staticmethod
+    def _decode(raw: bytes) -> str:
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return raw.decode("latin-1")
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        try:
+            return self[key]
+        except KeyError:
+            return default
+
+    def __getitem__(self, key: str) -> str:
+        wanted = key.lower().encode("latin-1")
+        for k, v in self.raw:
+            if k == wanted:
+                return self._decode(v)
+        raise KeyError(key)
+
+    def getlist(self, key: str) -> list[str]:
+        wanted = key.lower().encode("latin-1")
+        return [self._decode(v) for k, v in self.raw if k == wanted]
+
+    def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
+        return [(k.decode("latin-1"), self._decode(v)) for k, v in self.raw]
+
+    def values(self) -> list[str]:  # type: ignore[override]
+        return [self._decode(v) for _, v in self.raw]
+
+
+class Request(_StarletteRequest):
+    """A Starlette request whose `headers` are decoded as UTF-8."""
+
+    @property
+    def headers(self) -> Utf8Headers:  # type: ignore[override]
+        if not hasattr(self, "_utf8_headers"):
+            self._utf8_headers = Utf8Headers(scope=self.scope)
+        return self._utf8_headers
+
+
+class _TraceLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """Adds the trace id to every record (as `record.trace_id`) and to the message."""
+
+    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+        extra = kwargs.setdefault("extra", {})
+        extra.setdefault("trace_id", self.extra["trace_id"])  # type: ignore[index]
+        return f"[trace {self.extra['trace_id']}] {msg}", kwargs  # type: ignore[index]
+
+
+class Runtime:
+    """The request context of one handler call."""
+
+    def __init__(self, request: _StarletteRequest, *, logger_name: str = "freedom") -> None:
+        self.request: Request = request if isinstance(request, Request) else Request(request.scope, request.receive)
+        headers = request.headers
+        self.bus: Bus = Bus.from_header(headers.get(BUS_HEADER))
+        self.trace_id: str = parse_traceparent(headers.get(TRACEPARENT)) or new_trace_id()
+        self.store: dict[str, Any] = {}
+        self.logger: logging.LoggerAdapter = _TraceLogger(  # type: ignore[type-arg]
+            logging.getLogger(logger_name), {"trace_id": self.trace_id}
+        )
+
+    @classmethod
+    def of(cls, request: _StarletteRequest) -> "Runtime":
+        """The runtime of a request, made once and then shared by everything serving it."""
+        runtime = getattr(request.state, "freedom_runtime", None)
+        if runtime is None:
+            runtime = cls(request)
+            request.state.freedom_runtime = runtime
+        return runtime
+
+
+def get_runtime(request: _StarletteRequest) -> Runtime:
+    """FastAPI dependency giving a plain route the same `Runtime` controllers get injected."""
+    return Runtime.of(request)
+
+
+RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
