@@ -66,6 +66,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("--listen", help="host:port to serve on (default: listen_addr of app.toml)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise
     try:
         if args.command == "run":
             _run(args)

@@ -67,7 +67,9 @@ class KafkaInfra:
             else:
                 self.delivery = HttpDelivery(cfg.proxy_addr, http2=cfg.proxy_http2)
                 for i, c in enumerate(cfg.consumer_clients):
-                    settings = client_settings(self._servers(c.servers), "consumer", c.group_id, {}, c.settings)
+                    # Tansu holds a new group's join for half the session timeout: keep it short there.
+                    base = {"session.timeout.ms": 6000} if self.use_embedded else {}
+                    settings = client_settings(self._servers(c.servers), "consumer", c.group_id, base, c.settings)
                     where = f"consumer_clients[{i}] in {cfg.file}"
                     await asyncio.to_thread(check_reachable, settings, where)
                     await asyncio.to_thread(ensure_topics, settings, list(routes))
