@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite: sets up .venv, fetches the Apache Kafka jars (first run only) and runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+echo "test: fetching Apache Kafka jars from Maven Central (cached in .cache/kafka-jars)" >&2
+.venv/bin/python -m tests.kafka.broker --fetch-only
+exec .venv/bin/python -m pytest "$@"
