@@ -32,7 +32,8 @@ class ShopController:
     async def get_by(self, id: int) -> str:
         data = json.dumps(asdict(Goods(ID=id, Amount=10))).encode()
         msg = self.producer.new_msg(EVENT_SELL, data)
-        await msg.set_headers({"x-action": "购买"}).set_runtime(self.runtime).publish()
+        delivered = await msg.set_headers({"x-action": "购买"}).set_runtime(self.runtime).publish()
+        self.runtime.logger.info("sold goods %d, message key %s", id, delivered.key)
         return "ok"
 
 
