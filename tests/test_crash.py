@@ -63,5 +63,6 @@ def test_sigkill_before_commit_redelivers_after_restart(broker, new_topic, tmp_p
                          what=f"the record to be delivered again after the restart (log: {log})")
     finally:
         stop(proc)
+    assert proc.returncode == 0, f"SIGTERM should stop the service cleanly (log: {log})"
     assert [g["event_id"] for g in got] == ["K-CRASH-1", "K-CRASH-1"]
     assert got[1]["body"] == '{"ID": 1}'
