@@ -6,6 +6,7 @@ wrong, so that start-up stops with one clear line instead of a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -143,7 +144,7 @@ class ProducerClientConfig:
     servers: tuple[str, ...] | None  # None: no `servers` key, use the embedded broker
     name: str = ""
     delivery_timeout_sec: float = 30.0
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
 
 
 @dataclass(frozen=True)
@@ -158,7 +159,57 @@ class ConsumerClientConfig:
     retry_interval_sec: float = 45.0
     retry_fail_prefix: str = "fail-"
     initial_offset: str = "latest"
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
+    mode: str = "sequential"  # how records of a topic are delivered: see CONSUME_MODES
+    max_in_flight: int = 500  # records of one topic delivered at once (concurrent, key-ordered)
+    drain_timeout_sec: float = 10.0  # at a rebalance or stop: how long in-flight deliveries may finish
+    topics: dict[str, "TopicConsumeConfig"] = field(default_factory=dict)  # per-topic overrides
+
+    def consume_config(self, topic: str) -> "TopicConsumeConfig":
+        """The mode and bound of `topic`: its `[consumer_clients.topics."T"]` entry, else the client's."""
+        return self.topics.get(topic) or TopicConsumeConfig(self.mode, self.max_in_flight)
+
+
+#: sequential: one record at a time per partition, in offset order.
+#: concurrent: up to max_in_flight records of the topic at once, in any order.
+#: key-ordered: like concurrent, but records with the same key one after the other, in order.
+CONSUME_MODES = ("sequential", "concurrent", "key-ordered")
+
+
+@dataclass(frozen=True)
+class TopicConsumeConfig:
+    """How the consumer proxy delivers the records of one topic."""
+
+    mode: str = "sequential"
+    max_in_flight: int = 500
+
+
+def _consume_config(t: _Table, default: TopicConsumeConfig) -> TopicConsumeConfig:
+    """Read `mode` and `max_in_flight` of a client or topic table, checking them."""
+    mode = t.get("mode", str, default.mode)
+    if mode not in CONSUME_MODES:
+        raise t.error("mode", f'must be one of {", ".join(repr(m) for m in CONSUME_MODES)}, got "{mode}"')
+    bound = t.get("max_in_flight", int, default.max_in_flight)
+    if bound < 1:
+        raise t.error("max_in_flight", f"must be 1 or more, got {bound}")
+    return TopicConsumeConfig(mode, bound)
+
+
+def _topic_overrides(t: _Table, default: TopicConsumeConfig) -> dict[str, TopicConsumeConfig]:
+    """`[consumer_clients.topics."event-sell"] mode = "concurrent"`: per-topic delivery settings."""
+    out = {}
+    for topic, raw in t.table("topics").items():
+        sub = _Table(t.file, f'{t.prefix}topics."{topic}".', raw)
+        out[topic] = _consume_config(sub, default)
+        sub.done()
+    return out
+
+
+def _check_prefix(t: _Table, name: str, prefix: str) -> None:
+    bad = sorted({c for c in prefix if not (c.isascii() and (c.isalnum() or c in "._-"))})
+    if bad:
+        raise t.error(name, f"has characters Kafka topic names do not allow ({''.join(bad)!r}); "
+                            "use letters, digits, '.', '_' and '-'")
 
 
 @dataclass(frozen=True)
@@ -200,12 +251,14 @@ def _servers(t: _Table) -> tuple[str, ...] | None:
 
 
 def _settings(t: _Table) -> dict[str, Any]:
-    """`settings = { "security.protocol" = "SASL_SSL", ... }`: librdkafka properties, passed as they are."""
+    """`settings = {...}` (librdkafka properties, passed as they are) plus the TLS/SASL keys."""
+    from .infra.kafka.settings import security_settings
+
     raw = t.table("settings")
     for k, v in raw.items():
         if not isinstance(v, (str, int, float, bool)):
             raise t.error(f"settings.{k}", f"must be a string, number or boolean, got {_type_name(v)}")
-    return raw
+    return {**raw, **security_settings(t)}
 
 
 def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
@@ -265,6 +318,19 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
             initial_offset=t.get("initial_offset", str, d.initial_offset),
             settings=_settings(t),
         )
+        consume = _consume_config(t, TopicConsumeConfig(d.mode, d.max_in_flight))
+        drain = float(t.get("drain_timeout_sec", (int, float), d.drain_timeout_sec))
+        if drain <= 0:
+            raise t.error("drain_timeout_sec", "must be greater than 0")
+        client = dataclasses.replace(client, mode=consume.mode, max_in_flight=consume.max_in_flight,
+                                     drain_timeout_sec=drain, topics=_topic_overrides(t, consume))
+        _check_prefix(t, "retry_prefix", client.retry_prefix)
+        _check_prefix(t, "retry_fail_prefix", client.retry_fail_prefix)
+        if client.retry_count > 0 and not client.retry_fail_prefix:
+            raise t.error("retry_fail_prefix", "must not be empty when retry_count > 0 "
+                                               "(records that fail every retry go to the dead-letter topic)")
+        if client.retry_count > 0 and client.retry_prefix == client.retry_fail_prefix:
+            raise t.error("retry_fail_prefix", "must differ from retry_prefix")
         if not client.group_id:
             raise t.error("group_id", "must not be empty")
         if client.retry_count < 0:

@@ -15,7 +15,7 @@ from starlette.datastructures import Headers
 from starlette.requests import Request as _StarletteRequest
 
 from .bus import BUS_HEADER, Bus
-from .tracing import TRACEPARENT, new_trace_id, parse_traceparent
+from .tracing import TraceContext, extract_trace
 
 
 class Utf8Headers(Headers):
@@ -82,7 +82,8 @@ class Runtime:
         self.request: Request = request if isinstance(request, Request) else Request(request.scope, request.receive)
         headers = request.headers
         self.bus: Bus = Bus.from_header(headers.get(BUS_HEADER))
-        self.trace_id: str = parse_traceparent(headers.get(TRACEPARENT)) or new_trace_id()
+        self.trace: TraceContext = extract_trace(headers.items())
+        self.trace_id: str = self.trace.trace_id  # 32 hex digits, also in every line of `logger`
         self.store: dict[str, Any] = {}
         self.logger: logging.LoggerAdapter = _TraceLogger(  # type: ignore[type-arg]
             logging.getLogger(logger_name), {"trace_id": self.trace_id}

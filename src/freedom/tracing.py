@@ -1,6 +1,11 @@
-"""Trace ids: read from and written to the W3C `traceparent` header.
+"""Trace context: read from incoming headers, written into published messages.
 
-A request without a valid `traceparent` starts a new trace. Messages published with a runtime
+The wire format is the W3C `traceparent` header. When `opentelemetry-api` is installed, its
+configured propagator does the reading and writing (so `tracestate`, baggage, or another format
+set with OTEL_PROPAGATORS travel too), and a span the service's own OpenTelemetry instrumentation
+started becomes the parent of the message. Without it, a plain `traceparent` is parsed and written.
+
+A request without a valid trace context starts a new trace. Messages published with a runtime
 carry the trace on, so the producer's and the handler's log lines share one trace id.
 """
 
@@ -8,13 +13,36 @@ from __future__ import annotations
 
 import re
 import secrets
+from dataclasses import dataclass
+from typing import Any, Iterable, Mapping
+
+try:  # optional: OpenTelemetry's API (no SDK needed)
+    from opentelemetry import context as otel_context
+    from opentelemetry import propagate as otel_propagate
+    from opentelemetry import trace as otel_trace
+except ImportError:  # pragma: no cover - exercised by the plain-header tests via monkeypatch
+    otel_trace = None  # type: ignore[assignment]
+    otel_propagate = None  # type: ignore[assignment]
+    otel_context = None  # type: ignore[assignment]
 
 TRACEPARENT = "traceparent"
 _TRACEPARENT_RE = re.compile(r"^00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})$")
 
 
+def otel_enabled() -> bool:
+    """True when OpenTelemetry's API is importable and used for propagation."""
+    return otel_propagate is not None
+
+
 def new_trace_id() -> str:
     return secrets.token_hex(16)
+
+
+def _new_span_id() -> str:
+    while True:
+        span = secrets.token_hex(8)
+        if span != "0" * 16:
+            return span
 
 
 def parse_traceparent(value: str | bytes | None) -> str | None:
@@ -24,11 +52,65 @@ def parse_traceparent(value: str | bytes | None) -> str | None:
     if isinstance(value, bytes):
         value = value.decode("latin-1")
     m = _TRACEPARENT_RE.match(value.strip().lower())
-    if not m or m.group(1) == "0" * 32:
+    if not m or m.group(1) == "0" * 32 or m.group(2) == "0" * 16:
         return None
     return m.group(1)
 
 
-def make_traceparent(trace_id: str) -> str:
+def make_traceparent(trace_id: str, sampled: bool = True) -> str:
     """A `traceparent` for a new span (a message send) in the given trace."""
-    return f"00-{trace_id}-{secrets.token_hex(8)}-01"
+    return f"00-{trace_id}-{_new_span_id()}-{'01' if sampled else '00'}"
+
+
+@dataclass(frozen=True)
+class TraceContext:
+    """The trace a request belongs to: its id (32 hex), whether it is sampled, and OpenTelemetry's context."""
+
+    trace_id: str
+    sampled: bool = True
+    otel: Any = None  # the extracted opentelemetry Context, when OpenTelemetry is used
+
+
+def extract_trace(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> TraceContext:
+    """The trace context of incoming headers (HTTP request or delivered record); a new trace if none."""
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    carrier = {k.lower(): v for k, v in items}
+    if otel_propagate is not None:
+        ctx = otel_propagate.extract(carrier)
+        span = otel_trace.get_current_span(ctx).get_span_context()
+        if not span.is_valid:  # no header: maybe the service's own instrumentation started a span
+            ctx = otel_context.get_current()
+            span = otel_trace.get_current_span(ctx).get_span_context()
+        if span.is_valid:
+            return TraceContext(format(span.trace_id, "032x"), bool(span.trace_flags.sampled), ctx)
+        return TraceContext(new_trace_id(), True, ctx)
+    raw = carrier.get(TRACEPARENT)
+    trace_id = parse_traceparent(raw)
+    if trace_id is None:
+        return TraceContext(new_trace_id())
+    return TraceContext(trace_id, raw.strip().endswith("01"))
+
+
+def inject_trace(trace: TraceContext) -> dict[str, str]:
+    """Headers that continue `trace` in a published message (a new span id, the same trace id)."""
+    if otel_propagate is None:
+        return {TRACEPARENT: make_traceparent(trace.trace_id, trace.sampled)}
+    current = otel_context.get_current()
+    span = otel_trace.get_current_span(current).get_span_context()
+    if span.is_valid and format(span.trace_id, "032x") == trace.trace_id:
+        ctx = current  # a span the service's instrumentation started in this trace is the parent
+    else:
+        parent = otel_trace.get_current_span(trace.otel).get_span_context() if trace.otel is not None else None
+        span_context = otel_trace.SpanContext(
+            trace_id=int(trace.trace_id, 16),
+            span_id=int(_new_span_id(), 16),
+            is_remote=False,
+            trace_flags=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED if trace.sampled else 0),
+            trace_state=parent.trace_state if parent is not None and parent.is_valid else None,
+        )
+        ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span_context), trace.otel)
+    carrier: dict[str, str] = {}
+    otel_propagate.inject(carrier, context=ctx)
+    if TRACEPARENT not in carrier:  # a propagator without W3C trace context: keep ours too
+        carrier[TRACEPARENT] = make_traceparent(trace.trace_id, trace.sampled)
+    return carrier

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any, Iterable
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ...errors import FreedomError
+from .settings import scrub
 
 log = logging.getLogger("freedom.kafka.admin")
 
@@ -17,22 +19,51 @@ class ClusterUnreachable(FreedomError):
     """No broker of a configured cluster answered within the start-up wait."""
 
 
-def _admin(settings: dict[str, Any]) -> AdminClient:
+def _admin(settings: dict[str, Any], **extra: Any) -> AdminClient:
     # Only connection-level settings apply to the admin client.
     keep = {k: v for k, v in settings.items()
             if k in ("bootstrap.servers", "client.id") or k.startswith(("security.", "ssl.", "sasl.", "socket."))}
-    return AdminClient(keep)
+    return AdminClient({**keep, **extra})
 
 
 def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0) -> None:
-    """Raise ClusterUnreachable naming `where` (the config entry) when no broker answers in `timeout`."""
+    """Raise ClusterUnreachable naming `where` (the config entry) when no broker answers in `timeout`.
+
+    Authentication and TLS failures (wrong SASL credentials, an untrusted certificate) are not
+    worth waiting for: they are reported as soon as librdkafka sees them, secrets scrubbed.
+    """
+    fatal: list[confluent_kafka.KafkaError] = []
+    fatal_codes = (confluent_kafka.KafkaError._AUTHENTICATION, confluent_kafka.KafkaError._SSL)
+
+    def on_error(err: confluent_kafka.KafkaError) -> None:
+        if err.code() in fatal_codes:
+            fatal.append(err)
+
+    servers = settings.get("bootstrap.servers")
     try:
-        _admin(settings).list_topics(timeout=timeout)
-    except confluent_kafka.KafkaException as exc:
-        raise ClusterUnreachable(
-            f"cannot reach Kafka at {settings['bootstrap.servers']} ({where}) within {timeout:.0f} s: "
-            f"{exc.args[0].str()}; check `servers`, and that the broker is running"
-        ) from None
+        admin = _admin(settings, error_cb=on_error)
+    except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
+        raise ClusterUnreachable(f"invalid Kafka client settings ({where}): {scrub(str(exc), settings)}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            return
+        except confluent_kafka.KafkaException as exc:
+            last = exc.args[0].str()
+        admin.poll(0)  # serves error_cb
+        if fatal:
+            err = fatal[0]
+            what = "authentication failed" if err.code() == fatal_codes[0] else "TLS handshake failed"
+            raise ClusterUnreachable(
+                f"cannot connect to Kafka at {servers} ({where}): {what}: {scrub(err.str(), settings)}; "
+                "check the SASL username/password and the TLS settings (ssl_ca_location, security_protocol)"
+            )
+        if time.monotonic() >= deadline:
+            raise ClusterUnreachable(
+                f"cannot reach Kafka at {servers} ({where}) within {timeout:.0f} s: "
+                f"{scrub(last, settings)}; check `servers`, and that the broker is running"
+            )
 
 
 def ensure_topics(settings: dict[str, Any], topics: Iterable[str], timeout: float = 15.0) -> list[str]:
