@@ -130,3 +130,20 @@ async def test_producer_without_kafka_config_explains_itself():
     app = make_app(lambda i: i.bind_controller("/p", Pub))
     with pytest.raises(freedom.PublishError, match="Kafka is not configured: create conf/infra/kafka.toml"):
         await call(app, "GET", "/p")
+
+
+async def test_inherited_routes_and_overrides():
+    class Base:
+        async def get_by(self, id: int) -> str:
+            return "base"
+
+        async def get_ping(self) -> str:
+            return "pong"
+
+    class Child(Base):
+        async def get_by(self, id: int) -> str:
+            return "child"
+
+    app = make_app(lambda i: i.bind_controller("/k", Child))
+    assert (await call(app, "GET", "/k/1")).text == "child"
+    assert (await call(app, "GET", "/k/ping")).text == "pong"

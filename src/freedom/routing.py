@@ -64,20 +64,16 @@ def controller_routes(prefix: str, controller: type) -> list[tuple[ControllerRou
     """Every route of a controller class, in definition order."""
     if not isinstance(controller, type):
         raise RouteError(f"bind_controller expects a class, got {controller!r} (pass StoreController, not StoreController())")
+    members: dict[str, Any] = {}
+    for klass in reversed(controller.__mro__[:-1]):  # base classes first, so subclasses override
+        members.update(vars(klass))
     out = []
-    for name, func in vars(controller).items():
+    for name, func in members.items():
         if not callable(func) or isinstance(func, (staticmethod, classmethod, type)):
             continue
         route = route_of_method(prefix, name, func)
         if route is not None:
             out.append((route, func))
-    for base in controller.__mro__[1:-1]:  # inherited routes, unless overridden
-        for name, func in vars(base).items():
-            if name in vars(controller) or not callable(func) or isinstance(func, (staticmethod, classmethod, type)):
-                continue
-            route = route_of_method(prefix, name, func)
-            if route is not None and all(r.name != name for r, _ in out):
-                out.append((route, func))
     if not out:
         raise RouteError(
             f"{controller.__name__} has no route methods: name them like get_by(self, id: int) or post_sell_goods_by(self, event_id: str)"
