@@ -74,6 +74,8 @@ def controller_routes(prefix: str, controller: type) -> list[tuple[ControllerRou
         route = route_of_method(prefix, name, func)
         if route is not None:
             out.append((route, func))
+    # Static segments before parameters, so `get_ping` (/ping) is not shadowed by `get_by` (/{id}).
+    out.sort(key=lambda rf: tuple(seg.startswith("{") for seg in rf[0].path.split("/")))
     if not out:
         raise RouteError(
             f"{controller.__name__} has no route methods: name them like get_by(self, id: int) or post_sell_goods_by(self, event_id: str)"
