@@ -12,6 +12,7 @@
 
 from .application import Application
 from .bus import Bus
+from .domain import Database, DomainEventError, Entity, EventNameError, UnitOfWork
 from .errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
 from .initiator import Initiator, prepare
 from .runtime import Request, Runtime, RuntimeDep, get_runtime
@@ -19,6 +20,11 @@ from .runtime import Request, Runtime, RuntimeDep, get_runtime
 __all__ = [
     "Application",
     "Bus",
+    "Database",
+    "DomainEventError",
+    "Entity",
+    "EventNameError",
+    "UnitOfWork",
     "ConfigError",
     "FreedomError",
     "Initiator",

@@ -18,6 +18,8 @@ from fastapi import FastAPI
 
 from .config import AppConfig, KafkaConfig, find_config_dir, load_app_config, load_kafka_config
 from .controllers import Injectables
+from .domain import Database, DomainEventInfra, UnitOfWork
+from .domain import infra as domain_infra
 from .initiator import Initiator, PrepareHook, registered_prepare_hooks
 from .infra.kafka.delivery import EventRoute
 from .infra.kafka.infra import KafkaInfra
@@ -49,6 +51,9 @@ class Application:
         self.kafka_config: KafkaConfig | None = None
         self.kafka: KafkaInfra | None = None
         self.event_routes: dict[str, EventRoute] = {}
+        self.domain_event_infra: DomainEventInfra | None = None  # install_domain_event_infra
+        self.database: Database | None = None  # install_database
+        self.injectables[UnitOfWork] = lambda rt: UnitOfWork(self, rt)
         self._is_set_up = False
         self._started = False
 
@@ -76,6 +81,14 @@ class Application:
         self.event_routes = initiator.event_routes()
         self._is_set_up = True
         return self
+
+    def install_domain_event_infra(self, infra: DomainEventInfra) -> None:
+        """Install the one infrastructure entities publish domain events through (SPEC §6)."""
+        domain_infra.install(self, infra)
+
+    def install_database(self, database: Database) -> None:
+        """Install the database whose outbox holds domain events until the relay publishes them."""
+        database.install(self)
 
     @property
     def config_dir(self) -> Path | None:
@@ -109,6 +122,8 @@ class Application:
                 await self.kafka.stop()
                 raise
             await self.kafka.wait_ready()
+        if self.database is not None:
+            await self.database.start(self)  # creates the outbox tables, starts the relay
 
     async def stop_consuming(self) -> None:
         """Stop the consumer proxies first (drain, commit), while the HTTP server still serves them."""
@@ -118,6 +133,8 @@ class Application:
             self.kafka.proxies.clear()
 
     async def stop(self) -> None:
+        if self.database is not None and self._started:
+            await self.database.stop()  # the relay first: it publishes through the producer
         if self.kafka is not None and self._started:
             await self.kafka.stop()
         self._started = False

@@ -13,9 +13,9 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 
 from .controllers import Injectables, add_controller
+from .domain.events import event_topic
 from .errors import RouteError
 from .infra.kafka.delivery import EventRoute
-from .infra.kafka.topics import check_topic
 
 if TYPE_CHECKING:
     from .application import Application
@@ -106,7 +106,8 @@ class Initiator:
 
 
 def _checked_topic(topic: str) -> str:
+    """The topic of an event name, by the domain-event rule (':' -> '.'; see domain/events.py)."""
     try:
-        return check_topic(topic)
+        return event_topic(topic)
     except (TypeError, ValueError) as exc:
         raise RouteError(f"listen_event: {exc}") from None

@@ -9,5 +9,7 @@
 from .delivery import EventRoute
 from .producer import Delivered, Msg, Producer, new_key
 from .settings import setting_config
+from .domain_events import KafkaDomainEventInfra, get_domain_event_infra
 
-__all__ = ["Delivered", "EventRoute", "Msg", "Producer", "new_key", "setting_config"]
+__all__ = ["Delivered", "EventRoute", "KafkaDomainEventInfra", "Msg", "Producer", "get_domain_event_infra", "new_key",
+           "setting_config"]

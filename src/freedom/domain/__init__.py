@@ -1,0 +1,31 @@
+"""Domain events (SPEC §6): entities raise them, a unit of work saves them with the entity in a
+transactional outbox, and a relay publishes them through the installed infrastructure.
+
+    class Goods(freedom.Entity):
+        def identity(self) -> str: ...
+        def shopping(self) -> None:
+            self.domain_event("Goods:Shopping", self.obj)      # published to topic Goods.Shopping
+
+    app.install_domain_event_infra(kafka.get_domain_event_infra())
+    app.install_database(freedom.Database("sqlite+aiosqlite:///shop.db"))
+"""
+
+from .database import Database
+from .entity import Entity
+from .events import (EVENT_ID_HEADER, EVENT_NAME_HEADER, DomainEvent, DomainEventError, EventNameError,
+                     event_topic)
+from .infra import DomainEventInfra
+from .unit_of_work import UnitOfWork
+
+__all__ = [
+    "Database",
+    "DomainEvent",
+    "DomainEventError",
+    "DomainEventInfra",
+    "EVENT_ID_HEADER",
+    "EVENT_NAME_HEADER",
+    "Entity",
+    "EventNameError",
+    "UnitOfWork",
+    "event_topic",
+]

@@ -1,0 +1,103 @@
+"""Domain events: the record an entity raises, and the rule that turns an event name into a topic.
+
+The name rule (used identically by `Entity.domain_event` and `Initiator.listen_event`):
+
+* every `:` becomes `.` — the seed names events `Entity:Method`, and Kafka topic names cannot
+  hold `:`, so `"Goods:Shopping"` is published to, and listened on, topic `"Goods.Shopping"`;
+* nothing else is changed: the result must be a legal Kafka topic name (letters, digits, `.`,
+  `_`, `-`; 1 to 249 characters; not `.` or `..`), otherwise the name is rejected with
+  :class:`EventNameError`.
+
+So `"Goods:Shopping"` and `"Goods.Shopping"` name the same event, and a plain topic name such as
+`"event-sell"` is its own event name.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import secrets
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from ..errors import FreedomError
+from ..infra.kafka.topics import check_topic
+
+EVENT_NAME_HEADER = "x-freedom-event"  # the event name as raised, e.g. "Goods:Shopping"
+EVENT_ID_HEADER = "x-freedom-event-id"  # a unique id per event (the record key is the aggregate's)
+
+_sequence = itertools.count()  # raise order across entities of one unit of work
+
+
+class EventNameError(FreedomError, ValueError):
+    """An event name that cannot be mapped to a Kafka topic name."""
+
+
+class DomainEventError(FreedomError):
+    """Domain events are used without their infrastructure, or it is installed twice."""
+
+
+def event_topic(name: object) -> str:
+    """The Kafka topic of event `name`: `:` becomes `.`, the rest must already be legal."""
+    if not isinstance(name, str):
+        raise EventNameError(f"an event name must be a string, got {type(name).__name__}")
+    topic = name.replace(":", ".")
+    try:
+        return check_topic(topic)
+    except (TypeError, ValueError) as exc:
+        raise EventNameError(
+            f"event name {name!r} cannot be mapped to a Kafka topic: {exc} "
+            "(':' becomes '.', every other character must already be legal)"
+        ) from None
+
+
+def new_event_id() -> str:
+    """A new unique event id: 32 upper-case hex characters, like a default message key."""
+    return secrets.token_hex(16).upper()
+
+
+def to_json(obj: Any) -> bytes:
+    """`obj` as compact UTF-8 JSON; dataclasses, pydantic models and the like are accepted."""
+    from fastapi.encoders import jsonable_encoder
+
+    if isinstance(obj, (bytes, bytearray)):
+        raise TypeError("a domain event carries an object serialised as JSON, not bytes: pass the object itself")
+    try:
+        return json.dumps(jsonable_encoder(obj), ensure_ascii=False, separators=(",", ":")).encode()
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"cannot serialise the event object ({type(obj).__name__}) as JSON: {exc}") from None
+
+
+def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
+    """Event headers as a plain dict of lower-case names to str values; raises TypeError otherwise."""
+    if headers is None:
+        return {}
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"event headers must be a mapping of str to str, got {type(headers).__name__}")
+    out: dict[str, str] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"event header names must be non-empty strings, got {name!r}")
+        if not isinstance(value, str):
+            raise TypeError(f"event header {name!r} must have a str value, got {type(value).__name__}")
+        out[name.lower()] = value
+    return out
+
+
+@dataclass(frozen=True)
+class DomainEvent:
+    """One event raised by an entity: what is published, and the request context it carries."""
+
+    name: str  # as raised, e.g. "Goods:Shopping"
+    topic: str  # event_topic(name)
+    key: str  # the entity's identity(): events of one aggregate share a partition, so keep order
+    payload: bytes  # the object, as JSON
+    headers: dict[str, str] = field(default_factory=dict)
+    bus: dict[str, Any] | None = None  # the raising request's bus (None: not known yet)
+    trace_id: str | None = None
+    event_id: str = field(default_factory=new_event_id)
+    seq: int = field(default_factory=lambda: next(_sequence), compare=False)
+
+    def wire_headers(self) -> dict[str, str]:
+        """The user's headers plus the event's name and id."""
+        return {**self.headers, EVENT_NAME_HEADER: self.name, EVENT_ID_HEADER: self.event_id}
