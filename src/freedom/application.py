@@ -25,6 +25,7 @@ from .infra.kafka.delivery import EventRoute
 from .infra.kafka.infra import KafkaInfra
 from .infra.kafka.producer import Producer
 from .runtime import Runtime
+from .security import secure_event_routes
 
 log = logging.getLogger("freedom")
 
@@ -79,6 +80,7 @@ class Application:
         for hook in hooks:
             hook(initiator)
         self.event_routes = initiator.event_routes()
+        secure_event_routes(self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr)
         self._is_set_up = True
         return self
 

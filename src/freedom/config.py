@@ -223,6 +223,7 @@ class KafkaConfig:
     producer_clients: tuple[ProducerClientConfig, ...] = ()
     consumer_clients: tuple[ConsumerClientConfig, ...] = ()
     file: str = "kafka.toml"
+    proxy_secret: str | None = field(default=None, repr=False)  # [consumer] secret / secret_env (security.py)
 
     @property
     def needs_embedded_broker(self) -> bool:
@@ -278,6 +279,9 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     if not urlsplit(proxy_addr).hostname:
         raise consumer.error("proxy_addr", f'has no host: "{proxy_addr}"')
     proxy_http2 = consumer.get("proxy_http2", bool, False)
+    from .security import read_secret
+
+    proxy_secret = read_secret(consumer)
     consumer.done()
 
     producer = _Table(file, "producer.", root.table("producer"))
@@ -357,5 +361,5 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     return KafkaConfig(
         consumer_open=consumer_open, proxy_addr=proxy_addr, proxy_http2=proxy_http2,
         producer_open=producer_open, producer_clients=tuple(producer_clients),
-        consumer_clients=tuple(consumer_clients), file=file,
+        consumer_clients=tuple(consumer_clients), file=file, proxy_secret=proxy_secret,
     )

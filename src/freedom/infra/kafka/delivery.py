@@ -14,6 +14,8 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 
+from ...security import SECRET_HEADER  # the proxy authenticates its deliveries with it
+
 log = logging.getLogger("freedom.kafka.delivery")
 
 MESSAGE_KEY_HEADER = "x-message-key"
@@ -21,7 +23,7 @@ RETRY_COUNT_HEADER = "x-retry-count"
 # Record headers that must not become HTTP headers: they would corrupt the request framing or
 # override what the proxy itself sets.
 _NOT_FORWARDED = {b"content-length", b"transfer-encoding", b"host", b"connection", b"upgrade",
-                  b"keep-alive", b"te", b"trailer", MESSAGE_KEY_HEADER.encode(), RETRY_COUNT_HEADER.encode()}
+                  b"keep-alive", b"te", b"trailer", MESSAGE_KEY_HEADER.encode(), RETRY_COUNT_HEADER.encode(), SECRET_HEADER.encode()}
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class HttpDelivery:
     """POSTs records to the service through one pooled httpx client."""
 
     def __init__(self, proxy_addr: str, *, http2: bool = False, timeout: float = 30.0,
-                 max_connections: int = 100) -> None:
+                 max_connections: int = 100, secret: str | None = None) -> None:
         self.proxy_addr = proxy_addr
         self._client = httpx.AsyncClient(
             base_url=proxy_addr,
@@ -60,6 +62,7 @@ class HttpDelivery:
             http2=http2,
             timeout=httpx.Timeout(timeout, connect=5.0),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+            headers={SECRET_HEADER: secret} if secret else None,  # sent with every delivery (security.py)
         )
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:

@@ -65,7 +65,7 @@ class KafkaInfra:
             if not routes:
                 log.warning("[consumer] open = true in %s, but no event is bound (initiator.listen_event)", cfg.file)
             else:
-                self.delivery = HttpDelivery(cfg.proxy_addr, http2=cfg.proxy_http2)
+                self.delivery = HttpDelivery(cfg.proxy_addr, http2=cfg.proxy_http2, secret=cfg.proxy_secret)
                 for i, c in enumerate(cfg.consumer_clients):
                     # Tansu holds a new group's join for half the session timeout: keep it short there.
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}

@@ -1,0 +1,128 @@
+"""Secure delivery: event routes accept only calls from the consumer proxy (SPEC §8).
+
+Event routes are ordinary HTTP routes, so anyone who can reach the service could forge an event.
+With a shared secret configured (`[consumer] secret_env = "FREEDOM_PROXY_SECRET"` or
+`secret = "..."` in kafka.toml), the consumer proxy sends it in the `x-freedom-secret` header of
+every delivery, and the event routes answer 401 to any call without it, before the handler runs.
+The comparison is constant-time (`hmac.compare_digest`), and the secret never reaches a log line
+or an error message. Other routes are not affected.
+
+Without a secret, start-up warns when the service listens beyond loopback, because its event
+routes are then open to anyone on the network.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import re
+from typing import TYPE_CHECKING, Any, Callable
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse
+from starlette.routing import compile_path, get_route_path
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
+
+    from .config import KafkaConfig
+    from .infra.kafka.delivery import EventRoute
+    from .infra.kafka.settings import KeySource
+
+log = logging.getLogger("freedom.security")
+
+SECRET_HEADER = "x-freedom-secret"
+MIN_SECRET_LENGTH = 16
+_SECRET_HEADER_RAW = SECRET_HEADER.encode()
+
+ASGIApp = Callable[..., Any]
+
+
+def read_secret(t: "KeySource") -> str | None:
+    """The shared secret of `[consumer]`: from `secret_env` (an environment variable) or `secret`.
+
+    Errors name the key and, for `secret_env`, the variable, never the value.
+    """
+    secret = t.get("secret", str, None)
+    env = t.get("secret_env", str, None)
+    if secret is not None and env is not None:
+        raise t.error("secret", "is given twice (as secret and secret_env); keep secret_env")
+    key = "secret"
+    if env is not None:
+        key = "secret_env"
+        if not env:
+            raise t.error("secret_env", "must name an environment variable, like \"FREEDOM_PROXY_SECRET\"")
+        secret = os.environ.get(env)
+        if not secret:
+            raise t.error("secret_env", f"the environment variable {env} is not set (or empty)")
+    if secret is None:
+        return None
+    if len(secret) < MIN_SECRET_LENGTH or not secret.isascii() or any(c in secret for c in "\r\n\0"):
+        raise t.error(key, f"the secret must be at least {MIN_SECRET_LENGTH} printable ASCII characters; "
+                           "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    return secret
+
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class DeliveryGuard:
+    """ASGI middleware: POSTs to an event route must carry the shared secret, else 401."""
+
+    def __init__(self, app: ASGIApp, secret: str, paths: list[str]) -> None:
+        self.app = app
+        self._secret = secret.encode()
+        self._paths: list[re.Pattern[str]] = [compile_path(p)[0] for p in paths]
+
+    def _guarded(self, scope: dict[str, Any]) -> bool:
+        if scope["type"] != "http" or scope.get("method") != "POST":
+            return False
+        path = get_route_path(scope)
+        return any(p.match(path) for p in self._paths)
+
+    async def __call__(self, scope: dict[str, Any], receive: ASGIApp, send: ASGIApp) -> None:
+        if self._guarded(scope):
+            given = Headers(scope=scope).get(SECRET_HEADER)
+            ok = given is not None and hmac.compare_digest(given.encode("latin-1"), self._secret)
+            if not ok:
+                client = scope.get("client") or ("unknown", 0)
+                log.warning("refused a POST to event route %s from %s: %s header %s", get_route_path(scope),
+                            client[0], SECRET_HEADER, "missing" if given is None else "wrong")
+                response = JSONResponse(
+                    {"detail": f"event routes accept only deliveries from the consumer proxy "
+                               f"(missing or wrong {SECRET_HEADER} header)"},
+                    status_code=401,
+                )
+                await response(scope, receive, send)
+                return
+            # The handler has no use for the secret: keep it out of its headers (and its logs).
+            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != _SECRET_HEADER_RAW]}
+        await self.app(scope, receive, send)
+
+
+def secure_event_routes(api: "FastAPI", routes: "dict[str, EventRoute]", kafka: "KafkaConfig | None",
+                        listen_addr: str) -> None:
+    """Install the guard on the event routes when a secret is configured; warn when they are open."""
+    if not routes:
+        return
+    secret = getattr(kafka, "proxy_secret", None)
+    if secret:
+        api.add_middleware(DeliveryGuard, secret=secret, paths=sorted({r.path for r in routes.values()}))
+        return
+    host = listen_addr.rpartition(":")[0]
+    if not is_loopback(host):
+        log.warning(
+            "event routes (%s) are open: the service listens on %s and no shared secret is set, so anyone "
+            "who can reach it can forge events; set [consumer] secret_env = \"FREEDOM_PROXY_SECRET\" in kafka.toml",
+            ", ".join(sorted({r.path for r in routes.values()})), listen_addr,
+        )
