@@ -15,6 +15,7 @@ from .bus import Bus
 from .domain import Database, DomainEventError, Entity, EventNameError, UnitOfWork
 from .errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
 from .initiator import Initiator, prepare
+from .outcomes import DeadLetter, Drop, Outcome, Retry
 from .runtime import Request, Runtime, RuntimeDep, get_runtime
 
 __all__ = [
@@ -25,11 +26,15 @@ __all__ = [
     "Entity",
     "EventNameError",
     "UnitOfWork",
+    "DeadLetter",
+    "Drop",
     "ConfigError",
     "FreedomError",
     "Initiator",
+    "Outcome",
     "PublishError",
     "Request",
+    "Retry",
     "RouteError",
     "Runtime",
     "RuntimeDep",

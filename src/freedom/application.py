@@ -24,6 +24,7 @@ from .initiator import Initiator, PrepareHook, registered_prepare_hooks
 from .infra.kafka.delivery import EventRoute
 from .infra.kafka.infra import KafkaInfra
 from .infra.kafka.producer import Producer
+from .outcomes import Outcome, handle_outcome
 from .runtime import Runtime
 from .security import secure_event_routes
 
@@ -47,6 +48,8 @@ class Application:
         self._prepare = list(prepare) if prepare is not None else None
         self.embedded_broker = embedded_broker
         self.fastapi = FastAPI(title=title, lifespan=self._lifespan)
+        # Event handlers raise freedom.Retry / DeadLetter / Drop to choose their outcome (outcomes.py).
+        self.fastapi.add_exception_handler(Outcome, handle_outcome)
         self.injectables: Injectables = {}
         self.config: AppConfig = AppConfig()
         self.kafka_config: KafkaConfig | None = None

@@ -1,8 +1,12 @@
 """Delivering a record to the service's route over HTTP: the consumer proxy's one outward call.
 
 `POST {proxy_addr}{route path}` with the key in the path, the value as body, the record headers
-plus `x-message-key` and `x-retry-count`. A 2xx answer is success; any other status, a timeout
-or a connection error is a failure.
+plus `x-message-key` and `x-retry-count`. The answer's `x-freedom-outcome` header (see
+`freedom.outcomes`) decides first; otherwise a 2xx answer is success, and any other status, a
+timeout or a connection error is a failure.
+
+Transport: HTTP/1.1, or HTTP/2 cleartext with prior knowledge (`proxy_http2 = true`, the
+service served by an ASGI server that speaks h2c), both through one pooled httpx client.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import httpx
 
 from ...security import SECRET_HEADER  # the proxy authenticates its deliveries with it
 
+from ...outcomes import OUTCOME_HEADER, OUTCOMES, REASON_HEADER, decode_reason
+
 log = logging.getLogger("freedom.kafka.delivery")
 
 MESSAGE_KEY_HEADER = "x-message-key"
@@ -23,7 +29,10 @@ RETRY_COUNT_HEADER = "x-retry-count"
 # Record headers that must not become HTTP headers: they would corrupt the request framing or
 # override what the proxy itself sets.
 _NOT_FORWARDED = {b"content-length", b"transfer-encoding", b"host", b"connection", b"upgrade",
-                  b"keep-alive", b"te", b"trailer", MESSAGE_KEY_HEADER.encode(), RETRY_COUNT_HEADER.encode(), SECRET_HEADER.encode()}
+                  b"keep-alive", b"te", b"trailer", b"http2-settings", b"proxy-connection",
+                  MESSAGE_KEY_HEADER.encode(), RETRY_COUNT_HEADER.encode(), SECRET_HEADER.encode()}
+
+RecordHeaders = list[tuple[str, bytes | None]]
 
 
 @dataclass(frozen=True)
@@ -42,25 +51,69 @@ class EventRoute:
 
 @dataclass(frozen=True)
 class DeliveryResult:
-    ok: bool
+    """How one delivery went: the status (or the transport error) and the handler's outcome, if any."""
+
     status: int | None = None
     error: str | None = None
+    outcome: str | None = None  # "retry", "dead-letter", "drop" from the x-freedom-outcome header
+    reason: str | None = None  # x-freedom-reason, decoded
+
+    @property
+    def ok(self) -> bool:
+        """Handled: 2xx without a retry/dead-letter outcome, or an explicit drop."""
+        if self.outcome == "drop":
+            return True
+        return self.outcome is None and self.status is not None and 200 <= self.status < 300
 
     def describe(self) -> str:
-        return f"HTTP {self.status}" if self.status is not None else (self.error or "unknown error")
+        """One line for logs and the dead-letter `x-freedom-error` header."""
+        what = f"HTTP {self.status}" if self.status is not None else (self.error or "unknown error")
+        if self.outcome:
+            what += f", handler asked: {self.outcome}"
+        if self.reason:
+            what += f" ({self.reason})"
+        return what
+
+
+def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -> list[tuple[bytes, bytes]]:
+    """The headers of one delivery: the record's (minus hop-by-hop ones) plus the proxy's own.
+
+    The one place where outgoing delivery headers are built.
+    """
+    out = [(k.encode() if isinstance(k, str) else k, v or b"") for k, v in record_headers]
+    out = [(k, v) for k, v in out if k.lower() not in _NOT_FORWARDED]
+    out.append((MESSAGE_KEY_HEADER.encode(), key.encode()))
+    out.append((RETRY_COUNT_HEADER.encode(), str(retry_count).encode()))
+    return out
+
+
+def _result(response: httpx.Response) -> DeliveryResult:
+    outcome = response.headers.get(OUTCOME_HEADER)
+    if outcome is not None:
+        outcome = outcome.strip().lower()
+        if outcome not in OUTCOMES:
+            log.warning("ignoring unknown %s: %r (expected one of %s)", OUTCOME_HEADER, outcome, ", ".join(OUTCOMES))
+            outcome = None
+    reason = response.headers.get(REASON_HEADER)
+    return DeliveryResult(status=response.status_code, outcome=outcome,
+                          reason=decode_reason(reason) if reason else None)
 
 
 class HttpDelivery:
-    """POSTs records to the service through one pooled httpx client."""
+    """POSTs records to the service through one pooled httpx client (HTTP/1.1 or h2c)."""
 
     def __init__(self, proxy_addr: str, *, http2: bool = False, timeout: float = 30.0,
                  max_connections: int = 100, secret: str | None = None) -> None:
         self.proxy_addr = proxy_addr
+        self.http2 = http2
         self._client = httpx.AsyncClient(
             base_url=proxy_addr,
+            # http1=False + http2=True: HTTP/2 with prior knowledge, which is what h2c needs
             http1=not http2,
             http2=http2,
-            timeout=httpx.Timeout(timeout, connect=5.0),
+            # No pool timeout: the proxy bounds the deliveries in flight itself; waiting for a
+            # free connection is not the handler's failure.
+            timeout=httpx.Timeout(timeout, connect=5.0, pool=None),
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             headers={SECRET_HEADER: secret} if secret else None,  # sent with every delivery (security.py)
         )
@@ -83,19 +136,18 @@ class HttpDelivery:
         return False
 
     async def deliver(self, route: EventRoute, key: str, value: bytes,
-                      headers: list[tuple[str, bytes]], retry_count: int) -> DeliveryResult:
-        out = [(k.encode() if isinstance(k, str) else k, v or b"") for k, v in headers]
-        out = [(k, v) for k, v in out if k.lower() not in _NOT_FORWARDED]
-        out.append((MESSAGE_KEY_HEADER.encode(), key.encode()))
-        out.append((RETRY_COUNT_HEADER.encode(), str(retry_count).encode()))
+                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+        """POST one record; never raises for the service's or the network's faults."""
+        out = request_headers(headers, key, retry_count)
         try:
             response = await self._client.post(route.url_path(key), content=value, headers=out)
             await response.aclose()
         except httpx.TimeoutException:
-            return DeliveryResult(False, error="timed out waiting for the handler")
+            return DeliveryResult(error="timed out waiting for the handler")
         except httpx.HTTPError as exc:
-            return DeliveryResult(False, error=f"{type(exc).__name__}: {exc}")
-        return DeliveryResult(200 <= response.status_code < 300, status=response.status_code)
+            return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
+        return _result(response)
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
