@@ -1,0 +1,206 @@
+"""Publishing APIs for real code: sync, batch, flush at shutdown, and bad input raised at the call."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+import freedom
+from freedom.infra import kafka
+from freedom.infra.kafka.producer import PRODUCER_DEFAULTS, ProducerClient, ProducerClosedError, RecordTooLargeError
+from freedom.testing import ServiceThread, free_port, wait_until, write_config
+
+N = 10_000
+
+
+def producer_service(tmp_path, bootstrap: str, **client) -> ServiceThread:
+    """A service with only a producer (no consumer proxy), on a free port."""
+    port = free_port()
+    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"}, kafka={
+        "producer": {"open": True},
+        "producer_clients": [{"servers": [bootstrap], **client}],
+    })
+    return ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[]))
+
+
+def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
+    """Every record of partition 0 of `topic`, read from the start until `expected` were seen or the deadline."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False})
+    c.assign([TopicPartition(topic, 0, 0)])
+    records: list = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(records) < expected and time.monotonic() < deadline:
+            records += [m for m in c.consume(1000, 0.5) if m.error() is None]
+        # Anything beyond `expected` (a duplicate) would show up now.
+        records += [m for m in c.consume(1000, 0.5) if m.error() is None]
+    finally:
+        c.close()
+    return records
+
+
+def test_batch_of_10000_all_arrive_with_a_result_each(apache_kafka, new_topic, tmp_path):
+    topic = new_topic(apache_kafka.bootstrap)
+    with producer_service(tmp_path, apache_kafka.bootstrap) as svc:
+        producer = svc.app.producer
+        msgs = [producer.new_msg(topic, f"record {i}") for i in range(N)]
+        result = svc.run(producer.publish_batch(msgs), timeout=120)
+    assert result.ok, result.failed[:3]
+    assert len(result.results) == N
+    assert [d.key for d in result.delivered] == [m.key for m in msgs]
+    assert sorted(d.offset for d in result.delivered) == list(range(N))
+    records = read_all(apache_kafka.bootstrap, topic, N)
+    assert len(records) == N
+    assert {r.key().decode() for r in records} == {m.key for m in msgs}
+
+
+def test_stopping_right_after_accepting_a_batch_loses_none(apache_kafka, new_topic, tmp_path):
+    topic = new_topic(apache_kafka.bootstrap)
+    svc = producer_service(tmp_path, apache_kafka.bootstrap).start()
+    producer = svc.app.producer
+    msgs = [producer.new_msg(topic, f"record {i}") for i in range(N)]
+    pending = producer.accept_batch(msgs)  # returns once queued, long before the broker has them all
+    svc.stop()  # flushes at shutdown
+    result = pending.result(timeout=5)
+    assert result.ok, result.failed[:3]
+    records = read_all(apache_kafka.bootstrap, topic, N)
+    assert len(records) == N
+    assert [r.value().decode() for r in records] == [f"record {i}" for i in range(N)]  # in order, too
+
+
+def test_publish_sync_from_a_script_and_not_on_the_loop(apache_kafka, new_topic, tmp_path):
+    topic = new_topic(apache_kafka.bootstrap)
+    with producer_service(tmp_path, apache_kafka.bootstrap) as svc:
+        delivered = svc.app.producer.new_msg(topic, b"from a script").set_key("K1").publish_sync(timeout=30)
+        assert (delivered.topic, delivered.offset, delivered.key) == (topic, 0, "K1")
+
+        async def on_the_loop() -> None:
+            svc.app.producer.new_msg(topic, b"x").publish_sync()
+
+        with pytest.raises(RuntimeError, match=r"publish_sync\(\) would block the event loop: .*await msg.publish\(\)"):
+            svc.run(on_the_loop())
+    records = read_all(apache_kafka.bootstrap, topic, 1)
+    assert [(r.key(), r.value()) for r in records] == [(b"K1", b"from a script")]
+
+
+def test_undeliverable_records_at_close_are_reported_not_dropped(caplog):
+    # Nothing listens on port 1: the records stay queued, and closing must report each one.
+    client = ProducerClient("lost", {"bootstrap.servers": "127.0.0.1:1", **PRODUCER_DEFAULTS, "log_level": 0})
+    producer = kafka.Producer({"lost": client})
+    msgs = [producer.new_msg("nowhere", f"r{i}") for i in range(3)]
+    pending = producer.accept_batch(msgs)
+    with caplog.at_level(logging.ERROR, logger="freedom.kafka.producer"):
+        failures = producer.close(timeout=0.5)
+    assert sorted(k for _, k, _ in failures) == sorted(m.key for m in msgs)
+    result = pending.result(timeout=5)
+    assert len(result.failed) == 3
+    assert all(isinstance(e, ProducerClosedError) for _, e in result.failed)
+    assert "the service stopped before the broker acknowledged it" in str(result.failed[0][1])
+    log = caplog.text
+    assert "producer client 'lost' stopped with 3 records not delivered" in log
+    assert all(m.key in log for m in msgs)
+
+
+# ----------------------------------------------------------------------------- bad input (point 6)
+
+
+@pytest.fixture
+def running(apache_kafka, tmp_path):
+    with producer_service(tmp_path, apache_kafka.bootstrap) as svc:
+        yield svc
+
+
+@pytest.mark.parametrize("topic, exc, message", [
+    ("", ValueError, "topic name is empty"),
+    ("Goods:Shopping", ValueError, "has characters Kafka does not allow (':')"),
+    ("a b", ValueError, "has characters Kafka does not allow (' ')"),
+    ("x" * 250, ValueError, "Kafka allows at most 249"),
+    (None, TypeError, "topic must be a string, got NoneType"),
+])
+def test_bad_topic_raises_at_new_msg(running, topic, exc, message):
+    with pytest.raises(exc) as info:
+        running.app.producer.new_msg(topic, b"x")
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("headers, exc, message", [
+    ({1: "x"}, TypeError, "header names must be str, got int"),
+    ({"x-count": 5}, TypeError, "header 'x-count' must have a str or bytes value, got int"),
+    ({"x-none": None}, TypeError, "header 'x-none' must have a str or bytes value, got NoneType"),
+    ({"bad name": "x"}, ValueError, "header name 'bad name' is not a valid HTTP header name"),
+    ({"动作": "x"}, ValueError, "is not a valid HTTP header name"),
+    ({"x-a": "one\r\nx-b: two"}, ValueError, "header 'x-a' has a line break"),
+    (["x-a", "b"], TypeError, "headers must be a mapping"),
+])
+def test_bad_headers_raise_at_set_headers(running, new_topic, headers, exc, message):
+    msg = running.app.producer.new_msg("t", b"x")
+    with pytest.raises(exc) as info:
+        msg.set_headers(headers)
+    assert message in str(info.value)
+
+
+def test_utf8_header_values_are_fine(running, apache_kafka, new_topic):
+    topic = new_topic(apache_kafka.bootstrap)
+    running.app.producer.new_msg(topic, b"x").set_headers({"x-action": "购买", "x-raw": b"\xff"}).publish_sync(timeout=30)
+    (record,) = read_all(apache_kafka.bootstrap, topic, 1)
+    assert dict(record.headers()) == {"x-action": "购买".encode(), "x-raw": b"\xff"}
+
+
+def test_content_of_the_wrong_type(running):
+    with pytest.raises(TypeError, match=r"message content must be bytes or str, got dict \(serialise it first"):
+        running.app.producer.new_msg("t", {"ID": 1})
+
+
+def test_record_over_the_producer_limit_raises_at_publish(running, apache_kafka, new_topic):
+    topic = new_topic(apache_kafka.bootstrap)
+    msg = running.app.producer.new_msg(topic, os.urandom(2_000_000))
+    with pytest.raises(RecordTooLargeError) as info:
+        msg.publish_sync(timeout=30)
+    text = str(info.value)
+    assert f"message to {topic!r} is 2000" in text and "over the limit of 1000000 bytes" in text
+    assert "message.max.bytes" in text
+    with pytest.raises(RecordTooLargeError):
+        running.run(msg.publish())
+
+
+def test_record_over_the_topic_limit_is_rejected_by_the_broker(running, apache_kafka):
+    topic = f"small-{uuid.uuid4().hex[:8]}"
+    admin = AdminClient({"bootstrap.servers": apache_kafka.bootstrap})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"max.message.bytes": "2000"})])[topic].result(30)
+    msg = running.app.producer.new_msg(topic, os.urandom(20_000))  # random: compression cannot shrink it
+    with pytest.raises(RecordTooLargeError) as info:
+        running.run(msg.publish(), timeout=60)
+    assert "the broker rejected it as too large" in str(info.value) and topic in str(info.value)
+
+
+def test_publish_after_shutdown_raises(apache_kafka, new_topic, tmp_path):
+    topic = new_topic(apache_kafka.bootstrap)
+    svc = producer_service(tmp_path, apache_kafka.bootstrap).start()
+    kept = svc.app.producer  # a reference taken while the service ran (a background task, say)
+    svc.stop()
+    with pytest.raises(freedom.PublishError, match="cannot publish: the service has stopped"):
+        svc.app.producer.new_msg(topic, b"late").publish_sync()
+    with pytest.raises(ProducerClosedError, match=f"cannot publish to '{topic}': the producer is closed"):
+        kept.new_msg(topic, b"late").publish_sync()
+    with pytest.raises(ProducerClosedError):
+        asyncio.run(kept.new_msg(topic, b"late").publish())
+    result = kept.accept_batch([kept.new_msg(topic, b"late")]).result(5)
+    assert isinstance(result.failed[0][1], ProducerClosedError)
+    assert read_all(apache_kafka.bootstrap, topic, 1, timeout=3) == []
+
+
+def test_bus_over_the_limit_raises_at_set_runtime(running):
+    class FakeRequestRuntime:  # only the attributes set_runtime reads
+        bus = freedom.Bus({"blob": "x" * 10_000})
+        trace = None
+
+    with pytest.raises(ValueError, match=r"bus is 100\d\d bytes as JSON, over the 8192-byte limit"):
+        running.app.producer.new_msg("t", b"x").set_runtime(FakeRequestRuntime())  # type: ignore[arg-type]
