@@ -12,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import threading
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import confluent_kafka
 
 from ...config import ConsumerClientConfig
 from ...errors import PublishError
 from .delivery import RETRY_COUNT_HEADER, DeliveryResult
-from .producer import PRODUCER_DEFAULTS, ProducerClient
+from .producer import PRODUCER_DEFAULTS
 
 log = logging.getLogger("freedom.kafka.retry")
 
@@ -78,7 +81,10 @@ class RetryRouter:
     def __init__(self, config: ConsumerClientConfig, consumer_settings: dict[str, Any]) -> None:
         self.config = config
         self._settings = {**_connection_settings(consumer_settings), **PRODUCER_DEFAULTS}
-        self._producer: ProducerClient | None = None
+        self._producer: confluent_kafka.Producer | None = None
+        self._poller: threading.Thread | None = None
+        self._poll_stop = threading.Event()
+        self._fatal = False
 
     # ------------------------------------------------------------------ topics
 
@@ -145,10 +151,20 @@ class RetryRouter:
             headers.append((STATUS_HEADER, str(result.status).encode()))
         return headers
 
-    def _client(self) -> ProducerClient:
+    def _client(self) -> confluent_kafka.Producer:
         if self._producer is None:
-            self._producer = ProducerClient(f"retry-{self.config.group_id}", dict(self._settings))
+            self._producer = confluent_kafka.Producer(dict(self._settings))
+            self._poll_stop = threading.Event()
+            self._poller = threading.Thread(target=self._poll, args=(self._producer, self._poll_stop),
+                                            name=f"freedom-retry-producer-{self.config.group_id}", daemon=True)
+            self._poller.start()
         return self._producer
+
+    @staticmethod
+    def _poll(producer: confluent_kafka.Producer, stop: threading.Event) -> None:
+        """Serve delivery reports (they resolve the futures of :meth:`send`)."""
+        while not stop.is_set():
+            producer.poll(0.1)
 
     async def send(self, topic: str, record: Any, headers: list[tuple[str, bytes]]) -> None:
         """Produce the record (same key and value) to `topic`; returns once the broker acknowledged it.
@@ -166,13 +182,43 @@ class RetryRouter:
             else:
                 future.set_exception(PublishError(f"could not produce to {topic!r}: {err.str()}"))
 
-        def on_delivery(err: Any, _msg: Any) -> None:  # on the producer's poll thread
+        def on_delivery(err: Any, _msg: Any) -> None:  # on the poll thread
+            if err is not None and err.fatal():
+                self._fatal = True
             loop.call_soon_threadsafe(resolve, err)
 
-        self._client().produce(topic, record.value() or b"", record.key(), headers, on_delivery)  # type: ignore[arg-type]
-        await future
+        producer = self._client()
+        while True:
+            try:
+                producer.produce(topic, value=record.value() or b"", key=record.key(), headers=headers,
+                                 on_delivery=on_delivery)
+                break
+            except BufferError:  # the local queue is full: let deliveries make room
+                await asyncio.sleep(0.05)
+            except confluent_kafka.KafkaException as exc:
+                raise PublishError(f"could not produce to {topic!r}: {exc.args[0].str()}") from None
+        try:
+            await future
+        except PublishError:
+            if self._fatal and self._producer is producer:
+                self._reset()
+            raise
+
+    def _reset(self) -> None:
+        """Forget a producer in a fatal state (idempotence broken); the next send makes a new one."""
+        log.warning("the retry producer of %r hit a fatal error; making a new one", self.config.group_id)
+        self.close()
+        self._fatal = False
 
     def close(self) -> None:
-        if self._producer is not None:
-            self._producer.close()
-            self._producer = None
+        """Wait (bounded) for records still queued, then stop the producer."""
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        left = producer.flush(10.0)
+        self._poll_stop.set()
+        if self._poller is not None:
+            self._poller.join(1.0)
+        if left:
+            log.error("retry producer of %r stopped with %d records not acknowledged; their originals "
+                      "stay uncommitted and are delivered again", self.config.group_id, left)
