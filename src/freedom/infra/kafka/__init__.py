@@ -7,9 +7,11 @@
 """
 
 from .delivery import EventRoute
-from .producer import Delivered, Msg, Producer, new_key
+from .producer import (BatchResult, Delivered, Msg, PendingBatch, Producer, ProducerClosedError, RecordTooLargeError,
+                       new_key)
 from .settings import setting_config
 from .domain_events import KafkaDomainEventInfra, get_domain_event_infra
 
-__all__ = ["Delivered", "EventRoute", "KafkaDomainEventInfra", "Msg", "Producer", "get_domain_event_infra", "new_key",
+__all__ = ["BatchResult", "PendingBatch", "ProducerClosedError", "RecordTooLargeError",
+           "Delivered", "EventRoute", "KafkaDomainEventInfra", "Msg", "Producer", "get_domain_event_infra", "new_key",
            "setting_config"]
