@@ -6,6 +6,7 @@ came); `POST /store/dead/{event_id}` can listen on the dead-letter topic.
 
 from __future__ import annotations
 
+import inspect
 import threading
 import time
 import uuid
@@ -31,7 +32,7 @@ class Delivery:
     nth: int  # how many calls with this key and route came before
 
 
-Behaviour = Callable[[Delivery], "int | Response | None"]
+Behaviour = Callable[[Delivery], Any]  # returns a status, a Response, None (200) or an awaitable of one
 
 
 @dataclass
@@ -64,6 +65,8 @@ def event_app(config_dir: Path, journal: Journal, topic: str, behave: Behaviour 
             request = self.runtime.request
             call = journal.add("event", event_id, await request.body(), dict(request.headers.items()))
             answer = behave(call) if behave is not None else None  # may raise freedom.Retry & co.
+            if inspect.isawaitable(answer):
+                answer = await answer
             if isinstance(answer, Response):
                 return answer
             return Response(status_code=answer or 200)

@@ -1,0 +1,99 @@
+"""Delivery modes: a bound on records in flight, key order, and commits that never pass an unfinished record."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+
+from freedom.testing import wait_until
+from tests.services.event_app import Delivery, Journal, event_service
+from tests.services.kafka_tools import committed, produce
+
+
+class Gauge:
+    """Counts handler calls running at once (they all run on the service's loop)."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+        self.peak_by_key: dict[str, int] = {}
+        self._by_key: dict[str, int] = {}
+
+    async def hold(self, call: Delivery, seconds: float) -> None:
+        self.now += 1
+        self._by_key[call.key] = self._by_key.get(call.key, 0) + 1
+        self.peak = max(self.peak, self.now)
+        self.peak_by_key[call.key] = max(self.peak_by_key.get(call.key, 0), self._by_key[call.key])
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self.now -= 1
+            self._by_key[call.key] -= 1
+
+
+def test_concurrent_mode_keeps_to_its_bound(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap, partitions=2)
+    journal, gauge = Journal(), Gauge()
+    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.1),
+                        mode="concurrent", max_in_flight=5)
+    with svc:
+        produce(bootstrap, topic, [{"key": f"K{i}".encode(), "value": b"x"} for i in range(60)])
+        wait_until(lambda: len(journal.of()) >= 60, 60, what="60 deliveries")
+    assert sorted(c.key for c in journal.of()) == sorted(f"K{i}" for i in range(60))
+    assert gauge.peak == 5, gauge.peak  # in parallel, never more than the bound
+
+
+def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    journal = Journal()
+    release = asyncio.Event()
+
+    async def behave(call: Delivery) -> None:
+        if call.key == "HOLD":
+            await release.wait()
+
+    svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=20,
+                        group_id=f"g-hold-{time.time_ns()}")
+    group = svc.app.kafka_config.consumer_clients[0].group_id
+    with svc:
+        before = committed(bootstrap, group, topic)[0]
+        produce(bootstrap, topic, [{"key": b"HOLD", "value": b"h"}] + [{"key": f"K{i}".encode(), "value": b"x"} for i in range(9)])
+        wait_until(lambda: len(journal.of()) == 10, 30, what="every record to reach the handler")
+        time.sleep(1.5)  # the nine later records are done: their commits would have gone out by now
+        assert committed(bootstrap, group, topic)[0] == before  # not past the unfinished first record
+        assert svc.loop is not None
+        svc.loop.call_soon_threadsafe(release.set)
+        wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 10, 20, what="the commit of all ten")
+
+
+def test_key_ordered_mode_keeps_each_keys_order_and_runs_keys_in_parallel(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    journal, gauge = Journal(), Gauge()
+    rng = random.Random(7)
+    # The client's default mode is concurrent; the topic overrides it (the per-topic table).
+    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, rng.uniform(0, 0.03)),
+                        mode="concurrent", topics={topic: {"mode": "key-ordered", "max_in_flight": 50}})
+    records = [{"key": k.encode(), "value": str(i).encode()} for i in range(10) for k in ("A", "B", "C")]
+    with svc:
+        produce(bootstrap, topic, records)
+        wait_until(lambda: len(journal.of()) >= 30, 60, what="30 deliveries")
+    for key in "ABC":
+        assert [int(c.body) for c in journal.of(key=key)] == list(range(10)), key
+    assert max(gauge.peak_by_key.values()) == 1  # one at a time per key...
+    assert gauge.peak >= 2  # ...different keys at once
+
+
+def test_sequential_mode_delivers_one_at_a_time_per_partition_in_order(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    journal, gauge = Journal(), Gauge()
+    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.01))
+    with svc:
+        produce(bootstrap, topic, [{"key": f"K{i % 3}".encode(), "value": str(i).encode()} for i in range(30)])
+        wait_until(lambda: len(journal.of()) >= 30, 60, what="30 deliveries")
+    assert [int(c.body) for c in journal.of()] == list(range(30))
+    assert gauge.peak == 1
