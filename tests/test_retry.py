@@ -58,7 +58,8 @@ def test_always_failing_lands_in_the_dead_letter_topic_once_with_the_reasons(bro
 def test_a_waiting_retry_does_not_hold_up_other_partitions_or_the_main_topic(apache_kafka, new_topic, tmp_path):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=2)
-    AdminClient({"bootstrap.servers": bootstrap}).create_topics([NewTopic(f"retry-{topic}", 2, 1)])[f"retry-{topic}"].result(20)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(f"retry-{topic}", 2, 1)])[f"retry-{topic}"].result(20)
     journal = Journal()
     interval = 6.0
     svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: 500 if c.key == "SLOW" and c.nth == 0 else 200,
