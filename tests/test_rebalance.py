@@ -1,0 +1,87 @@
+"""Rebalance and shutdown: in-flight work finishes within a deadline, what is done is committed,
+the rest is delivered again; two instances of a service share a group's partitions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+
+from freedom.testing import wait_until
+from tests.services.event_app import Delivery, Journal, event_service
+from tests.services.kafka_tools import committed, produce
+
+
+def test_two_instances_share_the_partitions_and_lose_nothing(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap, partitions=4)
+    group = f"g-two-{uuid.uuid4().hex[:8]}"
+    journal_a, journal_b = Journal(), Journal()
+
+    async def work(call: Delivery) -> None:
+        await asyncio.sleep(0.005)
+
+    a = event_service(tmp_path / "a", bootstrap, journal_a, topic, work, group_id=group, mode="concurrent", max_in_flight=20)
+    b = event_service(tmp_path / "b", bootstrap, journal_b, topic, work, group_id=group, mode="concurrent", max_in_flight=20)
+    total = 800
+    done_producing = threading.Event()
+
+    def producer() -> None:  # a steady stream over about 8 seconds
+        for i in range(0, total, 20):
+            produce(bootstrap, topic, [{"key": f"K{j}".encode(), "value": str(j).encode()} for j in range(i, i + 20)])
+            time.sleep(0.2)
+        done_producing.set()
+
+    a.start()
+    try:
+        feeder = threading.Thread(target=producer, daemon=True)
+        feeder.start()
+        wait_until(lambda: len(journal_a.of()) >= 100, 30, what="instance A to be working")
+        b.start()  # joins mid-run: the group rebalances
+        wait_until(lambda: len(journal_b.of()) >= 50, 30, what="instance B to get partitions")
+    finally:
+        a.stop()  # leaves mid-run: B takes every partition
+    try:
+        wait_until(done_producing.is_set, 60, what="the producer to finish")
+        handled = lambda: {c.key for c in journal_a.of() + journal_b.of()}  # noqa: E731
+        wait_until(lambda: len(handled()) == total, 60, what="every record to be handled")
+    finally:
+        b.stop()
+    keys = [c.key for c in journal_a.of() + journal_b.of()]
+    assert set(keys) == {f"K{j}" for j in range(total)}
+    # A graceful hand-over finishes and commits in-flight work: nothing is delivered twice.
+    assert len(keys) == total, f"{len(keys) - total} duplicates"
+
+
+def test_stop_finishes_in_flight_work_within_the_deadline_and_abandons_the_rest(apache_kafka, new_topic, tmp_path, caplog):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    group = f"g-drain-{uuid.uuid4().hex[:8]}"
+
+    async def behave(call: Delivery) -> None:
+        if call.key == "MID":
+            await asyncio.sleep(1.5)  # finishes during the drain
+        elif call.key == "SLOW" and call.nth == 0:
+            await asyncio.sleep(8)  # outlives the 3-second drain deadline
+
+    journal = Journal()
+    svc = event_service(tmp_path / "1", bootstrap, journal, topic, behave, group_id=group,
+                        mode="concurrent", drain_timeout_sec=3)
+    caplog.set_level(logging.WARNING, logger="freedom.kafka.proxy")
+    with svc:
+        before = committed(bootstrap, group, topic)[0]
+        produce(bootstrap, topic, [{"key": b"MID", "value": b"m"}, {"key": b"SLOW", "value": b"s"}])
+        wait_until(lambda: len(journal.of()) == 2, 20, what="both records to reach the handler")
+        started = time.monotonic()  # leaving the block stops the service, with both deliveries in flight
+    stop_took = time.monotonic() - started
+    assert committed(bootstrap, group, topic)[0] == before + 1  # MID finished and was committed, SLOW was not
+    assert any("abandoned 1 in-flight deliveries" in r.getMessage() for r in caplog.records)
+    assert stop_took < 15, stop_took
+
+    again = event_service(tmp_path / "2", bootstrap, journal, topic, behave, group_id=group, mode="concurrent")
+    with again:
+        wait_until(lambda: len(journal.of(key="SLOW")) == 2, 30, what="SLOW to be delivered again")
+        wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 2, 20, what="SLOW's commit")
+    assert len(journal.of(key="MID")) == 1
