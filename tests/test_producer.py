@@ -204,3 +204,13 @@ def test_bus_over_the_limit_raises_at_set_runtime(running):
 
     with pytest.raises(ValueError, match=r"bus is 100\d\d bytes as JSON, over the 8192-byte limit"):
         running.app.producer.new_msg("t", b"x").set_runtime(FakeRequestRuntime())  # type: ignore[arg-type]
+
+
+async def test_settings_librdkafka_refuses_are_a_config_error(apache_kafka, tmp_path):
+    write_config(tmp_path, kafka={"producer": {"open": True}, "producer_clients": [
+        {"name": "north", "servers": [apache_kafka.bootstrap], "settings": {"lingr.ms": 5}}]})
+    app = freedom.Application(config_dir=tmp_path, prepare=[])
+    with pytest.raises(freedom.ConfigError) as info:
+        await app.start()
+    assert str(info.value) == ("kafka.toml: producer client 'north': librdkafka refused the settings: "
+                               'No such configuration property: "lingr.ms"')

@@ -27,8 +27,9 @@ from typing import TYPE_CHECKING, Any, Iterable, Mapping
 import confluent_kafka
 
 from ...bus import BUS_HEADER, MAX_BUS_BYTES
-from ...errors import PublishError, UnknownClientError
+from ...errors import ConfigError, PublishError, UnknownClientError
 from ...tracing import inject_trace
+from .settings import scrub
 from .topics import check_topic
 
 if TYPE_CHECKING:
@@ -79,7 +80,12 @@ class ProducerClient:
         self.label = repr(name) if name else "(default)"
         self.settings = settings
         self.max_bytes = int(settings.get("message.max.bytes", DEFAULT_MAX_BYTES))
-        self._producer = confluent_kafka.Producer(settings)
+        try:
+            self._producer = confluent_kafka.Producer(settings)
+        except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
+            problem = exc.args[0].str() if isinstance(exc, confluent_kafka.KafkaException) else str(exc)
+            raise ConfigError("kafka.toml", f"producer client {self.label}",
+                              f"librdkafka refused the settings: {scrub(problem, settings)}") from None
         self._closed = False
         self._lock = threading.Lock()
         self._closing_failures: list[tuple[str, str, str]] = []  # (topic, key, error) seen while closing
