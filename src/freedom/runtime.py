@@ -1,7 +1,10 @@
 """`Runtime`: what a handler knows about the request it serves.
 
 It holds the request, a logger bound to the request's trace id, the propagated bus and a
-request-scoped store. Controllers get it injected into an attribute annotated `freedom.Runtime`;
+request-scoped store. The bus comes from the `x-freedom-bus` header (untrusted: size-limited,
+malformed values ignored with a warning, see bus.py) and the trace from `traceparent` (through
+OpenTelemetry's propagator when it is installed, see tracing.py); `msg.set_runtime(runtime)`
+carries both on into the messages the handler publishes. Controllers get it injected into an attribute annotated `freedom.Runtime`;
 plain FastAPI routes ask for it with `runtime: freedom.RuntimeDep`.
 """
 
