@@ -18,19 +18,17 @@ def make_topic(bootstrap: str, name: str) -> None:
     admin.create_topics([NewTopic(name, 1, 1)])[name].result(30)
 
 
-def values(bootstrap: str, topic: str, settle: float = 1.0) -> list[bytes]:
-    """Every record value of partition 0 of `topic`; reads until nothing new came for `settle` s."""
+def values(bootstrap: str, topic: str, timeout: float = 30.0) -> list[bytes]:
+    """Every record value of partition 0 of `topic`, up to its high watermark (all publishes were acknowledged)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}",
                   "session.timeout.ms": 6000, "enable.auto.commit": False})
-    c.assign([TopicPartition(topic, 0, 0)])
-    out: list[bytes] = []
-    quiet_since = time.monotonic()
     try:
-        while time.monotonic() - quiet_since < settle:
-            batch = [m for m in c.consume(100, 0.2) if m.error() is None]
-            if batch:
-                out += [m.value() for m in batch]
-                quiet_since = time.monotonic()
+        _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
+        c.assign([TopicPartition(topic, 0, 0)])
+        out: list[bytes] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < high and time.monotonic() < deadline:
+            out += [m.value() for m in c.consume(100, 0.2) if m.error() is None]
     finally:
         c.close()
     return out
@@ -90,4 +88,4 @@ async def test_the_unnamed_client_is_the_default(apache_kafka, embedded_kafka, t
     finally:
         await app.stop()
     assert values(embedded_kafka.bootstrap, topic) == [b"unnamed"]
-    assert values(apache_kafka.bootstrap, topic, settle=0.5) == []
+    assert values(apache_kafka.bootstrap, topic) == []
