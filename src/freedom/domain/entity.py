@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .events import DomainEvent, DomainEventError, check_headers, event_topic, to_json
+from .events import DomainEvent, DomainEventError, check_headers, event_topic, request_context, to_json
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -60,8 +60,7 @@ class Entity:
             key=key,
             payload=to_json(obj),
             headers=check_headers(headers),
-            bus=dict(runtime.bus) if runtime is not None else None,
-            trace_id=runtime.trace_id if runtime is not None else None,
+            **(request_context(runtime) if runtime is not None else {}),
         )
         self._freedom_pending().append(event)
         return event

@@ -18,10 +18,13 @@ import itertools
 import json
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import FreedomError
 from ..infra.kafka.topics import check_topic
+
+if TYPE_CHECKING:
+    from ..runtime import Runtime
 
 EVENT_NAME_HEADER = "x-freedom-event"  # the event name as raised, e.g. "Goods:Shopping"
 EVENT_ID_HEADER = "x-freedom-event-id"  # a unique id per event (the record key is the aggregate's)
@@ -69,19 +72,30 @@ def to_json(obj: Any) -> bytes:
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
-    """Event headers as a plain dict of lower-case names to str values; raises TypeError otherwise."""
+    """Event headers as a dict of lower-case names to str values, checked as a message's headers are.
+
+    Checked when the event is raised, so that the outbox never holds an event that can not be sent.
+    """
+    from ..infra.kafka.producer import _check_headers
+
     if headers is None:
         return {}
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"event headers must be a mapping of str to str, got {type(headers).__name__}")
-    out: dict[str, str] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str) or not name:
-            raise TypeError(f"event header names must be non-empty strings, got {name!r}")
-        if not isinstance(value, str):
-            raise TypeError(f"event header {name!r} must have a str value, got {type(value).__name__}")
-        out[name.lower()] = value
-    return out
+    if isinstance(headers, Mapping) and any(not isinstance(v, str) for v in headers.values()):
+        bad = next(k for k, v in headers.items() if not isinstance(v, str))
+        raise TypeError(f"event header {bad!r} must have a str value, got {type(headers[bad]).__name__}")
+    return {name: value.decode() for name, value in _check_headers(headers).items()}
+
+
+def request_context(runtime: "Runtime") -> dict[str, Any]:
+    """The bus, trace id and trace headers a runtime gives the events raised while serving it."""
+    from ..bus import BUS_HEADER, MAX_BUS_BYTES
+    from ..tracing import inject_trace
+
+    size = len(runtime.bus.to_header())
+    if size > MAX_BUS_BYTES:
+        raise ValueError(f"the runtime's bus is {size} bytes as JSON, over the {MAX_BUS_BYTES}-byte limit of the "
+                         f"{BUS_HEADER} header (receivers would ignore it): keep ids in the bus, not data")
+    return {"bus": dict(runtime.bus), "trace_id": runtime.trace_id, "trace_headers": inject_trace(runtime.trace)}
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,7 @@ class DomainEvent:
     headers: dict[str, str] = field(default_factory=dict)
     bus: dict[str, Any] | None = None  # the raising request's bus (None: not known yet)
     trace_id: str | None = None
+    trace_headers: dict[str, str] = field(default_factory=dict)  # traceparent (and the like) continuing its trace
     event_id: str = field(default_factory=new_event_id)
     seq: int = field(default_factory=lambda: next(_sequence), compare=False)
 

@@ -40,6 +40,7 @@ outbox = Table(
     Column("headers", Text, nullable=False),  # JSON object
     Column("bus", Text, nullable=True),  # JSON object
     Column("trace_id", String(64), nullable=True),
+    Column("trace_headers", Text, nullable=True),  # JSON object: traceparent and the like
     Column("created_at", DateTime(timezone=True), nullable=False),
     Column("published_at", DateTime(timezone=True), nullable=True),
     Column("attempts", Integer, nullable=False, default=0),
@@ -83,6 +84,7 @@ def event_row(event: DomainEvent, created_at: dt.datetime) -> dict[str, Any]:
         "headers": json.dumps(event.headers, ensure_ascii=False),
         "bus": json.dumps(event.bus, ensure_ascii=False) if event.bus is not None else None,
         "trace_id": event.trace_id,
+        "trace_headers": json.dumps(event.trace_headers) if event.trace_headers else None,
         "created_at": created_at,
         "attempts": 0,
     }
@@ -97,6 +99,7 @@ def row_event(row: Any) -> DomainEvent:
         headers=json.loads(row.headers),
         bus=Bus(json.loads(row.bus)) if row.bus is not None else None,
         trace_id=row.trace_id,
+        trace_headers=json.loads(row.trace_headers) if row.trace_headers else {},
         event_id=row.event_id,
         seq=row.id,
     )
@@ -156,9 +159,9 @@ async def take_lease(conn: AsyncConnection, name: str, owner: str, ttl: float) -
         return False
     result = await conn.execute(
         update(lease).where(lease.c.name == name, lease.c.owner == row.owner, lease.c.expires_at == row.expires_at)
-        .values(owner=owner, expires_at=expires)
+        .values(owner=owner, expires_at=expires).returning(lease.c.name)
     )
-    return bool(result.rowcount)
+    return result.first() is not None
 
 
 async def release_lease(conn: AsyncConnection, name: str, owner: str) -> None:
@@ -166,7 +169,10 @@ async def release_lease(conn: AsyncConnection, name: str, owner: str) -> None:
 
 
 async def _insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, values: dict[str, Any]) -> int:
-    """INSERT that does nothing on a key conflict (SQLite and PostgreSQL); returns rows inserted."""
+    """INSERT that does nothing on a key conflict (SQLite and PostgreSQL); returns rows inserted.
+
+    RETURNING tells, since some async drivers report no rowcount (-1) for INSERT ... ON CONFLICT.
+    """
     dialect = conn.get_bind().dialect.name if isinstance(conn, AsyncSession) else conn.dialect.name
     if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
@@ -174,10 +180,11 @@ async def _insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, val
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - other databases: a plain insert, conflicts raise
         from sqlalchemy import insert  # type: ignore[assignment]
-        result = await conn.execute(insert(table).values(**values))
-        return int(result.rowcount or 0)
-    result = await conn.execute(insert(table).values(**values).on_conflict_do_nothing())
-    return int(result.rowcount or 0)
+        await conn.execute(insert(table).values(**values))
+        return 1
+    first = table.primary_key.columns.values()[0]
+    result = await conn.execute(insert(table).values(**values).on_conflict_do_nothing().returning(first))
+    return len(result.all())
 
 
 async def record_processed(session: AsyncSession, consumer: str, message_id: str) -> bool:

@@ -23,7 +23,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .entity import Entity
-from .events import DomainEvent, DomainEventError, EVENT_ID_HEADER
+from .events import EVENT_ID_HEADER, DomainEvent, DomainEventError, request_context
 from .infra import DomainEventInfra, installed
 
 if TYPE_CHECKING:
@@ -134,7 +134,7 @@ class UnitOfWork:
             return event
         from dataclasses import replace
 
-        return replace(event, bus=dict(self.runtime.bus), trace_id=self.runtime.trace_id)
+        return replace(event, **request_context(self.runtime))
 
     def _discard(self) -> None:
         for entity in self._entities:

@@ -9,23 +9,14 @@ value = the object as JSON, the event's headers plus `x-freedom-event` (its name
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-from ...bus import Bus
+from ...bus import BUS_HEADER, Bus
 from ...errors import FreedomError
 
 if TYPE_CHECKING:
     from ...application import Application
     from ...domain.events import DomainEvent
-    from ...runtime import Runtime
-
-
-class _CarriedContext:
-    """The part of a Runtime a message carries on (`Msg.set_runtime`): the bus and the trace id."""
-
-    def __init__(self, bus: dict[str, object] | None, trace_id: str | None) -> None:
-        self.bus = Bus(bus or {})
-        self.trace_id = trace_id
 
 
 class KafkaDomainEventInfra:
@@ -42,12 +33,13 @@ class KafkaDomainEventInfra:
         """Send `event`; returns after the broker's acknowledgement, raises PublishError otherwise."""
         if self._app is None:
             raise FreedomError("this Kafka domain-event infrastructure is not installed: "
-                                   "call app.install_domain_event_infra(kafka.get_domain_event_infra())")
+                               "call app.install_domain_event_infra(kafka.get_domain_event_infra())")
         msg = self._app.producer.new_msg(event.topic, event.payload, client=self.client)
-        msg.set_key(event.key).set_headers(event.wire_headers())
-        if event.trace_id is not None or event.bus:
-            msg.set_runtime(cast("Runtime", _CarriedContext(event.bus, event.trace_id)))
-        await msg.publish()
+        headers = {**event.wire_headers(), **event.trace_headers}
+        if event.bus is not None:
+            # What Msg.set_runtime adds, from the request context the outbox kept.
+            headers[BUS_HEADER] = Bus(event.bus).to_header().decode()
+        await msg.set_key(event.key).set_headers(headers).publish()
 
 
 def get_domain_event_infra(client: str | None = None) -> KafkaDomainEventInfra:

@@ -1,0 +1,101 @@
+"""Database fixtures for the domain-event tests: SQLite files, and a PostgreSQL server on loopback.
+
+`postgres_server` runs scripts/postgres.sh, which installs PostgreSQL from Debian's packages when
+the machine has no server, makes a new cluster and starts it on a free 127.0.0.1 port; the
+session stops and deletes it. `db_url` runs each test on SQLite and on PostgreSQL (a new
+database per test). Import both into a test module to use them.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka.admin import AdminClient, NewTopic
+from sqlalchemy import create_engine, select
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[str]:
+    """URL of the `freedom` database of a PostgreSQL server started for this session."""
+    script = ROOT / "scripts" / "postgres.sh"
+    done = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=900)
+    if done.returncode != 0:
+        raise RuntimeError(f"scripts/postgres.sh start failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    url, data_dir = done.stdout.strip().splitlines()[-1].split()
+    try:
+        yield url
+    finally:
+        subprocess.run(["bash", str(script), "stop", data_dir], capture_output=True, timeout=120)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A new empty database: a SQLite file, or a new database on the session's PostgreSQL."""
+    if request.param == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
+    server: str = request.getfixturevalue("postgres_server")
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(server, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    engine.dispose()
+    return server.rsplit("/", 1)[0] + "/" + name
+
+
+def sync_url(url: str) -> str:
+    """The same database through a synchronous driver, for the tests' own checks."""
+    return url.replace("sqlite+aiosqlite://", "sqlite://")
+
+
+def outbox_rows(url: str) -> list[Any]:
+    """Every row of the outbox table, in order (empty when the table does not exist yet)."""
+    from freedom.domain.outbox import outbox
+
+    engine = create_engine(sync_url(url))
+    try:
+        with engine.connect() as conn:
+            if not engine.dialect.has_table(conn, "freedom_outbox"):
+                return []
+            return list(conn.execute(select(outbox).order_by(outbox.c.id)))
+    finally:
+        engine.dispose()
+
+
+def make_topic(bootstrap: str, name: str, partitions: int = 1, timeout: float = 30.0) -> str:
+    """Create topic `name` and wait until every partition has a leader."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout)
+    deadline = time.monotonic() + timeout
+    while True:
+        md = admin.list_topics(name, timeout=5).topics.get(name)
+        if (md is not None and md.error is None and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())):
+            return name
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"topic {name} not ready after {timeout}s: {md}")
+        time.sleep(0.05)
+
+
+def topic_size(bootstrap: str, topic: str, partitions: int = 1) -> int:
+    """How many records the topic holds (sum of high watermarks)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"size-{uuid.uuid4().hex[:6]}"})
+    try:
+        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions))
+    finally:
+        c.close()
+
+
+def unique_event(entity: str = "Goods", method: str = "Shopping") -> tuple[str, str]:
+    """A fresh event name like "Goods3f2a...:Shopping" and its topic, so tests never share a topic."""
+    name = f"{entity}{uuid.uuid4().hex[:10]}:{method}"
+    return name, name.replace(":", ".")

@@ -1,0 +1,154 @@
+"""Domain events through the transactional outbox, on Apache Kafka, on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+
+import httpx
+import pytest
+
+import freedom
+from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from tests.apps import Recorder
+from tests.outbox.apps import Goods, get_or_add, shop_app, stock_moves
+from tests.outbox.db import db_url, make_topic, outbox_rows, postgres_server, topic_size, unique_event  # noqa: F401
+
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def _config(tmp_path, bootstrap: str, **producer_settings):
+    port = free_port()
+    kafka = kafka_config(bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}", initial_offset="earliest",
+                         settings={"session.timeout.ms": 6000})
+    if producer_settings:
+        kafka["producer_clients"][0]["settings"] = producer_settings
+    return write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
+
+
+def test_goods_shopping_reaches_the_listener_with_bus_and_trace(apache_kafka, db_url, tmp_path):
+    recorder = Recorder()
+    app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, "Goods:Shopping")
+    with ServiceThread(app) as svc:
+        r = httpx.get(f"{svc.base_url}/shop/shopping/7", params={"tenant": "acme"},
+                      headers={"traceparent": TRACEPARENT}, timeout=30)
+        assert r.status_code == 200 and r.text == "ok"
+        rows = outbox_rows(db_url)
+        assert len(rows) == 1 and rows[0].topic == "Goods.Shopping"
+        # Topic Goods.Shopping is shared by the tests of this session: pick this test's event.
+        calls = wait_until(lambda: [c for c in recorder.snapshot()
+                                    if c.headers.get("x-freedom-event-id") == rows[0].event_id], 30,
+                           what="the Goods:Shopping listener to be called")
+        wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 20,
+                   what="the outbox row to be marked published")
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.body == {"ID": 7, "Amount": 9}
+    assert call.bus == {"tenant": "acme"}
+    assert call.trace_id == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert call.event_id == "7"  # the message key is the aggregate's identity
+    assert call.headers["x-freedom-event"] == "Goods:Shopping"
+    assert call.headers["x-action"] == "购买"
+
+
+def test_rolled_back_transaction_publishes_nothing(apache_kafka, db_url, tmp_path):
+    name, topic = unique_event()
+    make_topic(apache_kafka.bootstrap, topic)
+    recorder = Recorder()
+    app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, name)
+    with ServiceThread(app) as svc:
+        r = httpx.get(f"{svc.base_url}/shop/shopping/1", params={"fail": "true"}, timeout=30)
+        assert r.status_code == 409
+        assert outbox_rows(db_url) == []
+        # A later, committed event is delivered; the rolled-back one never is.
+        httpx.get(f"{svc.base_url}/shop/shopping/2", timeout=30).raise_for_status()
+        wait_until(lambda: recorder.snapshot(), 30, what="the committed event to arrive")
+        wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 20,
+                   what="the outbox row to be marked published")
+    assert [c.body["ID"] for c in recorder.snapshot()] == [2]
+    assert topic_size(apache_kafka.bootstrap, topic) == 1
+
+
+def test_thousand_events_of_ten_aggregates_arrive_in_per_aggregate_order(apache_kafka, db_url, tmp_path):
+    name, topic = unique_event()
+    make_topic(apache_kafka.bootstrap, topic, partitions=4)
+    recorder = Recorder()
+    app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, name)
+
+    async def save_all() -> None:
+        # 50 transactions, each raising 2 events on each of the 10 aggregates: 1,000 events.
+        n = 0
+        for _ in range(50):
+            async with freedom.UnitOfWork(app) as uow:
+                for goods_id in range(10):
+                    goods = await get_or_add(uow, goods_id)
+                    goods.numbered(n)
+                    goods.numbered(n + 1)
+            n += 2
+
+    with ServiceThread(app) as svc:
+        svc.run(save_all(), timeout=120)
+        wait_until(lambda: len(recorder.snapshot()) >= 1000, 120, what="1,000 events to arrive")
+        wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 30,
+                   what="every outbox row to be marked published")
+    calls = recorder.snapshot()
+    assert len(calls) == 1000
+    seen: dict[str, list[int]] = defaultdict(list)
+    for call in calls:
+        assert call.event_id == str(call.body["ID"])
+        seen[call.event_id].append(call.body["N"])
+    assert sorted(seen) == [str(i) for i in range(10)]
+    for goods_id, numbers in seen.items():
+        assert numbers == list(range(100)), f"aggregate {goods_id} out of order: {numbers[:20]}..."
+
+
+def test_redelivered_event_changes_the_idempotent_handlers_table_once(apache_kafka, db_url, tmp_path):
+    name, topic = unique_event()
+    make_topic(apache_kafka.bootstrap, topic)
+    recorder = Recorder()
+    # The handler commits its change, then answers 500: the proxy delivers the event again.
+    app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, name,
+                   idempotent=True, fail_after_commit=1)
+    with ServiceThread(app) as svc:
+        httpx.get(f"{svc.base_url}/shop/shopping/5", timeout=30).raise_for_status()
+        calls = wait_until(lambda: len(recorder.snapshot()) >= 2 and recorder.snapshot(), 60,
+                           what="the event to be delivered twice")
+        moves = svc.run(stock_moves(app))
+    assert calls[0].headers["x-freedom-event-id"] == calls[1].headers["x-freedom-event-id"]
+    assert len(moves) == 1
+    assert moves[0].goods_id == 5 and moves[0].event_id == calls[0].headers["x-freedom-event-id"]
+
+
+def test_broker_down_saving_succeeds_and_events_follow_in_order_when_it_returns(db_url, tmp_path):
+    from tests.kafka.broker import ApacheKafka
+
+    name, topic = unique_event()
+    kafka = ApacheKafka()
+    kafka.start()
+    try:
+        make_topic(kafka.bootstrap, topic)
+        recorder = Recorder()
+        config = _config(tmp_path, kafka.bootstrap, **{"reconnect.backoff.max.ms": 500})
+        app = shop_app(config, db_url, recorder, name)
+        with ServiceThread(app) as svc:
+            httpx.get(f"{svc.base_url}/shop/shopping/1", timeout=30).raise_for_status()
+            wait_until(lambda: recorder.snapshot(), 30, what="the first event, with the broker up")
+            kafka.stop()
+            for _ in range(20):
+                r = httpx.get(f"{svc.base_url}/shop/shopping/1", timeout=30)
+                assert r.status_code == 200, r.text
+            rows = outbox_rows(db_url)
+            assert len(rows) == 21 and sum(row.published_at is None for row in rows) == 20
+            kafka.start()
+            back = time.monotonic()
+            wait_until(lambda: len(recorder.snapshot()) >= 21, 90, what="the 20 events after the broker returned")
+            took = time.monotonic() - back
+            wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 30,
+                       what="every outbox row to be marked published")
+    finally:
+        kafka.close()
+    amounts = [c.body["Amount"] for c in recorder.snapshot()]
+    # Exactly once each here (nothing crashed), and in the order they were saved.
+    assert amounts == list(range(9, -12, -1)), amounts
+    assert took < 45, f"the outbox took {took:.1f} s to drain after the broker returned"
