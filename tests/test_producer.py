@@ -214,3 +214,18 @@ async def test_settings_librdkafka_refuses_are_a_config_error(apache_kafka, tmp_
         await app.start()
     assert str(info.value) == ("kafka.toml: producer client 'north': librdkafka refused the settings: "
                                'No such configuration property: "lingr.ms"')
+
+
+def test_a_failure_after_the_waiter_gave_up_is_logged(caplog):
+    client = ProducerClient("lost", {"bootstrap.servers": "127.0.0.1:1", **PRODUCER_DEFAULTS,
+                                     "message.timeout.ms": 1000, "log_level": 0})
+    producer = kafka.Producer({"lost": client})
+    msg = producer.new_msg("nowhere", b"x")
+    try:
+        with caplog.at_level(logging.ERROR, logger="freedom.kafka.producer"):
+            with pytest.raises(freedom.PublishError, match=r"was not acknowledged within 0\.\d s; it may still be delivered"):
+                msg.publish_sync(timeout=0.2)
+            wait_until(lambda: "nobody was waiting for it any more" in caplog.text, 20, what="the late failure's log line")
+        assert f"message to 'nowhere' (key {msg.key}) was not delivered" in caplog.text
+    finally:
+        producer.close(timeout=0.1)

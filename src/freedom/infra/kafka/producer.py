@@ -105,8 +105,9 @@ class ProducerClient:
 
         Raises at once (where the user called) for a closed producer or a record over the size limit.
         """
+        # Left pending (not "running") so that a waiter giving up can cancel it; a failure that
+        # arrives after that is logged below instead of vanishing.
         future: concurrent.futures.Future[Delivered] = concurrent.futures.Future()
-        future.set_running_or_notify_cancel()
         topic, key = msg.topic, msg.key
         size = len(msg.value) + len(key.encode()) + sum(len(k) + len(v) for k, v in msg.wire_headers())
 
@@ -442,6 +443,7 @@ class Msg:
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError:
+            future.cancel()  # nobody waits any more: a later failure is logged
             raise PublishError(
                 f"message to {self.topic!r} (key {self.key}) was not acknowledged within "
                 f"{time.monotonic() - started:.1f} s; it may still be delivered"
