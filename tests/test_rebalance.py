@@ -4,12 +4,18 @@ the rest is delivered again; two instances of a service share a group's partitio
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
+import signal
+import subprocess
+import sys
 import threading
 import time
 import uuid
+from pathlib import Path
 
-from freedom.testing import wait_until
+from freedom.testing import free_port, kafka_config, wait_until, write_config
 from tests.services.event_app import Delivery, Journal, event_service
 from tests.services.kafka_tools import committed, produce
 
@@ -85,3 +91,83 @@ def test_stop_finishes_in_flight_work_within_the_deadline_and_abandons_the_rest(
         wait_until(lambda: len(journal.of(key="SLOW")) == 2, 30, what="SLOW to be delivered again")
         wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 2, 20, what="SLOW's commit")
     assert len(journal.of(key="MID")) == 1
+
+
+# --------------------------------------------------------------------------- SIGKILL, twice
+
+SERVICES = Path(__file__).parent / "services"
+
+
+def _start(config_dir: Path, record_file: Path, topic: str, log: Path) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "RECORD_FILE": str(record_file), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "20"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config_dir)],
+        cwd=SERVICES, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+
+
+def _lines(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _ended(path: Path) -> set[str]:
+    return {line["key"] for line in _lines(path) if line["ev"] == "end"}
+
+
+def test_sigkill_twice_mid_run_loses_nothing_and_repeats_only_in_flight_records(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap, partitions=4)
+    group = f"g-kill-{uuid.uuid4().hex[:8]}"
+    total = 2000
+    delivered = produce(bootstrap, topic, [{"key": f"R{i:04d}".encode(), "value": b"v" * 100, "partition": i % 4}
+                                           for i in range(total)])
+    where = {m.key().decode(): (m.partition(), m.offset()) for m in delivered}
+    port = free_port()
+    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
+                          kafka=kafka_config(bootstrap, port, group_id=group, initial_offset="earliest",
+                                             mode="concurrent", max_in_flight=50,
+                                             settings={"session.timeout.ms": 6000}))
+    record_file, log = tmp_path / "records.jsonl", tmp_path / "service.log"
+
+    kills = []  # (lines written before the kill, committed offsets right after it)
+    for kill_at in (400, 1200):
+        proc = _start(config, record_file, topic, log)
+        try:
+            wait_until(lambda: len(_ended(record_file)) >= kill_at, 90, what=f"{kill_at} records handled (log: {log})")
+        finally:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+        time.sleep(0.5)
+        kills.append((len(_lines(record_file)), committed(bootstrap, group, topic, 4)))
+
+    proc = _start(config, record_file, topic, log)
+    try:
+        wait_until(lambda: len(_ended(record_file)) == total, 120, what=f"every record handled (log: {log})")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(30)
+
+    lines = _lines(record_file)
+    starts: dict[str, int] = {}
+    for line in lines:
+        if line["ev"] == "start":
+            starts[line["key"]] = starts.get(line["key"], 0) + 1
+    assert _ended(record_file) == set(where)  # every record handled at least once
+
+    in_flight: set[str] = set()  # started before a kill, not committed at it
+    for n_lines, offsets in kills:
+        before = lines[:n_lines]
+        ended_before = {x["key"] for x in before if x["ev"] == "end"}
+        started_before = {x["key"] for x in before if x["ev"] == "start"}
+        # The commit rule: every committed offset was handled before the kill.
+        not_handled_but_committed = [k for k, (p, o) in where.items() if o < offsets[p] and k not in ended_before]
+        assert not_handled_but_committed == []
+        uncommitted = {k for k in started_before if where[k][1] >= offsets[where[k][0]]}
+        assert len(uncommitted) <= 300, len(uncommitted)  # the in-flight window stays small
+        in_flight |= uncommitted
+    duplicates = {k for k, n in starts.items() if n > 1}
+    print(f"in flight at the kills: {len(in_flight)}, delivered twice: {len(duplicates)}")
+    assert duplicates <= in_flight, sorted(duplicates - in_flight)[:10]
+    assert duplicates, "two kills mid-run and not one redelivery: the test did not kill mid-run"
