@@ -1,8 +1,13 @@
-"""Serving an `Application` with uvicorn, stopping in the order that loses nothing.
+"""Serving an `Application` with uvicorn, or with hypercorn for HTTP/2 cleartext, stopping in the
+order that loses nothing.
 
 On SIGINT/SIGTERM the consumer proxies stop first (no new fetches; in-flight deliveries finish
 and are committed) while the HTTP server still answers them; then the server stops. A second
 signal stops at once.
+
+With `proxy_http2 = true` in kafka.toml the consumer proxy speaks HTTP/2 with prior knowledge
+(h2c), which uvicorn does not serve: the application is then served by hypercorn, which takes
+HTTP/1.1 and h2c on the same port.
 """
 
 from __future__ import annotations
@@ -48,6 +53,9 @@ class _Server(uvicorn.Server):
 
 def serve(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
     app.setup()
+    if app.kafka_config is not None and app.kafka_config.proxy_http2:
+        serve_h2c(app, host=host, port=port)
+        return
     config = uvicorn.Config(
         app,
         host=host or app.config.host,
@@ -64,6 +72,57 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
         await app.start()
         try:
             await server.serve()
+        finally:
+            await app.stop()
+
+    asyncio.run(main())
+
+
+async def serve_hypercorn(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
+    """Serve `app` with hypercorn (HTTP/1.1 and h2c on one port) until `shutdown` is set."""
+    try:
+        from hypercorn.asyncio import serve as hypercorn_serve
+        from hypercorn.config import Config
+    except ImportError:
+        from .errors import FreedomError
+
+        raise FreedomError("proxy_http2 = true needs hypercorn to serve HTTP/2 cleartext: "
+                           "pip install 'freedom[http2]'") from None
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.graceful_timeout = 15
+    config.accesslog = None
+    await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+
+
+def serve_h2c(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
+    """Like :func:`serve`, with hypercorn: the first SIGINT/SIGTERM drains the proxies, then stops."""
+    import signal
+
+    async def main() -> None:
+        await app.start()
+        shutdown = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        draining: list[asyncio.Task[None]] = []
+
+        async def drain_then_exit() -> None:
+            try:
+                await app.stop_consuming()
+            except Exception:  # noqa: BLE001
+                log.exception("draining the consumer proxies failed")
+            shutdown.set()
+
+        def on_signal() -> None:
+            if draining:
+                shutdown.set()
+                return
+            log.info("stopping: draining the consumer proxies, then the HTTP server (signal again to stop at once)")
+            draining.append(asyncio.ensure_future(drain_then_exit()))
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal)
+        try:
+            await serve_hypercorn(app, host or app.config.host, port if port is not None else app.config.port, shutdown)
         finally:
             await app.stop()
 

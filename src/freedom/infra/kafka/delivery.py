@@ -20,6 +20,7 @@ import httpx
 
 from ...security import SECRET_HEADER  # the proxy authenticates its deliveries with it
 
+from ...errors import FreedomError
 from ...outcomes import OUTCOME_HEADER, OUTCOMES, REASON_HEADER, decode_reason
 
 log = logging.getLogger("freedom.kafka.delivery")
@@ -106,6 +107,11 @@ class HttpDelivery:
                  max_connections: int = 100, secret: str | None = None) -> None:
         self.proxy_addr = proxy_addr
         self.http2 = http2
+        if http2:
+            try:
+                import h2  # noqa: F401 - httpx needs it for HTTP/2
+            except ImportError:
+                raise FreedomError("proxy_http2 = true needs the h2 package: pip install 'freedom[http2]'") from None
         self._client = httpx.AsyncClient(
             base_url=proxy_addr,
             # http1=False + http2=True: HTTP/2 with prior knowledge, which is what h2c needs
