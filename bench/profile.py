@@ -1,0 +1,162 @@
+"""Where the freedom service spends its CPU while delivering: py-spy samples of every thread.
+
+`python -m bench --profile` (or `--only e2e --profile`) starts the freedom service on a
+pre-loaded backlog (trivial handler, sequential and concurrent proxy modes), attaches
+`py-spy record` to it for a while, and sums the sampled stacks into the stages of the delivery
+path: fetch (librdkafka consume), dispatch (group/proxy/offset bookkeeping), the HTTP call
+(client side: httpx/httpcore; server side: uvicorn/h11), the web layer (Starlette/FastAPI and
+freedom's controllers), the handler, commit, publish, and the bare event loop. A sample is
+charged to the nearest frame, walking from the innermost outwards, that belongs to a stage;
+library frames shared by both sides (h11, anyio, asyncio) are skipped in that walk. Percentages
+are of the samples in which a thread was running (py-spy leaves out idle threads).
+"""
+
+from __future__ import annotations
+
+import collections
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from .common import Context, freedom_service, new_group
+
+#: (stage, path fragment, function names or None for any), checked in order for each frame
+STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
+    ("handler (the benchmark's own code)", "/freedom_app.py", None),
+    ("handler (the benchmark's own code)", "/bench_probe.py", None),
+    ("commit", "freedom/infra/kafka/group.py", ("_commit_pending",)),
+    ("fetch (consume, pause/resume)", "freedom/infra/kafka/group.py", ("_poll_once", "_fetch_loop", "_call")),
+    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/group.py", None),
+    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/proxy.py", None),
+    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/offsets.py", None),
+    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/retry.py", None),
+    ("publish (producer)", "freedom/infra/kafka/producer.py", None),
+    ("HTTP client (freedom delivery.py)", "freedom/infra/kafka/delivery.py", None),
+    ("HTTP client (httpx/httpcore)", "/httpx/", None),
+    ("HTTP client (httpx/httpcore)", "/httpcore/", None),
+    ("HTTP server (uvicorn)", "/uvicorn/", None),
+    ("HTTP server (uvicorn)", "/hypercorn/", None),
+    ("web layer (Starlette/FastAPI/pydantic)", "/starlette/", None),
+    ("web layer (Starlette/FastAPI/pydantic)", "/fastapi/", None),
+    ("web layer (Starlette/FastAPI/pydantic)", "/pydantic", None),
+    ("web layer (freedom controllers/runtime)", "/freedom/", None),
+    ("logging", "/logging/", None),
+    ("imports at run time (importlib)", "<frozen importlib", None),
+    ("imports at run time (importlib)", "/_distutils_hack/", None),
+]
+#: frames that say nothing about the stage (shared libraries, the loop machinery)
+SKIP = ("/h11/", "/h2/", "/anyio/", "/asyncio/", "/concurrent/", "/threading.py", "/selectors.py", "/json/",
+        "/contextlib.py", "/typing.py", "/functools.py", "/enum.py", "/socket.py", "/ssl.py", "/email/",
+        "/urllib/", "/re/", "/http/", "/dataclasses.py", "/sniffio/", "/queue.py")
+
+
+def _frame_parts(frame: str) -> tuple[str, str]:
+    """'func (path:line)' -> (func, path); path with a leading '/' (py-spy shortens library paths)."""
+    func, _, rest = frame.partition(" (")
+    return func, "/" + rest.rsplit(":", 1)[0].lstrip("/")
+
+
+def stage_of(stack: list[str]) -> str:
+    for frame in reversed(stack):
+        func, path = _frame_parts(frame)
+        for stage, fragment, funcs in STAGES:
+            if fragment in path and (funcs is None or func in funcs):
+                return stage
+    for frame in reversed(stack):
+        _, path = _frame_parts(frame)
+        if "/asyncio/" in path or "/selectors.py" in path:
+            return "event loop (asyncio scheduling, select)"
+    return "other"
+
+
+def short(frame: str) -> str:
+    func, path = _frame_parts(frame)
+    for marker in ("site-packages/", "/src/", "/lib/python3.11/"):
+        if marker in path:
+            path = path.split(marker, 1)[1]
+            break
+    return f"{func} ({path.lstrip('/')})"
+
+
+def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
+    """Markdown: samples per stage, top functions by own time and by inclusive time."""
+    stages: collections.Counter[str] = collections.Counter()
+    own: collections.Counter[str] = collections.Counter()
+    inclusive: collections.Counter[str] = collections.Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack_text, _, count_text = line.rpartition(" ")
+        if not count_text.isdigit():
+            continue
+        count = int(count_text)
+        stack = [f for f in stack_text.split(";") if " (" in f]
+        if not stack:
+            continue
+        total += count
+        stages[stage_of(stack)] += count
+        own[short(stack[-1])] += count
+        for frame in {short(f) for f in stack}:
+            inclusive[frame] += count
+    if not total:
+        return "(no samples)", 0
+
+    def table(counter: collections.Counter[str], header: str, n: int, skip_generic: bool = False) -> list[str]:
+        rows = [f"| {header} | share |", "|---|---|"]
+        shown = 0
+        for name, c in counter.most_common():
+            if skip_generic and any(g in name for g in ("asyncio/", "threading.py", "concurrent/", "<module>",
+                                                         "run (", "_run_once", "run_forever", "run_until_complete",
+                                                         "_bootstrap", "main (", "serve (", "_worker (",
+                                                         "__init__ (uvicorn", "cli.py")):
+                continue
+            rows.append(f"| `{name}` | {c / total:.1%} |")
+            shown += 1
+            if shown >= n:
+                break
+        return rows
+
+    lines = [f"{total:,} samples of running threads.", "", "| stage | share |", "|---|---|"]
+    lines += [f"| {s} | {c / total:.1%} |" for s, c in stages.most_common()]
+    lines += ["", "Top functions by own time (the innermost Python frame; C code such as librdkafka or "
+                  "the socket calls is charged to the Python function that called it):", ""]
+    lines += table(own, "function", top)
+    lines += ["", "Top functions by inclusive time (the stack below them included; the loop's "
+                  "generic frames left out):", ""]
+    lines += table(inclusive, "function", top + 5, skip_generic=True)
+    return "\n".join(lines), total
+
+
+def profile_freedom(ctx: Context) -> str:
+    """Profile the freedom service (trivial handler, HTTP/1.1) in both proxy modes; markdown text."""
+    pyspy = shutil.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
+    if not Path(pyspy).exists():
+        return "Not profiled: py-spy is not installed (`pip install py-spy`, part of the `bench` extra)."
+    seconds = ctx.size(20, 8)
+    out = [__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(), ""]
+    for mode in ("sequential", "concurrent"):
+        n = ctx.size(60_000, 20_000)
+        topic = ctx.preloaded("profile", n)
+        group = new_group("profile")
+        name = f"profile-{mode}"
+        service = freedom_service(ctx, name, topic, group, handler="trivial", mode=mode, expect=n)
+        raw = ctx.workdir / f"{name}.pyspy.txt"
+        try:
+            service.wait_probe(lambda s: s.get("count", 0) >= 1, 120, "the first record")
+            time.sleep(1.0)  # past the start-up burst
+            before = ctx.kafka.committed(group, topic)
+            t0 = time.monotonic()
+            rec = subprocess.run([pyspy, "record", "--pid", str(service.proc.pid), "--duration", str(seconds),
+                                  "--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=seconds + 60)
+            elapsed = time.monotonic() - t0
+            rate = (ctx.kafka.committed(group, topic) - before) / elapsed
+        finally:
+            service.stop()
+        if rec.returncode != 0 or not raw.exists():
+            out += [f"### {mode}: py-spy failed (rc={rec.returncode}): {rec.stdout[-500:]}", ""]
+            continue
+        text, _ = summarise(raw)
+        out += [f"### HTTP/1.1, `mode = \"{mode}\"`, trivial handler: ~{rate:,.0f} records/s while sampled "
+                f"({seconds} s)", "", text, ""]
+    return "\n".join(out)

@@ -1,0 +1,54 @@
+"""The freedom service under benchmark, run as `freedom run freedom_app:app --config DIR` from this folder.
+
+One controller route bound to `$BENCH_TOPIC`. The handler is the trivial JSON one (parse the body,
+answer `{"ok": true}`), or with `BENCH_HANDLER=slow` it also awaits 5 ms. With `BENCH_FAIL_EVERY=k`
+a record whose key is `k<i>` with `i % k == 0` answers 500 the first time its key is seen (the
+retry-path scenario); the retry delivery then succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+from fastapi import HTTPException
+
+import freedom
+from bench_probe import PROBE
+
+TOPIC = os.environ["BENCH_TOPIC"]
+SLOW = os.environ.get("BENCH_HANDLER", "trivial") == "slow"
+FAIL_EVERY = int(os.environ.get("BENCH_FAIL_EVERY", "0") or 0)
+_seen: set[str] = set()
+
+
+def _fails_first_time(key: str) -> bool:
+    if not FAIL_EVERY or key in _seen:
+        return False
+    digits = key.lstrip("k")
+    if digits.isdigit() and int(digits) % FAIL_EVERY == 0:
+        _seen.add(key)
+        return True
+    return False
+
+
+class BenchController:
+    runtime: freedom.Runtime
+
+    async def post_event_by(self, event_id: str) -> dict[str, bool]:
+        data = await self.runtime.request.json()
+        if SLOW:
+            await asyncio.sleep(0.005)
+        if _fails_first_time(event_id):
+            raise HTTPException(status_code=500, detail="benchmark: fails once")
+        PROBE.hit(data)
+        return {"ok": True}
+
+
+@freedom.prepare
+def _(initiator: freedom.Initiator) -> None:
+    initiator.bind_controller("/bench", BenchController)
+    initiator.listen_event(TOPIC, "BenchController.post_event_by")
+
+
+app = freedom.Application()

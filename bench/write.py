@@ -1,0 +1,66 @@
+"""Writing the markdown report (BENCHMARKS.md): machine, command, results, ratios, targets, notes."""
+
+from __future__ import annotations
+
+import datetime
+from pathlib import Path
+
+from .common import ROOT, Context
+from .report import markdown_table, ratio_cell, ratios, scenario_tables, targets
+
+NOTES = ROOT / "bench" / "notes.md"
+
+SCENARIO_TITLES = {
+    "e2e": "End-to-end throughput (publish → handler completion, with commits)",
+    "latency": "Latency at half the measured maximum rate (publish → handler)",
+    "publish": "Publish throughput (100-byte records, every one acknowledged)",
+    "retry": "Retry path: 10% of the records fail once (retry_count = 1, retry_interval_sec = 0)",
+    "memory": "Memory: peak resident set size with a backlog and a 5 ms handler",
+}
+
+
+def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command: str,
+                   started: datetime.datetime, elapsed: datetime.timedelta, selected: list[str],
+                   profile: str | None) -> None:
+    mode = "quick (small record counts: a smoke check, not figures to quote)" if ctx.quick else "full"
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by the benchmark suite (`bench/`); do not edit by hand: the hand-written part comes from "
+        "`bench/notes.md`.",
+        "",
+        f"- **Command:** `{command}`",
+        f"- **Date:** {started:%Y-%m-%d %H:%M} UTC, took {elapsed.total_seconds() / 60:.0f} min",
+        f"- **Mode:** {mode}; {ctx.runs} runs per case, interleaved (every case once per run, freedom and its "
+        "peers side by side); each figure is the **median (min–max)** over the runs",
+        f"- **Scenarios:** {', '.join(selected)}",
+        f"- **Machine:** {machine['cores']} cores ({machine['cpu']}), {machine['memory']} memory, {machine['os']}",
+        f"- **Python:** {machine['python']}; {machine['libraries']}",
+        f"- **Kafka:** {machine['kafka']}",
+        "",
+        "Caveat: the machine is shared (other engineers' test suites run on the same 2 cores), and the broker, "
+        "the producer and the consumer under test share those cores too. Absolute figures are noisy; the "
+        "ratios within one run are the more reliable numbers.",
+        "",
+    ]
+    for scenario, header, rows in scenario_tables(ctx):
+        lines += [f"## {SCENARIO_TITLES.get(scenario, scenario)}", "", markdown_table(header, rows), ""]
+    rs = ratios(ctx)
+    if rs:
+        lines += ["## Ratios (per run, then the median over runs)", "",
+                  markdown_table(["ratio", "median (min–max)"], [[r.label, ratio_cell(r.values)] for r in rs]), ""]
+    lines += ["## Targets (issue 6)", "",
+              markdown_table(["target", "goal", "measured", "status"],
+                             [[t.what, t.goal, t.measured, t.status] for t in targets(ctx)]), ""]
+    if ctx.skipped:
+        lines += ["## Skipped", ""]
+        lines += [f"- {s} / {c}: {why}" for (s, c), why in ctx.skipped.items()]
+        lines.append("")
+    if ctx.notes:
+        lines += ["## Failures during this run", ""] + [f"- {n}" for n in ctx.notes] + [""]
+    if profile:
+        lines += ["## Profile of the freedom service under load (this run)", "", profile, ""]
+    if NOTES.exists():
+        lines += [NOTES.read_text().rstrip(), ""]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines))
