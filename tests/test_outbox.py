@@ -152,3 +152,84 @@ def test_broker_down_saving_succeeds_and_events_follow_in_order_when_it_returns(
     # Exactly once each here (nothing crashed), and in the order they were saved.
     assert amounts == list(range(9, -12, -1)), amounts
     assert took < 45, f"the outbox took {took:.1f} s to drain after the broker returned"
+
+
+# ---------------------------------------------------------------------- without Kafka: the database side
+
+class _Recording:
+    """A domain-event infrastructure that records what it is asked to publish."""
+
+    def __init__(self) -> None:
+        self.events: list = []
+
+    def attach(self, app) -> None: ...
+
+    async def publish(self, event) -> None:
+        self.events.append(event)
+
+
+def _db_app(tmp_path, db_url, **options):
+    from tests.outbox.apps import Base
+
+    app = freedom.Application(config_dir=tmp_path, prepare=[])
+    infra = _Recording()
+    app.install_domain_event_infra(infra)
+    db = freedom.Database(db_url, **options)
+    db.add_tables(Base.metadata)
+    app.install_database(db)
+    return app, db, infra
+
+
+async def test_entities_loaded_by_any_orm_query_are_bound_and_their_events_saved(db_url, tmp_path):
+    from sqlalchemy import select
+
+    app, db, _ = _db_app(tmp_path, db_url)
+    await db.create_tables()
+    try:
+        async with freedom.UnitOfWork(app) as uow:
+            uow.add(Goods(id=1, amount=10))
+        async with freedom.UnitOfWork(app) as uow:
+            goods = (await uow.session.execute(select(Goods).where(Goods.id == 1))).scalar_one()
+            assert goods.unit_of_work is uow
+            goods.shopping()
+        assert await db.pending_count() == 1
+        with pytest.raises(freedom.DomainEventError, match="nested"):
+            async with freedom.UnitOfWork(app) as uow:
+                async with uow:
+                    pass
+        async with freedom.UnitOfWork(app) as uow:
+            with pytest.raises(freedom.DomainEventError, match="not an event delivery"):
+                await uow.already_processed()
+            assert await uow.already_processed("m-1", consumer="c") is False
+            assert await uow.already_processed("m-1", consumer="c") is True
+            assert await uow.already_processed("m-1", consumer="other") is False
+    finally:
+        await db.engine.dispose()
+
+
+async def test_only_the_relay_holding_the_lease_publishes(db_url, tmp_path):
+    from freedom.domain.relay import OutboxRelay
+
+    app, db, _ = _db_app(tmp_path, db_url)
+    await db.create_tables()
+    try:
+        async with freedom.UnitOfWork(app) as uow:
+            for i in range(3):
+                uow.add(Goods(id=i, amount=10)).shopping()
+        sent: dict[str, list] = {"a": [], "b": []}
+
+        def relay(owner: str) -> OutboxRelay:
+            async def publish(event) -> None:
+                sent[owner].append(event.key)
+            return OutboxRelay(db.engine, publish, owner=owner, lease_ttl=30)
+
+        a, b = relay("a"), relay("b")
+        assert await b.run_once() == (3, 0, False) and sorted(sent["b"]) == ["0", "1", "2"]
+        async with freedom.UnitOfWork(app) as uow:
+            (await uow.get(Goods, 0)).shopping()
+        assert await a.run_once() == (0, 0, False)  # b holds the lease
+        await b.stop()  # hands the lease back
+        assert await a.run_once() == (1, 0, False) and sent["a"] == ["0"]
+        assert await db.pending_count() == 0
+    finally:
+        await db.engine.dispose()
