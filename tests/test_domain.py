@@ -233,3 +233,15 @@ def test_without_a_database_the_unit_of_work_publishes_to_kafka_directly(apache_
     assert json.loads(record.value()) == {"ID": 9, "Amount": 9}
     assert headers["x-freedom-event"] == name and headers["x-action"] == "购买"
     assert len(headers["x-freedom-event-id"]) == 32
+
+
+def test_an_unreachable_database_stops_start_up_with_a_clear_error_without_the_password(tmp_path):
+    import asyncio
+
+    app = _app(tmp_path)
+    app.install_database(freedom.Database(f"postgresql://shop:s3cret@127.0.0.1:{free_port()}/shop"))
+    with pytest.raises(DomainEventError) as info:
+        asyncio.run(app.start())
+    message = str(info.value)
+    assert message.startswith("cannot create the outbox tables in postgresql+psycopg://shop:***@127.0.0.1:")
+    assert "Connection refused" in message and "s3cret" not in message

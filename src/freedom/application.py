@@ -128,7 +128,11 @@ class Application:
                 raise
             await self.kafka.wait_ready()
         if self.database is not None:
-            await self.database.start(self)  # creates the outbox tables, starts the relay
+            try:
+                await self.database.start(self)  # creates the outbox tables, starts the relay
+            except BaseException:
+                await self.stop()
+                raise
 
     async def stop_consuming(self) -> None:
         """Stop the consumer proxies first (drain, commit), while the HTTP server still serves them."""

@@ -119,7 +119,15 @@ class Database:
         from .relay import OutboxRelay
 
         if self.create_tables_at_start:
-            await self.create_tables()
+            try:
+                await self.create_tables()
+            except Exception as exc:
+                where = self.engine.url.render_as_string(hide_password=True)
+                why = "; ".join(line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip())
+                raise DomainEventError(
+                    f"cannot create the outbox tables in {where}: {why}; "
+                    "check the Database URL and that the database server is running"
+                ) from exc
         infra = getattr(app, "domain_event_infra", None)
         if infra is None:
             log.info("database installed without a domain-event infrastructure: the outbox relay does not run")
