@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # A throw-away PostgreSQL server on loopback, for the tests of the transactional outbox.
 #
-#   bash scripts/postgres.sh start   # prints: <SQLAlchemy URL> <data dir>
+#   bash scripts/postgres.sh start [OWNER_PID]   # prints: <SQLAlchemy URL> <data dir>
 #   bash scripts/postgres.sh stop DATA_DIR
 #
 # `start` installs Debian's postgresql package when the machine has no server binaries (as root,
 # with apt-get), creates a new cluster under .cache/pg/ (trust auth, user and database "freedom"),
 # and starts it on a free 127.0.0.1 port. Run as root, the server runs as the `postgres` user,
 # since PostgreSQL refuses to run as root. Each `start` makes its own cluster, so test sessions
-# running at the same time do not share one.
+# running at the same time do not share one. A cluster whose owner process (OWNER_PID, by default
+# the caller) has died without stopping it is stopped and deleted by the next `start`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -45,10 +46,24 @@ as_server_user() {
   fi
 }
 
+reap_orphans() {
+  local dir owner
+  for dir in .cache/pg/run-* /tmp/freedom-pg-*; do
+    [ -f "$dir/owner.pid" ] || continue
+    owner=$(cat "$dir/owner.pid")
+    if ! kill -0 "$owner" 2>/dev/null; then
+      echo "postgres.sh: removing the cluster of dead process $owner ($dir)" >&2
+      stop "$dir"
+    fi
+  done
+}
+
 start() {
+  local owner=${1:-$PPID}
   local bindir
   bindir=$(find_bindir) || { install_server; bindir=$(find_bindir); }
   mkdir -p .cache/pg
+  reap_orphans
   local data
   data=$(mktemp -d "$PWD/.cache/pg/run-XXXXXX")
   if [ "$(id -u)" = 0 ]; then
@@ -60,6 +75,7 @@ start() {
       chown postgres "$data"
     fi
   fi
+  echo "$owner" >"$data/owner.pid"
   as_server_user "$bindir/initdb" -D "$data/db" -U freedom --auth=trust -E UTF8 --no-sync >"$data/initdb.log" 2>&1 \
     || { cat "$data/initdb.log" >&2; exit 1; }
   local port
@@ -82,7 +98,7 @@ stop() {
 }
 
 case "${1:-}" in
-  start) start ;;
+  start) start "${2:-}" ;;
   stop) stop "${2:-}" ;;
   *) echo "usage: postgres.sh start | stop DATA_DIR" >&2; exit 2 ;;
 esac

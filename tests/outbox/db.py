@@ -8,6 +8,7 @@ database per test). Import both into a test module to use them.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 import uuid
@@ -26,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def postgres_server() -> Iterator[str]:
     """URL of the `freedom` database of a PostgreSQL server started for this session."""
     script = ROOT / "scripts" / "postgres.sh"
-    done = subprocess.run(["bash", str(script), "start"], capture_output=True, text=True, timeout=900)
+    done = subprocess.run(["bash", str(script), "start", str(os.getpid())], capture_output=True, text=True, timeout=900)
     if done.returncode != 0:
         raise RuntimeError(f"scripts/postgres.sh start failed ({done.returncode}):\n{done.stderr[-3000:]}")
     url, data_dir = done.stdout.strip().splitlines()[-1].split()
