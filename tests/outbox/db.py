@@ -100,3 +100,25 @@ def unique_event(entity: str = "Goods", method: str = "Shopping") -> tuple[str, 
     """A fresh event name like "Goods3f2a...:Shopping" and its topic, so tests never share a topic."""
     name = f"{entity}{uuid.uuid4().hex[:10]}:{method}"
     return name, name.replace(":", ".")
+
+
+def read_topic(bootstrap: str, topic: str, partition: int = 0, timeout: float = 30.0) -> list[Any]:
+    """Every record of one partition, from the start to the current end."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
+                  "enable.auto.commit": False})
+    try:
+        end = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+        c.assign([TopicPartition(topic, partition, 0)])
+        out: list[Any] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < end:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"read {len(out)} of {end} records of {topic}[{partition}]")
+            record = c.poll(0.5)
+            if record is not None and record.error() is None:
+                out.append(record)
+        return out
+    finally:
+        c.close()

@@ -83,16 +83,20 @@ class OutboxRelay:
             log.warning("could not release the outbox relay lease", exc_info=True)
 
     async def _run(self) -> None:
+        failed_rounds = 0
         while not self._stop.is_set():
             self._wake.clear()
             try:
                 published, failed, full = await self.run_once()
             except Exception:  # noqa: BLE001 - a database hiccup must not end the relay
-                log.exception("the outbox relay round failed; retrying in %.1f s", self.interval)
-                published, failed, full = 0, 0, False
+                log.exception("the outbox relay round failed; retrying")
+                published, failed, full = 0, 1, False
             if full and not failed:
                 continue  # more is pending: go on at once
-            delay = self.retry_backoff if failed else self.interval
+            failed_rounds = failed_rounds + 1 if failed else 0
+            # After failures, retry soon, then less often (at most every max(interval, 5 s)).
+            delay = (min(self.retry_backoff * 2 ** (failed_rounds - 1), max(self.interval, 5.0))
+                     if failed_rounds else self.interval)
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except asyncio.TimeoutError:
