@@ -52,6 +52,9 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
         except confluent_kafka.KafkaException as exc:
             last = exc.args[0].str()
         admin.poll(0)  # serves error_cb
+        timed_out = time.monotonic() >= deadline
+        if fatal or timed_out:
+            del admin  # the raised error's traceback would keep the client (and its reconnects) alive
         if fatal:
             err = fatal[0]
             what = "authentication failed" if err.code() == fatal_codes[0] else "TLS handshake failed"
@@ -59,7 +62,7 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
                 f"cannot connect to Kafka at {servers} ({where}): {what}: {scrub(err.str(), settings)}; "
                 "check the SASL username/password and the TLS settings (ssl_ca_location, security_protocol)"
             )
-        if time.monotonic() >= deadline:
+        if timed_out:
             raise ClusterUnreachable(
                 f"cannot reach Kafka at {servers} ({where}) within {timeout:.0f} s: "
                 f"{scrub(last, settings)}; check `servers`, and that the broker is running"
