@@ -157,10 +157,15 @@ class ProducerClient:
                 f"message to {topic!r} (key {key}) is {size} bytes and the broker rejected it as too large: "
                 "send less, or raise the topic's max.message.bytes (and the broker's message.max.bytes)"
             )
-        if code in (confluent_kafka.KafkaError._PURGE_QUEUE, confluent_kafka.KafkaError._PURGE_INFLIGHT):
+        if code == confluent_kafka.KafkaError._PURGE_QUEUE:
             return ProducerClosedError(
                 f"message to {topic!r} (key {key}) was not delivered: the service stopped before the broker "
-                f"acknowledged it (producer client {self.label})"
+                f"acknowledged it; it was never sent (producer client {self.label})"
+            )
+        if code == confluent_kafka.KafkaError._PURGE_INFLIGHT:
+            return ProducerClosedError(
+                f"message to {topic!r} (key {key}) was not delivered: the service stopped before the broker "
+                f"acknowledged it; it was sent, so the broker may have stored it (producer client {self.label})"
             )
         return PublishError(
             f"message to {topic!r} (key {key}) was not delivered by producer client {self.label}: {err.str()}"
