@@ -229,3 +229,18 @@ def test_a_failure_after_the_waiter_gave_up_is_logged(caplog):
         assert f"message to 'nowhere' (key {msg.key}) was not delivered" in caplog.text
     finally:
         producer.close(timeout=0.1)
+
+
+def test_a_script_starts_the_app_publishes_synchronously_and_stops(apache_kafka, new_topic, tmp_path):
+    topic = new_topic(apache_kafka.bootstrap)
+    write_config(tmp_path, kafka={"producer": {"open": True},
+                                  "producer_clients": [{"servers": [apache_kafka.bootstrap]}]})
+    app = freedom.Application(config_dir=tmp_path, prepare=[])
+    asyncio.run(app.start())
+    try:
+        results = app.producer.accept_batch([app.producer.new_msg(topic, f"s{i}") for i in range(3)]).result(30)
+        single = app.producer.new_msg(topic, b"s3").publish_sync(timeout=30)
+    finally:
+        asyncio.run(app.stop())
+    assert results.ok and single.offset == 3
+    assert [r.value() for r in read_all(apache_kafka.bootstrap, topic, 4)] == [b"s0", b"s1", b"s2", b"s3"]
