@@ -139,6 +139,9 @@ def test_bad_topic_raises_at_new_msg(running, topic, exc, message):
     ({"动作": "x"}, ValueError, "is not a valid HTTP header name"),
     ({"x-a": "one\r\nx-b: two"}, ValueError, "header 'x-a' has a line break"),
     (["x-a", "b"], TypeError, "headers must be a mapping"),
+    ({"X-Retry-Count": "3"}, ValueError, "header 'X-Retry-Count' is set by the consumer proxy"),
+    ({"x-message-key": "k"}, ValueError, "header 'x-message-key' is set by the consumer proxy"),
+    ({"content-length": "1"}, ValueError, "header 'content-length' is an HTTP connection header"),
 ])
 def test_bad_headers_raise_at_set_headers(running, new_topic, headers, exc, message):
     msg = running.app.producer.new_msg("t", b"x")

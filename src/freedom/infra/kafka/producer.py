@@ -47,6 +47,11 @@ DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 
 # RFC 9110 token: what an HTTP header name may contain (record headers become HTTP headers).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Names the consumer proxy sets itself, or does not forward: a record header with one of them
+# would never reach the handler as given.
+_PROXY_HEADERS = {"x-message-key", "x-retry-count", "x-freedom-secret"}
+_HOP_BY_HOP = {"content-length", "transfer-encoding", "host", "connection", "upgrade", "keep-alive", "te",
+               "trailer", "http2-settings", "proxy-connection"}
 
 
 class ProducerClosedError(PublishError):
@@ -359,6 +364,12 @@ def _check_headers(headers: Any) -> dict[str, bytes]:
                 f"header name {name!r} is not a valid HTTP header name (the consumer proxy delivers headers "
                 "over HTTP): use ASCII letters, digits and - _ . ! # $ % & ' * + ^ ` | ~, no spaces"
             )
+        if name.lower() in _PROXY_HEADERS:
+            raise ValueError(f"header {name!r} is set by the consumer proxy when it delivers the record, "
+                             "so the handler would never see this value: use another name")
+        if name.lower() in _HOP_BY_HOP:
+            raise ValueError(f"header {name!r} is an HTTP connection header, which the consumer proxy does not "
+                             "forward to the handler: use another name")
         if isinstance(value, str):
             raw = value.encode()
         elif isinstance(value, (bytes, bytearray, memoryview)):
