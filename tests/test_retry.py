@@ -6,7 +6,7 @@ import datetime
 import time
 
 import pytest
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from freedom.testing import wait_until
 from tests.services.event_app import Journal, event_service
@@ -116,8 +116,9 @@ def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(apache
         assert committed(bootstrap, group, topic)[0] == before
         assert len(journal.of()) == 1
         # The broker accepts it again: the retry goes through, then the original is committed.
-        resource = ConfigResource("topic", retry_topic, set_config={"max.message.bytes": "1048588"})
-        for f in admin.alter_configs([resource]).values():
+        resource = ConfigResource("topic", retry_topic, incremental_configs=[
+            ConfigEntry("max.message.bytes", "1048588", incremental_operation=AlterConfigOpType.SET)])
+        for f in admin.incremental_alter_configs([resource]).values():
             f.result(20)
         wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 1, 30, what="the commit after the ack")
         wait_until(lambda: len(journal.of()) == 2, 30, what="the retry delivery")

@@ -41,10 +41,12 @@ class Journal:
 
     calls: list[Delivery] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
 
     def add(self, route: str, key: str, body: bytes, headers: dict[str, str]) -> Delivery:
         with self.lock:
-            nth = sum(1 for c in self.calls if c.key == key and c.route == route)
+            nth = self.counts.get((route, key), 0)
+            self.counts[(route, key)] = nth + 1
             call = Delivery(route, key, body, headers, time.time(), nth)
             self.calls.append(call)
             return call
