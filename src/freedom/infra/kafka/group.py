@@ -225,6 +225,12 @@ class GroupLoop:
 
     def _on_assign(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
         self._pin_new_partitions(consumer, partitions)
+        if partitions:
+            # A partition paused before it was revoked starts afresh here: fetching, no backlog.
+            try:
+                consumer.resume(partitions)
+            except confluent_kafka.KafkaException as exc:
+                log.debug("consumer group %r: resume on assign: %s", self.group_id, exc)
         log.info("consumer group %r assigned %s", self.group_id,
                  ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "no partitions")
         assert self._loop is not None
