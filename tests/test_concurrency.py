@@ -97,3 +97,17 @@ def test_sequential_mode_delivers_one_at_a_time_per_partition_in_order(apache_ka
         wait_until(lambda: len(journal.of()) >= 30, 60, what="30 deliveries")
     assert [int(c.body) for c in journal.of()] == list(range(30))
     assert gauge.peak == 1
+
+
+def test_offset_tracker_commits_only_below_the_lowest_unfinished_record():
+    from freedom.infra.kafka.offsets import OffsetTracker
+
+    t = OffsetTracker()
+    for offset in (5, 6, 8, 9):  # 7 missing: a gap (compaction, transaction marker)
+        t.add(offset)
+    assert t.finish(6) is None  # 5 still running
+    assert t.finish(9) is None
+    assert t.finish(5) == 7  # 5 and 6 done: commit up to (not including) 7
+    assert t.finish(8) == 10  # across the gap
+    assert len(t) == 0
+    assert t.finish(8) is None  # a repeated finish changes nothing
