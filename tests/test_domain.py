@@ -245,3 +245,21 @@ def test_an_unreachable_database_stops_start_up_with_a_clear_error_without_the_p
     message = str(info.value)
     assert message.startswith("cannot create the outbox tables in postgresql+psycopg://shop:***@127.0.0.1:")
     assert "Connection refused" in message and "s3cret" not in message
+
+
+def test_installing_after_the_application_started_is_a_clear_error(tmp_path):
+    import asyncio
+
+    app = _app(tmp_path, infra=False)
+
+    async def late() -> None:
+        await app.start()
+        try:
+            with pytest.raises(DomainEventError, match="install_domain_event_infra: the application has already started"):
+                app.install_domain_event_infra(kafka.get_domain_event_infra())
+            with pytest.raises(DomainEventError, match="install_database: the application has already started"):
+                app.install_database(freedom.Database(f"sqlite:///{tmp_path / 'late.db'}"))
+        finally:
+            await app.stop()
+
+    asyncio.run(late())

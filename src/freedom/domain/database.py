@@ -86,6 +86,9 @@ class Database:
         """Make this the database of `app` (what `app.install_database(db)` does)."""
         if getattr(app, "database", None) is not None:
             raise DomainEventError("install_database: the application already has a database installed")
+        if getattr(app, "_started", False):
+            raise DomainEventError("install_database: the application has already started; "
+                                   "install the database before it starts (at import time, next to Application())")
         if self._app is not None and self._app is not app:
             raise DomainEventError("install_database: this Database is already installed in another application")
         self._app = app

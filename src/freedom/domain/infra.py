@@ -35,6 +35,9 @@ def install(app: "Application", infra: DomainEventInfra) -> None:
             f"install_domain_event_infra: {type(infra).__name__} is not a domain-event infrastructure "
             f"(it needs attach(app) and async publish(event)); use {INSTALL_HINT}"
         )
+    if getattr(app, "_started", False):
+        raise DomainEventError("install_domain_event_infra: the application has already started; "
+                               "install the infrastructure before it starts (at import time, next to Application())")
     current = getattr(app, "domain_event_infra", None)
     if current is not None:
         raise DomainEventError(
