@@ -64,7 +64,17 @@ def main() -> int:
                 print("demo: the store handler did not log every purchase within 60 s", file=sys.stderr)
                 return 1
             time.sleep(0.1)
-        print(f"demo: the store handled all {len(GOODS)} purchases; stopping the service", flush=True)
+        print(f"demo: the store handled all {len(GOODS)} purchases", flush=True)
+        # The domain event: Goods.shopping() saved with the goods, published from the outbox.
+        r = httpx.get(f"{BASE}/shop/shopping/1", timeout=30)
+        print(f"demo: GET /shop/shopping/1 -> {r.status_code} {r.text}", flush=True)
+        deadline = time.monotonic() + 60
+        while not any("Goods:Shopping 商品ID:1" in line for line in output):
+            if time.monotonic() > deadline:
+                print("demo: the store did not log the Goods:Shopping domain event within 60 s", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+        print("demo: the store handled the Goods:Shopping domain event; stopping the service", flush=True)
         return 0
     finally:
         if proc.poll() is None:
