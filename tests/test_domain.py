@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 import freedom
 from freedom.domain import DomainEvent, DomainEventError, EventNameError, event_topic
 from freedom.infra import kafka
-from freedom.testing import free_port, kafka_config, wait_until, write_config
+from freedom.testing import free_port, wait_until, write_config
 from tests.outbox.db import make_topic, unique_event
 
 

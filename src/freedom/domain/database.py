@@ -21,7 +21,7 @@ from .events import DomainEventError
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
-    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
     from ..application import Application
     from .relay import OutboxRelay
@@ -68,7 +68,7 @@ class Database:
                     "outlive; use a file, e.g. sqlite+aiosqlite:///shop.db"
                 )
             _sqlite_transactions(self.engine, event)
-        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessionmaker: "async_sessionmaker[AsyncSession]" = async_sessionmaker(self.engine, expire_on_commit=False)
         self.create_tables_at_start = create_tables
         self.relay_interval = relay_interval_sec
         self.relay_batch = relay_batch

@@ -87,10 +87,10 @@ class OutboxRelay:
         while not self._stop.is_set():
             self._wake.clear()
             try:
-                published, failed, full = await self.run_once()
+                _, failed, full = await self.run_once()
             except Exception:  # noqa: BLE001 - a database hiccup must not end the relay
                 log.exception("the outbox relay round failed; retrying")
-                published, failed, full = 0, 1, False
+                failed, full = 1, False
             if full and not failed:
                 continue  # more is pending: go on at once
             failed_rounds = failed_rounds + 1 if failed else 0

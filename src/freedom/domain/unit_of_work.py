@@ -20,6 +20,7 @@ there is no transaction: the events are published directly when the block exits 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .entity import Entity
@@ -132,8 +133,6 @@ class UnitOfWork:
         """Events raised before their entity was bound get this unit of work's runtime."""
         if event.bus is not None or self.runtime is None:
             return event
-        from dataclasses import replace
-
         return replace(event, **request_context(self.runtime))
 
     def _discard(self) -> None:
