@@ -173,17 +173,18 @@ async def _insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, val
 
     RETURNING tells, since some async drivers report no rowcount (-1) for INSERT ... ON CONFLICT.
     """
+    from sqlalchemy import insert
+    from sqlalchemy.dialects import postgresql, sqlite
+
     dialect = conn.get_bind().dialect.name if isinstance(conn, AsyncSession) else conn.dialect.name
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - other databases: a plain insert, conflicts raise
-        from sqlalchemy import insert  # type: ignore[assignment]
-        await conn.execute(insert(table).values(**values))
-        return 1
     first = table.primary_key.columns.values()[0]
-    result = await conn.execute(insert(table).values(**values).on_conflict_do_nothing().returning(first))
+    if dialect == "postgresql":
+        stmt: Any = postgresql.insert(table).values(**values).on_conflict_do_nothing()
+    elif dialect == "sqlite":
+        stmt = sqlite.insert(table).values(**values).on_conflict_do_nothing()
+    else:  # pragma: no cover - other databases: a plain insert, a conflict raises
+        stmt = insert(table).values(**values)
+    result = await conn.execute(stmt.returning(first))
     return len(result.all())
 
 
