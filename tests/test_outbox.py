@@ -240,3 +240,44 @@ async def test_only_the_relay_holding_the_lease_publishes(db_url, tmp_path):
         assert await db.pending_count() == 0
     finally:
         await db.engine.dispose()
+
+
+async def test_a_later_event_of_an_aggregate_never_commits_before_an_earlier_one(db_url, tmp_path):
+    """Two transactions raise events of aggregate 1 (entities not stored in a table, so no row lock
+    orders them): the second cannot commit its outbox row while the first is still committing."""
+    import asyncio
+
+    from tests.test_domain import Goods as PlainGoods
+
+    app, db, _ = _db_app(tmp_path, db_url)
+    await db.create_tables()
+    order: list[str] = []
+    try:
+        first = freedom.UnitOfWork(app)
+        await first.__aenter__()
+        first.track(PlainGoods(1)).shopping()
+        commit = first.session.commit
+
+        async def slow_commit() -> None:
+            await asyncio.sleep(0.5)
+            order.append("first committed")
+            await commit()
+
+        first.session.commit = slow_commit  # type: ignore[method-assign]
+        finishing = asyncio.create_task(first.__aexit__(None, None, None))
+        await asyncio.sleep(0.1)  # the first has written its row and is committing
+
+        async def second() -> None:
+            async with freedom.UnitOfWork(app) as uow:
+                uow.track(PlainGoods(1)).shopping()
+            order.append("second committed")
+
+        await asyncio.wait_for(asyncio.gather(finishing, second()), 30)
+        assert order == ["first committed", "second committed"]
+        from freedom.domain import outbox
+
+        async with db.engine.connect() as conn:
+            rows = await outbox.pending(conn, 10)
+        assert [json.loads(e.payload)["Amount"] for _, e in rows] == [9, 9]
+    finally:
+        await db.engine.dispose()

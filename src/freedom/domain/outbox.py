@@ -18,7 +18,7 @@ import json
 from typing import Any, Sequence
 
 from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        delete, select, update)
+                        delete, select, text, update)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from ..bus import Bus
@@ -105,11 +105,27 @@ def row_event(row: Any) -> DomainEvent:
     )
 
 
+# pg_advisory_xact_lock(int, int) namespace of the per-aggregate outbox locks ("frdm").
+_PG_LOCK_SPACE = 0x6672646D
+
+
 async def add_events(session: AsyncSession, events: Sequence[DomainEvent]) -> None:
-    """Write `events` to the outbox, in order, in the session's transaction."""
-    if events:
-        created = now()
-        await session.execute(outbox.insert(), [event_row(e, created) for e in events])
+    """Write `events` to the outbox, in order, in the session's transaction.
+
+    On PostgreSQL the transaction first locks each of its aggregates (a transaction-scoped
+    advisory lock per key, taken in key order), so two transactions raising events of one
+    aggregate write and commit their rows one after the other: the relay can never see a later
+    row of an aggregate while an earlier one is still uncommitted. (SQLite transactions never
+    interleave: they begin with BEGIN IMMEDIATE.)
+    """
+    if not events:
+        return
+    if session.get_bind().dialect.name == "postgresql":
+        for key in sorted({e.key for e in events}):
+            await session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))"),
+                                  {"space": _PG_LOCK_SPACE, "key": key})
+    created = now()
+    await session.execute(outbox.insert(), [event_row(e, created) for e in events])
 
 
 async def pending(conn: AsyncConnection, limit: int) -> list[tuple[int, DomainEvent]]:
