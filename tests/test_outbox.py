@@ -247,7 +247,7 @@ async def test_a_later_event_of_an_aggregate_never_commits_before_an_earlier_one
     orders them): the second cannot commit its outbox row while the first is still committing."""
     import asyncio
 
-    from tests.test_domain import Goods as PlainGoods
+    from tests.outbox.apps import PlainGoods
 
     app, db, _ = _db_app(tmp_path, db_url)
     await db.create_tables()

@@ -43,6 +43,20 @@ class Goods(Base, freedom.Entity):
         self.domain_event(self.event_name, {"ID": self.id, "N": n})
 
 
+class PlainGoods(freedom.Entity):
+    """Goods kept in no table (an entity only tracked by the unit of work)."""
+
+    def __init__(self, goods_id: int) -> None:
+        self.id, self.amount = goods_id, 10
+
+    def identity(self) -> str:
+        return str(self.id)
+
+    def shopping(self) -> None:
+        self.amount -= 1
+        self.domain_event("Goods:Shopping", {"ID": self.id, "Amount": self.amount})
+
+
 class Stock(Base):
     """What the idempotent store handler changes: one row per delivered event id."""
 
