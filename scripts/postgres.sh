@@ -3,6 +3,7 @@
 #
 #   bash scripts/postgres.sh start [OWNER_PID]   # prints: <SQLAlchemy URL> <data dir>
 #   bash scripts/postgres.sh stop DATA_DIR
+#   bash scripts/postgres.sh install             # only install the server if missing
 #
 # `start` installs Debian's postgresql package when the machine has no server binaries (as root,
 # with apt-get), creates a new cluster under .cache/pg/ (trust auth, user and database "freedom"),
@@ -100,5 +101,6 @@ stop() {
 case "${1:-}" in
   start) start "${2:-}" ;;
   stop) stop "${2:-}" ;;
-  *) echo "usage: postgres.sh start | stop DATA_DIR" >&2; exit 2 ;;
+  install) find_bindir >/dev/null || { install_server; find_bindir >/dev/null; } ;;
+  *) echo "usage: postgres.sh start [OWNER_PID] | stop DATA_DIR | install" >&2; exit 2 ;;
 esac
