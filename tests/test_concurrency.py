@@ -111,3 +111,37 @@ def test_offset_tracker_commits_only_below_the_lowest_unfinished_record():
     assert t.finish(8) == 10  # across the gap
     assert len(t) == 0
     assert t.finish(8) is None  # a repeated finish changes nothing
+
+
+def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_topic, tmp_path):
+    """Later records may finish while one is stuck, but only a bounded number: the rest waits in Kafka."""
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    journal = Journal()
+    release = asyncio.Event()
+
+    async def behave(call: Delivery) -> None:
+        if call.key == "HOLD":
+            await release.wait()
+
+    svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=5,
+                        group_id=f"g-window-{time.time_ns()}")
+    group = svc.app.kafka_config.consumer_clients[0].group_id
+    with svc:
+        assert svc.loop is not None
+        try:
+            produce(bootstrap, topic, [{"key": b"HOLD", "value": b"h"}])
+            wait_until(lambda: journal.of(key="HOLD"), 20, what="the stuck record to reach the handler")
+            for chunk in range(20):
+                produce(bootstrap, topic, [{"key": f"K{chunk}-{i}".encode(), "value": b"x"} for i in range(10)])
+            time.sleep(2.0)
+            ahead = len(journal.of()) - 1
+            time.sleep(1.0)
+            # Fetching stopped: nothing more is delivered while the stuck record holds the commit back.
+            # The window is 4 x max_in_flight uncommitted records, plus what the last fetches brought in.
+            assert len(journal.of()) - 1 == ahead
+            assert 5 <= ahead < 150, ahead
+        finally:
+            svc.loop.call_soon_threadsafe(release.set)
+        wait_until(lambda: len(journal.of()) == 201, 30, what="all 201 records after the release")
+        wait_until(lambda: committed(bootstrap, group, topic)[0] == 201, 20, what="the commit of all")

@@ -19,7 +19,8 @@ that is not finished (:class:`OffsetTracker`).
 
 Flow control: a partition whose fetched-but-not-started records reach its backlog bound is
 paused (librdkafka stops fetching it and drops what it prefetched) and resumed at half, so
-memory stays bounded however large the backlog. In a retry group (`delay_sec` set) a partition
+memory stays bounded however large the backlog; so is a partition with UNCOMMITTED_WINDOW times
+that many records not committable yet (a slow record holding the commit back). In a retry group (`delay_sec` set) a partition
 whose next record is not due yet is paused until it is, then resumed: no busy polling, no
 consumer re-creation, and other partitions keep flowing.
 """
@@ -54,6 +55,12 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
     # librdkafka's prefetch queue (default 64 MB) counts towards the proxy's memory: keep it modest.
     "queued.max.messages.kbytes": 16384,
 }
+
+
+#: A partition stops fetching when this many times its backlog bound of records are uncommitted
+#: (one slow record holding the commit back while later ones finish), so that memory and the
+#: redeliveries after a crash stay bounded.
+UNCOMMITTED_WINDOW = 4
 
 
 @dataclass(frozen=True)
@@ -92,7 +99,7 @@ class _Partition:
     worker: asyncio.Task[None] | None = None
     inflight: set[asyncio.Task[None]] = field(default_factory=set)
     last_of_key: dict[bytes, asyncio.Task[None]] = field(default_factory=dict)
-    pause_reasons: set[str] = field(default_factory=set)  # "backlog", "delay"
+    pause_reasons: set[str] = field(default_factory=set)  # "backlog", "window", "delay"
     paused: bool = False  # what the consumer was last asked
 
 
@@ -293,6 +300,8 @@ class GroupLoop:
         part.wake.set()
         if len(part.pending) >= part.backlog_bound:
             self._pause(part, "backlog")
+        if len(part.tracker) >= UNCOMMITTED_WINDOW * part.backlog_bound:
+            self._pause(part, "window")  # a slow record holds the commit back: do not run far ahead of it
 
     def _pause(self, part: _Partition, reason: str) -> None:
         part.pause_reasons.add(reason)
@@ -380,6 +389,8 @@ class GroupLoop:
                 if offset is not None:  # also while draining: the revoke commits it
                     with self._lock:
                         self._to_commit[part.tp] = offset
+                    if "window" in part.pause_reasons and len(part.tracker) <= UNCOMMITTED_WINDOW * part.backlog_bound // 2:
+                        self._unpause(part, "window")
         finally:
             if slots is not None:
                 slots.release()
