@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 
 from .common import ROOT, BenchError, Case, Context, Kafka, Skip, machine, start_broker
-from .report import console_table, ratio_cell, ratios, scenario_tables, targets
+from .report import console_table, ratio_cell, ratios, skipped_by_reason, scenario_tables, targets
 from .scenarios import SCENARIOS
 from .write import write_markdown
 
@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                         [[t.what, t.goal, t.measured, t.status] for t in targets(ctx)]))
     if ctx.skipped:
         print("\nskipped:")
-        for (s, c), why in ctx.skipped.items():
-            print(f"  {s} / {c}: {why}")
+        for why, names in skipped_by_reason(ctx).items():
+            print(f"  {why}: {', '.join(names)}")
     for note in ctx.notes:
         print(f"note: {note}")
 

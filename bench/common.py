@@ -351,18 +351,19 @@ class Context:
 
 
 def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler: str, mode: str, expect: int,
-                    http2: bool = False, retry: dict[str, Any] | None = None,
+                    http2: bool = False, extra: dict[str, Any] | None = None,
                     env: dict[str, str] | None = None) -> Consumer:
     """Start the benchmark's freedom service (`freedom run freedom_app:app`) in a subprocess.
 
     `mode` is the consumer proxy's delivery mode ("sequential" or "concurrent"); the group reads
-    `topic` from the earliest offset; logging is at WARNING so no line is written per delivery.
+    `topic` from the earliest offset; logging is at WARNING so no line is written per delivery. `extra`
+    adds keys to the `[[consumer_clients]]` entry (retry settings, `max_in_flight`).
     """
     from freedom.testing import free_port, kafka_config, write_config
 
     port = free_port()
     consumer: dict[str, Any] = {"initial_offset": "earliest", "mode": mode,
-                                "settings": {"session.timeout.ms": 6000}, **(retry or {})}
+                                "settings": {"session.timeout.ms": 6000}, **(extra or {})}
     kafka = kafka_config(ctx.kafka.bootstrap, port, group_id=group, **consumer)
     if http2:
         kafka["consumer"]["proxy_http2"] = True

@@ -61,7 +61,7 @@ def stage_of(stack: list[str]) -> str:
     for frame in reversed(stack):
         func, path = _frame_parts(frame)
         for stage, fragment, funcs in STAGES:
-            if fragment in path and (funcs is None or func in funcs):
+            if fragment in path and (funcs is None or func.rsplit(".", 1)[-1] in funcs):
                 return stage
     for frame in reversed(stack):
         _, path = _frame_parts(frame)

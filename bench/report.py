@@ -179,3 +179,11 @@ def ratio_cell(values: list[float]) -> str:
         return f"{v:.2f}" if v >= 0.1 else f"{v:.3f}"
 
     return f"{x(med)}x" if len(values) == 1 else f"{x(med)}x ({x(min(values))}–{x(max(values))})"
+
+
+def skipped_by_reason(ctx: Context) -> dict[str, list[str]]:
+    """Why -> the `scenario / case` names skipped for that reason."""
+    out: dict[str, list[str]] = {}
+    for (scenario, case), why in ctx.skipped.items():
+        out.setdefault(why, []).append(f"{scenario} / {case}")
+    return out

@@ -6,7 +6,7 @@ import datetime
 from pathlib import Path
 
 from .common import ROOT, Context
-from .report import markdown_table, ratio_cell, ratios, scenario_tables, targets
+from .report import markdown_table, ratio_cell, ratios, scenario_tables, skipped_by_reason, targets
 
 NOTES = ROOT / "bench" / "notes.md"
 
@@ -54,7 +54,7 @@ def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command
                              [[t.what, t.goal, t.measured, t.status] for t in targets(ctx)]), ""]
     if ctx.skipped:
         lines += ["## Skipped", ""]
-        lines += [f"- {s} / {c}: {why}" for (s, c), why in ctx.skipped.items()]
+        lines += [f"- {why}: {', '.join(names)}" for why, names in skipped_by_reason(ctx).items()]
         lines.append("")
     if ctx.notes:
         lines += ["## Failures during this run", ""] + [f"- {n}" for n in ctx.notes] + [""]

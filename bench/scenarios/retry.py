@@ -41,7 +41,7 @@ def _case(mode: str) -> Callable[[Context], dict[str, float]]:
         retry = {"retry_count": 1, "retry_interval_sec": 0, "retry_group_id": f"{group}-retry",
                  "retry_prefix": f"r{tag}-", "retry_fail_prefix": f"f{tag}-"}
         service = freedom_service(ctx, f"retry-{mode}-{ctx.run_index}", topic, group, handler="trivial", mode=mode,
-                                  expect=n, retry=retry, env={"BENCH_FAIL_EVERY": str(FAIL_EVERY)})
+                                  expect=n, extra=retry, env={"BENCH_FAIL_EVERY": str(FAIL_EVERY)})
         try:
             first = service.wait_probe(lambda s: s.get("count", 0) >= 1, 120, "the first record")
             cpu0 = service.cpu_seconds()
