@@ -135,6 +135,9 @@ class Database:
         if infra is None:
             log.info("database installed without a domain-event infrastructure: the outbox relay does not run")
             return
+        pending = await self.pending_count()
+        if pending:
+            log.info("outbox: %d event(s) pending from before this start; the relay publishes them now", pending)
         owner = f"{socket.gethostname()}:{app.config.listen_addr}:{app.config.service_name}"
         self.relay = OutboxRelay(self.engine, infra.publish, owner=owner, interval=self.relay_interval,
                                  batch=self.relay_batch, lease_ttl=self.lease_ttl, keep_published=self.keep_published)
