@@ -70,7 +70,7 @@ def decode_reason(value: str) -> str:
 
 def outcome_response(exc: Outcome) -> Response:
     """The HTTP answer carrying `exc`'s outcome (and reason) to the consumer proxy."""
-    headers = {OUTCOME_HEADER: exc.outcome}
+    headers: dict[str, str] = {OUTCOME_HEADER: exc.outcome}
     if exc.reason:
         headers[REASON_HEADER] = encode_reason(exc.reason)
     return PlainTextResponse(exc.reason or exc.outcome, status_code=exc.status_code, headers=headers)

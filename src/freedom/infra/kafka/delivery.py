@@ -12,6 +12,7 @@ service served by an ASGI server that speaks h2c), both through one pooled httpx
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import itertools
 import logging
 from dataclasses import dataclass
@@ -115,11 +116,8 @@ class HttpDelivery:
                  max_connections: int = 100, secret: str | None = None) -> None:
         self.proxy_addr = proxy_addr
         self.http2 = http2
-        if http2:
-            try:
-                import h2  # noqa: F401 - httpx needs it for HTTP/2
-            except ImportError:
-                raise FreedomError("proxy_http2 = true needs the h2 package: pip install 'freedom[http2]'") from None
+        if http2 and importlib.util.find_spec("h2") is None:  # httpx needs it for HTTP/2
+            raise FreedomError("proxy_http2 = true needs the h2 package: pip install 'freedom[http2]'")
         per_client = min(self.CONNECTIONS_PER_CLIENT, max_connections)
         self._clients = [
             httpx.AsyncClient(

@@ -221,7 +221,7 @@ class GroupLoop:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in pending.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)  # type: ignore[union-attr]
+            self._consumer.commit(offsets=offsets, asynchronous=asynchronous)  # type: ignore[union-attr, call-overload]
         except confluent_kafka.KafkaException as exc:
             # Not committed means delivered again later: never a loss. Keep the offsets for the next round.
             log.warning("consumer group %r: commit failed (%s); will retry", self.group_id, exc.args[0].str())

@@ -170,7 +170,7 @@ class ConsumerProxy:
                         else f"dead-lettered to {step.topic}")
             return await self._produce(step.topic, record, out_headers, lost, where)
 
-    async def _produce(self, topic: str, record: Any, headers: list[tuple[str, bytes]],
+    async def _produce(self, topic: str, record: Any, headers: list[tuple[str, str | bytes | None]],
                        lost: asyncio.Event, where: str) -> bool:
         """Produce to a retry or dead-letter topic until the broker acknowledges it (True), or the
         partition goes away (False: the record stays uncommitted and is delivered again)."""

@@ -126,9 +126,10 @@ class RetryRouter:
 
     # ------------------------------------------------------------------ producing
 
-    def headers_for(self, record: Any, source_topic: str, retry_count: int, result: DeliveryResult) -> list[tuple[str, bytes]]:
+    def headers_for(self, record: Any, source_topic: str, retry_count: int,
+                    result: DeliveryResult) -> list[tuple[str, str | bytes | None]]:
         """The record's headers with `x-retry-count` = `retry_count` and the reason headers."""
-        headers: list[tuple[str, bytes]] = []
+        headers: list[tuple[str, str | bytes | None]] = []
         present: set[str] = set()
         for k, v in record.headers() or []:
             name = k.lower()
@@ -166,7 +167,7 @@ class RetryRouter:
         while not stop.is_set():
             producer.poll(0.1)
 
-    async def send(self, topic: str, record: Any, headers: list[tuple[str, bytes]]) -> None:
+    async def send(self, topic: str, record: Any, headers: list[tuple[str, str | bytes | None]]) -> None:
         """Produce the record (same key and value) to `topic`; returns once the broker acknowledged it.
 
         Raises PublishError when the broker did not take it: the caller must then not commit.
