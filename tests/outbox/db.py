@@ -8,11 +8,11 @@ database per test). Import both into a test module to use them.
 
 from __future__ import annotations
 
+import atexit
 import os
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,34 @@ from sqlalchemy import create_engine, select
 ROOT = Path(__file__).resolve().parents[2]
 
 
+SCRIPT = ROOT / "scripts" / "postgres.sh"
+_server: tuple[str, str] | None = None  # (URL, data dir): one server per test process
+
+
+def _stop_server() -> None:
+    global _server
+    if _server is not None:
+        subprocess.run(["bash", str(SCRIPT), "stop", _server[1]], capture_output=True, timeout=120)
+        _server = None
+
+
 @pytest.fixture(scope="session")
-def postgres_server() -> Iterator[str]:
-    """URL of the `freedom` database of a PostgreSQL server started for this session."""
-    script = ROOT / "scripts" / "postgres.sh"
-    done = subprocess.run(["bash", str(script), "start", str(os.getpid())], capture_output=True, text=True, timeout=900)
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/postgres.sh start failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    url, data_dir = done.stdout.strip().splitlines()[-1].split()
-    try:
-        yield url
-    finally:
-        subprocess.run(["bash", str(script), "stop", data_dir], capture_output=True, timeout=120)
+def postgres_server() -> str:
+    """URL of the `freedom` database of a PostgreSQL server started for this test process.
+
+    Each test module imports this fixture, so it is kept in a module global: one server for all
+    of them, stopped when the process exits.
+    """
+    global _server
+    if _server is None:
+        done = subprocess.run(["bash", str(SCRIPT), "start", str(os.getpid())], capture_output=True, text=True,
+                              timeout=900)
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/postgres.sh start failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        url, data_dir = done.stdout.strip().splitlines()[-1].split()
+        _server = (url, data_dir)
+        atexit.register(_stop_server)
+    return _server[0]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
