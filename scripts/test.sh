@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 echo "test: fetching Apache Kafka jars from Maven Central (cached in .cache/kafka-jars)" >&2
 .venv/bin/python -m tests.kafka.broker --fetch-only
+echo "test: making sure a PostgreSQL server is installed (for the outbox tests)" >&2
+bash scripts/postgres.sh install
 exec .venv/bin/python -m pytest "$@"
