@@ -170,6 +170,7 @@ class Consumer:
     proc: subprocess.Popen[bytes]
     probe_path: Path
     log_path: Path
+    port: int = 0  # where a freedom service listens
     ps: psutil.Process = field(init=False)
 
     def __post_init__(self) -> None:
@@ -254,21 +255,6 @@ def spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str]) -> Cons
 
 
 # ----------------------------------------------------------------------------- stats
-
-
-@dataclass
-class Figure:
-    """One measured quantity over several runs."""
-
-    values: list[float] = field(default_factory=list)
-
-    @property
-    def median(self) -> float:
-        return statistics.median(self.values)
-
-    @property
-    def spread(self) -> tuple[float, float]:
-        return min(self.values), max(self.values)
 
 
 def fmt(x: float, unit: str = "") -> str:
@@ -373,7 +359,7 @@ def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler:
     cmd = [sys.executable, "-m", "freedom.cli", "run", "freedom_app:app", "--config", str(conf)]
     service = spawn(name, cmd, workdir, {"BENCH_TOPIC": topic, "BENCH_HANDLER": handler,
                                          "BENCH_EXPECT": str(expect), **(env or {})})
-    service.port = port  # type: ignore[attr-defined]
+    service.port = port
     return service
 
 

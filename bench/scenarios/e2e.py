@@ -72,7 +72,7 @@ def _freedom(transport: str, mode: str, handler: str) -> Callable[[Context], dic
             try:
                 service.wait_probe(lambda s: s.get("count", 0) >= 1, 20, "the first delivery over HTTP/2")
             except Exception as exc:  # noqa: BLE001
-                reason = http2_unsupported(f"http://127.0.0.1:{service.port}")  # type: ignore[attr-defined]
+                reason = http2_unsupported(f"http://127.0.0.1:{service.port}")
                 service.stop()
                 raise Skip(reason or f"no delivery over HTTP/2 within 20 s: {exc}") from None
         return measure_throughput(ctx, service, group, topic, n)

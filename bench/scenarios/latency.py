@@ -68,7 +68,7 @@ def _measure(ctx: Context, consumer: Consumer, topic: str, rate: float, n: int, 
         except Exception as exc:  # noqa: BLE001
             if not http2:
                 raise
-            reason = e2e.http2_unsupported(f"http://127.0.0.1:{consumer.port}")  # type: ignore[attr-defined]
+            reason = e2e.http2_unsupported(f"http://127.0.0.1:{consumer.port}")
             raise Skip(reason or f"no delivery over HTTP/2 within 20 s: {exc}") from None
         achieved = publish_at_rate(ctx.kafka.bootstrap, topic, rate, n)
         state = consumer.wait_probe(lambda s: s.get("count", 0) >= n and s.get("t_last"), 60 + n / 50,

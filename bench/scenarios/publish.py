@@ -8,6 +8,7 @@ confluent-kafka `produce()` + `flush()` (the ceiling). Each runs in its own proc
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Callable
@@ -51,8 +52,6 @@ def _case(kind: str) -> Callable[[Context], dict[str, float]]:
         log = ctx.workdir / "publish" / f"{kind}-{ctx.run_index}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
         env = {"BENCH_BOOTSTRAP": ctx.kafka.bootstrap, "BENCH_TOPIC": topic, "BENCH_CONFIG": _config(ctx)}
-        import os
-
         with log.open("wb") as err:
             result = subprocess.run([sys.executable, str(SERVICES / "publisher.py"), kind, str(n)], cwd=SERVICES,
                                     env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err, timeout=600)
