@@ -12,13 +12,14 @@ import datetime
 import os
 import shlex
 import shutil
+import signal
 import sys
 import tempfile
 import time
 import traceback
 from pathlib import Path
 
-from .common import ROOT, BenchError, Case, Context, Kafka, Skip, machine, start_broker
+from .common import ROOT, BenchError, Case, Context, Kafka, Skip, machine, snapshot_source, start_broker
 from .report import console_table, ratio_cell, ratios, skipped_by_reason, scenario_tables, targets
 from .scenarios import SCENARIOS
 from .write import write_markdown
@@ -37,10 +38,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--output", type=Path, help="where to write the markdown report "
                                                "(default BENCHMARKS.md; quick mode bench/results/quick.md)")
     p.add_argument("--keep", action="store_true", help="keep the work directory (logs, configs)")
+    p.add_argument("--source", choices=("worktree", "head"), default="worktree",
+                   help="the freedom code to measure, frozen for the session: a copy of src/ as it is now "
+                        "(default), or src/ of the HEAD commit")
     args = p.parse_args(argv)
     if args.runs < 1:
         p.error("--runs must be 1 or more")
     return args
+
+
+def _interrupt(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 def run_cases(ctx: Context, cases: list[Case]) -> None:
@@ -77,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     selected = args.only or list(SCENARIOS)
     workdir = Path(tempfile.mkdtemp(prefix="freedom-bench-"))
     print(f"bench: work directory {workdir}", flush=True)
+    # SIGTERM (and SIGINT, which a background job ignores) stop cleanly: consumers and broker too.
+    signal.signal(signal.SIGTERM, _interrupt)
+    source = snapshot_source(args.source, workdir)
+    print(f"bench: measuring freedom from {source}", flush=True)
     broker = start_broker()
     print(f"bench: Apache Kafka at {broker.bootstrap} (started in {broker.start_seconds:.1f} s)", flush=True)
     try:
@@ -114,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
 
     output = args.output or (ROOT / "bench" / "results" / "quick.md" if args.quick else ROOT / "BENCHMARKS.md")
     write_markdown(output, ctx, machine=machine(), command=command, started=started, elapsed=elapsed,
-                   selected=selected, profile=profile_text)
+                   selected=selected, profile=profile_text, source=source)
     print(f"\nbench: wrote {output}")
     if args.keep:
         print(f"bench: logs kept in {workdir}")

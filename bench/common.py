@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -240,14 +241,53 @@ def tail(path: Path, lines: int = 30) -> str:
         return ""
 
 
+#: The freedom source the measured processes import (see `snapshot_source`).
+_source = ROOT / "src"
+
+
+def snapshot_source(kind: str, workdir: Path) -> str:
+    """Freeze the freedom source for the whole session, so that edits to the tree during a run
+    (or a half-finished edit) do not change what is measured; returns a description for the report.
+
+    `kind` "worktree": a copy of `src/` as it is now; "head": `src/` of the HEAD commit.
+    """
+    global _source
+    dest = workdir / "source"
+    dest.mkdir(parents=True, exist_ok=True)
+
+    def git(*args: str) -> str:
+        result = subprocess.run(["git", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        return result.stdout.strip() if result.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if kind == "head":
+        if not commit:
+            raise BenchError("--source head needs a git checkout")
+        archive = subprocess.run(["git", "archive", "HEAD", "src"], cwd=ROOT, stdout=subprocess.PIPE, check=True)
+        subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
+        description = f"commit {commit} (HEAD)"
+    else:
+        shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        dirty = bool(git("status", "--porcelain", "--", "src"))
+        description = (f"working tree at commit {commit}" + (" with uncommitted changes in src/" if dirty else "")
+                       if commit else "working tree")
+    _source = dest / "src"
+    sys.path.insert(0, str(_source))
+    return description
+
+
+def child_env(extra: dict[str, str]) -> dict[str, str]:
+    """The environment of a measured process: the frozen freedom source and the services first."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(SERVICES), str(_source)]), **extra}
+
+
 def spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str]) -> Consumer:
     """Start `cmd` in `services/` with the probe file and log in `workdir`."""
     workdir.mkdir(parents=True, exist_ok=True)
     probe_path = workdir / f"{name}.probe.json"
     log_path = workdir / f"{name}.log"
     probe_path.unlink(missing_ok=True)
-    environ = {**os.environ, "PYTHONPATH": os.pathsep.join([str(SERVICES), str(ROOT / "src")]),
-               "BENCH_PROBE": str(probe_path), **env}
+    environ = child_env({"BENCH_PROBE": str(probe_path), **env})
     with log_path.open("ab") as log:
         proc = subprocess.Popen(cmd, cwd=SERVICES, env=environ, stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)

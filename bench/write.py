@@ -21,7 +21,7 @@ SCENARIO_TITLES = {
 
 def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command: str,
                    started: datetime.datetime, elapsed: datetime.timedelta, selected: list[str],
-                   profile: str | None) -> None:
+                   profile: str | None, source: str) -> None:
     mode = "quick (small record counts: a smoke check, not figures to quote)" if ctx.quick else "full"
     lines = [
         "# Benchmarks",
@@ -34,6 +34,7 @@ def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command
         f"- **Mode:** {mode}; {ctx.runs} runs per case, interleaved (every case once per run, freedom and its "
         "peers side by side); each figure is the **median (min–max)** over the runs",
         f"- **Scenarios:** {', '.join(selected)}",
+        f"- **Code measured:** freedom from {source}",
         f"- **Machine:** {machine['cores']} cores ({machine['cpu']}), {machine['memory']} memory, {machine['os']}",
         f"- **Python:** {machine['python']}; {machine['libraries']}",
         f"- **Kafka:** {machine['kafka']}",

@@ -15,7 +15,7 @@ from typing import Callable
 
 import httpx
 
-from ..common import Case, Context, Skip, freedom_service, measure_throughput, new_group, peer_process
+from ..common import BenchError, Case, Context, Skip, freedom_service, measure_throughput, new_group, peer_process
 
 SCENARIO = "e2e"
 HANDLERS = ("trivial", "slow")  # slow: the handler awaits 5 ms
@@ -71,7 +71,9 @@ def _freedom(transport: str, mode: str, handler: str) -> Callable[[Context], dic
         if transport == "http2":
             try:
                 service.wait_probe(lambda s: s.get("count", 0) >= 1, 20, "the first delivery over HTTP/2")
-            except Exception as exc:  # noqa: BLE001
+            except BenchError as exc:
+                if service.proc.poll() is not None:  # the service died: a failure, not a missing feature
+                    raise
                 reason = http2_unsupported(f"http://127.0.0.1:{service.port}")
                 service.stop()
                 raise Skip(reason or f"no delivery over HTTP/2 within 20 s: {exc}") from None

@@ -15,7 +15,7 @@ from typing import Callable
 
 import confluent_kafka
 
-from ..common import PAD, Case, Consumer, Context, Skip, freedom_service, new_group, peer_process, percentile
+from ..common import PAD, BenchError, Case, Consumer, Context, Skip, freedom_service, new_group, peer_process, percentile
 from . import e2e
 
 SCENARIO = "latency"
@@ -55,7 +55,8 @@ def warm_up(bootstrap: str, topic: str, consumer: Consumer, timeout: float = 120
         try:
             consumer.wait_probe(lambda s: s.get("warm", 0) >= 1, 0.5, "warm-up")
             return
-        except Exception:  # noqa: BLE001 - not yet
+        except BenchError:  # not yet (or the consumer died: check_alive raises that at once)
+            consumer.check_alive()
             if time.monotonic() > deadline:
                 raise
 
@@ -65,8 +66,8 @@ def _measure(ctx: Context, consumer: Consumer, topic: str, rate: float, n: int, 
     try:
         try:
             warm_up(ctx.kafka.bootstrap, topic, consumer, timeout=20 if http2 else 120)
-        except Exception as exc:  # noqa: BLE001
-            if not http2:
+        except BenchError as exc:
+            if not http2 or consumer.proc.poll() is not None:  # a dead service is a failure, not a skip
                 raise
             reason = e2e.http2_unsupported(f"http://127.0.0.1:{consumer.port}")
             raise Skip(reason or f"no delivery over HTTP/2 within 20 s: {exc}") from None

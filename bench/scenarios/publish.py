@@ -8,12 +8,11 @@ confluent-kafka `produce()` + `flush()` (the ceiling). Each runs in its own proc
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from typing import Callable
 
-from ..common import SERVICES, BenchError, Case, Context, Skip, tail
+from ..common import SERVICES, BenchError, Case, Context, Skip, child_env, tail
 
 SCENARIO = "publish"
 KINDS = ["bare", "freedom-awaited", "freedom-batch", "faststream-awaited", "faststream-batch"]
@@ -54,7 +53,7 @@ def _case(kind: str) -> Callable[[Context], dict[str, float]]:
         env = {"BENCH_BOOTSTRAP": ctx.kafka.bootstrap, "BENCH_TOPIC": topic, "BENCH_CONFIG": _config(ctx)}
         with log.open("wb") as err:
             result = subprocess.run([sys.executable, str(SERVICES / "publisher.py"), kind, str(n)], cwd=SERVICES,
-                                    env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=err, timeout=600)
+                                    env=child_env(env), stdout=subprocess.PIPE, stderr=err, timeout=600)
         if result.returncode != 0:
             raise BenchError(f"publisher {kind} failed (rc={result.returncode}); log {log}:\n{tail(log)}")
         out = json.loads(result.stdout.decode().strip().splitlines()[-1])
