@@ -7,7 +7,6 @@ broker never pays for the other.
 from __future__ import annotations
 
 import sys
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -15,7 +14,6 @@ from pathlib import Path
 from typing import Union
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
 
 ROOT = Path(__file__).resolve().parents[1]
 for _p in (ROOT / "src", ROOT):
@@ -24,6 +22,7 @@ for _p in (ROOT / "src", ROOT):
 
 from freedom.infra.kafka.embedded import EmbeddedBroker  # noqa: E402
 from tests.kafka.broker import ApacheKafka  # noqa: E402
+from tests.services.kafka_tools import create_topic  # noqa: E402
 
 _STARTS: dict[str, float] = {}
 _KEPT_LOGS: list[str] = []
@@ -80,26 +79,23 @@ def broker(request: pytest.FixtureRequest) -> BrokerUnderTest:
     return BrokerUnderTest(kind, request.getfixturevalue(fixture))
 
 
+@pytest.fixture(params=["http", "inprocess"])
+def delivery(request: pytest.FixtureRequest) -> str:
+    """How the consumer proxy reaches the handlers: over HTTP, or calling the application in-process
+    (`proxy_addr = "inprocess"`). The transport does not depend on the broker, so in-process runs on
+    Apache Kafka only, to keep the suite short."""
+    mode: str = request.param
+    if mode == "inprocess" and "broker" in request.fixturenames:
+        if request.getfixturevalue("broker").kind != "apache":
+            pytest.skip("in-process delivery is tested on Apache Kafka only")
+    return mode
+
+
 @pytest.fixture
 def new_topic() -> Iterator[Callable[..., str]]:
     """Factory ``new_topic(bootstrap, partitions=1) -> name``: create a unique topic, wait for it."""
-    admins: dict[str, AdminClient] = {}
-
     def make(bootstrap: str, partitions: int = 1, timeout: float = 30.0) -> str:
-        admin = admins.get(bootstrap)
-        if admin is None:
-            admin = admins[bootstrap] = AdminClient({"bootstrap.servers": bootstrap})
-        name = f"test-{uuid.uuid4().hex[:12]}"
-        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            md = admin.list_topics(name, timeout=5).topics.get(name)
-            if (md is not None and md.error is None and len(md.partitions) == partitions
-                    and all(p.leader >= 0 for p in md.partitions.values())):
-                return name
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"topic {name} not ready after {timeout}s: {md}")
-            time.sleep(0.05)
+        return create_topic(bootstrap, f"test-{uuid.uuid4().hex[:12]}", partitions, timeout)
 
     yield make
 

@@ -2,42 +2,24 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
-from confluent_kafka.admin import AdminClient, NewTopic
 
 import freedom
 from freedom.testing import write_config
+from tests.services.kafka_tools import create_topic, read_partition
 
 
-def make_topic(bootstrap: str, name: str) -> None:
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, 1, 1)])[name].result(30)
-
-
-def values(bootstrap: str, topic: str, timeout: float = 30.0) -> list[bytes]:
+def values(bootstrap: str, topic: str) -> list[bytes]:
     """Every record value of partition 0 of `topic`, up to its high watermark (all publishes were acknowledged)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}",
-                  "session.timeout.ms": 6000, "enable.auto.commit": False})
-    try:
-        _, high = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
-        c.assign([TopicPartition(topic, 0, 0)])
-        out: list[bytes] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < high and time.monotonic() < deadline:
-            out += [m.value() for m in c.consume(100, 0.2) if m.error() is None]
-    finally:
-        c.close()
-    return out
+    return [record.value() for record in read_partition(bootstrap, topic)]
 
 
 async def test_select_client_routes_to_that_cluster_only(apache_kafka, embedded_kafka, tmp_path):
     topic = f"clusters-{uuid.uuid4().hex[:8]}"
-    make_topic(apache_kafka.bootstrap, topic)
-    make_topic(embedded_kafka.bootstrap, topic)
+    create_topic(apache_kafka.bootstrap, topic)
+    create_topic(embedded_kafka.bootstrap, topic)
     write_config(tmp_path, kafka={
         "producer": {"open": True},
         "producer_clients": [
@@ -72,8 +54,8 @@ async def test_select_client_routes_to_that_cluster_only(apache_kafka, embedded_
 
 async def test_the_unnamed_client_is_the_default(apache_kafka, embedded_kafka, tmp_path):
     topic = f"clusters-{uuid.uuid4().hex[:8]}"
-    make_topic(apache_kafka.bootstrap, topic)
-    make_topic(embedded_kafka.bootstrap, topic)
+    create_topic(apache_kafka.bootstrap, topic)
+    create_topic(embedded_kafka.bootstrap, topic)
     write_config(tmp_path, kafka={
         "producer": {"open": True},
         "producer_clients": [

@@ -14,9 +14,8 @@ import freedom
 from freedom.domain import DomainEvent, DomainEventError, EventNameError, event_topic
 from freedom.infra import kafka
 from freedom.testing import free_port, wait_until, write_config
-from tests.outbox.db import make_topic, unique_event
-
-
+from tests.outbox.db import unique_event
+from tests.services.kafka_tools import create_topic
 @dataclass
 class GoodsObj:
     ID: int
@@ -212,7 +211,7 @@ def test_without_a_database_the_unit_of_work_publishes_to_kafka_directly(apache_
     from freedom.testing import ServiceThread
 
     name, topic = unique_event()
-    make_topic(apache_kafka.bootstrap, topic)
+    create_topic(apache_kafka.bootstrap, topic)
     port = free_port()
     write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
                  kafka={"producer": {"open": True}, "producer_clients": [{"servers": [apache_kafka.bootstrap]}]})

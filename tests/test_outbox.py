@@ -14,8 +14,8 @@ import freedom
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.apps import Recorder
 from tests.outbox.apps import Goods, get_or_add, shop_app, stock_moves
-from tests.outbox.db import (db_url, make_topic, outbox_rows, postgres_server, read_topic, topic_size,  # noqa: F401
-                             unique_event)
+from tests.outbox.db import db_url, outbox_rows, postgres_server, unique_event  # noqa: F401 (fixtures)
+from tests.services.kafka_tools import create_topic, read_partition, topic_size
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
@@ -56,7 +56,7 @@ def test_goods_shopping_reaches_the_listener_with_bus_and_trace(apache_kafka, db
 
 def test_rolled_back_transaction_publishes_nothing(apache_kafka, db_url, tmp_path):
     name, topic = unique_event()
-    make_topic(apache_kafka.bootstrap, topic)
+    create_topic(apache_kafka.bootstrap, topic)
     recorder = Recorder()
     app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, name)
     with ServiceThread(app) as svc:
@@ -74,7 +74,7 @@ def test_rolled_back_transaction_publishes_nothing(apache_kafka, db_url, tmp_pat
 
 def test_thousand_events_of_ten_aggregates_arrive_in_per_aggregate_order(apache_kafka, db_url, tmp_path):
     name, topic = unique_event()
-    make_topic(apache_kafka.bootstrap, topic, partitions=4)
+    create_topic(apache_kafka.bootstrap, topic, partitions=4)
     recorder = Recorder()
     app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, name)
 
@@ -107,7 +107,7 @@ def test_thousand_events_of_ten_aggregates_arrive_in_per_aggregate_order(apache_
 
 def test_redelivered_event_changes_the_idempotent_handlers_table_once(apache_kafka, db_url, tmp_path):
     name, topic = unique_event()
-    make_topic(apache_kafka.bootstrap, topic)
+    create_topic(apache_kafka.bootstrap, topic)
     recorder = Recorder()
     # The handler commits its change, then answers 500: the proxy delivers the event again.
     app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, name,
@@ -129,7 +129,7 @@ def test_broker_down_saving_succeeds_and_events_follow_in_order_when_it_returns(
     kafka = ApacheKafka()
     kafka.start()
     try:
-        make_topic(kafka.bootstrap, topic)
+        create_topic(kafka.bootstrap, topic)
         recorder = Recorder()
         config = _config(tmp_path, kafka.bootstrap, **{"reconnect.backoff.max.ms": 500})
         app = shop_app(config, db_url, recorder, name)
@@ -148,7 +148,7 @@ def test_broker_down_saving_succeeds_and_events_follow_in_order_when_it_returns(
             took = time.monotonic() - back
             wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 30,
                        what="every outbox row to be marked published")
-            on_topic = [json.loads(r.value())["Amount"] for r in read_topic(kafka.bootstrap, topic)]
+            on_topic = [json.loads(r.value())["Amount"] for r in read_partition(kafka.bootstrap, topic)]
     finally:
         kafka.close()
     # The outbox published each event exactly once (nothing crashed), in the order they were saved.

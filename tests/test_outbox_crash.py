@@ -14,8 +14,8 @@ import httpx
 import pytest
 
 from freedom.testing import free_port, kafka_config, wait_until, write_config
-from tests.outbox.db import db_url, make_topic, outbox_rows, postgres_server, topic_size, unique_event  # noqa: F401
-
+from tests.outbox.db import db_url, outbox_rows, postgres_server, unique_event  # noqa: F401 (fixtures)
+from tests.services.kafka_tools import create_topic, topic_size
 SERVICE_DIR = Path(__file__).parent / "outbox"
 
 
@@ -43,7 +43,7 @@ def serving(url: str) -> bool:
 
 def test_sigkill_between_commit_and_publish_is_published_once_after_restart(apache_kafka, db_url, tmp_path):
     name, topic = unique_event()
-    make_topic(apache_kafka.bootstrap, topic)
+    create_topic(apache_kafka.bootstrap, topic)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},

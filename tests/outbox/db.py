@@ -11,13 +11,11 @@ from __future__ import annotations
 import atexit
 import os
 import subprocess
-import time
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka.admin import AdminClient, NewTopic
 from sqlalchemy import create_engine, select
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,30 +84,8 @@ def outbox_rows(url: str) -> list[Any]:
         engine.dispose()
 
 
-def make_topic(bootstrap: str, name: str, partitions: int = 1, timeout: float = 30.0) -> str:
-    """Create topic `name` and wait until every partition has a leader."""
-    admin = AdminClient({"bootstrap.servers": bootstrap})
-    admin.create_topics([NewTopic(name, partitions, 1)])[name].result(timeout)
-    deadline = time.monotonic() + timeout
-    while True:
-        md = admin.list_topics(name, timeout=5).topics.get(name)
-        if (md is not None and md.error is None and len(md.partitions) == partitions
-                and all(p.leader >= 0 for p in md.partitions.values())):
-            return name
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"topic {name} not ready after {timeout}s: {md}")
-        time.sleep(0.05)
 
 
-def topic_size(bootstrap: str, topic: str, partitions: int = 1) -> int:
-    """How many records the topic holds (sum of high watermarks)."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"size-{uuid.uuid4().hex[:6]}"})
-    try:
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions))
-    finally:
-        c.close()
 
 
 def unique_event(entity: str = "Goods", method: str = "Shopping") -> tuple[str, str]:
@@ -117,24 +93,3 @@ def unique_event(entity: str = "Goods", method: str = "Shopping") -> tuple[str, 
     name = f"{entity}{uuid.uuid4().hex[:10]}:{method}"
     return name, name.replace(":", ".")
 
-
-def read_topic(bootstrap: str, topic: str, partition: int = 0, timeout: float = 30.0) -> list[Any]:
-    """Every record of one partition, from the start to the current end."""
-    from confluent_kafka import Consumer, TopicPartition
-
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False})
-    try:
-        end = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
-        c.assign([TopicPartition(topic, partition, 0)])
-        out: list[Any] = []
-        deadline = time.monotonic() + timeout
-        while len(out) < end:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"read {len(out)} of {end} records of {topic}[{partition}]")
-            record = c.poll(0.5)
-            if record is not None and record.error() is None:
-                out.append(record)
-        return out
-    finally:
-        c.close()
