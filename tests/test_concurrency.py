@@ -32,12 +32,12 @@ class Gauge:
             self._by_key[call.key] -= 1
 
 
-def test_concurrent_mode_keeps_to_its_bound(apache_kafka, new_topic, tmp_path):
+def test_concurrent_mode_keeps_to_its_bound(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=2)
     journal, gauge = Journal(), Gauge()
     svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.1),
-                        mode="concurrent", max_in_flight=5)
+                        mode="concurrent", max_in_flight=5, delivery=delivery)
     with svc:
         produce(bootstrap, topic, [{"key": f"K{i}".encode(), "value": b"x"} for i in range(60)])
         wait_until(lambda: len(journal.of()) >= 60, 60, what="60 deliveries")
@@ -45,7 +45,7 @@ def test_concurrent_mode_keeps_to_its_bound(apache_kafka, new_topic, tmp_path):
     assert gauge.peak == 5, gauge.peak  # in parallel, never more than the bound
 
 
-def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_topic, tmp_path):
+def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal = Journal()
@@ -56,7 +56,7 @@ def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_top
             await release.wait()
 
     svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=20,
-                        group_id=f"g-hold-{time.time_ns()}")
+                        group_id=f"g-hold-{time.time_ns()}", delivery=delivery)
     group = svc.app.kafka_config.consumer_clients[0].group_id
     with svc:
         before = committed(bootstrap, group, topic)[0]
@@ -69,14 +69,14 @@ def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_top
         wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 10, 20, what="the commit of all ten")
 
 
-def test_key_ordered_mode_keeps_each_keys_order_and_runs_keys_in_parallel(apache_kafka, new_topic, tmp_path):
+def test_key_ordered_mode_keeps_each_keys_order_and_runs_keys_in_parallel(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal, gauge = Journal(), Gauge()
     rng = random.Random(7)
     # The client's default mode is concurrent; the topic overrides it (the per-topic table).
     svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, rng.uniform(0, 0.03)),
-                        mode="concurrent", topics={topic: {"mode": "key-ordered", "max_in_flight": 50}})
+                        mode="concurrent", topics={topic: {"mode": "key-ordered", "max_in_flight": 50}}, delivery=delivery)
     records = [{"key": k.encode(), "value": str(i).encode()} for i in range(10) for k in ("A", "B", "C")]
     with svc:
         produce(bootstrap, topic, records)
@@ -87,11 +87,11 @@ def test_key_ordered_mode_keeps_each_keys_order_and_runs_keys_in_parallel(apache
     assert gauge.peak >= 2  # ...different keys at once
 
 
-def test_sequential_mode_delivers_one_at_a_time_per_partition_in_order(apache_kafka, new_topic, tmp_path):
+def test_sequential_mode_delivers_one_at_a_time_per_partition_in_order(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal, gauge = Journal(), Gauge()
-    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.01))
+    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.01), delivery=delivery)
     with svc:
         produce(bootstrap, topic, [{"key": f"K{i % 3}".encode(), "value": str(i).encode()} for i in range(30)])
         wait_until(lambda: len(journal.of()) >= 30, 60, what="30 deliveries")
@@ -113,7 +113,7 @@ def test_offset_tracker_commits_only_below_the_lowest_unfinished_record():
     assert t.finish(8) is None  # a repeated finish changes nothing
 
 
-def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_topic, tmp_path):
+def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_topic, tmp_path, delivery):
     """Later records may finish while one is stuck, but only a bounded number: the rest waits in Kafka."""
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
@@ -125,7 +125,7 @@ def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_
             await release.wait()
 
     svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=5,
-                        group_id=f"g-window-{time.time_ns()}")
+                        group_id=f"g-window-{time.time_ns()}", delivery=delivery)
     group = svc.app.kafka_config.consumer_clients[0].group_id
     with svc:
         assert svc.loop is not None

@@ -20,7 +20,7 @@ from tests.services.event_app import Delivery, Journal, event_service
 from tests.services.kafka_tools import committed, produce
 
 
-def test_two_instances_share_the_partitions_and_lose_nothing(apache_kafka, new_topic, tmp_path):
+def test_two_instances_share_the_partitions_and_lose_nothing(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=4)
     group = f"g-two-{uuid.uuid4().hex[:8]}"
@@ -29,8 +29,8 @@ def test_two_instances_share_the_partitions_and_lose_nothing(apache_kafka, new_t
     async def work(call: Delivery) -> None:
         await asyncio.sleep(0.005)
 
-    a = event_service(tmp_path / "a", bootstrap, journal_a, topic, work, group_id=group, mode="concurrent", max_in_flight=20)
-    b = event_service(tmp_path / "b", bootstrap, journal_b, topic, work, group_id=group, mode="concurrent", max_in_flight=20)
+    a = event_service(tmp_path / "a", bootstrap, journal_a, topic, work, group_id=group, mode="concurrent", max_in_flight=20, delivery=delivery)
+    b = event_service(tmp_path / "b", bootstrap, journal_b, topic, work, group_id=group, mode="concurrent", max_in_flight=20, delivery=delivery)
     total = 800
     done_producing = threading.Event()
 
@@ -61,7 +61,7 @@ def test_two_instances_share_the_partitions_and_lose_nothing(apache_kafka, new_t
     assert len(keys) == total, f"{len(keys) - total} duplicates"
 
 
-def test_stop_finishes_in_flight_work_within_the_deadline_and_abandons_the_rest(apache_kafka, new_topic, tmp_path, caplog):
+def test_stop_finishes_in_flight_work_within_the_deadline_and_abandons_the_rest(apache_kafka, new_topic, tmp_path, caplog, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     group = f"g-drain-{uuid.uuid4().hex[:8]}"
@@ -74,7 +74,7 @@ def test_stop_finishes_in_flight_work_within_the_deadline_and_abandons_the_rest(
 
     journal = Journal()
     svc = event_service(tmp_path / "1", bootstrap, journal, topic, behave, group_id=group,
-                        mode="concurrent", drain_timeout_sec=3)
+                        mode="concurrent", drain_timeout_sec=3, delivery=delivery)
     caplog.set_level(logging.WARNING, logger="freedom.kafka.proxy")
     with svc:
         before = committed(bootstrap, group, topic)[0]
@@ -86,7 +86,7 @@ def test_stop_finishes_in_flight_work_within_the_deadline_and_abandons_the_rest(
     assert any("abandoned 1 in-flight deliveries" in r.getMessage() for r in caplog.records)
     assert stop_took < 15, stop_took
 
-    again = event_service(tmp_path / "2", bootstrap, journal, topic, behave, group_id=group, mode="concurrent")
+    again = event_service(tmp_path / "2", bootstrap, journal, topic, behave, group_id=group, mode="concurrent", delivery=delivery)
     with again:
         wait_until(lambda: len(journal.of(key="SLOW")) == 2, 30, what="SLOW to be delivered again")
         wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 2, 20, what="SLOW's commit")
@@ -116,7 +116,7 @@ def _ended(path: Path) -> set[str]:
     return {line["key"] for line in _lines(path) if line["ev"] == "end"}
 
 
-def test_sigkill_twice_mid_run_loses_nothing_and_repeats_only_in_flight_records(apache_kafka, new_topic, tmp_path):
+def test_sigkill_twice_mid_run_loses_nothing_and_repeats_only_in_flight_records(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=4)
     group = f"g-kill-{uuid.uuid4().hex[:8]}"
@@ -126,7 +126,7 @@ def test_sigkill_twice_mid_run_loses_nothing_and_repeats_only_in_flight_records(
     where = {m.key().decode(): (m.partition(), m.offset()) for m in delivered}
     port = free_port()
     config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
-                          kafka=kafka_config(bootstrap, port, group_id=group, initial_offset="earliest",
+                          kafka=kafka_config(bootstrap, port, group_id=group, delivery=delivery, initial_offset="earliest",
                                              mode="concurrent", max_in_flight=50,
                                              settings={"session.timeout.ms": 6000}))
     record_file, log = tmp_path / "records.jsonl", tmp_path / "service.log"

@@ -13,11 +13,11 @@ from tests.services.event_app import Journal, event_service
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
 
 
-def test_failing_twice_is_delivered_three_times_with_the_retry_interval(broker, new_topic, tmp_path):
+def test_failing_twice_is_delivered_three_times_with_the_retry_interval(broker, new_topic, tmp_path, delivery):
     topic = new_topic(broker.bootstrap)
     journal = Journal()
     svc = event_service(tmp_path, broker.bootstrap, journal, topic, lambda c: 500 if c.nth < 2 else 200,
-                        retry_count=3, retry_interval_sec=2)
+                        retry_count=3, retry_interval_sec=2, delivery=delivery)
     with svc:
         produce(broker.bootstrap, topic, [{"key": b"K-RETRY", "value": b'{"ID": 1}', "headers": [("x-action", b"buy")]}])
         wait_until(lambda: len(journal.of()) >= 3, 40, what="three deliveries")
@@ -29,11 +29,11 @@ def test_failing_twice_is_delivered_three_times_with_the_retry_interval(broker, 
     assert all(2.0 <= g <= 4.0 for g in gaps), gaps
 
 
-def test_always_failing_lands_in_the_dead_letter_topic_once_with_the_reasons(broker, new_topic, tmp_path):
+def test_always_failing_lands_in_the_dead_letter_topic_once_with_the_reasons(broker, new_topic, tmp_path, delivery):
     topic = new_topic(broker.bootstrap)
     journal = Journal()
     svc = event_service(tmp_path, broker.bootstrap, journal, topic, lambda c: 500,
-                        retry_count=3, retry_interval_sec=0.3)
+                        retry_count=3, retry_interval_sec=0.3, delivery=delivery)
     with svc:
         [original] = produce(broker.bootstrap, topic, [
             {"key": b"K-POISON", "value": b"\x00poison", "headers": [("x-action", b"buy"), ("x-trace", b"t1")]}])
@@ -55,7 +55,7 @@ def test_always_failing_lands_in_the_dead_letter_topic_once_with_the_reasons(bro
     assert calls[0].at - 0.5 <= first <= calls[1].at, (first, calls[0].at)
 
 
-def test_a_waiting_retry_does_not_hold_up_other_partitions_or_the_main_topic(apache_kafka, new_topic, tmp_path):
+def test_a_waiting_retry_does_not_hold_up_other_partitions_or_the_main_topic(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=2)
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -63,7 +63,7 @@ def test_a_waiting_retry_does_not_hold_up_other_partitions_or_the_main_topic(apa
     journal = Journal()
     interval = 6.0
     svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: 500 if c.key == "SLOW" and c.nth == 0 else 200,
-                        retry_count=1, retry_interval_sec=interval, mode="concurrent")
+                        retry_count=1, retry_interval_sec=interval, mode="concurrent", delivery=delivery)
     with svc:
         produce(bootstrap, topic, [{"key": b"SLOW", "value": b"s", "partition": 0}])
         wait_until(lambda: journal.of(key="SLOW"), 20, what="the first delivery of SLOW")
@@ -97,7 +97,7 @@ def _partition_holding(bootstrap: str, topic: str) -> list[int]:
         c.close()
 
 
-def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(apache_kafka, new_topic, tmp_path):
+def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     admin = AdminClient({"bootstrap.servers": bootstrap})
@@ -105,7 +105,7 @@ def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(apache
     admin.create_topics([NewTopic(retry_topic, 1, 1, config={"max.message.bytes": "200"})])[retry_topic].result(20)
     journal = Journal()
     svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: 500 if c.nth == 0 else 200,
-                        retry_count=2, retry_interval_sec=0.5, group_id=f"g-refused-{time.time_ns()}")
+                        retry_count=2, retry_interval_sec=0.5, group_id=f"g-refused-{time.time_ns()}", delivery=delivery)
     group = svc.app.kafka_config.consumer_clients[0].group_id
     big = bytes(range(256)) * 4  # 1 KB, not compressible below the retry topic's 200-byte limit
     with svc:

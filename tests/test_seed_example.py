@@ -27,10 +27,10 @@ def _committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> l
         c.close()
 
 
-def test_get_shop_leads_to_one_post_to_the_store(broker, new_topic, tmp_path):
+def test_get_shop_leads_to_one_post_to_the_store(broker, new_topic, tmp_path, delivery):
     topic = new_topic(broker.bootstrap)
     recorder = Recorder()
-    svc, _ = _service(tmp_path, broker.bootstrap, recorder, topic)
+    svc, _ = _service(tmp_path, broker.bootstrap, recorder, topic, delivery=delivery)
     with svc:
         r = httpx.get(f"{svc.base_url}/shop/1", params={"tenant": "acme"},
                       headers={"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}, timeout=30)
@@ -58,10 +58,10 @@ def test_get_shop_leads_to_one_post_to_the_store(broker, new_topic, tmp_path):
     assert record.key().decode() == call.event_id
 
 
-def test_failed_delivery_is_retried_and_committed_only_after_success(broker, new_topic, tmp_path):
+def test_failed_delivery_is_retried_and_committed_only_after_success(broker, new_topic, tmp_path, delivery):
     topic = new_topic(broker.bootstrap)
     recorder = Recorder(statuses=[500, 500])
-    svc, group = _service(tmp_path, broker.bootstrap, recorder, topic)
+    svc, group = _service(tmp_path, broker.bootstrap, recorder, topic, delivery=delivery)
     with svc:
         before = _committed(broker.bootstrap, group, topic)[0]
         httpx.get(f"{svc.base_url}/shop/7", timeout=30).raise_for_status()

@@ -122,7 +122,7 @@ class Application:
         self._started = True
         if self.kafka is not None:
             try:
-                await self.kafka.start(self.event_routes)
+                await self.kafka.start(self.event_routes, app=self.fastapi)
             except BaseException:
                 await self.kafka.stop()
                 raise
@@ -133,6 +133,8 @@ class Application:
             except BaseException:
                 await self.stop()
                 raise
+        if self.kafka is not None:
+            self.kafka.app_started.set()  # in-process deliveries may begin
 
     async def stop_consuming(self) -> None:
         """Stop the consumer proxies first (drain, commit), while the HTTP server still serves them."""

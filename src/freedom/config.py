@@ -273,12 +273,16 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     consumer = _Table(file, "consumer.", root.table("consumer"))
     consumer_open = consumer.get("open", bool, False)
     proxy_addr = consumer.get("proxy_addr", str, KafkaConfig.proxy_addr).rstrip("/")
-    scheme = urlsplit(proxy_addr).scheme
-    if scheme not in ("http", "https"):
-        raise consumer.error("proxy_addr", f'must start with "http://" or "https://", got "{proxy_addr}"')
-    if not urlsplit(proxy_addr).hostname:
-        raise consumer.error("proxy_addr", f'has no host: "{proxy_addr}"')
     proxy_http2 = consumer.get("proxy_http2", bool, False)
+    if proxy_addr == "inprocess":  # the consumer proxy calls the application directly (transports/asgi.py)
+        if proxy_http2:
+            raise consumer.error("proxy_http2", 'has no effect with proxy_addr = "inprocess" (no HTTP is involved); '
+                                                "remove one of the two")
+    elif urlsplit(proxy_addr).scheme not in ("http", "https"):
+        raise consumer.error("proxy_addr", f'must start with "http://" or "https://" (or be "inprocess" to call '
+                                           f'the application directly), got "{proxy_addr}"')
+    elif not urlsplit(proxy_addr).hostname:
+        raise consumer.error("proxy_addr", f'has no host: "{proxy_addr}"')
     from .security import read_secret
 
     proxy_secret = read_secret(consumer)

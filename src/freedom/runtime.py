@@ -11,6 +11,7 @@ plain FastAPI routes ask for it with `runtime: freedom.RuntimeDep`.
 from __future__ import annotations
 
 import logging
+from functools import cached_property
 from typing import Annotated, Any, MutableMapping
 
 from fastapi import Depends
@@ -79,26 +80,47 @@ class _TraceLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
 
 
 class Runtime:
-    """The request context of one handler call."""
+    """The request context of one handler call.
+
+    The bus, the trace and the logger are read from the request when first used, not for every
+    request: an event handler that never looks at them does not pay for parsing them.
+    """
 
     def __init__(self, request: _StarletteRequest, *, logger_name: str = "freedom") -> None:
         self.request: Request = request if isinstance(request, Request) else Request(request.scope, request.receive)
-        headers = request.headers
-        self.bus: Bus = Bus.from_header(headers.get(BUS_HEADER))
-        self.trace: TraceContext = extract_trace(headers.items())
-        self.trace_id: str = self.trace.trace_id  # 32 hex digits, also in every line of `logger`
         self.store: dict[str, Any] = {}
-        self.logger: logging.LoggerAdapter = _TraceLogger(  # type: ignore[type-arg]
-            logging.getLogger(logger_name), {"trace_id": self.trace_id}
-        )
+        self._logger_name = logger_name
+
+    @cached_property
+    def bus(self) -> Bus:
+        """The propagated bus, from the `x-freedom-bus` header; changes go on with `msg.set_runtime`."""
+        return Bus.from_header(self.request.headers.get(BUS_HEADER))
+
+    @cached_property
+    def trace(self) -> TraceContext:
+        """The trace context from `traceparent`, or a new trace."""
+        return extract_trace(self.request.headers.items())
+
+    @cached_property
+    def trace_id(self) -> str:
+        """32 hex digits, also in every line of `logger`."""
+        return self.trace.trace_id
+
+    @cached_property
+    def logger(self) -> logging.LoggerAdapter:  # type: ignore[type-arg]
+        """A logger that puts the trace id in every line."""
+        return _TraceLogger(logging.getLogger(self._logger_name), {"trace_id": self.trace_id})
 
     @classmethod
     def of(cls, request: _StarletteRequest) -> "Runtime":
-        """The runtime of a request, made once and then shared by everything serving it."""
-        runtime = getattr(request.state, "freedom_runtime", None)
+        """The runtime of a request, made once and then shared by everything serving it.
+
+        Kept in the request's state (`request.state.freedom_runtime`), read as a plain dict.
+        """
+        state = request.scope.setdefault("state", {})
+        runtime = state.get("freedom_runtime")
         if runtime is None:
-            runtime = cls(request)
-            request.state.freedom_runtime = runtime
+            runtime = state["freedom_runtime"] = cls(request)
         return runtime
 
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import uvicorn
 
 from .application import Application
-from .server import _Server
+from .server import _Server, run, serve_hypercorn
 
 T = TypeVar("T")
 
@@ -54,11 +54,19 @@ def write_config(directory: str | Path, *, app: dict[str, Any] | None = None, ka
     return directory
 
 
-def kafka_config(bootstrap: str | None, port: int, *, group_id: str = "freedom", **consumer: Any) -> dict[str, Any]:
-    """A `kafka.toml` dict for one cluster (`bootstrap` None: the embedded broker) serving on `port`."""
+def kafka_config(bootstrap: str | None, port: int, *, group_id: str = "freedom", delivery: str = "http",
+                 **consumer: Any) -> dict[str, Any]:
+    """A `kafka.toml` dict for one cluster (`bootstrap` None: the embedded broker) serving on `port`.
+
+    `delivery` is how the consumer proxy reaches the handlers: "http" (to the service on `port`) or
+    "inprocess" (`proxy_addr = "inprocess"`: calling the application directly).
+    """
+    if delivery not in ("http", "inprocess"):
+        raise ValueError(f'delivery must be "http" or "inprocess", got {delivery!r}')
     servers = {"servers": [bootstrap]} if bootstrap else {}
+    proxy_addr = "inprocess" if delivery == "inprocess" else f"http://127.0.0.1:{port}"
     return {
-        "consumer": {"open": True, "proxy_addr": f"http://127.0.0.1:{port}"},
+        "consumer": {"open": True, "proxy_addr": proxy_addr},
         "producer": {"open": True},
         "producer_clients": [{**servers}],
         "consumer_clients": [{**servers, "group_id": group_id, **consumer}],
@@ -66,7 +74,10 @@ def kafka_config(bootstrap: str | None, port: int, *, group_id: str = "freedom",
 
 
 class ServiceThread:
-    """Runs an Application (HTTP server and consumer proxy) on its own loop in a background thread."""
+    """Runs an Application (HTTP server and consumer proxy) on its own loop in a background thread.
+
+    The server is uvicorn, or hypercorn with `proxy_http2 = true` (as `freedom run` does).
+    """
 
     def __init__(self, app: Application, *, host: str = "127.0.0.1", port: int | None = None,
                  start_timeout: float = 60.0) -> None:
@@ -76,6 +87,7 @@ class ServiceThread:
         self.start_timeout = start_timeout
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: _Server | None = None
+        self._shutdown: asyncio.Event | None = None  # hypercorn's (h2c)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._started = threading.Event()
@@ -84,19 +96,28 @@ class ServiceThread:
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
+    @property
+    def http2(self) -> bool:
+        """True when the service is served by hypercorn (h2c), as `freedom run` does with `proxy_http2 = true`."""
+        return self.app.kafka_config is not None and self.app.kafka_config.proxy_http2
+
     def _main(self) -> None:
         async def main() -> None:
             self.loop = asyncio.get_running_loop()
-            config = uvicorn.Config(self.app, host=self.host, port=self.port, log_config=None, lifespan="on")
-            self._server = _Server(config, self.app)
             await self.app.start()
             try:
-                await self._server.serve()
+                if self.http2:
+                    self._shutdown = asyncio.Event()
+                    await serve_hypercorn(self.app, self.host, self.port, self._shutdown)
+                else:
+                    config = uvicorn.Config(self.app, host=self.host, port=self.port, log_config=None, lifespan="on")
+                    self._server = _Server(config, self.app)
+                    await self._server.serve()
             finally:
                 await self.app.stop()
 
         try:
-            asyncio.run(main())
+            run(main())  # on uvloop when installed, as `freedom run`
         except BaseException as exc:  # noqa: BLE001 - reported to the starting thread
             self._error = exc
         finally:
@@ -105,11 +126,31 @@ class ServiceThread:
     def start(self) -> "ServiceThread":
         self._thread = threading.Thread(target=self._main, name="freedom-service", daemon=True)
         self._thread.start()
-        wait_until(lambda: self._error or (self._server is not None and self._server.started),
-                   self.start_timeout, what="the service to start")
+        wait_until(lambda: self._error or self._listening(), self.start_timeout, what="the service to start")
         if self._error:
             raise self._error
         return self
+
+    def _listening(self) -> bool:
+        if not self.http2:
+            return self._server is not None and self._server.started
+        if self._shutdown is None:
+            return False
+        try:
+            socket.create_connection((self.host, self.port), timeout=1.0).close()
+            return True
+        except OSError:
+            return False
+
+    async def _drain_then_exit(self) -> None:
+        if self._server is not None:
+            await self._server._drain_then_exit()
+            return
+        try:
+            await self.app.stop_consuming()
+        finally:
+            if self._shutdown is not None:
+                self._shutdown.set()
 
     def run(self, coro: Any, timeout: float = 30.0) -> Any:
         """Run a coroutine on the service's loop (e.g. `app.producer.new_msg(...).publish()`)."""
@@ -118,8 +159,8 @@ class ServiceThread:
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop as on SIGTERM: drain the consumer proxies, then the server."""
-        if self._server is not None and self.loop is not None and self._thread and self._thread.is_alive():
-            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._server._drain_then_exit()))  # type: ignore[union-attr]
+        if self.loop is not None and self._thread and self._thread.is_alive():
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
         if self._thread is not None:
             self._thread.join(timeout)
             if self._thread.is_alive():

@@ -88,12 +88,14 @@ def event_app(config_dir: Path, journal: Journal, topic: str, behave: Behaviour 
 
 
 def event_service(config_dir: Path, bootstrap: str, journal: Journal, topic: str, behave: Behaviour | None = None,
-                  *, fail_topic: str | None = None, group_id: str | None = None, **consumer: Any) -> ServiceThread:
-    """A ServiceThread (not started) of `event_app` on `bootstrap`, with `consumer` keys for its client."""
+                  *, fail_topic: str | None = None, group_id: str | None = None, delivery: str = "http",
+                  **consumer: Any) -> ServiceThread:
+    """A ServiceThread (not started) of `event_app` on `bootstrap`, with `consumer` keys for its client;
+    `delivery` is "http" or "inprocess" (the `delivery` fixture)."""
     port = free_port()
     group = group_id or f"g-{uuid.uuid4().hex[:8]}"
     consumer.setdefault("retry_group_id", f"r-{group}")
     settings = {"session.timeout.ms": 6000, **consumer.pop("settings", {})}
     write_config(config_dir, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka=kafka_config(bootstrap, port, group_id=group, settings=settings, **consumer))
+                 kafka=kafka_config(bootstrap, port, group_id=group, delivery=delivery, settings=settings, **consumer))
     return ServiceThread(event_app(config_dir, journal, topic, behave, fail_topic))

@@ -5,24 +5,22 @@ plus `x-message-key` and `x-retry-count`. The answer's `x-freedom-outcome` heade
 `freedom.outcomes`) decides first; otherwise a 2xx answer is success, and any other status, a
 timeout or a connection error is a failure.
 
-Transport: HTTP/1.1, or HTTP/2 cleartext with prior knowledge (`proxy_http2 = true`, the
-service served by an ASGI server that speaks h2c), both through one pooled httpx client.
+The transports (transports/): HTTP/1.1 or HTTP/2 cleartext through pooled httpx clients
+(transports/http.py), or, with `proxy_addr = "inprocess"`, a direct call of the ASGI application
+in the same process (transports/asgi.py). This module holds what they share: the route, the
+request headers, and the rule that reads the answer.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-import itertools
 import logging
 from dataclasses import dataclass
-from urllib.parse import quote, urlsplit
-
-import httpx
-
-from ...security import SECRET_HEADER  # the proxy authenticates its deliveries with it
+from typing import Any, Protocol
+from urllib.parse import quote
 
 from ...errors import FreedomError
+from ...security import SECRET_HEADER  # the proxy authenticates its deliveries with it
 from ...outcomes import OUTCOME_HEADER, OUTCOMES, REASON_HEADER, decode_reason
 
 log = logging.getLogger("freedom.kafka.delivery")
@@ -90,81 +88,48 @@ def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -
     return out
 
 
-def _result(response: httpx.Response) -> DeliveryResult:
-    outcome = response.headers.get(OUTCOME_HEADER)
+def result_of(status: int, outcome: str | None, reason: str | None) -> DeliveryResult:
+    """The result of an answer with `status` and the raw `x-freedom-outcome` / `x-freedom-reason` values."""
     if outcome is not None:
         outcome = outcome.strip().lower()
         if outcome not in OUTCOMES:
             log.warning("ignoring unknown %s: %r (expected one of %s)", OUTCOME_HEADER, outcome, ", ".join(OUTCOMES))
             outcome = None
-    reason = response.headers.get(REASON_HEADER)
-    return DeliveryResult(status=response.status_code, outcome=outcome,
-                          reason=decode_reason(reason) if reason else None)
+    return DeliveryResult(status=status, outcome=outcome, reason=decode_reason(reason) if reason else None)
 
 
-class HttpDelivery:
-    """POSTs records to the service through pooled httpx clients (HTTP/1.1 or h2c).
+class Transport(Protocol):
+    """How deliveries reach the service: over HTTP (transports/http.py) or by calling the ASGI
+    application in the same process (transports/asgi.py). Both send the same request and read the
+    answer by the same rule (:func:`result_of`)."""
 
-    The connections are spread over several small httpx clients, used in turn: httpcore's pool
-    scans all its connections (quadratically) on every request, which made one pool of 100
-    connections the proxy's bottleneck.
-    """
-
-    CONNECTIONS_PER_CLIENT = 8
-
-    def __init__(self, proxy_addr: str, *, http2: bool = False, timeout: float = 30.0,
-                 max_connections: int = 100, secret: str | None = None) -> None:
-        self.proxy_addr = proxy_addr
-        self.http2 = http2
-        if http2 and importlib.util.find_spec("h2") is None:  # httpx needs it for HTTP/2
-            raise FreedomError("proxy_http2 = true needs the h2 package: pip install 'freedom[http2]'")
-        per_client = min(self.CONNECTIONS_PER_CLIENT, max_connections)
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=proxy_addr,
-                # http1=False + http2=True: HTTP/2 with prior knowledge, which is what h2c needs
-                http1=not http2,
-                http2=http2,
-                # No pool timeout: the proxy bounds the deliveries in flight itself; waiting for a
-                # free connection is not the handler's failure.
-                timeout=httpx.Timeout(timeout, connect=5.0, pool=None),
-                limits=httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client),
-                headers={SECRET_HEADER: secret} if secret else None,  # sent with every delivery (security.py)
-            )
-            for _ in range(max(1, -(-max_connections // per_client)))
-        ]
-        self._turn = itertools.cycle(self._clients)
+    proxy_addr: str
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
-        """Wait until the service accepts connections (it may still be starting); False at the deadline."""
-        parts = urlsplit(self.proxy_addr)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        loop = asyncio.get_running_loop()
-        while not stop.is_set() and loop.time() < deadline:
-            try:
-                _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), 1.0)
-                writer.close()
-                return True
-            except (OSError, asyncio.TimeoutError):
-                try:
-                    await asyncio.wait_for(stop.wait(), 0.1)
-                except asyncio.TimeoutError:
-                    pass
-        return False
+        """Wait until the service can take deliveries; False at the loop time `deadline`."""
+        ...
 
     async def deliver(self, route: EventRoute, key: str, value: bytes,
                       headers: RecordHeaders, retry_count: int) -> DeliveryResult:
-        """POST one record; never raises for the service's or the network's faults."""
-        out = request_headers(headers, key, retry_count)
-        try:
-            response = await next(self._turn).post(route.url_path(key), content=value, headers=out)
-            await response.aclose()
-        except httpx.TimeoutException:
-            return DeliveryResult(error="timed out waiting for the handler")
-        except httpx.HTTPError as exc:
-            return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
-        return _result(response)
+        """Deliver one record; never raises for the service's or the network's faults."""
+        ...
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._clients))
+        ...
 
+
+INPROCESS = "inprocess"  # proxy_addr value selecting in-process delivery
+
+
+def make_transport(proxy_addr: str, *, http2: bool = False, secret: str | None = None,
+                   app: Any = None, ready: asyncio.Event | None = None) -> Transport:
+    """The transport `proxy_addr` selects: `"inprocess"` calls `app` directly, else HTTP(S) to it."""
+    if proxy_addr == INPROCESS:
+        from .transports.asgi import AsgiTransport
+
+        if app is None:
+            raise FreedomError('proxy_addr = "inprocess" needs the application to call (KafkaInfra.start(app=...))')
+        return AsgiTransport(app, secret=secret, ready=ready)
+    from .transports.http import HttpTransport
+
+    return HttpTransport(proxy_addr, http2=http2, secret=secret)

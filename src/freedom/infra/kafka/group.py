@@ -17,10 +17,15 @@ Delivery modes, per topic (`TopicPlan.mode`):
 Whatever the order of completion, the committed offset of a partition never passes a record
 that is not finished (:class:`OffsetTracker`).
 
-Flow control: a partition whose fetched-but-not-started records reach its backlog bound is
-paused (librdkafka stops fetching it and drops what it prefetched) and resumed at half, so
-memory stays bounded however large the backlog; so is a partition with UNCOMMITTED_WINDOW times
-that many records not committable yet (a slow record holding the commit back). In a retry group (`delay_sec` set) a partition
+Flow control: the fetch loop takes from librdkafka only as many records as some partition has
+room for in its backlog of fetched-but-not-started records (its bound), and waits for room when
+every partition is full; librdkafka's own prefetch is capped by `queued.max.messages.kbytes`. A
+partition that still overflows (the fetch loop polls now and then even when all are full, to
+serve rebalances) is paused at its bound plus one fetch batch and resumed at half its bound.
+Pausing is the last resort: librdkafka drops what it prefetched for a paused partition and takes
+about half a second to fetch again after the resume. A partition with UNCOMMITTED_WINDOW times
+its bound of records not committable yet (a slow record holding the commit back) is paused too,
+so memory stays bounded however large the backlog. In a retry group (`delay_sec` set) a partition
 whose next record is not due yet is paused until it is, then resumed: no busy polling, no
 consumer re-creation, and other partitions keep flowing.
 """
@@ -61,6 +66,16 @@ CONSUMER_DEFAULTS: dict[str, Any] = {
 #: (one slow record holding the commit back while later ones finish), so that memory and the
 #: redeliveries after a crash stay bounded.
 UNCOMMITTED_WINDOW = 4
+
+#: How long one fetch round waits for records while some partition is paused for its backlog: the
+#: consumer thread applies a resume only between rounds, and a partition that drains its backlog
+#: should not sit idle for a whole `poll_timeout`.
+FLOW_POLL_TIMEOUT = 0.01
+
+#: Finished records are committed (asynchronously, in one request) on the consumer thread's next
+#: round; while deliveries run, a round comes at least this often, so the committed offset trails
+#: the finished records by about this long (what a crash would deliver again).
+COMMIT_INTERVAL = 0.05
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,10 @@ class GroupLoop:
         self._to_pause: set[TP] = set()
         self._to_resume: set[TP] = set()
         self._lock = threading.Lock()  # guards the three above between the two threads
+        self._backlog_paused: set[TP] = set()  # loop side; the consumer thread only reads its truth
+        self._assigned: set[TP] = set()  # consumer thread; the loop only reads its size
+        self._room = asyncio.Event()  # set when some partition's backlog has room again
+        self._running = 0  # deliveries started and not finished (loop side; the consumer thread reads it)
         self._stop = asyncio.Event()
         self._consumer: confluent_kafka.Consumer | None = None
         self._task: asyncio.Task[None] | None = None
@@ -169,10 +188,26 @@ class GroupLoop:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._thread, fn, *args)
 
+    def _room_for(self) -> int:
+        """How many records to fetch: the most room any assigned partition has in its backlog."""
+        if len(self._parts) < len(self._assigned):
+            return self.fetch_batch  # a partition with nothing fetched yet
+        room = 0
+        for part in self._parts.values():
+            room = max(room, part.backlog_bound - len(part.pending))
+        return min(room, self.fetch_batch)
+
     async def _fetch_loop(self) -> None:
         while not self._stop.is_set():
+            n = self._room_for()
+            if n <= 0:
+                # Every partition's backlog is full: wait for room, but poll now and then anyway
+                # (one record) so that rebalances and commits are served.
+                self._room.clear()
+                await wait_event(self._room, COMMIT_INTERVAL if self._running or self._to_commit else self.poll_timeout)
+                n = max(self._room_for(), 1)
             try:
-                records = await self._call(self._poll_once)
+                records = await self._call(self._poll_once, n)
             except Exception:  # never let the fetch loop die silently
                 log.exception("consumer group %r: fetch failed; retrying", self.group_id)
                 await wait_event(self._stop, 1.0)
@@ -187,7 +222,7 @@ class GroupLoop:
         self._consumer.subscribe(list(self.plans), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
-    def _poll_once(self) -> list[Any]:
+    def _poll_once(self, n: int) -> list[Any]:
         consumer = self._consumer
         assert consumer is not None
         self._commit_pending(asynchronous=True)
@@ -200,8 +235,22 @@ class GroupLoop:
                     action([TopicPartition(t, p) for t, p in tps])
                 except confluent_kafka.KafkaException as exc:  # e.g. revoked meanwhile
                     log.debug("consumer group %r: %s %s: %s", self.group_id, action.__name__, tps, exc)
+        # What is already fetched, at once; else wait for the first record only (consume(n, t) would
+        # wait for n records or the whole timeout), then take what came with it. While a partition is
+        # paused for its backlog, wait briefly: its resume is applied only on the next round.
+        batch = consumer.consume(n, 0)
+        if not batch:
+            if self._backlog_paused:
+                timeout = FLOW_POLL_TIMEOUT
+            elif self._running or self._to_commit:
+                timeout = COMMIT_INTERVAL
+            else:
+                timeout = self.poll_timeout
+            batch = consumer.consume(1, timeout)
+            if batch and n > 1:
+                batch.extend(consumer.consume(n - 1, 0))
         out = []
-        for record in consumer.consume(self.fetch_batch, self.poll_timeout):
+        for record in batch:
             err = record.error()
             if err is None:
                 out.append(record)
@@ -232,6 +281,7 @@ class GroupLoop:
 
     def _on_assign(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
         self._pin_new_partitions(consumer, partitions)
+        self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         if partitions:
             # A partition paused before it was revoked starts afresh here: fetching, no backlog.
             try:
@@ -264,6 +314,7 @@ class GroupLoop:
 
     def _on_revoke(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
+        self._assigned -= tps
         loop = self._loop
         if loop is not None and loop.is_running() and tps:
             future = asyncio.run_coroutine_threadsafe(self._release(list(tps)), loop)
@@ -298,17 +349,21 @@ class GroupLoop:
         part.tracker.add(record.offset())
         part.pending.append(record)
         part.wake.set()
-        if len(part.pending) >= part.backlog_bound:
-            self._pause(part, "backlog")
+        if len(part.pending) >= part.backlog_bound + self.fetch_batch:
+            self._pause(part, "backlog")  # overflowing despite the fetch gate (see the module doc)
         if len(part.tracker) >= UNCOMMITTED_WINDOW * part.backlog_bound:
             self._pause(part, "window")  # a slow record holds the commit back: do not run far ahead of it
 
     def _pause(self, part: _Partition, reason: str) -> None:
         part.pause_reasons.add(reason)
+        if reason == "backlog":
+            self._backlog_paused.add(part.tp)
         self._apply_pause(part)
 
     def _unpause(self, part: _Partition, reason: str) -> None:
         part.pause_reasons.discard(reason)
+        if reason == "backlog":
+            self._backlog_paused.discard(part.tp)
         self._apply_pause(part)
 
     def _apply_pause(self, part: _Partition) -> None:
@@ -322,6 +377,8 @@ class GroupLoop:
 
     def _taken(self, part: _Partition) -> Any:
         record = part.pending.popleft()
+        if len(part.pending) < part.backlog_bound and not self._room.is_set():
+            self._room.set()
         if "backlog" in part.pause_reasons and len(part.pending) <= part.backlog_bound // 2:
             self._unpause(part, "backlog")
         return record
@@ -367,6 +424,7 @@ class GroupLoop:
     def _start(self, part: _Partition, record: Any, after: asyncio.Task[None] | None,
                slots: asyncio.Semaphore | None) -> asyncio.Task[None]:
         task = asyncio.create_task(self._run_one(part, record, after, slots))
+        self._running += 1
         part.inflight.add(task)
         task.add_done_callback(part.inflight.discard)
         return task
@@ -392,6 +450,7 @@ class GroupLoop:
                     if "window" in part.pause_reasons and len(part.tracker) <= UNCOMMITTED_WINDOW * part.backlog_bound // 2:
                         self._unpause(part, "window")
         finally:
+            self._running -= 1
             if slots is not None:
                 slots.release()
             key = record.key()
@@ -405,6 +464,7 @@ class GroupLoop:
         for part in parts:
             part.lost.set()
             part.wake.set()
+            self._backlog_paused.discard(part.tp)
         workers = [p.worker for p in parts if p.worker is not None]
         for worker in workers:
             worker.cancel()

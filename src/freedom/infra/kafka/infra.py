@@ -13,7 +13,7 @@ from typing import Any
 from ...config import KafkaConfig
 from ...errors import PublishError
 from .admin import check_reachable, ensure_topics
-from .delivery import EventRoute, HttpDelivery
+from .delivery import EventRoute, Transport, make_transport
 from .producer import PRODUCER_DEFAULTS, Producer, ProducerClient
 from .proxy import ConsumerProxy
 from .settings import client_settings
@@ -31,7 +31,10 @@ class KafkaInfra:
         self.embedded: Any = None
         self.producer = Producer(disabled_reason="the Kafka producer is not started yet")
         self.proxies: list[ConsumerProxy] = []
-        self.delivery: HttpDelivery | None = None
+        self.delivery: Transport | None = None
+        # Set by the Application once it has started: in-process deliveries wait for it, as HTTP
+        # deliveries wait for the server to listen.
+        self.app_started = asyncio.Event()
 
     def _servers(self, servers: tuple[str, ...] | None) -> tuple[str, ...]:
         if self.use_embedded:
@@ -39,7 +42,8 @@ class KafkaInfra:
         assert servers is not None
         return servers
 
-    async def start(self, routes: dict[str, EventRoute]) -> None:
+    async def start(self, routes: dict[str, EventRoute], app: Any = None) -> None:
+        """Start the clients; `app` is the ASGI application in-process delivery calls."""
         cfg = self.config
         if self.use_embedded:
             from .embedded import EmbeddedBroker
@@ -65,7 +69,8 @@ class KafkaInfra:
             if not routes:
                 log.warning("[consumer] open = true in %s, but no event is bound (initiator.listen_event)", cfg.file)
             else:
-                self.delivery = HttpDelivery(cfg.proxy_addr, http2=cfg.proxy_http2, secret=cfg.proxy_secret)
+                self.delivery = make_transport(cfg.proxy_addr, http2=cfg.proxy_http2, secret=cfg.proxy_secret,
+                                               app=app, ready=self.app_started)
                 for i, c in enumerate(cfg.consumer_clients):
                     # Tansu holds a new group's join for half the session timeout: keep it short there.
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}

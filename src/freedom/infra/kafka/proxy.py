@@ -12,7 +12,8 @@ what happens to each record (SPEC §3, §4).
   by the broker on its retry or dead-letter topic. A failed produce is retried; the record stays
   uncommitted meanwhile.
 
-Fetching, the delivery modes, flow control and commits are group.py's; the HTTP call is delivery.py's.
+Fetching, the delivery modes, flow control and commits are group.py's; the call to the service is
+the transport's (delivery.py, transports/).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Any
 from ...config import ConsumerClientConfig
 from ...errors import PublishError
 from .admin import ensure_topics
-from .delivery import EventRoute, HttpDelivery
+from .delivery import EventRoute, Transport
 from .group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
 from .retry import ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER, RetryRouter, header_value, retry_count_of
 
@@ -61,7 +62,7 @@ class ConsumerProxy:
         config: ConsumerClientConfig,
         settings: dict[str, Any],
         routes: dict[str, EventRoute],
-        delivery: HttpDelivery,
+        delivery: Transport,
         *,
         fetch_batch: int = 500,
     ) -> None:
