@@ -60,8 +60,22 @@ class Utf8Headers(Headers):
         return [self._decode(v) for _, v in self.raw]
 
 
+#: The ASGI scope extension through which in-process delivery (transports/asgi.py) hands over the
+#: whole body it is about to send through `receive`, so that reading it costs no streaming.
+BODY_EXTENSION = "freedom.body"
+
+
 class Request(_StarletteRequest):
     """A Starlette request whose `headers` are decoded as UTF-8."""
+
+    async def body(self) -> bytes:
+        if not hasattr(self, "_body"):
+            extensions = self.scope.get("extensions")
+            given = extensions.get(BODY_EXTENSION) if extensions else None
+            if given is not None:
+                self._body = given  # the same bytes `receive` would give
+                return given
+        return await super().body()
 
     @property
     def headers(self) -> Utf8Headers:  # type: ignore[override]

@@ -5,7 +5,7 @@ plus `x-message-key` and `x-retry-count`. The answer's `x-freedom-outcome` heade
 `freedom.outcomes`) decides first; otherwise a 2xx answer is success, and any other status, a
 timeout or a connection error is a failure.
 
-The transports (transports/): HTTP/1.1 or HTTP/2 cleartext through pooled httpx clients
+The transports (transports/): HTTP/1.1 (aiohttp's client) or HTTP/2 cleartext (httpx)
 (transports/http.py), or, with `proxy_addr = "inprocess"`, a direct call of the ASGI application
 in the same process (transports/asgi.py). This module holds what they share: the route, the
 request headers, and the rule that reads the answer.
@@ -130,6 +130,6 @@ def make_transport(proxy_addr: str, *, http2: bool = False, secret: str | None =
         if app is None:
             raise FreedomError('proxy_addr = "inprocess" needs the application to call (KafkaInfra.start(app=...))')
         return AsgiTransport(app, secret=secret, ready=ready)
-    from .transports.http import HttpTransport
+    from .transports.http import make_http_transport
 
-    return HttpTransport(proxy_addr, http2=http2, secret=secret)
+    return make_http_transport(proxy_addr, http2=http2, secret=secret)

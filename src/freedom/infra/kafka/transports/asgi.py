@@ -18,6 +18,7 @@ from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
 from ....outcomes import OUTCOME_HEADER, REASON_HEADER
+from ....runtime import BODY_EXTENSION
 from ....security import SECRET_HEADER
 from ..delivery import DeliveryResult, EventRoute, RecordHeaders, request_headers, result_of
 
@@ -118,6 +119,7 @@ class AsgiTransport:
             "client": None,
             "server": None,
             "state": {},
+            "extensions": {BODY_EXTENSION: value},  # read without streaming by freedom's Request.body
         }
 
     async def deliver(self, route: EventRoute, key: str, value: bytes,
