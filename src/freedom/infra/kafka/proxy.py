@@ -54,6 +54,11 @@ def record_key(record: Any) -> str:
     return f"{record.topic()}-{record.partition()}-{record.offset()}"
 
 
+def _where(record: Any, key: str) -> str:
+    """The record, for log lines: `topic[partition]@offset (key K)`."""
+    return f"{record.topic()}[{record.partition()}]@{record.offset()} (key {key})"
+
+
 class ConsumerProxy:
     """The main and retry consumer groups of one cluster, delivering records of the listened topics."""
 
@@ -145,11 +150,11 @@ class ConsumerProxy:
         n = retry_count_of(record) if from_retry_topic else 0
         key = record_key(record)
         headers = record.headers() or []
-        where = f"{record.topic()}[{record.partition()}]@{record.offset()} (key {key})"
         backoff = 0.5
         while True:
             result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
             step = self.router.plan(plan.source_topic, n, result)
+            where = _where(record, key) if step.next != "done" or result.outcome == "drop" else ""
             if step.next == "done":
                 if result.outcome == "drop":
                     log.warning("dropped %s at the handler's request: %s", where, result.describe())
