@@ -18,13 +18,14 @@ from tests.apps import Recorder, shop_app
 SECRET_ENV = "FREEDOM_TEST_PROXY_SECRET"
 
 
-def test_forged_post_gets_401_and_the_proxy_deliveries_pass(apache_kafka, new_topic, tmp_path, monkeypatch, caplog):
+def test_forged_post_gets_401_and_the_proxy_deliveries_pass(apache_kafka, new_topic, tmp_path, monkeypatch, caplog,
+                                                            delivery):
     secret = secrets.token_urlsafe(32)
     monkeypatch.setenv(SECRET_ENV, secret)
     caplog.set_level(logging.DEBUG)
     topic = new_topic(apache_kafka.bootstrap)
     port = free_port()
-    kafka = kafka_config(apache_kafka.bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}")
+    kafka = kafka_config(apache_kafka.bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}", delivery=delivery)
     kafka["consumer"]["secret_env"] = SECRET_ENV
     write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
     recorder = Recorder()
