@@ -8,7 +8,8 @@ path: fetch (librdkafka consume), dispatch (group/proxy/offset bookkeeping), the
 freedom's controllers), the handler, commit, publish, and the bare event loop. A sample is
 charged to the nearest frame, walking from the innermost outwards, that belongs to a stage;
 library frames shared by both sides (h11, anyio, asyncio) are skipped in that walk. Percentages
-are of the samples in which a thread was running (py-spy leaves out idle threads).
+are of the samples in which a thread was running (py-spy leaves out idle threads); "other" is
+mostly stacks py-spy could not unwind past anyio (under httpcore) and samples with no Python frame.
 """
 
 from __future__ import annotations
@@ -45,10 +46,12 @@ STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("imports at run time (importlib)", "<frozen importlib", None),
     ("imports at run time (importlib)", "/_distutils_hack/", None),
 ]
-#: frames that say nothing about the stage (shared libraries, the loop machinery)
-SKIP = ("/h11/", "/h2/", "/anyio/", "/asyncio/", "/concurrent/", "/threading.py", "/selectors.py", "/json/",
-        "/contextlib.py", "/typing.py", "/functools.py", "/enum.py", "/socket.py", "/ssl.py", "/email/",
-        "/urllib/", "/re/", "/http/", "/dataclasses.py", "/sniffio/", "/queue.py")
+#: frames that say nothing about the stage: the process's roots (anywhere in the path) ...
+SKIP_ANYWHERE = ("/freedom/server.py", "/freedom/cli.py", "<frozen runpy>")
+#: ... and shared libraries and the loop machinery (py-spy shows these paths package-relative)
+SKIP_PREFIXES = ("/h11/", "/h2/", "/hpack/", "/anyio/", "/sniffio/", "/asyncio/", "/concurrent/", "/threading.py",
+                 "/selectors.py", "/json/", "/contextlib.py", "/typing.py", "/functools.py", "/enum.py",
+                 "/socket.py", "/ssl.py", "/email/", "/urllib/", "/re/", "/http/", "/dataclasses.py", "/queue.py")
 
 
 def _frame_parts(frame: str) -> tuple[str, str]:
@@ -60,6 +63,9 @@ def _frame_parts(frame: str) -> tuple[str, str]:
 def stage_of(stack: list[str]) -> str:
     for frame in reversed(stack):
         func, path = _frame_parts(frame)
+        if (path.startswith(SKIP_PREFIXES) or any(skip in path for skip in SKIP_ANYWHERE)
+                or func == "Application.run"):
+            continue
         for stage, fragment, funcs in STAGES:
             if fragment in path and (funcs is None or func.rsplit(".", 1)[-1] in funcs):
                 return stage
@@ -160,3 +166,10 @@ def profile_freedom(ctx: Context) -> str:
         out += [f"### HTTP/1.1, `mode = \"{mode}\"`, trivial handler: ~{rate:,.0f} records/s while sampled "
                 f"({seconds} s)", "", text, ""]
     return "\n".join(out)
+
+
+if __name__ == "__main__":  # python -m bench.profile RAW...: summarise py-spy raw files
+    import sys
+
+    for arg in sys.argv[1:]:
+        print(f"### {arg}\n\n{summarise(Path(arg))[0]}\n")
