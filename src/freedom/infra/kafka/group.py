@@ -427,7 +427,11 @@ class GroupLoop:
         self._running += 1
         part.inflight.add(task)
         task.add_done_callback(part.inflight.discard)
+        task.add_done_callback(self._finished)  # also when cancelled before it ran
         return task
+
+    def _finished(self, _task: asyncio.Task[None]) -> None:
+        self._running -= 1
 
     async def _run_one(self, part: _Partition, record: Any, after: asyncio.Task[None] | None,
                        slots: asyncio.Semaphore | None) -> None:
@@ -450,7 +454,6 @@ class GroupLoop:
                     if "window" in part.pause_reasons and len(part.tracker) <= UNCOMMITTED_WINDOW * part.backlog_bound // 2:
                         self._unpause(part, "window")
         finally:
-            self._running -= 1
             if slots is not None:
                 slots.release()
             key = record.key()
