@@ -7,8 +7,8 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 stamp=.venv/.freedom-bench-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "bench: installing the bench extra (FastStream, psutil, py-spy, pyinstrument) into .venv" >&2
-  .venv/bin/python -m pip install -q -e '.[test,bench]'
+  echo "bench: installing the bench and fast extras (FastStream, psutil, py-spy, pyinstrument, uvloop) into .venv" >&2
+  .venv/bin/python -m pip install -q -e '.[test,bench,fast]'
   touch "$stamp"
 fi
 .venv/bin/python -m tests.kafka.broker --fetch-only
