@@ -376,8 +376,30 @@ class Context:
 # ----------------------------------------------------------------------------- the freedom service
 
 
+#: `proxy_addr` value selecting in-process delivery (the proxy calls the ASGI app directly).
+INPROCESS = "inprocess"
+
+
+def inprocess_unsupported() -> str | None:
+    """None when kafka.toml accepts `proxy_addr = "inprocess"` in the measured code, else why not."""
+    import tempfile
+
+    from freedom.config import load_kafka_config
+    from freedom.errors import ConfigError
+    from freedom.testing import kafka_config, write_config
+
+    with tempfile.TemporaryDirectory() as tmp:
+        kafka = kafka_config("127.0.0.1:9092", 8000)
+        kafka["consumer"]["proxy_addr"] = INPROCESS
+        try:
+            load_kafka_config(write_config(tmp, kafka=kafka))
+        except ConfigError as exc:
+            return f"in-process delivery is not available in this build ({exc})"
+    return None
+
+
 def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler: str, mode: str, expect: int,
-                    http2: bool = False, extra: dict[str, Any] | None = None,
+                    http2: bool = False, inprocess: bool = False, extra: dict[str, Any] | None = None,
                     env: dict[str, str] | None = None) -> Consumer:
     """Start the benchmark's freedom service (`freedom run freedom_app:app`) in a subprocess.
 
@@ -393,6 +415,8 @@ def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler:
     kafka = kafka_config(ctx.kafka.bootstrap, port, group_id=group, **consumer)
     if http2:
         kafka["consumer"]["proxy_http2"] = True
+    if inprocess:
+        kafka["consumer"]["proxy_addr"] = INPROCESS
     workdir = ctx.workdir / name
     conf = write_config(workdir / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
                         kafka=kafka)

@@ -34,6 +34,11 @@ STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/retry.py", None),
     ("publish (producer)", "freedom/infra/kafka/producer.py", None),
     ("HTTP client (freedom delivery.py)", "freedom/infra/kafka/delivery.py", None),
+    ("in-process call (freedom transports/asgi.py)", "freedom/infra/kafka/transports/asgi.py", None),
+    ("HTTP client (freedom transports)", "freedom/infra/kafka/transports/", None),
+    ("HTTP client (aiohttp)", "/aiohttp/", None),
+    ("HTTP client (aiohttp)", "/multidict/", None),
+    ("HTTP client (aiohttp)", "/yarl/", None),
     ("HTTP client (httpx/httpcore)", "/httpx/", None),
     ("HTTP client (httpx/httpcore)", "/httpcore/", None),
     ("HTTP server (uvicorn)", "/uvicorn/", None),
@@ -128,7 +133,8 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
                   "the socket calls is charged to the Python function that called it):", ""]
     lines += table(own, "function", top)
     lines += ["", "Top functions by inclusive time (the stack below them included; the loop's "
-                  "generic frames left out):", ""]
+                  "generic frames left out; py-spy often cannot unwind a resumed coroutine to its callers, "
+                  "so these undercount, the stage shares above do not depend on it):", ""]
     lines += table(inclusive, "function", top + 5, skip_generic=True)
     return "\n".join(lines), total
 

@@ -15,7 +15,8 @@ from typing import Callable
 
 import httpx
 
-from ..common import BenchError, Case, Context, Skip, freedom_service, measure_throughput, new_group, peer_process
+from ..common import (BenchError, Case, Context, Skip, freedom_service, inprocess_unsupported, measure_throughput,
+                      new_group, peer_process)
 
 SCENARIO = "e2e"
 HANDLERS = ("trivial", "slow")  # slow: the handler awaits 5 ms
@@ -31,6 +32,8 @@ def records(ctx: Context, consumer: str, handler: str, mode: str = "sequential")
         return ctx.size(10_000, 2_000) if mode == "concurrent" else ctx.size(1_500, 300)
     if consumer == "bare":
         return ctx.size(200_000, 30_000)
+    if consumer == "freedom-inprocess":
+        return ctx.size(60_000, 10_000)
     return ctx.size(20_000, 3_000)
 
 
@@ -60,14 +63,14 @@ def http2_unsupported(base_url: str) -> str | None:
 
 def _freedom(transport: str, mode: str, handler: str) -> Callable[[Context], dict[str, float]]:
     def run(ctx: Context) -> dict[str, float]:
-        if transport == "inprocess":
-            raise Skip("in-process delivery is not implemented yet (issue 6, phase 2)")
-        n = records(ctx, "freedom", handler, mode)
+        if transport == "inprocess" and (reason := inprocess_unsupported()):
+            raise Skip(reason)
+        n = records(ctx, f"freedom-{transport}", handler, mode)
         topic = ctx.preloaded("e2e", n)
         group = new_group("freedom")
         name = f"e2e-freedom-{transport}-{mode}-{handler}-{ctx.run_index}"
         service = freedom_service(ctx, name, topic, group, handler=handler, mode=mode, expect=n,
-                                  http2=transport == "http2")
+                                  http2=transport == "http2", inprocess=transport == "inprocess")
         if transport == "http2":
             try:
                 service.wait_probe(lambda s: s.get("count", 0) >= 1, 20, "the first delivery over HTTP/2")

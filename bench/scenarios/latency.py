@@ -15,7 +15,8 @@ from typing import Callable
 
 import confluent_kafka
 
-from ..common import PAD, BenchError, Case, Consumer, Context, Skip, freedom_service, new_group, peer_process, percentile
+from ..common import (PAD, BenchError, Case, Consumer, Context, Skip, freedom_service, inprocess_unsupported, new_group,
+                      peer_process, percentile)
 from . import e2e
 
 SCENARIO = "latency"
@@ -93,10 +94,10 @@ def _case(consumer_kind: str, handler: str, transport: str = "", mode: str = "")
         group = new_group(consumer_kind)
         name = f"latency-{e2e_case.replace(' ', '-')}-{ctx.run_index}"
         if consumer_kind == "freedom":
-            if transport == "inprocess":
-                raise Skip("in-process delivery is not implemented yet (issue 6, phase 2)")
+            if transport == "inprocess" and (reason := inprocess_unsupported()):
+                raise Skip(reason)
             proc = freedom_service(ctx, name, topic, group, handler=handler, mode=mode, expect=n,
-                                   http2=transport == "http2")
+                                   http2=transport == "http2", inprocess=transport == "inprocess")
         else:
             proc = peer_process(ctx, consumer_kind, name, topic, group, handler=handler, expect=n)
         return _measure(ctx, proc, topic, rate, n, http2=transport == "http2")
