@@ -20,7 +20,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from .common import Context, freedom_service, new_group
+from .common import Context, freedom_service, inprocess_unsupported, new_group
 
 #: (stage, path fragment, function names or None for any), checked in order for each frame
 STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
@@ -95,7 +95,7 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
     stages: collections.Counter[str] = collections.Counter()
     own: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
-    total = 0
+    total = idle_workers = 0
     for line in raw.read_text(errors="replace").splitlines():
         stack_text, _, count_text = line.rpartition(" ")
         if not count_text.isdigit():
@@ -103,6 +103,10 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
         count = int(count_text)
         stack = [f for f in stack_text.split(";") if " (" in f]
         if not stack:
+            continue
+        func, path = _frame_parts(stack[-1])
+        if func == "_worker" and path.endswith("/concurrent/futures/thread.py"):
+            idle_workers += count  # a pool thread waiting for work: idle, though py-spy sees it running
             continue
         total += count
         stages[stage_of(stack)] += count
@@ -127,7 +131,8 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
                 break
         return rows
 
-    lines = [f"{total:,} samples of running threads.", "", "| stage | share |", "|---|---|"]
+    lines = [f"{total:,} samples of running threads ({idle_workers:,} more of idle thread-pool workers waiting "
+             "for work left out).", "", "| stage | share |", "|---|---|"]
     lines += [f"| {s} | {c / total:.1%} |" for s, c in stages.most_common()]
     lines += ["", "Top functions by own time (the innermost Python frame; C code such as librdkafka or "
                   "the socket calls is charged to the Python function that called it):", ""]
@@ -140,18 +145,24 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
 
 
 def profile_freedom(ctx: Context) -> str:
-    """Profile the freedom service (trivial handler, HTTP/1.1) in both proxy modes; markdown text."""
+    """Profile the freedom service (trivial handler): HTTP/1.1 in both proxy modes, and in-process
+    delivery when the measured code has it; markdown text."""
     pyspy = shutil.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
     if not Path(pyspy).exists():
         return "Not profiled: py-spy is not installed (`pip install py-spy`, part of the `bench` extra)."
     seconds = ctx.size(20, 8)
     out = [__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(), ""]
-    for mode in ("sequential", "concurrent"):
-        n = ctx.size(60_000, 20_000)
+    variants = [("HTTP/1.1", "sequential"), ("HTTP/1.1", "concurrent")]
+    if inprocess_unsupported() is None:
+        variants.append(("in-process", "concurrent"))
+    for transport, mode in variants:
+        inprocess = transport == "in-process"
+        n = ctx.size(200_000, 50_000) if inprocess else ctx.size(60_000, 20_000)
         topic = ctx.preloaded("profile", n)
         group = new_group("profile")
-        name = f"profile-{mode}"
-        service = freedom_service(ctx, name, topic, group, handler="trivial", mode=mode, expect=n)
+        name = f"profile-{'inprocess-' if inprocess else ''}{mode}"
+        service = freedom_service(ctx, name, topic, group, handler="trivial", mode=mode, expect=n,
+                                  inprocess=inprocess)
         raw = ctx.workdir / f"{name}.pyspy.txt"
         try:
             service.wait_probe(lambda s: s.get("count", 0) >= 1, 120, "the first record")
@@ -166,10 +177,10 @@ def profile_freedom(ctx: Context) -> str:
         finally:
             service.stop()
         if rec.returncode != 0 or not raw.exists():
-            out += [f"### {mode}: py-spy failed (rc={rec.returncode}): {rec.stdout[-500:]}", ""]
+            out += [f"### {transport} {mode}: py-spy failed (rc={rec.returncode}): {rec.stdout[-500:]}", ""]
             continue
         text, _ = summarise(raw)
-        out += [f"### HTTP/1.1, `mode = \"{mode}\"`, trivial handler: ~{rate:,.0f} records/s while sampled "
+        out += [f"### {transport}, `mode = \"{mode}\"`, trivial handler: ~{rate:,.0f} records/s while sampled "
                 f"({seconds} s)", "", text, ""]
     return "\n".join(out)
 
