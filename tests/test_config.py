@@ -128,3 +128,21 @@ def test_unreachable_cluster_stops_start_up_with_one_line(tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("freedom: error:")]
     assert len(errors) == 1 and "cannot reach Kafka at " + dead in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_listen_override_is_checked_like_the_file(tmp_path):
+    (tmp_path / "app.toml").write_text('listen_addr = "127.0.0.1:8000"\n')
+    assert load_app_config(tmp_path, listen_addr="0.0.0.0:9001").listen_addr == "0.0.0.0:9001"
+    assert load_app_config(tmp_path, listen_addr=":9002").listen_addr == "0.0.0.0:9002"
+    with pytest.raises(ConfigError, match=r"freedom run: --listen: must look like"):
+        load_app_config(tmp_path, listen_addr="nohost")
+
+
+def test_freedom_run_with_a_bad_listen_flag_exits_with_one_line(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "freedom.cli", "run", "recording_service:app", "--config", str(tmp_path),
+         "--listen", "127.0.0.1:notaport"],
+        cwd=SERVICES, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == 'freedom: error: freedom run: --listen: must look like "127.0.0.1:8000", got "127.0.0.1:notaport"'

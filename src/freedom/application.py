@@ -47,6 +47,7 @@ class Application:
         self._config_dir_arg = config_dir
         self._prepare = list(prepare) if prepare is not None else None
         self.embedded_broker = embedded_broker
+        self.listen_addr: str | None = None  # overrides app.toml's listen_addr (freedom run --listen)
         self.fastapi = FastAPI(title=title, lifespan=self._lifespan)
         # Event handlers raise freedom.Retry / DeadLetter / Drop to choose their outcome (outcomes.py).
         self.fastapi.add_exception_handler(Outcome, handle_outcome)
@@ -68,7 +69,7 @@ class Application:
         if self._is_set_up:
             return self
         config_dir = find_config_dir(self._config_dir_arg)
-        self.config = load_app_config(config_dir)
+        self.config = load_app_config(config_dir, listen_addr=self.listen_addr)
         self.kafka_config = load_kafka_config(config_dir)
         if self.kafka_config is not None:
             self.kafka = KafkaInfra(self.kafka_config, embedded=self.embedded_broker)

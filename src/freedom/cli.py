@@ -46,13 +46,11 @@ def _run(args: argparse.Namespace) -> None:
         raise FreedomError(f"{args.app} is a {type(app).__name__}, not a freedom.Application")
     if args.embedded_broker:
         app.embedded_broker = True
+    if args.listen:
+        app.listen_addr = args.listen  # before setup, so every use of listen_addr sees it
     app.setup()
     logging.getLogger().setLevel(app.config.log_level)
-    host, port = None, None
-    if args.listen:
-        host, _, p = args.listen.rpartition(":")
-        port = int(p)
-    app.run(host=host or None, port=port)
+    app.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

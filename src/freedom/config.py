@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -116,21 +116,28 @@ class AppConfig:
         return int(self.listen_addr.rpartition(":")[2])
 
 
-def load_app_config(config_dir: Path | None) -> AppConfig:
-    path = config_dir / "app.toml" if config_dir else None
-    if path is None or not path.exists():
-        return AppConfig()
-    t = _Table(str(path), "", _load(path))
-    listen_addr = t.get("listen_addr", str, AppConfig.listen_addr)
-    host, sep, port = listen_addr.rpartition(":")
+def _listen_addr(value: str, file: str, key: str) -> str:
+    """`host:port` checked; a bare `:port` listens on every interface."""
+    host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not 0 < int(port) < 65536:
-        raise t.error("listen_addr", f'must look like "127.0.0.1:8000", got "{listen_addr}"')
-    cfg = AppConfig(
-        listen_addr=listen_addr if host else f"0.0.0.0:{port}",
-        service_name=t.get("service_name", str, AppConfig.service_name),
-        log_level=t.get("log_level", str, AppConfig.log_level).upper(),
-    )
-    t.done()
+        raise ConfigError(file, key, f'must look like "127.0.0.1:8000", got "{value}"')
+    return value if host else f"0.0.0.0:{port}"
+
+
+def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None) -> AppConfig:
+    """Read `app.toml`; `listen_addr` (from `freedom run --listen`) overrides the file's."""
+    path = config_dir / "app.toml" if config_dir else None
+    cfg = AppConfig()
+    if path is not None and path.exists():
+        t = _Table(str(path), "", _load(path))
+        cfg = AppConfig(
+            listen_addr=_listen_addr(t.get("listen_addr", str, AppConfig.listen_addr), str(path), "listen_addr"),
+            service_name=t.get("service_name", str, AppConfig.service_name),
+            log_level=t.get("log_level", str, AppConfig.log_level).upper(),
+        )
+        t.done()
+    if listen_addr is not None:
+        cfg = replace(cfg, listen_addr=_listen_addr(listen_addr, "freedom run", "--listen"))
     return cfg
 
 
