@@ -25,7 +25,6 @@ from .infra.kafka.delivery import EventRoute
 from .infra.kafka.infra import KafkaInfra
 from .infra.kafka.producer import Producer
 from .outcomes import Outcome, handle_outcome
-from .runtime import Runtime
 from .security import secure_event_routes
 
 log = logging.getLogger("freedom")
@@ -162,7 +161,3 @@ class Application:
         """The producer, for publishing outside a controller (a script, a background task)."""
         self.setup()
         return self.injectables[Producer](None)  # type: ignore[arg-type]
-
-
-def runtime_of(request: Any) -> Runtime:
-    return Runtime.of(request)

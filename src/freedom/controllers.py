@@ -44,32 +44,26 @@ def to_response(result: Any) -> Response:
     return JSONResponse(jsonable_encoder(result))
 
 
-def _injections(controller: type, injectables: Injectables) -> list[tuple[str, type]]:
+def _injections(controller: type, injectables: Injectables) -> list[tuple[str, Callable[[Runtime], Any]]]:
+    """(attribute, provider) for every attribute annotated with `Runtime` or an installed type (or a subclass)."""
     try:
         hints = typing.get_type_hints(controller)
     except Exception as exc:  # a NameError in a string annotation, say
         raise RouteError(f"{controller.__name__}: cannot read the attribute annotations: {exc}") from None
+    providers: Injectables = {Runtime: lambda rt: rt, **injectables}
     out = []
     for attr, hint in hints.items():
-        if hint is Runtime or (isinstance(hint, type) and hint in injectables):
-            out.append((attr, hint))
-        elif isinstance(hint, type) and any(issubclass(hint, t) for t in (Runtime, *injectables)):
-            out.append((attr, hint))
+        if not isinstance(hint, type):
+            continue
+        provide = next((p for t, p in providers.items() if issubclass(hint, t)), None)
+        if provide is not None:
+            out.append((attr, provide))
     return out
-
-
-def _provider(hint: type, injectables: Injectables) -> Callable[[Runtime], Any]:
-    if issubclass(hint, Runtime):
-        return lambda rt: rt
-    for t, provide in injectables.items():
-        if issubclass(hint, t):
-            return provide
-    raise RouteError(f"nothing installed provides {hint.__name__}")  # pragma: no cover
 
 
 def make_endpoint(controller: type, func: Callable[..., Any], injectables: Injectables) -> Callable[..., Any]:
     """An endpoint FastAPI can call: makes the controller, injects it, calls the method."""
-    providers = [(attr, _provider(hint, injectables)) for attr, hint in _injections(controller, injectables)]
+    providers = _injections(controller, injectables)
     try:
         sig = inspect.signature(func, eval_str=True)
     except Exception as exc:
