@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 
 from .errors import RouteError
+from .lean_route import LeanRoute
 from .routing import ControllerRoute, controller_routes
 from .runtime import Runtime
 
@@ -98,11 +99,12 @@ def add_controller(
     """Add every route of `controller` under `prefix`; returns the routes with their methods."""
     routes = controller_routes(prefix, controller)
     for route, func in routes:
-        api.add_api_route(
+        api.router.add_api_route(
             route.path,
             make_endpoint(controller, func, injectables),
             methods=[route.method],
             name=f"{controller.__name__}.{route.name}",
             response_class=Response,
+            route_class_override=LeanRoute,  # skips dependency solving for request + str path params
         )
     return routes
