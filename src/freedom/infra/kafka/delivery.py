@@ -5,8 +5,8 @@ plus `x-message-key` and `x-retry-count`. The answer's `x-freedom-outcome` heade
 `freedom.outcomes`) decides first; otherwise a 2xx answer is success, and any other status, a
 timeout or a connection error is a failure.
 
-The transports (transports/): HTTP/1.1 (aiohttp's client) or HTTP/2 cleartext (httpx)
-(transports/http.py), or, with `proxy_addr = "inprocess"`, a direct call of the ASGI application
+The transports (transports/): HTTP/1.1 (transports/http1.py) or HTTP/2 cleartext (httpx,
+transports/http.py), or, with `proxy_addr = "inprocess"`, a direct call of the ASGI application
 in the same process (transports/asgi.py). This module holds what they share: the route, the
 request headers, and the rule that reads the answer.
 """

@@ -1,10 +1,11 @@
-"""Delivery over HTTP: HTTP/1.1 through aiohttp's client, or HTTP/2 cleartext with prior knowledge
-(`proxy_http2 = true`, the service served by an ASGI server that speaks h2c) through httpx.
+"""Delivery over HTTP: HTTP/1.1 over keep-alive connections (http1.py), or HTTP/2 cleartext with
+prior knowledge (`proxy_http2 = true`, the service served by an ASGI server that speaks h2c)
+through httpx.
 
 Why two clients: on the consumer proxy's hot path httpx was ~70% of the CPU per HTTP/1.1 delivery
 (request building, auth/redirect layers, httpcore's pool scan and per-connection liveness
-syscalls, anyio); aiohttp's client, with its C parser, costs a fraction of that (see
-docs/perf-log.md). aiohttp does not speak HTTP/2, so h2c stays with httpx.
+syscalls, anyio); http1.py writes the request in one piece and parses the answer with httptools
+(docs/perf-log.md). It does not speak HTTP/2, so h2c stays with httpx.
 """
 
 from __future__ import annotations
@@ -12,101 +13,21 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import itertools
-from urllib.parse import urlsplit
 
-import aiohttp
 import httpx
-from yarl import URL
 
 from ....errors import FreedomError
 from ....outcomes import OUTCOME_HEADER, REASON_HEADER
 from ....security import SECRET_HEADER
 from ..delivery import DeliveryResult, EventRoute, RecordHeaders, request_headers, result_of
+from .http1 import Http1Transport, wait_until_listening
 
 
-def make_http_transport(proxy_addr: str, *, http2: bool = False, secret: str | None = None) -> "HttpTransport | AiohttpTransport":
-    """The HTTP transport: aiohttp for HTTP/1.1, httpx for h2c."""
+def make_http_transport(proxy_addr: str, *, http2: bool = False, secret: str | None = None) -> HttpTransport | Http1Transport:
+    """The HTTP transport: HTTP/1.1 keep-alive connections (http1.py), httpx for h2c."""
     if http2:
         return HttpTransport(proxy_addr, http2=True, secret=secret)
-    return AiohttpTransport(proxy_addr, secret=secret)
-
-
-async def wait_until_listening(proxy_addr: str, deadline: float, stop: asyncio.Event) -> bool:
-    """Wait until the service accepts connections (it may still be starting); False at the deadline."""
-    parts = urlsplit(proxy_addr)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    loop = asyncio.get_running_loop()
-    while not stop.is_set() and loop.time() < deadline:
-        try:
-            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), 1.0)
-            writer.close()
-            return True
-        except (OSError, asyncio.TimeoutError):
-            try:
-                await asyncio.wait_for(stop.wait(), 0.1)
-            except asyncio.TimeoutError:
-                pass
-    return False
-
-
-class AiohttpTransport:
-    """POSTs records to the service over HTTP/1.1 keep-alive connections (aiohttp's client).
-
-    Record header values are bytes; aiohttp sends header values as UTF-8 text, so a value is
-    decoded as UTF-8 (latin-1 when it is not valid UTF-8, which freedom's handlers read back the
-    same way, see runtime.Utf8Headers).
-    """
-
-    def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_connections: int = 100,
-                 secret: str | None = None) -> None:
-        self.proxy_addr = proxy_addr
-        self._timeout = aiohttp.ClientTimeout(total=timeout, connect=5.0)
-        self._max_connections = max_connections
-        self._secret = secret
-        self._session: aiohttp.ClientSession | None = None  # made on the running loop, at first use
-
-    def _open(self) -> aiohttp.ClientSession:
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=self._max_connections),
-            timeout=self._timeout,
-            headers={SECRET_HEADER: self._secret} if self._secret else None,  # sent with every delivery
-            skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
-            auto_decompress=False,
-            raise_for_status=False,
-        )
-        return self._session
-
-    async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
-        return await wait_until_listening(self.proxy_addr, deadline, stop)
-
-    async def deliver(self, route: EventRoute, key: str, value: bytes,
-                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
-        """POST one record; never raises for the service's or the network's faults."""
-        session = self._session or self._open()
-        out = [(k.decode("latin-1"), _text(v)) for k, v in request_headers(headers, key, retry_count)]
-        url = URL(self.proxy_addr + route.url_path(key), encoded=True)  # the path is quoted already
-        try:
-            async with session.post(url, data=value, headers=out) as response:
-                await response.read()
-                status = response.status
-                outcome = response.headers.get(OUTCOME_HEADER)
-                reason = response.headers.get(REASON_HEADER)
-        except asyncio.TimeoutError:
-            return DeliveryResult(error="timed out waiting for the handler")
-        except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a header value aiohttp refuses (CR/LF)
-            return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
-        return result_of(status, outcome, reason)
-
-    async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-
-
-def _text(value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.decode("latin-1")
+    return Http1Transport(proxy_addr, secret=secret)
 
 
 class HttpTransport:

@@ -1,0 +1,246 @@
+"""HTTP/1.1 delivery over keep-alive connections: the request written in one piece, the answer
+parsed by httptools (llhttp, the C parser uvicorn uses).
+
+Why not a general HTTP client: the consumer proxy makes one kind of call (a POST with a known
+body to one service), and a general client's per-request machinery (URL objects, cookie jars,
+auto headers, tracing hooks, redirect and auth layers) was 40% of the service's CPU per
+delivery with aiohttp, 70% with httpx (docs/perf-log.md). Here a delivery is: take an idle
+connection (or open one), write `POST path HTTP/1.1` + headers + body, and let the parser pick
+the status and the two outcome headers out of the answer; the answer's body is read and dropped.
+
+Record header values are sent as the bytes they are, so a handler reads back exactly what the
+publisher put in the record. A header that cannot be sent (a name that is not an HTTP token, a
+value with CR, LF or NUL) fails the delivery with a message naming it, like a refused request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import ssl
+from collections import deque
+from urllib.parse import urlsplit
+
+import httptools
+
+from ....errors import FreedomError
+from ....outcomes import OUTCOME_HEADER, REASON_HEADER
+from ....security import SECRET_HEADER
+from ..delivery import DeliveryResult, EventRoute, RecordHeaders, request_headers, result_of
+
+_OUTCOME = OUTCOME_HEADER.encode()
+_REASON = REASON_HEADER.encode()
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(rb"[\r\n\x00]")
+CONNECT_TIMEOUT_SEC = 5.0
+
+
+async def wait_until_listening(proxy_addr: str, deadline: float, stop: asyncio.Event) -> bool:
+    """Wait until the service accepts connections (it may still be starting); False at the deadline."""
+    parts = urlsplit(proxy_addr)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    loop = asyncio.get_running_loop()
+    while not stop.is_set() and loop.time() < deadline:
+        try:
+            _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), 1.0)
+            writer.close()
+            return True
+        except (OSError, asyncio.TimeoutError):
+            try:
+                await asyncio.wait_for(stop.wait(), 0.1)
+            except asyncio.TimeoutError:
+                pass
+    return False
+
+
+class _Answer:
+    """What one response told: its status, the outcome headers, and whether the connection stays open."""
+
+    __slots__ = ("status", "outcome", "reason", "keep_alive")
+
+    def __init__(self) -> None:
+        self.status = 0
+        self.outcome: bytes | None = None
+        self.reason: bytes | None = None
+        self.keep_alive = True
+
+
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection to the service; one request at a time."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.used = False  # has carried a request before: a failure may be a stale keep-alive
+        self.answered_bytes = False  # some bytes of the current answer arrived
+        self._parser = httptools.HttpResponseParser(self)
+        self._answer = _Answer()
+        self._headers_done = False
+        self._waiter: asyncio.Future[_Answer] | None = None
+
+    # asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.answered_bytes = True
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(ConnectionError(f"malformed HTTP answer: {exc}"))
+            self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        if self._headers_done and self._waiter is not None and not self._waiter.done():
+            self._answer.keep_alive = False  # an answer delimited by the end of the connection
+            self._waiter.set_result(self._answer)
+        self._fail(ConnectionError("the service closed the connection before answering"))
+
+    # httptools callbacks
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == _OUTCOME:
+            self._answer.outcome = value
+        elif name == _REASON:
+            self._answer.reason = value
+
+    def on_headers_complete(self) -> None:
+        self._headers_done = True
+        self._answer.status = self._parser.get_status_code()
+
+    def on_message_complete(self) -> None:
+        self._answer.keep_alive = self._parser.should_keep_alive()
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(self._answer)
+
+    # use
+    def _fail(self, exc: Exception) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_exception(exc)
+
+    async def exchange(self, request: bytes) -> _Answer:
+        """Send one request and wait for its whole answer."""
+        assert self.transport is not None
+        self._answer = _Answer()
+        self._headers_done = False
+        self.answered_bytes = False
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.used = True
+        self.transport.write(request)
+        return await self._waiter
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class Http1Transport:
+    """POSTs records to the service over pooled HTTP/1.1 keep-alive connections."""
+
+    def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_connections: int = 100,
+                 secret: str | None = None) -> None:
+        parts = urlsplit(proxy_addr)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise FreedomError(f"proxy_addr {proxy_addr!r}: expected http://host:port or https://host:port")
+        self.proxy_addr = proxy_addr
+        self._host = parts.hostname
+        self._port = parts.port or (443 if parts.scheme == "https" else 80)
+        self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
+        self._prefix = parts.path.rstrip("/")
+        self._timeout = timeout
+        host = parts.netloc.rsplit("@", 1)[-1]
+        # The part of every request that does not change: the Host header and the proxy's secret.
+        try:
+            self._fixed = b"Host: " + host.encode("ascii") + b"\r\n"
+        except UnicodeEncodeError:
+            raise FreedomError(f"proxy_addr {proxy_addr!r}: write the host name in ASCII (punycode)") from None
+        if secret:
+            self._fixed += SECRET_HEADER.encode() + b": " + secret.encode() + b"\r\n"
+        self._idle: deque[_Connection] = deque()
+        self._slots = asyncio.Semaphore(max_connections)
+        self._open: set[_Connection] = set()
+
+    async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
+        return await wait_until_listening(self.proxy_addr, deadline, stop)
+
+    def _request(self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders,
+                 retry_count: int) -> bytes | str:
+        """The request's bytes, or why it cannot be sent."""
+        lines = [b"POST ", (self._prefix + route.url_path(key)).encode("ascii"), b" HTTP/1.1\r\n", self._fixed]
+        for name, val in request_headers(headers, key, retry_count):
+            if not _TOKEN.fullmatch(name):
+                return f"the record header name {name!r} cannot be sent over HTTP"
+            if _BAD_VALUE.search(val):
+                return f"the record header {name.decode('latin-1')!r} has a line break or NUL, which HTTP cannot carry"
+            lines += (name, b": ", val, b"\r\n")
+        lines += (b"Content-Length: ", str(len(value)).encode(), b"\r\n\r\n", value)
+        return b"".join(lines)
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(CONNECT_TIMEOUT_SEC):
+            _, conn = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
+        self._open.add(conn)
+        return conn
+
+    def _take_idle(self) -> _Connection | None:
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: the least likely to have timed out
+            if not conn.closed:
+                return conn
+            self._open.discard(conn)
+        return None
+
+    def _drop(self, conn: _Connection | None) -> None:
+        if conn is not None:
+            conn.close()
+            self._open.discard(conn)
+
+    async def deliver(self, route: EventRoute, key: str, value: bytes,
+                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+        """POST one record; never raises for the service's or the network's faults."""
+        request = self._request(route, key, value, headers, retry_count)
+        if isinstance(request, str):
+            return DeliveryResult(error=request)
+        async with self._slots:
+            conn: _Connection | None = None
+            try:
+                async with asyncio.timeout(self._timeout):
+                    conn = self._take_idle()
+                    if conn is not None:
+                        try:
+                            answer = await conn.exchange(request)
+                        except ConnectionError:
+                            # The service closed a kept-alive connection as it was reused (its idle
+                            # timeout): nothing of the answer came, so send it once more on a new one.
+                            if conn.answered_bytes:
+                                raise
+                            self._drop(conn)
+                            conn = None
+                    if conn is None:
+                        conn = await self._connect()
+                        answer = await conn.exchange(request)
+            except TimeoutError:
+                self._drop(conn)
+                return DeliveryResult(error="timed out waiting for the handler")
+            except (OSError, ssl.SSLError) as exc:  # ConnectionError is an OSError
+                self._drop(conn)
+                return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
+            except BaseException:  # cancelled (the partition was lost, the proxy stops): state unknown
+                self._drop(conn)
+                raise
+            if answer.keep_alive and not conn.closed:
+                self._idle.append(conn)
+            else:
+                self._drop(conn)
+        return result_of(answer.status,
+                         answer.outcome.decode("latin-1") if answer.outcome is not None else None,
+                         answer.reason.decode("latin-1") if answer.reason is not None else None)
+
+    async def aclose(self) -> None:
+        for conn in list(self._open):
+            conn.close()
+        self._open.clear()
+        self._idle.clear()

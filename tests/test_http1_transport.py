@@ -1,0 +1,127 @@
+"""The consumer proxy's HTTP/1.1 transport against a real uvicorn server: the request the service
+sees, keep-alive reuse after the server dropped an idle connection, and headers HTTP cannot carry."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+import pytest
+import uvicorn
+
+from freedom.infra.kafka.delivery import EventRoute
+from freedom.infra.kafka.transports.http1 import Http1Transport
+from freedom.testing import free_port, wait_until
+
+ROUTE = EventRoute("t", "/store/sell/goods/{event_id}", "event_id")
+
+
+class _Recorder:
+    """A raw ASGI app: keeps each request's path, headers and body; answers per `answer`."""
+
+    def __init__(self) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.answer: tuple[int, list[tuple[bytes, bytes]]] = (200, [])
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        self.requests.append({"path": scope["path"], "raw_path": scope["raw_path"],
+                              "headers": scope["headers"], "body": body})
+        status, headers = self.answer
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+@pytest.fixture
+def server():
+    app = _Recorder()
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
+                                        timeout_keep_alive=1, lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_until(lambda: srv.started, 10, what="uvicorn to start")
+    yield app, f"http://127.0.0.1:{port}"
+    srv.should_exit = True
+    thread.join(10)
+
+
+async def test_the_service_gets_the_record_as_sent(server):
+    app, addr = server
+    transport = Http1Transport(addr, secret="s3cret")
+    try:
+        result = await transport.deliver(ROUTE, "a/b 1", b'{"n": 1}', [("x-action", "购买".encode()), ("x-raw", b"\xff\xfe")], 2)
+    finally:
+        await transport.aclose()
+    assert result.ok and result.status == 200
+    (req,) = app.requests
+    assert req["path"] == "/store/sell/goods/a/b 1" and req["raw_path"] == b"/store/sell/goods/a%2Fb%201"
+    headers = dict(req["headers"])
+    assert headers[b"x-action"] == "购买".encode()  # the record's bytes, unchanged
+    assert headers[b"x-raw"] == b"\xff\xfe"  # not valid UTF-8: still the same bytes
+    assert headers[b"x-message-key"] == b"a/b 1" and headers[b"x-retry-count"] == b"2"
+    assert headers[b"x-freedom-secret"] == b"s3cret"
+    assert req["body"] == b'{"n": 1}'
+
+
+async def test_outcome_headers_and_status_are_read(server):
+    app, addr = server
+    app.answer = (200, [(b"x-freedom-outcome", b"dead-letter"), (b"x-freedom-reason", b"bad%20order")])
+    transport = Http1Transport(addr)
+    try:
+        result = await transport.deliver(ROUTE, "k", b"{}", [], 0)
+        app.answer = (503, [])
+        failed = await transport.deliver(ROUTE, "k", b"{}", [], 0)
+    finally:
+        await transport.aclose()
+    assert result.outcome == "dead-letter" and result.reason == "bad order" and not result.ok
+    assert failed.status == 503 and not failed.ok
+
+
+async def test_a_connection_the_server_closed_while_idle_is_replaced(server):
+    app, addr = server
+    transport = Http1Transport(addr)
+    try:
+        assert (await transport.deliver(ROUTE, "k1", b"{}", [], 0)).ok
+        (conn,) = transport._idle
+        # uvicorn closes keep-alive connections idle for more than 1 s (timeout_keep_alive=1)
+        deadline = asyncio.get_running_loop().time() + 10
+        while not conn.closed:
+            assert asyncio.get_running_loop().time() < deadline, "the server never closed the idle connection"
+            await asyncio.sleep(0.05)
+        assert (await transport.deliver(ROUTE, "k2", b"{}", [], 0)).ok
+    finally:
+        await transport.aclose()
+    assert [r["path"] for r in app.requests] == ["/store/sell/goods/k1", "/store/sell/goods/k2"]
+
+
+@pytest.mark.parametrize("header, what", [
+    (("x-a", b"one\r\nx-b: two"), "line break"),
+    (("bad name", b"v"), "cannot be sent over HTTP"),
+])
+async def test_a_header_http_cannot_carry_fails_the_delivery_and_sends_nothing(server, header, what):
+    app, addr = server
+    transport = Http1Transport(addr)
+    try:
+        result = await transport.deliver(ROUTE, "k", b"{}", [header], 0)
+    finally:
+        await transport.aclose()
+    assert not result.ok and what in (result.error or "")
+    assert app.requests == []
+
+
+async def test_a_service_that_is_down_is_a_connection_error():
+    transport = Http1Transport(f"http://127.0.0.1:{free_port()}")
+    try:
+        result = await transport.deliver(ROUTE, "k", b"{}", [], 0)
+    finally:
+        await transport.aclose()
+    assert not result.ok and result.status is None and "Connect" in (result.error or "")
