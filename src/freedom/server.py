@@ -13,6 +13,7 @@ HTTP/1.1 and h2c on the same port.
 from __future__ import annotations
 
 import asyncio
+import gc
 import importlib.util
 import logging
 from typing import TYPE_CHECKING, Any, Coroutine
@@ -35,6 +36,15 @@ def run(main: Coroutine[Any, Any, None]) -> None:
         factory = uvloop.new_event_loop
     with asyncio.Runner(loop_factory=factory) as runner:
         runner.run(main)
+
+
+def freeze_startup_objects() -> None:
+    """Keep what start-up made (modules, routes, clients: ~50,000 objects) out of the cyclic
+    collector's full passes (`gc.freeze`). A full pass over them took ~20 ms, a stall every
+    delivery in flight waited out (the p99 latency, docs/perf-log.md); they live as long as the
+    process anyway."""
+    gc.collect()
+    gc.freeze()
 
 
 class _Server(uvicorn.Server):
@@ -83,6 +93,7 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
         # Start the infrastructure before the server, so that a config or cluster error stops
         # start-up with its own message; the lifespan's start is then a no-op.
         await app.start()
+        freeze_startup_objects()
         try:
             await server.serve()
         finally:
@@ -114,6 +125,7 @@ def serve_h2c(app: "Application", *, host: str | None = None, port: int | None =
 
     async def main() -> None:
         await app.start()
+        freeze_startup_objects()
         shutdown = asyncio.Event()
         loop = asyncio.get_running_loop()
         draining: list[asyncio.Task[None]] = []
