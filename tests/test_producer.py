@@ -247,3 +247,38 @@ def test_a_script_starts_the_app_publishes_synchronously_and_stops(apache_kafka,
         asyncio.run(app.stop())
     assert results.ok and single.offset == 3
     assert [r.value() for r in read_all(apache_kafka.bootstrap, topic, 4)] == [b"s0", b"s1", b"s2", b"s3"]
+
+
+def test_many_awaited_publishes_in_flight_each_get_their_own_answer(running, apache_kafka, new_topic):
+    # The delivery reports reach the waiters in bulk (one loop wake-up for many): each must still
+    # get its own record's answer.
+    topic = new_topic(apache_kafka.bootstrap)
+    producer = running.app.producer
+    msgs = [producer.new_msg(topic, f"r{i}") for i in range(2_000)]
+
+    async def publish_all() -> list:
+        return await asyncio.gather(*(m.publish() for m in msgs))
+
+    delivered = running.run(publish_all(), timeout=60)
+    assert [d.key for d in delivered] == [m.key for m in msgs]
+    assert sorted(d.offset for d in delivered) == list(range(len(msgs)))
+    by_offset = {r.offset(): r for r in read_all(apache_kafka.bootstrap, topic, len(msgs))}
+    assert all(by_offset[d.offset].key().decode() == d.key for d in delivered)
+
+
+async def test_a_failure_after_an_awaited_publish_was_cancelled_is_logged(caplog):
+    client = ProducerClient("lost", {"bootstrap.servers": "127.0.0.1:1", **PRODUCER_DEFAULTS,
+                                     "message.timeout.ms": 1000, "log_level": 0})
+    producer = kafka.Producer({"lost": client})
+    msg = producer.new_msg("nowhere", b"x")
+    try:
+        with caplog.at_level(logging.ERROR, logger="freedom.kafka.producer"):
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(msg.publish(), 0.2)
+            # Waited for in a thread: the late report reaches the log through this (free) loop.
+            await asyncio.to_thread(wait_until, lambda: "nobody was waiting for it any more" in caplog.text, 20,
+                                    what="the late failure's log line")
+        assert f"message to 'nowhere' (key {msg.key}) was not delivered" in caplog.text
+        assert "nobody was waiting for it any more" in caplog.text
+    finally:
+        await asyncio.to_thread(producer.close, 0.1)

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
+import os
 import re
-import secrets
 import threading
 import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 import confluent_kafka
 
@@ -62,9 +63,39 @@ class RecordTooLargeError(PublishError):
     """A record over the producer's or the broker's size limit."""
 
 
+class _KeySource:
+    """Random 128-bit ids from `os.urandom`, read 256 at a time: one system call per 256 keys.
+
+    A forked child starts with an empty buffer, so parent and child never hand out the same key.
+    """
+
+    _KEYS_PER_READ = 256
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._hex = ""
+        self._pos = 0
+        os.register_at_fork(after_in_child=self._forget)
+
+    def _forget(self) -> None:
+        self._lock = threading.Lock()
+        self._hex, self._pos = "", 0
+
+    def next(self) -> str:
+        with self._lock:
+            pos = self._pos
+            if pos >= len(self._hex):
+                self._hex, pos = os.urandom(16 * self._KEYS_PER_READ).hex().upper(), 0
+            self._pos = pos + 32
+            return self._hex[pos:pos + 32]
+
+
+_keys = _KeySource()
+
+
 def new_key() -> str:
     """The default message key: a new unique id, 32 upper-case hex characters (SPEC §3)."""
-    return secrets.token_hex(16).upper()
+    return _keys.next()
 
 
 @dataclass(frozen=True)
@@ -78,7 +109,14 @@ class Delivered:
 
 
 class ProducerClient:
-    """One librdkafka producer (one cluster), with a thread serving its delivery reports."""
+    """One librdkafka producer (one cluster), with a thread serving its delivery reports.
+
+    The delivery reports arrive on that thread, one per record. Handing each one to its waiter is
+    the expensive part of publishing from Python, so it is done in bulk where the waiter allows:
+    a batch counts its records down and wakes its waiter once; `await msg.publish()` waiters of
+    one event loop are woken together, one loop wake-up for all the reports that arrived while
+    the loop was busy (see `_hand_over`).
+    """
 
     def __init__(self, name: str, settings: dict[str, Any]) -> None:
         self.name = name
@@ -94,52 +132,37 @@ class ProducerClient:
         self._closed = False
         self._lock = threading.Lock()
         self._closing_failures: list[tuple[str, str, str]] = []  # (topic, key, error) seen while closing
+        # Outcomes waiting for their event loop to pick them up: loop -> [(future, outcome)].
+        self._ready: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Delivered], Delivered | PublishError]]] = {}
+        self._ready_lock = threading.Lock()
         self._thread = threading.Thread(target=self._serve, name=f"freedom-producer-{name or 'default'}", daemon=True)
         self._thread.start()
 
     def _serve(self) -> None:
         while not self._closed:
-            self._producer.poll(0.1)
+            try:
+                self._producer.poll(0.1)
+            except Exception:  # noqa: BLE001 - a bug in a callback must not stop every later delivery report
+                log.exception("producer client %s: a delivery report failed", self.label)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def produce(self, msg: "Msg") -> "concurrent.futures.Future[Delivered]":
-        """Queue `msg` in librdkafka; the future resolves on the broker's acknowledgement or failure.
+    def queue(self, msg: "Msg", on_delivery: Callable[[Any, Any], None]) -> None:
+        """Hand `msg` to librdkafka; `on_delivery(err, record)` runs on a poll thread with the broker's answer.
 
         Raises at once (where the user called) for a closed producer or a record over the size limit.
         """
-        # Left pending (not "running") so that a waiter giving up can cancel it; a failure that
-        # arrives after that is logged below instead of vanishing.
-        future: concurrent.futures.Future[Delivered] = concurrent.futures.Future()
-        topic, key = msg.topic, msg.key
-        size = len(msg.value) + len(key.encode()) + sum(len(k) + len(v) for k, v in msg.wire_headers())
-
-        def on_delivery(err: Any, record: Any) -> None:  # runs on a poll thread
-            if err is None:
-                outcome: Any = Delivered(record.topic(), record.partition(), record.offset(), key)
-            else:
-                outcome = self._delivery_error(err, topic, key, size)
-                if self._closed:
-                    self._closing_failures.append((topic, key, err.str()))
-            try:
-                if isinstance(outcome, Delivered):
-                    future.set_result(outcome)
-                else:
-                    future.set_exception(outcome)
-            except concurrent.futures.InvalidStateError:  # the waiter gave up (cancelled)
-                if err is not None:
-                    log.error("%s (nobody was waiting for it any more)", outcome)
-
+        topic = msg.topic
+        headers = msg.wire_headers() or None
         while True:
             try:
                 with self._lock:  # close() cannot slip in between the check and the produce
                     if self._closed:
                         raise self._closed_error(topic)
-                    self._producer.produce(topic, value=msg.value, key=key.encode(), headers=msg.wire_headers(),
-                                           on_delivery=on_delivery)
-                return future
+                    self._producer.produce(topic, msg.value, msg.key.encode(), on_delivery=on_delivery, headers=headers)
+                return
             except BufferError:
                 # The local queue is full: wait for deliveries to make room instead of failing.
                 if self._closed:
@@ -149,11 +172,89 @@ class ProducerClient:
                 err = exc.args[0]
                 if err.code() == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:
                     raise RecordTooLargeError(
-                        f"message to {topic!r} is {size} bytes, over the limit of {self.max_bytes} bytes of producer "
-                        f"client {self.label} (librdkafka message.max.bytes): send less, or raise message.max.bytes "
-                        "in that client's `settings` in kafka.toml together with the topic's max.message.bytes on the broker"
+                        f"message to {topic!r} is {msg.size()} bytes, over the limit of {self.max_bytes} bytes of "
+                        f"producer client {self.label} (librdkafka message.max.bytes): send less, or raise "
+                        "message.max.bytes in that client's `settings` in kafka.toml together with the topic's "
+                        "max.message.bytes on the broker"
                     ) from None
                 raise PublishError(f"cannot publish to {topic!r} with producer client {self.label}: {err.str()}") from None
+
+    def outcome(self, err: Any, record: Any, msg: "Msg") -> "Delivered | PublishError":
+        """What the delivery report `(err, record)` of `msg` means: where it was stored, or the
+        error its waiter gets. Topic and key are the record's, as queued (`msg` may have changed since)."""
+        topic, key = record.topic(), record.key().decode()
+        if err is None:
+            return Delivered(topic, record.partition(), record.offset(), key)
+        failure = self._delivery_error(err, topic, key, msg.size())
+        if self._closed:
+            self._closing_failures.append((topic, key, err.str()))
+        return failure
+
+    def produce(self, msg: "Msg") -> "concurrent.futures.Future[Delivered]":
+        """Queue `msg`; the returned future (for a blocking waiter) resolves on the broker's answer."""
+        # Left pending (not "running") so that a waiter giving up can cancel it; a failure that
+        # arrives after that is logged below instead of vanishing.
+        future: concurrent.futures.Future[Delivered] = concurrent.futures.Future()
+
+        def on_delivery(err: Any, record: Any) -> None:  # runs on a poll thread
+            outcome = self.outcome(err, record, msg)
+            try:
+                if isinstance(outcome, Delivered):
+                    future.set_result(outcome)
+                else:
+                    future.set_exception(outcome)
+            except concurrent.futures.InvalidStateError:  # the waiter gave up (cancelled)
+                if err is not None:
+                    log.error("%s (nobody was waiting for it any more)", outcome)
+
+        self.queue(msg, on_delivery)
+        return future
+
+    def produce_for_loop(self, msg: "Msg", loop: asyncio.AbstractEventLoop) -> "asyncio.Future[Delivered]":
+        """Queue `msg`; the returned future of `loop` resolves on the broker's answer."""
+        future: asyncio.Future[Delivered] = loop.create_future()
+        # A partial rather than a closure: fewer objects per record for the garbage collector.
+        self.queue(msg, functools.partial(self._report_to_loop, loop, future, msg))
+        return future
+
+    def _report_to_loop(self, loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Delivered]", msg: "Msg",
+                        err: Any, record: Any) -> None:  # runs on a poll thread
+        self._hand_over(loop, future, self.outcome(err, record, msg))
+
+    def _hand_over(self, loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Delivered]",
+                   outcome: "Delivered | PublishError") -> None:
+        """Give `outcome` to a future of `loop`, from any thread.
+
+        The first outcome for a loop schedules `_resolve` there (one wake-up); those that arrive
+        before it runs join the same list instead of waking the loop again.
+        """
+        with self._ready_lock:
+            waiting = self._ready.get(loop)
+            if waiting is not None:
+                waiting.append((future, outcome))
+                return
+            self._ready[loop] = [(future, outcome)]
+        try:
+            loop.call_soon_threadsafe(self._resolve, loop)
+        except RuntimeError:  # the loop is closed: nobody can await these any more
+            with self._ready_lock:
+                lost = self._ready.pop(loop, [])
+            for _, late in lost:
+                if isinstance(late, PublishError):
+                    log.error("%s (nobody was waiting for it any more)", late)
+
+    def _resolve(self, loop: asyncio.AbstractEventLoop) -> None:
+        """On `loop`: resolve every future whose outcome has arrived."""
+        with self._ready_lock:
+            arrived = self._ready.pop(loop, [])
+        for future, outcome in arrived:
+            if future.done():  # the waiter gave up (cancelled, timed out)
+                if isinstance(outcome, PublishError):
+                    log.error("%s (nobody was waiting for it any more)", outcome)
+            elif isinstance(outcome, Delivered):
+                future.set_result(outcome)
+            else:
+                future.set_exception(outcome)
 
     def _delivery_error(self, err: Any, topic: str, key: str, size: int) -> PublishError:
         code = err.code()
@@ -232,39 +333,39 @@ class BatchResult:
             raise PublishError(f"{len(failed)} of {len(self.results)} messages were not delivered; first: {first}")
 
 
-@dataclass
 class PendingBatch:
-    """A batch whose records are all queued (accepted); wait for the broker's answers with `wait()`/`result()`."""
+    """A batch whose records are all queued (accepted); wait for the broker's answers with `wait()`/`result()`.
 
-    futures: list["concurrent.futures.Future[Delivered] | PublishError"]
-    _done: "concurrent.futures.Future[None]" = field(default_factory=concurrent.futures.Future)
+    Each record's outcome goes straight into its slot from the delivery-report thread; the waiter
+    is woken once, by the last one.
+    """
 
-    def __post_init__(self) -> None:
-        pending = [f for f in self.futures if isinstance(f, concurrent.futures.Future)]
-        remaining = [len(pending)]
-        lock = threading.Lock()
-
-        def one_done(_: Any) -> None:
-            with lock:
-                remaining[0] -= 1
-                last = remaining[0] == 0
-            if last:
-                self._done.set_result(None)
-
-        if not pending:
+    def __init__(self, size: int) -> None:
+        self._results: list[Delivered | PublishError | None] = [None] * size
+        self._left = size
+        self._lock = threading.Lock()
+        self._done: concurrent.futures.Future[None] = concurrent.futures.Future()
+        # Running, so that a cancelled `wait()` cannot cancel it: other waiters, and the last
+        # record's report setting it, still find it as it should be.
+        self._done.set_running_or_notify_cancel()
+        if size == 0:
             self._done.set_result(None)
-        for f in pending:
-            f.add_done_callback(one_done)
+
+    def _settle(self, index: int, outcome: "Delivered | PublishError") -> None:
+        """Record the outcome of message `index` (any thread); the last one wakes the waiters."""
+        self._results[index] = outcome
+        with self._lock:
+            self._left -= 1
+            last = self._left == 0
+        if last:
+            self._done.set_result(None)
+
+    def _report(self, client: ProducerClient, index: int, msg: "Msg", err: Any, record: Any) -> None:
+        """The delivery callback of message `index` (bound with functools.partial; runs on a poll thread)."""
+        self._settle(index, client.outcome(err, record, msg))
 
     def _collect(self) -> BatchResult:
-        out: list[Delivered | PublishError] = []
-        for f in self.futures:
-            if isinstance(f, PublishError):
-                out.append(f)
-                continue
-            exc = f.exception()
-            out.append(exc if isinstance(exc, PublishError) else PublishError(str(exc)) if exc else f.result())
-        return BatchResult(out)
+        return BatchResult(list(self._results))  # type: ignore[arg-type] # every slot is filled once done
 
     async def wait(self) -> BatchResult:
         """Wait (without blocking the loop) until every record is acknowledged or failed."""
@@ -318,8 +419,7 @@ class Producer:
 
     async def send(self, msg: "Msg") -> Delivered:
         """Publish one message and wait for the broker's acknowledgement (used by `msg.publish()`)."""
-        future = self.client(msg.client).produce(msg)
-        return await asyncio.wrap_future(future)
+        return await self.client(msg.client).produce_for_loop(msg, asyncio.get_running_loop())
 
     def accept_batch(self, msgs: Iterable["Msg"]) -> PendingBatch:
         """Queue every message now (from any thread) and return at once.
@@ -328,17 +428,23 @@ class Producer:
         if the service stops right away. A message that cannot even be queued (too large, closed
         producer) gets its error in the batch result instead of stopping the others.
         """
-        futures: list[concurrent.futures.Future[Delivered] | PublishError] = []
+        msgs = list(msgs)
         for msg in msgs:
             if not isinstance(msg, Msg):
                 raise TypeError(f"publish_batch takes Msg objects (from producer.new_msg), got {type(msg).__name__}")
+        batch = PendingBatch(len(msgs))
+        report = batch._report
+        clients: dict[str | None, ProducerClient] = {}
+        for i, msg in enumerate(msgs):
             try:
-                futures.append(self.client(msg.client).produce(msg))
+                client = clients.get(msg.client) or clients.setdefault(msg.client, self.client(msg.client))
+                # A partial rather than a closure: fewer objects per record for the garbage collector.
+                client.queue(msg, functools.partial(report, client, i, msg))
             except UnknownClientError:
                 raise
             except PublishError as exc:
-                futures.append(exc)
-        return PendingBatch(futures)
+                batch._settle(i, exc)
+        return batch
 
     async def publish_batch(self, msgs: Iterable["Msg"]) -> BatchResult:
         """Publish many messages pipelined; returns each one's outcome (see BatchResult.failed)."""
@@ -442,7 +548,13 @@ class Msg:
 
     def wire_headers(self) -> list[tuple[str, bytes]]:
         """The record's headers: the user's, then the bus and trace context of `set_runtime`."""
+        if not self.context_headers:
+            return list(self.headers.items())
         return list({**self.headers, **self.context_headers}.items())
+
+    def size(self) -> int:
+        """The record's size as the error messages give it: value, key and headers."""
+        return len(self.value) + len(self.key.encode()) + sum(len(k) + len(v) for k, v in self.wire_headers())
 
     async def publish(self) -> Delivered:
         """Send the record; returns where the broker stored it, raises PublishError if it could not."""
