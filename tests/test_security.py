@@ -37,6 +37,9 @@ def test_forged_post_gets_401_and_the_proxy_deliveries_pass(apache_kafka, new_to
         assert no_secret.status_code == 401, no_secret.text
         assert wrong.status_code == 401, wrong.text
         assert "x-freedom-secret" in no_secret.json()["detail"]
+        # Also where the key has a '/' in it (served by the event route's any-key copy).
+        slash = httpx.post(f"{svc.base_url}/store/sell/goods/a%2Fb", json={"ID": 667, "Amount": 1}, timeout=10)
+        assert slash.status_code == 401, slash.text
         # A non-event route is not guarded, and the proxy's own delivery passes.
         assert httpx.get(f"{svc.base_url}/shop/1", timeout=30).text == "ok"
         wait_until(recorder.snapshot, 30, what="the proxy's delivery to reach the store handler")

@@ -75,3 +75,19 @@ def test_failed_delivery_is_retried_and_committed_only_after_success(broker, new
     assert len(calls) == 3
     assert len({c.event_id for c in calls}) == 1
     assert [c.body["ID"] for c in calls] == [7, 7, 7]
+
+
+def test_a_key_with_slashes_reaches_the_handler(apache_kafka, new_topic, tmp_path, delivery):
+    """The key goes in the path percent-encoded; one with '/' in it must still reach its route, not 404."""
+    from tests.services.kafka_tools import produce
+
+    topic = new_topic(apache_kafka.bootstrap)
+    recorder = Recorder()
+    svc, _ = _service(tmp_path, apache_kafka.bootstrap, recorder, topic, delivery=delivery)
+    keys = ["tenant/7", "/lead", "a b/ü/", "plain"]
+    with svc:
+        produce(apache_kafka.bootstrap, topic, [{"key": k.encode(), "value": b'{"ID": 1}'} for k in keys])
+        wait_until(lambda: len(recorder.snapshot()) >= len(keys), 30, what="every record at the handler")
+    calls = recorder.snapshot()
+    assert sorted(c.event_id for c in calls) == sorted(keys)
+    assert all(c.headers["x-message-key"] == c.event_id and c.headers["x-retry-count"] == "0" for c in calls)

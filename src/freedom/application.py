@@ -20,7 +20,7 @@ from .config import AppConfig, KafkaConfig, find_config_dir, load_app_config, lo
 from .controllers import Injectables
 from .domain import Database, DomainEventInfra, UnitOfWork
 from .domain import infra as domain_infra
-from .initiator import Initiator, PrepareHook, registered_prepare_hooks
+from .initiator import Initiator, PrepareHook, registered_prepare_hooks, route_keys_with_slashes
 from .infra.kafka.delivery import EventRoute
 from .infra.kafka.infra import KafkaInfra
 from .infra.kafka.producer import Producer
@@ -84,6 +84,7 @@ class Application:
             hook(initiator)
         self.event_routes = initiator.event_routes()
         secure_event_routes(self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr)
+        route_keys_with_slashes(self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None))
         self._is_set_up = True
         return self
 

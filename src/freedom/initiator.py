@@ -6,16 +6,19 @@ them once, with an `Initiator`, when it is set up.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from typing import TYPE_CHECKING, Any, Callable
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
+from starlette.routing import compile_path
 
 from .controllers import Injectables, add_controller
 from .domain.events import event_topic
 from .errors import RouteError
 from .infra.kafka.delivery import EventRoute
+from .security import DeliveryGuard
 
 if TYPE_CHECKING:
     from .application import Application
@@ -111,3 +114,27 @@ def _checked_topic(topic: str) -> str:
         return event_topic(topic)
     except (TypeError, ValueError) as exc:
         raise RouteError(f"listen_event: {exc}") from None
+
+
+def route_keys_with_slashes(api: FastAPI, routes: dict[str, EventRoute], secret: str | None) -> None:
+    """Let a message key with a '/' in it reach its event route.
+
+    The proxy puts the key, percent-encoded, in the path (`/store/sell/goods/tenant%2F7`), and the
+    server decodes it (`.../tenant/7`), which a `{event_id}` parameter does not match: such a record
+    would get 404 on every try and end in the dead-letter topic. So each event route gets a copy at
+    the end of the route list whose key parameter matches slashes too. Being last, it never takes a
+    request another route matches; it carries the shared-secret check itself, since the guard in
+    front of the routes knows only the plain paths.
+    """
+    for path, param in sorted({(r.path, r.param) for r in routes.values() if r.param}):
+        route = next((r for r in api.router.routes
+                      if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods), None)
+        if route is None:
+            continue
+        any_key = path.replace("{" + param + "}", "{" + param + ":path}")
+        fallback = copy.copy(route)
+        fallback.path_regex, fallback.path_format, fallback.param_convertors = compile_path(any_key)
+        fallback.include_in_schema = False
+        if secret:
+            fallback.app = DeliveryGuard(route.app, secret=secret, paths=[any_key])
+        api.router.routes.append(fallback)
