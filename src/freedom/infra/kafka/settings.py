@@ -12,6 +12,8 @@ hides them in a settings dict and :func:`scrub` removes their values from a text
 
 from __future__ import annotations
 
+import logging
+
 import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
@@ -38,6 +40,7 @@ _FILE_KEYS = ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location")
 _SECRET_WORDS = ("password", "secret", "token", "key.pem", "private", "oauthbearer.config")
 
 _hooks: list[SettingHook] = []
+LIBRDKAFKA_LOG = logging.getLogger("freedom.kafka.librdkafka")
 
 
 def setting_config(hook: SettingHook) -> SettingHook:
@@ -59,8 +62,13 @@ def clear_setting_hooks() -> None:
 def client_settings(
     servers: tuple[str, ...], role: Role, name: str, base: dict[str, Any], configured: dict[str, Any]
 ) -> dict[str, Any]:
-    """The settings of one client: freedom's defaults, then kafka.toml's `settings`, then the hooks."""
-    settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), **base, **configured}
+    """The settings of one client: freedom's defaults, then kafka.toml's `settings`, then the hooks.
+
+    librdkafka's own log lines (a broker it cannot reach, say) go to the `freedom.kafka.librdkafka`
+    logger rather than straight to stderr, so they take the service's log format and level.
+    """
+    settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), "logger": LIBRDKAFKA_LOG,
+                                **base, **configured}
     for hook in _hooks:
         hook(settings, role, name)
     return settings
