@@ -2,7 +2,9 @@
 
 freedom awaited (`await msg.publish()`, 1,000 in flight) and batched (`producer.publish_batch`),
 FastStream's `broker.publish` (1,000 in flight) and `broker.publish_batch`, and a bare
-confluent-kafka `produce()` + `flush()` (the ceiling). Each runs in its own process, into a fresh topic.
+confluent-kafka `produce()` + `flush()` with freedom's producer settings (the ceiling). Each runs in
+its own process, into a fresh topic, and publishes one acknowledged warm-up record before its
+clock starts (connection set-up is not throughput; see bench/services/publisher.py).
 """
 
 from __future__ import annotations
