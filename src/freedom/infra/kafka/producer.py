@@ -142,7 +142,7 @@ class ProducerClient:
         Raises at once (where the user called) for a closed producer or a record over the size limit.
         """
         topic = msg.topic
-        headers = msg.wire_headers() or None
+        headers: Any = msg.wire_headers() or None  # (confluent-kafka's stubs want a list of str | bytes | None)
         while True:
             try:
                 with self._lock:  # close() cannot slip in between the check and the produce
