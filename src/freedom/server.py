@@ -6,8 +6,8 @@ and are committed) while the HTTP server still answers them; then the server sto
 signal stops at once.
 
 With `proxy_http2 = true` in kafka.toml the consumer proxy speaks HTTP/2 with prior knowledge
-(h2c), which uvicorn does not serve: the application is then served by hypercorn, which takes
-HTTP/1.1 and h2c on the same port.
+(h2c), which uvicorn does not serve: the application is then served by granian (hypercorn when
+granian is not installed), which takes HTTP/1.1 and h2c on the same port.
 """
 
 from __future__ import annotations
@@ -110,17 +110,51 @@ async def serve_hypercorn(app: "Application", host: str, port: int, shutdown: as
     except ImportError:
         from .errors import FreedomError
 
-        raise FreedomError("proxy_http2 = true needs hypercorn to serve HTTP/2 cleartext: "
+        raise FreedomError("proxy_http2 = true needs granian (or hypercorn) to serve HTTP/2 cleartext: "
                            "pip install 'freedom[http2]'") from None
     config = Config()
     config.bind = [f"{host}:{port}"]
     config.graceful_timeout = 15
     config.accesslog = None
+    # hypercorn's default (1,000) ends each connection with a GOAWAY after that many requests; the
+    # proxy's multiplexed h2c connection would see a delivery fail at each one.
+    config.keep_alive_max_requests = 2**62
     await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
 
 
+async def serve_granian(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
+    """Serve `app` with granian embedded in this event loop (HTTP/1.1 and h2c on one port, the
+    HTTP/2 framing in Rust) until `shutdown` is set."""
+    from granian.constants import HTTPModes, Interfaces
+    from granian.http import HTTP2Settings
+    from granian.server.embed import Server
+
+    server = Server(app, address=host, port=port, interface=Interfaces.ASGI, http=HTTPModes.auto,
+                    # as many streams at once as the proxy sends (max_in_flight; granian's default is 200)
+                    http2_settings=HTTP2Settings(max_concurrent_streams=1000),
+                    log_enabled=False)  # log_enabled=False: leave the application's logging config alone
+    serving = asyncio.ensure_future(server.serve())
+    stopping = asyncio.ensure_future(shutdown.wait())
+    try:
+        await asyncio.wait([serving, stopping], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+        if not serving.done():
+            server.signal_handler_interrupt()  # graceful: in-flight requests finish, then lifespan shutdown
+        await serving
+
+
+async def serve_http2(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
+    """Serve `app` for h2c deliveries until `shutdown` is set: with granian when it is installed
+    (`pip install 'freedom[http2]'`; ~10x less CPU per request than hypercorn), else hypercorn."""
+    if importlib.util.find_spec("granian") is not None:
+        await serve_granian(app, host, port, shutdown)
+    else:
+        await serve_hypercorn(app, host, port, shutdown)
+
+
 def serve_h2c(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
-    """Like :func:`serve`, with hypercorn: the first SIGINT/SIGTERM drains the proxies, then stops."""
+    """Like :func:`serve`, with an h2c server (:func:`serve_http2`): the first SIGINT/SIGTERM drains the proxies, then stops."""
     import signal
 
     async def main() -> None:
@@ -147,7 +181,7 @@ def serve_h2c(app: "Application", *, host: str | None = None, port: int | None =
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         try:
-            await serve_hypercorn(app, host or app.config.host, port if port is not None else app.config.port, shutdown)
+            await serve_http2(app, host or app.config.host, port if port is not None else app.config.port, shutdown)
         finally:
             await app.stop()
 

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import uvicorn
 
 from .application import Application
-from .server import _Server, run, serve_hypercorn
+from .server import _Server, run, serve_http2
 
 T = TypeVar("T")
 
@@ -108,7 +108,7 @@ class ServiceThread:
             try:
                 if self.http2:
                     self._shutdown = asyncio.Event()
-                    await serve_hypercorn(self.app, self.host, self.port, self._shutdown)
+                    await serve_http2(self.app, self.host, self.port, self._shutdown)
                 else:
                     config = uvicorn.Config(self.app, host=self.host, port=self.port, log_config=None, lifespan="on")
                     self._server = _Server(config, self.app)

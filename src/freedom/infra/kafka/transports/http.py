@@ -1,20 +1,19 @@
 """Delivery over HTTP: HTTP/1.1 over keep-alive connections (http1.py), or HTTP/2 cleartext with
 prior knowledge (`proxy_http2 = true`, the service served by an ASGI server that speaks h2c)
-through httpx.
+through pyreqwest.
 
 Why two clients: on the consumer proxy's hot path httpx was ~70% of the CPU per HTTP/1.1 delivery
 (request building, auth/redirect layers, httpcore's pool scan and per-connection liveness
 syscalls, anyio); http1.py writes the request in one piece and parses the answer with httptools
-(docs/perf-log.md). It does not speak HTTP/2, so h2c stays with httpx.
+(docs/perf-log.md). It does not speak HTTP/2; h2c goes through pyreqwest (Rust), see HttpTransport.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib.util
-import itertools
-
-import httpx
+from datetime import timedelta
+from typing import Any
 
 from ....errors import FreedomError
 from ....outcomes import OUTCOME_HEADER, REASON_HEADER
@@ -24,44 +23,51 @@ from .http1 import Http1Transport, wait_until_listening
 
 
 def make_http_transport(proxy_addr: str, *, http2: bool = False, secret: str | None = None) -> HttpTransport | Http1Transport:
-    """The HTTP transport: HTTP/1.1 keep-alive connections (http1.py), httpx for h2c."""
+    """The HTTP transport: HTTP/1.1 keep-alive connections (http1.py), pyreqwest for h2c."""
     if http2:
         return HttpTransport(proxy_addr, http2=True, secret=secret)
     return Http1Transport(proxy_addr, secret=secret)
 
 
 class HttpTransport:
-    """POSTs records to the service through pooled httpx clients (used for h2c).
+    """POSTs records to the service over HTTP/2 cleartext with prior knowledge (pyreqwest).
 
-    The connections are spread over several small httpx clients, used in turn: httpcore's pool
-    scans all its connections (quadratically) on every request, which made one pool of 100
-    connections the proxy's bottleneck.
+    pyreqwest (Rust's reqwest and hyper) does the HTTP/2 framing, HPACK and flow control outside
+    Python and multiplexes the deliveries over one connection. httpx's pure-Python h2 client cost
+    ~1,000 µs of CPU per delivery (three socket writes per request, anyio locks and events per
+    stream); pyreqwest costs ~100-180 µs (docs/perf-log.md).
+
+    Record header values are bytes; they are sent as UTF-8 text (latin-1 when not valid UTF-8),
+    as over HTTP/1.1.
     """
 
-    CONNECTIONS_PER_CLIENT = 8
+    def __init__(self, proxy_addr: str, *, http2: bool = True, timeout: float = 30.0,
+                 max_in_flight: int = 1000, secret: str | None = None) -> None:
+        if not http2:
+            raise FreedomError("HttpTransport speaks HTTP/2 only; HTTP/1.1 deliveries use http1.Http1Transport")
+        if importlib.util.find_spec("pyreqwest") is None:
+            raise FreedomError("proxy_http2 = true needs the pyreqwest package: pip install 'freedom[http2]'")
+        self.proxy_addr = proxy_addr.rstrip("/")
+        self.http2 = True
+        self._timeout = timeout
+        # Requests at once over the one multiplexed connection; above the proxy's own bound
+        # (max_in_flight, 500 by default) so that it is the proxy's setting that counts.
+        self._max_in_flight = max_in_flight
+        self._secret = secret
+        self._client: Any = None  # made on the running loop, at first use
 
-    def __init__(self, proxy_addr: str, *, http2: bool = False, timeout: float = 30.0,
-                 max_connections: int = 100, secret: str | None = None) -> None:
-        self.proxy_addr = proxy_addr
-        self.http2 = http2
-        if http2 and importlib.util.find_spec("h2") is None:  # httpx needs it for HTTP/2
-            raise FreedomError("proxy_http2 = true needs the h2 package: pip install 'freedom[http2]'")
-        per_client = min(self.CONNECTIONS_PER_CLIENT, max_connections)
-        self._clients = [
-            httpx.AsyncClient(
-                base_url=proxy_addr,
-                # http1=False + http2=True: HTTP/2 with prior knowledge, which is what h2c needs
-                http1=not http2,
-                http2=http2,
-                # No pool timeout: the proxy bounds the deliveries in flight itself; waiting for a
-                # free connection is not the handler's failure.
-                timeout=httpx.Timeout(timeout, connect=5.0, pool=None),
-                limits=httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client),
-                headers={SECRET_HEADER: secret} if secret else None,  # sent with every delivery (security.py)
-            )
-            for _ in range(max(1, -(-max_connections // per_client)))
-        ]
-        self._turn = itertools.cycle(self._clients)
+    def _open(self) -> Any:
+        from pyreqwest.client import ClientBuilder
+
+        builder = (ClientBuilder()
+                   .http2_prior_knowledge()
+                   .timeout(timedelta(seconds=self._timeout))
+                   .connect_timeout(timedelta(seconds=5.0))
+                   .max_connections(self._max_in_flight))
+        if self._secret:
+            builder = builder.default_headers({SECRET_HEADER: self._secret})  # sent with every delivery
+        self._client = builder.build()
+        return self._client
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
         return await wait_until_listening(self.proxy_addr, deadline, stop)
@@ -69,15 +75,30 @@ class HttpTransport:
     async def deliver(self, route: EventRoute, key: str, value: bytes,
                       headers: RecordHeaders, retry_count: int) -> DeliveryResult:
         """POST one record; never raises for the service's or the network's faults."""
-        out = request_headers(headers, key, retry_count)
+        from pyreqwest.exceptions import PyreqwestError
+
+        client = self._client or self._open()
+        out = [(k.decode("latin-1"), _text(v)) for k, v in request_headers(headers, key, retry_count)]
         try:
-            response = await next(self._turn).post(route.url_path(key), content=value, headers=out)
-            await response.aclose()
-        except httpx.TimeoutException:
+            request = client.post(self.proxy_addr + route.url_path(key)).headers(out).body_bytes(value).build()
+        except ValueError as exc:  # a header name or value HTTP cannot carry (CR/LF, NUL)
+            return DeliveryResult(error=f"a record header cannot be sent over HTTP/2: {str(exc)!r}")
+        try:
+            response = await request.send()
+            await response.bytes()
+        except TimeoutError:  # pyreqwest's timeouts are TimeoutErrors
             return DeliveryResult(error="timed out waiting for the handler")
-        except httpx.HTTPError as exc:
+        except PyreqwestError as exc:
             return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
-        return result_of(response.status_code, response.headers.get(OUTCOME_HEADER), response.headers.get(REASON_HEADER))
+        return result_of(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER))
 
     async def aclose(self) -> None:
-        await asyncio.gather(*(c.aclose() for c in self._clients))
+        if self._client is not None:
+            await self._client.close()
+
+
+def _text(value: bytes) -> str:
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("latin-1")
