@@ -122,6 +122,10 @@ async def serve_hypercorn(app: "Application", host: str, port: int, shutdown: as
     await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
 
 
+#: How long a stop waits for granian's open connections (hypercorn: graceful_timeout = 15).
+GRANIAN_STOP_TIMEOUT_SEC = 15
+
+
 async def serve_granian(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
     """Serve `app` with granian embedded in this event loop (HTTP/1.1 and h2c on one port, the
     HTTP/2 framing in Rust) until `shutdown` is set."""
@@ -141,7 +145,21 @@ async def serve_granian(app: "Application", host: str, port: int, shutdown: asyn
         stopping.cancel()
         if not serving.done():
             server.signal_handler_interrupt()  # graceful: in-flight requests finish, then lifespan shutdown
-        await serving
+            try:
+                # Bounded like hypercorn's graceful_timeout: an idle HTTP/2 connection that its
+                # client never closes would otherwise hold the stop forever.
+                await asyncio.wait_for(asyncio.shield(serving), GRANIAN_STOP_TIMEOUT_SEC)
+            except TimeoutError:
+                log.warning("granian: connections still open %s s after the stop; stopping without them",
+                            GRANIAN_STOP_TIMEOUT_SEC)
+                serving.cancel()
+        try:
+            await serving
+        except asyncio.CancelledError:
+            pass
+        # granian's Rust threads wind down just after its last task ends; an interpreter exiting
+        # in that moment aborts ("panic in a function that cannot unwind", ~1 stop in 5 here).
+        await asyncio.sleep(0.2)
 
 
 async def serve_http2(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
