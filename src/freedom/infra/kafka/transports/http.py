@@ -84,8 +84,7 @@ class HttpTransport:
         except ValueError as exc:  # a header name or value HTTP cannot carry (CR/LF, NUL)
             return DeliveryResult(error=f"a record header cannot be sent over HTTP/2: {str(exc)!r}")
         try:
-            response = await request.send()
-            await response.bytes()
+            response = await request.send()  # build(): send() reads the whole answer
         except TimeoutError:  # pyreqwest's timeouts are TimeoutErrors
             return DeliveryResult(error="timed out waiting for the handler")
         except PyreqwestError as exc:
