@@ -89,7 +89,7 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "kafka": f"Apache Kafka {kafka_version()} (single node, KRaft, same machine)",
         "libraries": ", ".join(f"{n} {ver(n)}" for n in (
-            "confluent-kafka", "faststream", "fastapi", "uvicorn", "httpx", "hypercorn")),
+            "confluent-kafka", "faststream", "fastapi", "uvicorn", "httptools", "uvloop", "granian", "pyreqwest")),
     }
 
 
