@@ -75,7 +75,7 @@ FLOW_POLL_TIMEOUT = 0.01
 #: Finished records are committed (asynchronously, in one request) on the consumer thread's next
 #: round; while deliveries run, a round comes at least this often, so the committed offset trails
 #: the finished records by about this long (what a crash would deliver again).
-COMMIT_INTERVAL = 0.05
+COMMIT_INTERVAL = 0.02
 
 
 @dataclass(frozen=True)
