@@ -1,15 +1,17 @@
 """Where the freedom service spends its CPU while delivering: py-spy samples of every thread.
 
 `python -m bench --profile` (or `--only e2e --profile`) starts the freedom service on a
-pre-loaded backlog (trivial handler, sequential and concurrent proxy modes), attaches
-`py-spy record` to it for a while, and sums the sampled stacks into the stages of the delivery
-path: fetch (librdkafka consume), dispatch (group/proxy/offset bookkeeping), the HTTP call
-(client side: httpx/httpcore; server side: uvicorn/h11), the web layer (Starlette/FastAPI and
-freedom's controllers), the handler, commit, publish, and the bare event loop. A sample is
+pre-loaded backlog (trivial handler; HTTP/1.1 in sequential and concurrent proxy modes, h2c and
+in-process in concurrent mode), attaches `py-spy record` to it for a while, and sums the sampled
+stacks into the stages of the delivery path: fetch (librdkafka consume), dispatch
+(group/proxy/offset bookkeeping), the HTTP call (client side: freedom's HTTP/1.1 connections or
+pyreqwest for h2c; server side: uvicorn, or granian for h2c), the web layer (Starlette/FastAPI
+and freedom's controllers), the handler, commit, publish, and the bare event loop. A sample is
 charged to the nearest frame, walking from the innermost outwards, that belongs to a stage;
-library frames shared by both sides (h11, anyio, asyncio) are skipped in that walk. Percentages
-are of the samples in which a thread was running (py-spy leaves out idle threads); "other" is
-mostly stacks py-spy could not unwind past anyio (under httpcore) and samples with no Python frame.
+library frames shared by both sides (asyncio, json, ...) are skipped in that walk. Percentages
+are of the samples in which a Python thread was running (py-spy leaves out idle threads, and
+threads without Python frames, such as the Rust runtimes of pyreqwest and granian, are not
+sampled at all); "other" is samples with no Python frame py-spy could attribute.
 """
 
 from __future__ import annotations
@@ -144,24 +146,24 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
 
 
 def profile_freedom(ctx: Context) -> str:
-    """Profile the freedom service (trivial handler): HTTP/1.1 in both proxy modes, and in-process
-    delivery when the measured code has it; markdown text."""
+    """Profile the freedom service (trivial handler): HTTP/1.1 in both proxy modes, h2c and in-process
+    delivery (when the measured code has it) in concurrent mode; markdown text."""
     pyspy = shutil.which("py-spy") or str(Path(__import__("sys").executable).parent / "py-spy")
     if not Path(pyspy).exists():
         return "Not profiled: py-spy is not installed (`pip install py-spy`, part of the `bench` extra)."
     seconds = ctx.size(20, 8)
     out = [__doc__.split("\n\n", 1)[1].replace("\n", " ").strip(), ""]
-    variants = [("HTTP/1.1", "sequential"), ("HTTP/1.1", "concurrent")]
+    variants = [("HTTP/1.1", "sequential"), ("HTTP/1.1", "concurrent"), ("HTTP/2", "concurrent")]
     if inprocess_unsupported() is None:
         variants.append(("in-process", "concurrent"))
     for transport, mode in variants:
-        inprocess = transport == "in-process"
+        inprocess, http2 = transport == "in-process", transport == "HTTP/2"
         n = ctx.size(200_000, 50_000) if inprocess else ctx.size(60_000, 20_000)
         topic = ctx.preloaded("profile", n)
         group = new_group("profile")
-        name = f"profile-{'inprocess-' if inprocess else ''}{mode}"
+        name = f"profile-{'inprocess-' if inprocess else 'h2-' if http2 else ''}{mode}"
         service = freedom_service(ctx, name, topic, group, handler="trivial", mode=mode, expect=n,
-                                  inprocess=inprocess)
+                                  inprocess=inprocess, http2=http2)
         raw = ctx.workdir / f"{name}.pyspy.txt"
         try:
             service.wait_probe(lambda s: s.get("count", 0) >= 1, 120, "the first record")
