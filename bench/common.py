@@ -87,6 +87,7 @@ def machine() -> dict[str, str]:
         "memory": f"{psutil.virtual_memory().total / 2**30:.1f} GiB",
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
+        "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)",
         "kafka": f"Apache Kafka {kafka_version()} (single node, KRaft, same machine)",
         "libraries": ", ".join(f"{n} {ver(n)}" for n in (
             "confluent-kafka", "faststream", "fastapi", "uvicorn", "httptools", "uvloop", "granian", "pyreqwest")),

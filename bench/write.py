@@ -35,13 +35,14 @@ def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command
         "peers side by side); each figure is the **median (min–max)** over the runs",
         f"- **Scenarios:** {', '.join(selected)}",
         f"- **Code measured:** freedom from {source}",
-        f"- **Machine:** {machine['cores']} cores ({machine['cpu']}), {machine['memory']} memory, {machine['os']}",
+        f"- **Machine:** {machine['cores']} cores ({machine['cpu']}), {machine['memory']} memory, {machine['os']}; "
+        f"load average at the start {machine['load']}",
         f"- **Python:** {machine['python']}; {machine['libraries']}",
         f"- **Kafka:** {machine['kafka']}",
         "",
-        "Caveat: the machine is shared (other engineers' test suites run on the same 2 cores), and the broker, "
-        "the producer and the consumer under test share those cores too. Absolute figures are noisy; the "
-        "ratios within one run are the more reliable numbers.",
+        f"Caveat: the broker, the producer and the consumer under test share the machine's {machine['cores']} cores "
+        "(and the machine may be shared with other work: its load average at the start is above). Absolute "
+        "figures are noisy; the ratios within one run are the more reliable numbers.",
         "",
     ]
     for scenario, header, rows in scenario_tables(ctx):
