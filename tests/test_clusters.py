@@ -16,18 +16,22 @@ def values(bootstrap: str, topic: str) -> list[bytes]:
     return [record.value() for record in read_partition(bootstrap, topic)]
 
 
-async def test_select_client_routes_to_that_cluster_only(apache_kafka, embedded_kafka, tmp_path):
+def two_clusters(apache_kafka, embedded_kafka, tmp_path, south: dict) -> tuple[freedom.Application, str]:
+    """An app with producer clients `north` (Apache Kafka) and `south` (the embedded broker, named
+    or not per `south`), and a topic made on both."""
     topic = f"clusters-{uuid.uuid4().hex[:8]}"
     create_topic(apache_kafka.bootstrap, topic)
     create_topic(embedded_kafka.bootstrap, topic)
     write_config(tmp_path, kafka={
         "producer": {"open": True},
-        "producer_clients": [
-            {"name": "north", "servers": [apache_kafka.bootstrap]},
-            {"name": "south", "servers": [embedded_kafka.bootstrap]},
-        ],
+        "producer_clients": [{"name": "north", "servers": [apache_kafka.bootstrap]},
+                             {**south, "servers": [embedded_kafka.bootstrap]}],
     })
-    app = freedom.Application(config_dir=tmp_path, prepare=[])
+    return freedom.Application(config_dir=tmp_path, prepare=[]), topic
+
+
+async def test_select_client_routes_to_that_cluster_only(apache_kafka, embedded_kafka, tmp_path):
+    app, topic = two_clusters(apache_kafka, embedded_kafka, tmp_path, {"name": "south"})
     await app.start()
     try:
         producer = app.producer
@@ -53,17 +57,7 @@ async def test_select_client_routes_to_that_cluster_only(apache_kafka, embedded_
 
 
 async def test_the_unnamed_client_is_the_default(apache_kafka, embedded_kafka, tmp_path):
-    topic = f"clusters-{uuid.uuid4().hex[:8]}"
-    create_topic(apache_kafka.bootstrap, topic)
-    create_topic(embedded_kafka.bootstrap, topic)
-    write_config(tmp_path, kafka={
-        "producer": {"open": True},
-        "producer_clients": [
-            {"name": "north", "servers": [apache_kafka.bootstrap]},
-            {"servers": [embedded_kafka.bootstrap]},
-        ],
-    })
-    app = freedom.Application(config_dir=tmp_path, prepare=[])
+    app, topic = two_clusters(apache_kafka, embedded_kafka, tmp_path, {})
     await app.start()
     try:
         await app.producer.new_msg(topic, b"unnamed").publish()

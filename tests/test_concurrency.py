@@ -45,19 +45,25 @@ def test_concurrent_mode_keeps_to_its_bound(apache_kafka, new_topic, tmp_path, d
     assert gauge.peak == 5, gauge.peak  # in parallel, never more than the bound
 
 
-def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_topic, tmp_path, delivery):
-    bootstrap = apache_kafka.bootstrap
-    topic = new_topic(bootstrap)
-    journal = Journal()
+def _holding_service(tmp_path, bootstrap: str, topic: str, journal: Journal, max_in_flight: int, delivery: str):
+    """A concurrent-mode service whose handler holds the record keyed HOLD until `release` is set
+    (on the service's loop); returns (service, its group id, release)."""
     release = asyncio.Event()
 
     async def behave(call: Delivery) -> None:
         if call.key == "HOLD":
             await release.wait()
 
-    svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=20,
+    svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=max_in_flight,
                         group_id=f"g-hold-{time.time_ns()}", delivery=delivery)
-    group = svc.app.kafka_config.consumer_clients[0].group_id
+    return svc, svc.app.kafka_config.consumer_clients[0].group_id, release
+
+
+def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_topic, tmp_path, delivery):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    journal = Journal()
+    svc, group, release = _holding_service(tmp_path, bootstrap, topic, journal, 20, delivery)
     with svc:
         before = committed(bootstrap, group, topic)[0]
         produce(bootstrap, topic, [{"key": b"HOLD", "value": b"h"}] + [{"key": f"K{i}".encode(), "value": b"x"} for i in range(9)])
@@ -118,15 +124,7 @@ def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal = Journal()
-    release = asyncio.Event()
-
-    async def behave(call: Delivery) -> None:
-        if call.key == "HOLD":
-            await release.wait()
-
-    svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=5,
-                        group_id=f"g-window-{time.time_ns()}", delivery=delivery)
-    group = svc.app.kafka_config.consumer_clients[0].group_id
+    svc, group, release = _holding_service(tmp_path, bootstrap, topic, journal, 5, delivery)
     with svc:
         assert svc.loop is not None
         try:

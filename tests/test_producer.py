@@ -219,11 +219,16 @@ async def test_settings_librdkafka_refuses_are_a_config_error(apache_kafka, tmp_
                                'No such configuration property: "lingr.ms"')
 
 
-def test_a_failure_after_the_waiter_gave_up_is_logged(caplog):
+def _unreachable() -> tuple[kafka.Producer, kafka.Msg]:
+    """A producer whose broker does not exist (its records fail after 1 s), and a message of it."""
     client = ProducerClient("lost", {"bootstrap.servers": "127.0.0.1:1", **PRODUCER_DEFAULTS,
                                      "message.timeout.ms": 1000, "log_level": 0})
     producer = kafka.Producer({"lost": client})
-    msg = producer.new_msg("nowhere", b"x")
+    return producer, producer.new_msg("nowhere", b"x")
+
+
+def test_a_failure_after_the_waiter_gave_up_is_logged(caplog):
+    producer, msg = _unreachable()
     try:
         with caplog.at_level(logging.ERROR, logger="freedom.kafka.producer"):
             with pytest.raises(freedom.PublishError, match=r"was not acknowledged within 0\.\d s; it may still be delivered"):
@@ -267,10 +272,7 @@ def test_many_awaited_publishes_in_flight_each_get_their_own_answer(running, apa
 
 
 async def test_a_failure_after_an_awaited_publish_was_cancelled_is_logged(caplog):
-    client = ProducerClient("lost", {"bootstrap.servers": "127.0.0.1:1", **PRODUCER_DEFAULTS,
-                                     "message.timeout.ms": 1000, "log_level": 0})
-    producer = kafka.Producer({"lost": client})
-    msg = producer.new_msg("nowhere", b"x")
+    producer, msg = _unreachable()
     try:
         with caplog.at_level(logging.ERROR, logger="freedom.kafka.producer"):
             with pytest.raises(asyncio.TimeoutError):
