@@ -1,4 +1,4 @@
-"""`proxy_http2 = true`: the seed's example end to end over HTTP/2 cleartext (h2c), served by hypercorn."""
+"""`proxy_http2 = true`: the seed's example end to end over HTTP/2 cleartext (h2c), served by granian."""
 
 from __future__ import annotations
 

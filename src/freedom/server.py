@@ -1,4 +1,4 @@
-"""Serving an `Application` with uvicorn, or with hypercorn for HTTP/2 cleartext, stopping in the
+"""Serving an `Application` with uvicorn, or with granian for HTTP/2 cleartext, stopping in the
 order that loses nothing.
 
 On SIGINT/SIGTERM the consumer proxies stop first (no new fetches; in-flight deliveries finish
@@ -6,8 +6,8 @@ and are committed) while the HTTP server still answers them; then the server sto
 signal stops at once.
 
 With `proxy_http2 = true` in kafka.toml the consumer proxy speaks HTTP/2 with prior knowledge
-(h2c), which uvicorn does not serve: the application is then served by granian (hypercorn when
-granian is not installed), which takes HTTP/1.1 and h2c on the same port.
+(h2c), which uvicorn does not serve: the application is then served by granian, embedded in the
+event loop, which takes HTTP/1.1 and h2c on the same port.
 """
 
 from __future__ import annotations
@@ -102,27 +102,20 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
     run(main())
 
 
-async def serve_hypercorn(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
-    """Serve `app` with hypercorn (HTTP/1.1 and h2c on one port) until `shutdown` is set."""
-    try:
-        from hypercorn.asyncio import serve as hypercorn_serve
-        from hypercorn.config import Config
-    except ImportError:
+def require_h2c_server() -> None:
+    """Check, before start-up, that granian (the h2c server) is installed; a clear error if not.
+
+    hypercorn, the pure-Python alternative, is not used: it drops the whole connection when a
+    request's body arrives after the handler has answered (a `KeyError` in its h2 protocol),
+    which the proxy's h2c client (pyreqwest) triggers whenever a handler does not read the body.
+    """
+    if importlib.util.find_spec("granian") is None:
         from .errors import FreedomError
 
-        raise FreedomError("proxy_http2 = true needs granian (or hypercorn) to serve HTTP/2 cleartext: "
-                           "pip install 'freedom[http2]'") from None
-    config = Config()
-    config.bind = [f"{host}:{port}"]
-    config.graceful_timeout = 15
-    config.accesslog = None
-    # hypercorn's default (1,000) ends each connection with a GOAWAY after that many requests; the
-    # proxy's multiplexed h2c connection would see a delivery fail at each one.
-    config.keep_alive_max_requests = 2**62
-    await hypercorn_serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        raise FreedomError("proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom[http2]'")
 
 
-#: How long a stop waits for granian's open connections (hypercorn: graceful_timeout = 15).
+#: How long a stop waits for granian's open connections (as uvicorn's timeout_graceful_shutdown).
 GRANIAN_STOP_TIMEOUT_SEC = 15
 
 
@@ -146,7 +139,7 @@ async def serve_granian(app: "Application", host: str, port: int, shutdown: asyn
         if not serving.done():
             server.signal_handler_interrupt()  # graceful: in-flight requests finish, then lifespan shutdown
             try:
-                # Bounded like hypercorn's graceful_timeout: an idle HTTP/2 connection that its
+                # Bounded like uvicorn's graceful shutdown: an idle HTTP/2 connection that its
                 # client never closes would otherwise hold the stop forever.
                 await asyncio.wait_for(asyncio.shield(serving), GRANIAN_STOP_TIMEOUT_SEC)
             except TimeoutError:
@@ -163,17 +156,16 @@ async def serve_granian(app: "Application", host: str, port: int, shutdown: asyn
 
 
 async def serve_http2(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
-    """Serve `app` for h2c deliveries until `shutdown` is set: with granian when it is installed
-    (`pip install 'freedom[http2]'`; ~10x less CPU per request than hypercorn), else hypercorn."""
-    if importlib.util.find_spec("granian") is not None:
-        await serve_granian(app, host, port, shutdown)
-    else:
-        await serve_hypercorn(app, host, port, shutdown)
+    """Serve `app` for h2c deliveries until `shutdown` is set, with granian (`pip install 'freedom[http2]'`)."""
+    require_h2c_server()
+    await serve_granian(app, host, port, shutdown)
 
 
 def serve_h2c(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
     """Like :func:`serve`, with an h2c server (:func:`serve_http2`): the first SIGINT/SIGTERM drains the proxies, then stops."""
     import signal
+
+    require_h2c_server()
 
     async def main() -> None:
         await app.start()

@@ -17,7 +17,7 @@ from typing import Any, Callable, TypeVar
 import uvicorn
 
 from .application import Application
-from .server import _Server, run, serve_http2
+from .server import _Server, require_h2c_server, run, serve_http2
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ def kafka_config(bootstrap: str | None, port: int, *, group_id: str = "freedom",
 class ServiceThread:
     """Runs an Application (HTTP server and consumer proxy) on its own loop in a background thread.
 
-    The server is uvicorn, or hypercorn with `proxy_http2 = true` (as `freedom run` does).
+    The server is uvicorn, or granian with `proxy_http2 = true` (as `freedom run` does).
     """
 
     def __init__(self, app: Application, *, host: str = "127.0.0.1", port: int | None = None,
@@ -87,7 +87,7 @@ class ServiceThread:
         self.start_timeout = start_timeout
         self.loop: asyncio.AbstractEventLoop | None = None
         self._server: _Server | None = None
-        self._shutdown: asyncio.Event | None = None  # hypercorn's (h2c)
+        self._shutdown: asyncio.Event | None = None  # granian's (h2c)
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
         self._started = threading.Event()
@@ -98,7 +98,7 @@ class ServiceThread:
 
     @property
     def http2(self) -> bool:
-        """True when the service is served by hypercorn (h2c), as `freedom run` does with `proxy_http2 = true`."""
+        """True when the service is served by granian (h2c), as `freedom run` does with `proxy_http2 = true`."""
         return self.app.kafka_config is not None and self.app.kafka_config.proxy_http2
 
     def _main(self) -> None:
@@ -124,6 +124,8 @@ class ServiceThread:
             self._started.set()
 
     def start(self) -> "ServiceThread":
+        if self.http2:
+            require_h2c_server()  # the same clear error as `freedom run`, before anything starts
         self._thread = threading.Thread(target=self._main, name="freedom-service", daemon=True)
         self._thread.start()
         wait_until(lambda: self._error or self._listening(), self.start_timeout, what="the service to start")
