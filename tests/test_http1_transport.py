@@ -125,3 +125,36 @@ async def test_a_service_that_is_down_is_a_connection_error():
     finally:
         await transport.aclose()
     assert not result.ok and result.status is None and "Connect" in (result.error or "")
+
+
+async def test_https_proxy_addr_is_served_over_tls(tmp_path, monkeypatch):
+    """proxy_addr = "https://...": the connection is TLS, verified against the trusted CAs
+    (here a test CA given through SSL_CERT_FILE, as an internal CA would be)."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    ca_file, cert_file = tmp_path / "ca.pem", tmp_path / "server.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
+    app, port = _Recorder(), free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                                        ssl_certfile=str(cert_file)))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        await asyncio.to_thread(wait_until, lambda: srv.started, 10, what="uvicorn to start")
+        untrusted = Http1Transport(f"https://127.0.0.1:{port}")  # before the CA is trusted
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca_file))
+        trusted = Http1Transport(f"https://127.0.0.1:{port}")
+        try:
+            refused = await untrusted.deliver(ROUTE, "k0", b"{}", [], 0)
+            result = await trusted.deliver(ROUTE, "k1", b"{}", [], 0)
+        finally:
+            await untrusted.aclose()
+            await trusted.aclose()
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+    assert not refused.ok and "CERTIFICATE_VERIFY_FAILED" in (refused.error or "")
+    assert result.ok and [r["path"] for r in app.requests] == ["/store/sell/goods/k1"]
