@@ -36,7 +36,6 @@ class LeanRoute(APIRoute):
         self.lean = self._is_lean()
         if self.lean:
             self._full_app = self.app
-            self._request_name = next(iter(inspect.signature(self.endpoint).parameters))
             self.app = self._lean_app
 
     def _is_lean(self) -> bool:

@@ -22,19 +22,20 @@ from .bus import BUS_HEADER, Bus
 from .tracing import TraceContext, extract_trace
 
 
+def decode_header(raw: bytes) -> str:
+    """A header value as text: UTF-8, or latin-1 when it is not valid UTF-8 (any bytes decode)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw.decode("latin-1")
+
+
 class Utf8Headers(Headers):
     """Request headers decoded as UTF-8 (falling back to latin-1).
 
     Kafka header values are bytes, usually UTF-8 (the seed sends `x-action: 购买`); the consumer
     proxy passes them on unchanged, so handlers must decode them the same way to read them back.
     """
-
-    @staticmethod
-    def _decode(raw: bytes) -> str:
-        try:
-            return raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return raw.decode("latin-1")
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         try:
@@ -46,18 +47,18 @@ class Utf8Headers(Headers):
         wanted = key.lower().encode("latin-1")
         for k, v in self.raw:
             if k == wanted:
-                return self._decode(v)
+                return decode_header(v)
         raise KeyError(key)
 
     def getlist(self, key: str) -> list[str]:
         wanted = key.lower().encode("latin-1")
-        return [self._decode(v) for k, v in self.raw if k == wanted]
+        return [decode_header(v) for k, v in self.raw if k == wanted]
 
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
-        return [(k.decode("latin-1"), self._decode(v)) for k, v in self.raw]
+        return [(k.decode("latin-1"), decode_header(v)) for k, v in self.raw]
 
     def values(self) -> list[str]:  # type: ignore[override]
-        return [self._decode(v) for _, v in self.raw]
+        return [decode_header(v) for _, v in self.raw]
 
 
 #: The ASGI scope extension through which in-process delivery (transports/asgi.py) hands over the

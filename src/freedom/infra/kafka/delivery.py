@@ -5,7 +5,7 @@ plus `x-message-key` and `x-retry-count`. The answer's `x-freedom-outcome` heade
 `freedom.outcomes`) decides first; otherwise a 2xx answer is success, and any other status, a
 timeout or a connection error is a failure.
 
-The transports (transports/): HTTP/1.1 (transports/http1.py) or HTTP/2 cleartext (httpx,
+The transports (transports/): HTTP/1.1 (transports/http1.py) or HTTP/2 cleartext (pyreqwest,
 transports/http.py), or, with `proxy_addr = "inprocess"`, a direct call of the ASGI application
 in the same process (transports/asgi.py). This module holds what they share: the route, the
 request headers, and the rule that reads the answer.
@@ -21,7 +21,7 @@ from urllib.parse import quote
 
 from ...errors import FreedomError
 from ...security import SECRET_HEADER  # the proxy authenticates its deliveries with it
-from ...outcomes import OUTCOME_HEADER, OUTCOMES, REASON_HEADER, decode_reason
+from ...outcomes import OUTCOME_HEADER, OUTCOMES, decode_reason
 
 log = logging.getLogger("freedom.kafka.delivery")
 

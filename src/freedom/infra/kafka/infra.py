@@ -11,7 +11,6 @@ import logging
 from typing import Any
 
 from ...config import KafkaConfig
-from ...errors import PublishError
 from .admin import check_reachable, ensure_topics
 from .delivery import EventRoute, Transport, make_transport
 from .producer import PRODUCER_DEFAULTS, Producer, ProducerClient

@@ -13,7 +13,6 @@ hides them in a settings dict and :func:`scrub` removes their values from a text
 from __future__ import annotations
 
 import logging
-
 import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol

@@ -17,6 +17,7 @@ from typing import Any
 
 from ....errors import FreedomError
 from ....outcomes import OUTCOME_HEADER, REASON_HEADER
+from ....runtime import decode_header
 from ....security import SECRET_HEADER
 from ..delivery import DeliveryResult, EventRoute, RecordHeaders, request_headers, result_of
 from .http1 import Http1Transport, wait_until_listening
@@ -25,7 +26,7 @@ from .http1 import Http1Transport, wait_until_listening
 def make_http_transport(proxy_addr: str, *, http2: bool = False, secret: str | None = None) -> HttpTransport | Http1Transport:
     """The HTTP transport: HTTP/1.1 keep-alive connections (http1.py), pyreqwest for h2c."""
     if http2:
-        return HttpTransport(proxy_addr, http2=True, secret=secret)
+        return HttpTransport(proxy_addr, secret=secret)
     return Http1Transport(proxy_addr, secret=secret)
 
 
@@ -41,14 +42,11 @@ class HttpTransport:
     as over HTTP/1.1.
     """
 
-    def __init__(self, proxy_addr: str, *, http2: bool = True, timeout: float = 30.0,
-                 max_in_flight: int = 1000, secret: str | None = None) -> None:
-        if not http2:
-            raise FreedomError("HttpTransport speaks HTTP/2 only; HTTP/1.1 deliveries use http1.Http1Transport")
+    def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_in_flight: int = 1000,
+                 secret: str | None = None) -> None:
         if importlib.util.find_spec("pyreqwest") is None:
             raise FreedomError("proxy_http2 = true needs the pyreqwest package: pip install 'freedom[http2]'")
         self.proxy_addr = proxy_addr.rstrip("/")
-        self.http2 = True
         self._timeout = timeout
         # Requests at once over the one multiplexed connection; above the proxy's own bound
         # (max_in_flight, 500 by default) so that it is the proxy's setting that counts.
@@ -78,7 +76,7 @@ class HttpTransport:
         from pyreqwest.exceptions import PyreqwestError
 
         client = self._client or self._open()
-        out = [(k.decode("latin-1"), _text(v)) for k, v in request_headers(headers, key, retry_count)]
+        out = [(k.decode("latin-1"), decode_header(v)) for k, v in request_headers(headers, key, retry_count)]
         try:
             request = client.post(self.proxy_addr + route.url_path(key)).headers(out).body_bytes(value).build()
         except ValueError as exc:  # a header name or value HTTP cannot carry (CR/LF, NUL)
@@ -95,9 +93,3 @@ class HttpTransport:
         if self._client is not None:
             await self._client.close()
 
-
-def _text(value: bytes) -> str:
-    try:
-        return value.decode("utf-8")
-    except UnicodeDecodeError:
-        return value.decode("latin-1")

@@ -71,7 +71,6 @@ class _Connection(asyncio.Protocol):
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.used = False  # has carried a request before: a failure may be a stale keep-alive
         self.answered_bytes = False  # some bytes of the current answer arrived
         self._parser = httptools.HttpResponseParser(self)
         self._answer = _Answer()
@@ -126,7 +125,6 @@ class _Connection(asyncio.Protocol):
         self._headers_done = False
         self.answered_bytes = False
         self._waiter = asyncio.get_running_loop().create_future()
-        self.used = True
         self.transport.write(request)
         return await self._waiter
 
