@@ -10,7 +10,9 @@ import json
 import logging
 from typing import Any
 
-BUS_HEADER = "x-freedom-bus"
+from .headers import BUS_HEADER
+
+__all__ = ["BUS_HEADER", "Bus", "MAX_BUS_BYTES"]
 MAX_BUS_BYTES = 8 * 1024
 
 log = logging.getLogger("freedom.bus")

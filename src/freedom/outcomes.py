@@ -18,9 +18,8 @@ from urllib.parse import quote, unquote
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+from .headers import OUTCOME_HEADER, REASON_HEADER
 
-OUTCOME_HEADER = "x-freedom-outcome"
-REASON_HEADER = "x-freedom-reason"
 MAX_REASON = 500
 
 OutcomeName = Literal["retry", "dead-letter", "drop"]

@@ -24,6 +24,8 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path, get_route_path
 
+from .headers import SECRET_HEADER
+
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
@@ -33,7 +35,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("freedom.security")
 
-SECRET_HEADER = "x-freedom-secret"
 MIN_SECRET_LENGTH = 16
 _SECRET_HEADER_RAW = SECRET_HEADER.encode()
 

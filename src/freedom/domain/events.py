@@ -22,12 +22,11 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from ..errors import FreedomError
 from ..infra.kafka.topics import check_topic
+from ..headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
 
-EVENT_NAME_HEADER = "x-freedom-event"  # the event name as raised, e.g. "Goods:Shopping"
-EVENT_ID_HEADER = "x-freedom-event-id"  # a unique id per event (the record key is the aggregate's)
 
 _sequence = itertools.count()  # raise order across entities of one unit of work
 

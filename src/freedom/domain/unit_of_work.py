@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from .entity import Entity
 from .events import EVENT_ID_HEADER, DomainEvent, DomainEventError, request_context
 from .infra import DomainEventInfra, installed
+from ..headers import MESSAGE_KEY_HEADER
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -36,7 +37,6 @@ if TYPE_CHECKING:
 
 E = TypeVar("E", bound=Entity)
 
-MESSAGE_KEY_HEADER = "x-message-key"
 
 
 class UnitOfWork:

@@ -20,13 +20,11 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from ...errors import FreedomError
-from ...security import SECRET_HEADER  # the proxy authenticates its deliveries with it
+from ...headers import MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER
 from ...outcomes import OUTCOME_HEADER, OUTCOMES, decode_reason
 
 log = logging.getLogger("freedom.kafka.delivery")
 
-MESSAGE_KEY_HEADER = "x-message-key"
-RETRY_COUNT_HEADER = "x-retry-count"
 # Record headers that must not become HTTP headers: they would corrupt the request framing or
 # override what the proxy itself sets.
 _NOT_FORWARDED = {b"content-length", b"transfer-encoding", b"host", b"connection", b"upgrade",
@@ -58,6 +56,10 @@ class DeliveryResult:
     error: str | None = None
     outcome: str | None = None  # "retry", "dead-letter", "drop" from the x-freedom-outcome header
     reason: str | None = None  # x-freedom-reason, decoded
+    # True when the same delivery can never succeed however often it is tried (the record cannot
+    # be encoded as a request, the handler refused the body as invalid, ...): the proxy then
+    # dead-letters it at once, whatever retry_count says (SPEC §9 "Every record settles").
+    permanent: bool = False
 
     @property
     def ok(self) -> bool:

@@ -27,7 +27,8 @@ from ...errors import PublishError
 from .admin import ensure_topics
 from .delivery import EventRoute, Transport
 from .group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
-from .retry import ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER, RetryRouter, header_value, retry_count_of
+from .keys import record_key, where as _where
+from .retry import RetryRouter, retry_count_of
 
 log = logging.getLogger("freedom.kafka.proxy")
 
@@ -35,28 +36,6 @@ __all__ = ["CONSUMER_DEFAULTS", "ConsumerProxy", "record_key"]
 
 SERVICE_WAIT_SEC = 60.0
 MAX_BACKOFF_SEC = 10.0
-
-
-def record_key(record: Any) -> str:
-    """The message key as text; a record published without a key gets `topic-partition-offset`
-    (of the original record, for a retry)."""
-    key = record.key()
-    if key:
-        try:
-            return key.decode("utf-8")
-        except UnicodeDecodeError:
-            return key.hex().upper()
-    topic = header_value(record, ORIGINAL_TOPIC_HEADER)
-    partition = header_value(record, ORIGINAL_PARTITION_HEADER)
-    offset = header_value(record, ORIGINAL_OFFSET_HEADER)
-    if topic and partition and offset:
-        return f"{topic}-{partition}-{offset}"
-    return f"{record.topic()}-{record.partition()}-{record.offset()}"
-
-
-def _where(record: Any, key: str) -> str:
-    """The record, for log lines: `topic[partition]@offset (key K)`."""
-    return f"{record.topic()}[{record.partition()}]@{record.offset()} (key {key})"
 
 
 class ConsumerProxy:

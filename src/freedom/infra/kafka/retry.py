@@ -25,12 +25,8 @@ from .producer import PRODUCER_DEFAULTS
 
 log = logging.getLogger("freedom.kafka.retry")
 
-ORIGINAL_TOPIC_HEADER = "x-freedom-original-topic"
-ORIGINAL_PARTITION_HEADER = "x-freedom-original-partition"
-ORIGINAL_OFFSET_HEADER = "x-freedom-original-offset"
-FIRST_FAILURE_TIME_HEADER = "x-freedom-first-failure-time"
-ERROR_HEADER = "x-freedom-error"  # the last failure: "HTTP 500", "ConnectError: ...", "..., handler asked: dead-letter (why)"
-STATUS_HEADER = "x-freedom-status"  # the last HTTP status, when there was one
+from ...headers import (ERROR_HEADER, FIRST_FAILURE_TIME_HEADER, ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER,
+                        ORIGINAL_TOPIC_HEADER, STATUS_HEADER)
 
 _SET_ONCE = (ORIGINAL_TOPIC_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_OFFSET_HEADER, FIRST_FAILURE_TIME_HEADER)
 _REPLACED = (RETRY_COUNT_HEADER, ERROR_HEADER, STATUS_HEADER)

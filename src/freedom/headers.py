@@ -1,0 +1,35 @@
+"""Every header name of freedom's wire contract, in one leaf module (SPEC §3, §5, §8, §9).
+
+The `x-freedom-` prefix belongs to freedom. Modules at every layer (the web layer, the consumer
+proxy, the retry logic, the transports) import the names from here, so none of them has to import
+another layer just to spell a header.
+"""
+
+from __future__ import annotations
+
+# --------------------------------------------------------------------------- set by the publisher
+BUS_HEADER = "x-freedom-bus"  # JSON map propagated with the request (bus.py)
+EVENT_NAME_HEADER = "x-freedom-event"  # a domain event's name as raised, e.g. "Goods:Shopping"
+EVENT_ID_HEADER = "x-freedom-event-id"  # a unique id per domain event
+
+# --------------------------------------------------------------------------- set by the consumer proxy on a delivery
+MESSAGE_KEY_HEADER = "x-message-key"  # the record key (the event id), seed's name
+RETRY_COUNT_HEADER = "x-retry-count"  # 0 from the main topic, n on the n-th retry (seed's name)
+SECRET_HEADER = "x-freedom-secret"  # the shared secret authenticating deliveries (security.py)
+
+# --------------------------------------------------------------------------- answered by the handler
+OUTCOME_HEADER = "x-freedom-outcome"  # retry | dead-letter | drop (outcomes.py)
+REASON_HEADER = "x-freedom-reason"  # why, percent-encoded
+
+# --------------------------------------------------------------------------- written by the proxy on retry / dead-letter records
+ORIGINAL_TOPIC_HEADER = "x-freedom-original-topic"
+ORIGINAL_PARTITION_HEADER = "x-freedom-original-partition"
+ORIGINAL_OFFSET_HEADER = "x-freedom-original-offset"
+FIRST_FAILURE_TIME_HEADER = "x-freedom-first-failure-time"
+ERROR_HEADER = "x-freedom-error"  # the last failure: "HTTP 500", "ConnectError: ...", "..., handler asked: dead-letter (why)"
+STATUS_HEADER = "x-freedom-status"  # the last HTTP status, when there was one
+
+#: The reason headers only the proxy writes (on retry and dead-letter records). On a record that
+#: arrives on a main topic they come from outside and are not trusted.
+REASON_HEADERS = (ORIGINAL_TOPIC_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_OFFSET_HEADER,
+                  FIRST_FAILURE_TIME_HEADER, ERROR_HEADER, STATUS_HEADER)
