@@ -33,3 +33,12 @@ STATUS_HEADER = "x-freedom-status"  # the last HTTP status, when there was one
 #: arrives on a main topic they come from outside and are not trusted.
 REASON_HEADERS = (ORIGINAL_TOPIC_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_OFFSET_HEADER,
                   FIRST_FAILURE_TIME_HEADER, ERROR_HEADER, STATUS_HEADER)
+
+# --------------------------------------------------------------------------- on a dead-letter copy that left something out
+# A record too large even for the dead-letter topic goes there as a copy without its value (and,
+# if even that is too large, without its key and its own headers): these say what was left out.
+VALUE_OMITTED_HEADER = "x-freedom-value-omitted"  # the size in bytes of the value left out
+KEY_OMITTED_HEADER = "x-freedom-key-omitted"  # the size in bytes of the key left out
+KEY_SHA256_HEADER = "x-freedom-key-sha256"  # hex SHA-256 of the key left out
+HEADERS_OMITTED_HEADER = "x-freedom-headers-omitted"  # how many of the record's own headers were left out
+OMISSION_HEADERS = (VALUE_OMITTED_HEADER, KEY_OMITTED_HEADER, KEY_SHA256_HEADER, HEADERS_OMITTED_HEADER)
