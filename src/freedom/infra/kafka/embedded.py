@@ -21,18 +21,30 @@ See the comment below for which Kafka features it supports.
 #          (librdkafka default 45000 -> ~23 s; 6000 -> ~3 s), so use session.timeout.ms=6000.
 #   storage: memory only; nothing survives stop(). Starts in ~0.1 s.
 #   a port already in use makes the binary exit (rc 0) right after start-up.
+#
+# The broker dies with its service however the service dies (SIGKILL and crashes included): on
+# Linux the child asks the kernel for SIGKILL when its parent goes (prctl PR_SET_PDEATHSIG). The
+# kernel means the parent *thread*, and start() runs in asyncio.to_thread's workers, which exit
+# when idle; so every broker is forked by one daemon thread that lives as long as the process.
 
 from __future__ import annotations
 
 import atexit
+import concurrent.futures
+import ctypes
+import ctypes.util
 import os
+import queue
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import Callable, TypeVar
 
 from confluent_kafka.admin import AdminClient
 
@@ -41,6 +53,64 @@ __all__ = ["EmbeddedBroker", "EmbeddedBrokerError"]
 
 class EmbeddedBrokerError(RuntimeError):
     """The embedded broker is unavailable or did not start; the message names the fix."""
+
+
+T = TypeVar("T")
+_PR_SET_PDEATHSIG = 1
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's prctl on Linux (loaded in the parent: dlopen is not safe between fork and exec)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+_prctl = _load_prctl()
+
+
+def _die_with_parent(parent: int) -> Callable[[], None]:
+    """preexec_fn: SIGKILL this child when the thread that forked it exits (with its process)."""
+    def preexec() -> None:
+        if _prctl is not None:
+            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os.kill(os.getpid(), signal.SIGKILL)
+    return preexec
+
+
+class _Spawner:
+    """One daemon thread, alive until the process ends, that runs every fork of a broker."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], concurrent.futures.Future[object]]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    def run(self, fn: Callable[[], T]) -> T:
+        with self._lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._main, name="freedom-embedded-spawner", daemon=True)
+                self._thread.start()
+        if threading.current_thread() is self._thread:
+            return fn()
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        self._jobs.put((fn, future))
+        return future.result()  # type: ignore[return-value]
+
+    def _main(self) -> None:
+        while True:  # never returns: its exit would SIGKILL the brokers it forked
+            fn, future = self._jobs.get()
+            try:
+                future.set_result(fn())
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                future.set_exception(exc)
+
+
+_spawner = _Spawner()
 
 
 def _free_port() -> int:
@@ -129,10 +199,11 @@ class EmbeddedBroker:
                "--storage-engine", "memory://tansu/"]
         env = {**os.environ, "NO_COLOR": "1"}
         with open(self.log_path, "ab") as log:
+            preexec = _die_with_parent(os.getpid())
             try:
-                self._proc = subprocess.Popen(
+                self._proc = _spawner.run(lambda: subprocess.Popen(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True)
+                    env=env, start_new_session=True, preexec_fn=preexec))
             except OSError as exc:
                 raise EmbeddedBrokerError(
                     f"cannot run the embedded broker {binary} ({exc}): "
