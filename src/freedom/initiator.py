@@ -18,7 +18,7 @@ from .controllers import Injectables, add_controller
 from .domain.events import event_topic
 from .errors import RouteError
 from .infra.kafka.delivery import EventRoute
-from .security import DeliveryGuard
+from .security import RequireDelivery
 
 if TYPE_CHECKING:
     from .application import Application
@@ -123,8 +123,9 @@ def route_keys_with_slashes(api: FastAPI, routes: dict[str, EventRoute], secret:
     server decodes it (`.../tenant/7`), which a `{event_id}` parameter does not match: such a record
     would get 404 on every try and end in the dead-letter topic. So each event route gets a copy at
     the end of the route list whose key parameter matches slashes too. Being last, it never takes a
-    request another route matches; it carries the shared-secret check itself, since the guard in
-    front of the routes knows only the plain paths.
+    request another route matches. With a secret, it checks the verdict of the guard in front of
+    the application (security.DeliveryGuard, which knows only the plain paths and has already
+    taken the secret out of the request, so application middleware never sees it).
     """
     for path, param in sorted({(r.path, r.param) for r in routes.values() if r.param}):
         route = next((r for r in api.router.routes
@@ -136,5 +137,5 @@ def route_keys_with_slashes(api: FastAPI, routes: dict[str, EventRoute], secret:
         fallback.path_regex, fallback.path_format, fallback.param_convertors = compile_path(any_key)
         fallback.include_in_schema = False
         if secret:
-            fallback.app = DeliveryGuard(route.app, secret=secret, paths=[any_key])
+            fallback.app = RequireDelivery(route.app)
         api.router.routes.append(fallback)

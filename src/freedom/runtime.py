@@ -19,7 +19,13 @@ from starlette.datastructures import Headers
 from starlette.requests import Request as _StarletteRequest
 
 from .bus import BUS_HEADER, Bus
+from .headers import MESSAGE_KEY_HEADER
 from .tracing import TraceContext, extract_trace
+from .wire import ENCODED_HEADER, KEY_HEADER, decode_headers, key_of
+
+_ENCODED_RAW = ENCODED_HEADER.encode()
+_KEY_RAW = KEY_HEADER.encode()
+_MESSAGE_KEY_RAW = MESSAGE_KEY_HEADER.encode()
 
 
 def decode_header(raw: bytes) -> str:
@@ -31,11 +37,32 @@ def decode_header(raw: bytes) -> str:
 
 
 class Utf8Headers(Headers):
-    """Request headers decoded as UTF-8 (falling back to latin-1).
+    """Request headers as the record had them: freedom's wire encoding undone, values decoded as
+    UTF-8 (falling back to latin-1).
 
-    Kafka header values are bytes, usually UTF-8 (the seed sends `x-action: 购买`); the consumer
-    proxy passes them on unchanged, so handlers must decode them the same way to read them back.
+    Kafka header values are bytes, usually UTF-8 (the seed sends `x-action: 购买`). Those HTTP
+    cannot carry as they are (control bytes, non-UTF-8, names that are not HTTP tokens) travel
+    encoded, listed in `x-freedom-encoded` (see `freedom.wire`); here they read as the record
+    carried them, and `x-freedom-encoded` itself is not shown. `.raw` stays the wire form;
+    :meth:`record_raw` gives the record's bytes.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        decoded = decode_headers(self._list) if _ENCODED_RAW in (k for k, _ in self._list) else None
+        # (name as text, lowercased name for lookups, value bytes); None: nothing was encoded
+        self._record: list[tuple[str, str, bytes]] | None = None
+        self._record_raw: list[tuple[bytes, bytes]] | None = decoded
+        if decoded is not None:
+            self._record = []
+            for k, v in decoded:
+                name = decode_header(k)
+                self._record.append((name, name.lower(), v))
+
+    def record_raw(self) -> list[tuple[bytes, bytes]]:
+        """The headers as (name, value) bytes with the wire encoding undone, in order. Token
+        names arrive lowercased (HTTP); names HTTP could not carry keep their bytes and case."""
+        return list(self._list if self._record_raw is None else self._record_raw)
 
     def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
         try:
@@ -44,21 +71,51 @@ class Utf8Headers(Headers):
             return default
 
     def __getitem__(self, key: str) -> str:
-        wanted = key.lower().encode("latin-1")
-        for k, v in self.raw:
+        if self._record is not None:
+            wanted_text = key.lower()
+            for _, lower, v in self._record:
+                if lower == wanted_text:
+                    return decode_header(v)
+            raise KeyError(key)
+        wanted = key.lower().encode("latin-1", "replace")
+        for k, v in self._list:
             if k == wanted:
                 return decode_header(v)
         raise KeyError(key)
 
+    def __contains__(self, key: Any) -> bool:
+        if not isinstance(key, str):
+            return False
+        try:
+            self[key]
+        except KeyError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self._list) if self._record is None else len(self._record)
+
     def getlist(self, key: str) -> list[str]:
-        wanted = key.lower().encode("latin-1")
-        return [decode_header(v) for k, v in self.raw if k == wanted]
+        if self._record is not None:
+            wanted_text = key.lower()
+            return [decode_header(v) for _, lower, v in self._record if lower == wanted_text]
+        wanted = key.lower().encode("latin-1", "replace")
+        return [decode_header(v) for k, v in self._list if k == wanted]
+
+    def keys(self) -> list[str]:  # type: ignore[override]
+        if self._record is not None:
+            return [n for n, _, _ in self._record]
+        return [k.decode("latin-1") for k, _ in self._list]
 
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
-        return [(k.decode("latin-1"), decode_header(v)) for k, v in self.raw]
+        if self._record is not None:
+            return [(n, decode_header(v)) for n, _, v in self._record]
+        return [(k.decode("latin-1"), decode_header(v)) for k, v in self._list]
 
     def values(self) -> list[str]:  # type: ignore[override]
-        return [decode_header(v) for _, v in self.raw]
+        if self._record is not None:
+            return [decode_header(v) for _, _, v in self._record]
+        return [decode_header(v) for _, v in self._list]
 
 
 #: The ASGI scope extension through which in-process delivery (transports/asgi.py) hands over the
@@ -67,7 +124,8 @@ BODY_EXTENSION = "freedom.body"
 
 
 class Request(_StarletteRequest):
-    """A Starlette request whose `headers` are decoded as UTF-8."""
+    """A Starlette request whose `headers` read as the record had them (decoded as UTF-8, freedom's
+    wire encoding undone), with the record's key as `message_key`."""
 
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
@@ -77,6 +135,20 @@ class Request(_StarletteRequest):
                 self._body = given  # the same bytes `receive` would give
                 return given
         return await super().body()
+
+    @property
+    def message_key(self) -> bytes | None:
+        """The record key of a delivery, as the bytes it was published with (None: the record had
+        no key). The path parameter and `x-message-key` carry the event id, which is the key
+        itself when it is plain text, else `~b64.…`/`~sha256.…` with the key in `x-freedom-key`."""
+        raw = self.headers.record_raw()
+        event_id = key_header = None
+        for k, v in raw:
+            if k == _MESSAGE_KEY_RAW:
+                event_id = decode_header(v)
+            elif k == _KEY_RAW:
+                key_header = v
+        return key_of(event_id, key_header)
 
     @property
     def headers(self) -> Utf8Headers:  # type: ignore[override]

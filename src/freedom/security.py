@@ -4,6 +4,7 @@ Event routes are ordinary HTTP routes, so anyone who can reach the service could
 With a shared secret configured (`[consumer] secret_env = "FREEDOM_PROXY_SECRET"` or
 `secret = "..."` in kafka.toml), the consumer proxy sends it in the `x-freedom-secret` header of
 every delivery, and the event routes answer 401 to any call without it, before the handler runs.
+The header is taken out of every request, on every route, before any application middleware.
 The comparison is constant-time (`hmac.compare_digest`), and the secret never reaches a log line
 or an error message. Other routes are not affected.
 
@@ -20,11 +21,11 @@ import os
 import re
 from typing import TYPE_CHECKING, Any, Callable
 
-from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path, get_route_path
 
 from .headers import SECRET_HEADER
+from .wire import printable
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -77,8 +78,31 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+#: Where DeliveryGuard leaves its verdict for the route-level check (:class:`RequireDelivery`).
+#: An ASGI scope key: a request cannot set it, only code in front of the application can.
+VERIFIED_SCOPE_KEY = "freedom.delivery_verified"
+
+
+def _refuse(scope: dict[str, Any], given: str) -> JSONResponse:
+    client = scope.get("client") or ("unknown", 0)
+    log.warning("refused a POST to event route %s from %s: %s header %s", printable(get_route_path(scope)),
+                printable(str(client[0])), SECRET_HEADER, given)
+    return JSONResponse(
+        {"detail": f"event routes accept only deliveries from the consumer proxy "
+                   f"(missing or wrong {SECRET_HEADER} header)"},
+        status_code=401,
+    )
+
+
 class DeliveryGuard:
-    """ASGI middleware: POSTs to an event route must carry the shared secret, else 401."""
+    """ASGI middleware, outermost: takes the shared secret out of **every** request before any
+    application code or middleware sees it, and answers 401 to a POST to an event route that
+    did not carry it.
+
+    The verdict stays in the scope (:data:`VERIFIED_SCOPE_KEY`) for the routes this middleware
+    cannot tell by their path (the any-key copies of the event routes, initiator.py), which check
+    it with :class:`RequireDelivery`.
+    """
 
     def __init__(self, app: ASGIApp, secret: str, paths: list[str]) -> None:
         self.app = app
@@ -86,28 +110,44 @@ class DeliveryGuard:
         self._paths: list[re.Pattern[str]] = [compile_path(p)[0] for p in paths]
 
     def _guarded(self, scope: dict[str, Any]) -> bool:
-        if scope["type"] != "http" or scope.get("method") != "POST":
+        if scope.get("method") != "POST":
             return False
         path = get_route_path(scope)
         return any(p.match(path) for p in self._paths)
 
     async def __call__(self, scope: dict[str, Any], receive: ASGIApp, send: ASGIApp) -> None:
-        if self._guarded(scope):
-            given = Headers(scope=scope).get(SECRET_HEADER)
-            ok = given is not None and hmac.compare_digest(given.encode("latin-1"), self._secret)
-            if not ok:
-                client = scope.get("client") or ("unknown", 0)
-                log.warning("refused a POST to event route %s from %s: %s header %s", get_route_path(scope),
-                            client[0], SECRET_HEADER, "missing" if given is None else "wrong")
-                response = JSONResponse(
-                    {"detail": f"event routes accept only deliveries from the consumer proxy "
-                               f"(missing or wrong {SECRET_HEADER} header)"},
-                    status_code=401,
-                )
-                await response(scope, receive, send)
-                return
-            # The handler has no use for the secret: keep it out of its headers (and its logs).
-            scope = {**scope, "headers": [(k, v) for k, v in scope["headers"] if k.lower() != _SECRET_HEADER_RAW]}
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given: bytes | None = None
+        kept = []
+        for k, v in scope["headers"]:
+            if k.lower() == _SECRET_HEADER_RAW:
+                if given is None:
+                    given = v
+            else:
+                kept.append((k, v))
+        verified = given is not None and hmac.compare_digest(given, self._secret)
+        # A new scope with the secret left out: nothing after this point (middleware, routes,
+        # handlers, their logs) sees it, whatever the route.
+        scope = {**scope, "headers": kept, VERIFIED_SCOPE_KEY: verified}
+        if not verified and self._guarded(scope):
+            await _refuse(scope, "missing" if given is None else "wrong")(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
+class RequireDelivery:
+    """Route-level check of an event route that DeliveryGuard cannot recognise by its path: 401
+    unless DeliveryGuard found the shared secret in this request (it has already removed it)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: ASGIApp, send: ASGIApp) -> None:
+        if scope["type"] == "http" and scope.get(VERIFIED_SCOPE_KEY) is not True:
+            await _refuse(scope, "missing or wrong")(scope, receive, send)
+            return
         await self.app(scope, receive, send)
 
 

@@ -20,18 +20,49 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from ...errors import FreedomError
-from ...headers import MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER
+from ...headers import MESSAGE_KEY_HEADER, REASON_HEADERS, RETRY_COUNT_HEADER, SECRET_HEADER
 from ...outcomes import OUTCOME_HEADER, OUTCOMES, decode_reason
+from ...wire import ENCODED_HEADER, KEY_HEADER, b64encode, hex_name, is_key_itself, plain_name, plain_value
+from .keys import event_id
 
 log = logging.getLogger("freedom.kafka.delivery")
 
-# Record headers that must not become HTTP headers: they would corrupt the request framing or
-# override what the proxy itself sets.
-_NOT_FORWARDED = {b"content-length", b"transfer-encoding", b"host", b"connection", b"upgrade",
-                  b"keep-alive", b"te", b"trailer", b"http2-settings", b"proxy-connection",
-                  MESSAGE_KEY_HEADER.encode(), RETRY_COUNT_HEADER.encode(), SECRET_HEADER.encode()}
+#: Record headers never forwarded to a delivery (SPEC §9), whatever topic the record came from:
+#: hop-by-hop headers and those that frame the request (they would corrupt it or change how the
+#: server reads it: `expect: 100-continue` makes it answer 100 first), and the proxy and client
+#: address headers (a server trusting them would take the record's word for the caller's address).
+NOT_FORWARDED = frozenset({
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
+    "http2-settings", "content-length", "host", "expect",
+    "forwarded", "via", "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip",
+    "x-cluster-client-ip", "fastly-client-ip", "client-ip",
+})
+#: ... nor any header with one of these prefixes (`proxy-authorization`, `x-forwarded-for`, ...).
+NOT_FORWARDED_PREFIXES = ("proxy-", "x-forwarded-")
+#: The headers the proxy itself sets on a delivery: a record's own value is dropped, always.
+PROXY_SET = frozenset({MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER, KEY_HEADER, ENCODED_HEADER})
+#: On a record read from a main topic the reason headers come from outside and are dropped too;
+#: on a retry-topic record they are the proxy's own and are forwarded.
+UNTRUSTED_ON_MAIN_TOPIC = frozenset(REASON_HEADERS)
+
+#: The most bytes a delivery's headers may take (names, values and the event id in the path,
+#: after encoding). Every server freedom runs on takes more (uvicorn with httptools has no limit,
+#: granian ~500 KB); a record that needs more cannot be delivered as a request (permanent).
+MAX_HEADER_BYTES = 256 * 1024
 
 RecordHeaders = list[tuple[str, bytes | None]]
+
+
+class UnsendableRecord(Exception):
+    """The record cannot be encoded as an HTTP request (the message names the cause)."""
+
+    def result(self) -> "DeliveryResult":
+        return DeliveryResult(error=f"the record cannot be sent as an HTTP request: {self}", permanent=True)
+
+
+def _dropped(name: str, from_retry_topic: bool) -> bool:
+    return (name in NOT_FORWARDED or name in PROXY_SET or name.startswith(NOT_FORWARDED_PREFIXES)
+            or (not from_retry_topic and name in UNTRUSTED_ON_MAIN_TOPIC))
 
 
 @dataclass(frozen=True)
@@ -43,9 +74,10 @@ class EventRoute:
     param: str | None  # the path parameter that receives the message key
 
     def url_path(self, key: str) -> str:
+        """The path of a delivery: `key` (an event id, or a key as text) percent-encoded in the parameter."""
         if self.param is None:
             return self.path
-        return self.path.replace("{" + self.param + "}", quote(key, safe=""))
+        return self.path.replace("{" + self.param + "}", quote(event_id(key), safe=""))
 
 
 @dataclass(frozen=True)
@@ -79,14 +111,47 @@ class DeliveryResult:
 
 
 def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -> list[tuple[bytes, bytes]]:
-    """The headers of one delivery: the record's (minus hop-by-hop ones) plus the proxy's own.
+    """The headers of one delivery, the one place where they are built, by the rule of
+    `freedom.wire`: the record's headers (minus :data:`NOT_FORWARDED` and the proxy's own), each
+    as it is when HTTP can carry it, else encoded and named in `x-freedom-encoded`; then
+    `x-message-key` (the event id), `x-freedom-key` (the key, when the id is not the key itself)
+    and `x-retry-count`.
 
-    The one place where outgoing delivery headers are built.
+    `key` is the record's :class:`~.keys.EventId` (`record_key`), or the key as text. Raises
+    :class:`UnsendableRecord` when the result would exceed :data:`MAX_HEADER_BYTES`.
     """
-    out = [(k.encode() if isinstance(k, str) else k, v or b"") for k, v in record_headers]
-    out = [(k, v) for k, v in out if k.lower() not in _NOT_FORWARDED]
-    out.append((MESSAGE_KEY_HEADER.encode(), key.encode()))
+    eid = event_id(key)
+    kept: list[tuple[bytes, bytes]] = []
+    for k, v in record_headers:
+        name = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
+        lower = name.lower()
+        if plain_name(name) and _dropped(lower.decode("latin-1"), eid.from_retry_topic):
+            continue
+        kept.append((name, v or b""))
+    # One value of a name that HTTP cannot carry as it is: every value of that name is encoded.
+    encoded = {k.lower() for k, v in kept if not plain_name(k) or not plain_value(v)}
+    out: list[tuple[bytes, bytes]] = []
+    listed: list[bytes] = []
+    for k, v in kept:
+        lower = k.lower()
+        if lower in encoded:
+            if not plain_name(k):
+                lower = hex_name(k)
+            if lower not in listed:
+                listed.append(lower)
+            out.append((lower, b64encode(v)))
+        else:
+            out.append((lower, v))
+    if listed:
+        out.append((ENCODED_HEADER.encode(), b",".join(listed)))
+    out.append((MESSAGE_KEY_HEADER.encode(), eid.encode()))
+    if eid.key is not None and not is_key_itself(eid):
+        out.append((KEY_HEADER.encode(), b64encode(eid.key)))
     out.append((RETRY_COUNT_HEADER.encode(), str(retry_count).encode()))
+    size = sum(len(k) + len(v) + 4 for k, v in out) + len(eid)
+    if size > MAX_HEADER_BYTES:
+        raise UnsendableRecord(f"its headers and key take {size} bytes as HTTP headers, over the "
+                               f"{MAX_HEADER_BYTES} a delivery may carry (delivery.MAX_HEADER_BYTES)")
     return out
 
 

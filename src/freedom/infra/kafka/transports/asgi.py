@@ -20,7 +20,7 @@ from urllib.parse import unquote
 from ....outcomes import OUTCOME_HEADER, REASON_HEADER
 from ....runtime import BODY_EXTENSION
 from ....security import SECRET_HEADER
-from ..delivery import DeliveryResult, EventRoute, RecordHeaders, request_headers, result_of
+from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
 
 log = logging.getLogger("freedom.kafka.delivery")
 
@@ -102,6 +102,7 @@ class AsgiTransport:
               retry_count: int) -> dict[str, Any]:
         """The ASGI scope of one delivery, as an HTTP server would make it from the HTTP request."""
         raw_path = route.url_path(key)
+        # The same headers as over HTTP (freedom.wire's encoding included), lowercased as servers do.
         out = [(k.lower(), v) for k, v in request_headers(headers, key, retry_count)]
         out.append((b"content-length", str(len(value)).encode()))
         out.extend(self._extra)
@@ -125,11 +126,15 @@ class AsgiTransport:
     async def deliver(self, route: EventRoute, key: str, value: bytes,
                       headers: RecordHeaders, retry_count: int) -> DeliveryResult:
         """Call the application with the delivery's request; never raises for the handler's faults."""
+        try:
+            scope = self.scope(route, key, value, headers, retry_count)
+        except UnsendableRecord as exc:
+            return exc.result()
         exchange = _Exchange(value)
         deadline = asyncio.timeout(self.timeout)
         try:
             async with deadline:
-                await self.app(self.scope(route, key, value, headers, retry_count), exchange.receive, exchange.send)
+                await self.app(scope, exchange.receive, exchange.send)
         except Exception:  # what an HTTP server does: log it, and the answer is a 500 unless one was sent
             if deadline.expired():
                 return DeliveryResult(error="timed out waiting for the handler")

@@ -17,9 +17,8 @@ from typing import Any
 
 from ....errors import FreedomError
 from ....outcomes import OUTCOME_HEADER, REASON_HEADER
-from ....runtime import decode_header
 from ....security import SECRET_HEADER
-from ..delivery import DeliveryResult, EventRoute, RecordHeaders, request_headers, result_of
+from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
 from .http1 import Http1Transport, wait_until_listening
 
 
@@ -38,8 +37,8 @@ class HttpTransport:
     ~1,000 µs of CPU per delivery (three socket writes per request, anyio locks and events per
     stream); pyreqwest costs ~100-180 µs (docs/perf-log.md).
 
-    Record header values are bytes; they are sent as UTF-8 text (latin-1 when not valid UTF-8),
-    as over HTTP/1.1.
+    pyreqwest takes header values as text: `delivery.request_headers` makes every name and value
+    HTTP can carry as it is UTF-8 text, and encodes the others (`freedom.wire`), as over HTTP/1.1.
     """
 
     def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_in_flight: int = 1000,
@@ -76,11 +75,15 @@ class HttpTransport:
         from pyreqwest.exceptions import PyreqwestError
 
         client = self._client or self._open()
-        out = [(k.decode("latin-1"), decode_header(v)) for k, v in request_headers(headers, key, retry_count)]
         try:
+            # Plain names are tokens and plain values UTF-8 without control characters; the rest
+            # is base64url (freedom.wire): all of it is text pyreqwest sends as it is.
+            out = [(k.decode("ascii"), v.decode("utf-8")) for k, v in request_headers(headers, key, retry_count)]
             request = client.post(self.proxy_addr + route.url_path(key)).headers(out).body_bytes(value).build()
-        except ValueError as exc:  # a header name or value HTTP cannot carry (CR/LF, NUL)
-            return DeliveryResult(error=f"a record header cannot be sent over HTTP/2: {str(exc)!r}")
+        except UnsendableRecord as exc:
+            return exc.result()
+        except ValueError as exc:  # pyreqwest refused what the encoding let through: a bug, not the record's
+            return DeliveryResult(error=f"the request could not be built for HTTP/2: {str(exc)!r}", permanent=True)
         try:
             response = await request.send()  # build(): send() reads the whole answer
         except TimeoutError:  # pyreqwest's timeouts are TimeoutErrors

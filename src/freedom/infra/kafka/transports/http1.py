@@ -8,15 +8,14 @@ delivery with aiohttp, 70% with httpx (docs/perf-log.md). Here a delivery is: ta
 connection (or open one), write `POST path HTTP/1.1` + headers + body, and let the parser pick
 the status and the two outcome headers out of the answer; the answer's body is read and dropped.
 
-Record header values are sent as the bytes they are, so a handler reads back exactly what the
-publisher put in the record. A header that cannot be sent (a name that is not an HTTP token, a
-value with CR, LF or NUL) fails the delivery with a message naming it, like a refused request.
+The request's path and headers are `delivery.request_headers`'s, by the encoding rule of
+`freedom.wire` (the same in every transport): whatever the record's key and headers, the request
+is valid HTTP. An interim answer (1xx, such as `100 Continue`) is skipped; the final one counts.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import ssl
 from collections import deque
 from urllib.parse import urlsplit
@@ -26,12 +25,10 @@ import httptools
 from ....errors import FreedomError
 from ....outcomes import OUTCOME_HEADER, REASON_HEADER
 from ....security import SECRET_HEADER
-from ..delivery import DeliveryResult, EventRoute, RecordHeaders, request_headers, result_of
+from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
-_BAD_VALUE = re.compile(rb"[\r\n\x00]")
 CONNECT_TIMEOUT_SEC = 5.0
 
 
@@ -85,7 +82,7 @@ class _Connection(asyncio.Protocol):
         self.answered_bytes = True
         try:
             self._parser.feed_data(data)
-        except httptools.HttpParserError as exc:
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
             self._fail(ConnectionError(f"malformed HTTP answer: {exc}"))
             self.close()
 
@@ -105,10 +102,20 @@ class _Connection(asyncio.Protocol):
             self._answer.reason = value
 
     def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if status == 101:  # the server switched protocols, which the proxy never asks for
+            self._fail(ConnectionError("the service answered 101 Switching Protocols to a delivery"))
+            self.close()
+            return
+        if 100 <= status < 200:
+            self._answer = _Answer()  # an interim answer (100 Continue, 103 Early Hints): not final
+            return
         self._headers_done = True
-        self._answer.status = self._parser.get_status_code()
+        self._answer.status = status
 
     def on_message_complete(self) -> None:
+        if not self._headers_done:
+            return  # the end of an interim answer; the parser goes on to the next one
         self._answer.keep_alive = self._parser.should_keep_alive()
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(self._answer)
@@ -164,14 +171,10 @@ class Http1Transport:
         return await wait_until_listening(self.proxy_addr, deadline, stop)
 
     def _request(self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders,
-                 retry_count: int) -> bytes | str:
-        """The request's bytes, or why it cannot be sent."""
+                 retry_count: int) -> bytes:
+        """The request's bytes (raises UnsendableRecord when the record cannot be a request)."""
         lines = [b"POST ", (self._prefix + route.url_path(key)).encode("ascii"), b" HTTP/1.1\r\n", self._fixed]
         for name, val in request_headers(headers, key, retry_count):
-            if not _TOKEN.fullmatch(name):
-                return f"the record header name {name!r} cannot be sent over HTTP"
-            if _BAD_VALUE.search(val):
-                return f"the record header {name.decode('latin-1')!r} has a line break or NUL, which HTTP cannot carry"
             lines += (name, b": ", val, b"\r\n")
         lines += (b"Content-Length: ", str(len(value)).encode(), b"\r\n\r\n", value)
         return b"".join(lines)
@@ -199,9 +202,10 @@ class Http1Transport:
     async def deliver(self, route: EventRoute, key: str, value: bytes,
                       headers: RecordHeaders, retry_count: int) -> DeliveryResult:
         """POST one record; never raises for the service's or the network's faults."""
-        request = self._request(route, key, value, headers, retry_count)
-        if isinstance(request, str):
-            return DeliveryResult(error=request)
+        try:
+            request = self._request(route, key, value, headers, retry_count)
+        except UnsendableRecord as exc:
+            return exc.result()
         async with self._slots:
             conn: _Connection | None = None
             try:
