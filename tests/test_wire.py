@@ -403,3 +403,10 @@ def test_printable_is_used_for_refused_event_route_calls(caplog):
     asyncio.run(guard(scope, receive, send))
     assert sent[0]["status"] == 401
     assert "\n" not in caplog.records[0].getMessage() and "x\\nCRITICAL forged" in caplog.text
+
+
+def test_a_reason_with_line_breaks_stays_on_one_log_line():
+    from freedom.infra.kafka.delivery import result_of
+
+    result = result_of(200, "dead-letter", "bad%0D%0AERROR forged")
+    assert result.describe() == "HTTP 200, handler asked: dead-letter (bad\\r\\nERROR forged)"

@@ -1,7 +1,8 @@
 """Delivering a record to the service's route over HTTP: the consumer proxy's one outward call.
 
-`POST {proxy_addr}{route path}` with the key in the path, the value as body, the record headers
-plus `x-message-key` and `x-retry-count`. The answer's `x-freedom-outcome` header (see
+`POST {proxy_addr}{route path}` with the event id in the path, the value as body, the record
+headers plus `x-message-key` and `x-retry-count`, keys and headers encoded where HTTP cannot carry
+them as they are (`freedom.wire`); hop-by-hop and proxy headers are never forwarded. The answer's `x-freedom-outcome` header (see
 `freedom.outcomes`) decides first; otherwise a 2xx answer is success, and any other status, a
 timeout or a connection error is a failure.
 
@@ -22,7 +23,7 @@ from urllib.parse import quote
 from ...errors import FreedomError
 from ...headers import MESSAGE_KEY_HEADER, REASON_HEADERS, RETRY_COUNT_HEADER, SECRET_HEADER
 from ...outcomes import OUTCOME_HEADER, OUTCOMES, decode_reason
-from ...wire import ENCODED_HEADER, KEY_HEADER, b64encode, hex_name, is_key_itself, plain_name, plain_value
+from ...wire import ENCODED_HEADER, KEY_HEADER, b64encode, hex_name, is_key_itself, plain_name, plain_value, printable
 from .keys import event_id
 
 log = logging.getLogger("freedom.kafka.delivery")
@@ -101,13 +102,13 @@ class DeliveryResult:
         return self.outcome is None and self.status is not None and 200 <= self.status < 300
 
     def describe(self) -> str:
-        """One line for logs and the dead-letter `x-freedom-error` header."""
+        """One line for logs and the dead-letter `x-freedom-error` header (control characters escaped)."""
         what = f"HTTP {self.status}" if self.status is not None else (self.error or "unknown error")
         if self.outcome:
             what += f", handler asked: {self.outcome}"
         if self.reason:
             what += f" ({self.reason})"
-        return what
+        return printable(what)  # the reason is the handler's text, an error may quote the service's
 
 
 def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -> list[tuple[bytes, bytes]]:
