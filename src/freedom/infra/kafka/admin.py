@@ -10,6 +10,7 @@ import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from ...errors import FreedomError
+from .logs import FOLD
 from .settings import scrub
 
 log = logging.getLogger("freedom.kafka.admin")
@@ -20,9 +21,11 @@ class ClusterUnreachable(FreedomError):
 
 
 def _admin(settings: dict[str, Any], **extra: Any) -> AdminClient:
-    # Only connection-level settings apply to the admin client.
+    # Only connection-level settings apply to the admin client, and the logger: without it
+    # librdkafka prints every failed connection attempt of the start-up check to stderr itself.
     keep = {k: v for k, v in settings.items()
-            if k in ("bootstrap.servers", "client.id") or k.startswith(("security.", "ssl.", "sasl.", "socket."))}
+            if k in ("bootstrap.servers", "client.id", "logger")
+            or k.startswith(("security.", "ssl.", "sasl.", "socket."))}
     return AdminClient({**keep, **extra})
 
 
@@ -51,10 +54,11 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
             return
         except confluent_kafka.KafkaException as exc:
             last = exc.args[0].str()
-        admin.poll(0)  # serves error_cb
+        admin.poll(0)  # serves error_cb and hands librdkafka's log lines to the logger
         timed_out = time.monotonic() >= deadline
         if fatal or timed_out:
             del admin  # the raised error's traceback would keep the client (and its reconnects) alive
+            FOLD.flush()  # the count of librdkafka's repeated lines comes before our error, not after
         if fatal:
             err = fatal[0]
             what = "authentication failed" if err.code() == fatal_codes[0] else "TLS handshake failed"

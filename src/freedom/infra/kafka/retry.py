@@ -57,8 +57,9 @@ def _now_text() -> str:
 
 
 def _connection_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a consumer that also apply to a producer on the same cluster (address, TLS, SASL)."""
-    keep = ("bootstrap.servers", "client.id", "client.rack", "broker.address.family")
+    """The settings of a consumer that also apply to a producer on the same cluster (address, TLS,
+    SASL), and its logger (librdkafka's lines folded into `freedom.kafka.librdkafka`)."""
+    keep = ("bootstrap.servers", "client.id", "client.rack", "broker.address.family", "logger")
     return {k: v for k, v in settings.items()
             if k in keep or k.startswith(("security.", "ssl.", "sasl.", "socket.", "enable.ssl."))}
 

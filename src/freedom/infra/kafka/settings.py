@@ -17,6 +17,8 @@ import os
 from pathlib import Path
 from typing import Any, Callable, Literal, Protocol
 
+from .logs import LIBRDKAFKA_LOG  # `freedom.kafka.librdkafka`, repeated lines folded
+
 Role = Literal["producer", "consumer", "admin"]
 SettingHook = Callable[[dict[str, Any], Role, str], None]
 
@@ -39,7 +41,6 @@ _FILE_KEYS = ("ssl_ca_location", "ssl_certificate_location", "ssl_key_location")
 _SECRET_WORDS = ("password", "secret", "token", "key.pem", "private", "oauthbearer.config")
 
 _hooks: list[SettingHook] = []
-LIBRDKAFKA_LOG = logging.getLogger("freedom.kafka.librdkafka")
 
 
 def setting_config(hook: SettingHook) -> SettingHook:
