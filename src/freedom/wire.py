@@ -51,6 +51,7 @@ _B64 = re.compile(r"[A-Za-z0-9_-]*")
 # Characters a plain value or id must not have: C0 controls, DEL, C1 controls, and the Unicode
 # line and paragraph separators (they break log lines as a newline does).
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_CONTROL_BYTES = re.compile(rb"[\x00-\x1f\x7f]")  # the same, for ASCII
 
 
 def b64encode(data: bytes) -> bytes:
@@ -83,6 +84,8 @@ def _plain_text(raw: bytes) -> str | None:
 
 def plain_value(value: bytes) -> bool:
     """True when a header value travels as it is (see the module docstring)."""
+    if value.isascii():  # the usual case, checked without decoding
+        return not _CONTROL_BYTES.search(value) and value[:1] != b" " and value[-1:] != b" "
     return _plain_text(value) is not None
 
 

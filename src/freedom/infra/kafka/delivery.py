@@ -66,6 +66,28 @@ def _dropped(name: str, from_retry_topic: bool) -> bool:
             or (not from_retry_topic and name in UNTRUSTED_ON_MAIN_TOPIC))
 
 
+# What request_headers decided about a record header name: (name as bytes, lowercased, travels as
+# it is, dropped from a main-topic record, dropped from a retry-topic record). Names repeat from
+# record to record; the cache is bounded because hostile records can carry any names.
+_NameRule = tuple[bytes, bytes, bool, bool, bool]
+_NAMES: dict[str | bytes, _NameRule] = {}
+_NAMES_MAX = 4096
+
+
+def _name_rule(k: str | bytes) -> _NameRule:
+    rule = _NAMES.get(k)
+    if rule is None:
+        name = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
+        lower = name.lower()
+        plain = plain_name(name)
+        text = lower.decode("latin-1")
+        rule = (name, lower, plain, plain and _dropped(text, False), plain and _dropped(text, True))
+        if len(_NAMES) >= _NAMES_MAX:
+            _NAMES.clear()
+        _NAMES[k] = rule
+    return rule
+
+
 @dataclass(frozen=True)
 class EventRoute:
     """Where the records of one topic are delivered."""
@@ -122,22 +144,24 @@ def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -
     :class:`UnsendableRecord` when the result would exceed :data:`MAX_HEADER_BYTES`.
     """
     eid = event_id(key)
-    kept: list[tuple[bytes, bytes]] = []
+    retry = eid.from_retry_topic
+    kept: list[tuple[_NameRule, bytes]] = []
+    encoded: set[bytes] = set()  # lowercased names of which some value cannot travel as it is
     for k, v in record_headers:
-        name = k.encode("utf-8", "surrogatepass") if isinstance(k, str) else k
-        lower = name.lower()
-        if plain_name(name) and _dropped(lower.decode("latin-1"), eid.from_retry_topic):
+        rule = _name_rule(k)
+        if rule[4] if retry else rule[3]:
             continue
-        kept.append((name, v or b""))
+        v = v or b""
+        kept.append((rule, v))
+        if not rule[2] or not plain_value(v):
+            encoded.add(rule[1])
     # One value of a name that HTTP cannot carry as it is: every value of that name is encoded.
-    encoded = {k.lower() for k, v in kept if not plain_name(k) or not plain_value(v)}
     out: list[tuple[bytes, bytes]] = []
     listed: list[bytes] = []
-    for k, v in kept:
-        lower = k.lower()
-        if lower in encoded:
-            if not plain_name(k):
-                lower = hex_name(k)
+    for (name, lower, plain, _, _), v in kept:
+        if encoded and lower in encoded:
+            if not plain:
+                lower = hex_name(name)
             if lower not in listed:
                 listed.append(lower)
             out.append((lower, b64encode(v)))
