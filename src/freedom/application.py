@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI
 
-from .config import AppConfig, KafkaConfig, find_config_dir, load_app_config, load_kafka_config
+from .config import (AppConfig, KafkaConfig, check_topic_overrides, find_config_dir, load_app_config,
+                     load_kafka_config)
 from .controllers import Injectables
 from .domain import Database, DomainEventInfra, UnitOfWork
 from .domain import infra as domain_infra
@@ -83,6 +84,8 @@ class Application:
         for hook in hooks:
             hook(initiator)
         self.event_routes = initiator.event_routes()
+        if self.kafka_config is not None:  # a per-topic table for a topic nobody listens to is a mistake
+            check_topic_overrides(self.kafka_config, self.event_routes)
         secure_event_routes(self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr)
         route_keys_with_slashes(self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None))
         self._is_set_up = True

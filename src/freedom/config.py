@@ -7,11 +7,12 @@ wrong, so that start-up stops with one clear line instead of a traceback.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -61,6 +62,10 @@ class _Table:
             raise self.error(name, f"must be {_kind_name(kind)}, got {_type_name(value)}")
         return value
 
+    def seconds(self, name: str, default: float, *, zero_ok: bool = False) -> float:
+        """A duration in seconds: finite, not negative (greater than 0 unless `zero_ok`), at most MAX_SECONDS."""
+        return check_seconds(self.get(name, (int, float), default), lambda p: self.error(name, p), zero_ok=zero_ok)
+
     def table(self, name: str) -> dict[str, Any]:
         value = self.data.pop(name, {})
         if not isinstance(value, dict):
@@ -86,17 +91,43 @@ def _type_name(value: Any) -> str:
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
+#: The longest duration a `*_sec` key may give: librdkafka holds durations as 32-bit milliseconds
+#: (`message.timeout.ms`), and the event loop's timers overflow long before a float does (~24.8 days).
+MAX_SECONDS = 2_147_483
+
+
+def check_seconds(value: int | float, error: Any, *, zero_ok: bool = False) -> float:
+    """`value` as seconds, or `error(problem)` raised: inf and nan would mean a wait that never ends."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise error(f"must be a finite number of seconds, got {value}")
+    if value < 0 and zero_ok:
+        raise error("must not be negative")
+    if value <= 0 and not zero_ok:
+        raise error("must be greater than 0")
+    if value > MAX_SECONDS:
+        raise error(f"must be at most {MAX_SECONDS} seconds (about 24.8 days), got {value}")
+    return float(value)
+
+
 def _load(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             return tomllib.load(fh)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), None, f"not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:  # tomllib decodes the whole file as UTF-8 first
+        line = exc.object[:exc.start].count(b"\n") + 1
+        raise ConfigError(str(path), None, f"not valid TOML: not UTF-8 (byte 0x{exc.object[exc.start]:02x} "
+                                           f"on line {line}); save the file as UTF-8") from None
     except OSError as exc:
         raise ConfigError(str(path), None, f"cannot be read: {exc.strerror}") from None
 
 
 # ----------------------------------------------------------------------------- app.toml
+
+
+#: The `log_level` values app.toml accepts (Python's logging levels).
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 
 @dataclass(frozen=True)
@@ -106,6 +137,8 @@ class AppConfig:
     listen_addr: str = "127.0.0.1:8000"
     service_name: str = "freedom"
     log_level: str = "INFO"
+    #: Where listen_addr came from, (file, key), for the error when it cannot be bound.
+    listen_from: tuple[str, str] = field(default=("app.toml", "listen_addr"), compare=False, repr=False)
 
     @property
     def host(self) -> str:
@@ -119,25 +152,41 @@ class AppConfig:
 def _listen_addr(value: str, file: str, key: str) -> str:
     """`host:port` checked; a bare `:port` listens on every interface."""
     host, sep, port = value.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not _is_port(port) or host.startswith("[") != host.endswith("]"):
         raise ConfigError(file, key, f'must look like "127.0.0.1:8000", got "{value}"')
     return value if host else f"0.0.0.0:{port}"
+
+
+def _is_port(text: str) -> bool:
+    """A TCP port number, 1 to 65535, in ASCII digits (str.isdigit also takes "³" and "٣")."""
+    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
+
+
+def _log_level(t: _Table) -> str:
+    level = t.get("log_level", str, AppConfig.log_level)
+    if level.upper() not in LOG_LEVELS:
+        raise t.error("log_level", f'must be one of {", ".join(LOG_LEVELS)}, got "{level}"')
+    return level.upper()
 
 
 def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None) -> AppConfig:
     """Read `app.toml`; `listen_addr` (from `freedom run --listen`) overrides the file's."""
     path = config_dir / "app.toml" if config_dir else None
-    cfg = AppConfig()
+    file = str(path) if path else "app.toml"
+    cfg = AppConfig(listen_from=(file, "listen_addr (not set: the default)"))
     if path is not None and path.exists():
-        t = _Table(str(path), "", _load(path))
+        t = _Table(file, "", _load(path))
+        given = "listen_addr" in t.data
         cfg = AppConfig(
-            listen_addr=_listen_addr(t.get("listen_addr", str, AppConfig.listen_addr), str(path), "listen_addr"),
+            listen_addr=_listen_addr(t.get("listen_addr", str, AppConfig.listen_addr), file, "listen_addr"),
             service_name=t.get("service_name", str, AppConfig.service_name),
-            log_level=t.get("log_level", str, AppConfig.log_level).upper(),
+            log_level=_log_level(t),
+            listen_from=(file, "listen_addr") if given else cfg.listen_from,
         )
         t.done()
     if listen_addr is not None:
-        cfg = replace(cfg, listen_addr=_listen_addr(listen_addr, "freedom run", "--listen"))
+        cfg = replace(cfg, listen_addr=_listen_addr(listen_addr, "freedom run", "--listen"),
+                      listen_from=("freedom run", "--listen"))
     return cfg
 
 
@@ -251,22 +300,64 @@ def _servers(t: _Table) -> tuple[str, ...] | None:
         if not isinstance(s, str) or not s.strip():
             raise t.error("servers", f"each entry must be a \"host:port\" string, got {s!r}")
         host, sep, port = s.strip().rpartition(":")
-        if not sep or not port.isdigit():
+        if not sep or not port.isascii() or not port.isdigit() or any(c in host for c in ", \t"):
             raise t.error("servers", f'"{s}" is not a "host:port" address')
+        if not _is_port(port):
+            raise t.error("servers", f'"{s}": the port must be 1 to 65535')
         # The seed writes ":9092" for the local broker.
         out.append(f"{host or '127.0.0.1'}:{port}")
     return tuple(out)
 
 
-def _settings(t: _Table) -> dict[str, Any]:
-    """`settings = {...}` (librdkafka properties, passed as they are) plus the TLS/SASL keys."""
-    from .infra.kafka.settings import security_settings
+def _settings(t: _Table, role: str, base: dict[str, Any]) -> dict[str, Any]:
+    """`settings = {...}` (librdkafka properties, passed as they are) plus the TLS/SASL keys.
+
+    Checked here, before any client starts: a property freedom's guarantees depend on is refused
+    with the reason, and the rest must be accepted by librdkafka (a client is built from them, on
+    top of `base`, freedom's own settings for the role, without connecting).
+    """
+    from .infra.kafka.settings import invalid_setting, refused_setting, security_settings
 
     raw = t.table("settings")
     for k, v in raw.items():
+        if isinstance(v, dict):  # settings = { linger.ms = 5 }: TOML reads the bare dotted key as a table
+            raise t.error(f"settings.{k}", "must be a string, number or boolean, got a table "
+                                           f'(quote a dotted property name: "{k}.{next(iter(v), "")}" = ...)')
         if not isinstance(v, (str, int, float, bool)):
             raise t.error(f"settings.{k}", f"must be a string, number or boolean, got {_type_name(v)}")
-    return {**raw, **security_settings(t)}
+        if isinstance(v, float) and not math.isfinite(v):
+            raise t.error(f"settings.{k}", f"must be a finite number, got {v}")
+        reason = refused_setting(k, v, role)  # type: ignore[arg-type]
+        if reason:
+            raise t.error(f"settings.{k}", reason)
+    settings = {**raw, **security_settings(t)}
+    problem = invalid_setting(settings, role, base)  # type: ignore[arg-type]
+    if problem is not None:
+        key, reason = problem
+        raise t.error(f"settings.{key}" if key else "settings", reason)
+    return settings
+
+
+def _proxy_addr(t: _Table) -> str:
+    """`[consumer] proxy_addr`: "inprocess", or an http(s) URL with a host and a valid port."""
+    addr = t.get("proxy_addr", str, KafkaConfig.proxy_addr).rstrip("/")
+    if addr == "inprocess":  # the consumer proxy calls the application directly (transports/asgi.py)
+        return addr
+    try:
+        url = urlsplit(addr)
+        port = url.port  # raises ValueError for a port out of range or not a number
+    except ValueError as exc:  # "http://[::1:8000" (unclosed bracket), "http://h:99999", "http://h:abc"
+        raise t.error("proxy_addr", f'is not a valid URL ({exc}): "{addr}"') from None
+    if url.scheme not in ("http", "https"):
+        raise t.error("proxy_addr", f'must start with "http://" or "https://" (or be "inprocess" to call '
+                                    f'the application directly), got "{addr}"')
+    if not url.hostname:
+        raise t.error("proxy_addr", f'has no host: "{addr}"')
+    if port == 0:
+        raise t.error("proxy_addr", f'the port must be 1 to 65535: "{addr}"')
+    if url.query or url.fragment or "?" in addr or "#" in addr:
+        raise t.error("proxy_addr", f'must be a base URL without "?" or "#": "{addr}"')
+    return addr
 
 
 def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
@@ -279,17 +370,11 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
 
     consumer = _Table(file, "consumer.", root.table("consumer"))
     consumer_open = consumer.get("open", bool, False)
-    proxy_addr = consumer.get("proxy_addr", str, KafkaConfig.proxy_addr).rstrip("/")
+    proxy_addr = _proxy_addr(consumer)
     proxy_http2 = consumer.get("proxy_http2", bool, False)
-    if proxy_addr == "inprocess":  # the consumer proxy calls the application directly (transports/asgi.py)
-        if proxy_http2:
-            raise consumer.error("proxy_http2", 'has no effect with proxy_addr = "inprocess" (no HTTP is involved); '
-                                                "remove one of the two")
-    elif urlsplit(proxy_addr).scheme not in ("http", "https"):
-        raise consumer.error("proxy_addr", f'must start with "http://" or "https://" (or be "inprocess" to call '
-                                           f'the application directly), got "{proxy_addr}"')
-    elif not urlsplit(proxy_addr).hostname:
-        raise consumer.error("proxy_addr", f'has no host: "{proxy_addr}"')
+    if proxy_addr == "inprocess" and proxy_http2:
+        raise consumer.error("proxy_http2", 'has no effect with proxy_addr = "inprocess" (no HTTP is involved); '
+                                            "remove one of the two")
     from .security import read_secret
 
     proxy_secret = read_secret(consumer)
@@ -299,18 +384,20 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     producer_open = producer.get("open", bool, False)
     producer.done()
 
+    from .infra.kafka.group import CONSUMER_DEFAULTS
+    from .infra.kafka.producer import PRODUCER_DEFAULTS
+
     producer_clients = []
     seen: set[str] = set()
     for i, raw in enumerate(root.get("producer_clients", list, [])):
         t = _Table(file, f"producer_clients[{i}].", raw)
-        client = ProducerClientConfig(
-            servers=_servers(t),
-            name=t.get("name", str, ""),
-            delivery_timeout_sec=float(t.get("delivery_timeout_sec", (int, float), 30.0)),
-            settings=_settings(t),
-        )
-        if client.delivery_timeout_sec <= 0:
-            raise t.error("delivery_timeout_sec", "must be greater than 0")
+        servers, name = _servers(t), t.get("name", str, "")
+        timeout = t.seconds("delivery_timeout_sec", 30.0)
+        if timeout < 0.001:  # librdkafka's message.timeout.ms = 0 means "forever"
+            raise t.error("delivery_timeout_sec", f"must be at least 0.001 (1 ms), got {timeout}")
+        base = {**PRODUCER_DEFAULTS, "message.timeout.ms": int(timeout * 1000)}  # as infra.py makes it
+        client = ProducerClientConfig(servers=servers, name=name, delivery_timeout_sec=timeout,
+                                      settings=_settings(t, "producer", base))
         if client.name in seen:
             raise t.error("name", f'"{client.name}" is used by two producer clients; names must be unique')
         seen.add(client.name)
@@ -328,15 +415,13 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
             retry_count=t.get("retry_count", int, d.retry_count),
             retry_group_id=t.get("retry_group_id", str, d.retry_group_id),
             retry_prefix=t.get("retry_prefix", str, d.retry_prefix),
-            retry_interval_sec=float(t.get("retry_interval_sec", (int, float), d.retry_interval_sec)),
+            retry_interval_sec=t.seconds("retry_interval_sec", d.retry_interval_sec, zero_ok=True),
             retry_fail_prefix=t.get("retry_fail_prefix", str, d.retry_fail_prefix),
             initial_offset=t.get("initial_offset", str, d.initial_offset),
-            settings=_settings(t),
+            settings=_settings(t, "consumer", {**CONSUMER_DEFAULTS, "group.id": "freedom-config-check"}),
         )
         consume = _consume_config(t, TopicConsumeConfig(d.mode, d.max_in_flight))
-        drain = float(t.get("drain_timeout_sec", (int, float), d.drain_timeout_sec))
-        if drain <= 0:
-            raise t.error("drain_timeout_sec", "must be greater than 0")
+        drain = t.seconds("drain_timeout_sec", d.drain_timeout_sec)
         client = dataclasses.replace(client, mode=consume.mode, max_in_flight=consume.max_in_flight,
                                      drain_timeout_sec=drain, topics=_topic_overrides(t, consume))
         _check_prefix(t, "retry_prefix", client.retry_prefix)
@@ -350,12 +435,12 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
             raise t.error("group_id", "must not be empty")
         if client.retry_count < 0:
             raise t.error("retry_count", "must be 0 (no retries) or more")
-        if client.retry_interval_sec < 0:
-            raise t.error("retry_interval_sec", "must not be negative")
         if client.initial_offset not in ("latest", "earliest"):
             raise t.error("initial_offset", f'must be "latest" or "earliest", got "{client.initial_offset}"')
         if client.retry_count > 0 and not client.retry_prefix:
             raise t.error("retry_prefix", "must not be empty when retry_count > 0")
+        if client.retry_count > 0 and not client.retry_group_id:
+            raise t.error("retry_group_id", "must not be empty when retry_count > 0")
         if client.retry_count > 0 and client.retry_group_id == client.group_id:
             raise t.error("retry_group_id", "must differ from group_id")
         if client.group_id in groups:
@@ -374,3 +459,16 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
         producer_open=producer_open, producer_clients=tuple(producer_clients),
         consumer_clients=tuple(consumer_clients), file=file, proxy_secret=proxy_secret,
     )
+
+
+def check_topic_overrides(config: KafkaConfig, listened: Iterable[str]) -> None:
+    """Refuse a `[consumer_clients.topics."T"]` table for a topic no event listens to (a typo, or a
+    listener that moved): its settings would silently apply to nothing. Called once the event routes
+    are known (Application.setup)."""
+    topics = sorted(set(listened))
+    for i, client in enumerate(config.consumer_clients):
+        for topic in client.topics:
+            if topic not in topics:
+                known = ", ".join(f'"{t}"' for t in topics) if topics else "none"
+                raise ConfigError(config.file, f'consumer_clients[{i}].topics."{topic}"',
+                                  f"no event listens to this topic (the listened topics: {known})")

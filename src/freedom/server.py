@@ -13,9 +13,11 @@ event loop, which takes HTTP/1.1 and h2c on the same port.
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
 import importlib.util
 import logging
+import socket
 from typing import TYPE_CHECKING, Any, Coroutine
 
 import uvicorn
@@ -74,9 +76,50 @@ class _Server(uvicorn.Server):
         self.should_exit = True
 
 
+_BIND_HINTS = {
+    errno.EADDRINUSE: " (another process listens on this port)",
+    errno.EADDRNOTAVAIL: " (not an address of this machine)",
+    errno.EACCES: " (ports below 1024 need privileges)",
+}
+
+
+def bind_listen_socket(app: "Application", host: str | None = None, port: int | None = None) -> socket.socket:
+    """The service's listen socket, bound (not yet listening) before anything else starts.
+
+    An address in use or not on this machine then stops start-up with one line naming where the
+    address came from (app.toml's listen_addr, or --listen), before any Kafka client starts,
+    rather than the server's own exit after them.
+    """
+    from .errors import ConfigError
+
+    file, key = app.config.listen_from
+    if host is not None or port is not None:
+        file, key = "Application.run()", "host, port"
+    host = host or app.config.host
+    port = port if port is not None else app.config.port
+    where = f"{host}:{port}"
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as exc:  # socket.gaierror: a host name that does not resolve
+        raise ConfigError(file, key, f"cannot listen on {where}: {exc.strerror or exc}") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+        sock.bind(addr)
+    except OSError as exc:
+        sock.close()
+        hint = _BIND_HINTS.get(exc.errno or 0, "")
+        raise ConfigError(file, key, f"cannot listen on {where}: {exc.strerror or exc}{hint}") from None
+    return sock
+
+
 def serve(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
     app.setup()
+    # Bound first: a listen address that cannot be bound is a config error, before Kafka starts.
+    sock = bind_listen_socket(app, host, port)
     if app.kafka_config is not None and app.kafka_config.proxy_http2:
+        sock.close()  # granian binds by itself (it takes no socket); the check above is what matters
         serve_h2c(app, host=host, port=port)
         return
     config = uvicorn.Config(
@@ -92,10 +135,15 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
     async def main() -> None:
         # Start the infrastructure before the server, so that a config or cluster error stops
         # start-up with its own message; the lifespan's start is then a no-op.
-        await app.start()
-        freeze_startup_objects()
         try:
-            await server.serve()
+            await app.start()
+        except BaseException:
+            sock.close()
+            raise
+        freeze_startup_objects()
+        log.info("serving HTTP on %s:%d", config.host, sock.getsockname()[1])
+        try:
+            await server.serve(sockets=[sock])  # uvicorn listens on it, and closes it at the end
         finally:
             await app.stop()
 

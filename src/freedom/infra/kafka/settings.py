@@ -8,6 +8,10 @@ other librdkafka property under `settings = {...}`.
 
 Secrets (passwords, keys, tokens) never reach a log line or an error message: :func:`redact`
 hides them in a settings dict and :func:`scrub` removes their values from a text.
+
+`settings` of kafka.toml are checked when the file is loaded, before any client starts:
+:func:`refused_setting` refuses the properties freedom's guarantees depend on (with the reason),
+and :func:`invalid_setting` has librdkafka check the rest by building a client that never connects.
 """
 
 from __future__ import annotations
@@ -72,6 +76,101 @@ def client_settings(
     for hook in _hooks:
         hook(settings, role, name)
     return settings
+
+
+_SERVERS = "set by freedom from `servers` (or the embedded broker): list the brokers in servers"
+_ACKS = ("publish() reports success only once every in-sync replica has the record (acks = all); "
+         "with fewer, a broker failure can lose a published record")
+_TIMEOUT = "set by freedom from delivery_timeout_sec (how long publish() may take): use that key"
+
+#: Properties of `settings` freedom sets itself, per role, and why a user value is refused.
+REFUSED: dict[str, dict[str, str]] = {
+    "any": {"bootstrap.servers": _SERVERS, "metadata.broker.list": _SERVERS},
+    "consumer": {
+        "group.id": "set by freedom: use group_id (and retry_group_id for the retry group)",
+        "auto.offset.reset": "set by freedom: use initial_offset (the retry group always starts at the earliest offset)",
+        "enable.auto.commit": "the proxy commits an offset only once its record is settled (delivered, or on its "
+                              "retry or dead-letter topic); automatic commits would commit records still in "
+                              "flight, lost in a crash",
+        "auto.commit.enable": "an old name of enable.auto.commit, which the proxy must control (it commits an "
+                              "offset only once its record is settled)",
+        "enable.auto.offset.store": "the proxy stores an offset only once its record is settled (delivered, or on "
+                                    "its retry or dead-letter topic); storing offsets at fetch would commit "
+                                    "records still in flight, lost in a crash",
+    },
+    "producer": {
+        "message.timeout.ms": _TIMEOUT,
+        "delivery.timeout.ms": _TIMEOUT,
+        "transactional.id": "freedom's producer does not use transactions: a transactional producer would "
+                            "refuse every publish",
+    },
+}
+_ACKS_KEYS = ("acks", "request.required.acks")
+_CALLBACKS = ("logger", "on_delivery", "on_commit", "opaque")
+
+
+def refused_setting(name: str, value: Any, role: Role) -> str | None:
+    """Why kafka.toml may not give librdkafka property `name` to a client of `role`; None when it may."""
+    if name in _CALLBACKS or name.endswith("_cb"):
+        return ("is a callback, which kafka.toml cannot give: register a hook in code "
+                "(kafka.setting_config) to set it")
+    reason = REFUSED["any"].get(name) or REFUSED.get(role, {}).get(name)
+    if reason:
+        return reason
+    if role == "producer" and name in _ACKS_KEYS and str(value).lower() not in ("all", "-1"):
+        return f'must be "all" (got {value!r}): {_ACKS}'
+    return None
+
+
+_SILENT = logging.Logger("freedom.kafka.settings-check")  # not in the hierarchy, so never propagates
+_SILENT.addHandler(logging.NullHandler())
+
+
+_CREATE = ("Failed to create producer: ", "Failed to create consumer: ")
+
+
+def _refusal(settings: dict[str, Any], role: Role) -> str | None:
+    """librdkafka's reason for refusing `settings` for a client of `role`, else None.
+
+    A client is built and dropped at once: without `bootstrap.servers` it has no broker to connect
+    to, and with log_level 0 it prints nothing. A reason starting with "Failed to create" is about
+    the combination (checked when the client is made), any other about one property.
+    """
+    import confluent_kafka
+
+    conf = {**settings, "log_level": 0, "logger": _SILENT}
+    try:
+        if role == "consumer":
+            confluent_kafka.Consumer(conf).close()
+        else:
+            confluent_kafka.Producer(conf)
+    except confluent_kafka.KafkaException as exc:
+        err = exc.args[0]
+        text = err.str() if isinstance(err, confluent_kafka.KafkaError) else str(err)
+    except (ValueError, TypeError) as exc:
+        text = str(exc)
+    else:
+        return None
+    return text
+
+
+def invalid_setting(settings: dict[str, Any], role: Role, base: dict[str, Any]) -> tuple[str | None, str] | None:
+    """The property of `settings` librdkafka refuses on top of `base` (freedom's own settings for
+    `role`), and librdkafka's reason, secrets scrubbed; the key is None when only the combination
+    is refused. None when librdkafka accepts them all."""
+    reason = _refusal({**base, **settings}, role)
+    if reason is None:
+        return None
+    if not reason.startswith(_CREATE):  # an unknown property or a bad value: find which one
+        for key, value in settings.items():
+            alone = _refusal({**base, key: value}, role)
+            if alone is not None and not alone.startswith(_CREATE):
+                return key, f"librdkafka refuses it: {scrub(alone, settings)}"
+    for prefix in _CREATE:
+        reason = reason.removeprefix(prefix)
+    if role == "producer" and "message.timeout.ms" in reason:
+        reason += " (freedom sets message.timeout.ms from delivery_timeout_sec)"
+    return None, f"librdkafka refuses them together: {scrub(reason, settings)}"
 
 
 def is_secret(name: str) -> bool:
