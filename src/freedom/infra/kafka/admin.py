@@ -80,6 +80,13 @@ def ensure_topics(settings: dict[str, Any], topics: Iterable[str], timeout: floa
     start-up is not missed by a group that starts at the end of a new topic.
     """
     admin = _admin(settings)
+    try:
+        return _create_missing(admin, topics, timeout)
+    finally:
+        admin.poll(0)  # hands librdkafka's log lines of this client to the logger
+
+
+def _create_missing(admin: AdminClient, topics: Iterable[str], timeout: float) -> list[str]:
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [t for t in topics if t not in existing]
     if not missing:
