@@ -94,7 +94,11 @@ def test_a_keyless_record_gets_its_position_and_cannot_choose_its_id_on_the_main
     assert main == "~pos.T.0.2" and victim == "~pos.T.0.1"
     # On the retry topic the proxy's own headers give the id of the first delivery.
     retry = record_key(Rec(None, "retry-T", 0, 0, forged), from_retry_topic=True)
-    assert retry == victim and retry.from_retry_topic
+    assert retry == victim and retry.proxy_written
+    # A service listening on the dead-letter topic: written by the proxy too.
+    dead = record_key(Rec(None, "fail-T", 0, 0, forged), False, dead_letter_prefix="fail-")
+    assert dead == victim and dead.proxy_written
+    assert not record_key(Rec(None, "T", 0, 2, forged), False, dead_letter_prefix="fail-").proxy_written
     # Malformed positions are not trusted: the retry record's own position.
     bad = record_key(Rec(None, "retry-T", 0, 5, [("x-freedom-original-topic", b"a/b"), *forged[1:]]), True)
     assert bad == "~pos.retry-T.0.5"
@@ -165,8 +169,8 @@ def test_hop_by_hop_proxy_and_the_proxys_own_headers_are_never_forwarded():
 
 def test_reason_headers_are_forwarded_only_from_a_retry_topic():
     reasons = [(h, b"evil") for h in REASON_HEADERS]
-    main = request_headers(reasons, EventId("k", b"k", from_retry_topic=False), 0)
-    retry = request_headers(reasons, EventId("k", b"k", from_retry_topic=True), 1)
+    main = request_headers(reasons, EventId("k", b"k", proxy_written=False), 0)
+    retry = request_headers(reasons, EventId("k", b"k", proxy_written=True), 1)
     assert not {k.decode() for k, _ in main} & set(REASON_HEADERS)
     assert {k.decode() for k, _ in retry} >= set(REASON_HEADERS)
 

@@ -43,7 +43,7 @@ NOT_FORWARDED_PREFIXES = ("proxy-", "x-forwarded-")
 #: The headers the proxy itself sets on a delivery: a record's own value is dropped, always.
 PROXY_SET = frozenset({MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER, KEY_HEADER, ENCODED_HEADER})
 #: On a record read from a main topic the reason headers come from outside and are dropped too;
-#: on a retry-topic record they are the proxy's own and are forwarded.
+#: on a record the proxy wrote (read from a retry or dead-letter topic) they are its own and are forwarded.
 UNTRUSTED_ON_MAIN_TOPIC = frozenset(REASON_HEADERS)
 
 #: The most bytes a delivery's headers may take (names, values and the event id in the path,
@@ -144,7 +144,7 @@ def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -
     :class:`UnsendableRecord` when the result would exceed :data:`MAX_HEADER_BYTES`.
     """
     eid = event_id(key)
-    retry = eid.from_retry_topic
+    retry = eid.proxy_written
     kept: list[tuple[_NameRule, bytes]] = []
     encoded: set[bytes] = set()  # lowercased names of which some value cannot travel as it is
     for k, v in record_headers:

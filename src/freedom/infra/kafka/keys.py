@@ -23,20 +23,20 @@ _NUMBER = re.compile(r"[0-9]{1,19}")
 class EventId(str):
     """The event id of one record (a `str`: what the path parameter and `x-message-key` carry),
     with what the transports need besides: the record's key bytes (None for a record without a
-    key) and whether the record was read from a retry topic (whose `x-freedom-*` reason headers
-    are the proxy's own; on a main topic they come from outside)."""
+    key) and whether the proxy wrote the record (read from a retry or dead-letter topic: its
+    `x-freedom-*` reason headers are the proxy's own; on a main topic they come from outside)."""
 
     key: bytes | None
-    from_retry_topic: bool
+    proxy_written: bool
 
-    def __new__(cls, text: str, key: bytes | None, from_retry_topic: bool = False) -> "EventId":
+    def __new__(cls, text: str, key: bytes | None, proxy_written: bool = False) -> "EventId":
         self = super().__new__(cls, text)
         self.key = key
-        self.from_retry_topic = from_retry_topic
+        self.proxy_written = proxy_written
         return self
 
 
-def event_id(key: str | bytes | None, from_retry_topic: bool = False) -> EventId:
+def event_id(key: str | bytes | None, proxy_written: bool = False) -> EventId:
     """The event id of a key given as text or bytes (what callers of a transport that have no
     record pass); an `EventId` is returned as it is."""
     if isinstance(key, EventId):
@@ -44,28 +44,30 @@ def event_id(key: str | bytes | None, from_retry_topic: bool = False) -> EventId
     raw = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
     if not raw:
         raise ValueError("a record without a key has a position id: use record_key(record, ...)")
-    return EventId(key_id(raw), raw, from_retry_topic)
+    return EventId(key_id(raw), raw, proxy_written)
 
 
-def record_key(record: Any, from_retry_topic: bool) -> EventId:
+def record_key(record: Any, from_retry_topic: bool, *, dead_letter_prefix: str = "") -> EventId:
     """The event id of a confluent-kafka record.
 
     A record without a key (null or empty) gets `~pos.<topic>.<partition>.<offset>` of the record
-    as first read: on a retry topic, the original's position from the `x-freedom-original-*`
-    headers the proxy wrote (so a retry has the id of its first delivery); on a main topic those
-    headers come from outside and are ignored.
+    as first read: on a topic the proxy writes (a retry topic, or a dead-letter topic, whose name
+    starts with `dead_letter_prefix`, that a service listens on), the original's position from the
+    `x-freedom-original-*` headers the proxy wrote, so that a retry has the id of its first
+    delivery; on a main topic those headers come from outside and are ignored.
     """
+    proxy_written = from_retry_topic or bool(dead_letter_prefix) and record.topic().startswith(dead_letter_prefix)
     key = record.key()
     if key:
-        return EventId(key_id(key), key, from_retry_topic)
+        return EventId(key_id(key), key, proxy_written)
     topic, partition, offset = record.topic(), record.partition(), record.offset()
-    if from_retry_topic:
+    if proxy_written:
         t = _header_text(record, ORIGINAL_TOPIC_HEADER)
         p = _header_text(record, ORIGINAL_PARTITION_HEADER)
         o = _header_text(record, ORIGINAL_OFFSET_HEADER)
         if t and p and o and _TOPIC.fullmatch(t) and _NUMBER.fullmatch(p) and _NUMBER.fullmatch(o):
             topic, partition, offset = t, int(p), int(o)
-    return EventId(position_id(topic, partition, offset), key, from_retry_topic)
+    return EventId(position_id(topic, partition, offset), key, proxy_written)
 
 
 def _header_text(record: Any, name: str) -> str | None:

@@ -127,7 +127,7 @@ class ConsumerProxy:
                 return False
         from_retry_topic = record.topic() != plan.source_topic
         n = retry_count_of(record) if from_retry_topic else 0
-        key = record_key(record, from_retry_topic)
+        key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
         headers = record.headers() or []
         backoff = 0.5
         while True:
