@@ -85,12 +85,14 @@ def own_kafka() -> Iterator[ApacheKafka]:
 def test_a_broker_outage_gives_a_few_lines_with_counts(own_kafka, tmp_path, librdkafka_lines):
     topic = f"outage-{uuid.uuid4().hex[:8]}"
     journal = Journal()
-    svc = event_service(tmp_path, own_kafka.bootstrap, journal, topic, retry_count=1)  # a retry producer too
+    # The first record fails once, so the retry producer is connected when the broker goes too.
+    svc = event_service(tmp_path, own_kafka.bootstrap, journal, topic, lambda call: 500 if call.key == "before"
+                        and call.nth == 0 else 200, retry_count=1, retry_interval_sec=0)
     producer = confluent_kafka.Producer({"bootstrap.servers": own_kafka.bootstrap, "log_level": 0})
     with svc:
         producer.produce(topic, key=b"before", value=b"{}")
         assert producer.flush(30) == 0
-        wait_until(lambda: journal.of(key="before"), 60, what="the record before the outage to be handled")
+        wait_until(lambda: len(journal.of(key="before")) == 2, 60, what="the record before the outage to be retried")
 
         down = time.monotonic()
         own_kafka.kill()
@@ -114,6 +116,9 @@ def test_a_broker_outage_gives_a_few_lines_with_counts(own_kafka, tmp_path, libr
     # Before: ~38 lines a second per service (~200 for this outage). Now each state's first line,
     # then its counts (5 s, 10 s, ... apart): a handful per broker and state.
     clients = {m.group() for line in during if (m := re.search(r"rdkafka#\w+-\d+", line))}
+    # every client of the service: both consumer groups, the producer and the retry producer
+    assert sum(c.startswith("rdkafka#producer") for c in clients) >= 2, report
+    assert sum(c.startswith("rdkafka#consumer") for c in clients) >= 2, report
     assert len(during) <= 3 * len(states), report
     assert len(states) <= 6 * len(clients), report  # per client: its broker threads and states
     assert counted >= 2 * len(during), f"few repeats folded ({counted}):\n{report}"
