@@ -65,6 +65,7 @@ HOSTILE_KEYS: list[bytes] = [
 
 def test_event_ids_are_injective_and_give_the_key_back():
     ids = [wire.key_id(k) for k in HOSTILE_KEYS]
+    assert wire.key_id(b"") == "~b64." and "~b64." not in ids  # never an empty path parameter
     assert len(set(ids)) == len(ids), [i for i in ids if ids.count(i) > 1]
     # The hex-collision pair of issue 10 (finding 5): a non-UTF-8 key and the text of its hex spelling.
     assert wire.key_id(b"\xff\xfe") != wire.key_id(b"FFFE") == "FFFE"
@@ -414,3 +415,24 @@ def test_a_reason_with_line_breaks_stays_on_one_log_line():
 
     result = result_of(200, "dead-letter", "bad%0D%0AERROR forged")
     assert result.describe() == "HTTP 200, handler asked: dead-letter (bad\\r\\nERROR forged)"
+
+
+def test_random_headers_round_trip():
+    """Any names and values (bytes of every class, in any mix) come back as the record had them."""
+    from freedom.infra.kafka.delivery import NOT_FORWARDED_PREFIXES, PROXY_SET, UNTRUSTED_ON_MAIN_TOPIC
+
+    rng = random.Random(2026)
+    alphabet = "aZ-_:; \t\r\n\x00\x7f\x85é购~!"
+    for _ in range(300):
+        headers = [("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 6))),
+                    bytes(rng.randrange(256) for _ in range(rng.randrange(0, 8))) if rng.random() < 0.5
+                    else rng.choice([b"ok", b"a b", b" ", b"", "购".encode()]))
+                   for _ in range(rng.randrange(1, 6))]
+        sent = request_headers(headers, EventId("k", b"k"), 0)
+        for name, value in sent:
+            assert re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9a-z]+", name) and wire.plain_value(value), (headers, name)
+        kept = [(k, v) for k, v in headers if not (
+            wire.plain_name(k.encode()) and (k.lower() in NOT_FORWARDED or k.lower() in PROXY_SET
+                                             or k.lower().startswith(NOT_FORWARDED_PREFIXES)
+                                             or k.lower() in UNTRUSTED_ON_MAIN_TOPIC))]
+        assert _record_part(sent) == _expected(kept), headers

@@ -103,11 +103,12 @@ def hex_name(name: bytes) -> bytes:
 
 
 def key_id(key: bytes) -> str:
-    """The event id of a record with key `key` (not None, not empty)."""
+    """The event id of a record with key `key` (a record without a key, or with an empty one, has
+    a position id instead; an empty key given here gets `~b64.`)."""
     if len(key) > MAX_KEY_BYTES:
         return DIGEST_ID_PREFIX + hashlib.sha256(key).hexdigest()
     text = _plain_text(key)
-    if text is None or text.startswith(ID_MARKER) or text in (".", ".."):
+    if not text or text.startswith(ID_MARKER) or text in (".", ".."):  # None or empty too
         return ENCODED_ID_PREFIX + b64encode(key).decode()
     return text
 

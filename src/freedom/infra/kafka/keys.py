@@ -38,12 +38,10 @@ class EventId(str):
 
 def event_id(key: str | bytes | None, proxy_written: bool = False) -> EventId:
     """The event id of a key given as text or bytes (what callers of a transport that have no
-    record pass); an `EventId` is returned as it is."""
+    record pass; records go through :func:`record_key`); an `EventId` is returned as it is."""
     if isinstance(key, EventId):
         return key
-    raw = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else key
-    if not raw:
-        raise ValueError("a record without a key has a position id: use record_key(record, ...)")
+    raw = key.encode("utf-8", "surrogatepass") if isinstance(key, str) else (key or b"")
     return EventId(key_id(raw), raw, proxy_written)
 
 
