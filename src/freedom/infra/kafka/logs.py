@@ -90,7 +90,8 @@ class FoldRepeats(logging.Filter):
             if state is None:
                 if len(self._states) >= _MAX_STATES:
                     self._forget(now, everything_quiet=True)
-                self._states[key] = _State(record.levelno, message, now, now, self.first_window)
+                if len(self._states) < _MAX_STATES:  # else shown, not tracked: memory stays bounded
+                    self._states[key] = _State(record.levelno, message, now, now, self.first_window)
                 show = True
             else:
                 state.count += 1
