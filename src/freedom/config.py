@@ -313,8 +313,9 @@ def _settings(t: _Table, role: str, base: dict[str, Any]) -> dict[str, Any]:
     """`settings = {...}` (librdkafka properties, passed as they are) plus the TLS/SASL keys.
 
     Checked here, before any client starts: a property freedom's guarantees depend on is refused
-    with the reason, and the rest must be accepted by librdkafka (a client is built from them, on
-    top of `base`, freedom's own settings for the role, without connecting).
+    with the reason, and each of the others must be one librdkafka knows, with a value it takes (a
+    client is built from them, on top of `base`, freedom's own settings for the role, without
+    connecting). Combinations are judged when the client is made, after the setting_config hooks.
     """
     from .infra.kafka.settings import invalid_setting, refused_setting, security_settings
 
@@ -334,7 +335,7 @@ def _settings(t: _Table, role: str, base: dict[str, Any]) -> dict[str, Any]:
     problem = invalid_setting(settings, role, base)  # type: ignore[arg-type]
     if problem is not None:
         key, reason = problem
-        raise t.error(f"settings.{key}" if key else "settings", reason)
+        raise t.error(f"settings.{key}", reason)
     return settings
 
 

@@ -154,23 +154,21 @@ def _refusal(settings: dict[str, Any], role: Role) -> str | None:
     return text
 
 
-def invalid_setting(settings: dict[str, Any], role: Role, base: dict[str, Any]) -> tuple[str | None, str] | None:
-    """The property of `settings` librdkafka refuses on top of `base` (freedom's own settings for
-    `role`), and librdkafka's reason, secrets scrubbed; the key is None when only the combination
-    is refused. None when librdkafka accepts them all."""
-    reason = _refusal({**base, **settings}, role)
-    if reason is None:
+def invalid_setting(settings: dict[str, Any], role: Role, base: dict[str, Any]) -> tuple[str, str] | None:
+    """The property of `settings` librdkafka refuses for a client of `role` (unknown, or a bad value),
+    and librdkafka's reason, secrets scrubbed; None when it accepts each of them.
+
+    Only each property on its own is judged here: a combination librdkafka refuses (SASL without a
+    password, say) may still be completed by a :func:`setting_config` hook in code, so librdkafka
+    judges that when the client is made, after the hooks.
+    """
+    if _refusal({**base, **settings}, role) is None:
         return None
-    if not reason.startswith(_CREATE):  # an unknown property or a bad value: find which one
-        for key, value in settings.items():
-            alone = _refusal({**base, key: value}, role)
-            if alone is not None and not alone.startswith(_CREATE):
-                return key, f"librdkafka refuses it: {scrub(alone, settings)}"
-    for prefix in _CREATE:
-        reason = reason.removeprefix(prefix)
-    if role == "producer" and "message.timeout.ms" in reason:
-        reason += " (freedom sets message.timeout.ms from delivery_timeout_sec)"
-    return None, f"librdkafka refuses them together: {scrub(reason, settings)}"
+    for key, value in settings.items():
+        alone = _refusal({**base, key: value}, role)
+        if alone is not None and not alone.startswith(_CREATE):
+            return key, f"librdkafka refuses it: {scrub(alone, settings)}"
+    return None
 
 
 def is_secret(name: str) -> bool:
