@@ -5,12 +5,15 @@ what happens to each record (SPEC §3, §4).
   earliest offset when new, only when `retry_count > 0`) reads `{retry_prefix}T` and delivers a
   record no earlier than its timestamp + `retry_interval_sec`. Both deliver to T's route.
 - A delivery that fails goes to the retry topic with `x-retry-count` n + 1, or, after
-  `retry_count` retries (or when the handler asks), to the dead-letter topic `{retry_fail_prefix}T`
-  (see retry.py). With `retry_count = 0` a failure is delivered again in memory, with backoff,
-  holding its partition, so nothing is lost.
+  `retry_count` retries (or when the handler asks, or when it can never succeed:
+  DeliveryResult.permanent), to the dead-letter topic `{retry_fail_prefix}T` (see retry.py).
+  With `retry_count = 0` a failure is delivered again in memory, with backoff, holding its
+  partition, so nothing is lost.
 - The commit rule: an offset is committed only after its record succeeded, or was acknowledged
-  by the broker on its retry or dead-letter topic. A failed produce is retried; the record stays
-  uncommitted meanwhile.
+  by the broker on its retry or dead-letter topic. A produce that failed for a fault of the moment
+  is retried with backoff; the record stays uncommitted meanwhile. A produce refused for the
+  record itself (too large, ...) is not retried: the record goes to the dead-letter topic instead,
+  as a smaller copy when it must (RetryRouter.copies), so that every record settles (SPEC §9).
 
 Fetching, the delivery modes, flow control and commits are group.py's; the call to the service is
 the transport's (delivery.py, transports/).
@@ -23,12 +26,12 @@ import logging
 from typing import Any
 
 from ...config import ConsumerClientConfig
-from ...errors import PublishError
+from ...headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 from .admin import ensure_topics
-from .delivery import EventRoute, Transport
+from .delivery import DeliveryResult, EventRoute, Transport
 from .group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
 from .keys import record_key, where as _where
-from .retry import RetryRouter, retry_count_of
+from .retry import Copy, Plan, ProduceRefused, RetryRouter, header_value, retry_count_of
 
 log = logging.getLogger("freedom.kafka.proxy")
 
@@ -126,7 +129,7 @@ class ConsumerProxy:
             if lost.is_set():
                 return False
         from_retry_topic = record.topic() != plan.source_topic
-        n = retry_count_of(record) if from_retry_topic else 0
+        n, note = self._retry_count(record) if from_retry_topic else (0, None)
         key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
         headers = record.headers() or []
         backoff = 0.5
@@ -147,25 +150,87 @@ class ConsumerProxy:
                     return False
                 backoff = min(backoff * 2, MAX_BACKOFF_SEC)
                 continue
-            assert step.topic is not None
-            count = n + 1 if step.next == "retry" else n
-            out_headers = self.router.headers_for(record, plan.source_topic, count, result)
-            log.warning("delivery of %s to %s failed: %s; %s", where, plan.route.path, result.describe(),
-                        f"retry {count} of {self.config.retry_count} via {step.topic}" if step.next == "retry"
-                        else f"dead-lettered to {step.topic}")
-            return await self._produce(step.topic, record, out_headers, lost, where)
+            return await self._forward(record, plan, step, n, result, lost, where, note=note)
 
-    async def _produce(self, topic: str, record: Any, headers: list[tuple[str, str | bytes | None]],
-                       lost: asyncio.Event, where: str) -> bool:
+    def _retry_count(self, record: Any) -> tuple[int, str | None]:
+        """The retry count of a record on a retry topic, and a note for its reason when malformed.
+
+        A missing or malformed `x-retry-count` (not 1 to 9 ASCII digits) is read as `retry_count`,
+        the last retry: the record is delivered once more and dead-lettered if that fails, so a
+        broken header can neither loop nor burn retries it never had.
+        """
+        n = retry_count_of(record)
+        if n is not None:
+            return n, None
+        raw = header_value(record, RETRY_COUNT_HEADER)
+        shown = "absent" if raw is None else repr(raw[:40])
+        note = f"{RETRY_COUNT_HEADER} {shown} is not a retry count: read as {self.config.retry_count}, the last retry"
+        log.warning("%s[%d]@%d: %s", record.topic(), record.partition(), record.offset(), note)
+        return self.config.retry_count, note
+
+    async def _forward(self, record: Any, plan: TopicPlan, step: Plan, n: int, result: DeliveryResult,
+                       lost: asyncio.Event, where: str, *, note: str | None) -> bool:
+        """Produce the failed record to its retry or dead-letter topic: True once the broker
+        acknowledged it (or, the last resort, every copy was refused for good), False when the
+        partition went away first (the record stays uncommitted and is delivered again)."""
+        assert step.topic is not None
+        kind, topic = step.next, step.topic
+        origin = self.router.origin(record, plan.source_topic)
+        if kind == "dead-letter" and result.permanent and result.outcome is None:
+            note = _join(note, "a permanent failure: dead-lettered without retries")
+        log.warning("delivery of %s to %s failed: %s; %s", where, plan.route.path, result.describe(),
+                    f"retry {n + 1} of {self.config.retry_count} via {topic}" if kind == "retry"
+                    else f"dead-lettered to {topic}")
+        while True:
+            headers = self.router.headers_for(record, plan.source_topic, n + 1 if kind == "retry" else n, result,
+                                              origin=origin, note=note)
+            copies = RetryRouter.copies(record, headers)
+            if kind == "retry":
+                copies = copies[:1]  # a retry is the record itself, or not a retry
+            refused: ProduceRefused | None = None
+            for copy in copies:
+                outcome = await self._produce(topic, copy, lost, where)
+                if outcome is True:
+                    if copy.kind != "full":
+                        log.error("%s: dead-lettered to %s as a copy without its %s (marked %s)", where, topic,
+                                  "value" if copy.kind == "value-omitted" else "value, key and own headers",
+                                  VALUE_OMITTED_HEADER)
+                    return True
+                if outcome is False:
+                    return False
+                refused = outcome
+                log.error("%s: %s", where, refused)
+            assert refused is not None
+            if kind == "retry":
+                # The retry topic can never take it: dead-letter it now, with the real cause.
+                fail = self.router.fail_topic(plan.source_topic)
+                assert fail is not None  # config: retry_fail_prefix is required when retry_count > 0
+                note = _join(note, f"not retried: {refused}")
+                kind, topic = "dead-letter", fail
+                log.error("%s: not retried, dead-lettering it to %s instead", where, fail)
+                continue
+            # Not even the smallest copy fits: never hold the partition for good on a permanent error.
+            log.error("%s: %s refused every copy of the record, down to its reason headers (last: %s); committed "
+                      "without a copy, so this line is its only trace", where, topic, refused)
+            return True
+
+    async def _produce(self, topic: str, copy: Copy, lost: asyncio.Event, where: str) -> bool | ProduceRefused:
         """Produce to a retry or dead-letter topic until the broker acknowledges it (True), or the
-        partition goes away (False: the record stays uncommitted and is delivered again)."""
+        partition goes away (False: the record stays uncommitted and is delivered again), or the
+        broker refuses it for good (the ProduceRefused: trying again cannot help)."""
         backoff = 0.5
         while True:
             try:
-                await self.router.send(topic, record, headers)
+                await self.router.produce(topic, copy)
                 return True
-            except PublishError as exc:
+            except ProduceRefused as exc:
+                if exc.permanent:
+                    return exc
                 log.error("%s: %s; the record stays uncommitted, trying again in %.1f s", where, exc, backoff)
             if await wait_event(lost, backoff):
                 return False
             backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+
+
+def _join(note: str | None, more: str) -> str:
+    return f"{note}; {more}" if note else more
