@@ -12,7 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable, Literal
 from urllib.parse import urlsplit
 
 from .errors import ConfigError
@@ -91,12 +91,13 @@ def _type_name(value: Any) -> str:
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
-#: The longest duration a `*_sec` key may give: librdkafka holds durations as 32-bit milliseconds
-#: (`message.timeout.ms`), and the event loop's timers overflow long before a float does (~24.8 days).
+#: The longest duration a `*_sec` key may give (~24.8 days): librdkafka holds durations as 32-bit
+#: milliseconds (`message.timeout.ms`); one bound for every duration key, far below what would
+#: overflow a timer or a pause time.
 MAX_SECONDS = 2_147_483
 
 
-def check_seconds(value: int | float, error: Any, *, zero_ok: bool = False) -> float:
+def check_seconds(value: int | float, error: Callable[[str], Exception], *, zero_ok: bool = False) -> float:
     """`value` as seconds, or `error(problem)` raised: inf and nan would mean a wait that never ends."""
     if isinstance(value, float) and not math.isfinite(value):
         raise error(f"must be a finite number of seconds, got {value}")
@@ -309,7 +310,7 @@ def _servers(t: _Table) -> tuple[str, ...] | None:
     return tuple(out)
 
 
-def _settings(t: _Table, role: str, base: dict[str, Any]) -> dict[str, Any]:
+def _settings(t: _Table, role: Literal["producer", "consumer"], base: dict[str, Any]) -> dict[str, Any]:
     """`settings = {...}` (librdkafka properties, passed as they are) plus the TLS/SASL keys.
 
     Checked here, before any client starts: a property freedom's guarantees depend on is refused
@@ -328,11 +329,11 @@ def _settings(t: _Table, role: str, base: dict[str, Any]) -> dict[str, Any]:
             raise t.error(f"settings.{k}", f"must be a string, number or boolean, got {_type_name(v)}")
         if isinstance(v, float) and not math.isfinite(v):
             raise t.error(f"settings.{k}", f"must be a finite number, got {v}")
-        reason = refused_setting(k, v, role)  # type: ignore[arg-type]
+        reason = refused_setting(k, v, role)
         if reason:
             raise t.error(f"settings.{k}", reason)
     settings = {**raw, **security_settings(t)}
-    problem = invalid_setting(settings, role, base)  # type: ignore[arg-type]
+    problem = invalid_setting(settings, role, base)
     if problem is not None:
         key, reason = problem
         raise t.error(f"settings.{key}", reason)
