@@ -363,3 +363,29 @@ def test_more_bad_values_of_the_same_kind(tmp_path, text, key, problem):
     with pytest.raises(ConfigError) as info:
         load_kafka_config(kafka_toml(tmp_path, text))
     assert info.value.key == key and problem in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("role, key, value, problem", [
+    ("consumer", "enable.auto.commit", True, "the proxy commits an offset only once its record is settled"),
+    ("consumer", "enable.auto.offset.store", "true", "the proxy stores an offset only once its record is settled"),
+    ("producer", "acks", 1, "publish() reports success only once every in-sync replica has the record"),
+])
+def test_a_setting_hook_that_breaks_the_guarantees_is_refused_before_any_client(role, key, value, problem):
+    """kafka.toml's settings are checked at load; what a setting_config hook leaves is checked before the client is made."""
+    from freedom.infra.kafka.settings import clear_setting_hooks, client_settings, setting_config
+
+    @setting_config
+    def hook(settings, hook_role, name):
+        if hook_role == role:
+            settings[key] = value
+
+    try:
+        with pytest.raises(ConfigError) as info:
+            client_settings(("127.0.0.1:1",), role, "north", {}, {})
+        assert str(info.value).startswith(f"kafka.setting_config: {role} client 'north': a hook set {key} = {value!r}: ")
+        assert problem in str(info.value)
+        # A hook that keeps them is fine.
+        settings = client_settings(("127.0.0.1:1",), "admin", "north", {}, {})
+        assert settings["bootstrap.servers"] == "127.0.0.1:1"
+    finally:
+        clear_setting_hooks()

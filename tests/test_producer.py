@@ -215,8 +215,8 @@ async def test_settings_librdkafka_refuses_are_a_config_error(apache_kafka, tmp_
     app = freedom.Application(config_dir=tmp_path, prepare=[])
     with pytest.raises(freedom.ConfigError) as info:
         await app.start()
-    assert str(info.value) == ("kafka.toml: producer client 'north': librdkafka refused the settings: "
-                               'No such configuration property: "lingr.ms"')
+    assert str(info.value) == (f'{tmp_path}/infra/kafka.toml: producer_clients[0].settings.lingr.ms: '
+                               'librdkafka refuses it: No such configuration property: "lingr.ms"')
 
 
 def _unreachable() -> tuple[kafka.Producer, kafka.Msg]:

@@ -75,7 +75,33 @@ def client_settings(
                                 **base, **configured}
     for hook in _hooks:
         hook(settings, role, name)
+    if _hooks:
+        broken = _broken_by_hook(settings, role)
+        if broken:
+            from ...errors import ConfigError
+
+            raise ConfigError("kafka.setting_config", f"{role} client {name!r}", broken)
     return settings
+
+
+_OFF = ("false", "0")
+
+
+def _broken_by_hook(settings: dict[str, Any], role: Role) -> str | None:
+    """Why the settings a `setting_config` hook left would break freedom's guarantees, else None.
+
+    kafka.toml's `settings` are checked at load (:func:`refused_setting`); a hook runs later, in
+    code, so the same guarantees are checked again on what it leaves.
+    """
+    if role == "consumer":
+        for key in ("enable.auto.commit", "auto.commit.enable", "enable.auto.offset.store"):
+            if key in settings and str(settings[key]).lower() not in _OFF:
+                return f"a hook set {key} = {settings[key]!r}: {REFUSED['consumer'][key]}"
+    if role == "producer":
+        for key in _ACKS_KEYS:
+            if key in settings and str(settings[key]).lower() not in ("all", "-1"):
+                return f"a hook set {key} = {settings[key]!r}: {_ACKS}"
+    return None
 
 
 _SERVERS = "set by freedom from `servers` (or the embedded broker): list the brokers in servers"
