@@ -92,9 +92,6 @@ def test_a_malformed_bus_is_ignored_with_one_warning(service, caplog, value, war
     assert "ignoring x-freedom-bus header" in lines[0] and warning in lines[0], lines[0]
 
 
-@pytest.mark.xfail(strict=True, reason="runtime.bus hands the parser the header decoded by Utf8Headers "
-                   "(latin-1 when not UTF-8), so invalid UTF-8 arrives as valid text: runtime.py must pass "
-                   "the raw header bytes (reported to the lead)")
 def test_a_bus_that_is_not_utf8_is_ignored_over_http(service, caplog):
     test_a_malformed_bus_is_ignored_with_one_warning(service, caplog, *NOT_UTF8)
 

@@ -17,6 +17,11 @@ MESSAGE_KEY_HEADER = "x-message-key"  # the record key (the event id), seed's na
 RETRY_COUNT_HEADER = "x-retry-count"  # 0 from the main topic, n on the n-th retry (seed's name)
 SECRET_HEADER = "x-freedom-secret"  # the shared secret authenticating deliveries (security.py)
 
+# The wire encoding of keys and headers HTTP cannot carry as they are (wire.py)
+ENCODED_HEADER = "x-freedom-encoded"  # the names of the headers whose values are base64url
+KEY_HEADER = "x-freedom-key"  # the record key, base64url, when the event id is not the key itself
+HEX_NAME_PREFIX = "x-freedom-hex-"  # a header name HTTP cannot carry: this + hex of its bytes
+
 # --------------------------------------------------------------------------- answered by the handler
 OUTCOME_HEADER = "x-freedom-outcome"  # retry | dead-letter | drop (outcomes.py)
 REASON_HEADER = "x-freedom-reason"  # why, percent-encoded

@@ -122,6 +122,8 @@ class Utf8Headers(Headers):
 #: whole body it is about to send through `receive`, so that reading it costs no streaming.
 BODY_EXTENSION = "freedom.body"
 
+_BUS_RAW = BUS_HEADER.encode()
+
 
 class Request(_StarletteRequest):
     """A Starlette request whose `headers` read as the record had them (decoded as UTF-8, freedom's
@@ -181,7 +183,10 @@ class Runtime:
     @cached_property
     def bus(self) -> Bus:
         """The propagated bus, from the `x-freedom-bus` header; changes go on with `msg.set_runtime`."""
-        return Bus.from_header(self.request.headers.get(BUS_HEADER))
+        # The raw bytes (the wire encoding undone), not the text `headers.get` gives: that falls back
+        # to latin-1, which would let a bus that is not UTF-8 through as valid text.
+        raw = next((v for k, v in self.request.headers.record_raw() if k.lower() == _BUS_RAW), None)
+        return Bus.from_header(raw)
 
     @cached_property
     def trace(self) -> TraceContext:

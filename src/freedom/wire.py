@@ -29,9 +29,7 @@ import binascii
 import hashlib
 import re
 
-ENCODED_HEADER = "x-freedom-encoded"  # the names of the headers whose values are base64url
-KEY_HEADER = "x-freedom-key"  # the record key, base64url, when the event id is not the key itself
-HEX_NAME_PREFIX = "x-freedom-hex-"  # a header name HTTP cannot carry: this + hex of its bytes
+from .headers import ENCODED_HEADER, HEX_NAME_PREFIX, KEY_HEADER
 
 ID_MARKER = "~"  # every event id that is not the key itself starts with it
 ENCODED_ID_PREFIX = "~b64."
