@@ -98,13 +98,14 @@ def _partition_holding(bootstrap: str, topic: str) -> list[int]:
 
 
 def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(apache_kafka, new_topic, tmp_path, delivery):
-    """A refusal of the moment (NOT_ENOUGH_REPLICAS: min.insync.replicas above the replicas) is retried.
+    """A refusal that is not about the record is retried: here INVALID_TIMESTAMP (the topic takes no
+    record older than 0 ms; the retry producer stamps its own time, so a clock or topic-config matter).
     A refusal about the record itself (too large) is not: see test_settle.py."""
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     admin = AdminClient({"bootstrap.servers": bootstrap})
     retry_topic = f"retry-{topic}"
-    admin.create_topics([NewTopic(retry_topic, 1, 1, config={"min.insync.replicas": "2"})])[retry_topic].result(20)
+    admin.create_topics([NewTopic(retry_topic, 1, 1, config={"message.timestamp.before.max.ms": "0"})])[retry_topic].result(20)
     journal = Journal()
     svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: 500 if c.nth == 0 else 200,
                         retry_count=2, retry_interval_sec=0.5, group_id=f"g-refused-{time.time_ns()}", delivery=delivery)
@@ -119,7 +120,7 @@ def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(apache
         assert len(journal.of()) == 1
         # The broker accepts it again: the retry goes through, then the original is committed.
         resource = ConfigResource("topic", retry_topic, incremental_configs=[
-            ConfigEntry("min.insync.replicas", "1", incremental_operation=AlterConfigOpType.SET)])
+            ConfigEntry("message.timestamp.before.max.ms", str(2**63 - 1), incremental_operation=AlterConfigOpType.SET)])
         for f in admin.incremental_alter_configs([resource]).values():
             f.result(20)
         wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 1, 30, what="the commit after the ack")

@@ -56,7 +56,8 @@ _ERROR_BYTES = 1000  # x-freedom-error is cut to this many bytes
 #: broker down, timeouts, leader changes, and also authorization and unknown-topic errors, which are
 #: configuration faults that hit every record alike and that fixing the ACL or the topic cures;
 #: dead-lettering on them would empty a whole topic into its dead letters (or lose records when the
-#: dead-letter topic is the one refused).
+#: dead-letter topic is the one refused). INVALID_TIMESTAMP is held too: the retry producer stamps
+#: each record with its own clock, so it is about clocks or the topic's timestamp settings.
 PERMANENT_PRODUCE_ERRORS = frozenset({confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
                                       confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
                                       confluent_kafka.KafkaError.INVALID_RECORD})
