@@ -173,6 +173,28 @@ def test_a_permanent_failure_is_dead_lettered_at_once_with_retry_count_0(apache_
     assert h["x-freedom-error"] == "HTTP 400; a permanent failure: dead-lettered without retries"
 
 
+def test_a_record_that_cannot_be_a_request_is_dead_lettered_at_once_with_retry_count_0(
+        apache_kafka, new_topic, tmp_path, delivery):
+    """The real cause: headers over what a delivery may carry (delivery.MAX_HEADER_BYTES)."""
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    journal = Journal()
+    svc = event_service(tmp_path, bootstrap, journal, topic, retry_count=0, delivery=delivery)
+    group = svc.app.kafka_config.consumer_clients[0].group_id
+    huge = b"a" * 300_000
+    with svc:
+        produce(bootstrap, topic, [{"key": b"HUGE", "value": b"h", "headers": [("x-huge", huge)]},
+                                   {"key": b"NEXT", "value": b"n"}])
+        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=1.0, timeout=30)
+        wait_until(lambda: committed(bootstrap, group, topic)[0] == 2, 30, what="both offsets committed")
+    assert [c.key for c in journal.of()] == ["NEXT"]
+    assert [d.key() for d in dead] == [b"HUGE"]
+    h = headers_of(dead[0])
+    assert h["x-huge"] == huge.decode() and h["x-retry-count"] == "0"
+    assert h["x-freedom-error"].startswith("the record cannot be sent as an HTTP request: ")
+    assert h["x-freedom-error"].endswith("; a permanent failure: dead-lettered without retries")
+
+
 # ---------------------------------------------------------------------------- finding 6
 
 
