@@ -86,6 +86,26 @@ async def publish_until(app: freedom.Application, topic: str, log: PublishLog, s
         await asyncio.sleep(0.01)  # paced: a few hundred records a second, not what a hot loop makes
 
 
+async def publish_batches_until(app: freedom.Application, topic: str, log: PublishLog, stop: asyncio.Event) -> None:
+    """Publish batches of 50 (pipelined: many records in flight when the leader dies) until `stop` is set."""
+    n = 0
+    while not stop.is_set():
+        keys = [f"b-{n + i:06d}" for i in range(50)]
+        n += len(keys)
+        msgs = []
+        for key in keys:
+            log.sent[key] = f"value {key} {uuid.uuid4().hex}".encode()
+            msgs.append(app.producer.new_msg(topic, log.sent[key]).set_key(key).set_headers({"x-seq": key}))
+        result = await app.producer.publish_batch(msgs)
+        now = time.monotonic()
+        for key, outcome in zip(keys, result.results):
+            if isinstance(outcome, Delivered):
+                log.delivered[key], log.acked_at[key] = outcome, now
+            else:
+                log.failed[key] = outcome
+        await asyncio.sleep(0.1)
+
+
 async def wait_for(predicate, timeout: float, what: str) -> None:
     """`wait_until` for the test's own event loop (the publishers keep running meanwhile)."""
     deadline = time.monotonic() + timeout
@@ -108,6 +128,7 @@ async def test_publishes_survive_the_leader_dying_and_coming_back(healthy: Kafka
     await app.start()
     log, stop = PublishLog(), asyncio.Event()
     workers = [asyncio.create_task(publish_until(app, topic, log, stop, w)) for w in range(4)]
+    workers.append(asyncio.create_task(publish_batches_until(app, topic, log, stop)))
     try:
         await wait_for(lambda: len(log.delivered) >= 200, 60, "200 publishes before the kill")
 
@@ -148,6 +169,11 @@ async def test_publishes_survive_the_leader_dying_and_coming_back(healthy: Kafka
         assert (r.partition(), r.offset()) == (where.partition, where.offset), f"{key} is not where the ack said"
         assert r.value() == log.sent[key]
         assert dict(r.headers() or [])["x-seq"] == key.encode()
+    # The idempotent producer also keeps the order of pipelined records per partition across the failover.
+    for partition in range(3):
+        batch_keys = [r.key().decode() for r in sorted(records, key=lambda r: r.offset())
+                      if r.partition() == partition and r.key().startswith(b"b-")]
+        assert batch_keys == sorted(batch_keys), f"batch records out of order in partition {partition}"
 
 
 # ----------------------------------------------------------------------------- (b) delivering
