@@ -11,7 +11,7 @@ import asyncio
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,7 +106,7 @@ async def publish_batches_until(app: freedom.Application, topic: str, log: Publi
         await asyncio.sleep(0.1)
 
 
-async def wait_for(predicate, timeout: float, what: str) -> None:
+async def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
     """`wait_until` for the test's own event loop (the publishers keep running meanwhile)."""
     deadline = time.monotonic() + timeout
     while not predicate():
