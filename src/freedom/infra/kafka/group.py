@@ -6,9 +6,19 @@ dead-letter topic) and False when it gave the record up because the partition is
 
 Threading: every call into the librdkafka consumer happens on one dedicated thread (the
 "consumer thread"), so the client is never used concurrently; rebalance callbacks run there
-too, inside `consume()`. Deliveries run on the asyncio loop. They never touch the consumer:
-they record the offset to commit and the partitions to pause or resume, and the consumer
-thread applies that on its next round (at most `poll_timeout` later).
+too, inside `consume()`. The consumer thread runs its own loop (fetch, hand the records to the
+asyncio loop, commit) and never waits for the asyncio loop, except to drain revoked partitions.
+Deliveries run on the asyncio loop. They never touch the consumer: they record the offset to
+commit and the partitions to pause or resume, and the consumer thread applies that on its next
+round (at most COMMIT_INTERVAL later while records are handled, `poll_timeout` when idle).
+
+Commits (the redelivery bound after a crash): finished records are committed asynchronously,
+at most one request every COMMIT_INTERVAL and at most COMMITS_IN_FLIGHT unanswered per group,
+from the consumer thread's own rounds. So a saturated event loop (in-process handlers keeping it
+busy) cannot delay commits, and commit requests cannot pile up at a slow broker: a record that
+has finished, with every record before it in its partition, is committed within about
+COMMIT_INTERVAL plus a commit round trip. A failed commit is sent again (unless a newer offset
+was sent meanwhile); it is never a loss, only a redelivery.
 
 Delivery modes, per topic (`TopicPlan.mode`):
 - `sequential`: one record at a time per partition, in offset order;
@@ -17,10 +27,10 @@ Delivery modes, per topic (`TopicPlan.mode`):
 Whatever the order of completion, the committed offset of a partition never passes a record
 that is not finished (:class:`OffsetTracker`).
 
-Flow control: the fetch loop takes from librdkafka only as many records as some partition has
+Flow control: the consumer thread takes from librdkafka only as many records as some partition has
 room for in its backlog of fetched-but-not-started records (its bound), and waits for room when
 every partition is full; librdkafka's own prefetch is capped by `queued.max.messages.kbytes`. A
-partition that still overflows (the fetch loop polls now and then even when all are full, to
+partition that still overflows (the consumer thread polls now and then even when all are full, to
 serve rebalances) is paused at its bound plus one fetch batch and resumed at half its bound.
 Pausing is the last resort: librdkafka drops what it prefetched for a paused partition and takes
 about half a second to fetch again after the resume. A partition with UNCOMMITTED_WINDOW times
@@ -73,9 +83,24 @@ UNCOMMITTED_WINDOW = 4
 FLOW_POLL_TIMEOUT = 0.01
 
 #: Finished records are committed (asynchronously, in one request) on the consumer thread's next
-#: round; while deliveries run, a round comes at least this often, so the committed offset trails
-#: the finished records by about this long (what a crash would deliver again).
+#: round; while deliveries run, a round comes at least this often, and commit requests are sent
+#: at most this often, one at a time.
 COMMIT_INTERVAL = 0.02
+
+#: At most this many commit requests of a group unanswered at once: a slow broker gets fewer,
+#: larger commits instead of a queue of stale ones.
+COMMITS_IN_FLIGHT = 4
+
+#: Unanswered commit requests older than this no longer hold the next one back (a broker that went
+#: away answers only at librdkafka's request timeout).
+COMMIT_ACK_TIMEOUT = 1.0
+
+#: The bound the chaos tests hold the proxy to (docs/reliability.md): after a SIGKILL, a record
+#: is delivered again only if it was in flight, waited behind a record of its partition that was in
+#: flight, or became committable (it and every record before it finished) less than this long
+#: before the kill. It is COMMIT_INTERVAL plus a commit round trip or two, with room for a loaded
+#: machine's scheduling delays (measured: 0.1-0.2 s at most on a loaded 2-core machine).
+COMMIT_LAG_BOUND = 0.25
 
 
 @dataclass(frozen=True)
@@ -159,11 +184,22 @@ class GroupLoop:
         self._lock = threading.Lock()  # guards the three above between the two threads
         self._backlog_paused: set[TP] = set()  # loop side; the consumer thread only reads its truth
         self._assigned: set[TP] = set()  # consumer thread; the loop only reads its size
-        self._room = asyncio.Event()  # set when some partition's backlog has room again
+        self._room = threading.Event()  # set (loop side) when some partition's backlog has room again
         self._running = 0  # deliveries started and not finished (loop side; the consumer thread reads it)
-        self._stop = asyncio.Event()
+        self._handed = 0  # records handed to the loop (consumer thread) ...
+        self._dispatched = 0  # ... and dispatched there (loop side): the difference is on its way
+        # Commits in flight (consumer thread only): when each unanswered one was sent, oldest first.
+        self._commits_sent: collections.deque[float] = collections.deque()
+        self._commit_sent_at = 0.0
+        self._newest_sent: dict[TP, int] = {}  # the newest offset sent per partition
+        self._commit_failures = 0  # failed commits in a row (logged once per streak)
+        # Offsets finished here whose commit failed after their partition was revoked (e.g. the
+        # broker restarted and forgot this member): committed when the partition comes back, if
+        # nobody committed further meanwhile, so that finished records are not delivered again.
+        self._unsaved: dict[TP, int] = {}
+        self._stop = threading.Event()
         self._consumer: confluent_kafka.Consumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._task: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"freedom-consumer-{group_id}")
 
@@ -172,11 +208,12 @@ class GroupLoop:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         await self._call(self._open)
-        self._task = asyncio.create_task(self._fetch_loop(), name=f"freedom-group-{self.group_id}")
+        self._task = self._loop.run_in_executor(self._thread, self._pump)  # until stop()
 
     async def stop(self) -> None:
         """Stop fetching, let in-flight deliveries finish within the drain timeout, commit, close."""
         self._stop.set()
+        self._room.set()  # wake the consumer thread if it waits for room
         if self._task is not None:
             await self._task
         await self._release(list(self._parts))
@@ -188,37 +225,126 @@ class GroupLoop:
         assert self._loop is not None
         return await self._loop.run_in_executor(self._thread, fn, *args)
 
-    def _room_for(self) -> int:
-        """How many records to fetch: the most room any assigned partition has in its backlog."""
-        if len(self._parts) < len(self._assigned):
-            return self.fetch_batch  # a partition with nothing fetched yet
-        room = 0
-        for part in self._parts.values():
-            room = max(room, part.backlog_bound - len(part.pending))
-        return min(room, self.fetch_batch)
-
-    async def _fetch_loop(self) -> None:
-        while not self._stop.is_set():
-            n = self._room_for()
-            if n <= 0:
-                # Every partition's backlog is full: wait for room, but poll now and then anyway
-                # (one record) so that rebalances and commits are served.
-                self._room.clear()
-                await wait_event(self._room, COMMIT_INTERVAL if self._running or self._to_commit else self.poll_timeout)
-                n = max(self._room_for(), 1)
-            try:
-                records = await self._call(self._poll_once, n)
-            except Exception:  # never let the fetch loop die silently
-                log.exception("consumer group %r: fetch failed; retrying", self.group_id)
-                await wait_event(self._stop, 1.0)
-                continue
-            for record in records:
-                self._dispatch(record)
-
     # ------------------------------------------------------------------ consumer thread
 
+    def _room_for(self) -> int:
+        """How many records to fetch: the most room any assigned partition has in its backlog, less
+        what is on its way to the loop. Reads loop-side sizes: an estimate, which is all it needs."""
+        on_the_way = self._handed - self._dispatched
+        parts = list(self._parts.values())  # one C-level copy: safe while the loop changes the dict
+        if len(parts) < len(self._assigned):
+            return self.fetch_batch - on_the_way  # a partition with nothing fetched yet
+        room = 0
+        for part in parts:
+            room = max(room, part.backlog_bound - len(part.pending))
+        return min(room, self.fetch_batch) - on_the_way
+
+    def _busy(self) -> bool:
+        """Records handed out and not committed yet: commits are due soon, poll in short slices."""
+        return bool(self._running or self._to_commit or self._handed != self._dispatched
+                    or any(len(p.tracker) for p in list(self._parts.values())))
+
+    def _pump(self) -> None:
+        """The consumer thread's loop, until stop(): commit, pause/resume, fetch as room allows."""
+        while not self._stop.is_set():
+            try:
+                self._round()
+            except Exception:  # never let the consumer thread die silently
+                log.exception("consumer group %r: fetch failed; retrying", self.group_id)
+                self._stop.wait(1.0)
+
+    def _round(self) -> None:
+        consumer = self._consumer
+        assert consumer is not None and self._loop is not None
+        self._commit_due()
+        with self._lock:
+            pause, self._to_pause = self._to_pause, set()
+            resume, self._to_resume = self._to_resume, set()
+        for tps, action in ((pause, consumer.pause), (resume, consumer.resume)):
+            if tps:
+                try:
+                    action([TopicPartition(t, p) for t, p in tps])
+                except confluent_kafka.KafkaException as exc:  # e.g. revoked meanwhile
+                    log.debug("consumer group %r: %s %s: %s", self.group_id, action.__name__, tps, exc)
+        n = self._room_for()
+        if n <= 0:
+            # Every partition's backlog is full: wait for room, but poll now and then anyway (one
+            # record) so that rebalances are served; commits go on meanwhile.
+            self._room.clear()
+            if self._room_for() <= 0:
+                self._room.wait(COMMIT_INTERVAL if self._busy() else self.poll_timeout)
+            if self._stop.is_set():
+                return
+            self._commit_due()
+            n = max(self._room_for(), 1)
+        # What is already fetched, at once; else wait for the first record only (consume(n, t) would
+        # wait for n records or the whole timeout), then take what came with it. While a partition is
+        # paused for its backlog, wait briefly: its resume is applied only on the next round.
+        batch = consumer.consume(n, 0)
+        if not batch:
+            if self._backlog_paused:
+                timeout = FLOW_POLL_TIMEOUT
+            elif self._busy():
+                timeout = COMMIT_INTERVAL
+            else:
+                timeout = self.poll_timeout
+            batch = consumer.consume(1, timeout)
+            if batch and n > 1:
+                batch.extend(consumer.consume(n - 1, 0))
+        out = []
+        for record in batch:
+            err = record.error()
+            if err is None:
+                out.append(record)
+            elif err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
+                log.warning("consumer group %r: %s", self.group_id, err.str())
+        if out:
+            self._handed += len(out)
+            self._loop.call_soon_threadsafe(self._dispatch_all, out)
+
+    def _commit_due(self) -> None:
+        """Send the finished offsets, unless a commit was sent less than COMMIT_INTERVAL ago or
+        COMMITS_IN_FLIGHT are unanswered (then they go with the next one: offsets only move forward)."""
+        if not self._to_commit:
+            return
+        now = time.monotonic()
+        if now - self._commit_sent_at < COMMIT_INTERVAL:
+            return
+        sent = self._commits_sent
+        while sent and now - sent[0] > COMMIT_ACK_TIMEOUT:
+            sent.popleft()  # its answer will come late, if at all
+        if len(sent) >= COMMITS_IN_FLIGHT:
+            return
+        self._commit_pending(asynchronous=True)
+
+    def _on_commit(self, err: Any, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to an asynchronous commit (served on the consumer thread, inside
+        consume()): the next commit may go; what failed is sent again unless already superseded."""
+        if self._commits_sent:
+            self._commits_sent.popleft()
+        failed = [tp for tp in partitions if err is not None or tp.error is not None]
+        if not failed:
+            if self._commit_failures:
+                log.info("consumer group %r: commits succeed again (after %d failed)", self.group_id,
+                         self._commit_failures)
+                self._commit_failures = 0
+            return
+        self._commit_failures += 1
+        if self._commit_failures == 1:
+            reason = err.str() if err is not None else next(tp.error.str() for tp in failed if tp.error)
+            log.warning("consumer group %r: commit failed (%s); will retry", self.group_id, reason)
+        with self._lock:
+            for tp in failed:
+                key = (tp.topic, tp.partition)
+                if self._newest_sent.get(key) != tp.offset:
+                    continue  # a newer offset went after it
+                if key not in self._assigned:
+                    self._unsaved[key] = max(tp.offset, self._unsaved.get(key, -1))
+                elif key not in self._to_commit:  # else a newer one waits
+                    self._to_commit[key] = tp.offset
+
     def _open(self) -> None:
-        self._consumer = confluent_kafka.Consumer(self.settings)
+        self._consumer = confluent_kafka.Consumer({**self.settings, "on_commit": self._on_commit})
         self._consumer.subscribe(list(self.plans), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
@@ -269,15 +395,24 @@ class GroupLoop:
         if not pending:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in pending.items()]
+        self._newest_sent.update(pending)
+        if asynchronous:
+            self._commit_sent_at = time.monotonic()
+            self._commits_sent.append(self._commit_sent_at)
         try:
             self._consumer.commit(offsets=offsets, asynchronous=asynchronous)  # type: ignore[union-attr, call-overload]
         except confluent_kafka.KafkaException as exc:
-            # Not committed means delivered again later: never a loss. Keep the offsets for the next round.
+            if asynchronous:
+                self._commits_sent.pop()
+            # Not committed means delivered again later: never a loss. Keep the offsets for the next
+            # round, or (partitions revoked meanwhile) for when they come back.
             log.warning("consumer group %r: commit failed (%s); will retry", self.group_id, exc.args[0].str())
-            if only is None:
-                with self._lock:
-                    for tp, o in pending.items():
+            with self._lock:
+                for tp, o in pending.items():
+                    if tp in self._assigned:
                         self._to_commit.setdefault(tp, o)
+                    else:
+                        self._unsaved[tp] = max(o, self._unsaved.get(tp, -1))
 
     def _on_assign(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
         self._pin_new_partitions(consumer, partitions)
@@ -294,7 +429,8 @@ class GroupLoop:
         self._loop.call_soon_threadsafe(self.assigned.set)
 
     def _pin_new_partitions(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
-        """Commit the start offset of partitions this group has never committed on.
+        """Commit the start offset of partitions this group has never committed on, and the offsets
+        finished here whose commit failed at the revocation (see `_unsaved`).
 
         Otherwise a group that starts at the end of a topic and stops before its first commit
         would start at the (new) end again, skipping what was published in between.
@@ -302,13 +438,20 @@ class GroupLoop:
         if not partitions:
             return
         try:
-            committed = consumer.committed(partitions, timeout=10)
-            fresh = [tp for tp in committed if tp.offset < 0]
-            for tp in fresh:
-                low, high = consumer.get_watermark_offsets(tp, timeout=10)
-                tp.offset = high if self.initial_offset == "latest" else low
-            if fresh:
-                consumer.commit(offsets=fresh, asynchronous=False)
+            pin = []
+            for tp in consumer.committed(partitions, timeout=10):
+                start = tp.offset
+                if tp.offset < 0:
+                    low, high = consumer.get_watermark_offsets(tp, timeout=10)
+                    tp.offset = high if self.initial_offset == "latest" else low
+                # Every record below an unsaved offset finished here: committing it keeps the commit rule.
+                unsaved = self._unsaved.pop((tp.topic, tp.partition), None)
+                if unsaved is not None and unsaved > tp.offset:
+                    tp.offset = unsaved
+                if tp.offset != start:
+                    pin.append(tp)
+            if pin:
+                consumer.commit(offsets=pin, asynchronous=False)
         except confluent_kafka.KafkaException as exc:
             log.warning("consumer group %r: could not pin start offsets (%s)", self.group_id, exc.args[0].str())
 
@@ -337,6 +480,11 @@ class GroupLoop:
         self._consumer = None
 
     # ------------------------------------------------------------------ dispatch (loop side)
+
+    def _dispatch_all(self, records: list[Any]) -> None:
+        self._dispatched += len(records)
+        for record in records:
+            self._dispatch(record)
 
     def _dispatch(self, record: Any) -> None:
         tp = (record.topic(), record.partition())
