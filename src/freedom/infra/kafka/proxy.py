@@ -184,9 +184,9 @@ class ConsumerProxy:
         while True:
             headers = self.router.headers_for(record, plan.source_topic, n + 1 if kind == "retry" else n, result,
                                               origin=origin, note=note)
-            copies = RetryRouter.copies(record, headers)
-            if kind == "retry":
-                copies = copies[:1]  # a retry is the record itself, or not a retry
+            # A retry is the record itself or nothing; a dead letter may be a smaller copy.
+            copies = (RetryRouter.copies(record, headers) if kind == "dead-letter"
+                      else [Copy(record.key(), record.value() or b"", headers)])
             refused: ProduceRefused | None = None
             for copy in copies:
                 outcome = await self._produce(topic, copy, lost, where)
