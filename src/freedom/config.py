@@ -281,6 +281,8 @@ class KafkaConfig:
     consumer_clients: tuple[ConsumerClientConfig, ...] = ()
     file: str = "kafka.toml"
     proxy_secret: str | None = field(default=None, repr=False)  # [consumer] secret / secret_env (security.py)
+    # False when proxy_addr was not given (file or environment): it then follows the listen address.
+    proxy_addr_explicit: bool = False
 
     @property
     def needs_embedded_broker(self) -> bool:
@@ -372,6 +374,7 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
 
     consumer = _Table(file, "consumer.", root.table("consumer"))
     consumer_open = consumer.get("open", bool, False)
+    proxy_addr_explicit = "proxy_addr" in consumer.data
     proxy_addr = _proxy_addr(consumer)
     proxy_http2 = consumer.get("proxy_http2", bool, False)
     if proxy_addr == "inprocess" and proxy_http2:
@@ -460,6 +463,7 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
         consumer_open=consumer_open, proxy_addr=proxy_addr, proxy_http2=proxy_http2,
         producer_open=producer_open, producer_clients=tuple(producer_clients),
         consumer_clients=tuple(consumer_clients), file=file, proxy_secret=proxy_secret,
+        proxy_addr_explicit=proxy_addr_explicit,
     )
 
 
