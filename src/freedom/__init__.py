@@ -8,7 +8,12 @@
         initiator.listen_event("event-sell", "StoreController.post_sell_goods_by")
 
     app = freedom.Application()
+
+The distribution is `freedom-events` (`pip install freedom-events`); `freedom.__version__` is its version.
 """
+
+from importlib import metadata as _metadata
+from pathlib import Path as _Path
 
 from .application import Application
 from .bus import Bus
@@ -17,6 +22,28 @@ from .errors import ConfigError, FreedomError, PublishError, RouteError, Unknown
 from .initiator import Initiator, prepare
 from .outcomes import DeadLetter, Drop, Outcome, Retry
 from .runtime import Request, Runtime, RuntimeDep, get_runtime
+
+DISTRIBUTION = "freedom-events"
+
+
+def _version() -> str:
+    """The installed distribution's version; in a source tree that is not installed, pyproject's."""
+    try:
+        return _metadata.version(DISTRIBUTION)
+    except _metadata.PackageNotFoundError:
+        import tomllib
+
+        try:
+            with open(_Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
+                project = tomllib.load(f)["project"]
+            if project["name"] == DISTRIBUTION:
+                return str(project["version"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        return "0+unknown"
+
+
+__version__ = _version()
 
 __all__ = [
     "Application",

@@ -55,6 +55,9 @@ def _run(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="freedom", description="Run a freedom service.")
+    from . import DISTRIBUTION, __version__
+
+    parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve module:app (HTTP server and consumer proxy)")
     run.add_argument("app", help="the application, as module:attribute (e.g. example:app)")
