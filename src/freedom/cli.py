@@ -30,15 +30,37 @@ def load_app(target: str) -> "object":
         if exc.name and module_name.startswith(exc.name):
             raise FreedomError(f"cannot import {module_name!r}: no such module (run from the directory that contains it)") from None
         raise
+    except SyntaxError as exc:  # an edit that does not parse (freedom run --reload waits for the next one)
+        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
+        raise FreedomError(f"cannot import {module_name!r}: {exc.msg} ({where})") from None
     app = getattr(module, attr, None)
     if app is None:
         raise FreedomError(f"module {module_name!r} has no attribute {attr!r} (write module:attribute, e.g. example:app)")
     return app
 
 
-def _run(args: argparse.Namespace) -> None:
+def _log_level(value: str | None) -> str | None:
+    """`--log-level`, upper-cased; a FreedomError (one line, exit 2) for a level logging has not."""
+    from .config import LOG_LEVELS
+
+    if value is None:
+        return None
+    if value.upper() not in LOG_LEVELS:
+        raise FreedomError(f'--log-level: must be one of {", ".join(LOG_LEVELS)}, got "{value}"')
+    return value.upper()
+
+
+def _run(args: argparse.Namespace, run_parser: argparse.ArgumentParser) -> int:
     from .application import Application
 
+    log_level = _log_level(args.log_level)
+    if log_level:
+        logging.getLogger().setLevel(log_level)  # before the import: its own lines follow it too
+    if args.reload:
+        from .reload import child_arguments, supervise
+
+        return supervise(args.app, child_arguments(run_parser, args), config=args.config,
+                         embedded_broker=args.embedded_broker, reload_dirs=args.reload_dirs or ())
     if args.config:
         os.environ["FREEDOM_PROJECT_CONFIG"] = args.config
     app = load_app(args.app)
@@ -49,8 +71,9 @@ def _run(args: argparse.Namespace) -> None:
     if args.listen:
         app.listen_addr = args.listen  # before setup, so every use of listen_addr sees it
     app.setup()
-    logging.getLogger().setLevel(app.config.log_level)
+    logging.getLogger().setLevel(log_level or app.config.log_level)  # --log-level overrides app.toml
     app.run()
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,12 +88,18 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="run every Kafka client on an embedded broker (in memory) instead of kafka.toml's servers")
     run.add_argument("--config", help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
     run.add_argument("--listen", help="host:port to serve on (default: listen_addr of app.toml)")
+    run.add_argument("--log-level", metavar="LEVEL",
+                     help="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case; overrides log_level of app.toml)")
+    run.add_argument("--reload", action="store_true",
+                     help="development: restart the service when its source or config changes (the embedded broker keeps running)")
+    run.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
+                     help="with --reload: a directory to watch instead of the module's and the config's (repeatable)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise
     try:
         if args.command == "run":
-            _run(args)
+            return _run(args, run)
     except FreedomError as exc:
         print(f"freedom: error: {exc}", file=sys.stderr)
         return 2

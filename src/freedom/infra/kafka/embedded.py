@@ -26,6 +26,10 @@ See the comment below for which Kafka features it supports.
 # Linux the child asks the kernel for SIGKILL when its parent goes (prctl PR_SET_PDEATHSIG). The
 # kernel means the parent *thread*, and start() runs in asyncio.to_thread's workers, which exit
 # when idle; so every broker is forked by one daemon thread that lives as long as the process.
+#
+# `freedom run --reload` (reload.py) starts the broker in its supervisor process, so that it outlives
+# the service processes it restarts; it names the broker to each of them in $FREEDOM_EMBEDDED_BOOTSTRAP
+# (`shared_broker()`), and the service then uses it and leaves it running when it stops.
 
 from __future__ import annotations
 
@@ -44,15 +48,20 @@ import threading
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 from confluent_kafka.admin import AdminClient
 
-__all__ = ["EmbeddedBroker", "EmbeddedBrokerError"]
+from ...errors import FreedomError
+
+__all__ = ["EmbeddedBroker", "EmbeddedBrokerError", "SharedBroker", "shared_broker", "spawn_dying_with_parent",
+           "BOOTSTRAP_ENV"]
 
 
-class EmbeddedBrokerError(RuntimeError):
-    """The embedded broker is unavailable or did not start; the message names the fix."""
+class EmbeddedBrokerError(FreedomError, RuntimeError):
+    """The embedded broker is unavailable or did not start; the message names the fix.
+
+    A FreedomError: `freedom run` reports it in its one-line form, exit 2."""
 
 
 T = TypeVar("T")
@@ -64,7 +73,7 @@ def _load_prctl() -> Callable[..., int] | None:
     if not sys.platform.startswith("linux"):
         return None
     try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl  # type: ignore[no-any-return]
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True).prctl
     except (OSError, AttributeError):
         return None
 
@@ -72,13 +81,13 @@ def _load_prctl() -> Callable[..., int] | None:
 _prctl = _load_prctl()
 
 
-def _die_with_parent(parent: int) -> Callable[[], None]:
-    """preexec_fn: SIGKILL this child when the thread that forked it exits (with its process)."""
+def _die_with_parent(parent: int, sig: int = signal.SIGKILL) -> Callable[[], None]:
+    """preexec_fn: send this child `sig` when the thread that forked it exits (with its process)."""
     def preexec() -> None:
         if _prctl is not None:
-            _prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+            _prctl(_PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:  # the parent died before prctl took effect
-            os.kill(os.getpid(), signal.SIGKILL)
+            os.kill(os.getpid(), sig)
     return preexec
 
 
@@ -113,6 +122,14 @@ class _Spawner:
 _spawner = _Spawner()
 
 
+def spawn_dying_with_parent(cmd: list[str], *, death_signal: int = signal.SIGKILL,
+                            **popen: Any) -> subprocess.Popen[bytes]:
+    """`subprocess.Popen(cmd, **popen)`, the child getting `death_signal` from the kernel when this
+    process ends, however it ends (Linux; elsewhere a plain Popen)."""
+    preexec = _die_with_parent(os.getpid(), death_signal)
+    return _spawner.run(lambda: subprocess.Popen(cmd, preexec_fn=preexec, **popen))
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
@@ -144,6 +161,9 @@ def resolve_binary() -> str:
 class EmbeddedBroker:
     """Tansu broker child process on 127.0.0.1 (memory-only storage); context manager."""
 
+    #: What happens to its data, for the service's start-up warning.
+    lifetime = "it keeps data in memory only, everything is lost when the service stops"
+
     def __init__(self, *, port: int | None = None, start_timeout: float = 20.0,
                  log_path: Path | None = None) -> None:
         self.port = port
@@ -165,6 +185,11 @@ class EmbeddedBroker:
     def running(self) -> bool:
         """True while the broker process is alive."""
         return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def pid(self) -> int | None:
+        """The broker process's id while it runs."""
+        return self._proc.pid if self.running and self._proc is not None else None
 
     def start(self) -> EmbeddedBroker:
         """Spawn the broker and wait until it answers a metadata request."""
@@ -199,11 +224,10 @@ class EmbeddedBroker:
                "--storage-engine", "memory://tansu/"]
         env = {**os.environ, "NO_COLOR": "1"}
         with open(self.log_path, "ab") as log:
-            preexec = _die_with_parent(os.getpid())
             try:
-                self._proc = _spawner.run(lambda: subprocess.Popen(
+                self._proc = spawn_dying_with_parent(
                     cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True, preexec_fn=preexec))
+                    env=env, start_new_session=True)
             except OSError as exc:
                 raise EmbeddedBrokerError(
                     f"cannot run the embedded broker {binary} ({exc}): "
@@ -262,3 +286,54 @@ class EmbeddedBroker:
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.stop(keep_log=exc is not None)
+
+
+#: Set by `freedom run --reload` in each service process it starts: the bootstrap address
+#: (``127.0.0.1:PORT``) of the embedded broker the supervisor runs and keeps across reloads.
+BOOTSTRAP_ENV = "FREEDOM_EMBEDDED_BOOTSTRAP"
+
+
+class SharedBroker:
+    """An embedded broker another process runs (the `--reload` supervisor): used, never stopped here."""
+
+    lifetime = ("started by freedom run --reload, it keeps its data across reloads "
+                "(in memory only: everything is lost when freedom run stops)")
+
+    def __init__(self, bootstrap: str, *, start_timeout: float = 10.0) -> None:
+        self.bootstrap = bootstrap
+        self.start_timeout = start_timeout
+
+    def start(self) -> SharedBroker:
+        """Check, bounded, that the broker answers a metadata request."""
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            try:
+                admin.list_topics(timeout=1.0)
+                return self
+            except Exception as exc:  # noqa: BLE001 - until the deadline
+                if time.monotonic() >= deadline:
+                    raise EmbeddedBrokerError(
+                        f"${BOOTSTRAP_ENV}: the embedded broker at {self.bootstrap} does not answer ({exc}); "
+                        f"unset {BOOTSTRAP_ENV} to start one with the service") from None
+                time.sleep(0.1)
+
+    def stop(self, timeout: float = 5.0, *, keep_log: bool = False) -> None:
+        """Nothing: the broker belongs to the process that started it."""
+
+
+def shared_broker() -> SharedBroker | None:
+    """The broker named by $FREEDOM_EMBEDDED_BOOTSTRAP (``127.0.0.1:PORT``), or None when unset.
+
+    Only a loopback address is taken: the embedded broker never listens anywhere else, and a
+    value that is not one is a mistake to report, not an address to send records to.
+    """
+    value = os.environ.get(BOOTSTRAP_ENV, "")
+    if not value:
+        return None
+    host, _, port = value.rpartition(":")
+    if host not in ("127.0.0.1", "localhost") or not (port.isascii() and port.isdigit()) \
+            or not 0 < int(port) < 65536:
+        raise EmbeddedBrokerError(f"${BOOTSTRAP_ENV}: must be 127.0.0.1:PORT (set by freedom run --reload), "
+                                  f"got {value!r}")
+    return SharedBroker(f"127.0.0.1:{int(port)}")

@@ -45,12 +45,12 @@ class KafkaInfra:
         """Start the clients; `app` is the ASGI application in-process delivery calls."""
         cfg = self.config
         if self.use_embedded:
-            from .embedded import EmbeddedBroker
+            from .embedded import EmbeddedBroker, shared_broker
 
-            self.embedded = EmbeddedBroker()
+            # `freedom run --reload` runs the broker in its supervisor, kept across reloads.
+            self.embedded = shared_broker() or EmbeddedBroker()
             await asyncio.to_thread(self.embedded.start)
-            log.warning("using the embedded Kafka broker at %s: it keeps data in memory only, "
-                        "everything is lost when the service stops", self.embedded.bootstrap)
+            log.warning("using the embedded Kafka broker at %s: %s", self.embedded.bootstrap, self.embedded.lifetime)
 
         if cfg.producer_open:
             clients = {}
