@@ -1,21 +1,33 @@
-"""Loading and validating `conf/app.toml` and `conf/infra/kafka.toml`.
+"""Loading and validating `conf/app.toml` and `conf/infra/kafka.toml`, with the environment's overrides.
 
-Every problem is reported as one :class:`ConfigError` naming the file, the key and what is
-wrong, so that start-up stops with one clear line instead of a traceback.
+The keys, their types, defaults and checks are Pydantic models (:mod:`freedom.config_models`);
+every key can also come from an environment variable (:mod:`freedom.config_env`, one naming
+rule: `FREEDOM_APP__LISTEN_ADDR`, `FREEDOM_KAFKA__CONSUMER_CLIENTS__0__GROUP_ID`, ...). Every
+problem is reported as one :class:`ConfigError` naming the file and the key, or the environment
+variable, and what is wrong, so that start-up stops with one clear line instead of a traceback.
+The result is the plain frozen dataclasses below, which the rest of freedom uses.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import math
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
-from urllib.parse import urlsplit
+from typing import Any, Iterable, Mapping
 
+from pydantic import BaseModel, ValidationError
+
+from .config_env import (PREFIXES, Overlay, Path as KeyPath, Root, Source, check_stray, env_error, env_name,
+                         field_kind, file_sources, known_names, model_at, norm)
+from .config_models import (CONSUME_MODES, LOG_LEVELS, MAX_SECONDS, SECRET_FIELDS, AppModel, ConsumerClient,
+                            KafkaModel, Problem, ProducerClient, check_listen_addr, check_seconds, type_name)
 from .errors import ConfigError
+
+__all__ = ["AppConfig", "KafkaConfig", "ProducerClientConfig", "ConsumerClientConfig", "TopicConsumeConfig",
+           "ConfigEntry", "CONSUME_MODES", "LOG_LEVELS", "MAX_SECONDS", "ConfigError", "check_seconds",
+           "find_config_dir", "load_app_config", "load_kafka_config", "check_topic_overrides"]
 
 CONFIG_ENV = "FREEDOM_PROJECT_CONFIG"
 
@@ -36,80 +48,6 @@ def find_config_dir(explicit: str | os.PathLike[str] | None = None) -> Path | No
     return None
 
 
-class _Table:
-    """Reads typed keys out of one TOML table and rejects keys nobody asked for."""
-
-    def __init__(self, file: str, prefix: str, data: Any) -> None:
-        self.file, self.prefix = file, prefix
-        if not isinstance(data, dict):
-            raise ConfigError(file, prefix.rstrip("."), f"must be a table, got {_type_name(data)}")
-        self.data = dict(data)
-
-    def _key(self, name: str) -> str:
-        return f"{self.prefix}{name}"
-
-    def error(self, name: str, problem: str) -> ConfigError:
-        return ConfigError(self.file, self._key(name), problem)
-
-    def get(self, name: str, kind: type | tuple[type, ...], default: Any) -> Any:
-        if name not in self.data:
-            return default
-        value = self.data.pop(name)
-        # bool is an int subclass: "retry_count = true" must not pass as 1.
-        if isinstance(value, bool) and kind in (int, float, (int, float)):
-            raise self.error(name, f"must be {_kind_name(kind)}, got a boolean")
-        if not isinstance(value, kind):
-            raise self.error(name, f"must be {_kind_name(kind)}, got {_type_name(value)}")
-        return value
-
-    def seconds(self, name: str, default: float, *, zero_ok: bool = False) -> float:
-        """A duration in seconds: finite, not negative (greater than 0 unless `zero_ok`), at most MAX_SECONDS."""
-        return check_seconds(self.get(name, (int, float), default), lambda p: self.error(name, p), zero_ok=zero_ok)
-
-    def table(self, name: str) -> dict[str, Any]:
-        value = self.data.pop(name, {})
-        if not isinstance(value, dict):
-            raise self.error(name, f"must be a table, got {_type_name(value)}")
-        return value
-
-    def done(self) -> None:
-        if self.data:
-            name = sorted(self.data)[0]
-            raise self.error(name, "unknown key (check the spelling; see the README for the keys)")
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    names = {str: "a string", bool: "true or false", int: "an integer", float: "a number",
-             list: "an array", dict: "a table"}
-    if isinstance(kind, tuple):
-        return " or ".join(names.get(k, k.__name__) for k in kind)
-    return names.get(kind, kind.__name__)
-
-
-def _type_name(value: Any) -> str:
-    return {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
-            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
-
-
-#: The longest duration a `*_sec` key may give (~24.8 days): librdkafka holds durations as 32-bit
-#: milliseconds (`message.timeout.ms`); one bound for every duration key, far below what would
-#: overflow a timer or a pause time.
-MAX_SECONDS = 2_147_483
-
-
-def check_seconds(value: int | float, error: Callable[[str], Exception], *, zero_ok: bool = False) -> float:
-    """`value` as seconds, or `error(problem)` raised: inf and nan would mean a wait that never ends."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise error(f"must be a finite number of seconds, got {value}")
-    if value < 0 and zero_ok:
-        raise error("must not be negative")
-    if value <= 0 and not zero_ok:
-        raise error("must be greater than 0")
-    if value > MAX_SECONDS:
-        raise error(f"must be at most {MAX_SECONDS} seconds (about 24.8 days), got {value}")
-    return float(value)
-
-
 def _load(path: Path) -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
@@ -127,8 +65,14 @@ def _load(path: Path) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- app.toml
 
 
-#: The `log_level` values app.toml accepts (Python's logging levels).
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+@dataclass(frozen=True)
+class ConfigEntry:
+    """One key of the effective configuration, as `freedom config` shows it (secrets already `***`)."""
+
+    key: str  # "listen_addr", "consumer_clients[0].settings.linger.ms"
+    value: Any
+    source: str  # "default", a file path, or an environment variable's name
+    env: str  # the environment variable that sets it
 
 
 @dataclass(frozen=True)
@@ -138,8 +82,11 @@ class AppConfig:
     listen_addr: str = "127.0.0.1:8000"
     service_name: str = "freedom"
     log_level: str = "INFO"
-    #: Where listen_addr came from, (file, key), for the error when it cannot be bound.
-    listen_from: tuple[str, str] = field(default=("app.toml", "listen_addr"), compare=False, repr=False)
+    #: Where listen_addr came from, (file, key), for the error when it cannot be bound; for an
+    #: environment variable ("environment FREEDOM_APP__LISTEN_ADDR", None).
+    listen_from: tuple[str, str | None] = field(default=("app.toml", "listen_addr"), compare=False, repr=False)
+    #: Every key with its value and source (`freedom config`).
+    entries: tuple[ConfigEntry, ...] = field(default=(), compare=False, repr=False)
 
     @property
     def host(self) -> str:
@@ -148,47 +95,6 @@ class AppConfig:
     @property
     def port(self) -> int:
         return int(self.listen_addr.rpartition(":")[2])
-
-
-def _listen_addr(value: str, file: str, key: str) -> str:
-    """`host:port` checked; a bare `:port` listens on every interface."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not _is_port(port) or host.startswith("[") != host.endswith("]"):
-        raise ConfigError(file, key, f'must look like "127.0.0.1:8000", got "{value}"')
-    return value if host else f"0.0.0.0:{port}"
-
-
-def _is_port(text: str) -> bool:
-    """A TCP port number, 1 to 65535, in ASCII digits (str.isdigit also takes "³" and "٣")."""
-    return text.isascii() and text.isdigit() and 0 < int(text) < 65536
-
-
-def _log_level(t: _Table) -> str:
-    level = t.get("log_level", str, AppConfig.log_level)
-    if level.upper() not in LOG_LEVELS:
-        raise t.error("log_level", f'must be one of {", ".join(LOG_LEVELS)}, got "{level}"')
-    return level.upper()
-
-
-def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None) -> AppConfig:
-    """Read `app.toml`; `listen_addr` (from `freedom run --listen`) overrides the file's."""
-    path = config_dir / "app.toml" if config_dir else None
-    file = str(path) if path else "app.toml"
-    cfg = AppConfig(listen_from=(file, "listen_addr (not set: the default)"))
-    if path is not None and path.exists():
-        t = _Table(file, "", _load(path))
-        given = "listen_addr" in t.data
-        cfg = AppConfig(
-            listen_addr=_listen_addr(t.get("listen_addr", str, AppConfig.listen_addr), file, "listen_addr"),
-            service_name=t.get("service_name", str, AppConfig.service_name),
-            log_level=_log_level(t),
-            listen_from=(file, "listen_addr") if given else cfg.listen_from,
-        )
-        t.done()
-    if listen_addr is not None:
-        cfg = replace(cfg, listen_addr=_listen_addr(listen_addr, "freedom run", "--listen"),
-                      listen_from=("freedom run", "--listen"))
-    return cfg
 
 
 # ----------------------------------------------------------------------------- kafka.toml
@@ -227,46 +133,12 @@ class ConsumerClientConfig:
         return self.topics.get(topic) or TopicConsumeConfig(self.mode, self.max_in_flight)
 
 
-#: sequential: one record at a time per partition, in offset order.
-#: concurrent: up to max_in_flight records of the topic at once, in any order.
-#: key-ordered: like concurrent, but records with the same key one after the other, in order.
-CONSUME_MODES = ("sequential", "concurrent", "key-ordered")
-
-
 @dataclass(frozen=True)
 class TopicConsumeConfig:
     """How the consumer proxy delivers the records of one topic."""
 
     mode: str = "sequential"
     max_in_flight: int = 500
-
-
-def _consume_config(t: _Table, default: TopicConsumeConfig) -> TopicConsumeConfig:
-    """Read `mode` and `max_in_flight` of a client or topic table, checking them."""
-    mode = t.get("mode", str, default.mode)
-    if mode not in CONSUME_MODES:
-        raise t.error("mode", f'must be one of {", ".join(repr(m) for m in CONSUME_MODES)}, got "{mode}"')
-    bound = t.get("max_in_flight", int, default.max_in_flight)
-    if bound < 1:
-        raise t.error("max_in_flight", f"must be 1 or more, got {bound}")
-    return TopicConsumeConfig(mode, bound)
-
-
-def _topic_overrides(t: _Table, default: TopicConsumeConfig) -> dict[str, TopicConsumeConfig]:
-    """`[consumer_clients.topics."event-sell"] mode = "concurrent"`: per-topic delivery settings."""
-    out = {}
-    for topic, raw in t.table("topics").items():
-        sub = _Table(t.file, f'{t.prefix}topics."{topic}".', raw)
-        out[topic] = _consume_config(sub, default)
-        sub.done()
-    return out
-
-
-def _check_prefix(t: _Table, name: str, prefix: str) -> None:
-    bad = sorted({c for c in prefix if not (c.isascii() and (c.isalnum() or c in "._-"))})
-    if bad:
-        raise t.error(name, f"has characters Kafka topic names do not allow ({''.join(bad)!r}); "
-                            "use letters, digits, '.', '_' and '-'")
 
 
 @dataclass(frozen=True)
@@ -283,6 +155,10 @@ class KafkaConfig:
     proxy_secret: str | None = field(default=None, repr=False)  # [consumer] secret / secret_env (security.py)
     # False when proxy_addr was not given (file or environment): it then follows the listen address.
     proxy_addr_explicit: bool = False
+    #: Every key with its value and source (`freedom config`), secrets masked.
+    entries: tuple[ConfigEntry, ...] = field(default=(), compare=False, repr=False)
+    #: The source of each key given (dotted key -> file path or environment variable), for errors.
+    sources: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def needs_embedded_broker(self) -> bool:
@@ -291,190 +167,216 @@ class KafkaConfig:
         return all(c.servers is None for c in clients)
 
 
-def _servers(t: _Table) -> tuple[str, ...] | None:
-    if "servers" not in t.data:
-        return None
-    servers = t.get("servers", list, None)
-    if not servers:
-        raise t.error("servers", "is empty: list at least one broker address, like [\"127.0.0.1:9092\"], "
-                                 "or remove the key to use the embedded broker")
-    out = []
-    for s in servers:
-        if not isinstance(s, str) or not s.strip():
-            raise t.error("servers", f"each entry must be a \"host:port\" string, got {s!r}")
-        host, sep, port = s.strip().rpartition(":")
-        if not sep or not port.isascii() or not port.isdigit() or any(c in host for c in ", \t"):
-            raise t.error("servers", f'"{s}" is not a "host:port" address')
-        if not _is_port(port):
-            raise t.error("servers", f'"{s}": the port must be 1 to 65535')
-        # The seed writes ":9092" for the local broker.
-        out.append(f"{host or '127.0.0.1'}:{port}")
-    return tuple(out)
+ENVIRONMENT = "the environment"  # KafkaConfig.file when no kafka.toml exists: every key came from variables
 
 
-def _settings(t: _Table, role: Literal["producer", "consumer"], base: dict[str, Any]) -> dict[str, Any]:
-    """`settings = {...}` (librdkafka properties, passed as they are) plus the TLS/SASL keys.
+def dotted(path: KeyPath) -> str:
+    """A key's path as error messages write it: `consumer_clients[0].topics."event-sell".mode`."""
+    out = ""
+    for i, seg in enumerate(path):
+        if isinstance(seg, int):
+            out += f"[{seg}]"
+        elif i and path[i - 1] == "topics":
+            out += f'."{seg}"'
+        else:
+            out += f".{seg}" if out else seg
+    return out
 
-    Checked here, before any client starts: a property freedom's guarantees depend on is refused
-    with the reason, and each of the others must be one librdkafka knows, with a value it takes (a
-    client is built from them, on top of `base`, freedom's own settings for the role, without
-    connecting). Combinations are judged when the client is made, after the setting_config hooks.
+
+def _one_line(text: str) -> str:
+    """A message on one line whatever a value held (a TOML string may contain a newline)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+_EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
+             "float_type": "a number", "bool_type": "true or false", "list_type": "an array",
+             "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table"}
+
+
+class _Loaded:
+    """One file's data with the environment applied, and where each key came from."""
+
+    def __init__(self, root: Root, model: type[BaseModel], path: Path | None, environ: Mapping[str, str]) -> None:
+        self.root, self.model = root, model
+        self.exists = path is not None and path.exists()
+        self.file = str(path) if path is not None else f"{root}.toml"
+        self.data: dict[str, Any] = _load(path) if path is not None and self.exists else {}
+        self.sources: dict[KeyPath, Source] = file_sources(self.data, self.file)
+        self.from_env = Overlay(root, model, self.data, self.sources).apply(environ)
+        if not self.exists and self.from_env:
+            self.file = ENVIRONMENT
+
+    def source(self, path: KeyPath) -> Source:
+        """The source of the key at `path`, or of the nearest table above it that was given whole."""
+        for n in range(len(path), 0, -1):
+            found = self.sources.get(path[:n])
+            if found is not None and (n == len(path) or found.kind == "env"):
+                return found
+        return Source("default")
+
+    def error(self, path: KeyPath, problem: str) -> ConfigError:
+        """The one-line error about the key at `path`: naming the variable that gave it, else the file."""
+        problem = _one_line(problem)
+        src = self.source(path)
+        if src.kind == "env" or (src.kind == "default" and not self.exists):
+            var = src.where if src.kind == "env" else env_name(self.root, path)
+            return env_error(var, problem, dotted(path))
+        return ConfigError(self.file, dotted(path) or None, problem)
+
+    def validate(self) -> Any:
+        try:
+            return self.model.model_validate(self.data)
+        except ValidationError as exc:
+            raise self._translate(exc.errors()[0]) from None
+
+    def _translate(self, err: Any) -> ConfigError:
+        """Pydantic's error (several lines, with the input) as freedom's one line (never the input)."""
+        loc: KeyPath = tuple(err["loc"])
+        kind = err["type"]
+        cause = (err.get("ctx") or {}).get("error")
+        if isinstance(cause, Problem):
+            return self.error((*loc, *cause.key), cause.problem)
+        if kind == "extra_forbidden":
+            model = model_at(self.model, loc[:-1])
+            names = list(model.model_fields) if model is not None else []
+            close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+            hint = f'did you mean "{close[0]}"?' if close else "the keys here: " + ", ".join(names)
+            return self.error(loc, f"unknown key ({hint}; see docs/configuration.md)")
+        if kind in _EXPECTED:
+            return self.error(loc, f"must be {_EXPECTED[kind]}, got {type_name(err['input'])}")
+        return self.error(loc, str(err["msg"]))
+
+
+def _entries(loaded: _Loaded, model: BaseModel, path: KeyPath = ()) -> list[ConfigEntry]:
+    """The keys of a validated model with their values and sources, secrets as `***`."""
+    from .infra.kafka.settings import is_secret
+
+    out: list[ConfigEntry] = []
+    for name, info in type(model).model_fields.items():
+        value, p = getattr(model, name), (*path, name)
+        kind, _ = field_kind(info.annotation)
+        if kind == "model":
+            out += _entries(loaded, value, p)
+        elif kind == "model_list":
+            for i, item in enumerate(value):
+                out += _entries(loaded, item, (*p, i))
+        elif kind == "model_dict":
+            for key, item in value.items():
+                out += _entries(loaded, item, (*p, key))
+        elif kind == "settings" and value:
+            for key, v in value.items():
+                shown = "***" if is_secret(key) else v
+                out.append(ConfigEntry(dotted((*p, key)), shown, str(loaded.source((*p, key))),
+                                       env_name(loaded.root, (*p, key))))
+        elif value is not None:
+            shown = "***" if name in SECRET_FIELDS else value
+            out.append(ConfigEntry(dotted(p), shown, str(loaded.source(p)), env_name(loaded.root, p)))
+    return out
+
+
+# ----------------------------------------------------------------------------- app.toml
+
+
+def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None,
+                    environ: Mapping[str, str] | None = None) -> AppConfig:
+    """Read `app.toml` and the `FREEDOM_APP__*` variables; `listen_addr` (from `freedom run --listen`)
+    overrides both."""
+    environ = os.environ if environ is None else environ
+    loaded = _Loaded("app", AppModel, config_dir / "app.toml" if config_dir else None, environ)
+    model: AppModel = loaded.validate()
+    src = loaded.source(("listen_addr",))
+    listen_from: tuple[str, str | None] = {
+        "env": (f"environment {src.where}", None), "file": (loaded.file, "listen_addr"),
+    }.get(src.kind, (loaded.file, "listen_addr (not set: the default)"))
+    entries = _entries(loaded, model)
+    if listen_addr is not None:
+        def error(p: str) -> ConfigError:
+            return ConfigError("freedom run", "--listen", p)
+
+        model.listen_addr = check_listen_addr(listen_addr, error)
+        listen_from = ("freedom run", "--listen")
+        entries = [replace(e, value=model.listen_addr, source="freedom run --listen") if e.key == "listen_addr"
+                   else e for e in entries]
+    return AppConfig(listen_addr=model.listen_addr, service_name=model.service_name, log_level=model.log_level,
+                     listen_from=listen_from, entries=tuple(entries))
+
+
+# ----------------------------------------------------------------------------- kafka.toml
+
+
+def load_kafka_config(config_dir: Path | None, *, environ: Mapping[str, str] | None = None) -> KafkaConfig | None:
+    """Read `infra/kafka.toml` and the `FREEDOM_KAFKA__*` variables; None when neither exists (Kafka is off).
+
+    Also refuses a FREEDOM_* variable that looks meant for freedom but is none of its names.
     """
-    from .infra.kafka.settings import invalid_setting, refused_setting, security_settings
-
-    raw = t.table("settings")
-    for k, v in raw.items():
-        if isinstance(v, dict):  # settings = { linger.ms = 5 }: TOML reads the bare dotted key as a table
-            raise t.error(f"settings.{k}", "must be a string, number or boolean, got a table "
-                                           f'(quote a dotted property name: "{k}.{next(iter(v), "")}" = ...)')
-        if not isinstance(v, (str, int, float, bool)):
-            raise t.error(f"settings.{k}", f"must be a string, number or boolean, got {_type_name(v)}")
-        if isinstance(v, float) and not math.isfinite(v):
-            raise t.error(f"settings.{k}", f"must be a finite number, got {v}")
-        reason = refused_setting(k, v, role)
-        if reason:
-            raise t.error(f"settings.{k}", reason)
-    settings = {**raw, **security_settings(t)}
-    problem = invalid_setting(settings, role, base)
-    if problem is not None:
-        key, reason = problem
-        raise t.error(f"settings.{key}", reason)
-    return settings
-
-
-def _proxy_addr(t: _Table) -> str:
-    """`[consumer] proxy_addr`: "inprocess", or an http(s) URL with a host and a valid port."""
-    addr = t.get("proxy_addr", str, KafkaConfig.proxy_addr).rstrip("/")
-    if addr == "inprocess":  # the consumer proxy calls the application directly (transports/asgi.py)
-        return addr
-    try:
-        url = urlsplit(addr)
-        port = url.port  # raises ValueError for a port out of range or not a number
-    except ValueError as exc:  # "http://[::1:8000" (unclosed bracket), "http://h:99999", "http://h:abc"
-        raise t.error("proxy_addr", f'is not a valid URL ({exc}): "{addr}"') from None
-    if url.scheme not in ("http", "https"):
-        raise t.error("proxy_addr", f'must start with "http://" or "https://" (or be "inprocess" to call '
-                                    f'the application directly), got "{addr}"')
-    if not url.hostname:
-        raise t.error("proxy_addr", f'has no host: "{addr}"')
-    if port == 0:
-        raise t.error("proxy_addr", f'the port must be 1 to 65535: "{addr}"')
-    if url.query or url.fragment or "?" in addr or "#" in addr:
-        raise t.error("proxy_addr", f'must be a base URL without "?" or "#": "{addr}"')
-    return addr
-
-
-def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
-    """Read `infra/kafka.toml`; None when the file does not exist (Kafka is then off)."""
-    path = config_dir / "infra" / "kafka.toml" if config_dir else None
-    if path is None or not path.exists():
+    environ = os.environ if environ is None else environ
+    loaded = _Loaded("kafka", KafkaModel, config_dir / "infra" / "kafka.toml" if config_dir else None, environ)
+    model: KafkaModel | None = loaded.validate() if loaded.exists or loaded.from_env else None
+    targets = set()
+    if model is not None:  # variables named by a *_env key are the user's secrets, not typos
+        clients: list[Any] = [model.consumer, *model.producer_clients, *model.consumer_clients]
+        targets = {v for c in clients for k in ("secret_env", "sasl_password_env", "ssl_key_password_env")
+                   if isinstance(v := getattr(c, k, None), str)}
+    check_stray(environ, targets, [*known_names("app", AppModel), *known_names("kafka", KafkaModel)])
+    if model is None:
         return None
-    file = str(path)
-    root = _Table(file, "", _load(path))
 
-    consumer = _Table(file, "consumer.", root.table("consumer"))
-    consumer_open = consumer.get("open", bool, False)
-    proxy_addr_explicit = "proxy_addr" in consumer.data
-    proxy_addr = _proxy_addr(consumer)
-    proxy_http2 = consumer.get("proxy_http2", bool, False)
-    if proxy_addr == "inprocess" and proxy_http2:
-        raise consumer.error("proxy_http2", 'has no effect with proxy_addr = "inprocess" (no HTTP is involved); '
-                                            "remove one of the two")
-    from .security import read_secret
-
-    proxy_secret = read_secret(consumer)
-    consumer.done()
-
-    producer = _Table(file, "producer.", root.table("producer"))
-    producer_open = producer.get("open", bool, False)
-    producer.done()
-
-    from .infra.kafka.group import CONSUMER_DEFAULTS
-    from .infra.kafka.producer import PRODUCER_DEFAULTS
-
-    producer_clients = []
-    seen: set[str] = set()
-    for i, raw in enumerate(root.get("producer_clients", list, [])):
-        t = _Table(file, f"producer_clients[{i}].", raw)
-        servers, name = _servers(t), t.get("name", str, "")
-        timeout = t.seconds("delivery_timeout_sec", 30.0)
-        if timeout < 0.001:  # librdkafka's message.timeout.ms = 0 means "forever"
-            raise t.error("delivery_timeout_sec", f"must be at least 0.001 (1 ms), got {timeout}")
-        base = {**PRODUCER_DEFAULTS, "message.timeout.ms": int(timeout * 1000)}  # as infra.py makes it
-        client = ProducerClientConfig(servers=servers, name=name, delivery_timeout_sec=timeout,
-                                      settings=_settings(t, "producer", base))
-        if client.name in seen:
-            raise t.error("name", f'"{client.name}" is used by two producer clients; names must be unique')
-        seen.add(client.name)
-        t.done()
-        producer_clients.append(client)
-
-    consumer_clients = []
-    groups: set[str] = set()
-    for i, raw in enumerate(root.get("consumer_clients", list, [])):
-        t = _Table(file, f"consumer_clients[{i}].", raw)
-        d = ConsumerClientConfig
-        client = ConsumerClientConfig(
-            servers=_servers(t),
-            group_id=t.get("group_id", str, d.group_id),
-            retry_count=t.get("retry_count", int, d.retry_count),
-            retry_group_id=t.get("retry_group_id", str, d.retry_group_id),
-            retry_prefix=t.get("retry_prefix", str, d.retry_prefix),
-            retry_interval_sec=t.seconds("retry_interval_sec", d.retry_interval_sec, zero_ok=True),
-            retry_fail_prefix=t.get("retry_fail_prefix", str, d.retry_fail_prefix),
-            initial_offset=t.get("initial_offset", str, d.initial_offset),
-            settings=_settings(t, "consumer", {**CONSUMER_DEFAULTS, "group.id": "freedom-config-check"}),
-        )
-        consume = _consume_config(t, TopicConsumeConfig(d.mode, d.max_in_flight))
-        drain = t.seconds("drain_timeout_sec", d.drain_timeout_sec)
-        client = dataclasses.replace(client, mode=consume.mode, max_in_flight=consume.max_in_flight,
-                                     drain_timeout_sec=drain, topics=_topic_overrides(t, consume))
-        _check_prefix(t, "retry_prefix", client.retry_prefix)
-        _check_prefix(t, "retry_fail_prefix", client.retry_fail_prefix)
-        if client.retry_count > 0 and not client.retry_fail_prefix:
-            raise t.error("retry_fail_prefix", "must not be empty when retry_count > 0 "
-                                               "(records that fail every retry go to the dead-letter topic)")
-        if client.retry_count > 0 and client.retry_prefix == client.retry_fail_prefix:
-            raise t.error("retry_fail_prefix", "must differ from retry_prefix")
-        if not client.group_id:
-            raise t.error("group_id", "must not be empty")
-        if client.retry_count < 0:
-            raise t.error("retry_count", "must be 0 (no retries) or more")
-        if client.initial_offset not in ("latest", "earliest"):
-            raise t.error("initial_offset", f'must be "latest" or "earliest", got "{client.initial_offset}"')
-        if client.retry_count > 0 and not client.retry_prefix:
-            raise t.error("retry_prefix", "must not be empty when retry_count > 0")
-        if client.retry_count > 0 and not client.retry_group_id:
-            raise t.error("retry_group_id", "must not be empty when retry_count > 0")
-        if client.retry_count > 0 and client.retry_group_id == client.group_id:
-            raise t.error("retry_group_id", "must differ from group_id")
-        if client.group_id in groups:
-            raise t.error("group_id", f'"{client.group_id}" is used by two consumer clients')
-        groups.add(client.group_id)
-        t.done()
-        consumer_clients.append(client)
-    root.done()
-
-    if producer_open and not producer_clients:
+    producer_clients = [ProducerClientConfig(
+        servers=tuple(p.servers) if p.servers is not None else None, name=p.name,
+        delivery_timeout_sec=p.delivery_timeout_sec, settings=p._librdkafka) for p in model.producer_clients]
+    consumer_clients = [_consumer_client(c) for c in model.consumer_clients]
+    entries = _entries(loaded, model)
+    if model.producer.open and not producer_clients:
         producer_clients.append(ProducerClientConfig(servers=None))
-    if consumer_open and not consumer_clients:
+        entries += _entries(loaded, ProducerClient.model_construct(), ("producer_clients", 0))
+    if model.consumer.open and not consumer_clients:
         consumer_clients.append(ConsumerClientConfig(servers=None))
+        entries += _entries(loaded, ConsumerClient.model_construct(), ("consumer_clients", 0))
+    consumer = loaded.data.get("consumer")
     return KafkaConfig(
-        consumer_open=consumer_open, proxy_addr=proxy_addr, proxy_http2=proxy_http2,
-        producer_open=producer_open, producer_clients=tuple(producer_clients),
-        consumer_clients=tuple(consumer_clients), file=file, proxy_secret=proxy_secret,
-        proxy_addr_explicit=proxy_addr_explicit,
+        consumer_open=model.consumer.open, proxy_addr=model.consumer.proxy_addr,
+        proxy_http2=model.consumer.proxy_http2, producer_open=model.producer.open,
+        producer_clients=tuple(producer_clients), consumer_clients=tuple(consumer_clients), file=loaded.file,
+        proxy_secret=model.consumer._secret,
+        proxy_addr_explicit=isinstance(consumer, dict) and "proxy_addr" in consumer,
+        entries=tuple(entries), sources={dotted(k): v.where for k, v in loaded.sources.items()},
+    )
+
+
+def _consumer_client(c: ConsumerClient) -> ConsumerClientConfig:
+    return ConsumerClientConfig(
+        servers=tuple(c.servers) if c.servers is not None else None, group_id=c.group_id,
+        retry_count=c.retry_count, retry_group_id=c.retry_group_id, retry_prefix=c.retry_prefix,
+        retry_interval_sec=c.retry_interval_sec, retry_fail_prefix=c.retry_fail_prefix,
+        initial_offset=c.initial_offset, settings=c._librdkafka, mode=c.mode, max_in_flight=c.max_in_flight,
+        drain_timeout_sec=c.drain_timeout_sec,
+        topics={t: TopicConsumeConfig(o.mode or c.mode, o.max_in_flight or c.max_in_flight)
+                for t, o in c.topics.items()},
     )
 
 
 def check_topic_overrides(config: KafkaConfig, listened: Iterable[str]) -> None:
     """Refuse a `[consumer_clients.topics."T"]` table for a topic no event listens to (a typo, or a
     listener that moved): its settings would silently apply to nothing. Called once the event routes
-    are known (Application.setup)."""
+    are known (Application.setup).
+
+    A topic an environment variable names (`..._TOPICS__EVENT_SELL__MODE`) is matched to the listened
+    topic it spells (`event-sell`): environment variable names cannot hold `-` or `.`.
+    """
     topics = sorted(set(listened))
     for i, client in enumerate(config.consumer_clients):
-        for topic in client.topics:
-            if topic not in topics:
-                known = ", ".join(f'"{t}"' for t in topics) if topics else "none"
-                raise ConfigError(config.file, f'consumer_clients[{i}].topics."{topic}"',
-                                  f"no event listens to this topic (the listened topics: {known})")
+        for topic in list(client.topics):
+            if topic in topics:
+                continue
+            key = f'consumer_clients[{i}].topics."{topic}"'
+            var = config.sources.get(key, "")
+            if var.startswith(PREFIXES["kafka"]):
+                spelled = [t for t in topics if norm(t) == norm(topic) and t not in client.topics]
+                if len(spelled) == 1:  # the dict is the config's own; it is re-keyed once, at set-up
+                    client.topics[spelled[0]] = client.topics.pop(topic)
+                    continue
+            known = ", ".join(f'"{t}"' for t in topics) if topics else "none"
+            problem = f"no event listens to this topic (the listened topics: {known})"
+            if var.startswith(PREFIXES["kafka"]):
+                raise env_error(var, problem, key)
+            raise ConfigError(config.file, key, problem)
