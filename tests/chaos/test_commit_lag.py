@@ -19,7 +19,7 @@ PARTITIONS = 4
 
 def test_commit_keeps_up_while_in_process_handlers_saturate_the_loop(apache_kafka, new_topic, tmp_path):
     # The mode where it was worst: in-process, concurrent, 200 in flight; each handler keeps the
-    # loop busy for 1 ms (parsing, computing), so the loop always has work.
+    # loop busy for 2 ms (parsing, computing), so the loop always has work.
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=PARTITIONS)
     group = f"g-lag-{uuid.uuid4().hex[:8]}"
@@ -37,7 +37,7 @@ def test_commit_keeps_up_while_in_process_handlers_saturate_the_loop(apache_kafk
     reader = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
     tps = [TopicPartition(topic, p) for p in range(PARTITIONS)]
     samples: list[tuple[float, list[int]]] = []  # what a SIGKILL at that moment would leave behind
-    proc = start_service(config, record_file, log, CHAOS_CONCURRENT=topic, MAX_LATENCY_MS="0", BUSY_MS="1")
+    proc = start_service(config, record_file, log, CHAOS_CONCURRENT=topic, MAX_LATENCY_MS="0", BUSY_MS="2")
     try:
         def sample() -> bool:
             at = time.time()

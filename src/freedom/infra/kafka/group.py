@@ -15,9 +15,10 @@ round (at most COMMIT_INTERVAL later while records are handled, `poll_timeout` w
 Commits (the redelivery bound after a crash): finished records are committed asynchronously,
 at most one request every COMMIT_INTERVAL and at most COMMITS_IN_FLIGHT unanswered per group,
 from the consumer thread's own rounds. So a saturated event loop (in-process handlers keeping it
-busy) cannot delay commits, and commit requests cannot pile up at a slow broker: a record that
-has finished, with every record before it in its partition, is committed within about
-COMMIT_INTERVAL plus a commit round trip. A failed commit is sent again (unless a newer offset
+busy) cannot delay commits (with SWITCH_INTERVAL, the consumer thread also gets the GIL promptly),
+and commit requests cannot pile up at a slow broker: a record that has finished, with every
+record before it in its partition, is committed within about COMMIT_INTERVAL plus a commit round
+trip. A failed commit is sent again (unless a newer offset
 was sent meanwhile); it is never a loss, only a redelivery.
 
 Delivery modes, per topic (`TopicPlan.mode`):
@@ -46,6 +47,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -97,10 +99,16 @@ COMMIT_ACK_TIMEOUT = 1.0
 
 #: The bound the chaos tests hold the proxy to (docs/reliability.md): after a SIGKILL, a record
 #: is delivered again only if it was in flight, waited behind a record of its partition that was in
-#: flight, or became committable (it and every record before it finished) less than this long
-#: before the kill. It is COMMIT_INTERVAL plus a commit round trip or two, with room for a loaded
-#: machine's scheduling delays (measured: 0.1-0.2 s at most on a loaded 2-core machine).
+#: flight, or became committable (its handler and those of every record before it answered) less
+#: than this long before the kill. The commit takes COMMIT_INTERVAL plus a round trip (20-50 ms);
+#: the rest is room for a loaded machine.
 COMMIT_LAG_BOUND = 0.25
+
+#: The interpreter's thread switch interval while a consumer group runs (Python's default is
+#: 5 ms). Handlers that keep the event loop busy hold the GIL; the consumer thread needs it a few
+#: times per round (each return from librdkafka), and waited up to 5 ms each time: rounds, and so
+#: commits, came only every 60-450 ms. With 1 ms they come every 20-25 ms.
+SWITCH_INTERVAL = 0.001
 
 
 @dataclass(frozen=True)
@@ -125,6 +133,11 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
         return event.is_set()
 
 
+def _done_ok(task: asyncio.Task[bool]) -> bool:
+    """True when a finished delivery task finished its record (not given up, failed or cancelled)."""
+    return not task.cancelled() and task.exception() is None and task.result()
+
+
 @dataclass
 class _Partition:
     """One assigned partition: records fetched and not started, their offsets, the deliveries running."""
@@ -137,8 +150,8 @@ class _Partition:
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     lost: asyncio.Event = field(default_factory=asyncio.Event)  # revoked, or the group stops
     worker: asyncio.Task[None] | None = None
-    inflight: set[asyncio.Task[None]] = field(default_factory=set)
-    last_of_key: dict[bytes, asyncio.Task[None]] = field(default_factory=dict)
+    inflight: set[asyncio.Task[bool]] = field(default_factory=set)
+    last_of_key: dict[bytes, asyncio.Task[bool]] = field(default_factory=dict)
     pause_reasons: set[str] = field(default_factory=set)  # "backlog", "window", "delay"
     paused: bool = False  # what the consumer was last asked
 
@@ -197,6 +210,10 @@ class GroupLoop:
         # broker restarted and forgot this member): committed when the partition comes back, if
         # nobody committed further meanwhile, so that finished records are not delivered again.
         self._unsaved: dict[TP, int] = {}
+        # ... and, once such a partition is assigned again, the records below that offset are
+        # finished without a delivery (also if committing the offset failed again), until the first
+        # record at or above it comes (guarded by the lock; the loop reads it in _dispatch).
+        self._finished_below: dict[TP, int] = {}
         self._stop = threading.Event()
         self._consumer: confluent_kafka.Consumer | None = None
         self._task: asyncio.Future[None] | None = None
@@ -206,6 +223,8 @@ class GroupLoop:
     # ------------------------------------------------------------------ lifecycle (loop side)
 
     async def start(self) -> None:
+        if sys.getswitchinterval() > SWITCH_INTERVAL:  # process-wide; only ever lowered
+            sys.setswitchinterval(SWITCH_INTERVAL)
         self._loop = asyncio.get_running_loop()
         await self._call(self._open)
         self._task = self._loop.run_in_executor(self._thread, self._pump)  # until stop()
@@ -415,6 +434,11 @@ class GroupLoop:
                         self._unsaved[tp] = max(o, self._unsaved.get(tp, -1))
 
     def _on_assign(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+        with self._lock:
+            for tp in partitions:
+                unsaved = self._unsaved.pop((tp.topic, tp.partition), None)
+                if unsaved is not None:
+                    self._finished_below[(tp.topic, tp.partition)] = unsaved
         self._pin_new_partitions(consumer, partitions)
         self._assigned |= {(tp.topic, tp.partition) for tp in partitions}
         if partitions:
@@ -430,7 +454,7 @@ class GroupLoop:
 
     def _pin_new_partitions(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
         """Commit the start offset of partitions this group has never committed on, and the offsets
-        finished here whose commit failed at the revocation (see `_unsaved`).
+        finished here whose commit failed at the revocation (see `_finished_below`).
 
         Otherwise a group that starts at the end of a topic and stops before its first commit
         would start at the (new) end again, skipping what was published in between.
@@ -445,7 +469,7 @@ class GroupLoop:
                     low, high = consumer.get_watermark_offsets(tp, timeout=10)
                     tp.offset = high if self.initial_offset == "latest" else low
                 # Every record below an unsaved offset finished here: committing it keeps the commit rule.
-                unsaved = self._unsaved.pop((tp.topic, tp.partition), None)
+                unsaved = self._finished_below.get((tp.topic, tp.partition))
                 if unsaved is not None and unsaved > tp.offset:
                     tp.offset = unsaved
                 if tp.offset != start:
@@ -469,6 +493,8 @@ class GroupLoop:
         with self._lock:
             self._to_pause -= tps
             self._to_resume -= tps
+            for tp in tps:
+                self._finished_below.pop(tp, None)
         if tps:
             log.info("consumer group %r revoked %s", self.group_id, ", ".join(f"{t}[{p}]" for t, p in sorted(tps)))
 
@@ -494,6 +520,19 @@ class GroupLoop:
             bound = self.sequential_backlog if plan.mode == "sequential" else max(plan.max_in_flight, 1)
             part = self._parts[tp] = _Partition(tp, plan, bound)
             part.worker = asyncio.create_task(self._work(part), name=f"freedom-partition-{tp[0]}-{tp[1]}")
+        if self._finished_below and tp in self._finished_below:
+            with self._lock:
+                below = self._finished_below.get(tp, -1)
+                if record.offset() >= below:
+                    self._finished_below.pop(tp, None)
+            if record.offset() < below:
+                # Finished here before a rebalance whose commit the broker refused: not delivered again.
+                part.tracker.add(record.offset())
+                offset = part.tracker.finish(record.offset())
+                if offset is not None:
+                    with self._lock:
+                        self._to_commit[tp] = offset
+                return
         part.tracker.add(record.offset())
         part.pending.append(record)
         part.wake.set()
@@ -569,8 +608,8 @@ class GroupLoop:
             return 0.0
         return ms / 1000.0 + (self.delay_sec or 0.0)
 
-    def _start(self, part: _Partition, record: Any, after: asyncio.Task[None] | None,
-               slots: asyncio.Semaphore | None) -> asyncio.Task[None]:
+    def _start(self, part: _Partition, record: Any, after: asyncio.Task[bool] | None,
+               slots: asyncio.Semaphore | None) -> asyncio.Task[bool]:
         task = asyncio.create_task(self._run_one(part, record, after, slots))
         self._running += 1
         part.inflight.add(task)
@@ -578,16 +617,20 @@ class GroupLoop:
         task.add_done_callback(self._finished)  # also when cancelled before it ran
         return task
 
-    def _finished(self, _task: asyncio.Task[None]) -> None:
+    def _finished(self, _task: asyncio.Task[bool]) -> None:
         self._running -= 1
 
-    async def _run_one(self, part: _Partition, record: Any, after: asyncio.Task[None] | None,
-                       slots: asyncio.Semaphore | None) -> None:
+    async def _run_one(self, part: _Partition, record: Any, after: asyncio.Task[bool] | None,
+                       slots: asyncio.Semaphore | None) -> bool:
+        """Handle one record (after the previous one of its key); True once it is finished."""
+        finished = False
         try:
             if after is not None and not after.done():
                 await asyncio.wait({after})  # the previous record with the same key
-            if part.lost.is_set() and after is not None:
-                return  # the chain is being abandoned: keep the key's order for the next owner
+            if part.lost.is_set() and after is not None and not _done_ok(after):
+                # The previous record of the key was given up: keep the key's order for the next
+                # owner. (When it finished, this one is delivered during the drain, as any in flight.)
+                return False
             try:
                 finished = await self.handle(record, part.plan, part.lost)
             except Exception:  # a bug in the handling: leave it uncommitted, to be delivered again
@@ -607,6 +650,7 @@ class GroupLoop:
             key = record.key()
             if key is not None and part.last_of_key.get(key) is asyncio.current_task():
                 del part.last_of_key[key]
+        return finished
 
     async def _release(self, tps: list[TP]) -> None:
         """Give partitions up: in-flight deliveries may finish within the drain timeout, the rest is
