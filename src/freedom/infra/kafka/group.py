@@ -367,42 +367,6 @@ class GroupLoop:
         self._consumer.subscribe(list(self.plans), on_assign=self._on_assign,
                                  on_revoke=self._on_revoke, on_lost=self._on_revoke)
 
-    def _poll_once(self, n: int) -> list[Any]:
-        consumer = self._consumer
-        assert consumer is not None
-        self._commit_pending(asynchronous=True)
-        with self._lock:
-            pause, self._to_pause = self._to_pause, set()
-            resume, self._to_resume = self._to_resume, set()
-        for tps, action in ((pause, consumer.pause), (resume, consumer.resume)):
-            if tps:
-                try:
-                    action([TopicPartition(t, p) for t, p in tps])
-                except confluent_kafka.KafkaException as exc:  # e.g. revoked meanwhile
-                    log.debug("consumer group %r: %s %s: %s", self.group_id, action.__name__, tps, exc)
-        # What is already fetched, at once; else wait for the first record only (consume(n, t) would
-        # wait for n records or the whole timeout), then take what came with it. While a partition is
-        # paused for its backlog, wait briefly: its resume is applied only on the next round.
-        batch = consumer.consume(n, 0)
-        if not batch:
-            if self._backlog_paused:
-                timeout = FLOW_POLL_TIMEOUT
-            elif self._running or self._to_commit:
-                timeout = COMMIT_INTERVAL
-            else:
-                timeout = self.poll_timeout
-            batch = consumer.consume(1, timeout)
-            if batch and n > 1:
-                batch.extend(consumer.consume(n - 1, 0))
-        out = []
-        for record in batch:
-            err = record.error()
-            if err is None:
-                out.append(record)
-            elif err.code() != confluent_kafka.KafkaError._PARTITION_EOF:
-                log.warning("consumer group %r: %s", self.group_id, err.str())
-        return out
-
     def _commit_pending(self, *, asynchronous: bool, only: set[TP] | None = None) -> None:
         with self._lock:
             if only is None:
