@@ -94,12 +94,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="development: restart the service when its source or config changes (the embedded broker keeps running)")
     run.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
                      help="with --reload: a directory to watch instead of the module's and the config's (repeatable)")
+    from .config_show import add_parser as add_config_parser, show as show_config
+
+    add_config_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise
     try:
         if args.command == "run":
             return _run(args, run)
+        if args.command == "config":
+            show_config(args)
     except FreedomError as exc:
         print(f"freedom: error: {exc}", file=sys.stderr)
         return 2

@@ -374,6 +374,10 @@ def check_topic_overrides(config: KafkaConfig, listened: Iterable[str]) -> None:
                 spelled = [t for t in topics if norm(t) == norm(topic) and t not in client.topics]
                 if len(spelled) == 1:  # the dict is the config's own; it is re-keyed once, at set-up
                     client.topics[spelled[0]] = client.topics.pop(topic)
+                    new = f'consumer_clients[{i}].topics."{spelled[0]}"'
+                    object.__setattr__(config, "entries", tuple(  # what `freedom config` shows follows
+                        replace(e, key=new + e.key[len(key):]) if e.key.startswith(key + ".") else e
+                        for e in config.entries))
                     continue
             known = ", ".join(f'"{t}"' for t in topics) if topics else "none"
             problem = f"no event listens to this topic (the listened topics: {known})"

@@ -1,0 +1,59 @@
+"""`freedom config module:app`: the effective configuration, with the source of each key.
+
+Each key of app.toml and kafka.toml with its value and where it came from: `default`, the file's
+path, or the environment variable that set it. Secrets are shown as `***`. Human-readable by
+default, `--json` for tools. A config error is the same one line (and exit 2) as `freedom run`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from typing import Any
+
+from .config import ConfigEntry
+from .errors import FreedomError
+
+
+def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    """The `config` subcommand of the `freedom` command."""
+    p = sub.add_parser("config", help="print the effective configuration of module:app, with each key's source")
+    p.add_argument("app", help="the application, as module:attribute (e.g. example:app)")
+    p.add_argument("--config", help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
+    p.add_argument("--json", action="store_true", help="print JSON: {\"app\": {key: {value, source, env}}, \"kafka\": ...}")
+
+
+def _table(entries: tuple[ConfigEntry, ...]) -> dict[str, dict[str, Any]]:
+    return {e.key: {"value": e.value, "source": e.source, "env": e.env} for e in entries}
+
+
+def _lines(title: str, entries: tuple[ConfigEntry, ...]) -> list[str]:
+    rows = [(f"{e.key} = {json.dumps(e.value, ensure_ascii=False)}", e.source) for e in entries]
+    width = max((len(r[0]) for r in rows), default=0)
+    return [title, *(f"  {k.ljust(width)}  # {src}" for k, src in rows)]
+
+
+def show(args: argparse.Namespace) -> None:
+    """Load the application's configuration (as `freedom run` does) and print it."""
+    from .application import Application
+    from .cli import load_app
+
+    if args.config:
+        os.environ["FREEDOM_PROJECT_CONFIG"] = args.config
+    app = load_app(args.app)
+    if not isinstance(app, Application):
+        raise FreedomError(f"{args.app} is a {type(app).__name__}, not a freedom.Application")
+    app.setup()  # the same checks as freedom run, the topic tables included
+    kafka = app.kafka_config
+    if args.json:
+        print(json.dumps({"config_dir": str(app.config_dir) if app.config_dir else None,
+                          "app": _table(app.config.entries),
+                          "kafka": _table(kafka.entries) if kafka else None}, indent=2, ensure_ascii=False))
+        return
+    out = [f"config directory: {app.config_dir or '(none)'}", *_lines("app.toml", app.config.entries)]
+    if kafka is None:
+        out.append("kafka.toml: not configured (no infra/kafka.toml and no FREEDOM_KAFKA__* variable): Kafka is off")
+    else:
+        out += _lines(f"kafka.toml ({kafka.file})", kafka.entries)
+    print("\n".join(out))
