@@ -277,11 +277,10 @@ def _entries(loaded: _Loaded, model: BaseModel, path: KeyPath = ()) -> list[Conf
 # ----------------------------------------------------------------------------- app.toml
 
 
-def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None,
-                    environ: Mapping[str, str] | None = None) -> AppConfig:
+def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None) -> AppConfig:
     """Read `app.toml` and the `FREEDOM_APP__*` variables; `listen_addr` (from `freedom run --listen`)
     overrides both."""
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     loaded = _Loaded("app", AppModel, config_dir / "app.toml" if config_dir else None, environ)
     model: AppModel = loaded.validate()
     src = loaded.source(("listen_addr",))
@@ -304,12 +303,13 @@ def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None,
 # ----------------------------------------------------------------------------- kafka.toml
 
 
-def load_kafka_config(config_dir: Path | None, *, environ: Mapping[str, str] | None = None) -> KafkaConfig | None:
+def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     """Read `infra/kafka.toml` and the `FREEDOM_KAFKA__*` variables; None when neither exists (Kafka is off).
 
-    Also refuses a FREEDOM_* variable that looks meant for freedom but is none of its names.
+    Also refuses a FREEDOM_* variable that looks meant for freedom but is none of its names. The
+    variables a `*_env` key names are read when the file is loaded too.
     """
-    environ = os.environ if environ is None else environ
+    environ = os.environ
     loaded = _Loaded("kafka", KafkaModel, config_dir / "infra" / "kafka.toml" if config_dir else None, environ)
     model: KafkaModel | None = loaded.validate() if loaded.exists or loaded.from_env else None
     targets = set()
