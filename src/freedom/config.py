@@ -163,7 +163,7 @@ class KafkaConfig:
     @property
     def needs_embedded_broker(self) -> bool:
         """True when no client names its servers: the seed's example then runs on the embedded broker."""
-        clients = [*self.producer_clients, *self.consumer_clients]
+        clients: list[ProducerClientConfig | ConsumerClientConfig] = [*self.producer_clients, *self.consumer_clients]
         return all(c.servers is None for c in clients)
 
 

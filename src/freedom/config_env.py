@@ -186,7 +186,7 @@ def _convert(var: str, text: str, kind: Any, secret: bool) -> Any:
 def _json(var: str, text: str, want: type) -> Any:
     try:
         value = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise env_error(var, f"a table or list is given as JSON: not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(value, want):
         raise env_error(var, f"must be a JSON {'object' if want is dict else 'array'}")
@@ -243,9 +243,18 @@ class Overlay:
             node[name] = _json(var, text, list if kind == "model_list" else dict)
             self._given(p, var)
             return
-        child = node.setdefault(name, [] if kind == "model_list" else {})
-        if not isinstance(child, list if kind == "model_list" else dict):
-            raise env_error(var, f"{name} is not a {'list' if kind == 'model_list' else 'table'} in the file")
+        if kind == "model_list":  # an entry by index or by name
+            entries = node.setdefault(name, [])
+            if not isinstance(entries, list):
+                raise env_error(var, f"{name} is not a list in the file")
+            index = self._entry(var, entries, rest[0], name, p)
+            if not rest[1:]:
+                raise env_error(var, f"unknown variable: name a key of the entry, like {var}__SERVERS")
+            self._set(var, text, sub, entries[index], rest[1:], (*p, index))
+            return
+        child = node.setdefault(name, {})
+        if not isinstance(child, dict):
+            raise env_error(var, f"{name} is not a table in the file")
         if kind == "model":
             self._set(var, text, sub, child, rest, p)
         elif kind == "settings":  # LINGER_MS -> linger.ms, LOG__LEVEL -> log_level
@@ -262,11 +271,6 @@ class Overlay:
                 self._set(var, text, sub, entry, rest[1:], (*p, topic))
             else:
                 raise env_error(var, f"unknown variable: name a key of the topic, like {var}__MODE")
-        else:  # model_list: an entry by index or by name
-            index = self._entry(var, child, rest[0], name, p)
-            if not rest[1:]:
-                raise env_error(var, f"unknown variable: name a key of the entry, like {var}__SERVERS")
-            self._set(var, text, sub, child[index], rest[1:], (*p, index))
 
     def _entry(self, var: str, entries: list[Any], seg: str, name: str, path: Path) -> int:
         if seg.isdigit():

@@ -84,11 +84,11 @@ class _Model(BaseModel):
 class AppModel(_Model):
     """`conf/app.toml`: where the service listens and what it is called."""
 
-    listen_addr: str = Field("127.0.0.1:8000", description=(
+    listen_addr: str = Field(default="127.0.0.1:8000", description=(
         'Where the HTTP server listens, "host:port" (":8000": every interface). '
         "`freedom run --listen` overrides it."))
-    service_name: str = Field("freedom", description="The service's name.")
-    log_level: str = Field("INFO", description=(
+    service_name: str = Field(default="freedom", description="The service's name.")
+    log_level: str = Field(default="INFO", description=(
         "DEBUG, INFO, WARNING, ERROR or CRITICAL (any case). The Kafka client's own messages come "
         "through the `freedom.kafka.librdkafka` logger."))
 
@@ -121,15 +121,15 @@ class _Keys:
 class ConsumerSection(_Model):
     """`[consumer]`: the consumer proxy."""
 
-    open: bool = Field(False, description="Run the consumer proxy (deliver records to the event routes).")
-    proxy_addr: str = Field("http://127.0.0.1:8000", description=(
+    open: bool = Field(default=False, description="Run the consumer proxy (deliver records to the event routes).")
+    proxy_addr: str = Field(default="http://127.0.0.1:8000", description=(
         "The service's base URL, where records are posted; when not given it follows the listen "
         'address. `"inprocess"` calls the application directly, without HTTP.'))
-    proxy_http2: bool = Field(False, description="Deliver over HTTP/2 cleartext (h2c); needs the `http2` extra.")
-    secret: str | None = Field(None, description=(
+    proxy_http2: bool = Field(default=False, description="Deliver over HTTP/2 cleartext (h2c); needs the `http2` extra.")
+    secret: str | None = Field(default=None, description=(
         "The shared secret the proxy sends with every delivery (at least 16 printable ASCII "
         "characters); event routes answer 401 without it. Prefer `secret_env`."))
-    secret_env: str | None = Field(None, description=(
+    secret_env: str | None = Field(default=None, description=(
         'The name of the environment variable holding the shared secret, e.g. "FREEDOM_PROXY_SECRET".'))
     _secret: str | None = PrivateAttr(None)
 
@@ -170,7 +170,7 @@ def _proxy_addr(value: str) -> str:
 class ProducerSection(_Model):
     """`[producer]`: publishing."""
 
-    open: bool = Field(False, description=(
+    open: bool = Field(default=False, description=(
         "Enable publishing. Without any `[[producer_clients]]` entry, one client on the embedded broker."))
 
 
@@ -182,20 +182,20 @@ _SECURITY = ("security_protocol", "sasl_mechanism", "sasl_username", "sasl_passw
 class _Client(_Model):
     """The keys every client entry has: its brokers, TLS/SASL, and librdkafka properties."""
 
-    servers: list[str] | None = Field(None, description=(
+    servers: list[str] | None = Field(default=None, description=(
         'Broker addresses, "host:port" (":9092" is 127.0.0.1:9092); in the environment, comma-separated. '
         "Not given: the embedded broker. An empty list is an error."))
-    security_protocol: str | None = Field(None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
-    sasl_mechanism: str | None = Field(None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI or OAUTHBEARER.")
-    sasl_username: str | None = Field(None, description="The SASL user name.")
-    sasl_password: str | None = Field(None, description="The SASL password (secret). Prefer `sasl_password_env`.")
-    sasl_password_env: str | None = Field(None, description="The environment variable holding the SASL password.")
-    ssl_ca_location: str | None = Field(None, description="The CA certificate file (PEM) to verify the brokers.")
-    ssl_certificate_location: str | None = Field(None, description="The client certificate file (PEM), for mutual TLS.")
-    ssl_key_location: str | None = Field(None, description="The client private key file (PEM), for mutual TLS.")
-    ssl_key_password: str | None = Field(None, description="The private key's password (secret). Prefer `ssl_key_password_env`.")
-    ssl_key_password_env: str | None = Field(None, description="The environment variable holding the private key's password.")
-    ssl_check_hostname: bool | None = Field(None, description="Verify the broker's host name against its certificate (librdkafka's default: yes).")
+    security_protocol: str | None = Field(default=None, description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL.")
+    sasl_mechanism: str | None = Field(default=None, description="PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, GSSAPI or OAUTHBEARER.")
+    sasl_username: str | None = Field(default=None, description="The SASL user name.")
+    sasl_password: str | None = Field(default=None, description="The SASL password (secret). Prefer `sasl_password_env`.")
+    sasl_password_env: str | None = Field(default=None, description="The environment variable holding the SASL password.")
+    ssl_ca_location: str | None = Field(default=None, description="The CA certificate file (PEM) to verify the brokers.")
+    ssl_certificate_location: str | None = Field(default=None, description="The client certificate file (PEM), for mutual TLS.")
+    ssl_key_location: str | None = Field(default=None, description="The client private key file (PEM), for mutual TLS.")
+    ssl_key_password: str | None = Field(default=None, description="The private key's password (secret). Prefer `ssl_key_password_env`.")
+    ssl_key_password_env: str | None = Field(default=None, description="The environment variable holding the private key's password.")
+    ssl_check_hostname: bool | None = Field(default=None, description="Verify the broker's host name against its certificate (librdkafka's default: yes).")
     settings: dict[str, Any] = Field(default_factory=dict, description=(
         'librdkafka properties passed as they are, e.g. `settings = { "linger.ms" = 5 }` (quote dotted '
         "names); checked at start-up; the properties freedom's guarantees depend on are refused."))
@@ -251,9 +251,9 @@ class _Client(_Model):
 class ProducerClient(_Client):
     """One `[[producer_clients]]` entry: a cluster messages can be published to."""
 
-    name: str = Field("", description=(
+    name: str = Field(default="", description=(
         "The name `Msg.select_client(name)` picks; unique. The unnamed (else the first) client is the default."))
-    delivery_timeout_sec: float = Field(30.0, description=(
+    delivery_timeout_sec: float = Field(default=30.0, description=(
         "How long `publish()` may take before it raises (at least 0.001, at most 2147483)."))
 
     @model_validator(mode="after")
@@ -272,8 +272,8 @@ class ProducerClient(_Client):
 class TopicOverride(_Model):
     """`[consumer_clients.topics."T"]`: how the records of topic T are delivered (the client's by default)."""
 
-    mode: str | None = Field(None, description="As the client's `mode`, for this topic.")
-    max_in_flight: int | None = Field(None, description="As the client's `max_in_flight`, for this topic.")
+    mode: str | None = Field(default=None, description="As the client's `mode`, for this topic.")
+    max_in_flight: int | None = Field(default=None, description="As the client's `max_in_flight`, for this topic.")
 
     @model_validator(mode="after")
     def _check(self) -> "TopicOverride":
@@ -298,19 +298,19 @@ def _check_prefix(name: str, prefix: str) -> None:
 class ConsumerClient(_Client):
     """One `[[consumer_clients]]` entry: a cluster and consumer group the proxy reads from."""
 
-    group_id: str = Field("freedom", description="The consumer group; unique among the consumer clients.")
-    initial_offset: str = Field("latest", description='Where a new group starts: "latest" or "earliest".')
-    retry_count: int = Field(0, description=(
+    group_id: str = Field(default="freedom", description="The consumer group; unique among the consumer clients.")
+    initial_offset: str = Field(default="latest", description='Where a new group starts: "latest" or "earliest".')
+    retry_count: int = Field(default=0, description=(
         "Retries of a record whose delivery fails (0: none; the record goes to the dead-letter topic)."))
-    retry_group_id: str = Field("retry_freedom", description="The consumer group of the retry topics; differs from group_id.")
-    retry_prefix: str = Field("retry-", description="Retry topic of topic T: `{retry_prefix}T`.")
-    retry_interval_sec: float = Field(45.0, description="How long a record waits on the retry topic before its next delivery.")
-    retry_fail_prefix: str = Field("fail-", description="Dead-letter topic of topic T: `{retry_fail_prefix}T`.")
-    mode: str = Field("sequential", description=(
+    retry_group_id: str = Field(default="retry_freedom", description="The consumer group of the retry topics; differs from group_id.")
+    retry_prefix: str = Field(default="retry-", description="Retry topic of topic T: `{retry_prefix}T`.")
+    retry_interval_sec: float = Field(default=45.0, description="How long a record waits on the retry topic before its next delivery.")
+    retry_fail_prefix: str = Field(default="fail-", description="Dead-letter topic of topic T: `{retry_fail_prefix}T`.")
+    mode: str = Field(default="sequential", description=(
         '"sequential" (one record at a time per partition), "concurrent" (up to max_in_flight at once) '
         'or "key-ordered" (concurrent, records with the same key in order).'))
-    max_in_flight: int = Field(500, description="Records of one topic delivered at once (concurrent, key-ordered).")
-    drain_timeout_sec: float = Field(10.0, description=(
+    max_in_flight: int = Field(default=500, description="Records of one topic delivered at once (concurrent, key-ordered).")
+    drain_timeout_sec: float = Field(default=10.0, description=(
         "At a rebalance or stop: how long in-flight deliveries may finish."))
     topics: dict[str, TopicOverride] = Field(default_factory=dict, description=(
         '`[consumer_clients.topics."T"]`: `mode` and `max_in_flight` of topic T (a topic some event listens to).'))
