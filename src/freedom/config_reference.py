@@ -52,6 +52,15 @@ freedom: error: conf/infra/kafka.toml: consumer_clients[0].retry_count: must be 
 freedom: error: environment FREEDOM_KAFKA__CONSUMER_CLIENTS__0__RETRY_COUNT: must be an integer, got "x"
 ```
 
+Besides types, start-up checks: the files are UTF-8 TOML; every `*_sec` duration is a finite
+number (no `inf`/`nan`) of at most 2147483 s (~24.8 days, librdkafka's 32-bit milliseconds);
+`delivery_timeout_sec` is at least 0.001; ports are 1–65535 (`servers`, `proxy_addr`,
+`listen_addr`); retry and dead-letter prefixes hold only characters topic names allow; a
+`[consumer_clients.topics."T"]` table names a topic some event listens to; each `settings`
+property is one librdkafka knows, with a value it takes (see [Refused `settings`](#refused-settings));
+`listen_addr` (or `--listen`) can be bound, before Kafka starts; and every configured cluster
+answers within 15 s (`cannot reach Kafka at … (consumer_clients[0] in …/kafka.toml)`).
+
 ## Environment variables
 
 Every key can be set by an environment variable. **The naming rule**: `FREEDOM_APP__` for
