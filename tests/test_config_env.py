@@ -254,7 +254,7 @@ def test_a_service_configured_only_through_the_environment_runs(apache_kafka, ne
     topic = new_topic(apache_kafka.bootstrap)
     port, record = free_port(), tmp_path / "record.jsonl"
     env = clean_env(
-        PYTHONPATH=str(SERVICES), RECORD_FILE=str(record), EVENT_TOPIC=topic,
+        PYTHONPATH=os.pathsep.join([str(SERVICES), *filter(None, [os.environ.get("PYTHONPATH")])]), RECORD_FILE=str(record), EVENT_TOPIC=topic,
         FREEDOM_APP__LISTEN_ADDR=f"127.0.0.1:{port}",
         FREEDOM_KAFKA__PRODUCER__OPEN="true",
         FREEDOM_KAFKA__PRODUCER_CLIENTS__0__SERVERS=apache_kafka.bootstrap,
