@@ -4,21 +4,41 @@
 
 Set-up (config files, `@freedom.prepare` hooks) happens once, before the first request or at
 `freedom run`; the Kafka infrastructure starts with the ASGI lifespan and stops with it.
+
+Start-up and shutdown, in this order (README "Start-up and shutdown"):
+
+1. the Kafka side: embedded broker, producer, consumer groups joined, database and outbox relay;
+2. the user's start-up code: `Application(lifespan=...)` entered, then the `@app.on_startup`
+   functions (they may publish);
+3. deliveries to the handlers begin (HTTP and in-process alike);
+   ... the service runs ...
+4. the consumer proxies drain (no handler runs after this);
+5. the user's shutdown code: the `@app.on_shutdown` functions, then the lifespan's exit (they may
+   still publish);
+6. the database and relay stop, the producer flushes and closes, the embedded broker stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import inspect
+import ipaddress
 import logging
 import os
+import traceback
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, Sequence
+from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence, TypeVar, cast
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 
 from .config import (AppConfig, KafkaConfig, check_topic_overrides, find_config_dir, load_app_config,
                      load_kafka_config)
 from .controllers import Injectables
+from .errors import FreedomError
 from .domain import Database, DomainEventInfra, UnitOfWork
 from .domain import infra as domain_infra
 from .initiator import Initiator, PrepareHook, registered_prepare_hooks, route_keys_with_slashes
@@ -26,9 +46,69 @@ from .infra.kafka.delivery import EventRoute
 from .infra.kafka.infra import KafkaInfra
 from .infra.kafka.producer import Producer
 from .outcomes import Outcome, handle_outcome
-from .security import secure_event_routes
+from .security import is_loopback, secure_event_routes
 
 log = logging.getLogger("freedom")
+
+#: A start-up or shutdown function: no arguments, plain or `async def`.
+Hook = Callable[[], "Awaitable[None] | None"]
+HookT = TypeVar("HookT", bound=Callable[[], Any])
+#: `Application(lifespan=...)`: called with the Application, gives an async context manager whose
+#: entry is start-up code and whose exit is shutdown code (as FastAPI's `lifespan`). What it yields,
+#: when a mapping, is set on `app.fastapi.state` (`request.app.state.<name>` in a handler).
+Lifespan = Callable[["Application"], AsyncContextManager[Any]]
+
+
+class StartupError(FreedomError):
+    """The user's start-up code (lifespan or `@app.on_startup` function) raised: start-up stopped."""
+
+
+def _name(fn: Any) -> str:
+    return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', None) or repr(fn)}"
+
+
+def _startup_error(what: str, exc: BaseException) -> StartupError:
+    """One line: which code failed, the exception, and where it was raised (the traceback is in the
+    DEBUG log)."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    at = f" ({os.path.basename(frames[-1].filename)}, line {frames[-1].lineno})" if frames else ""
+    text = " ".join(str(exc).split())
+    log.debug("%s failed", what, exc_info=exc)
+    return StartupError(f"{what} failed: {type(exc).__name__}{': ' + text if text else ''}{at}")
+
+
+def proxy_addr_for(listen_addr: str) -> str:
+    """The base URL the consumer proxy reaches a service listening on `listen_addr` at: the same
+    host and port, loopback when it listens on every interface (0.0.0.0 → 127.0.0.1, :: → [::1])."""
+    host, _, port = listen_addr.rpartition(":")
+    bare = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(bare)
+    except ValueError:
+        ip = None
+    if not bare or (ip is not None and ip.is_unspecified and ip.version == 4):
+        host = "127.0.0.1"
+    elif ip is not None and ip.is_unspecified:
+        host = "[::1]"
+    elif ip is not None and ip.version == 6:
+        host = f"[{bare}]"
+    return f"http://{host}:{port}"
+
+
+def _port_of(url: str) -> int:
+    parts = urlsplit(url)
+    return parts.port or (443 if parts.scheme == "https" else 80)
+
+
+def proxy_addr_mismatch(proxy_addr: str, listen_addr: str) -> bool:
+    """True when `proxy_addr` points at this machine (loopback, or the listen host) but at another
+    port than the one the service listens on: deliveries would go to some other process, or nowhere."""
+    if proxy_addr == "inprocess":
+        return False
+    host, _, listen_port = listen_addr.rpartition(":")
+    target = urlsplit(proxy_addr).hostname or ""
+    local = is_loopback(target) or target == host.strip("[]")
+    return local and str(_port_of(proxy_addr)) != listen_port
 
 
 class Application:
@@ -41,9 +121,11 @@ class Application:
         prepare: Sequence[PrepareHook] | None = None,
         embedded_broker: bool = False,
         title: str = "freedom",
+        lifespan: Lifespan | None = None,
     ) -> None:
         """`config_dir` overrides the config lookup; `prepare` replaces the `@freedom.prepare` hooks;
-        `embedded_broker` forces the embedded broker for every Kafka client."""
+        `embedded_broker` forces the embedded broker for every Kafka client; `lifespan(app)` is an
+        async context manager run around the service's life, once the Kafka side is up (as FastAPI's)."""
         self._config_dir_arg = config_dir
         self._prepare = list(prepare) if prepare is not None else None
         self.embedded_broker = embedded_broker
@@ -61,6 +143,32 @@ class Application:
         self.injectables[UnitOfWork] = lambda rt: UnitOfWork(self, rt)
         self._is_set_up = False
         self._started = False
+        if lifespan is not None and inspect.isasyncgenfunction(lifespan):
+            lifespan = contextlib.asynccontextmanager(lifespan)  # as Starlette: the decorator may be left out
+        self.lifespan = lifespan
+        self._startup_hooks: list[Hook] = []
+        self._shutdown_hooks: list[Hook] = []
+        self._user_code: contextlib.AsyncExitStack | None = None  # the lifespan entered, until shutdown
+        self._user_started = False  # every start-up function returned: shutdown code is owed
+        self._draining: asyncio.Future[None] | None = None
+        #: The address the service is served on: listen_addr, or Application.run()'s host and port.
+        self.serving_addr: str | None = None
+
+    # ------------------------------------------------------------------ start-up and shutdown code
+
+    def on_startup(self, fn: HookT) -> HookT:
+        """Decorator: run `fn()` (plain or async, no arguments) at start-up, after the Kafka side
+        is ready (it may publish) and before the first delivery to a handler; functions run in the
+        order they were registered, after the lifespan's entry. If one raises, start-up stops."""
+        self._startup_hooks.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: HookT) -> HookT:
+        """Decorator: run `fn()` (plain or async, no arguments) at shutdown, once the consumer
+        proxies have drained (no handler runs any more) and before the producer closes (it may
+        still publish); in the order registered, before the lifespan's exit."""
+        self._shutdown_hooks.append(fn)
+        return fn
 
     # ------------------------------------------------------------------ set-up
 
@@ -71,7 +179,9 @@ class Application:
         config_dir = find_config_dir(self._config_dir_arg)
         self.config = load_app_config(config_dir, listen_addr=self.listen_addr)
         self.kafka_config = load_kafka_config(config_dir)
+        self.serving_addr = self.config.listen_addr
         if self.kafka_config is not None:
+            self.kafka_config = self._following(self.kafka_config, self.serving_addr)
             self.kafka = KafkaInfra(self.kafka_config, embedded=self.embedded_broker)
             kafka = self.kafka
             self.injectables[Producer] = lambda _rt: kafka.producer
@@ -90,6 +200,37 @@ class Application:
         route_keys_with_slashes(self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None))
         self._is_set_up = True
         return self
+
+    @staticmethod
+    def _following(config: KafkaConfig, listen_addr: str) -> KafkaConfig:
+        """`config` with proxy_addr following `listen_addr` when kafka.toml does not set it."""
+        if config.proxy_addr_explicit:
+            return config
+        return replace(config, proxy_addr=proxy_addr_for(listen_addr))
+
+    def serve_on(self, listen_addr: str) -> None:
+        """Record that the service is served on `listen_addr` (Application.run's host and port, after
+        set-up): a proxy_addr not set explicitly follows it."""
+        self.setup()
+        self.serving_addr = listen_addr
+        if self.kafka_config is not None:
+            self.kafka_config = self._following(self.kafka_config, listen_addr)
+            if self.kafka is not None:
+                self.kafka.config = self.kafka_config
+
+    def _warn_proxy_addr(self) -> None:
+        """One start-up warning when an explicit proxy_addr points at a port of this machine the
+        service does not listen on (`--listen` changed the port, but kafka.toml still names the old one)."""
+        cfg, listen = self.kafka_config, self.serving_addr or self.config.listen_addr
+        if cfg is None or not cfg.consumer_open or not self.event_routes or not cfg.proxy_addr_explicit:
+            return
+        if proxy_addr_mismatch(cfg.proxy_addr, listen):
+            file, key = self.config.listen_from
+            source = f"{file}: {key}" if key else file
+            log.warning("[consumer] proxy_addr = %s (%s) points at port %s of this machine, but the service "
+                        "listens on %s (%s): deliveries go to that other port; remove proxy_addr to follow "
+                        "the listen address, or ignore this if something there forwards to the service",
+                        cfg.proxy_addr, cfg.file, _port_of(cfg.proxy_addr), listen, source)
 
     def install_domain_event_infra(self, infra: DomainEventInfra) -> None:
         """Install the one infrastructure entities publish domain events through (SPEC §6)."""
@@ -119,40 +260,104 @@ class Application:
             await self.stop()
 
     async def start(self) -> None:
-        """Start the infrastructure: embedded broker, producer, consumer proxies."""
+        """Start the Kafka side (embedded broker, producer, consumer groups), the database, then the
+        user's start-up code; deliveries to handlers begin after it. On any failure what was
+        started is stopped again; user code that raised is a :class:`StartupError` (one line)."""
         self.setup()
         if self._started:
             return
         self._started = True
-        if self.kafka is not None:
-            try:
+        self._warn_proxy_addr()
+        try:
+            if self.kafka is not None:
                 await self.kafka.start(self.event_routes, app=self.fastapi)
-            except BaseException:
-                await self.kafka.stop()
-                raise
-            await self.kafka.wait_ready()
-        if self.database is not None:
-            try:
+                await self.kafka.wait_ready()
+            if self.database is not None:
                 await self.database.start(self)  # creates the outbox tables, starts the relay
-            except BaseException:
-                await self.stop()
-                raise
+            await self._run_startup_code()
+        except BaseException:
+            await self.stop()
+            raise
         if self.kafka is not None:
-            self.kafka.app_started.set()  # in-process deliveries may begin
+            self.kafka.app_started.set()  # deliveries may begin (HTTP and in-process alike)
+
+    async def _run_startup_code(self) -> None:
+        self._user_code = contextlib.AsyncExitStack()
+        if self.lifespan is not None:
+            try:
+                state = await self._user_code.enter_async_context(self.lifespan(self))
+            except Exception as exc:
+                raise _startup_error(f"the lifespan {_name(self.lifespan)}", exc) from exc
+            if isinstance(state, Mapping):
+                for k, v in state.items():
+                    setattr(self.fastapi.state, k, v)
+        # Then FastAPI's own @app.fastapi.on_event("startup") handlers (its lifespan is ours).
+        for hook in [*self._startup_hooks, *getattr(self.fastapi.router, "on_startup", ())]:
+            try:
+                result = hook()
+                if inspect.isawaitable(result):
+                    await result
+            except Exception as exc:
+                raise _startup_error(f"the start-up function {_name(hook)}", exc) from exc
+        self._user_started = True
+
+    async def _run_shutdown_code(self) -> None:
+        """The `@on_shutdown` functions (only when start-up finished), then the lifespan's exit;
+        a failure is logged and the rest still runs: the producer must still be flushed."""
+        if self._user_started:
+            self._user_started = False
+            for hook in [*self._shutdown_hooks, *getattr(self.fastapi.router, "on_shutdown", ())]:
+                try:
+                    result = hook()
+                    if inspect.isawaitable(result):
+                        await result
+                except Exception:  # noqa: BLE001 - keep stopping
+                    log.exception("the shutdown function %s failed", _name(hook))
+        stack, self._user_code = self._user_code, None
+        if stack is not None:
+            try:
+                await stack.aclose()
+            except Exception:  # noqa: BLE001
+                log.exception("the lifespan %s failed at its exit", _name(self.lifespan))
 
     async def stop_consuming(self) -> None:
-        """Stop the consumer proxies first (drain, commit), while the HTTP server still serves them."""
-        if self.kafka is not None:
-            for proxy in list(self.kafka.proxies):
+        """Stop the consumer proxies first (drain, commit), while the HTTP server still serves them.
+
+        Called by the server at the first signal and again by :meth:`stop`: the second call waits
+        for the same drain, so shutdown code never starts while a handler still runs."""
+        if self.kafka is None:
+            return
+        if self._draining is None:
+            self._draining = asyncio.ensure_future(self._drain(self.kafka))
+        await asyncio.shield(self._draining)
+
+    @staticmethod
+    async def _drain(kafka: KafkaInfra) -> None:
+        for proxy in list(kafka.proxies):
+            try:
                 await proxy.stop()
-            self.kafka.proxies.clear()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping consumer group %r failed", proxy.config.group_id)
+        kafka.proxies.clear()
 
     async def stop(self) -> None:
-        if self.database is not None and self._started:
-            await self.database.stop()  # the relay first: it publishes through the producer
-        if self.kafka is not None and self._started:
-            await self.kafka.stop()
+        """Drain the consumer proxies, run the user's shutdown code, then stop the database and
+        relay, flush and close the producer, and stop the embedded broker."""
+        if not self._started:
+            return
         self._started = False
+        try:
+            await self.stop_consuming()
+            await self._run_shutdown_code()
+        finally:
+            try:
+                if self.database is not None:
+                    await self.database.stop()  # the relay before the producer: it publishes through it
+            finally:
+                if self.kafka is not None:
+                    await self.kafka.stop()
+                    self.kafka.app_started.clear()
+                self._draining = None
 
     def run(self, *, host: str | None = None, port: int | None = None) -> None:
         """Serve the application (HTTP server and consumer proxy) until SIGINT/SIGTERM."""
@@ -164,4 +369,4 @@ class Application:
     def producer(self) -> Producer:
         """The producer, for publishing outside a controller (a script, a background task)."""
         self.setup()
-        return self.injectables[Producer](None)  # type: ignore[arg-type]
+        return cast(Producer, self.injectables[Producer](None))  # type: ignore[arg-type]

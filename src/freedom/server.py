@@ -116,6 +116,8 @@ def bind_listen_socket(app: "Application", host: str | None = None, port: int | 
 
 def serve(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
     app.setup()
+    if host is not None or port is not None:  # Application.run(host=, port=): proxy_addr follows it
+        app.serve_on(f"{host or app.config.host}:{port if port is not None else app.config.port}")
     # Bound first: a listen address that cannot be bound is a config error, before Kafka starts.
     sock = bind_listen_socket(app, host, port)
     if app.kafka_config is not None and app.kafka_config.proxy_http2:

@@ -20,6 +20,32 @@ from .settings import client_settings
 log = logging.getLogger("freedom.kafka")
 
 
+class AfterStartup:
+    """A transport whose deliveries wait until the application has started, its user start-up code
+    included (`app_started`), however long that takes: handlers may rely on what start-up made,
+    over HTTP as in-process. Then the service's own wait (the port listening) gets its usual window."""
+
+    def __init__(self, inner: Transport, started: asyncio.Event) -> None:
+        self.inner, self.started = inner, started
+        self.proxy_addr = inner.proxy_addr
+        self.deliver = inner.deliver  # bound as they are: no extra call per delivery
+        self.aclose = inner.aclose
+
+    async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
+        loop = asyncio.get_running_loop()
+        window = deadline - loop.time()
+        if not self.started.is_set():
+            waiters = {asyncio.ensure_future(self.started.wait()), asyncio.ensure_future(stop.wait())}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+            if not self.started.is_set():
+                return False
+        return await self.inner.wait_until_reachable(loop.time() + window, stop)
+
+
 class KafkaInfra:
     """Producer and consumer proxies of one service, made from its `kafka.toml`."""
 
@@ -31,8 +57,8 @@ class KafkaInfra:
         self.producer = Producer(disabled_reason="the Kafka producer is not started yet")
         self.proxies: list[ConsumerProxy] = []
         self.delivery: Transport | None = None
-        # Set by the Application once it has started: in-process deliveries wait for it, as HTTP
-        # deliveries wait for the server to listen.
+        # Set by the Application once it has started (user start-up code included): every delivery
+        # waits for it (AfterStartup), HTTP deliveries then also for the server to listen.
         self.app_started = asyncio.Event()
 
     def _servers(self, servers: tuple[str, ...] | None) -> tuple[str, ...]:
@@ -68,8 +94,9 @@ class KafkaInfra:
             if not routes:
                 log.warning("[consumer] open = true in %s, but no event is bound (initiator.listen_event)", cfg.file)
             else:
-                self.delivery = make_transport(cfg.proxy_addr, http2=cfg.proxy_http2, secret=cfg.proxy_secret,
-                                               app=app, ready=self.app_started)
+                self.delivery = AfterStartup(make_transport(cfg.proxy_addr, http2=cfg.proxy_http2,
+                                                            secret=cfg.proxy_secret, app=app, ready=self.app_started),
+                                             self.app_started)
                 for i, c in enumerate(cfg.consumer_clients):
                     # Tansu holds a new group's join for half the session timeout: keep it short there.
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}
