@@ -155,6 +155,9 @@ def test_the_environment_alone_configures_kafka(setenv):
      'environment FREEDOM_KAFKA__PRODUCER_CLIENTS__0__SETTINGS__LINGR_MS: librdkafka refuses it: No such configuration property: "lingr.ms"'),
     ({"FREEDOM_APP__LOG_LEVEL": "loud\nsecond line"},
      'environment FREEDOM_APP__LOG_LEVEL: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got "loud\\nsecond line"'),
+    ({"FREEDOM_APP__SERVICE_NAME": "caf\udce9"}, "environment FREEDOM_APP__SERVICE_NAME: is not valid UTF-8 text"),  # b"caf\xe9"
+    ({"FREEDOM_KAFKA__CONSUMER_CLIENTS": '[{"servers": []}]'},  # a list given whole, as JSON
+     "environment FREEDOM_KAFKA__CONSUMER_CLIENTS: consumer_clients[0].servers: is empty"),
 ])
 def test_an_environment_error_names_the_variable_on_one_line(setenv, env, message):
     setenv(env)

@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 from pydantic import BaseModel, ValidationError
 
 from .config_env import (PREFIXES, Overlay, Path as KeyPath, Root, Source, check_stray, env_error, env_name,
-                         field_kind, file_sources, known_names, model_at, norm)
+                         field_kind, file_sources, known_names, model_at, norm, one_line)
 from .config_models import (CONSUME_MODES, LOG_LEVELS, MAX_SECONDS, SECRET_FIELDS, AppModel, ConsumerClient,
                             KafkaModel, Problem, ProducerClient, check_listen_addr, check_seconds, type_name)
 from .errors import ConfigError
@@ -183,11 +183,6 @@ def dotted(path: KeyPath) -> str:
     return out
 
 
-def _one_line(text: str) -> str:
-    """A message on one line whatever a value held (a TOML string may contain a newline)."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
-
-
 _EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
              "float_type": "a number", "bool_type": "true or false", "list_type": "an array",
              "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table"}
@@ -216,12 +211,13 @@ class _Loaded:
 
     def error(self, path: KeyPath, problem: str) -> ConfigError:
         """The one-line error about the key at `path`: naming the variable that gave it, else the file."""
-        problem = _one_line(problem)
         src = self.source(path)
         if src.kind == "env" or (src.kind == "default" and not self.exists):
             var = src.where if src.kind == "env" else env_name(self.root, path)
+            if src.kind == "env" and self.sources.get(path) != src:  # a table given whole (JSON): which key in it
+                problem = f"{dotted(path)}: {problem}"
             return env_error(var, problem, dotted(path))
-        return ConfigError(self.file, dotted(path) or None, problem)
+        return ConfigError(self.file, one_line(dotted(path)) or None, one_line(problem))
 
     def validate(self) -> Any:
         try:

@@ -63,9 +63,14 @@ class Source:
         return self.where if self.kind != "default" else "default"
 
 
+def one_line(text: str) -> str:
+    """`text` printable on one line whatever a value or name held (a newline, a lone surrogate)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def env_error(var: str, problem: str, key: str | None = None) -> ConfigError:
     """`environment VAR: problem` (the key, when known, stays in `.key` for callers)."""
-    err = ConfigError(f"environment {var}", None, problem)
+    err = ConfigError(one_line(f"environment {var}"), None, one_line(problem))
     err.key = key
     return err
 
@@ -204,6 +209,10 @@ class Overlay:
         prefix = PREFIXES[self.root]
         names = sorted((n for n in environ if n.startswith(prefix)), key=_natural)
         for var in names:
+            try:
+                environ[var].encode("utf-8")
+            except UnicodeEncodeError:  # bytes that are not UTF-8 (Python keeps them as lone surrogates)
+                raise env_error(var, "is not valid UTF-8 text") from None
             segs = var[len(prefix):].split("__")
             if not all(segs):
                 raise env_error(var, f"unknown variable: an empty segment (the rule: {prefix}KEY__KEY..., "
