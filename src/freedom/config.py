@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping
 
 from pydantic import BaseModel, ValidationError
 
-from .config_env import (PREFIXES, Overlay, Path as KeyPath, Root, Source, check_stray, env_error, env_name,
+from .config_env import (PREFIXES, KeyPath, Overlay, Root, Source, check_stray, env_error, env_name,
                          field_kind, file_sources, known_names, model_at, norm, one_line)
 from .config_models import (CONSUME_MODES, LOG_LEVELS, MAX_SECONDS, SECRET_FIELDS, AppModel, ConsumerClient,
                             KafkaModel, Problem, ProducerClient, check_listen_addr, check_seconds, type_name)

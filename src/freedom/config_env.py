@@ -39,6 +39,7 @@ PREFIXES: dict[Root, str] = {"app": "FREEDOM_APP__", "kafka": "FREEDOM_KAFKA__"}
 NOT_KEYS = frozenset({
     "FREEDOM_PROJECT_CONFIG",  # the config directory (find_config_dir)
     "FREEDOM_PROXY_SECRET",  # the usual `secret_env` target
+    "FREEDOM_EMBEDDED_BOOTSTRAP",  # the embedded broker `freedom run --reload` keeps across restarts
     "FREEDOM_KAFKA_JARS",  # the test broker's jar directory (tests/kafka/broker.py)
 })
 
@@ -49,7 +50,7 @@ ALTERNATES.update({v: k for k, v in list(ALTERNATES.items())})
 #: The key naming a client entry, per list of clients.
 IDENTITY = {"producer_clients": "name", "consumer_clients": "group_id"}
 
-Path = tuple[str | int, ...]
+KeyPath = tuple[str | int, ...]  # a key's place in a file: ("consumer_clients", 0, "group_id")
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,7 @@ def norm(text: str) -> str:
     return re.sub(r"[^A-Z0-9]", "_", text.upper())
 
 
-def env_name(root: Root, path: Path) -> str:
+def env_name(root: Root, path: KeyPath) -> str:
     """The environment variable of the key at `path` (indices as numbers)."""
     parts: list[str] = []
     for i, seg in enumerate(path):
@@ -117,7 +118,7 @@ def field_kind(annotation: Any) -> tuple[Kind, Any]:
     return "leaf", annotation
 
 
-def model_at(model: type[BaseModel], path: Path) -> type[BaseModel] | None:
+def model_at(model: type[BaseModel], path: KeyPath) -> type[BaseModel] | None:
     """The model class of the table at `path`, or None when `path` is not a table of the schema."""
     for i, seg in enumerate(path):
         if isinstance(seg, int):
@@ -134,7 +135,7 @@ def model_at(model: type[BaseModel], path: Path) -> type[BaseModel] | None:
     return model
 
 
-def known_names(root: Root, model: type[BaseModel], path: Path = ()) -> list[str]:
+def known_names(root: Root, model: type[BaseModel], path: KeyPath = ()) -> list[str]:
     """Every variable name of the schema, entries as index 0 (for spelling hints and the reference)."""
     out = []
     for name, info in model.model_fields.items():
@@ -201,7 +202,7 @@ def _json(var: str, text: str, want: type) -> Any:
 class Overlay:
     """Applies the `FREEDOM_<ROOT>__*` variables to a file's data, recording each key's source."""
 
-    def __init__(self, root: Root, model: type[BaseModel], data: dict[str, Any], sources: dict[Path, Source]) -> None:
+    def __init__(self, root: Root, model: type[BaseModel], data: dict[str, Any], sources: dict[KeyPath, Source]) -> None:
         self.root, self.model, self.data, self.sources = root, model, data, sources
 
     def apply(self, environ: Mapping[str, str]) -> bool:
@@ -220,7 +221,7 @@ class Overlay:
             self._set(var, environ[var], self.model, self.data, segs, ())
         return bool(names)
 
-    def _unknown(self, var: str, model: type[BaseModel], segs: list[str], path: Path) -> ConfigError:
+    def _unknown(self, var: str, model: type[BaseModel], segs: list[str], path: KeyPath) -> ConfigError:
         where = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path).lstrip(".")
         table = f"[{where}]" if where else f"the top level of {self.root}.toml"
         seg = segs[0]
@@ -232,13 +233,13 @@ class Overlay:
         return env_error(var, f'unknown variable: {table} has no key "{seg.lower()}"{hint}')
 
     def _set(self, var: str, text: str, model: type[BaseModel], node: dict[str, Any], segs: list[str],
-             path: Path) -> None:
+             path: KeyPath) -> None:
         name, rest = segs[0].lower(), segs[1:]
         info = model.model_fields.get(name)
         if info is None:
             raise self._unknown(var, model, segs, path)
         kind, sub = field_kind(info.annotation)
-        p: Path = (*path, name)
+        p: KeyPath = (*path, name)
         if kind == "leaf":
             if rest:
                 raise env_error(var, f"unknown variable: {name} is a single value, with no keys under it")
@@ -281,7 +282,7 @@ class Overlay:
             else:
                 raise env_error(var, f"unknown variable: name a key of the topic, like {var}__MODE")
 
-    def _entry(self, var: str, entries: list[Any], seg: str, name: str, path: Path) -> int:
+    def _entry(self, var: str, entries: list[Any], seg: str, name: str, path: KeyPath) -> int:
         if seg.isdigit():
             index = int(seg)
             if index > len(entries):
@@ -303,13 +304,13 @@ class Overlay:
             raise env_error(var, f"{name}[{index}] is not a table in the file")
         return index
 
-    def _given(self, path: Path, var: str, *, only_new: bool = False) -> None:
+    def _given(self, path: KeyPath, var: str, *, only_new: bool = False) -> None:
         if only_new and path in self.sources:
             return
         self.sources[path] = Source("env", var)
 
 
-def file_sources(data: Any, file: str, path: Path = (), out: dict[Path, Source] | None = None) -> dict[Path, Source]:
+def file_sources(data: Any, file: str, path: KeyPath = (), out: dict[KeyPath, Source] | None = None) -> dict[KeyPath, Source]:
     """Every key the file gives, with the file as its source."""
     out = {} if out is None else out
     if path:
