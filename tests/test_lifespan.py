@@ -29,12 +29,14 @@ from tests.services.kafka_tools import produce, read_topic
 
 
 def lifespan_app(config_dir: Path, bootstrap: str, topic: str, events: list[str], *, delivery: str = "http",
-                 fail_at_startup: bool = False) -> freedom.Application:
+                 fail_at_startup: bool = False, http2: bool = False) -> freedom.Application:
     """A service whose lifespan, start-up and shutdown functions and handler append to `events`."""
     port = free_port()
-    write_config(config_dir, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka=kafka_config(bootstrap, port, group_id=f"g-life-{uuid.uuid4().hex[:8]}", delivery=delivery,
-                                    settings={"session.timeout.ms": 6000}))
+    kafka = kafka_config(bootstrap, port, group_id=f"g-life-{uuid.uuid4().hex[:8]}", delivery=delivery,
+                         settings={"session.timeout.ms": 6000})
+    if http2:
+        kafka["consumer"]["proxy_http2"] = True  # served by granian, as `freedom run` does
+    write_config(config_dir, app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
 
     class Store:
         runtime: freedom.Runtime
@@ -103,12 +105,16 @@ def _published_keys(bootstrap: str, topic: str) -> list[str]:
     return [m.key().decode() for m in read_topic(bootstrap, topic, expect=4, settle=0.5)]
 
 
-def test_startup_and_shutdown_order_under_the_server(apache_kafka, new_topic, tmp_path, delivery):
-    """As `freedom run` serves (ServiceThread: app.start(), then uvicorn, SIGTERM-like stop)."""
+@pytest.mark.parametrize("mode", ["http", "h2c", "inprocess"])
+def test_startup_and_shutdown_order_under_the_server(apache_kafka, new_topic, tmp_path, mode):
+    """As `freedom run` serves (ServiceThread: app.start(), then uvicorn, or granian for h2c; a
+    SIGTERM-like stop)."""
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     events: list[str] = []
-    with ServiceThread(lifespan_app(tmp_path, bootstrap, topic, events, delivery=delivery)):
+    app = lifespan_app(tmp_path, bootstrap, topic, events, delivery="inprocess" if mode == "inprocess" else "http",
+                       http2=mode == "h2c")
+    with ServiceThread(app):
         wait_until(lambda: "delivery STARTUP" in events, 30, what="the record start-up code published")
         produce(bootstrap, topic, [{"key": b"SLOW", "value": b"x"}])
         wait_until(lambda: "delivery SLOW" in events, 30, what="the SLOW delivery to begin")
