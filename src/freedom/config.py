@@ -20,7 +20,7 @@ from typing import Any, Iterable, Mapping
 from pydantic import BaseModel, ValidationError
 
 from .config_env import (PREFIXES, KeyPath, Overlay, Root, Source, check_stray, env_error, env_name,
-                         field_kind, file_sources, known_names, model_at, norm, one_line)
+                         field_kind, field_order, file_sources, known_names, model_at, norm, one_line)
 from .config_models import (CONSUME_MODES, LOG_LEVELS, MAX_SECONDS, SECRET_FIELDS, AppModel, ConsumerClient,
                             KafkaModel, Problem, ProducerClient, check_listen_addr, check_seconds, type_name)
 from .errors import ConfigError
@@ -248,7 +248,8 @@ def _entries(loaded: _Loaded, model: BaseModel, path: KeyPath = ()) -> list[Conf
     from .infra.kafka.settings import is_secret
 
     out: list[ConfigEntry] = []
-    for name, info in type(model).model_fields.items():
+    for name in field_order(type(model)):
+        info = type(model).model_fields[name]
         value, p = getattr(model, name), (*path, name)
         kind, _ = field_kind(info.annotation)
         if kind == "model":

@@ -118,6 +118,15 @@ def field_kind(annotation: Any) -> tuple[Kind, Any]:
     return "leaf", annotation
 
 
+def field_order(model: type[BaseModel]) -> list[str]:
+    """The model's keys as the docs and `freedom config` list them: `servers` first, then the model's
+    own keys, then those of its base (the TLS/SASL keys and `settings` every client has)."""
+    own = model.__dict__.get("__annotations__", {})
+    names = list(model.model_fields)
+    order = [n for n in names if n in own] + [n for n in names if n not in own]
+    return sorted(order, key=lambda n: n != "servers")
+
+
 def model_at(model: type[BaseModel], path: KeyPath) -> type[BaseModel] | None:
     """The model class of the table at `path`, or None when `path` is not a table of the schema."""
     for i, seg in enumerate(path):

@@ -19,7 +19,7 @@ from typing import Any, Union, get_args, get_origin
 from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
-from .config_env import NOT_KEYS
+from .config_env import NOT_KEYS, field_order
 from .config_models import (AppModel, ConsumerClient, ConsumerSection, ProducerClient, ProducerSection,
                             TopicOverride)
 from .infra.kafka.settings import REFUSED
@@ -125,18 +125,10 @@ def _default(info: Any) -> str:
     return f"`{json.dumps(info.default)}`"
 
 
-def _fields(model: type[BaseModel]) -> list[str]:
-    """The model's own keys first, then those of its base (the client keys every client has)."""
-    own = model.__dict__.get("__annotations__", {})
-    names = list(model.model_fields)
-    order = [n for n in names if n in own] + [n for n in names if n not in own]
-    return sorted(order, key=lambda n: n != "servers")  # the brokers first, as in the files
-
-
 def _section(title: str, model: type[BaseModel], env: str, skip: tuple[str, ...] = ()) -> list[str]:
     doc = (model.__doc__ or "").strip().splitlines()[0]
     lines = [f"## {title}", "", doc, "", "| key | type | default | environment variable | |", "|---|---|---|---|---|"]
-    for name in _fields(model):
+    for name in field_order(model):
         if name in skip:
             continue
         info = model.model_fields[name]
