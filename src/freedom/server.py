@@ -187,7 +187,8 @@ async def serve_granian(app: "Application", host: str, port: int, shutdown: asyn
     finally:
         stopping.cancel()
         if not serving.done():
-            server.signal_handler_interrupt()  # graceful: in-flight requests finish, then lifespan shutdown
+            # Graceful: in-flight requests finish, then the lifespan shutdown.
+            server.signal_handler_interrupt()  # type: ignore[no-untyped-call]
             try:
                 # Bounded like uvicorn's graceful shutdown: an idle HTTP/2 connection that its
                 # client never closes would otherwise hold the stop forever.

@@ -97,14 +97,14 @@ class KafkaInfra:
                 self.delivery = AfterStartup(make_transport(cfg.proxy_addr, http2=cfg.proxy_http2,
                                                             secret=cfg.proxy_secret, app=app, ready=self.app_started),
                                              self.app_started)
-                for i, c in enumerate(cfg.consumer_clients):
+                for i, cc in enumerate(cfg.consumer_clients):
                     # Tansu holds a new group's join for half the session timeout: keep it short there.
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}
-                    settings = client_settings(self._servers(c.servers), "consumer", c.group_id, base, c.settings)
+                    settings = client_settings(self._servers(cc.servers), "consumer", cc.group_id, base, cc.settings)
                     where = f"consumer_clients[{i}] in {cfg.file}"
                     await asyncio.to_thread(check_reachable, settings, where)
                     await asyncio.to_thread(ensure_topics, settings, list(routes))
-                    proxy = ConsumerProxy(c, settings, routes, self.delivery)
+                    proxy = ConsumerProxy(cc, settings, routes, self.delivery)
                     await proxy.start()
                     self.proxies.append(proxy)
 
