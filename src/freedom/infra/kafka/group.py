@@ -570,7 +570,7 @@ class GroupLoop:
         kind, ms = record.timestamp()
         if kind == confluent_kafka.TIMESTAMP_NOT_AVAILABLE or ms <= 0:
             return 0.0
-        return ms / 1000.0 + (self.delay_sec or 0.0)
+        return float(ms) / 1000.0 + (self.delay_sec or 0.0)
 
     def _start(self, part: _Partition, record: Any, after: asyncio.Task[bool] | None,
                slots: asyncio.Semaphore | None) -> asyncio.Task[bool]:
