@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -88,7 +88,7 @@ class Initiator:
             if func is None:
                 raise RouteError(f"listen_event({topic!r}, {handler!r}): {cls_name} has no method {method!r}")
             handler = func
-        func = inspect.unwrap(handler)
+        func = inspect.unwrap(cast("Callable[..., Any]", handler))  # a str was resolved above
         if func in self._method_routes:
             verb, path, params = self._method_routes[func]
         else:
@@ -98,6 +98,7 @@ class Initiator:
                     f"listen_event({topic!r}, {getattr(func, '__qualname__', func)!r}): not a route of this app "
                     "(bind its controller first, or decorate it with @app.fastapi.post(...))"
                 )
+            assert api_route.methods is not None  # APIRoute always sets them
             verb = "POST" if "POST" in api_route.methods else sorted(api_route.methods)[0]
             path = api_route.path
             params = tuple(api_route.param_convertors)
@@ -129,7 +130,7 @@ def route_keys_with_slashes(api: FastAPI, routes: dict[str, EventRoute], secret:
     """
     for path, param in sorted({(r.path, r.param) for r in routes.values() if r.param}):
         route = next((r for r in api.router.routes
-                      if isinstance(r, APIRoute) and r.path == path and "POST" in r.methods), None)
+                      if isinstance(r, APIRoute) and r.path == path and "POST" in (r.methods or ())), None)
         if route is None:
             continue
         any_key = path.replace("{" + param + "}", "{" + param + ":path}")

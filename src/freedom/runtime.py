@@ -64,7 +64,7 @@ class Utf8Headers(Headers):
         names arrive lowercased (HTTP); names HTTP could not carry keep their bytes and case."""
         return list(self._list if self._record_raw is None else self._record_raw)
 
-    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+    def get(self, key: str, default: Any = None) -> Any:
         try:
             return self[key]
         except KeyError:
@@ -132,7 +132,7 @@ class Request(_StarletteRequest):
     async def body(self) -> bytes:
         if not hasattr(self, "_body"):
             extensions = self.scope.get("extensions")
-            given = extensions.get(BODY_EXTENSION) if extensions else None
+            given: bytes | None = extensions.get(BODY_EXTENSION) if extensions else None
             if given is not None:
                 self._body = given  # the same bytes `receive` would give
                 return given
@@ -153,7 +153,7 @@ class Request(_StarletteRequest):
         return key_of(event_id, key_header)
 
     @property
-    def headers(self) -> Utf8Headers:  # type: ignore[override]
+    def headers(self) -> Utf8Headers:
         if not hasattr(self, "_utf8_headers"):
             self._utf8_headers = Utf8Headers(scope=self.scope)
         return self._utf8_headers
@@ -210,7 +210,7 @@ class Runtime:
         Kept in the request's state (`request.state.freedom_runtime`), read as a plain dict.
         """
         state = request.scope.setdefault("state", {})
-        runtime = state.get("freedom_runtime")
+        runtime: Runtime | None = state.get("freedom_runtime")
         if runtime is None:
             runtime = state["freedom_runtime"] = cls(request)
         return runtime

@@ -19,10 +19,10 @@ import ipaddress
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, MutableMapping
 
 from starlette.responses import JSONResponse
-from starlette.routing import compile_path, get_route_path
+from starlette.routing import compile_path, get_route_path  # type: ignore[attr-defined]  # Starlette's own import, not re-exported
 
 from .headers import SECRET_HEADER
 from .wire import printable
@@ -47,7 +47,7 @@ def read_secret(t: "KeySource") -> str | None:
 
     Errors name the key and, for `secret_env`, the variable, never the value.
     """
-    secret = t.get("secret", str, None)
+    secret: str | None = t.get("secret", str, None)
     env = t.get("secret_env", str, None)
     if secret is not None and env is not None:
         raise t.error("secret", "is given twice (as secret and secret_env); keep secret_env")
@@ -83,7 +83,7 @@ def is_loopback(host: str) -> bool:
 VERIFIED_SCOPE_KEY = "freedom.delivery_verified"
 
 
-def _refuse(scope: dict[str, Any], given: str) -> JSONResponse:
+def _refuse(scope: MutableMapping[str, Any], given: str) -> JSONResponse:
     client = scope.get("client") or ("unknown", 0)
     log.warning("refused a POST to event route %s from %s: %s header %s", printable(get_route_path(scope)),
                 printable(str(client[0])), SECRET_HEADER, given)
@@ -144,7 +144,7 @@ class RequireDelivery:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict[str, Any], receive: ASGIApp, send: ASGIApp) -> None:
+    async def __call__(self, scope: MutableMapping[str, Any], receive: ASGIApp, send: ASGIApp) -> None:
         if scope["type"] == "http" and scope.get(VERIFIED_SCOPE_KEY) is not True:
             await _refuse(scope, "missing or wrong")(scope, receive, send)
             return

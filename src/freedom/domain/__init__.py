@@ -12,8 +12,8 @@ transactional outbox, and a relay publishes them through the installed infrastru
 
 from .database import Database
 from .entity import Entity
-from .events import (EVENT_ID_HEADER, EVENT_NAME_HEADER, DomainEvent, DomainEventError, EventNameError,
-                     event_topic)
+from ..headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
+from .events import DomainEvent, DomainEventError, EventNameError, event_topic
 from .infra import DomainEventInfra
 from .unit_of_work import UnitOfWork
 

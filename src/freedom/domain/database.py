@@ -154,7 +154,6 @@ class Database:
 def _sqlite_transactions(engine: "AsyncEngine", event: Any) -> None:
     """SQLite: our own `BEGIN IMMEDIATE` (one writer at a time, queued by the busy timeout), WAL."""
 
-    @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
@@ -162,6 +161,9 @@ def _sqlite_transactions(engine: "AsyncEngine", event: Any) -> None:
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()
 
-    @event.listens_for(engine.sync_engine, "begin")
     def _begin(conn: Any) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    # Registered by call rather than as decorators (`event` is untyped: mypy --strict refuses those).
+    event.listens_for(engine.sync_engine, "connect")(_connect)
+    event.listens_for(engine.sync_engine, "begin")(_begin)

@@ -50,7 +50,7 @@ def install(app: "Application", infra: DomainEventInfra) -> None:
 
 def installed(app: "Application", event_name: str) -> DomainEventInfra:
     """`app`'s infrastructure, or DomainEventError saying how to install one."""
-    infra = getattr(app, "domain_event_infra", None)
+    infra: DomainEventInfra | None = getattr(app, "domain_event_infra", None)
     if infra is None:
         raise DomainEventError(
             f"cannot raise domain event {event_name!r}: no domain-event infrastructure is installed; "

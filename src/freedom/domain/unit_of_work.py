@@ -24,9 +24,9 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .entity import Entity
-from .events import EVENT_ID_HEADER, DomainEvent, DomainEventError, request_context
+from .events import DomainEvent, DomainEventError, request_context
 from .infra import DomainEventInfra, installed
-from ..headers import MESSAGE_KEY_HEADER
+from ..headers import EVENT_ID_HEADER, MESSAGE_KEY_HEADER
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession

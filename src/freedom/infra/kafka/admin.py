@@ -7,7 +7,7 @@ import time
 from typing import Any, Iterable
 
 import confluent_kafka
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # there at run time; not in its __all__
 
 from ...errors import FreedomError
 from .logs import FOLD

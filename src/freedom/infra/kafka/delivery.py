@@ -21,8 +21,8 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from ...errors import FreedomError
-from ...headers import MESSAGE_KEY_HEADER, REASON_HEADERS, RETRY_COUNT_HEADER, SECRET_HEADER
-from ...outcomes import OUTCOME_HEADER, OUTCOMES, decode_reason
+from ...headers import MESSAGE_KEY_HEADER, OUTCOME_HEADER, REASON_HEADERS, RETRY_COUNT_HEADER, SECRET_HEADER
+from ...outcomes import OUTCOMES, decode_reason
 from ...wire import ENCODED_HEADER, KEY_HEADER, b64encode, hex_name, is_key_itself, plain_name, plain_value, printable
 from .keys import event_id
 

@@ -32,7 +32,8 @@ import confluent_kafka
 
 from ...config import ConsumerClientConfig
 from ...errors import PublishError
-from .delivery import RETRY_COUNT_HEADER, DeliveryResult
+from ...headers import RETRY_COUNT_HEADER
+from .delivery import DeliveryResult
 from .producer import PRODUCER_DEFAULTS
 
 log = logging.getLogger("freedom.kafka.retry")

@@ -17,9 +17,8 @@ import logging
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
-from ....outcomes import OUTCOME_HEADER, REASON_HEADER
+from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
 from ....runtime import BODY_EXTENSION
-from ....security import SECRET_HEADER
 from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
 
 log = logging.getLogger("freedom.kafka.delivery")

@@ -16,8 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 from ....errors import FreedomError
-from ....outcomes import OUTCOME_HEADER, REASON_HEADER
-from ....security import SECRET_HEADER
+from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
 from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
 from .http1 import Http1Transport, wait_until_listening
 

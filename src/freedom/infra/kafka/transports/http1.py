@@ -23,8 +23,7 @@ from urllib.parse import urlsplit
 import httptools
 
 from ....errors import FreedomError
-from ....outcomes import OUTCOME_HEADER, REASON_HEADER
-from ....security import SECRET_HEADER
+from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
 from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
 
 _OUTCOME = OUTCOME_HEADER.encode()
