@@ -56,4 +56,4 @@ def test_without_granian_h2c_stops_before_start_up_with_the_fix(apache_kafka, tm
     service = ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[]))
     with pytest.raises(freedom.FreedomError) as info:
         service.start()
-    assert str(info.value) == "proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom[http2]'"
+    assert str(info.value) == "proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom-events[http2]'"

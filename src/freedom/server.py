@@ -29,7 +29,7 @@ log = logging.getLogger("freedom.server")
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
-    """Run `main` on a new event loop: uvloop's when it is installed (`pip install 'freedom[fast]'`),
+    """Run `main` on a new event loop: uvloop's when it is installed (`pip install 'freedom-events[fast]'`),
     which makes the consumer proxy and the HTTP server cheaper per request, else asyncio's."""
     factory = None
     if importlib.util.find_spec("uvloop") is not None:
@@ -162,7 +162,7 @@ def require_h2c_server() -> None:
     if importlib.util.find_spec("granian") is None:
         from .errors import FreedomError
 
-        raise FreedomError("proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom[http2]'")
+        raise FreedomError("proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom-events[http2]'")
 
 
 #: How long a stop waits for granian's open connections (as uvicorn's timeout_graceful_shutdown).
@@ -207,7 +207,7 @@ async def serve_granian(app: "Application", host: str, port: int, shutdown: asyn
 
 
 async def serve_http2(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
-    """Serve `app` for h2c deliveries until `shutdown` is set, with granian (`pip install 'freedom[http2]'`)."""
+    """Serve `app` for h2c deliveries until `shutdown` is set, with granian (`pip install 'freedom-events[http2]'`)."""
     require_h2c_server()
     await serve_granian(app, host, port, shutdown)
 

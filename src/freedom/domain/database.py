@@ -53,8 +53,8 @@ class Database:
             from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
         except ImportError as exc:  # pragma: no cover - depends on the installed extras
             raise DomainEventError(
-                f"Database needs SQLAlchemy and a driver: pip install 'freedom[db]' (SQLite) "
-                f"or 'freedom[postgres]' ({exc})"
+                f"Database needs SQLAlchemy and a driver: pip install 'freedom-events[db]' (SQLite) "
+                f"or 'freedom-events[postgres]' ({exc})"
             ) from None
         if isinstance(url, AsyncEngine):
             self.engine: AsyncEngine = url

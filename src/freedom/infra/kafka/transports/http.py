@@ -43,7 +43,7 @@ class HttpTransport:
     def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_in_flight: int = 1000,
                  secret: str | None = None) -> None:
         if importlib.util.find_spec("pyreqwest") is None:
-            raise FreedomError("proxy_http2 = true needs the pyreqwest package: pip install 'freedom[http2]'")
+            raise FreedomError("proxy_http2 = true needs the pyreqwest package: pip install 'freedom-events[http2]'")
         self.proxy_addr = proxy_addr.rstrip("/")
         self._timeout = timeout
         # Requests at once over the one multiplexed connection; above the proxy's own bound
