@@ -11,7 +11,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from ...errors import FreedomError
 from .logs import FOLD
-from .settings import scrub
+from .settings import connection_settings, scrub
 
 log = logging.getLogger("freedom.kafka.admin")
 
@@ -23,10 +23,7 @@ class ClusterUnreachable(FreedomError):
 def _admin(settings: dict[str, Any], **extra: Any) -> AdminClient:
     # Only connection-level settings apply to the admin client, and the logger: without it
     # librdkafka prints every failed connection attempt of the start-up check to stderr itself.
-    keep = {k: v for k, v in settings.items()
-            if k in ("bootstrap.servers", "client.id", "logger")
-            or k.startswith(("security.", "ssl.", "sasl.", "socket."))}
-    return AdminClient({**keep, **extra})
+    return AdminClient({**connection_settings(settings), **extra})
 
 
 def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0) -> None:

@@ -35,6 +35,7 @@ from ...errors import PublishError
 from ...headers import RETRY_COUNT_HEADER
 from .delivery import DeliveryResult
 from .producer import PRODUCER_DEFAULTS
+from .settings import connection_settings
 
 log = logging.getLogger("freedom.kafka.retry")
 
@@ -97,14 +98,6 @@ def retry_count_of(record: Any) -> int | None:
 
 def _now_text() -> str:
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _connection_settings(settings: dict[str, Any]) -> dict[str, Any]:
-    """The settings of a consumer that also apply to a producer on the same cluster (address, TLS,
-    SASL), and its logger (librdkafka's lines folded into `freedom.kafka.librdkafka`)."""
-    keep = ("bootstrap.servers", "client.id", "client.rack", "broker.address.family", "logger")
-    return {k: v for k, v in settings.items()
-            if k in keep or k.startswith(("security.", "ssl.", "sasl.", "socket.", "enable.ssl."))}
 
 
 class ProduceRefused(PublishError):
@@ -183,7 +176,7 @@ class RetryRouter:
 
     def __init__(self, config: ConsumerClientConfig, consumer_settings: dict[str, Any]) -> None:
         self.config = config
-        self._settings = {**_connection_settings(consumer_settings), **PRODUCER_DEFAULTS}
+        self._settings = {**connection_settings(consumer_settings), **PRODUCER_DEFAULTS}
         self._settings["message.max.bytes"] = RETRY_PRODUCER_MAX_BYTES
         self._clients: dict[str, _Client] = {}  # "shared", and "solo" (one record per batch)
         self._lock = threading.Lock()

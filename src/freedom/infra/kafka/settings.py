@@ -197,6 +197,19 @@ def invalid_setting(settings: dict[str, Any], role: Role, base: dict[str, Any]) 
     return None
 
 
+def connection_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """The part of a client's settings that says how to reach its cluster (address, TLS, SASL,
+    sockets) and its logger (librdkafka's lines folded into `freedom.kafka.librdkafka`).
+
+    The clients freedom derives from a configured one (the start-up check's admin client, the
+    proxy's retry producer) take only these: the rest is role-specific (a consumer's group.id
+    means nothing to a producer, and librdkafka warns about it).
+    """
+    keep = ("bootstrap.servers", "client.id", "client.rack", "broker.address.family", "logger")
+    return {k: v for k, v in settings.items()
+            if k in keep or k.startswith(("security.", "ssl.", "sasl.", "socket.", "enable.ssl."))}
+
+
 def is_secret(name: str) -> bool:
     """True for settings whose value must never be shown (passwords, private keys, tokens)."""
     name = name.lower()
