@@ -47,3 +47,7 @@ KEY_OMITTED_HEADER = "x-freedom-key-omitted"  # the size in bytes of the key lef
 KEY_SHA256_HEADER = "x-freedom-key-sha256"  # hex SHA-256 of the key left out
 HEADERS_OMITTED_HEADER = "x-freedom-headers-omitted"  # how many of the record's own headers were left out
 OMISSION_HEADERS = (VALUE_OMITTED_HEADER, KEY_OMITTED_HEADER, KEY_SHA256_HEADER, HEADERS_OMITTED_HEADER)
+
+# --------------------------------------------------------------------------- written by `freedom dlq replay` (freedom/ops/replay.py)
+REPLAY_COUNT_HEADER = "x-freedom-replay-count"  # how many times the record was replayed from a dead-letter topic
+REPLAY_OF_HEADER = "x-freedom-replay-of"  # the dead letter it is a replay of: "<fail-topic>/<partition>/<offset>"
