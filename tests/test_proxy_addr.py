@@ -132,3 +132,32 @@ def test_freedom_run_listen_without_proxy_addr_receives_its_deliveries(apache_ka
     assert line["event_id"] == "K-LISTEN" and line["retry"] == "0"
     assert "proxy_addr" not in log.read_text()  # no warning: it followed --listen
     assert proc.returncode == 0
+
+
+def test_freedom_config_shows_the_proxy_addr_the_service_uses_and_where_it_comes_from(tmp_path):
+    """`freedom config` shows the derived proxy_addr (not kafka.toml's default) and names its source:
+    app.toml's listen_addr, `--listen`; an explicit one (here a variable) is shown as given."""
+    config = write_config(tmp_path / "conf", app={"listen_addr": "0.0.0.0:8211"}, kafka={
+        "consumer": {"open": True}, "producer": {"open": True},
+        "producer_clients": [{"servers": ["127.0.0.1:9"]}], "consumer_clients": [{"servers": ["127.0.0.1:9"]}]})
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("FREEDOM_")}, "RECORD_FILE": os.devnull}
+
+    def shown(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([sys.executable, "-m", "freedom.cli", "config", "recording_service:app",
+                               "--config", str(config), *args], cwd=SERVICES, env={**env, **extra},
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        return proc
+
+    row = next(x for x in shown().stdout.splitlines() if "consumer.proxy_addr" in x)
+    value, _, source = row.partition("#")
+    assert value.split() == ["consumer.proxy_addr", "=", '"http://127.0.0.1:8211"']  # 0.0.0.0: reached on loopback
+    assert source.strip() == f"derived from app.listen_addr ({config / 'app.toml'})"
+
+    entry = json.loads(shown("--listen", "127.0.0.1:8212", "--json").stdout)["kafka"]["consumer.proxy_addr"]
+    assert entry == {"value": "http://127.0.0.1:8212", "source": "derived from --listen",
+                     "env": "FREEDOM_KAFKA__CONSUMER__PROXY_ADDR"}
+
+    entry = json.loads(shown("--listen", "127.0.0.1:8212", "--json",
+                             FREEDOM_KAFKA__CONSUMER__PROXY_ADDR="http://gw.internal:9000").stdout)["kafka"]["consumer.proxy_addr"]
+    assert entry["value"] == "http://gw.internal:9000" and entry["source"] == "FREEDOM_KAFKA__CONSUMER__PROXY_ADDR"
