@@ -15,7 +15,7 @@ The distribution is `freedom-events` (`pip install freedom-events`); `freedom.__
 from importlib import metadata as _metadata
 from pathlib import Path as _Path
 
-from .application import Application
+from .application import Application, StartupError
 from .bus import Bus
 from .domain import Database, DomainEventError, Entity, EventNameError, UnitOfWork
 from .errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
@@ -65,6 +65,7 @@ __all__ = [
     "RouteError",
     "Runtime",
     "RuntimeDep",
+    "StartupError",
     "UnknownClientError",
     "get_runtime",
     "prepare",
