@@ -34,6 +34,7 @@ from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable,
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from .config import (AppConfig, KafkaConfig, check_topic_overrides, find_config_dir, load_app_config,
                      load_kafka_config)
@@ -43,7 +44,7 @@ from .domain import Database, DomainEventInfra, UnitOfWork
 from .domain import infra as domain_infra
 from .initiator import Initiator, PrepareHook, registered_prepare_hooks, route_keys_with_slashes
 from .infra.kafka.delivery import EventRoute
-from .infra.kafka.infra import KafkaInfra
+from .infra.kafka.infra import KafkaBackend, KafkaInfra
 from .infra.kafka.producer import Producer
 from .outcomes import Outcome, handle_outcome
 from .security import is_loopback, secure_event_routes
@@ -133,6 +134,11 @@ class Application:
         self.fastapi = FastAPI(title=title, lifespan=self._lifespan)
         # Event handlers raise freedom.Retry / DeadLetter / Drop to choose their outcome (outcomes.py).
         self.fastapi.add_exception_handler(Outcome, handle_outcome)
+        # The AsyncAPI document of the event bindings (asyncapi.py): GET /asyncapi.json.
+        self.fastapi.add_api_route("/asyncapi.json", self._asyncapi, methods=["GET"], include_in_schema=False)
+        #: What the Kafka side runs on: None for kafka.toml's clusters; freedom.testing.TestBroker sets
+        #: its in-memory broker (before set-up).
+        self.kafka_backend: KafkaBackend | None = None
         self.injectables: Injectables = {}
         self.config: AppConfig = AppConfig()
         self.kafka_config: KafkaConfig | None = None
@@ -179,10 +185,12 @@ class Application:
         config_dir = find_config_dir(self._config_dir_arg)
         self.config = load_app_config(config_dir, listen_addr=self.listen_addr)
         self.kafka_config = load_kafka_config(config_dir)
+        if self.kafka_config is None and self.kafka_backend is not None:
+            self.kafka_config = self.kafka_backend.default_config()
         self.serving_addr = self.config.listen_addr
         if self.kafka_config is not None:
             self.kafka_config = self._following(self.kafka_config, self.serving_addr)
-            self.kafka = KafkaInfra(self.kafka_config, embedded=self.embedded_broker)
+            self.kafka = KafkaInfra(self.kafka_config, embedded=self.embedded_broker, backend=self.kafka_backend)
             kafka = self.kafka
             self.injectables[Producer] = lambda _rt: kafka.producer
         else:
@@ -239,6 +247,11 @@ class Application:
     def install_database(self, database: Database) -> None:
         """Install the database whose outbox holds domain events until the relay publishes them."""
         database.install(self)
+
+    async def _asyncapi(self) -> JSONResponse:
+        from .asyncapi import document
+
+        return JSONResponse(document(self))
 
     @property
     def config_dir(self) -> Path | None:

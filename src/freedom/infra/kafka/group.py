@@ -546,10 +546,10 @@ class GroupLoop:
                 await part.wake.wait()
                 continue
             if self.delay_sec is not None:
-                wait = self._due(part.pending[0]) - time.time()
+                wait = self._due(part.pending[0]) - self.now()
                 if wait > 0:
                     self._pause(part, "delay")  # fetch nothing more until this one is due
-                    await wait_event(part.lost, wait)
+                    await self._wait_due(part.lost, wait)
                     self._unpause(part, "delay")
                     continue
             if slots is None:
@@ -565,6 +565,14 @@ class GroupLoop:
             task = self._start(part, record, part.last_of_key.get(key) if key is not None else None, slots)
             if key is not None:
                 part.last_of_key[key] = task
+
+    def now(self) -> float:
+        """The time a retry record is due by: the wall clock (freedom.testing's broker simulates it)."""
+        return time.time()
+
+    async def _wait_due(self, lost: asyncio.Event, seconds: float) -> None:
+        """Wait for the next record of a partition to be due: `seconds`, or until `lost` is set."""
+        await wait_event(lost, seconds)
 
     def _due(self, record: Any) -> float:
         kind, ms = record.timestamp()

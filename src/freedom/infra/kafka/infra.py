@@ -10,7 +10,7 @@ import asyncio
 import logging
 from typing import Any
 
-from ...config import KafkaConfig
+from ...config import ConsumerClientConfig, KafkaConfig
 from .admin import check_reachable, ensure_topics
 from .delivery import EventRoute, Transport, make_transport
 from .producer import PRODUCER_DEFAULTS, Producer, ProducerClient
@@ -46,12 +46,44 @@ class AfterStartup:
         return await self.inner.wait_until_reachable(loop.time() + window, stop)
 
 
+class KafkaBackend:
+    """What the Kafka side runs on: the clusters of kafka.toml (this class). freedom.testing's
+    TestBroker replaces it with an in-memory broker: only the librdkafka clients change (the
+    producer client's librdkafka producer, the consumer groups' loop, the admin calls); the
+    publishing, delivery, outcome and retry code is the same."""
+
+    #: False for a stand-in broker: no embedded broker is started, deliveries are in-process.
+    real = True
+
+    def default_config(self) -> KafkaConfig | None:
+        """The configuration of an application without kafka.toml: none (Kafka is off)."""
+        return None
+
+    def proxy_addr(self, configured: str) -> str:
+        return configured
+
+    def producer_client(self, name: str, settings: dict[str, Any]) -> ProducerClient:
+        return ProducerClient(name, settings)
+
+    async def check_reachable(self, settings: dict[str, Any], where: str) -> None:
+        await asyncio.to_thread(check_reachable, settings, where)
+
+    async def ensure_topics(self, settings: dict[str, Any], topics: list[str]) -> None:
+        await asyncio.to_thread(ensure_topics, settings, topics)
+
+    def consumer_proxy(self, config: ConsumerClientConfig, settings: dict[str, Any], routes: dict[str, EventRoute],
+                       delivery: Transport) -> ConsumerProxy:
+        return ConsumerProxy(config, settings, routes, delivery)
+
+
 class KafkaInfra:
     """Producer and consumer proxies of one service, made from its `kafka.toml`."""
 
-    def __init__(self, config: KafkaConfig, *, embedded: bool = False, ready_timeout: float = 30.0) -> None:
+    def __init__(self, config: KafkaConfig, *, embedded: bool = False, ready_timeout: float = 30.0,
+                 backend: "KafkaBackend | None" = None) -> None:
         self.config = config
-        self.use_embedded = embedded or config.needs_embedded_broker
+        self.backend = backend or KafkaBackend()
+        self.use_embedded = (embedded or config.needs_embedded_broker) and self.backend.real
         self.ready_timeout = ready_timeout
         self.embedded: Any = None
         self.producer = Producer(disabled_reason="the Kafka producer is not started yet")
@@ -61,10 +93,16 @@ class KafkaInfra:
         # waits for it (AfterStartup), HTTP deliveries then also for the server to listen.
         self.app_started = asyncio.Event()
 
+    def use_backend(self, backend: "KafkaBackend") -> None:
+        """Run the Kafka side on `backend` (before start): freedom.testing's in-memory broker."""
+        self.backend = backend
+        self.use_embedded = self.use_embedded and backend.real
+
     def _servers(self, servers: tuple[str, ...] | None) -> tuple[str, ...]:
         if self.use_embedded:
             return (self.embedded.bootstrap,)
-        assert servers is not None
+        if servers is None:  # only on a backend that needs none (freedom.testing's in-memory broker)
+            return ("memory",)
         return servers
 
     async def start(self, routes: dict[str, EventRoute], app: Any = None) -> None:
@@ -83,8 +121,8 @@ class KafkaInfra:
             for i, c in enumerate(cfg.producer_clients):
                 base = {**PRODUCER_DEFAULTS, "message.timeout.ms": int(c.delivery_timeout_sec * 1000)}
                 settings = client_settings(self._servers(c.servers), "producer", c.name, base, c.settings)
-                await asyncio.to_thread(check_reachable, settings, f"producer_clients[{i}] in {cfg.file}")
-                clients[c.name] = ProducerClient(c.name, settings)
+                await self.backend.check_reachable(settings, f"producer_clients[{i}] in {cfg.file}")
+                clients[c.name] = self.backend.producer_client(c.name, settings)
             unnamed = "" if "" in clients else None
             self.producer = Producer(clients, default=unnamed)
         else:
@@ -94,7 +132,7 @@ class KafkaInfra:
             if not routes:
                 log.warning("[consumer] open = true in %s, but no event is bound (initiator.listen_event)", cfg.file)
             else:
-                self.delivery = AfterStartup(make_transport(cfg.proxy_addr, http2=cfg.proxy_http2,
+                self.delivery = AfterStartup(make_transport(self.backend.proxy_addr(cfg.proxy_addr), http2=cfg.proxy_http2,
                                                             secret=cfg.proxy_secret, app=app, ready=self.app_started),
                                              self.app_started)
                 for i, cc in enumerate(cfg.consumer_clients):
@@ -102,9 +140,9 @@ class KafkaInfra:
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}
                     settings = client_settings(self._servers(cc.servers), "consumer", cc.group_id, base, cc.settings)
                     where = f"consumer_clients[{i}] in {cfg.file}"
-                    await asyncio.to_thread(check_reachable, settings, where)
-                    await asyncio.to_thread(ensure_topics, settings, list(routes))
-                    proxy = ConsumerProxy(cc, settings, routes, self.delivery)
+                    await self.backend.check_reachable(settings, where)
+                    await self.backend.ensure_topics(settings, list(routes))
+                    proxy = self.backend.consumer_proxy(cc, settings, routes, self.delivery)
                     await proxy.start()
                     self.proxies.append(proxy)
 

@@ -105,13 +105,14 @@ class ProducerClient:
     the loop was busy (see `_hand_over`).
     """
 
-    def __init__(self, name: str, settings: dict[str, Any]) -> None:
+    def __init__(self, name: str, settings: dict[str, Any], *, client: Any = None) -> None:
+        """`client` stands in for the librdkafka producer (freedom.testing's in-memory broker)."""
         self.name = name
         self.label = repr(name) if name else "(default)"
         self.settings = settings
         self.max_bytes = int(settings.get("message.max.bytes", DEFAULT_MAX_BYTES))
         try:
-            self._producer = confluent_kafka.Producer(settings)
+            self._producer = client if client is not None else confluent_kafka.Producer(settings)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
             problem = exc.args[0].str() if isinstance(exc, confluent_kafka.KafkaException) else str(exc)
             raise ConfigError("kafka.toml", f"producer client {self.label}",
