@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config_show import add_parser as add_config_parser, show as show_config
 
     add_config_parser(sub)
+    from .ops.cli import COMMANDS as OPS_COMMANDS, add_parsers as add_ops_parsers, run as run_ops
+
+    add_ops_parsers(sub)  # status, dlq list|show|replay, offsets reset (docs/operations.md)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise
@@ -105,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, run)
         if args.command == "config":
             show_config(args)
+        if args.command in OPS_COMMANDS:
+            return run_ops(args)
     except FreedomError as exc:
         print(f"freedom: error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,196 @@
+"""One cluster as the operations commands see it: topics, watermarks, groups, committed offsets,
+and reading the records of a partition. Every failure is an :class:`OpsError` (one line)."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import confluent_kafka
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]  # there at run time
+
+from ..infra.kafka.admin import check_reachable
+from ..infra.kafka.settings import scrub
+from .target import OpsError
+
+TP = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Member:
+    """A live member of a consumer group."""
+
+    client_id: str
+    host: str
+    partitions: tuple[TP, ...]
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """A consumer group as the coordinator describes it."""
+
+    group: str
+    state: str  # "STABLE", "EMPTY", "DEAD" (unknown group), "PREPARING_REBALANCE", ...
+    members: tuple[Member, ...]
+
+
+class Cluster:
+    """The admin client (and, for reading records, a consumer that never commits) of one cluster."""
+
+    def __init__(self, settings: dict[str, Any], where: str, timeout: float = 15.0) -> None:
+        self.settings = settings
+        self.where = where
+        self.timeout = timeout
+        check_reachable(settings, where, timeout)  # ClusterUnreachable: one line
+        self.admin = AdminClient(dict(settings))
+        self._topics: dict[str, int] | None = None
+
+    # ------------------------------------------------------------------ errors
+
+    def _fail(self, what: str, exc: BaseException) -> OpsError:
+        err = exc.args[0] if exc.args else exc
+        text = err.str() if isinstance(err, confluent_kafka.KafkaError) else str(err)
+        return OpsError(f"{what} on {self.settings.get('bootstrap.servers')}: {scrub(text, self.settings)}")
+
+    # ------------------------------------------------------------------ topics
+
+    def topics(self, refresh: bool = False) -> dict[str, int]:
+        """Every topic of the cluster (internal ones left out) with its number of partitions."""
+        if self._topics is None or refresh:
+            try:
+                md = self.admin.list_topics(timeout=self.timeout)
+            except confluent_kafka.KafkaException as exc:
+                raise self._fail("cannot list the topics", exc) from None
+            self._topics = {name: len(t.partitions) for name, t in md.topics.items()
+                            if not name.startswith("__") and t.error is None}
+        return self._topics
+
+    def partitions(self, topic: str) -> list[TP]:
+        """The partitions of `topic`; OpsError when it does not exist."""
+        count = self.topics().get(topic)
+        if count is None:
+            raise OpsError(f"topic {topic!r} does not exist on {self.settings.get('bootstrap.servers')}")
+        return [(topic, p) for p in range(count)]
+
+    # ------------------------------------------------------------------ offsets
+
+    def _list_offsets(self, tps: list[TP], spec: Any, committed: bool) -> dict[TP, int]:
+        if not tps:
+            return {}
+        level = confluent_kafka.IsolationLevel.READ_COMMITTED if committed else confluent_kafka.IsolationLevel.READ_UNCOMMITTED
+        try:
+            futures = self.admin.list_offsets({TopicPartition(t, p): spec for t, p in tps}, isolation_level=level,
+                                              request_timeout=self.timeout)
+            return {(tp.topic, tp.partition): int(f.result(self.timeout).offset) for tp, f in futures.items()}
+        except confluent_kafka.KafkaException as exc:
+            raise self._fail("cannot list offsets", exc) from None
+
+    def earliest(self, tps: list[TP]) -> dict[TP, int]:
+        """The first offset still in each partition (the low watermark)."""
+        return self._list_offsets(tps, OffsetSpec.earliest(), False)  # type: ignore[no-untyped-call]
+
+    def latest(self, tps: list[TP]) -> dict[TP, int]:
+        """The end of each partition as a read_committed consumer sees it (the last stable offset)."""
+        return self._list_offsets(tps, OffsetSpec.latest(), True)  # type: ignore[no-untyped-call]
+
+    def at_time(self, tps: list[TP], ms: int) -> dict[TP, int]:
+        """The first offset of each partition with a timestamp at or after `ms`; the end when none."""
+        found = self._list_offsets(tps, OffsetSpec.for_timestamp(ms), False)
+        missing = [tp for tp, o in found.items() if o < 0]
+        return {**found, **self.latest(missing)}
+
+    def committed(self, group: str) -> dict[TP, int]:
+        """The committed offsets of `group` (partitions without one left out)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        try:
+            future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
+                                                            request_timeout=self.timeout)[group]
+            result = future.result(self.timeout)
+        except confluent_kafka.KafkaException as exc:
+            raise self._fail(f"cannot read the committed offsets of group {group!r}", exc) from None
+        return {(tp.topic, tp.partition): int(tp.offset) for tp in result.topic_partitions or [] if tp.offset >= 0}
+
+    def alter_committed(self, group: str, offsets: dict[TP, int]) -> None:
+        """Set the committed offsets of `group` (which must have no live members)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions
+
+        request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())])
+        try:
+            result = self.admin.alter_consumer_group_offsets([request], request_timeout=self.timeout)[group]
+            done = result.result(self.timeout)
+        except confluent_kafka.KafkaException as exc:
+            raise self._fail(f"cannot set the offsets of group {group!r}", exc) from None
+        for tp in done.topic_partitions or []:
+            if tp.error is not None:
+                raise self._fail(f"cannot set the offset of {tp.topic}[{tp.partition}] for group {group!r}",
+                                 confluent_kafka.KafkaException(tp.error))
+
+    def describe(self, group: str) -> GroupInfo:
+        """The state and live members of `group` ("DEAD" with no members when it does not exist)."""
+        try:
+            desc = self.admin.describe_consumer_groups([group], request_timeout=self.timeout)[group].result(self.timeout)
+        except confluent_kafka.KafkaException as exc:
+            err = exc.args[0]
+            if isinstance(err, confluent_kafka.KafkaError) and err.code() == confluent_kafka.KafkaError.GROUP_ID_NOT_FOUND:
+                return GroupInfo(group, "DEAD", ())
+            raise self._fail(f"cannot describe group {group!r}", exc) from None
+        members = tuple(Member(m.client_id, m.host, tuple(sorted((tp.topic, tp.partition)
+                                                               for tp in (m.assignment.topic_partitions or []))))
+                        for m in desc.members or [])
+        state = desc.state.name if hasattr(desc.state, "name") else str(desc.state)
+        return GroupInfo(group, state, members)
+
+    # ------------------------------------------------------------------ records
+
+    def reader(self) -> "Reader":
+        return Reader(self)
+
+
+class Reader:
+    """Reads records of single partitions between two offsets; never joins a group or commits."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.cluster = cluster
+        self.consumer = confluent_kafka.Consumer({
+            **cluster.settings, "group.id": f"freedom-ops-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+        })
+
+    def read(self, topic: str, partition: int, start: int, end: int, timeout: float = 30.0) -> Iterator[Any]:
+        """The records of `topic[partition]` with offsets in [start, end), in order."""
+        if start >= end:
+            return
+        self.consumer.assign([TopicPartition(topic, partition, start)])
+        deadline = time.monotonic() + timeout
+        try:
+            while True:
+                msg = self.consumer.poll(0.5)
+                if msg is None:
+                    if time.monotonic() > deadline:
+                        raise OpsError(f"reading {topic}[{partition}] stalled at offset {start} "
+                                       f"(no record within {timeout:.0f} s)")
+                    continue
+                err = msg.error()
+                if err is not None:
+                    if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        return
+                    if not err.retriable():
+                        raise OpsError(f"reading {topic}[{partition}]: {err.str()}")
+                    continue
+                deadline = time.monotonic() + timeout
+                offset = int(msg.offset() or 0)
+                if offset >= end:
+                    return
+                start = offset + 1
+                yield msg
+                if start >= end:
+                    return
+        finally:
+            self.consumer.unassign()
+
+    def close(self) -> None:
+        self.consumer.close()

@@ -1,0 +1,152 @@
+"""`freedom status`: every consumer group of the service, its members and lag; records waiting in
+the retry topics (and whether the retry group is waiting for one's due time); dead letters.
+
+The retry group delivers a record no earlier than its timestamp + `retry_interval_sec` (SPEC §3),
+so a retry partition whose next record is not due yet is paused: `due_at` says until when.
+"""
+
+from __future__ import annotations
+
+import datetime
+import time
+from dataclasses import dataclass, field
+
+from .cluster import TP, Cluster, Member
+from .target import ClientTarget, Target
+
+
+def iso(ts: float) -> str:
+    """A UTC time as ISO 8601 with milliseconds and `Z`."""
+    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds").replace(
+        "+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class PartitionStatus:
+    """One partition a group reads."""
+
+    topic: str
+    partition: int
+    committed: int | None  # None: the group has committed nothing here yet
+    end: int  # the end offset (last stable offset)
+    lag: int  # records after the committed offset (after where the group would start, when none)
+    due_at: str | None = None  # retry group: the next record is not due before this time (paused)
+
+
+@dataclass(frozen=True)
+class GroupStatus:
+    """One consumer group: the main group or the retry group of a consumer client."""
+
+    group: str
+    kind: str  # "main" or "retry"
+    state: str
+    members: tuple[Member, ...]
+    partitions: tuple[PartitionStatus, ...]
+
+    @property
+    def lag(self) -> int:
+        return sum(p.lag for p in self.partitions)
+
+
+@dataclass(frozen=True)
+class TopicCount:
+    """Records in a retry topic still to be delivered, or records in a dead-letter topic."""
+
+    topic: str
+    original_topic: str
+    records: int
+
+
+@dataclass(frozen=True)
+class ClientStatus:
+    """One `[[consumer_clients]]` entry."""
+
+    index: int
+    servers: str
+    topics: tuple[str, ...]  # the listened (main) topics
+    groups: tuple[GroupStatus, ...]
+    retry_waiting: tuple[TopicCount, ...]  # per retry topic: records the retry group has not settled
+    dead_letters: tuple[TopicCount, ...]  # per dead-letter topic: records in it
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    """What `freedom status` shows."""
+
+    at: str
+    clients: tuple[ClientStatus, ...] = field(default=())
+
+
+def _main_topics(client: ClientTarget, cluster: Cluster) -> list[str]:
+    """The listened topics: the application's, else those the groups have committed offsets on."""
+    if client.topics is not None:
+        return list(client.topics)
+    cc = client.config
+    found = {t for t, _ in cluster.committed(cc.group_id)}
+    if cc.retry_count > 0:
+        found |= {t[len(cc.retry_prefix):] for t, _ in cluster.committed(cc.retry_group_id)
+                  if t.startswith(cc.retry_prefix)}
+    return sorted(found)
+
+
+def _group(cluster: Cluster, group: str, kind: str, topics: list[str], earliest_when_new: bool,
+           retry_interval: float | None) -> GroupStatus:
+    existing = cluster.topics()
+    tps: list[TP] = [tp for t in topics if t in existing for tp in cluster.partitions(t)]
+    committed = cluster.committed(group)
+    ends = cluster.latest(tps)
+    lows = cluster.earliest(tps)
+    info = cluster.describe(group)
+    now = time.time()
+    reader = cluster.reader() if retry_interval is not None else None
+    parts = []
+    try:
+        for tp in tps:
+            c = committed.get(tp)
+            start = c if c is not None else (lows[tp] if earliest_when_new else ends[tp])
+            start = max(start, lows[tp])
+            lag = max(0, ends[tp] - start)
+            due_at = None
+            if reader is not None and retry_interval is not None and lag:
+                for msg in reader.read(tp[0], tp[1], start, ends[tp]):
+                    kind_, ms = msg.timestamp()
+                    if kind_ and ms / 1000.0 + retry_interval > now:
+                        due_at = iso(ms / 1000.0 + retry_interval)
+                    break
+            parts.append(PartitionStatus(tp[0], tp[1], c, ends[tp], lag, due_at))
+    finally:
+        if reader is not None:
+            reader.close()
+    return GroupStatus(group, kind, info.state, info.members, tuple(parts))
+
+
+def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
+    """The groups, retry backlog and dead letters of one consumer client."""
+    cc = client.config
+    topics = _main_topics(client, cluster)
+    groups = [_group(cluster, cc.group_id, "main", topics, cc.initial_offset == "earliest", None)]
+    waiting: list[TopicCount] = []
+    if cc.retry_count > 0:
+        retry = _group(cluster, cc.retry_group_id, "retry", [client.retry_topic(t) for t in topics], True,
+                       cc.retry_interval_sec)
+        groups.append(retry)
+        for t in topics:
+            rt = client.retry_topic(t)
+            waiting.append(TopicCount(rt, t, sum(p.lag for p in retry.partitions if p.topic == rt)))
+    dead: list[TopicCount] = []
+    existing = cluster.topics()
+    for t in topics:
+        ft = client.fail_topic(t)
+        if ft and ft in existing:
+            tps = cluster.partitions(ft)
+            ends, lows = cluster.latest(tps), cluster.earliest(tps)
+            dead.append(TopicCount(ft, t, sum(max(0, ends[tp] - lows[tp]) for tp in tps)))
+    return ClientStatus(client.index, client.servers, tuple(topics), tuple(groups), tuple(waiting), tuple(dead))
+
+
+def status(target: Target) -> StatusReport:
+    """The status of every consumer client of the service."""
+    out = []
+    for client in target.clients:
+        out.append(client_status(client, Cluster(client.settings, client.where)))
+    return StatusReport(iso(time.time()), tuple(out))

@@ -1,0 +1,105 @@
+"""What the operations commands work on: the service's consumer clients, from its configuration.
+
+`freedom status module:app` loads the application as `freedom run` does (so its listened topics
+and its `setting_config` hooks are known); `freedom status --config DIR` reads only kafka.toml,
+and the topics are then found on the cluster (the group's committed offsets, the topic prefixes).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..config import ConsumerClientConfig, find_config_dir, load_kafka_config
+from ..errors import FreedomError
+from ..infra.kafka.settings import client_settings, connection_settings
+
+
+class OpsError(FreedomError):
+    """A user mistake or an unreachable cluster: one line, exit 2."""
+
+
+@dataclass(frozen=True)
+class ClientTarget:
+    """One `[[consumer_clients]]` entry: its config, how to reach its cluster, its listened topics."""
+
+    index: int
+    config: ConsumerClientConfig
+    settings: dict[str, Any] = field(repr=False)  # connection settings only (may hold secrets)
+    topics: tuple[str, ...] | None  # None: not known (no module:app given)
+    where: str  # "consumer_clients[0] in conf/infra/kafka.toml"
+
+    @property
+    def servers(self) -> str:
+        return str(self.settings.get("bootstrap.servers", ""))
+
+    def retry_topic(self, topic: str) -> str:
+        return f"{self.config.retry_prefix}{topic}"
+
+    def fail_topic(self, topic: str) -> str | None:
+        return f"{self.config.retry_fail_prefix}{topic}" if self.config.retry_fail_prefix else None
+
+
+@dataclass(frozen=True)
+class Target:
+    """Every consumer client of one service."""
+
+    clients: tuple[ClientTarget, ...]
+    config_dir: str | None
+
+    def client_for_group(self, group: str) -> ClientTarget:
+        """The client whose main or retry group is `group`, else the first (same cluster, usually)."""
+        for c in self.clients:
+            if group in (c.config.group_id, c.config.retry_group_id):
+                return c
+        return self.clients[0]
+
+
+def _servers(cc: ConsumerClientConfig, where: str) -> tuple[str, ...]:
+    if cc.servers is not None:
+        return cc.servers
+    from ..infra.kafka.embedded import shared_broker
+
+    shared = shared_broker()
+    if shared is not None:
+        return (shared.bootstrap,)
+    raise OpsError(f"{where} has no servers: the embedded broker lives inside the service's process, "
+                   "so there is no cluster to inspect from outside; set servers in kafka.toml")
+
+
+def load_target(app: str | None, config: str | None) -> Target:
+    """The consumer clients of `app` (module:attribute) or of the config directory `config`."""
+    topics: list[str] | None = None
+    if app:
+        from ..application import Application
+        from ..cli import load_app
+
+        if config:
+            os.environ["FREEDOM_PROJECT_CONFIG"] = config
+        loaded = load_app(app)
+        if not isinstance(loaded, Application):
+            raise OpsError(f"{app} is a {type(loaded).__name__}, not a freedom.Application")
+        loaded.setup()
+        kafka = loaded.kafka_config
+        topics = sorted(loaded.event_routes)
+        config_dir = str(loaded.config_dir) if loaded.config_dir else None
+    else:
+        directory = find_config_dir(config)
+        if directory is None:
+            raise OpsError("no config directory: give module:app or --config DIR (default: "
+                           "$FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
+        if not directory.is_dir():
+            raise OpsError(f"--config {config}: no such directory")
+        kafka = load_kafka_config(directory)
+        config_dir = str(directory)
+    if kafka is None or not kafka.consumer_clients:
+        raise OpsError(f"no consumer clients configured (infra/kafka.toml in {config_dir or 'the config directory'}): "
+                       "there are no consumer groups or dead-letter topics to inspect")
+    clients = []
+    for i, cc in enumerate(kafka.consumer_clients):
+        where = f"consumer_clients[{i}] in {kafka.file}"
+        settings = client_settings(_servers(cc, where), "consumer", cc.group_id, {}, cc.settings)
+        clients.append(ClientTarget(i, cc, connection_settings(settings), tuple(topics) if topics is not None else None,
+                                    where))
+    return Target(tuple(clients), config_dir)
