@@ -51,3 +51,8 @@ OMISSION_HEADERS = (VALUE_OMITTED_HEADER, KEY_OMITTED_HEADER, KEY_SHA256_HEADER,
 # --------------------------------------------------------------------------- written by `freedom dlq replay` (freedom/ops/replay.py)
 REPLAY_COUNT_HEADER = "x-freedom-replay-count"  # how many times the record was replayed from a dead-letter topic
 REPLAY_OF_HEADER = "x-freedom-replay-of"  # the dead letter it is a replay of: "<fail-topic>/<partition>/<offset>"
+
+# --------------------------------------------------------------------------- written by the consumer proxy when tracing (spans.py)
+#: The `traceparent` of the `process` span of a record's first delivery; kept on its retry and
+#: dead-letter records (and replays), whose `process` spans link to it.
+FIRST_ATTEMPT_HEADER = "x-freedom-first-attempt"
