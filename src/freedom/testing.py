@@ -1,4 +1,5 @@
-"""Testing utilities shipped with freedom: run a service in a thread, write its config, wait on conditions.
+"""Testing utilities shipped with freedom: run a service in a thread, write its config, wait on
+conditions, or run it against an in-memory Kafka (`TestBroker`, test_broker.py; docs/testing.md).
 
     with ServiceThread(app) as svc:
         httpx.get(f"{svc.base_url}/shop/1")
@@ -18,8 +19,12 @@ import uvicorn
 
 from .application import Application
 from .server import _Server, require_h2c_server, run, serve_http2
+from .test_broker import BlockingTestBroker, MemoryRecord, TestBroker
 
 T = TypeVar("T")
+
+__all__ = ["BlockingTestBroker", "MemoryRecord", "ServiceThread", "TestBroker", "free_port", "kafka_config",
+           "wait_until", "write_config"]
 
 
 def free_port() -> int:
