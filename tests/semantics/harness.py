@@ -1,0 +1,261 @@
+"""One service and two places to run it: Apache Kafka (in-process delivery) and freedom's TestBroker.
+
+The service (`semantics_app`) has one event route per scenario, each listening on its own topic, and
+a GET route that publishes. An `Env` runs it and gives the tests the same verbs on both sides:
+put records on a topic from outside, wait until the service has handled them, read a topic back,
+read a committed offset, call a route. The tests (test_semantics.py) use only these verbs, so the
+same assertions hold the test broker to what Apache Kafka does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+from starlette.responses import Response
+
+import freedom
+from freedom.testing import ServiceThread, TestBroker, free_port, kafka_config, wait_until, write_config
+from tests.services.kafka_tools import create_topic, partitions_of, produce, read_partition
+from tests.services.kafka_tools import committed as kafka_committed
+
+RETRY_COUNT = 2
+#: Scenario -> partitions of its topic. Each scenario's topic has a route /sem/<scenario>/{event_id}.
+SCENARIOS = {"headers": 1, "retry": 1, "exhaust": 1, "deadletter": 1, "drop": 1, "ordered": 3, "relay": 1}
+#: Per-topic delivery modes (kafka.toml [consumer_clients.topics]); the others are sequential.
+MODES = {"ordered": "key-ordered"}
+
+
+@dataclass
+class Call:
+    """One handler call, as the handler saw it; `at` is the env's clock (the broker's on the test broker)."""
+
+    scenario: str
+    key: str
+    body: bytes
+    headers: dict[str, str]
+    bus: dict[str, Any]
+    at: float
+    nth: int  # calls of this scenario and key before this one
+
+
+@dataclass
+class Journal:
+    calls: list[Call] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def of(self, scenario: str, key: str | None = None) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.scenario == scenario and (key is None or c.key == key)]
+
+
+@dataclass
+class Rec:
+    """A record read back from a topic."""
+
+    key: bytes | None
+    value: bytes
+    headers: dict[str, str]
+    partition: int
+    offset: int
+
+
+def _behave(scenario: str, call: Call) -> int:
+    if scenario == "retry":
+        return 500 if call.nth < 2 else 200
+    if scenario == "exhaust":
+        return 500
+    if scenario == "deadletter":
+        raise freedom.DeadLetter("not a valid order")
+    if scenario == "drop":
+        raise freedom.Drop("duplicate")
+    return 200
+
+
+def semantics_app(config_dir: Path, journal: Journal, topics: dict[str, str], clock: Callable[[], float]) -> freedom.Application:
+    """The service: POST /sem/<scenario>/{event_id} for each scenario's topic; GET /sem/publish/{n}?tenant=
+    publishes `{"n": n}` to the relay topic with a header and the request's runtime (bus: the tenant)."""
+    app: freedom.Application
+
+    def handler(scenario: str) -> Callable[..., Any]:
+        async def on_event(event_id: str, runtime: freedom.RuntimeDep) -> Response:
+            request = runtime.request
+            body = await request.body()
+            with journal.lock:
+                nth = sum(1 for c in journal.calls if c.scenario == scenario and c.key == event_id)
+                call = Call(scenario, event_id, body, dict(request.headers.items()), dict(runtime.bus), clock(), nth)
+                journal.calls.append(call)
+            if scenario == "ordered":
+                await asyncio.sleep(random.uniform(0, 0.01))  # let records of other keys overtake
+            return Response(status_code=_behave(scenario, call))
+
+        on_event.__name__ = f"on_{scenario}"
+        return on_event
+
+    def prepare(initiator: freedom.Initiator) -> None:
+        api = initiator.fastapi
+        for scenario, topic in topics.items():
+            endpoint = handler(scenario)
+            api.post(f"/sem/{scenario}/{{event_id}}")(endpoint)
+            initiator.listen_event(topic, endpoint)
+
+        @api.get("/sem/publish/{n}")
+        async def publish(n: int, tenant: str, runtime: freedom.RuntimeDep) -> dict[str, str]:
+            runtime.bus["tenant"] = tenant
+            msg = app.producer.new_msg(topics["relay"], {"n": n}).set_headers({"x-action": "购买"})
+            delivered = await msg.set_runtime(runtime).publish()
+            return {"key": delivered.key}
+
+    app = freedom.Application(config_dir=config_dir, prepare=[prepare])
+    return app
+
+
+def _config(config_dir: Path, bootstrap: str | None, topics: dict[str, str], interval: float) -> None:
+    port = free_port()
+    group = f"sem-{uuid.uuid4().hex[:8]}"
+    write_config(config_dir, app={"listen_addr": f"127.0.0.1:{port}"},
+                 kafka=kafka_config(bootstrap, port, group_id=group, delivery="inprocess", retry_group_id=f"r-{group}",
+                                    retry_count=RETRY_COUNT, retry_interval_sec=interval,
+                                    settings={"session.timeout.ms": 6000},
+                                    topics={topics[s]: {"mode": m} for s, m in MODES.items()}))
+
+
+class Env:
+    """The verbs the semantics tests use; `kind` is "apache" or "memory"."""
+
+    kind: str
+    interval: float  # retry_interval_sec
+    topics: dict[str, str]
+    journal: Journal
+    app: freedom.Application
+
+    def clock(self) -> float:
+        raise NotImplementedError
+
+    def produce(self, scenario: str, records: list[dict[str, Any]]) -> None:
+        """Records from outside (keyword arguments of confluent-kafka's produce: key, value, headers, partition)."""
+        raise NotImplementedError
+
+    def settle(self, done: Callable[[], object], what: str) -> None:
+        """Wait until the service has handled what was produced and `done()` holds."""
+        raise NotImplementedError
+
+    def records(self, topic: str) -> list[Rec]:
+        raise NotImplementedError
+
+    def committed(self, topic: str, partition: int = 0, *, retry_group: bool = False) -> int | None:
+        """The offset the main group (or the retry group) committed on a partition; None: none yet."""
+        raise NotImplementedError
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        raise NotImplementedError
+
+    def retry_topic(self, scenario: str) -> str:
+        return f"retry-{self.topics[scenario]}"
+
+    def fail_topic(self, scenario: str) -> str:
+        return f"fail-{self.topics[scenario]}"
+
+    def group(self, retry_group: bool = False) -> str:
+        assert self.app.kafka_config is not None
+        client = self.app.kafka_config.consumer_clients[0]
+        return client.retry_group_id if retry_group else client.group_id
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+
+class ApacheEnv(Env):
+    """The service on Apache Kafka (ServiceThread, in-process delivery), records through confluent-kafka."""
+
+    kind = "apache"
+
+    def __init__(self, bootstrap: str, config_dir: Path, interval: float) -> None:
+        self.bootstrap, self.interval = bootstrap, interval
+        suffix = uuid.uuid4().hex[:8]
+        self.topics = {s: create_topic(bootstrap, f"sem-{s}-{suffix}", n) for s, n in SCENARIOS.items()}
+        self.journal = Journal()
+        _config(config_dir, bootstrap, self.topics, interval)
+        self.app = semantics_app(config_dir, self.journal, self.topics, time.time)
+        self.service = ServiceThread(self.app).start()
+
+    def clock(self) -> float:
+        return time.time()
+
+    def produce(self, scenario: str, records: list[dict[str, Any]]) -> None:
+        produce(self.bootstrap, self.topics[scenario], records)
+
+    def settle(self, done: Callable[[], object], what: str) -> None:
+        wait_until(done, 60, what=what)
+        time.sleep(0.5)  # room for a delivery that should not come
+
+    def records(self, topic: str) -> list[Rec]:
+        out = []
+        for p in range(partitions_of(self.bootstrap, topic)):
+            for r in read_partition(self.bootstrap, topic, p):
+                out.append(Rec(r.key(), r.value() or b"", {k: (v or b"").decode() for k, v in r.headers() or []},
+                               r.partition(), r.offset()))
+        return out
+
+    def committed(self, topic: str, partition: int = 0, *, retry_group: bool = False) -> int | None:
+        offset = kafka_committed(self.bootstrap, self.group(retry_group), topic, partition + 1)[partition]
+        return offset if offset >= 0 else None
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return httpx.get(self.service.base_url + path, timeout=30, **kwargs)
+
+    def close(self) -> None:
+        self.service.stop()
+
+
+class MemoryEnv(Env):
+    """The same service on freedom's TestBroker (sync mode: the application on a loop thread)."""
+
+    kind = "memory"
+
+    def __init__(self, config_dir: Path, interval: float) -> None:
+        self.interval = interval
+        suffix = uuid.uuid4().hex[:8]
+        self.topics = {s: f"sem-{s}-{suffix}" for s in SCENARIOS}
+        self.journal = Journal()
+        _config(config_dir, None, self.topics, interval)
+        holder: list[TestBroker] = []
+        self.app = semantics_app(config_dir, self.journal, self.topics, lambda: holder[0].time())
+        test_broker = TestBroker(self.app)
+        holder.append(test_broker)
+        for s, n in SCENARIOS.items():
+            test_broker.create_topic(self.topics[s], n)
+        self._context = test_broker
+        self.broker = test_broker.__enter__()
+
+    def clock(self) -> float:
+        return self.broker.time()
+
+    def produce(self, scenario: str, records: list[dict[str, Any]]) -> None:
+        for r in records:
+            self.broker.publish(self.topics[scenario], r.get("value"), key=r.get("key"), headers=r.get("headers"),
+                                partition=r.get("partition"))
+
+    def settle(self, done: Callable[[], object], what: str) -> None:
+        self.broker.settle()
+        assert done(), f"settled, but not {what}"
+
+    def records(self, topic: str) -> list[Rec]:
+        return [Rec(r.key(), r.value() or b"", r.headers_dict(), r.partition(), r.offset())
+                for r in self.broker.records(topic)]
+
+    def committed(self, topic: str, partition: int = 0, *, retry_group: bool = False) -> int | None:
+        return self.broker.committed(topic, partition, group=self.group(retry_group))
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.broker.client.get(path, **kwargs)
+
+    def close(self) -> None:
+        self._context.__exit__(None, None, None)
