@@ -128,7 +128,8 @@ def _status(args: argparse.Namespace) -> int:
                 out += _table(rows)
         if c.retry_waiting:
             out.append("  waiting for a retry: " + ", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting))
-        out.append("  dead letters: " + (", ".join(f"{t.topic} {t.records}" for t in c.dead_letters) or "none"))
+        out.append("  dead letters: " + (", ".join(f"{t.topic} {t.records} ({t.not_replayed} not replayed)"
+                                                    for t in c.dead_letters) or "none"))
     print("\n".join(out))
     return 0
 

@@ -108,17 +108,23 @@ _CLASS_RULES = (
     (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<id>"),
     (re.compile(r"\b(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{8,}\b"), "<id>"),  # hex ids, event ids
     (re.compile(r"\b(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{16,}\b"), "<id>"),  # long tokens with digits
-    (re.compile(r"[0-9]+(?:\.[0-9]+)?"), "<n>"),
+    (re.compile(r"[0-9]+(?:[.:][0-9]+)*"), "<n>"),
     (re.compile(r"\s+"), " "),
 )
 
 
+_HTTP_STATUS = re.compile(r"\bHTTP ([1-5][0-9]{2})\b")
+
+
 def error_class(error: str) -> str:
-    """`error` with numbers and ids replaced (`<n>`, `<id>`): the same failure of different records."""
-    text = error
-    for pattern, repl in _CLASS_RULES:
-        text = pattern.sub(repl, text)
-    return text.strip() or "(no error recorded)"
+    """`error` with numbers and ids replaced (`<n>`, `<id>`): the same failure of different records.
+    An HTTP status ("HTTP 503") is kept: it is the class, not a detail."""
+    parts = _HTTP_STATUS.split(error)  # [text, status, text, status, ..., text]
+    for i in range(0, len(parts), 2):
+        for pattern, repl in _CLASS_RULES:
+            parts[i] = pattern.sub(repl, parts[i])
+    text = "".join(f"HTTP {part}" if i % 2 else part for i, part in enumerate(parts))
+    return " ".join(text.split()) or "(no error recorded)"
 
 
 # ----------------------------------------------------------------------------- filters

@@ -44,14 +44,13 @@ from ..infra.kafka.settings import scrub
 from ..infra.kafka.topics import check_topic
 from .cluster import TP
 from .dlq import DeadLetter, FailTopic, Filter, error_class, fail_topics, snapshot
-from .status import iso
+from .status import JOB_PREFIX, iso
 from .target import OpsError, Target
 
 log = logging.getLogger("freedom.ops.replay")
 audit_log = logging.getLogger("freedom.ops.audit")
 
 DEFAULT_MAX_REPLAYS = 3
-JOB_PREFIX = "freedom-replay."
 _DROPPED = frozenset(h.lower() for h in (*REASON_HEADERS, *OMISSION_HEADERS, RETRY_COUNT_HEADER,
                                          REPLAY_COUNT_HEADER, REPLAY_OF_HEADER))
 _BATCH_RECORDS = 200  # a transaction is committed after this many records ...
@@ -167,7 +166,8 @@ def audit_line(report: ReplayReport) -> str:
     return (f"dlq {what} by {report.who} at {report.at}: topics {topics}; "
             f"filter {json.dumps(report.filter, sort_keys=True, ensure_ascii=False)}; "
             f"{verb} {report.moved}, parked {report.parked}, not matching {report.skipped}; "
-            f"max replays {report.max_replays}, rate {report.rate or 'unlimited'}/s; {report.seconds:.1f} s")
+            f"max replays {report.max_replays}, rate {f'{report.rate:g}/s' if report.rate else 'unlimited'}; "
+            f"{report.seconds:.1f} s")
 
 
 def replay_headers(msg: Any, count: int, fail_topic: str) -> list[tuple[str, str | bytes | None]]:

@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from .cluster import TP, Cluster, Member
 from .target import ClientTarget, Target
 
+#: The consumer groups of `freedom dlq replay` jobs: `freedom-replay.<fail-topic>[.<filter hash>]`.
+JOB_PREFIX = "freedom-replay."
+
 
 def iso(ts: float) -> str:
     """A UTC time as ISO 8601 with milliseconds and `Z`."""
@@ -55,6 +58,9 @@ class TopicCount:
     topic: str
     original_topic: str
     records: int
+    #: dead-letter topics: records after the offsets of the unfiltered replay job
+    #: (`freedom-replay.<topic>`): not replayed yet (None for retry topics)
+    not_replayed: int | None = None
 
 
 @dataclass(frozen=True)
@@ -140,7 +146,9 @@ def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
         if ft and ft in existing:
             tps = cluster.partitions(ft)
             ends, lows = cluster.latest(tps), cluster.earliest(tps)
-            dead.append(TopicCount(ft, t, sum(max(0, ends[tp] - lows[tp]) for tp in tps)))
+            done = cluster.committed(f"{JOB_PREFIX}{ft}")
+            dead.append(TopicCount(ft, t, sum(max(0, ends[tp] - lows[tp]) for tp in tps),
+                                   sum(max(0, ends[tp] - max(lows[tp], done.get(tp, 0))) for tp in tps)))
     return ClientStatus(client.index, client.servers, tuple(topics), tuple(groups), tuple(waiting), tuple(dead))
 
 
