@@ -47,6 +47,7 @@ from .infra.kafka.delivery import EventRoute
 from .infra.kafka.infra import KafkaBackend, KafkaInfra
 from .infra.kafka.producer import Producer
 from .outcomes import Outcome, handle_outcome
+from . import observability
 from .security import is_loopback, secure_event_routes
 
 log = logging.getLogger("freedom")
@@ -206,6 +207,7 @@ class Application:
             check_topic_overrides(self.kafka_config, self.event_routes)
         secure_event_routes(self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr)
         route_keys_with_slashes(self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None))
+        observability.install(self)  # GET /metrics, /livez, /readyz; app.toml's log_format
         self._is_set_up = True
         return self
 

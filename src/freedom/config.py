@@ -82,6 +82,8 @@ class AppConfig:
     listen_addr: str = "127.0.0.1:8000"
     service_name: str = "freedom"
     log_level: str = "INFO"
+    log_format: str = "text"  # "text" or "json" (json_logs.py)
+    liveness_timeout_sec: float = 60.0  # /livez: the longest a heartbeat may be silent (health.py)
     #: Where listen_addr came from, (file, key), for the error when it cannot be bound; for an
     #: environment variable ("environment FREEDOM_APP__LISTEN_ADDR", None).
     listen_from: tuple[str, str | None] = field(default=("app.toml", "listen_addr"), compare=False, repr=False)
@@ -294,6 +296,7 @@ def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None) 
         entries = [replace(e, value=model.listen_addr, source="freedom run --listen") if e.key == "listen_addr"
                    else e for e in entries]
     return AppConfig(listen_addr=model.listen_addr, service_name=model.service_name, log_level=model.log_level,
+                     log_format=model.log_format, liveness_timeout_sec=model.liveness_timeout_sec,
                      listen_from=listen_from, entries=tuple(entries))
 
 

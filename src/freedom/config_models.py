@@ -25,6 +25,9 @@ MAX_SECONDS = 2_147_483
 #: The `log_level` values app.toml accepts (Python's logging levels).
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
+#: The `log_format` values app.toml accepts (json_logs.py).
+LOG_FORMATS = ("text", "json")
+
 #: sequential: one record at a time per partition, in offset order.
 #: concurrent: up to max_in_flight records of the topic at once, in any order.
 #: key-ordered: like concurrent, but records with the same key one after the other, in order.
@@ -91,10 +94,20 @@ class AppModel(_Model):
     log_level: str = Field(default="INFO", description=(
         "DEBUG, INFO, WARNING, ERROR or CRITICAL (any case). The Kafka client's own messages come "
         "through the `freedom.kafka.librdkafka` logger."))
+    log_format: str = Field(default="text", description=(
+        '"text" (one line per record) or "json" (one JSON object per line, with the trace id, and '
+        "topic, partition, offset and outcome on the consumer proxy's lines: docs/observability.md)."))
+    liveness_timeout_sec: float = Field(default=60.0, description=(
+        "`/livez` answers 503 when the consumer thread or the event loop has made no progress for "
+        "this long. Keep it above `drain_timeout_sec` + 25 s: a rebalance may hold the consumer "
+        "thread that long."))
 
     @model_validator(mode="after")
     def _check(self) -> "AppModel":
         self.listen_addr = check_listen_addr(self.listen_addr, lambda p: Problem("listen_addr", p))
+        if self.log_format not in LOG_FORMATS:
+            raise Problem("log_format", f'must be one of {", ".join(LOG_FORMATS)}, got "{self.log_format}"')
+        self.liveness_timeout_sec = _seconds("liveness_timeout_sec", self.liveness_timeout_sec)
         if self.log_level.upper() not in LOG_LEVELS:
             raise Problem("log_level", f'must be one of {", ".join(LOG_LEVELS)}, got "{self.log_level}"')
         self.log_level = self.log_level.upper()

@@ -215,6 +215,8 @@ class GroupLoop:
         # record at or above it comes (guarded by the lock; the loop reads it in _dispatch).
         self._finished_below: dict[TP, int] = {}
         self._stop = threading.Event()
+        #: When the consumer thread last began a round (time.monotonic()): /livez fails when it stops (health.py).
+        self.last_round = time.monotonic()
         self._consumer: confluent_kafka.Consumer | None = None
         self._task: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -273,6 +275,7 @@ class GroupLoop:
                 self._stop.wait(1.0)
 
     def _round(self) -> None:
+        self.last_round = time.monotonic()
         consumer = self._consumer
         assert consumer is not None and self._loop is not None
         self._commit_due()

@@ -31,7 +31,9 @@ import confluent_kafka
 
 from ...bus import BUS_HEADER, MAX_BUS_BYTES
 from ...errors import ConfigError, PublishError, UnknownClientError
+from ...metrics import count_sent
 from ...tracing import inject_trace
+from .observer import observed_publish
 from .settings import scrub
 from .topics import check_topic
 
@@ -171,6 +173,7 @@ class ProducerClient:
         """What the delivery report `(err, record)` of `msg` means: where it was stored, or the
         error its waiter gets. Topic and key are the record's, as queued (`msg` may have changed since)."""
         topic, key = record.topic(), record.key().decode()
+        count_sent(topic, err)  # messaging_client_sent_messages_total (metrics.py)
         if err is None:
             return Delivered(topic, record.partition(), record.offset(), key)
         failure = self._delivery_error(err, topic, key, msg.size())
@@ -421,8 +424,10 @@ class Producer:
         return self._clients[key]
 
     async def send(self, msg: "Msg") -> Delivered:
-        """Publish one message and wait for the broker's acknowledgement (used by `msg.publish()`)."""
-        return await self.client(msg.client).produce_for_loop(msg, asyncio.get_running_loop())
+        """Publish one message and wait for the broker's acknowledgement (used by `msg.publish()`),
+        in its `send` span, timed (observer.py)."""
+        client = self.client(msg.client)
+        return await observed_publish(msg, lambda m: client.produce_for_loop(m, asyncio.get_running_loop()))
 
     def accept_batch(self, msgs: Iterable["Msg"]) -> PendingBatch:
         """Queue every message now (from any thread) and return at once.

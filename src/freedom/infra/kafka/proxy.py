@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import Any
 
 from ...config import ConsumerClientConfig
@@ -31,6 +32,7 @@ from .admin import ensure_topics
 from .delivery import DeliveryResult, EventRoute, Transport
 from .group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
 from .keys import record_key, where as _where
+from .observer import ProxyObserver
 from .retry import Copy, Plan, ProduceRefused, RetryRouter, header_value, retry_count_of
 
 log = logging.getLogger("freedom.kafka.proxy")
@@ -67,6 +69,9 @@ class ConsumerProxy:
             self.groups.append(GroupLoop(config.retry_group_id, settings, retry_plans, self._handle,
                                          initial_offset="earliest", delay_sec=config.retry_interval_sec,
                                          drain_timeout=config.drain_timeout_sec, fetch_batch=fetch_batch))
+        self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
+        for group in self.groups:
+            self.observer.attach(group)
         self.assigned = asyncio.Event()  # set once every group got its first assignment
         self._service_up = asyncio.Event()  # set once the service accepts connections
         self._stop = asyncio.Event()
@@ -134,18 +139,22 @@ class ConsumerProxy:
         headers = record.headers() or []
         backoff = 0.5
         while True:
+            started = time.perf_counter()
             result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
             step = self.router.plan(plan.source_topic, n, result)
+            self.observer.delivered(record, plan, result, step, time.perf_counter() - started)
             where = _where(record, key) if step.next != "done" or result.outcome == "drop" else ""
             if step.next == "done":
                 if result.outcome == "drop":
-                    log.warning("dropped %s at the handler's request: %s", where, result.describe())
+                    log.warning("dropped %s at the handler's request: %s", where, result.describe(),
+                                extra=self.observer.log_fields(record, "dropped"))
                 return True
             if step.next == "redeliver":
                 if lost.is_set():
                     return False
                 log.warning("delivery of %s to %s failed: %s; delivering again in %.1f s",
-                            where, plan.route.path, result.describe(), backoff)
+                            where, plan.route.path, result.describe(), backoff,
+                            extra=self.observer.log_fields(record, "redeliver"))
                 if await wait_event(lost, backoff):
                     return False
                 backoff = min(backoff * 2, MAX_BACKOFF_SEC)
@@ -180,7 +189,7 @@ class ConsumerProxy:
             note = _join(note, "a permanent failure: dead-lettered without retries")
         log.warning("delivery of %s to %s failed: %s; %s", where, plan.route.path, result.describe(),
                     f"retry {n + 1} of {self.config.retry_count} via {topic}" if kind == "retry"
-                    else f"dead-lettered to {topic}")
+                    else f"dead-lettered to {topic}", extra=self.observer.log_fields(record, kind.replace("-", "_")))
         while True:
             headers = self.router.headers_for(record, plan.source_topic, n + 1 if kind == "retry" else n, result,
                                               origin=origin, note=note)
@@ -191,6 +200,7 @@ class ConsumerProxy:
             for copy in copies:
                 outcome = await self._produce(topic, copy, lost, where)
                 if outcome is True:
+                    self.observer.forwarded(record, plan, kind, topic, result)
                     if copy.kind != "full":
                         log.error("%s: dead-lettered to %s as a copy without its %s (marked %s)", where, topic,
                                   "value" if copy.kind == "value-omitted" else "value, key and own headers",
@@ -221,7 +231,8 @@ class ConsumerProxy:
         backoff = 0.5
         while True:
             try:
-                await self.router.produce(topic, copy)
+                with self.observer.sending(topic, copy):
+                    await self.router.produce(topic, copy)
                 return True
             except ProduceRefused as exc:
                 if exc.permanent:

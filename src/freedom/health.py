@@ -1,0 +1,137 @@
+"""Health of a running service: what `/livez` and `/readyz` answer (docs/observability.md).
+
+Live (`/livez`): every consumer group's consumer thread began a round (group.py `_round`: fetch,
+pause/resume, commit) and the event loop ran its tick within app.toml's `liveness_timeout_sec`
+(default 60 s). An idle consumer thread still rounds every 0.2 s and the tick comes every
+second, so silence means a stuck thread or a blocked loop: a consumer that stopped listening
+must not look healthy. (A rebalance may hold the consumer thread for `drain_timeout_sec` + 5 s,
+and pinning new partitions up to 20 s: keep the timeout above that.)
+
+Ready (`/readyz`): the application has started (its start-up code included), every consumer group
+got its partition assignment, the consumer proxies found the service accepting deliveries, and
+every producer client reaches its cluster (a metadata request answered within 2 s, checked at most
+every 10 s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+__all__ = ["LoopTick", "liveness", "readiness", "TICK_SEC"]
+
+#: How often the event loop's tick runs.
+TICK_SEC = 1.0
+#: How long a producer client's answered metadata request counts as "reaches its cluster".
+PRODUCER_CHECK_TTL_SEC = 10.0
+PRODUCER_CHECK_TIMEOUT_SEC = 2.0
+
+
+class LoopTick:
+    """A task noting, every TICK_SEC, that the event loop runs."""
+
+    def __init__(self) -> None:
+        self.last = time.monotonic()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None:
+            self.last = time.monotonic()
+            self._task = asyncio.get_running_loop().create_task(self._run(), name="freedom-loop-tick")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def _run(self) -> None:
+        while True:
+            self.last = time.monotonic()
+            await asyncio.sleep(TICK_SEC)
+
+
+def _groups(app: Any) -> list[Any]:
+    kafka = getattr(app, "kafka", None)
+    return [g for proxy in list(getattr(kafka, "proxies", None) or ()) for g in proxy.groups]
+
+
+def liveness(app: Any, tick: LoopTick, timeout: float) -> list[str]:
+    """What makes the service not live: one line per stalled part (empty: live)."""
+    now = time.monotonic()
+    problems = []
+    for group in _groups(app):
+        pump = getattr(group, "_task", None)  # the consumer thread's loop (None: no consumer thread)
+        if pump is None or group._stop.is_set():
+            continue  # not started yet, stopping, or a stand-in without a consumer thread
+        if pump.done():
+            problems.append(f"consumer group {group.group_id!r}: its consumer thread has ended")
+            continue
+        silent = now - group.last_round
+        if silent > timeout:
+            problems.append(f"consumer group {group.group_id!r}: the consumer thread made no progress "
+                            f"for {silent:.1f} s (liveness_timeout_sec = {timeout:g})")
+    if tick.running and now - tick.last > timeout:
+        problems.append(f"the event loop ran no tick for {now - tick.last:.1f} s "
+                        f"(liveness_timeout_sec = {timeout:g})")
+    return problems
+
+
+class ProducerCheck:
+    """Whether each producer client reaches its cluster, asked at most every PRODUCER_CHECK_TTL_SEC."""
+
+    def __init__(self) -> None:
+        self._answers: dict[int, tuple[float, str | None]] = {}
+
+    async def problems(self, producer: Any) -> list[str]:
+        out = []
+        for name in producer.client_names:
+            client = producer.client(name)
+            inner = getattr(client, "_producer", None)
+            if inner is None or not hasattr(inner, "list_topics"):
+                continue  # a stand-in without a cluster (freedom.testing.TestBroker)
+            at, problem = self._answers.get(id(client), (0.0, None))
+            if time.monotonic() - at > PRODUCER_CHECK_TTL_SEC:
+                problem = await asyncio.to_thread(_metadata_problem, inner, client.label)
+                self._answers[id(client)] = (time.monotonic(), problem)
+            if problem:
+                out.append(problem)
+        return out
+
+
+def _metadata_problem(producer: Any, label: str) -> str | None:
+    try:
+        producer.list_topics(timeout=PRODUCER_CHECK_TIMEOUT_SEC)
+        return None
+    except Exception as exc:  # noqa: BLE001 - any failure: not reachable
+        text = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        return f"producer client {label}: no answer from the cluster within {PRODUCER_CHECK_TIMEOUT_SEC:g} s ({text})"
+
+
+async def readiness(app: Any, producers: ProducerCheck) -> list[str]:
+    """What keeps the service from being ready: one line per part (empty: ready)."""
+    kafka = getattr(app, "kafka", None)
+    if not getattr(app, "_started", False):
+        return ["the application has not started"]
+    if kafka is None:
+        return []
+    problems = []
+    if not kafka.app_started.is_set():
+        problems.append("the application's start-up code has not finished")
+    for proxy in list(kafka.proxies):
+        for group in proxy.groups:
+            if not group.assigned.is_set():
+                problems.append(f"consumer group {group.group_id!r}: no partition assignment yet")
+        if not proxy._service_up.is_set():
+            problems.append(f"consumer group {proxy.config.group_id!r}: the service does not accept deliveries yet")
+    if kafka.config.producer_open:
+        problems += await producers.problems(kafka.producer)
+    return problems

@@ -1,0 +1,60 @@
+"""JSON logs (`log_format = "json"` in app.toml): one JSON object per line, for log collectors.
+
+Every line has `time` (UTC, ISO 8601), `level`, `logger` and `message`; `trace_id` when the line
+is about a request or a record (a handler's `runtime.logger`, the consumer proxy's lines); the
+consumer proxy's lines about a record add `topic`, `partition`, `offset` and `outcome`; any other
+`extra=` field of the call is kept; an exception is in `exception` (its traceback as text).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from typing import Any
+
+__all__ = ["JsonFormatter", "use_log_format"]
+
+#: The attributes every LogRecord has: not copied as fields (the useful ones are, under their own names).
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one line of JSON (see the module docstring for the fields)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        for name, value in vars(record).items():
+            if name not in _STANDARD and not name.startswith("_") and value is not None:
+                out[name] = value if isinstance(value, (str, int, float, bool)) else str(value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        if record.stack_info:
+            out["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(out, ensure_ascii=False)
+
+
+#: Handlers whose formatter freedom sets: the standard library's own (a test framework's capture
+#: handlers, which subclass them, keep theirs).
+_PLAIN_HANDLERS = (logging.StreamHandler, logging.FileHandler)
+
+
+def use_log_format(log_format: str) -> None:
+    """Apply app.toml's `log_format`: for "json", every plain handler of the root logger formats
+    JSON (a stderr handler is added when there is none); "text" leaves the logging setup alone."""
+    if log_format != "json":
+        return
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(logging.StreamHandler())
+    for handler in root.handlers:
+        if type(handler) in _PLAIN_HANDLERS and not isinstance(handler.formatter, JsonFormatter):
+            handler.setFormatter(JsonFormatter())
