@@ -116,7 +116,8 @@ def _expected_headers(headers: list[tuple[str, bytes | None]], from_retry: bool)
 
 
 _ADDED = {b"x-message-key", b"x-retry-count", b"x-freedom-key", b"content-length", b"host",
-          b"accept", b"accept-encoding", b"user-agent"}  # what the proxy and HTTP clients add
+          b"accept", b"accept-encoding", b"user-agent",  # what the proxy and HTTP clients add
+          b"content-type"}  # the proxy's default (application/json) for records without one
 
 
 def run_corpus(tmp_path: Path, bootstrap: str, topic: str, mode: str) -> None:

@@ -108,7 +108,8 @@ def _type(annotation: Any) -> str:
         annotation = next(a for a in get_args(annotation) if a is not type(None))
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is list:
-        name = "array of tables" if isinstance(args[0], type) and issubclass(args[0], BaseModel) else "array of strings"
+        name = ("array of tables" if isinstance(args[0], type) and issubclass(args[0], BaseModel)
+                else "array of integers" if args[0] is int else "array of strings")
     elif origin is dict:
         name = "table"
     else:

@@ -15,11 +15,11 @@ So `"Goods:Shopping"` and `"Goods.Shopping"` name the same event, and a plain to
 from __future__ import annotations
 
 import itertools
-import json
 import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
+from .. import payloads
 from ..errors import FreedomError
 from ..infra.kafka.topics import check_topic
 from ..headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
@@ -59,15 +59,17 @@ def new_event_id() -> str:
 
 
 def to_json(obj: Any) -> bytes:
-    """`obj` as compact UTF-8 JSON; dataclasses, pydantic models and the like are accepted."""
-    from fastapi.encoders import jsonable_encoder
-
-    if isinstance(obj, (bytes, bytearray)):
+    """`obj` as compact UTF-8 JSON, serialised by Pydantic (freedom.payloads): Pydantic models,
+    dataclasses, dicts, lists and whatever else Pydantic serialises. A domain event is always
+    JSON (SPEC §6), published with `content-type: application/json`."""
+    if isinstance(obj, (bytes, bytearray, memoryview)):
         raise TypeError("a domain event carries an object serialised as JSON, not bytes: pass the object itself")
+    if obj is None:
+        return b"null"  # an event without data
     try:
-        return json.dumps(jsonable_encoder(obj), ensure_ascii=False, separators=(",", ":")).encode()
-    except (TypeError, ValueError) as exc:
-        raise TypeError(f"cannot serialise the event object ({type(obj).__name__}) as JSON: {exc}") from None
+        return payloads.to_json(obj)
+    except payloads.Unserialisable as exc:
+        raise TypeError(f"cannot serialise the event object ({exc.type_name}) as JSON: {exc.why}") from None
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -113,5 +115,8 @@ class DomainEvent:
     seq: int = field(default_factory=lambda: next(_sequence), compare=False)
 
     def wire_headers(self) -> dict[str, str]:
-        """The user's headers plus the event's name and id."""
-        return {**self.headers, EVENT_NAME_HEADER: self.name, EVENT_ID_HEADER: self.event_id}
+        """`content-type: application/json` (unless the user's headers set one), the user's headers,
+        and the event's name and id. Added here, when it is published, so outbox rows written
+        before content types existed get it too."""
+        return {payloads.CONTENT_TYPE: payloads.JSON, **self.headers,
+                EVENT_NAME_HEADER: self.name, EVENT_ID_HEADER: self.event_id}

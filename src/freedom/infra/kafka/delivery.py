@@ -22,7 +22,8 @@ from urllib.parse import quote
 
 from ...errors import FreedomError
 from ...headers import MESSAGE_KEY_HEADER, OUTCOME_HEADER, REASON_HEADERS, RETRY_COUNT_HEADER, SECRET_HEADER
-from ...outcomes import OUTCOMES, decode_reason
+from ...outcomes import OUTCOMES, decode_reason, failure_detail
+from ...payloads import CONTENT_TYPE, DEFAULT_CONTENT_TYPE
 from ...wire import ENCODED_HEADER, KEY_HEADER, b64encode, hex_name, is_key_itself, plain_name, plain_value, printable
 from .keys import event_id
 
@@ -72,6 +73,9 @@ def _dropped(name: str, from_retry_topic: bool) -> bool:
 _NameRule = tuple[bytes, bytes, bool, bool, bool]
 _NAMES: dict[str | bytes, _NameRule] = {}
 _NAMES_MAX = 4096
+_CONTENT_TYPE = CONTENT_TYPE.encode()
+_CONTENT_TYPE_RULE: _NameRule = (_CONTENT_TYPE, _CONTENT_TYPE, True, False, False)
+_DEFAULT_CONTENT_TYPE = DEFAULT_CONTENT_TYPE.encode()
 
 
 def _name_rule(k: str | bytes) -> _NameRule:
@@ -111,6 +115,9 @@ class DeliveryResult:
     error: str | None = None
     outcome: str | None = None  # "retry", "dead-letter", "drop" from the x-freedom-outcome header
     reason: str | None = None  # x-freedom-reason, decoded
+    # What the body of a 4xx/5xx answer said, in one line (outcomes.failure_detail: FastAPI's
+    # validation errors as `body.amount: Field required`), at most outcomes.MAX_DETAIL_BYTES.
+    detail: str | None = None
     # True when the same delivery can never succeed however often it is tried (the record cannot
     # be encoded as a request, the handler refused the body as invalid, ...): the proxy then
     # dead-letters it at once, whatever retry_count says (SPEC §9 "Every record settles").
@@ -130,6 +137,8 @@ class DeliveryResult:
             what += f", handler asked: {self.outcome}"
         if self.reason:
             what += f" ({self.reason})"
+        elif self.detail:
+            what += f" ({self.detail})"
         return printable(what)  # the reason is the handler's text, an error may quote the service's
 
 
@@ -140,6 +149,9 @@ def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -
     `x-message-key` (the event id), `x-freedom-key` (the key, when the id is not the key itself)
     and `x-retry-count`.
 
+    Every delivery has one `content-type` (freedom.payloads): the record's (its last non-empty
+    one), else `application/json`, so that typed handler parameters parse the body.
+
     `key` is the record's :class:`~.keys.EventId` (`record_key`), or the key as text. Raises
     :class:`UnsendableRecord` when the result would exceed :data:`MAX_HEADER_BYTES`.
     """
@@ -147,14 +159,26 @@ def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -
     retry = eid.proxy_written
     kept: list[tuple[_NameRule, bytes]] = []
     encoded: set[bytes] = set()  # lowercased names of which some value cannot travel as it is
+    typed: int | None = None  # where in `kept` the record's content-type is
     for k, v in record_headers:
         rule = _name_rule(k)
         if rule[4] if retry else rule[3]:
             continue
         v = v or b""
-        kept.append((rule, v))
+        if rule[1] == _CONTENT_TYPE:  # one per delivery: the record's last non-empty one
+            if not v:
+                continue
+            if typed is not None:
+                kept[typed] = (rule, v)
+            else:
+                typed = len(kept)
+                kept.append((rule, v))
+        else:
+            kept.append((rule, v))
         if not rule[2] or not plain_value(v):
             encoded.add(rule[1])
+    if typed is None:  # a record without one (Go freedom services send JSON without it)
+        kept.append((_CONTENT_TYPE_RULE, _DEFAULT_CONTENT_TYPE))
     # One value of a name that HTTP cannot carry as it is: every value of that name is encoded.
     out: list[tuple[bytes, bytes]] = []
     listed: list[bytes] = []
@@ -180,14 +204,27 @@ def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -
     return out
 
 
-def result_of(status: int, outcome: str | None, reason: str | None) -> DeliveryResult:
-    """The result of an answer with `status` and the raw `x-freedom-outcome` / `x-freedom-reason` values."""
+#: The most bytes of a failure answer's body a transport keeps for :func:`result_of` (the detail
+#: is cut much shorter; a longer body is read and dropped).
+MAX_FAILURE_BODY = 16 * 1024
+
+
+def keeps_body(status: int) -> bool:
+    """True for the answers whose body the transports keep (up to :data:`MAX_FAILURE_BODY`): 4xx, 5xx."""
+    return status >= 400
+
+
+def result_of(status: int, outcome: str | None, reason: str | None, body: bytes | None = None) -> DeliveryResult:
+    """The result of an answer with `status`, the raw `x-freedom-outcome` / `x-freedom-reason`
+    values, and (for a 4xx/5xx answer) the start of its body."""
     if outcome is not None:
         outcome = outcome.strip().lower()
         if outcome not in OUTCOMES:
             log.warning("ignoring unknown %s: %r (expected one of %s)", OUTCOME_HEADER, outcome, ", ".join(OUTCOMES))
             outcome = None
-    return DeliveryResult(status=status, outcome=outcome, reason=decode_reason(reason) if reason else None)
+    detail = failure_detail(body) if body and keeps_body(status) else None
+    return DeliveryResult(status=status, outcome=outcome, reason=decode_reason(reason) if reason else None,
+                          detail=detail)
 
 
 class Transport(Protocol):

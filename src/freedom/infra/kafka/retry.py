@@ -169,6 +169,8 @@ class Plan:
 
     next: Next
     topic: str | None = None  # the retry or dead-letter topic
+    #: Why a record is dead-lettered without its retries, for x-freedom-error (None: it is not).
+    not_retried: str | None = None
 
 
 class RetryRouter:
@@ -210,9 +212,15 @@ class RetryRouter:
         fail = self.fail_topic(source_topic)
         # The handler's explicit "retry" decides over a permanent verdict (the outcome header first).
         permanent = result.permanent and result.outcome != "retry"
+        why = "a permanent failure: dead-lettered without retries" if permanent and result.outcome is None else None
+        if (not permanent and result.outcome is None and result.status is not None
+                and result.status in self.config.consume_config(source_topic).dead_letter_statuses):
+            # A status that can never succeed on a retry (422: the body failed validation, ...).
+            permanent = True
+            why = f"HTTP {result.status} is in dead_letter_statuses: dead-lettered without retries"
         if result.outcome == "dead-letter" or permanent:
             if fail:
-                return Plan("dead-letter", fail)
+                return Plan("dead-letter", fail, not_retried=why)
             if permanent:
                 log.error("a record of %r can never be delivered as it is (%s), but retry_fail_prefix is empty, "
                           "so there is no dead-letter topic: delivering it again, holding its partition",

@@ -7,7 +7,8 @@ the record headers plus the proxy's, the value as body), and the answer is read 
 (`delivery.result_of`: the outcome header first, else 2xx is success). What the HTTP server would
 answer when the application raises (500) and the HTTP transport's timeout (30 s) hold here too.
 The call is a minimal ASGI exchange: build the scope, give the body through `receive`, keep the
-status and the two outcome headers from `send`; the response body is not needed and is dropped.
+status and the two outcome headers from `send`; the response body is dropped (of a 4xx/5xx answer
+its start is kept: the failure's detail).
 """
 
 from __future__ import annotations
@@ -19,7 +20,8 @@ from urllib.parse import unquote
 
 from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
 from ....runtime import BODY_EXTENSION
-from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
+from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, keeps_body,
+                        request_headers, result_of)
 
 log = logging.getLogger("freedom.kafka.delivery")
 
@@ -33,10 +35,11 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 class _Exchange:
     """One request/response exchange with the application: what `receive` gives and `send` keeps."""
 
-    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done")
+    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done", "answer")
 
     def __init__(self, body: bytes) -> None:
         self.body: bytes | None = body
+        self.answer: bytearray | None = None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
         self.status: int | None = None
         self.outcome: str | None = None
         self.reason: str | None = None
@@ -59,16 +62,22 @@ class _Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
+            if keeps_body(message["status"]):
+                self.answer = bytearray()
             for k, v in message.get("headers") or ():
                 k = k.lower()
                 if k == _OUTCOME:
                     self.outcome = v.decode("latin-1")
                 elif k == _REASON:
                     self.reason = v.decode("latin-1")
-        elif kind == "http.response.body" and not message.get("more_body", False):
-            self.complete = True
-            if self._done is not None:
-                self._done.set()
+        elif kind == "http.response.body":
+            kept = self.answer
+            if kept is not None and len(kept) < MAX_FAILURE_BODY:
+                kept += message.get("body", b"")[:MAX_FAILURE_BODY - len(kept)]
+            if not message.get("more_body", False):
+                self.complete = True
+                if self._done is not None:
+                    self._done.set()
 
 
 class AsgiTransport:
@@ -142,7 +151,8 @@ class AsgiTransport:
                 return DeliveryResult(status=500)
         if exchange.status is None:
             return DeliveryResult(error="the application returned without answering")
-        return result_of(exchange.status, exchange.outcome, exchange.reason)
+        return result_of(exchange.status, exchange.outcome, exchange.reason,
+                         bytes(exchange.answer) if exchange.answer else None)
 
     async def aclose(self) -> None:
         return None

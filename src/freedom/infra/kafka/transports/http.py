@@ -17,7 +17,8 @@ from typing import Any
 
 from ....errors import FreedomError
 from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
-from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
+from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, keeps_body,
+                        request_headers, result_of)
 from .http1 import Http1Transport, wait_until_listening
 
 
@@ -89,7 +90,14 @@ class HttpTransport:
             return DeliveryResult(error="timed out waiting for the handler")
         except PyreqwestError as exc:
             return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
-        return result_of(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER))
+        body = None
+        if keeps_body(response.status):
+            try:
+                body = bytes(memoryview(await response.bytes())[:MAX_FAILURE_BODY])  # read already (build())
+            except PyreqwestError:
+                body = None
+        return result_of(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER),
+                         body)
 
     async def aclose(self) -> None:
         if self._client is not None:

@@ -24,7 +24,8 @@ import httptools
 
 from ....errors import FreedomError
 from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
-from ..delivery import DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, request_headers, result_of
+from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, keeps_body,
+                        request_headers, result_of)
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
@@ -52,13 +53,14 @@ async def wait_until_listening(proxy_addr: str, deadline: float, stop: asyncio.E
 class _Answer:
     """What one response told: its status, the outcome headers, and whether the connection stays open."""
 
-    __slots__ = ("status", "outcome", "reason", "keep_alive")
+    __slots__ = ("status", "outcome", "reason", "keep_alive", "body")
 
     def __init__(self) -> None:
         self.status = 0
         self.outcome: bytes | None = None
         self.reason: bytes | None = None
         self.keep_alive = True
+        self.body: bytearray | None = None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
 
 
 class _Connection(asyncio.Protocol):
@@ -111,6 +113,13 @@ class _Connection(asyncio.Protocol):
             return
         self._headers_done = True
         self._answer.status = status
+        if keeps_body(status):
+            self._answer.body = bytearray()
+
+    def on_body(self, body: bytes) -> None:
+        kept = self._answer.body
+        if kept is not None and len(kept) < MAX_FAILURE_BODY:
+            kept += body[:MAX_FAILURE_BODY - len(kept)]
 
     def on_message_complete(self) -> None:
         if not self._headers_done:
@@ -238,7 +247,8 @@ class Http1Transport:
                 self._drop(conn)
         return result_of(answer.status,
                          answer.outcome.decode("latin-1") if answer.outcome is not None else None,
-                         answer.reason.decode("latin-1") if answer.reason is not None else None)
+                         answer.reason.decode("latin-1") if answer.reason is not None else None,
+                         bytes(answer.body) if answer.body else None)
 
     async def aclose(self) -> None:
         for conn in list(self._open):
