@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import random
 import time
@@ -27,6 +28,8 @@ ROUTES = {  # route name -> the topic it listens on
                       ("key_ordered", "CHAOS_KEY_ORDERED"))
     if os.environ.get(var)
 }
+if os.environ.get("PROXY_DEBUG"):  # the commit requests and answers, for a failure's post-mortem
+    logging.getLogger("freedom.kafka.proxy").setLevel(logging.DEBUG)
 _fd = os.open(os.environ["RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
 _pid = os.getpid()
 

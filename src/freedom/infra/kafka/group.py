@@ -51,7 +51,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Iterable
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
@@ -205,6 +205,7 @@ class GroupLoop:
         self._commits_sent: collections.deque[float] = collections.deque()
         self._commit_sent_at = 0.0
         self._newest_sent: dict[TP, int] = {}  # the newest offset sent per partition
+        self._acked: dict[TP, int] = {}  # the newest offset the broker confirmed per partition
         self._commit_failures = 0  # failed commits in a row (logged once per streak)
         # Offsets finished here whose commit failed after their partition was revoked (e.g. the
         # broker restarted and forgot this member): committed when the partition comes back, if
@@ -345,6 +346,10 @@ class GroupLoop:
         if self._commits_sent:
             self._commits_sent.popleft()
         failed = [tp for tp in partitions if err is not None or tp.error is not None]
+        log.debug("consumer group %r: commit answered (%s): %s", self.group_id, err,
+                  [(tp.topic, tp.partition, tp.offset, tp.error) for tp in partitions])
+        if err is None:
+            self._check_order(tp for tp in partitions if tp.error is None)
         if not failed:
             if self._commit_failures:
                 log.info("consumer group %r: commits succeed again (after %d failed)", self.group_id,
@@ -365,6 +370,49 @@ class GroupLoop:
                 elif key not in self._to_commit:  # else a newer one waits
                     self._to_commit[key] = tp.offset
 
+    def _check_order(self, confirmed: Iterable[TopicPartition]) -> None:
+        """Commit the newest offset again when an older commit was confirmed after it.
+
+        librdkafka holds the commits sent while the coordinator is away and sends them when it is
+        back, possibly after newer ones: the broker then keeps the older offset (measured in the
+        chaos test: 145 confirmed, then 51), and finished records would be delivered again.
+        """
+        rewound = {}
+        for tp in confirmed:
+            key = (tp.topic, tp.partition)
+            if key not in self._assigned:
+                continue  # a late answer for a partition given up (its offsets were forgotten)
+            newest = self._acked.get(key, -1)
+            if tp.offset < newest:
+                rewound[key] = newest
+            else:
+                self._acked[key] = tp.offset
+        if not rewound:
+            return
+        log.debug("consumer group %r: older commits confirmed after newer ones; committing again: %s",
+                  self.group_id, rewound)
+        with self._lock:
+            for key, newest in rewound.items():
+                if key in self._assigned and newest > self._to_commit.get(key, -1):
+                    self._to_commit[key] = newest
+
+    def _resend_newest(self, tps: Iterable[TP]) -> None:
+        """Queue the newest offsets sent for `tps` once more, for the last (waiting) commit these
+        partitions get from this member: an older commit still held by librdkafka (see
+        `_check_order`) must not be the last word."""
+        with self._lock:
+            for tp in tps:
+                newest = self._newest_sent.get(tp)
+                if newest is not None and newest > self._to_commit.get(tp, -1):
+                    self._to_commit[tp] = newest
+
+    def _forget_sent(self, tps: Iterable[TP]) -> None:
+        """After a revocation: another member may commit further meanwhile, so an offset this member
+        sent earlier must never be sent again for these partitions."""
+        for tp in tps:
+            self._newest_sent.pop(tp, None)
+            self._acked.pop(tp, None)
+
     def _open(self) -> None:
         self._consumer = confluent_kafka.Consumer({**self.settings, "on_commit": self._on_commit})
         self._consumer.subscribe(list(self.plans), on_assign=self._on_assign,
@@ -382,6 +430,7 @@ class GroupLoop:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in pending.items()]
         self._newest_sent.update(pending)
+        log.debug("consumer group %r: commit%s %s", self.group_id, "" if asynchronous else " (waiting)", pending)
         if asynchronous:
             self._commit_sent_at = time.monotonic()
             self._commits_sent.append(self._commit_sent_at)
@@ -456,7 +505,9 @@ class GroupLoop:
                 future.result(self.drain_timeout + 5.0)
             except Exception:  # noqa: BLE001 - a late drain only means a redelivery
                 log.warning("consumer group %r: draining revoked partitions did not finish", self.group_id)
+        self._resend_newest(tps)
         self._commit_pending(asynchronous=False, only=tps)
+        self._forget_sent(tps)
         with self._lock:
             self._to_pause -= tps
             self._to_resume -= tps
@@ -468,6 +519,7 @@ class GroupLoop:
     def _close(self) -> None:
         if self._consumer is None:
             return
+        self._resend_newest(self._assigned)
         self._commit_pending(asynchronous=False)
         self._consumer.close()
         self._consumer = None
