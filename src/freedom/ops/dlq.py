@@ -168,7 +168,6 @@ class Filter:
     grep: str | None = None  # a text the error contains (case-insensitive), or the status
     partition: int | None = None
     offsets: tuple[int, int | None] | None = None  # offset range, both ends included
-    original_topic: str | None = None
 
     def __post_init__(self) -> None:
         if self.since is not None and self.until is not None and self.until <= self.since:
@@ -195,8 +194,6 @@ class Filter:
             out["partition"] = self.partition
         if self.offsets is not None:
             out["offsets"] = f"{self.offsets[0]}-{'' if self.offsets[1] is None else self.offsets[1]}"
-        if self.original_topic is not None:
-            out["original_topic"] = self.original_topic
         return out
 
     def bounds(self, partition: int, low: int, end: int) -> tuple[int, int]:
@@ -220,8 +217,6 @@ class Filter:
             needle = self.grep.lower()
             if needle not in d.error.lower() and needle != str(d.status):
                 return False
-        if self.original_topic is not None and d.original_topic != self.original_topic:
-            return False
         return True
 
 

@@ -182,6 +182,8 @@ def replay_headers(msg: Any, count: int, fail_topic: str) -> list[tuple[str, str
 
 def _decide(d: DeadLetter, existing: dict[str, int], max_replays: int) -> str | None:
     """Why `d` is parked, or None when it is replayed."""
+    if d.original_topic == d.topic:
+        return "its original topic is the dead-letter topic itself: replaying would loop"
     if d.replay_count >= max_replays:
         return f"replayed {d.replay_count} times already (limit {max_replays}, --max-replays)"
     if d.value_omitted:
@@ -295,9 +297,17 @@ class _Job:
 def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: int, pacer: _Pacer,
                   progress: Callable[[Progress], None] | None, timeout: float) -> TopicReplay:
     group = job_group(fail.topic, flt)
-    ends = snapshot(fail)
-    committed = fail.cluster.committed(group)
-    existing = fail.cluster.topics(refresh=True)
+    # The job's producer first: its init_transactions aborts what a killed run left open (records
+    # and offsets), so the offsets read next are the last ones committed for good.
+    job = None if dry_run else _Job(fail, group, timeout)
+    try:
+        ends = snapshot(fail)
+        committed = fail.cluster.committed(group)
+        existing = fail.cluster.topics(refresh=True)
+    except BaseException:
+        if job is not None:
+            job.close()
+        raise
     ranges = []
     for (t, p), (low, end) in sorted(ends.items()):
         start, stop = flt.bounds(p, low, end)
@@ -308,7 +318,6 @@ def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: i
     parked: list[Parked] = []
     moves: list[Move] = []
     destinations: dict[str, int] = {}
-    job = None if dry_run else _Job(fail, group, timeout)
     from .cluster import Reader
 
     reader = Reader(fail.cluster) if job is None else None
