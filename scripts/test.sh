@@ -7,4 +7,6 @@ echo "test: fetching Apache Kafka jars from Maven Central (cached in .cache/kafk
 .venv/bin/python -m tests.kafka.broker --fetch-only
 echo "test: making sure a PostgreSQL server is installed (for the outbox tests)" >&2
 bash scripts/postgres.sh install
+echo "test: making sure the AsyncAPI parser is installed (npm, cached in .cache/npm)" >&2
+bash scripts/npm-tools.sh
 exec .venv/bin/python -m pytest "$@"

@@ -140,6 +140,8 @@ class Application:
         #: What the Kafka side runs on: None for kafka.toml's clusters; freedom.testing.TestBroker sets
         #: its in-memory broker (before set-up).
         self.kafka_backend: KafkaBackend | None = None
+        #: topic -> (payload type, description) of `initiator.publishes` (the AsyncAPI document's sends).
+        self.declared_publishes: dict[str, tuple[Any, str | None]] = {}
         self.injectables: Injectables = {}
         self.config: AppConfig = AppConfig()
         self.kafka_config: KafkaConfig | None = None

@@ -97,6 +97,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .config_show import add_parser as add_config_parser, show as show_config
 
     add_config_parser(sub)
+    from .asyncapi import add_parser as add_asyncapi_parser, command as asyncapi_command
+
+    add_asyncapi_parser(sub)
     from .ops.cli import COMMANDS as OPS_COMMANDS, add_parsers as add_ops_parsers, run as run_ops
 
     add_ops_parsers(sub)  # status, dlq list|show|replay, offsets reset (docs/operations.md)
@@ -108,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, run)
         if args.command == "config":
             show_config(args)
+        if args.command == "asyncapi":
+            asyncapi_command(args)
         if args.command in OPS_COMMANDS:
             return run_ops(args)
     except FreedomError as exc:

@@ -70,6 +70,12 @@ class Initiator:
             raise RouteError(f"listen_event: topic {check!r} already has a listener")
         self._events.append((check, handler))
 
+    def publishes(self, topic: str, payload: Any = bytes, *, description: str | None = None) -> None:
+        """Declare that the service publishes to `topic` (an event name maps as in listen_event),
+        with `payload` its content's type (a Pydantic model, a dataclass, `dict`, `list[...]`,
+        `str`, `bytes`): the AsyncAPI document (asyncapi.py) lists it. Publishing does not check it."""
+        self.app.declared_publishes[_checked_topic(topic)] = (payload, description)
+
     def event_routes(self) -> dict[str, EventRoute]:
         """Resolve every `listen_event` to the route its records are posted to."""
         return {topic: self._resolve(topic, handler) for topic, handler in self._events}
