@@ -208,6 +208,34 @@ def test_a_replay_killed_midway_and_run_again_delivers_each_exactly_once(apache_
     assert len(journal.of()) - calls == len(keys)
 
 
+def test_a_record_failing_again_after_a_replay_comes_back_counted_and_is_then_parked(apache_kafka, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = create_topic(bootstrap, f"ops-{uuid.uuid4().hex[:8]}", partitions=2)
+    create_topic(bootstrap, f"fail-{topic}", partitions=2)
+    svc, journal, _ = failing_service(tmp_path, bootstrap, topic, ["P1", "P2"])  # never fixed
+    try:
+        target = load_target(None, str(tmp_path))
+        assert replay(target, topic, max_replays=1).moved == 2
+        wait_until(lambda: topic_size(bootstrap, f"fail-{topic}", 2) == 4, 60, what="the replays dead-lettered again")
+        back = show_dead_letters(target, topic, Filter(grep="500"), limit=None)
+        assert sorted((d.key, d.replay_count) for d in back) == [("P1", 0), ("P1", 1), ("P2", 0), ("P2", 1)]
+        calls = len(journal.of())
+        capped = replay(target, topic, max_replays=1)
+        assert (capped.moved, capped.parked) == (0, 2)
+        assert sorted(p.key for p in capped.topics[0].parked) == ["P1", "P2"]
+        assert "replayed 1 times already (limit 1" in capped.topics[0].parked[0].reason
+        assert len(read_topic(bootstrap, topic, expect=4, settle=0.5)) == 4  # two records, two replays, no more
+        assert len(journal.of()) == calls
+    finally:
+        svc.__exit__(None, None, None)
+
+    human = freedom("dlq", "list", topic, "--config", str(tmp_path), cwd=tmp_path)
+    assert human.returncode == 0, human.stderr
+    assert human.stdout.splitlines()[0] == f"fail-{topic}: 4 dead letters"
+    assert human.stdout.splitlines()[2].split() == ["4", "500", topic, *human.stdout.splitlines()[2].split()[3:5],
+                                                    "HTTP", "500"]
+
+
 def test_replay_routes_by_the_reason_headers_and_parks_what_it_must_not_replay(apache_kafka, tmp_path):
     bootstrap = apache_kafka.bootstrap
     topic = create_topic(bootstrap, f"ops-{uuid.uuid4().hex[:8]}")
