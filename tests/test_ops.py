@@ -256,9 +256,10 @@ def test_replay_routes_by_the_reason_headers_and_parks_what_it_must_not_replay(a
         dead(b"SECOND", (REPLAY_COUNT_HEADER, b"1")),
     ])
     target = load_target(None, str(tmp_path))
-    report = replay(target, fail)
+    report = replay(target, fail, rate=1.5)  # the second record waits 2/3 s (its batch committed first)
     [t] = report.topics
     assert (report.moved, report.parked) == (2, 3)
+    assert report.seconds >= 0.6
     assert {(p.key, p.offset) for p in t.parked} == {("TIRED", 1), ("CUT", 2), ("GONE", 3)}
     assert "limit 3" in t.parked[0].reason and "does not exist" in t.parked[2].reason
     moved = read_topic(bootstrap, topic, expect=2, settle=0.5)

@@ -151,13 +151,15 @@ class Cluster:
 
 
 class Reader:
-    """Reads records of single partitions between two offsets; never joins a group or commits."""
+    """Reads records of single partitions between two offsets; never joins a group or commits
+    (`group`: the group id whose metadata a replay's transaction carries; default: a throwaway)."""
 
-    def __init__(self, cluster: Cluster) -> None:
+    def __init__(self, cluster: Cluster, group: str | None = None) -> None:
         self.cluster = cluster
         self.consumer = confluent_kafka.Consumer({
-            **cluster.settings, "group.id": f"freedom-ops-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False, "enable.partition.eof": True, "auto.offset.reset": "earliest",
+            **cluster.settings, "group.id": group or f"freedom-ops-reader-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
+            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
         })
 
     def read(self, topic: str, partition: int, start: int, end: int, timeout: float = 30.0) -> Iterator[Any]:

@@ -42,7 +42,7 @@ from ..headers import (OMISSION_HEADERS, REASON_HEADERS, REPLAY_COUNT_HEADER, RE
 from ..infra.kafka.producer import PRODUCER_DEFAULTS
 from ..infra.kafka.settings import scrub
 from ..infra.kafka.topics import check_topic
-from .cluster import TP
+from .cluster import TP, Reader
 from .dlq import DeadLetter, FailTopic, Filter, error_class, fail_topics, snapshot
 from .status import JOB_PREFIX, iso
 from .target import OpsError, Target
@@ -206,6 +206,10 @@ class _Pacer:
         self.interval = 1.0 / rate if rate else 0.0
         self.next = time.monotonic()
 
+    def delay(self) -> float:
+        """Seconds until the next record may go."""
+        return max(0.0, self.next - time.monotonic()) if self.interval else 0.0
+
     def wait(self) -> None:
         if not self.interval:
             return
@@ -225,10 +229,7 @@ class _Job:
             **settings, **PRODUCER_DEFAULTS, "transactional.id": group, "enable.idempotence": True,
             "transaction.timeout.ms": 60000,
         })
-        self.consumer = confluent_kafka.Consumer({
-            **settings, "group.id": group, "enable.auto.commit": False, "enable.auto.offset.store": False,
-            "enable.partition.eof": True, "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-        })
+        self.reader = Reader(fail.cluster, group)  # its group metadata goes into each transaction
         self.errors: list[str] = []
         self.in_txn = False
         self._call(self.producer.init_transactions, timeout)  # aborts what a killed run left open
@@ -271,8 +272,9 @@ class _Job:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
         try:
-            self._call(self.producer.send_offsets_to_transaction, offsets,
-                       self.consumer.consumer_group_metadata(), self.timeout)
+            if offsets:
+                self._call(self.producer.send_offsets_to_transaction, offsets,
+                           self.reader.consumer.consumer_group_metadata(), self.timeout)
             self._call(self.producer.commit_transaction, self.timeout)
         except OpsError:
             self.abort()
@@ -291,7 +293,7 @@ class _Job:
 
     def close(self) -> None:
         self.abort()
-        self.consumer.close()
+        self.reader.close()
 
 
 def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: int, pacer: _Pacer,
@@ -318,9 +320,7 @@ def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: i
     parked: list[Parked] = []
     moves: list[Move] = []
     destinations: dict[str, int] = {}
-    from .cluster import Reader
-
-    reader = Reader(fail.cluster) if job is None else None
+    reader = job.reader if job is not None else Reader(fail.cluster)
     last_progress = time.monotonic()
     try:
         for p, start, stop in ranges:
@@ -330,34 +330,38 @@ def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: i
             positions: dict[TP, int] = {}
             began = time.monotonic()
             in_batch = 0
-            source = reader.read(fail.topic, p, start, stop) if reader is not None else \
-                _read(job, fail.topic, p, start, stop)  # type: ignore[arg-type]
-            for msg in source:
+            for msg in reader.read(fail.topic, p, start, stop):
                 read += 1
+                offset = int(msg.offset() or 0)
                 d = DeadLetter.of(msg)
-                if job is not None:
-                    job.begin()
-                    if not in_batch:
-                        began = time.monotonic()
-                if not flt.matches(d):
+                why: str | None = None
+                matching = flt.matches(d)
+                if not matching:
                     skipped += 1
-                else:
-                    why = _decide(d, existing, max_replays)
-                    if why is not None:
-                        parked_count += 1
-                        if len(parked) < _KEPT_DETAILS:
-                            parked.append(Parked(p, msg.offset(), d.key, why))
-                    else:
-                        assert d.original_topic is not None
-                        if job is not None:
-                            pacer.wait()
-                            job.produce(d.original_topic, msg, replay_headers(msg, d.replay_count + 1, fail.topic))
-                        moved += 1
-                        destinations[d.original_topic] = destinations.get(d.original_topic, 0) + 1
-                        if len(moves) < _KEPT_DETAILS:
-                            moves.append(Move(p, msg.offset(), d.key, d.original_topic, error_class(d.error),
-                                              d.replay_count + 1))
-                positions[tp] = msg.offset() + 1
+                elif (why := _decide(d, existing, max_replays)) is not None:
+                    parked_count += 1
+                    if len(parked) < _KEPT_DETAILS:
+                        parked.append(Parked(p, offset, d.key, why))
+                moving = matching and why is None
+                if job is not None:
+                    if moving:
+                        if job.in_txn and pacer.delay() > _BATCH_SECONDS:
+                            job.commit(positions)  # never hold a transaction open while waiting
+                            in_batch = 0
+                        pacer.wait()
+                    if not job.in_txn:
+                        job.begin()
+                        began = time.monotonic()
+                if moving:
+                    assert d.original_topic is not None
+                    if job is not None:
+                        job.produce(d.original_topic, msg, replay_headers(msg, d.replay_count + 1, fail.topic))
+                    moved += 1
+                    destinations[d.original_topic] = destinations.get(d.original_topic, 0) + 1
+                    if len(moves) < _KEPT_DETAILS:
+                        moves.append(Move(p, offset, d.key, d.original_topic, error_class(d.error),
+                                          d.replay_count + 1))
+                positions[tp] = offset + 1
                 in_batch += 1
                 if job is not None and (in_batch >= _BATCH_RECORDS or time.monotonic() - began >= _BATCH_SECONDS):
                     job.commit(positions)
@@ -372,42 +376,10 @@ def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: i
     finally:
         if job is not None:
             job.close()
-        if reader is not None:
+        else:
             reader.close()
     return TopicReplay(fail.topic, group, tuple(ranges), moved, skipped, tuple(parked), parked_count,
                        tuple(moves), destinations)
-
-
-def _read(job: _Job, topic: str, partition: int, start: int, stop: int) -> Any:
-    """The records of one partition in [start, stop), read by the job's own consumer (whose group
-    metadata goes into the transaction)."""
-    consumer = job.consumer
-    consumer.assign([TopicPartition(topic, partition, start)])
-    deadline = time.monotonic() + job.timeout * 2
-    try:
-        while True:
-            msg = consumer.poll(0.5)
-            if msg is None:
-                if time.monotonic() > deadline:
-                    raise OpsError(f"reading {topic}[{partition}] stalled at offset {start}")
-                continue
-            err = msg.error()
-            if err is not None:
-                if err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                    return
-                if not err.retriable():
-                    raise OpsError(f"reading {topic}[{partition}]: {err.str()}")
-                continue
-            deadline = time.monotonic() + job.timeout * 2
-            offset = int(msg.offset() or 0)
-            if offset >= stop:
-                return
-            start = offset + 1
-            yield msg
-            if start >= stop:
-                return
-    finally:
-        consumer.unassign()
 
 
 def replay(target: Target, topic: str | None = None, flt: Filter = Filter(), *, dry_run: bool = False,
