@@ -102,6 +102,18 @@ async def test_a_typed_service_end_to_end_and_a_body_that_fails_validation(tmp_p
         assert "amount" in (dead.header("x-freedom-error") or "")  # the validation detail
 
 
+@pytest.mark.parametrize("mode", ["sequential", "concurrent", "key-ordered"])
+async def test_every_delivery_mode_over_three_partitions(tmp_path, mode):
+    calls: list = []
+    async with TestBroker(typed_app(tmp_path, calls), partitions=3, mode=mode) as broker:
+        for i in range(12):
+            assert (await broker.client.get(f"/shop/buy/{i}")).status_code == 200
+        await broker.settle()
+        assert sorted(c[0].id for c in calls) == list(range(12))
+        counts = [len(broker.records(TOPIC, p)) for p in range(3)]
+        assert sum(counts) == 12 and [broker.committed(TOPIC, p) for p in range(3)] == counts
+
+
 def test_sync_mode_and_a_publish_the_broker_refuses(tmp_path):
     calls: list = []
     app = typed_app(tmp_path, calls)
@@ -129,3 +141,43 @@ async def test_mistakes_are_one_clear_error(tmp_path):
         broker.publish(TOPIC, b'{"id": 1, "amount": 1}')
         with pytest.raises(AssertionError, match="not settled within 0.2 s: group 'freedom': 1 deliveries running"):
             await broker.settle(timeout=0.2)
+
+
+SEED_ON_TEST_BROKER = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO, stream=sys.stdout, format="%(message)s")
+import example
+from freedom.testing import TestBroker
+with TestBroker(example.app) as broker:
+    sell = broker.client.get("/shop/1").text
+    shopping = broker.client.get("/shop/shopping/1").text
+    broker.settle()
+    print("RESULT " + json.dumps({
+        "answers": [sell, shopping],
+        "event-sell": [r.json() for r in broker.published("event-sell")],
+        "Goods.Shopping": [[r.key().decode(), r.json(), r.header("x-freedom-event")] for r in broker.published("Goods.Shopping")],
+        "committed": [broker.committed("event-sell"), broker.committed("Goods.Shopping")],
+    }, ensure_ascii=False))
+"""
+
+
+def test_the_seed_example_runs_on_the_test_broker(tmp_path):
+    """The example as it is (its kafka.toml, its SQLite outbox): a purchase and a domain event, both
+    handled by the store; settle() waits for the outbox relay too."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    example = Path(__file__).resolve().parents[1] / "examples" / "shop"
+    done = subprocess.run([sys.executable, "-c", SEED_ON_TEST_BROKER], cwd=example, capture_output=True, text=True,
+                          timeout=60, env={**os.environ, "SHOP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/shop.db"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
+    result = json.loads(line[len("RESULT "):])
+    assert result["answers"] == ["ok", "ok"]
+    assert result["event-sell"] == [{"ID": 1, "Amount": 10}]
+    assert result["Goods.Shopping"] == [["1", {"ID": 1, "Amount": 9}, "Goods:Shopping"]]
+    assert result["committed"] == [1, 1]
+    assert "消耗商品ID:1, 10件, 行为:购买" in done.stdout and "Goods:Shopping 商品ID:1, 剩余9件" in done.stdout

@@ -546,7 +546,7 @@ class TestBroker(KafkaBackend):
 
     async def settle(self, timeout: float | None = None, *, advance: bool = True) -> None:
         """Wait until every record is handled: delivered, or on its retry or dead-letter topic with
-        its offset committed. A retry waiting for its interval is brought forward by moving the
+        its offset committed, and the outbox has published its domain events. A retry waiting for its interval is brought forward by moving the
         clock (unless `advance=False`: then the waiting retries are left waiting). AssertionError
         naming what is left after `timeout` seconds (real time; default `settle_timeout`)."""
         loop = asyncio.get_running_loop()
@@ -556,6 +556,8 @@ class TestBroker(KafkaBackend):
         while True:
             await asyncio.sleep(0.001)
             busy, due = self._state()
+            if busy is None and quiet >= 2:
+                busy = await self._outbox_pending()
             if busy is None:
                 quiet += 1
                 if quiet >= 3:  # a few loop turns with nothing to do: chained work has landed
@@ -581,6 +583,17 @@ class TestBroker(KafkaBackend):
             if at is not None:
                 due = at if due is None else min(due, at)
         return None, due
+
+    async def _outbox_pending(self) -> str | None:
+        """Domain events committed to the outbox and not published yet (the relay is woken)."""
+        database = self.app.database if self.app is not None else None
+        if database is None or database.relay is None:
+            return None
+        pending = await database.pending_count()
+        if not pending:
+            return None
+        database.wake_relay()
+        return f"the outbox: {pending} domain event(s) not published yet"
 
     def _move_clock(self, seconds: float) -> None:
         with self._lock:
