@@ -282,8 +282,19 @@ def test_user_mistakes_are_one_line_and_exit_2(apache_kafka, tmp_path):
     bad = freedom("dlq", "show", "--since", "yesterday-ish", "--config", str(tmp_path), cwd=tmp_path)
     assert bad.returncode == 2 and bad.stderr.strip() == ("freedom: error: --since: not an ISO 8601 time: "
                                                           "'yesterday-ish' (e.g. 2026-12-01T10:00:00Z)"), bad
+    # With module:app the listened topics come from the application (none committed yet here).
+    topic = f"ops-app-{uuid.uuid4().hex[:6]}"
+    run = subprocess.run([sys.executable, "-m", "freedom.cli", "status", "recording_service:app", "--config",
+                          str(tmp_path), "--json"], cwd=ROOT / "tests" / "services", capture_output=True, text=True,
+                         timeout=60, env={**os.environ, "EVENT_TOPIC": topic, "RECORD_FILE": str(tmp_path / "r")})
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["clients"][0]["topics"] == [topic]
+
     target = load_target(None, str(tmp_path))
+    embedded = write_config(tmp_path / "embedded", kafka=kafka_config(None, 1))
     for call, message in [
+        (lambda: load_target(None, str(embedded)), "has no servers: the embedded broker lives inside"),
+        (lambda: load_target(None, str(tmp_path / "nowhere")), "no such directory"),
         (lambda: replay(target, None, rate=0), "--rate must be more than 0"),
         (lambda: reset_offsets(target, "g", "tomorrow"), "--to: expected earliest, latest or an ISO 8601 time"),
         (lambda: Filter(since=10, until=5), "--until must be later than --since"),

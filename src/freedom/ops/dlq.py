@@ -25,6 +25,13 @@ from .status import iso
 from .target import ClientTarget, OpsError, Target
 
 PREVIEW_BYTES = 200
+HEADER_CHARS = 1000  # a header value longer than this is shown cut, with its length
+
+
+def _shown(text: str) -> str:
+    if len(text) <= HEADER_CHARS:
+        return printable(text)
+    return f"{printable(text[:HEADER_CHARS])}... ({len(text)} characters)"
 
 
 # ----------------------------------------------------------------------------- one dead letter
@@ -88,7 +95,7 @@ class DeadLetter:
             timestamp=iso(ms / 1000.0) if kind else None,
             key=printable(_text(key)) if key is not None else None,
             key_base64=base64.b64encode(key).decode() if key is not None else None,
-            headers=tuple((printable(k), printable(_text(v))) for k, v in raw),
+            headers=tuple((printable(k[:HEADER_CHARS]), _shown(_text(v))) for k, v in raw),
             value_size=len(value), value_preview=printable(_text(value[:PREVIEW_BYTES])),
             original_topic=_last(raw, ORIGINAL_TOPIC_HEADER),
             original_partition=_int(_last(raw, ORIGINAL_PARTITION_HEADER)),
