@@ -226,11 +226,15 @@ class _MemoryGroup(GroupLoop):
         super()._finished(task)
         self._poke.set()
 
-    def wake(self) -> None:
-        """From any thread: something changed (new records, the clock)."""
+    def wake(self, *, clock: bool = False) -> None:
+        """From any thread: new records (or, `clock`, the clock moved)."""
         loop = self._loop
-        if loop is not None and not loop.is_closed():
-            loop.call_soon_threadsafe(self._clock_moved)
+        if loop is None or loop.is_closed():
+            return
+        try:
+            loop.call_soon_threadsafe(self._clock_moved if clock else self._poke.set)
+        except RuntimeError:  # the loop closed meanwhile: nothing to wake
+            pass
 
     # -- lifecycle
     async def start(self) -> None:
@@ -600,7 +604,7 @@ class TestBroker(KafkaBackend):
             self._advanced += seconds
             groups = list(self._groups)
         for g in groups:
-            g.wake()
+            g.wake(clock=True)
 
     async def advance(self, seconds: float) -> None:
         """Move the clock `seconds` forward, then settle what became due (later retries keep waiting)."""

@@ -28,9 +28,10 @@ from tests.services.kafka_tools import committed as kafka_committed
 
 RETRY_COUNT = 2
 #: Scenario -> partitions of its topic. Each scenario's topic has a route /sem/<scenario>/{event_id}.
-SCENARIOS = {"headers": 1, "retry": 1, "exhaust": 1, "deadletter": 1, "drop": 1, "ordered": 3, "relay": 1}
+SCENARIOS = {"headers": 1, "retry": 1, "exhaust": 1, "deadletter": 1, "drop": 1, "ordered": 3, "relay": 1,
+             "concurrent": 1}
 #: Per-topic delivery modes (kafka.toml [consumer_clients.topics]); the others are sequential.
-MODES = {"ordered": "key-ordered"}
+MODES = {"ordered": "key-ordered", "concurrent": "concurrent"}
 
 
 @dataclass
@@ -50,6 +51,8 @@ class Call:
 class Journal:
     calls: list[Call] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: key -> a gate its handler waits for (at most 30 s) before answering
+    gates: dict[str, threading.Event] = field(default_factory=dict)
 
     def of(self, scenario: str, key: str | None = None) -> list[Call]:
         with self.lock:
@@ -94,6 +97,9 @@ def semantics_app(config_dir: Path, journal: Journal, topics: dict[str, str], cl
                 journal.calls.append(call)
             if scenario == "ordered":
                 await asyncio.sleep(random.uniform(0, 0.01))  # let records of other keys overtake
+            gate = journal.gates.get(event_id)
+            if gate is not None:
+                await asyncio.to_thread(gate.wait, 30)
             return Response(status_code=_behave(scenario, call))
 
         on_event.__name__ = f"on_{scenario}"
