@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Iterable
 
-from ..config import ConsumerClientConfig, find_config_dir, load_kafka_config
+from ..config import ConsumerClientConfig, KafkaConfig, find_config_dir, load_kafka_config
 from ..errors import FreedomError
 from ..infra.kafka.settings import client_settings, connection_settings
 
@@ -56,9 +56,11 @@ class Target:
         return self.clients[0]
 
 
-def _servers(cc: ConsumerClientConfig, where: str) -> tuple[str, ...]:
+def _servers(cc: ConsumerClientConfig, where: str, embedded: str | None = None) -> tuple[str, ...]:
     if cc.servers is not None:
         return cc.servers
+    if embedded:
+        return (embedded,)
     from ..infra.kafka.embedded import shared_broker
 
     shared = shared_broker()
@@ -66,6 +68,22 @@ def _servers(cc: ConsumerClientConfig, where: str) -> tuple[str, ...]:
         return (shared.bootstrap,)
     raise OpsError(f"{where} has no servers: the embedded broker lives inside the service's process, "
                    "so there is no cluster to inspect from outside; set servers in kafka.toml")
+
+
+def target_of(kafka: KafkaConfig | None, topics: Iterable[str] | None, config_dir: str | None = None, *,
+              embedded_bootstrap: str | None = None) -> Target:
+    """The target of a loaded configuration (the web console: the running service's own, with
+    its listened topics and, on the embedded broker, its address)."""
+    if kafka is None or not kafka.consumer_clients:
+        raise OpsError(f"no consumer clients configured (infra/kafka.toml in {config_dir or 'the config directory'}): "
+                       "there are no consumer groups or dead-letter topics to inspect")
+    listened = tuple(sorted(topics)) if topics is not None else None
+    clients = []
+    for i, cc in enumerate(kafka.consumer_clients):
+        where = f"consumer_clients[{i}] in {kafka.file}"
+        settings = client_settings(_servers(cc, where, embedded_bootstrap), "consumer", cc.group_id, {}, cc.settings)
+        clients.append(ClientTarget(i, cc, connection_settings(settings), listened, where))
+    return Target(tuple(clients), config_dir)
 
 
 def load_target(app: str | None, config: str | None) -> Target:
@@ -93,13 +111,4 @@ def load_target(app: str | None, config: str | None) -> Target:
             raise OpsError(f"--config {config}: no such directory")
         kafka = load_kafka_config(directory)
         config_dir = str(directory)
-    if kafka is None or not kafka.consumer_clients:
-        raise OpsError(f"no consumer clients configured (infra/kafka.toml in {config_dir or 'the config directory'}): "
-                       "there are no consumer groups or dead-letter topics to inspect")
-    clients = []
-    for i, cc in enumerate(kafka.consumer_clients):
-        where = f"consumer_clients[{i}] in {kafka.file}"
-        settings = client_settings(_servers(cc, where), "consumer", cc.group_id, {}, cc.settings)
-        clients.append(ClientTarget(i, cc, connection_settings(settings), tuple(topics) if topics is not None else None,
-                                    where))
-    return Target(tuple(clients), config_dir)
+    return target_of(kafka, topics, config_dir)
