@@ -67,6 +67,9 @@ def ratios(ctx: Context) -> list[Ratio]:
             if handler == "trivial":
                 out.append(Ratio(f"e2e {case} / bare trivial (ceiling)",
                                  per_run_ratio(ctx, ("e2e", case, rs), ("e2e", "bare trivial", rs))))
+        if scenario == "metrics" and case.endswith(" metrics on"):
+            off = case.replace(" metrics on", " metrics off")
+            out.append(Ratio(f"metrics {case} / {off}", per_run_ratio(ctx, ("metrics", case, rs), ("metrics", off, rs))))
         if scenario == "retry":
             base = case.replace(" 10% fail once", " trivial")
             out.append(Ratio(f"retry {case} / e2e {base}", per_run_ratio(ctx, ("retry", case, rs), ("e2e", base, rs))))

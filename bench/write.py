@@ -16,6 +16,7 @@ SCENARIO_TITLES = {
     "publish": "Publish throughput (100-byte records, every one acknowledged)",
     "retry": "Retry path: 10% of the records fail once (retry_count = 1, retry_interval_sec = 0)",
     "memory": "Memory: peak resident set size with a backlog and a 5 ms handler",
+    "metrics": "Metrics on vs off (trivial handler, concurrent; the hot-path hooks as no-ops for off)",
 }
 
 

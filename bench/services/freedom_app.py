@@ -21,6 +21,12 @@ SLOW = os.environ.get("BENCH_HANDLER", "trivial") == "slow"
 FAIL_EVERY = int(os.environ.get("BENCH_FAIL_EVERY", "0") or 0)
 _seen: set[str] = set()
 
+if os.environ.get("BENCH_METRICS") == "off":  # the metrics scenario's baseline: the hot-path hooks as no-ops
+    from freedom.infra.kafka import observer, producer
+
+    observer.ProxyObserver.delivered = lambda *args, **kwargs: None  # type: ignore[method-assign]
+    producer.count_sent = lambda *args: None  # type: ignore[assignment]
+
 
 def _fails_first_time(key: str) -> bool:
     if not FAIL_EVERY or key in _seen:
