@@ -184,3 +184,14 @@ def test_cli_mistakes_are_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert freedom_main(["asyncapi", "svc:app", "-o", str(tmp_path / "missing" / "a.json")]) == 2
     assert "cannot write it: No such file or directory" in capsys.readouterr().err
+
+
+def test_publishes_refuses_a_type_it_cannot_describe(tmp_path):
+    class Opaque:
+        pass
+
+    def prepare(initiator: freedom.Initiator) -> None:
+        initiator.publishes("opaque", Opaque)
+
+    with pytest.raises(freedom.RouteError, match=r"initiator.publishes\('opaque', .*Opaque\): Pydantic cannot describe"):
+        freedom.Application(config_dir=tmp_path, prepare=[prepare]).setup()

@@ -74,7 +74,17 @@ class Initiator:
         """Declare that the service publishes to `topic` (an event name maps as in listen_event),
         with `payload` its content's type (a Pydantic model, a dataclass, `dict`, `list[...]`,
         `str`, `bytes`): the AsyncAPI document (asyncapi.py) lists it. Publishing does not check it."""
-        self.app.declared_publishes[_checked_topic(topic)] = (payload, description)
+        from pydantic import TypeAdapter
+        from pydantic.errors import PydanticSchemaGenerationError
+
+        checked = _checked_topic(topic)
+        try:
+            TypeAdapter(payload)
+        except PydanticSchemaGenerationError:
+            name = getattr(payload, "__qualname__", repr(payload))
+            raise RouteError(f"initiator.publishes({topic!r}, {name}): Pydantic cannot describe {name}; use a "
+                             "Pydantic model, a dataclass, dict, list[...], str or bytes") from None
+        self.app.declared_publishes[checked] = (payload, description)
 
     def event_routes(self) -> dict[str, EventRoute]:
         """Resolve every `listen_event` to the route its records are posted to."""
