@@ -1,0 +1,428 @@
+"""The web console's routes: groups and lag, dead letters by error class with their records, and
+replay with a dry-run preview first; the same as JSON under `<path>/api/` for scripts.
+
+The work is done by :mod:`freedom.ops` (the functions behind `freedom status` and `freedom dlq`),
+in worker threads: their Kafka admin calls and reads block, and must not hold up the event loop
+that serves the handlers. One replay runs at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import threading
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar
+from urllib.parse import parse_qsl
+
+import anyio
+import anyio.to_thread
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+from ..errors import FreedomError
+from ..ops.dlq import DeadLetter, Filter, fail_topics, list_dead_letters, parse_offsets, parse_time, scan
+from ..ops.replay import DEFAULT_MAX_REPLAYS, ReplayReport, audit_line, parse_rate, replay
+from ..ops.status import status
+from ..ops.target import OpsError, Target
+from . import pages
+from .auth import COOKIE, SESSION_SECONDS, Caller, Keys
+from .target import app_target
+
+if TYPE_CHECKING:
+    from ..application import Application
+
+log = logging.getLogger("freedom.console")
+audit_log = logging.getLogger("freedom.ops.audit")
+
+T = TypeVar("T")
+MAX_BODY = 64 * 1024
+MAX_RECORDS = 500
+DEFAULT_RECORDS = 50
+FAILED_LOGIN_DELAY = 0.5  # seconds a wrong token waits for its answer (slows guessing)
+#: Every console page: no script, no frames, nothing sent elsewhere, nothing cached.
+SECURITY_HEADERS = {
+    "content-security-policy": ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+                                "frame-ancestors 'none'; base-uri 'none'"),
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    "referrer-policy": "same-origin",  # no-referrer would make the browser send `Origin: null`
+    "cache-control": "no-store",
+}
+REPLAY_PARAMS = ("topic", *(name for name, _, _ in pages.REPLAY_FIELDS))
+
+
+class Refused(Exception):
+    """A request the console answers with `status` and `message` (no traceback, one line)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclasses.dataclass(frozen=True)
+class ReplayArgs:
+    """A replay request, parsed: what `freedom dlq replay` takes as options."""
+
+    params: dict[str, str]  # the fields given (stripped, empty ones left out): what the preview signs
+    topic: str | None
+    flt: Filter
+    rate: float | None
+    max_replays: int
+
+
+def replay_args(given: Mapping[str, str]) -> ReplayArgs:
+    """The replay fields of a form or JSON body; OpsError (one line) for a value the CLI would refuse."""
+    params = {k: given[k].strip() for k in REPLAY_PARAMS if given.get(k, "").strip()}
+    partition = params.get("partition")
+    if partition is not None and not (partition.isascii() and partition.isdigit() and len(partition) < 10):
+        raise OpsError(f"partition: expected a number, got {partition!r}")
+    max_replays = params.get("max_replays", str(DEFAULT_MAX_REPLAYS))
+    if not (max_replays.isascii() and max_replays.isdigit() and len(max_replays) < 10) or int(max_replays) < 1:
+        raise OpsError(f"max replays: expected a number, 1 or more, got {max_replays!r}")
+    flt = Filter(key=params.get("key"),
+                 since=parse_time(params["since"], "since") if "since" in params else None,
+                 until=parse_time(params["until"], "until") if "until" in params else None,
+                 grep=params.get("grep"), partition=int(partition) if partition is not None else None,
+                 offsets=parse_offsets(params["offsets"]) if "offsets" in params else None)
+    rate = parse_rate(params["rate"]) if "rate" in params else None
+    return ReplayArgs(params, params.get("topic"), flt, rate, int(max_replays))
+
+
+def plain(value: Any) -> Any:
+    """A report (dataclasses, tuples) as JSON-ready values."""
+    return json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value)
+                                 and not isinstance(value, type) else value, default=str))
+
+
+class Console:
+    """The console of one Application: its token's keys, its routes, its worker threads."""
+
+    def __init__(self, app: "Application", token: str, base: str) -> None:
+        self.app = app
+        self.keys = Keys(token)
+        self.base = base
+        self._target: Target | None = None
+        self._replaying = threading.Lock()
+        self._limiter: anyio.CapacityLimiter | None = None
+
+    # ------------------------------------------------------------------ plumbing
+
+    @property
+    def service(self) -> str:
+        return self.app.config.service_name
+
+    def target(self) -> Target:
+        """The service's consumer clients (worker threads only: built once, on first use)."""
+        if self._target is None:
+            self._target = app_target(self.app)
+        return self._target
+
+    async def work(self, fn: Callable[[], T]) -> T:
+        """Run blocking ops work in a worker thread (at most 4 at once), off the event loop."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(4)
+        return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
+
+    def html(self, title: str, body: str, caller: Caller | None, status: int = 200) -> Response:
+        csrf = self.keys.csrf(caller.session) if caller is not None and caller.session else None
+        text = pages.layout(self.base, title, body, csrf=csrf, service=self.service, nav=caller is not None)
+        return Response(text, status, headers=SECURITY_HEADERS, media_type="text/html; charset=utf-8")
+
+    def login_page(self, next_path: str, status: int, problem: str | None = None) -> Response:
+        text = pages.login(self.base, next_path, problem, self.service)
+        return Response(text, status, headers={**SECURITY_HEADERS, "www-authenticate": 'Bearer realm="freedom console"'},
+                        media_type="text/html; charset=utf-8")
+
+    @staticmethod
+    def json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
+        return JSONResponse(value, status, headers={**SECURITY_HEADERS, **(headers or {})})
+
+    def authenticate(self, request: Request) -> Caller | None:
+        """The caller, None without credentials; Refused(403) for a wrong bearer token."""
+        address = request.client.host if request.client else "unknown"
+        auth = request.headers.get("authorization")
+        if auth is not None:
+            scheme, _, token = auth.partition(" ")
+            if scheme.lower() != "bearer" or not self.keys.token_ok(token.strip()):
+                raise Refused(403, "wrong console token (Authorization: Bearer <console_token>)")
+            return Caller("bearer", None, address)
+        session = request.cookies.get(COOKIE)
+        if session and self.keys.session_ok(session):
+            return Caller("session", session, address)
+        return None
+
+    @staticmethod
+    def same_origin(request: Request) -> None:
+        """Refused(403) for a POST another site's page sent (its Origin, or the browser's Sec-Fetch-Site)."""
+        origin = request.headers.get("origin")
+        host = request.headers.get("host", "")
+        if origin is not None and origin != f"{request.url.scheme}://{host}":
+            raise Refused(403, "cross-site request refused")
+        if request.headers.get("sec-fetch-site", "same-origin") not in ("same-origin", "none"):
+            raise Refused(403, "cross-site request refused")
+
+    @staticmethod
+    async def body(request: Request) -> bytes:
+        size = request.headers.get("content-length", "")
+        if size.isdigit() and int(size) > MAX_BODY:
+            raise Refused(413, f"request body over {MAX_BODY} bytes")
+        chunks, total = [], 0
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > MAX_BODY:
+                raise Refused(413, f"request body over {MAX_BODY} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)
+
+    async def form(self, request: Request, caller: Caller | None) -> dict[str, str]:
+        """A same-origin urlencoded form; a session's must carry its CSRF token."""
+        self.same_origin(request)
+        if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+            raise Refused(415, "expected a form (application/x-www-form-urlencoded)")
+        try:
+            fields = dict(parse_qsl((await self.body(request)).decode("utf-8"), keep_blank_values=True,
+                                    max_num_fields=50, strict_parsing=False))
+        except (UnicodeDecodeError, ValueError):
+            raise Refused(400, "unreadable form") from None
+        if caller is not None and caller.session is not None:
+            if not self.keys.mac_ok("csrf", caller.session, fields.get("csrf", "")):
+                raise Refused(403, "the form's CSRF token is missing or wrong: reload the page and try again")
+        return fields
+
+    def next_path(self, value: str | None) -> str:
+        """Where to go after logging in: a console path, never another site."""
+        if value and (value == self.base or value.startswith(self.base + "/")) and "//" not in value \
+                and "\\" not in value and value.isprintable():
+            return value
+        return self.base
+
+    # ------------------------------------------------------------------ endpoints, wrapped
+
+    def page(self, fn: Callable[[Request, Caller], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """An HTML endpoint: log-in page for a caller without credentials, errors as one line."""
+
+        async def endpoint(request: Request) -> Response:
+            caller: Caller | None = None
+            try:
+                caller = self.authenticate(request)
+                if caller is None:
+                    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+                    return self.login_page(self.next_path(here) if request.method == "GET" else self.base, 401)
+                return await fn(request, caller)
+            except Refused as exc:
+                return self.html("Refused", pages.error_box(exc.message), caller, exc.status)
+            except OpsError as exc:
+                return self.html("Not possible", pages.error_box(str(exc)), caller, 400)
+            except FreedomError as exc:
+                return self.html("Cluster unavailable", pages.error_box(str(exc)), caller, 503)
+            except Exception:  # noqa: BLE001 - a page, not a traceback
+                log.exception("console: %s %s failed", request.method, request.url.path)
+                return self.html("Error", pages.error_box("the console failed to answer; the service's log has "
+                                                          "the details"), caller, 500)
+
+        return endpoint
+
+    def api(self, fn: Callable[[Request, Caller], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+        """A JSON endpoint: 401 without credentials, errors as {"error": "..."}."""
+
+        async def endpoint(request: Request) -> Response:
+            try:
+                caller = self.authenticate(request)
+                if caller is None:
+                    return self.json({"error": "log in, or send Authorization: Bearer <console_token>"}, 401,
+                                     {"www-authenticate": 'Bearer realm="freedom console"'})
+                return await fn(request, caller)
+            except Refused as exc:
+                return self.json({"error": exc.message}, exc.status)
+            except OpsError as exc:
+                return self.json({"error": str(exc)}, 400)
+            except FreedomError as exc:
+                return self.json({"error": str(exc)}, 503)
+            except Exception:  # noqa: BLE001
+                log.exception("console: %s %s failed", request.method, request.url.path)
+                return self.json({"error": "the console failed to answer; the service's log has the details"}, 500)
+
+        return endpoint
+
+    # ------------------------------------------------------------------ log in and out
+
+    async def login_form(self, request: Request) -> Response:
+        try:
+            if self.authenticate(request) is not None:
+                return RedirectResponse(self.next_path(request.query_params.get("next")), 303)
+        except Refused:
+            pass
+        return self.login_page(self.next_path(request.query_params.get("next")), 200)
+
+    async def login(self, request: Request) -> Response:
+        try:
+            fields = await self.form(request, None)
+        except Refused as exc:
+            return self.login_page(self.base, exc.status, exc.message)
+        if not self.keys.token_ok(fields.get("token", "")):
+            log.warning("console: a log-in with a wrong token from %s", request.client.host if request.client else "?")
+            await asyncio.sleep(FAILED_LOGIN_DELAY)
+            return self.login_page(self.next_path(fields.get("next")), 401, "wrong token")
+        response = RedirectResponse(self.next_path(fields.get("next")), 303, headers=SECURITY_HEADERS)
+        response.set_cookie(COOKIE, self.keys.new_session(), max_age=SESSION_SECONDS, path=self.base, httponly=True,
+                            samesite="strict", secure=request.url.scheme == "https")
+        return response
+
+    async def logout(self, request: Request, caller: Caller) -> Response:
+        await self.form(request, caller)
+        if caller.session is not None:
+            self.keys.revoke(caller.session)
+        response = RedirectResponse(f"{self.base}/login", 303, headers=SECURITY_HEADERS)
+        response.delete_cookie(COOKIE, path=self.base, httponly=True, samesite="strict")
+        return response
+
+    async def css(self, _request: Request) -> Response:
+        return Response(pages.CSS, headers={**SECURITY_HEADERS, "cache-control": "max-age=3600"}, media_type="text/css")
+
+    # ------------------------------------------------------------------ pages
+
+    async def overview(self, _request: Request, caller: Caller) -> Response:
+        report = await self.work(lambda: status(self.target()))
+        return self.html("Groups and lag", pages.status_page(self.base, report), caller)
+
+    async def dead_letters(self, request: Request, caller: Caller) -> Response:
+        topic = request.query_params.get("topic") or None
+        topics = await self.work(lambda: list_dead_letters(self.target(), topic))
+        csrf = self.keys.csrf(caller.session) if caller.session else None
+        return self.html("Dead letters", pages.dead_letters_page(self.base, topics, csrf), caller)
+
+    def _records(self, request: Request) -> tuple[str, str | None, str | None, int]:
+        topic = request.query_params.get("topic")
+        if not topic:
+            raise OpsError("choose a dead-letter topic (?topic=...)")
+        limit = request.query_params.get("limit", str(DEFAULT_RECORDS))
+        if not (limit.isascii() and limit.isdigit() and 1 <= int(limit[:6]) <= MAX_RECORDS):
+            raise OpsError(f"limit: expected 1 to {MAX_RECORDS}, got {limit!r}")
+        return topic, request.query_params.get("class"), request.query_params.get("key"), int(limit)
+
+    def find_records(self, topic: str, error_class: str | None, key: str | None,
+                     limit: int) -> tuple[list[DeadLetter], bool]:
+        """The first `limit` dead letters of `topic` of `error_class` (with `key`); more than that?"""
+        out: list[DeadLetter] = []
+        for fail in fail_topics(self.target(), topic):
+            found = scan(fail, Filter(key=key))
+            try:
+                for d, _ in found:
+                    if error_class is not None and d.error_class != error_class:
+                        continue
+                    if len(out) >= limit:
+                        return out, True
+                    out.append(d)
+            finally:
+                getattr(found, "close", lambda: None)()  # the generator closes its reader
+        return out, False
+
+    async def records(self, request: Request, caller: Caller) -> Response:
+        topic, error_class, key, limit = self._records(request)
+        found, more = await self.work(lambda: self.find_records(topic, error_class, key, limit))
+        grep = ""
+        if found and error_class is not None:  # a filter the replay form starts with: the status, or the text
+            grep = str(found[0].status) if found[0].status is not None else found[0].error
+        csrf = self.keys.csrf(caller.session) if caller.session else None
+        body = pages.records_page(self.base, topic, error_class, found, limit, more, csrf, grep)
+        return self.html("Dead letters", body, caller)
+
+    async def preview(self, request: Request, caller: Caller) -> Response:
+        args = replay_args(await self.form(request, caller))
+        report = await self.work(lambda: replay(self.target(), args.topic, args.flt, dry_run=True, rate=args.rate,
+                                                max_replays=args.max_replays))
+        signature = self.keys.mac("replay", json.dumps(args.params, sort_keys=True))
+        csrf = self.keys.csrf(caller.session) if caller.session else None
+        return self.html("Replay preview", pages.preview_page(self.base, report, args.params, signature, csrf), caller)
+
+    def run_replay(self, args: ReplayArgs, caller: Caller) -> ReplayReport:
+        """One replay at a time (a second would be fenced by the first: the same job)."""
+        if not self._replaying.acquire(blocking=False):
+            raise OpsError("a replay started from the console is running; wait for it to finish")
+        try:
+            audit_log.info("web console: dlq replay requested from %s (%s): topic %s, filter %s", caller.address,
+                           caller.how, args.topic or "(every dead-letter topic)",
+                           json.dumps(args.flt.describe(), sort_keys=True, ensure_ascii=False))
+            return replay(self.target(), args.topic, args.flt, rate=args.rate, max_replays=args.max_replays)
+        finally:
+            self._replaying.release()
+
+    async def run(self, request: Request, caller: Caller) -> Response:
+        fields = await self.form(request, caller)
+        args = replay_args(fields)
+        if not self.keys.mac_ok("replay", json.dumps(args.params, sort_keys=True), fields.get("preview", "")):
+            raise Refused(400, "run a replay from its preview (the dry run): this one was not previewed")
+        report = await self.work(lambda: self.run_replay(args, caller))
+        return self.html("Replay done", pages.result_page(report), caller)
+
+    # ------------------------------------------------------------------ JSON
+
+    async def api_status(self, _request: Request, _caller: Caller) -> Response:
+        return self.json(plain(await self.work(lambda: status(self.target()))))
+
+    async def api_dead_letters(self, request: Request, _caller: Caller) -> Response:
+        topic = request.query_params.get("topic") or None
+        return self.json([plain(t) for t in await self.work(lambda: list_dead_letters(self.target(), topic))])
+
+    async def api_records(self, request: Request, _caller: Caller) -> Response:
+        topic, error_class, key, limit = self._records(request)
+        found, more = await self.work(lambda: self.find_records(topic, error_class, key, limit))
+        return self.json({"records": [plain(d) for d in found], "more": more})
+
+    async def api_replay(self, request: Request, caller: Caller) -> Response:
+        """POST {"topic": ..., filters ..., "dry_run": true}; a run needs "dry_run": false and the bearer token."""
+        if caller.how != "bearer":
+            raise Refused(403, "POST /api/replay takes Authorization: Bearer <console_token> (use the pages' forms "
+                               "when logged in)")
+        try:
+            given = json.loads(await self.body(request))
+        except ValueError:
+            raise Refused(400, "expected a JSON object") from None
+        if not isinstance(given, dict):
+            raise Refused(400, "expected a JSON object")
+        dry_run = given.pop("dry_run", True)
+        if not isinstance(dry_run, bool):
+            raise Refused(400, '"dry_run" must be true or false')
+        unknown = sorted(set(given) - set(REPLAY_PARAMS))
+        if unknown:
+            raise Refused(400, f"unknown field {unknown[0]!r} (fields: {', '.join(REPLAY_PARAMS)}, dry_run)")
+        if any(not isinstance(v, (str, int)) or isinstance(v, bool) for v in given.values()):
+            raise Refused(400, "every field but dry_run is a string (or a number)")
+        args = replay_args({k: str(v) for k, v in given.items()})
+        if dry_run:
+            report = await self.work(lambda: replay(self.target(), args.topic, args.flt, dry_run=True,
+                                                    rate=args.rate, max_replays=args.max_replays))
+        else:
+            report = await self.work(lambda: self.run_replay(args, caller))
+        return self.json({**plain(report), "audit": audit_line(report)})
+
+
+def install(app: "Application") -> None:
+    """Add the console's routes to `app` when app.toml sets `console_token` (else: nothing, 404)."""
+    token = app.config.console_token
+    if not token:
+        return
+    base = app.config.console_path
+    c = Console(app, token, base)
+    api = app.fastapi
+    routes: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
+        ("", c.page(c.overview), "GET"),
+        ("/login", c.login_form, "GET"),
+        ("/login", c.login, "POST"),
+        ("/logout", c.page(c.logout), "POST"),
+        ("/console.css", c.css, "GET"),
+        ("/dead-letters", c.page(c.dead_letters), "GET"),
+        ("/dead-letters/records", c.page(c.records), "GET"),
+        ("/replay/preview", c.page(c.preview), "POST"),
+        ("/replay/run", c.page(c.run), "POST"),
+        ("/api/status", c.api(c.api_status), "GET"),
+        ("/api/dead-letters", c.api(c.api_dead_letters), "GET"),
+        ("/api/dead-letters/records", c.api(c.api_records), "GET"),
+        ("/api/replay", c.api(c.api_replay), "POST"),
+    ]
+    for path, endpoint, method in routes:
+        api.add_route(base + path, endpoint, methods=[method], include_in_schema=False)
+    log.info("web console at %s (console_token set)", base)

@@ -1,0 +1,213 @@
+"""The web console (docs/console.md) in a real browser: Debian's Chromium driven by Playwright, on
+Apache Kafka. A service whose handler fails fills its dead-letter topic; the operator logs in with
+the token, sees the groups and lag, the dead letters grouped by error with their records (hostile
+keys, headers and values shown as text), previews a replay (which moves nothing), fixes the
+handler and runs it: the handler gets every record once. Without the token: refused; without a
+configured token: no console at all.
+
+Set FREEDOM_CONSOLE_SCREENSHOTS=docs/img to refresh the screenshots docs/console.md shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+import freedom
+from freedom.config import load_app_config
+from freedom.headers import REPLAY_COUNT_HEADER
+from freedom.ops.dlq import Filter
+from freedom.ops.replay import job_group
+from freedom.testing import ServiceThread, free_port, wait_until, write_config
+from tests.services.event_app import Journal, event_service
+from tests.services.kafka_tools import committed, create_topic, produce, topic_size
+
+CHROMIUM = "/usr/bin/chromium"
+TOKEN = "console-Token-for-tests-7f3a9c"
+BASE = "/_freedom/console"
+TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
+HOSTILE_KEY = '<script>alert("key")</script>'
+HOSTILE_HEADER = "<script>alert('header')</script>"
+HOSTILE_VALUE = '<script>alert("value")</script><img src=x onerror=alert(1)>'
+
+playwright = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+if not os.path.exists(CHROMIUM):
+    pytest.skip(f"no {CHROMIUM}: scripts/chromium.sh installs Debian's chromium", allow_module_level=True)
+
+
+def replays(journal: Journal) -> list[Any]:
+    return [c for c in journal.of() if REPLAY_COUNT_HEADER in c.headers]
+
+
+def shots() -> Path | None:
+    """Where to save the screenshots for the docs (FREEDOM_CONSOLE_SCREENSHOTS), if anywhere."""
+    where = os.environ.get("FREEDOM_CONSOLE_SCREENSHOTS")
+    if not where:
+        return None
+    path = Path(where)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def snap(page: Any, name: str) -> None:
+    folder = shots()
+    if folder is not None:
+        page.screenshot(path=str(folder / f"console-{name}.png"), full_page=True)
+
+
+def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apache_kafka, tmp_path, monkeypatch):
+    from playwright.sync_api import expect, sync_playwright
+
+    bootstrap = apache_kafka.bootstrap
+    topic = create_topic(bootstrap, f"console-{uuid.uuid4().hex[:8]}", partitions=2)
+    fail = create_topic(bootstrap, f"fail-{topic}", partitions=2)
+    monkeypatch.setenv("FREEDOM_APP__CONSOLE_TOKEN", TOKEN)  # the token from the environment (the rule's name)
+    journal = Journal()
+    state = {"fail": True}
+    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: 500 if state["fail"] else 200,
+                        retry_count=1, retry_interval_sec=0.2, initial_offset="earliest")
+    group = svc.app.kafka_config.consumer_clients[0].group_id
+    trace = [("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01".encode())]
+    keys = ["A1", "B2", "C3", HOSTILE_KEY]
+    records = [{"key": k.encode(), "value": f'{{"k": "{k}"}}'.encode(), "headers": trace} for k in keys[:3]]
+    records.append({"key": HOSTILE_KEY.encode(), "value": HOSTILE_VALUE.encode(),
+                    "headers": [*trace, ("x-note", HOSTILE_HEADER.encode())]})
+    with svc:
+        produce(bootstrap, topic, records)
+        wait_until(lambda: topic_size(bootstrap, fail, 2) == 4, 60, what="every record dead-lettered")
+        base = svc.base_url + BASE
+
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=CHROMIUM)
+            try:
+                context = browser.new_context(viewport={"width": 1280, "height": 860})
+                page = context.new_page()
+                dialogs: list[str] = []
+                page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+
+                # Without the token: the log-in form, with 401; a wrong token is refused.
+                first = page.goto(base)
+                assert first is not None and first.status == 401
+                expect(page.locator("h1")).to_have_text("Log in")
+                snap(page, "login")
+                page.fill("input[name=token]", "not-the-token-at-all")
+                page.click("button:has-text('Log in')")
+                expect(page.locator(".error")).to_have_text("wrong token")
+                assert context.cookies() == []
+
+                # Log in: the groups and their lag.
+                page.fill("input[name=token]", TOKEN)
+                page.click("button:has-text('Log in')")
+                expect(page.locator("h1")).to_have_text("Groups and lag")
+                assert page.url == base
+                [cookie] = context.cookies()
+                assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
+                    "freedom_console", True, "Strict", BASE)
+                assert TOKEN not in cookie["value"]
+                main = page.locator("h3", has_text=f"Group {group}")
+                expect(main).to_contain_text("main")
+                expect(main).to_contain_text("lag 0")
+                expect(page.locator("h3", has_text=f"Group r-{group}")).to_contain_text("retry")
+                dead_row = page.locator("table.dead tr", has_text=fail)
+                expect(dead_row).to_contain_text("4")
+                snap(page, "groups")
+
+                # Dead letters grouped by error class, then the records of the class.
+                page.click("nav >> text=Dead letters")
+                expect(page.locator("h1")).to_have_text("Dead letters")
+                row = page.locator("table.classes tbody tr")
+                expect(row).to_have_count(1)
+                expect(row).to_contain_text("HTTP 500")
+                assert row.locator("td").first.inner_text() == "4"
+                snap(page, "dead-letters")
+                row.locator("text=records").click()
+                cards = page.locator("article.record")
+                expect(cards).to_have_count(4)
+                hostile = cards.filter(has_text="alert(\"key\")")
+                text = hostile.inner_text()
+                assert HOSTILE_KEY in text and HOSTILE_HEADER in text and HOSTILE_VALUE in text
+                assert page.locator("script").count() == 0 and page.locator("main img").count() == 0
+                assert dialogs == []  # no alert() ran
+                for card in [cards.nth(i) for i in range(4)]:
+                    expect(card).to_contain_text(TRACE_ID)
+                    expect(card).to_contain_text(f"{topic}[")  # where it came from
+                    expect(card.locator("table.headers")).to_contain_text("x-freedom-original-topic")
+                expect(cards.filter(has_text="A1").locator("pre.value")).to_have_text('{"k": "A1"}')
+                snap(page, "records")
+
+                # The dry run: what would move, and nothing moves.
+                assert page.input_value("input[name=grep]") == "500"
+                page.click("text=Preview replay (dry run)")
+                expect(page.locator("h1")).to_have_text("Replay preview")
+                expect(page.locator("strong.moved")).to_have_text("4")
+                expect(page.locator("table.moves tbody tr")).to_have_count(4)
+                expect(page.locator("code.audit")).to_contain_text("dlq dry run by")
+                snap(page, "preview")
+                assert topic_size(bootstrap, topic, 2) == 4
+                job = job_group(fail, Filter(grep="500"))
+                assert committed(bootstrap, job, fail, 2) == [-1001, -1001]
+                assert replays(journal) == []
+
+                # A form post without the session's CSRF token is refused, even with the cookie.
+                jar = {cookie["name"]: cookie["value"]}
+                forged = httpx.post(f"{base}/replay/run", cookies=jar, data={"topic": fail, "grep": "500"})
+                assert forged.status_code == 403 and "CSRF" in forged.text
+                cross = httpx.post(f"{base}/replay/preview", cookies=jar, headers={"origin": "http://evil.example"},
+                                   data={"topic": fail})
+                assert cross.status_code == 403
+
+                # The handler is fixed: run the previewed replay; every record reaches it once.
+                state["fail"] = False
+                page.click("text=Run this replay")
+                expect(page.locator("h1")).to_have_text("Replay done")
+                expect(page.locator("strong.moved")).to_have_text("4")
+                expect(page.locator("code.audit")).to_contain_text("dlq replay by")
+                expect(page.locator("code.audit")).to_contain_text("moved 4")
+                snap(page, "replayed")
+                wait_until(lambda: len(replays(journal)) >= 4, 60, what="the four replays delivered")
+                assert Counter(c.key for c in replays(journal)) == Counter(keys)
+                assert all(c.headers[REPLAY_COUNT_HEADER] == "1" for c in replays(journal))
+
+                # Logging out ends the session: the same cookie is refused afterwards.
+                page.click("button:has-text('Log out')")
+                expect(page.locator("h1")).to_have_text("Log in")
+                assert httpx.get(base, cookies=jar).status_code == 401
+            finally:
+                browser.close()
+
+        # Scripts: the JSON endpoints with the bearer token; without it, refused.
+        assert httpx.get(f"{base}/api/status").status_code == 401
+        assert httpx.get(f"{base}/api/status", headers={"authorization": "Bearer wrong-token-0000000"}).status_code == 403
+        bearer = {"authorization": f"Bearer {TOKEN}"}
+        st = httpx.get(f"{base}/api/status", headers=bearer, timeout=30)
+        assert st.status_code == 200, st.text
+        [client] = st.json()["clients"]
+        assert [g["group"] for g in client["groups"]] == [group, f"r-{group}"]
+        assert client["dead_letters"][0]["records"] == 4
+        again = httpx.post(f"{base}/api/replay", headers=bearer, json={"topic": fail, "grep": "500"}, timeout=30)
+        assert again.status_code == 200, again.text
+        assert (again.json()["dry_run"], again.json()["topics"][0]["moved"]) == (True, 0)  # the same job: done
+        unpreviewed = httpx.post(f"{base}/replay/run", headers=bearer, data={"topic": fail})
+        assert unpreviewed.status_code == 400 and "preview" in unpreviewed.text
+
+
+def test_console_is_off_without_a_token_and_the_token_is_masked(tmp_path, monkeypatch):
+    monkeypatch.delenv("FREEDOM_APP__CONSOLE_TOKEN", raising=False)
+    port = free_port()
+    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"})
+    with ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[])) as svc:
+        for path in (BASE, f"{BASE}/login", f"{BASE}/api/status"):
+            assert httpx.get(svc.base_url + path).status_code == 404, path
+
+    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}", "console_token": TOKEN})
+    config = load_app_config(tmp_path)
+    shown = {e.key: e.value for e in config.entries}
+    assert shown["console_token"] == "***" and shown["console_path"] == BASE
+    assert TOKEN not in repr(config) and TOKEN not in json.dumps([str(e) for e in config.entries])
