@@ -23,7 +23,8 @@ from freedom.ops.status import status
 from freedom.ops.target import OpsError, load_target
 from freedom.testing import kafka_config, wait_until, write_config
 from tests.services.event_app import Journal, event_service
-from tests.services.kafka_tools import committed, create_topic, headers_of, produce, read_topic, topic_size
+from tests.services.kafka_tools import (committed, create_topic, headers_of, partitions_of, produce, read_topic,
+                                       topic_size)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,6 +88,9 @@ def failing_service(tmp_path: Path, bootstrap: str, topic: str, keys: list[str])
                                 "headers": [("traceparent", b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01")]}
                                for k in keys])
     wait_until(lambda: topic_size(bootstrap, f"fail-{topic}", 2) == len(keys), 60, what="every record dead-lettered")
+    retry_group = svc.app.kafka_config.consumer_clients[0].retry_group_id
+    wait_until(lambda: settled(bootstrap, retry_group, f"retry-{topic}", partitions_of(bootstrap, f"retry-{topic}")),
+               30, what="the retry group to commit")
     return svc, journal, state
 
 
@@ -177,7 +181,7 @@ def test_a_replay_killed_midway_and_run_again_delivers_each_exactly_once(apache_
     bootstrap = apache_kafka.bootstrap
     topic = create_topic(bootstrap, f"ops-{uuid.uuid4().hex[:8]}", partitions=2)
     create_topic(bootstrap, f"fail-{topic}", partitions=2)
-    keys = [f"KILL{i}" for i in range(10)]
+    keys = [f"KILL{i}" for i in range(12)]
     svc, journal, state = failing_service(tmp_path, bootstrap, topic, keys)
     cc = svc.app.kafka_config.consumer_clients[0]
     try:
@@ -185,7 +189,7 @@ def test_a_replay_killed_midway_and_run_again_delivers_each_exactly_once(apache_
         calls = len(journal.of())
         log = tmp_path / "replay.log"
         proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "dlq", "replay", f"fail-{topic}",
-                                 "--config", str(tmp_path), "--rate", "4/s"], cwd=tmp_path,
+                                 "--config", str(tmp_path), "--rate", "3/s"], cwd=tmp_path,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         try:
             wait_until(lambda: len(replays(journal)) >= 2, 60, what="the first replays delivered")
