@@ -55,6 +55,7 @@ _DROPPED = frozenset(h.lower() for h in (*REASON_HEADERS, *OMISSION_HEADERS, RET
                                          REPLAY_COUNT_HEADER, REPLAY_OF_HEADER))
 _BATCH_RECORDS = 200  # a transaction is committed after this many records ...
 _BATCH_SECONDS = 0.5  # ... or this long after it began
+TRANSACTION_TIMEOUT_MS = 30000
 _KEPT_DETAILS = 1000  # parked records / planned moves listed in a report (the counts are complete)
 
 
@@ -227,7 +228,9 @@ class _Job:
         settings = fail.cluster.settings
         self.producer = confluent_kafka.Producer({
             **settings, **PRODUCER_DEFAULTS, "transactional.id": group, "enable.idempotence": True,
-            "transaction.timeout.ms": 60000,
+            # A killed run's open transaction holds back the read_committed consumers of the
+            # partitions it wrote to until it is aborted: by the next run, else after this long.
+            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
         })
         self.reader = Reader(fail.cluster, group)  # its group metadata goes into each transaction
         self.errors: list[str] = []
