@@ -62,10 +62,6 @@ PROCESS_DURATION = Histogram(
     "messaging_process_duration_seconds",
     "Duration of one delivery of a record to its handler (HTTP call or in-process call), by what happened next.",
     [*_DELIVERY, "outcome", "error_type"], buckets=DURATION_BUCKETS)
-CONSUMED = Counter(
-    "messaging_client_consumed_messages",
-    "Records delivered to a handler (each delivery attempt counts).",
-    [*_DELIVERY, "error_type"])
 OPERATION_DURATION = Histogram(
     "messaging_client_operation_duration_seconds",
     "Duration of a send awaited on its own (msg.publish(), the proxy's retry and dead-letter produces), "
@@ -95,22 +91,40 @@ _GAUGES = (IN_FLIGHT, LAG, RETRY_WAITING, PAUSED, OUTBOX_PENDING, OUTBOX_AGE)
 
 # ----------------------------------------------------------------------------- sent records
 
-_sent: dict[tuple[str, str], int] = {}
-_sent_lock = threading.Lock()
+#: Counts of sent records, one dictionary per thread that counts (librdkafka's delivery-report
+#: threads, the event loop): each is written by its own thread only, so no lock is taken per record.
+_sent_by_thread: list[dict[tuple[str, str], int]] = []
+_local = threading.local()
+_register_lock = threading.Lock()
 
 
 def count_sent(topic: str, err: Any) -> None:
     """Count one record the broker answered for (any thread): `err` None when it took it, else
-    the librdkafka KafkaError (its name becomes `error_type`). A plain dictionary under a lock:
-    publish_batch reports hundreds of thousands of records per second."""
+    the librdkafka KafkaError (its name becomes `error_type`). publish_batch reports hundreds of
+    thousands of records per second: a dictionary increment of the calling thread's own."""
     count_sent_name(topic, "" if err is None else err.name())
 
 
 def count_sent_name(topic: str, error_type: str) -> None:
     """Count one record sent to `topic` ("" as `error_type`: the broker took it)."""
+    try:
+        counts: dict[tuple[str, str], int] = _local.sent
+    except AttributeError:
+        counts = _local.sent = {}
+        with _register_lock:
+            _sent_by_thread.append(counts)
     key = (topic, error_type)
-    with _sent_lock:
-        _sent[key] = _sent.get(key, 0) + 1
+    counts[key] = counts.get(key, 0) + 1
+
+
+def _sent_totals() -> dict[tuple[str, str], int]:
+    with _register_lock:
+        dicts = list(_sent_by_thread)
+    totals: dict[tuple[str, str], int] = {}
+    for counts in dicts:
+        for key, n in counts.copy().items():  # copy(): one step under the GIL, while its thread counts on
+            totals[key] = totals.get(key, 0) + n
+    return totals
 
 
 class _SentCollector(Collector):
@@ -119,14 +133,34 @@ class _SentCollector(Collector):
                                      "Records sent to the broker (published, retried, dead-lettered) and answered, "
                                      "by destination; error_type names the error of those it did not take.",
                                      labels=["messaging_system", "messaging_operation_name", _TOPIC, "error_type"])
-        with _sent_lock:
-            counts = list(_sent.items())
-        for (topic, error), n in sorted(counts):
+        for (topic, error), n in sorted(_sent_totals().items()):
             family.add_metric([SYSTEM, "send", topic, error], n)
         yield family
 
 
 REGISTRY.register(_SentCollector())
+
+
+class _ConsumedCollector(Collector):
+    """messaging_client_consumed_messages_total, summed from the process histogram's counts at
+    scrape time (a second counter per delivery would double the hot-path cost)."""
+
+    def collect(self) -> Iterable[Metric]:
+        family = CounterMetricFamily("messaging_client_consumed_messages",
+                                     "Records delivered to a handler (each delivery attempt counts).",
+                                     labels=[*_DELIVERY, "error_type"])
+        counts: dict[tuple[str, ...], float] = {}
+        for metric in PROCESS_DURATION.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_count"):
+                    key = (*(sample.labels[k] for k in _DELIVERY), sample.labels["error_type"])
+                    counts[key] = counts.get(key, 0.0) + sample.value
+        for key, n in sorted(counts.items()):
+            family.add_metric(list(key), n)
+        yield family
+
+
+REGISTRY.register(_ConsumedCollector())
 
 
 def observe_send(topic: str, seconds: float, error_type: str = "") -> None:
@@ -163,32 +197,41 @@ def outcome_of(result: "DeliveryResult", step: "Plan") -> str:
 
 
 class DeliveryMetrics:
-    """The consumer proxy's per-delivery metrics for one `[[consumer_clients]]` entry (a few
-    microseconds per delivery: the label children are looked up once per label set)."""
+    """The consumer proxy's per-delivery metrics for one `[[consumer_clients]]` entry: one histogram
+    observation per delivery (the label children are looked up once per label set)."""
 
     def __init__(self, group_id: str, retry_group_id: str | None) -> None:
         self.group_id = group_id
         self.retry_group_id = retry_group_id
-        self._children: dict[tuple[str, int, bool, str, str], tuple[Any, Any]] = {}
+        self._ok: dict[tuple[str, int], Any] = {}  # (topic, partition) -> histogram child of "ok"
+        self._other: dict[tuple[str, int, str, str], Any] = {}  # ... with outcome and error_type
+
+    def _child(self, topic: str, partition: int, plan: "TopicPlan", outcome: str, error: str) -> Any:
+        group = (self.retry_group_id if topic != plan.source_topic else None) or self.group_id
+        return PROCESS_DURATION.labels(SYSTEM, "process", topic, str(partition), group, outcome, error)
 
     def delivered(self, record: Any, plan: "TopicPlan", result: "DeliveryResult", step: "Plan",
-                  seconds: float) -> None:
-        """One delivery of `record` took `seconds` and led to `step`."""
+                  seconds: float) -> str | None:
+        """One delivery of `record` took `seconds` and led to `step`; returns the outcome unless it
+        is "ok" (the handler took the record)."""
         topic = record.topic()
         partition = record.partition()
-        retry = topic != plan.source_topic
+        if step.next == "done" and result.outcome is None:  # the common case, first
+            child = self._ok.get((topic, partition))
+            if child is None:
+                child = self._ok[(topic, partition)] = self._child(topic, partition, plan, "ok", "")
+            child.observe(seconds)
+            return None
         outcome = outcome_of(result, step)
-        error = "" if outcome == "ok" else error_type(result)
-        key = (topic, partition, retry, outcome, error)
-        children = self._children.get(key)
-        if children is None:
-            group = (self.retry_group_id if retry else None) or self.group_id
-            labels = (SYSTEM, "process", topic, str(partition), group)
-            children = (PROCESS_DURATION.labels(*labels, outcome, error), CONSUMED.labels(*labels, error))
-            if len(self._children) < 10_000:  # bounded: topics and partitions are few, errors are classes
-                self._children[key] = children
-        children[0].observe(seconds)
-        children[1].inc()
+        error = error_type(result)
+        key = (topic, partition, outcome, error)
+        child = self._other.get(key)
+        if child is None:
+            child = self._child(topic, partition, plan, outcome, error)
+            if len(self._other) < 10_000:  # bounded: topics and partitions are few, errors are classes
+                self._other[key] = child
+        child.observe(seconds)
+        return outcome
 
     def dead_lettered(self, topic: str, plan: "TopicPlan", result: "DeliveryResult", from_retry: bool) -> None:
         """The broker acknowledged a dead letter of a record of `plan.source_topic` on `topic`."""

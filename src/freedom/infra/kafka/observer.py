@@ -43,9 +43,9 @@ class ProxyObserver:
 
     def delivered(self, record: Any, plan: "TopicPlan", result: "DeliveryResult", step: "Plan", seconds: float) -> None:
         """One delivery of `record` took `seconds` and led to `step`."""
-        self.metrics.delivered(record, plan, result, step, seconds)
-        if not result.ok or result.outcome == "drop":
-            spans.record_outcome(metrics.outcome_of(result, step), metrics.error_type(result))
+        outcome = self.metrics.delivered(record, plan, result, step, seconds)
+        if outcome is not None:
+            spans.record_outcome(outcome, metrics.error_type(result))
 
     def forwarded(self, record: Any, plan: "TopicPlan", kind: str, topic: str, result: "DeliveryResult") -> None:
         """The broker acknowledged `record` on its retry or dead-letter `topic`."""
