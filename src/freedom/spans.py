@@ -142,7 +142,9 @@ def process_span(record: Any, group_id: str) -> tuple[Any, Any] | None:
     new = _inject(span)
     if first is None:
         new[FIRST_ATTEMPT_HEADER] = _traceparent_of(span)
-    record.set_headers(_replace(headers, new))
+    set_headers = getattr(record, "set_headers", None)  # confluent-kafka's records; a stand-in may not have it
+    if set_headers is not None:
+        set_headers(_replace(headers, new))
     token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
     return span, token
 
