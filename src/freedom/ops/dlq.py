@@ -21,7 +21,7 @@ from ..headers import (ERROR_HEADER, FIRST_FAILURE_TIME_HEADER, OMISSION_HEADERS
 from ..tracing import TRACEPARENT, parse_traceparent
 from ..wire import printable
 from .cluster import TP, Cluster
-from .status import iso
+from .status import iso, main_topics
 from .target import ClientTarget, OpsError, Target
 
 PREVIEW_BYTES = 200
@@ -242,8 +242,10 @@ class FailTopic:
 def fail_topics(target: Target, topic: str | None = None) -> list[FailTopic]:
     """The dead-letter topics of the service (`topic`: just that one; a main topic names its own).
 
-    Without the application's listened topics (only --config), every topic named with a client's
-    `retry_fail_prefix` counts. OpsError for a topic that is none of them.
+    Without the application's listened topics (only --config), the topics its groups have
+    committed offsets on count (not every topic with the prefix: the cluster may serve other
+    services). A topic named explicitly may be any with a client's `retry_fail_prefix`; OpsError
+    for one that is none of them.
     """
     out: list[FailTopic] = []
     known: list[str] = []
@@ -253,10 +255,7 @@ def fail_topics(target: Target, topic: str | None = None) -> list[FailTopic]:
             continue
         cluster = Cluster(client.settings, client.where)
         existing = cluster.topics()
-        if client.topics is not None:
-            mine = [f"{prefix}{t}" for t in client.topics if f"{prefix}{t}" in existing]
-        else:
-            mine = sorted(t for t in existing if t.startswith(prefix))
+        mine = [f"{prefix}{t}" for t in main_topics(client, cluster) if f"{prefix}{t}" in existing]
         known += mine
         if topic is None:
             out += [FailTopic(t, client, cluster) for t in mine]

@@ -84,7 +84,7 @@ class StatusReport:
     clients: tuple[ClientStatus, ...] = field(default=())
 
 
-def _main_topics(client: ClientTarget, cluster: Cluster) -> list[str]:
+def main_topics(client: ClientTarget, cluster: Cluster) -> list[str]:
     """The listened topics: the application's, else those the groups have committed offsets on."""
     if client.topics is not None:
         return list(client.topics)
@@ -133,7 +133,7 @@ def _group(cluster: Cluster, group: str, kind: str, topics: list[str], earliest_
 def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
     """The groups, retry backlog and dead letters of one consumer client."""
     cc = client.config
-    topics = _main_topics(client, cluster)
+    topics = main_topics(client, cluster)
     groups = [_group(cluster, cc.group_id, "main", topics, cc.initial_offset == "earliest", None)]
     waiting: list[TopicCount] = []
     if cc.retry_count > 0:
