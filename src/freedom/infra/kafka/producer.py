@@ -32,6 +32,7 @@ import confluent_kafka
 from ...bus import BUS_HEADER, MAX_BUS_BYTES
 from ...errors import ConfigError, PublishError, UnknownClientError
 from ...metrics import count_sent
+from ...payloads import CONTENT_TYPE, JSON, encode
 from ...tracing import inject_trace
 from .observer import observed_publish
 from .settings import scrub
@@ -50,6 +51,7 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 _NO_HEADERS: Mapping[str, bytes] = types.MappingProxyType({})
+_JSON_TYPE = JSON.encode()  # the content-type header value of objects sent as JSON
 _GOOD_TOPICS_KEPT = 10_000  # topic names a Producer remembers as checked (bounded for generated names)
 
 # RFC 9110 token: what an HTTP header name may contain (record headers become HTTP headers).
@@ -402,8 +404,13 @@ class Producer:
     def client_names(self) -> list[str]:
         return list(self._clients)
 
-    def new_msg(self, topic: str, content: bytes | str, client: str | None = None) -> "Msg":
-        """A message to `topic` with `content` as its value; `client` names a `[[producer_clients]]` entry."""
+    def new_msg(self, topic: str, content: object, client: str | None = None) -> "Msg":
+        """A message to `topic` carrying `content`; `client` names a `[[producer_clients]]` entry.
+
+        `content` is bytes or str (the value as it is, no content-type added), or an object sent as
+        JSON with `content-type: application/json`: a Pydantic model, a dataclass, a dict or list
+        (see freedom.payloads). Anything that cannot be serialised is a TypeError naming its type.
+        """
         if topic.__class__ is not str or topic not in self._good_topics:
             check_topic(topic)
             if len(self._good_topics) < _GOOD_TOPICS_KEPT:
@@ -500,18 +507,19 @@ def _check_headers(headers: Any) -> dict[str, bytes]:
 class Msg:
     """A message being built; every setter returns the message, so calls chain."""
 
-    def __init__(self, producer: Producer, topic: str, content: bytes | str) -> None:
-        if isinstance(content, str):
-            content = content.encode()
-        elif isinstance(content, (bytearray, memoryview)):
-            content = bytes(content)
-        elif not isinstance(content, bytes):
-            raise TypeError(
-                f"message content must be bytes or str, got {type(content).__name__} (serialise it first, e.g. json.dumps(obj).encode())"
-            )
+    def __init__(self, producer: Producer, topic: str, content: object) -> None:
+        if content.__class__ is bytes:  # the hot path: bytes are the value as they are
+            value: bytes = content
+            content_type: bytes | None = None
+        else:
+            value, label = encode(content)  # TypeError naming the type when it cannot be serialised
+            content_type = _JSON_TYPE if label == JSON else label.encode() if label else None
         self._producer = producer
         self.topic = topic
-        self.value: bytes = content
+        self.value: bytes = value
+        #: What freedom labels the value with (`application/json` for objects it serialised; None
+        #: for bytes and str); a `content-type` given to set_headers wins (payloads.py).
+        self.content_type: bytes | None = content_type
         # Both start as one shared empty mapping and are replaced, never changed in place: two
         # fewer objects per message for the garbage collector (a batch makes thousands of messages).
         self.headers: Mapping[str, bytes] = _NO_HEADERS
@@ -558,10 +566,14 @@ class Msg:
         return self
 
     def wire_headers(self) -> list[tuple[str, bytes]]:
-        """The record's headers: the user's, then the bus and trace context of `set_runtime`."""
+        """The record's headers: `content-type` (unless the user set one), the user's, then the bus
+        and trace context of `set_runtime`."""
+        headers = self.headers
+        if self.content_type is not None and CONTENT_TYPE not in headers:
+            headers = {CONTENT_TYPE: self.content_type, **headers}
         if not self.context_headers:
-            return list(self.headers.items())
-        return list({**self.headers, **self.context_headers}.items())
+            return list(headers.items())
+        return list({**headers, **self.context_headers}.items())
 
     def size(self) -> int:
         """The record's size as the error messages give it: value, key and headers."""

@@ -185,8 +185,8 @@ class ConsumerProxy:
         assert step.topic is not None
         kind, topic = step.next, step.topic
         origin = self.router.origin(record, plan.source_topic)
-        if kind == "dead-letter" and result.permanent and result.outcome is None:
-            note = _join(note, "a permanent failure: dead-lettered without retries")
+        if kind == "dead-letter" and step.not_retried:
+            note = _join(note, step.not_retried)
         log.warning("delivery of %s to %s failed: %s; %s", where, plan.route.path, result.describe(),
                     f"retry {n + 1} of {self.config.retry_count} via {topic}" if kind == "retry"
                     else f"dead-lettered to {topic}", extra=self.observer.log_fields(record, kind.replace("-", "_")))
