@@ -9,4 +9,5 @@ echo "test: making sure a PostgreSQL server is installed (for the outbox tests)"
 bash scripts/postgres.sh install
 echo "test: making sure the AsyncAPI parser is installed (npm, cached in .cache/npm)" >&2
 bash scripts/npm-tools.sh
+bash scripts/chromium.sh  # Debian's chromium, for the web console's browser test (tests/test_console.py)
 exec .venv/bin/python -m pytest "$@"

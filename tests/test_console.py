@@ -19,6 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.responses import Response
 
 import freedom
 from freedom.config import load_app_config
@@ -35,6 +36,7 @@ BASE = "/_freedom/console"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 HOSTILE_KEY = '<script>alert("key")</script>'
 HOSTILE_HEADER = "<script>alert('header')</script>"
+HOSTILE_ERROR = '<script>alert("error")</script>'
 HOSTILE_VALUE = '<script>alert("value")</script><img src=x onerror=alert(1)>'
 
 playwright = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
@@ -56,10 +58,10 @@ def shots() -> Path | None:
     return path
 
 
-def snap(page: Any, name: str) -> None:
+def snap(page: Any, name: str, full_page: bool = True) -> None:
     folder = shots()
     if folder is not None:
-        page.screenshot(path=str(folder / f"console-{name}.png"), full_page=True)
+        page.screenshot(path=str(folder / f"console-{name}.png"), full_page=full_page)
 
 
 def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apache_kafka, tmp_path, monkeypatch):
@@ -71,7 +73,15 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
     monkeypatch.setenv("FREEDOM_APP__CONSOLE_TOKEN", TOKEN)  # the token from the environment (the rule's name)
     journal = Journal()
     state = {"fail": True}
-    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: 500 if state["fail"] else 200,
+
+    def handler(call: Any) -> Any:
+        if not state["fail"]:
+            return 200
+        if call.key == HOSTILE_KEY:  # a 422 dead-letters at once, its answer body in the error
+            return Response(HOSTILE_ERROR, status_code=422, media_type="text/plain")
+        return 500
+
+    svc = event_service(tmp_path, bootstrap, journal, topic, handler,
                         retry_count=1, retry_interval_sec=0.2, initial_offset="earliest")
     group = svc.app.kafka_config.consumer_clients[0].group_id
     trace = [("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01".encode())]
@@ -93,7 +103,7 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
 
                 # Without the token: the log-in form, with 401; a wrong token is refused.
-                first = page.goto(base)
+                first = page.goto(f"{base}/dead-letters")
                 assert first is not None and first.status == 401
                 expect(page.locator("h1")).to_have_text("Log in")
                 snap(page, "login")
@@ -102,48 +112,57 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 expect(page.locator(".error")).to_have_text("wrong token")
                 assert context.cookies() == []
 
-                # Log in: the groups and their lag.
+                # Log in: back to the page asked for; the groups and their lag.
                 page.fill("input[name=token]", TOKEN)
                 page.click("button:has-text('Log in')")
-                expect(page.locator("h1")).to_have_text("Groups and lag")
-                assert page.url == base
+                expect(page.locator("h1")).to_have_text("Dead letters")
+                assert page.url == f"{base}/dead-letters"
                 [cookie] = context.cookies()
                 assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
                     "freedom_console", True, "Strict", BASE)
                 assert TOKEN not in cookie["value"]
+                page.click("nav >> text=Groups and lag")
                 main = page.locator("h3", has_text=f"Group {group}")
                 expect(main).to_contain_text("main")
                 expect(main).to_contain_text("lag 0")
                 expect(page.locator("h3", has_text=f"Group r-{group}")).to_contain_text("retry")
-                dead_row = page.locator("table.dead tr", has_text=fail)
-                expect(dead_row).to_contain_text("4")
+                expect(page.locator("table.partitions").first.locator("tbody tr")).to_have_count(2)
+                expect(page.locator("table.dead tbody tr")).to_have_text(f"{fail}{topic}44")
                 snap(page, "groups")
 
-                # Dead letters grouped by error class, then the records of the class.
+                # Dead letters grouped by error class, then the records of each class.
                 page.click("nav >> text=Dead letters")
-                expect(page.locator("h1")).to_have_text("Dead letters")
-                row = page.locator("table.classes tbody tr")
-                expect(row).to_have_count(1)
-                expect(row).to_contain_text("HTTP 500")
-                assert row.locator("td").first.inner_text() == "4"
+                rows = page.locator("table.classes tbody tr")
+                expect(rows).to_have_count(2)
+                by_class = {r.locator("span.err").inner_text(): r.locator("td").first.inner_text()
+                            for r in rows.all()}
+                [other] = set(by_class) - {"HTTP 500"}
+                assert (by_class["HTTP 500"], by_class[other]) == ("3", "1"), by_class
+                assert other.startswith("HTTP 422") and HOSTILE_ERROR in other, other  # the answer's body, as text
                 snap(page, "dead-letters")
-                row.locator("text=records").click()
+
+                rows.filter(has_text="HTTP 500").locator("text=records").click()
                 cards = page.locator("article.record")
-                expect(cards).to_have_count(4)
-                hostile = cards.filter(has_text="alert(\"key\")")
-                text = hostile.inner_text()
-                assert HOSTILE_KEY in text and HOSTILE_HEADER in text and HOSTILE_VALUE in text
-                assert page.locator("script").count() == 0 and page.locator("main img").count() == 0
-                assert dialogs == []  # no alert() ran
-                for card in [cards.nth(i) for i in range(4)]:
+                expect(cards).to_have_count(3)
+                for card in cards.all():
                     expect(card).to_contain_text(TRACE_ID)
                     expect(card).to_contain_text(f"{topic}[")  # where it came from
                     expect(card.locator("table.headers")).to_contain_text("x-freedom-original-topic")
                 expect(cards.filter(has_text="A1").locator("pre.value")).to_have_text('{"k": "A1"}')
-                snap(page, "records")
+                snap(page, "records", full_page=False)
 
-                # The dry run: what would move, and nothing moves.
-                assert page.input_value("input[name=grep]") == "500"
+                page.go_back()
+                rows.filter(has_text="HTTP 422").locator("text=records").click()
+                expect(cards).to_have_count(1)
+                text = cards.inner_text()
+                for hostile in (HOSTILE_KEY, HOSTILE_HEADER, HOSTILE_VALUE, HOSTILE_ERROR):
+                    assert hostile in text, hostile
+                assert page.locator("script").count() == 0 and page.locator("main img").count() == 0
+                assert dialogs == []  # no alert() ran
+
+                # The dry run of every dead letter of the topic: what would move, and nothing moves.
+                page.click("nav >> text=Dead letters")
+                page.select_option("select[name=topic]", fail)
                 page.click("text=Preview replay (dry run)")
                 expect(page.locator("h1")).to_have_text("Replay preview")
                 expect(page.locator("strong.moved")).to_have_text("4")
@@ -151,13 +170,12 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 expect(page.locator("code.audit")).to_contain_text("dlq dry run by")
                 snap(page, "preview")
                 assert topic_size(bootstrap, topic, 2) == 4
-                job = job_group(fail, Filter(grep="500"))
-                assert committed(bootstrap, job, fail, 2) == [-1001, -1001]
+                assert committed(bootstrap, job_group(fail, Filter()), fail, 2) == [-1001, -1001]
                 assert replays(journal) == []
 
                 # A form post without the session's CSRF token is refused, even with the cookie.
                 jar = {cookie["name"]: cookie["value"]}
-                forged = httpx.post(f"{base}/replay/run", cookies=jar, data={"topic": fail, "grep": "500"})
+                forged = httpx.post(f"{base}/replay/run", cookies=jar, data={"topic": fail})
                 assert forged.status_code == 403 and "CSRF" in forged.text
                 cross = httpx.post(f"{base}/replay/preview", cookies=jar, headers={"origin": "http://evil.example"},
                                    data={"topic": fail})
@@ -174,6 +192,8 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 wait_until(lambda: len(replays(journal)) >= 4, 60, what="the four replays delivered")
                 assert Counter(c.key for c in replays(journal)) == Counter(keys)
                 assert all(c.headers[REPLAY_COUNT_HEADER] == "1" for c in replays(journal))
+                page.click("nav >> text=Groups and lag")
+                expect(page.locator("table.dead tbody tr")).to_have_text(f"{fail}{topic}40")  # none left to replay
 
                 # Logging out ends the session: the same cookie is refused afterwards.
                 page.click("button:has-text('Log out')")
@@ -191,7 +211,7 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
         [client] = st.json()["clients"]
         assert [g["group"] for g in client["groups"]] == [group, f"r-{group}"]
         assert client["dead_letters"][0]["records"] == 4
-        again = httpx.post(f"{base}/api/replay", headers=bearer, json={"topic": fail, "grep": "500"}, timeout=30)
+        again = httpx.post(f"{base}/api/replay", headers=bearer, json={"topic": fail}, timeout=30)
         assert again.status_code == 200, again.text
         assert (again.json()["dry_run"], again.json()["topics"][0]["moved"]) == (True, 0)  # the same job: done
         unpreviewed = httpx.post(f"{base}/replay/run", headers=bearer, data={"topic": fail})

@@ -210,6 +210,9 @@ class Application:
         secure_event_routes(self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr)
         route_keys_with_slashes(self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None))
         observability.install(self)  # GET /metrics, /livez, /readyz; app.toml's log_format
+        from .console import install as install_console
+
+        install_console(self)  # the web console, when app.toml sets console_token (docs/console.md)
         self._is_set_up = True
         return self
 

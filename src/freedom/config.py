@@ -84,6 +84,8 @@ class AppConfig:
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json" (json_logs.py)
     liveness_timeout_sec: float = 60.0  # /livez: the longest a heartbeat may be silent (health.py)
+    console_token: str | None = field(default=None, repr=False)  # the web console's token (a secret); None: off
+    console_path: str = "/_freedom/console"  # where the web console is served (console/)
     #: Where listen_addr came from, (file, key), for the error when it cannot be bound; for an
     #: environment variable ("environment FREEDOM_APP__LISTEN_ADDR", None).
     listen_from: tuple[str, str | None] = field(default=("app.toml", "listen_addr"), compare=False, repr=False)
@@ -297,6 +299,7 @@ def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None) 
                    else e for e in entries]
     return AppConfig(listen_addr=model.listen_addr, service_name=model.service_name, log_level=model.log_level,
                      log_format=model.log_format, liveness_timeout_sec=model.liveness_timeout_sec,
+                     console_token=model.console_token, console_path=model.console_path,
                      listen_from=listen_from, entries=tuple(entries))
 
 

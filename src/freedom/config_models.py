@@ -34,7 +34,7 @@ LOG_FORMATS = ("text", "json")
 CONSUME_MODES = ("sequential", "concurrent", "key-ordered")
 
 #: Keys whose value is a secret: shown as `***` by `freedom config`, never in an error message.
-SECRET_FIELDS = frozenset({"secret", "sasl_password", "ssl_key_password"})
+SECRET_FIELDS = frozenset({"secret", "sasl_password", "ssl_key_password", "console_token"})
 
 
 class Problem(ValueError):
@@ -81,6 +81,15 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=False)
 
 
+def check_console_path(value: str, error: Callable[[str], Exception]) -> str:
+    """app.toml's `console_path`: an absolute URL path of letters, digits and `._~-/`, not "/" alone."""
+    path = value.rstrip("/")
+    bad = sorted({c for c in path if not (c.isascii() and (c.isalnum() or c in "._~-/"))})
+    if not path.startswith("/") or "//" in path or bad or not path.strip("/"):
+        raise error(f'must be a path like "/_freedom/console" (letters, digits and ._~-/), got "{value}"')
+    return path
+
+
 # ----------------------------------------------------------------------------- app.toml
 
 
@@ -101,9 +110,24 @@ class AppModel(_Model):
         "`/livez` answers 503 when the consumer thread or the event loop has made no progress for "
         "this long. Keep it above `drain_timeout_sec` + 25 s: a rebalance may hold the consumer "
         "thread that long."))
+    console_token: str | None = Field(default=None, description=(
+        "Turns the web console on (docs/console.md): the token an operator logs in with, or sends as "
+        "`Authorization: Bearer <token>` (at least 16 printable ASCII characters; a secret: prefer "
+        "the environment variable). Not set: the console is off (its paths answer 404)."))
+    console_path: str = Field(default="/_freedom/console", description=(
+        'Where the web console is served, a path like "/_freedom/console".'))
 
     @model_validator(mode="after")
     def _check(self) -> "AppModel":
+        self.console_path = check_console_path(self.console_path, lambda p: Problem("console_path", p))
+        if self.console_token is not None:
+            from .security import MIN_SECRET_LENGTH
+
+            token = self.console_token
+            if len(token) < MIN_SECRET_LENGTH or not token.isascii() or not token.isprintable() or token != token.strip():
+                raise Problem("console_token", f"must be at least {MIN_SECRET_LENGTH} printable ASCII characters "
+                                               "without spaces around; make one with: "
+                                               "python -c 'import secrets; print(secrets.token_urlsafe(32))'")
         self.listen_addr = check_listen_addr(self.listen_addr, lambda p: Problem("listen_addr", p))
         if self.log_format not in LOG_FORMATS:
             raise Problem("log_format", f'must be one of {", ".join(LOG_FORMATS)}, got "{self.log_format}"')

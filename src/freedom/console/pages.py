@@ -137,9 +137,10 @@ def dead_letters_page(base: str, topics: list[TopicDeadLetters], csrf: str | Non
                    f"</small></h2>")
         if t.classes:
             out.append(_table(["Count", "Status", "Original topic", "First", "Last", "Error class", ""], [
-                [h(c.count), h("-" if c.status is None else c.status), h(c.original_topic or "-"), h(c.first or "-"),
-                 h(c.last or "-"), f'<span class="err">{h(c.error_class)}</span>',
-                 f'<a href="{q(base + "/dead-letters/records", {"topic": t.topic, "class": c.error_class})}">'
+                [h(c.count), h("-" if c.status is None else c.status), h(c.original_topic or "-"),
+                 f'<span class="t">{h(c.first or "-")}</span>', f'<span class="t">{h(c.last or "-")}</span>',
+                 f'<span class="err">{h(c.error_class)}</span>',
+                 f'<a class="records" href="{q(base + "/dead-letters/records", {"topic": t.topic, "class": c.error_class})}">'
                  f"records</a>"] for c in t.classes], "classes"))
         out.append("</section>")
     if not topics:
@@ -179,8 +180,8 @@ def records_page(base: str, topic: str, error_class: str | None, records: list[D
             + f": {len(records)} record{'' if len(records) == 1 else 's'}"
             + (f" (the first {limit}; narrow the filter to see others)" if more else "") + "</p>")
     body = "".join(record(d) for d in records) or "<p>No dead letters match.</p>"
-    return (head + body + "<h2>Replay these</h2>"
-            + replay_form(base, csrf, [topic], {"topic": topic, "grep": grep}))
+    return (head + "<details><summary>Replay these</summary>"
+            + replay_form(base, csrf, [topic], {"topic": topic, "grep": grep}) + "</details>" + body)
 
 
 # ----------------------------------------------------------------------------- replay
@@ -244,11 +245,13 @@ th{background:#eef1f5}
 td{overflow-wrap:anywhere;max-width:40em}
 .lag{background:#fff3cd;padding:0 .4em;border-radius:.3em}
 .err{font-family:ui-monospace,monospace}
+a.records,.t{white-space:nowrap}
 .error{background:#fde2e1;border:1px solid #e0a3a0;padding:.5em .8em}
 .hint{color:#5b6573}
 .record{background:#fff;border:1px solid #ccd3dc;padding:.4em 1em;margin:.8em 0}
 .record dl{display:grid;grid-template-columns:9em 1fr;margin:.3em 0}
 .record dt{color:#5b6573}.record dd{margin:0;overflow-wrap:anywhere}
+details{margin:.6em 0}summary{cursor:pointer;font-weight:600}
 pre.value{background:#f0f2f5;padding:.5em;white-space:pre-wrap;overflow-wrap:anywhere}
 form.replay,form.login{display:grid;grid-template-columns:repeat(auto-fill,minmax(15em,1fr));gap:.6em;
  background:#fff;border:1px solid #ccd3dc;padding:.8em;max-width:60em}
