@@ -127,8 +127,18 @@ def test_openapi_has_no_event_routes_and_the_service_name_as_title(tmp_path):
         async def post_created_by(self, event_id: str, order: OrderCreated) -> None:
             return None
 
+    class CreatedController:
+        runtime: freedom.Runtime
+
+        async def post_by(self, event_id: str, order: OrderCreated) -> Response | None:  # POST /created/{event_id}
+            seen.add("created", event_id, order, self.runtime.request.headers)
+            if event_id == "FLAKY" and self.runtime.request.headers["x-retry-count"] == "0":
+                return Response(status_code=500)
+            return None
+
     def prepare(initiator: freedom.Initiator) -> None:
         initiator.bind_controller("/orders", OrderController)
+        initiator.bind_controller("/created", CreatedController)
 
         @initiator.fastapi.post("/api/paid/{event_id}")
         async def paid(event_id: str, paid: OrderPaid) -> None:
@@ -196,12 +206,6 @@ def typed_app(config_dir: Path, seen: Seen, t: dict[str, str], paid_event: str) 
             await self.producer.new_msg(t["created"], OrderCreated(id=id, amount=2)).set_key(f"O-{id}").publish()
             return "ok"
 
-        async def post_created_by(self, event_id: str, order: OrderCreated) -> Response | None:
-            seen.add("created", event_id, order, self.runtime.request.headers)
-            if event_id == "FLAKY" and self.runtime.request.headers["x-retry-count"] == "0":
-                return Response(status_code=500)
-            return None
-
         async def post_lenient_by(self, event_id: str, order: OrderCreated) -> None:
             seen.add("lenient", event_id, order, self.runtime.request.headers)
 
@@ -217,14 +221,25 @@ def typed_app(config_dir: Path, seen: Seen, t: dict[str, str], paid_event: str) 
         async def post_paid_by(self, event_id: str, paid: OrderPaid) -> None:
             seen.add("paid", event_id, paid, self.runtime.request.headers)
 
+    class CreatedController:
+        runtime: freedom.Runtime
+
+        async def post_by(self, event_id: str, order: OrderCreated) -> Response | None:  # POST /created/{event_id}
+            seen.add("created", event_id, order, self.runtime.request.headers)
+            if event_id == "FLAKY" and self.runtime.request.headers["x-retry-count"] == "0":
+                return Response(status_code=500)
+            return None
+
     def prepare(initiator: freedom.Initiator) -> None:
         initiator.bind_controller("/orders", OrderController)
+        initiator.bind_controller("/created", CreatedController)
 
         @initiator.fastapi.post("/api/orders/{event_id}")
         async def plain_route(event_id: str, order: OrderCreated, request: freedom.Request) -> None:
             seen.add("fastapi", event_id, order, request.headers)
 
-        for name in ("created", "lenient", "bulk", "raw", "point"):
+        initiator.listen_event(t["created"], "CreatedController.post_by")
+        for name in ("lenient", "bulk", "raw", "point"):
             initiator.listen_event(t[name], f"OrderController.post_{name}_by")
         initiator.listen_event(paid_event, "OrderController.post_paid_by")
         initiator.listen_event(t["fastapi"], plain_route)
