@@ -34,6 +34,7 @@ from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable,
 from urllib.parse import urlsplit
 
 from fastapi import FastAPI
+from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse
 
 from .config import (AppConfig, KafkaConfig, check_topic_overrides, find_config_dir, load_app_config,
@@ -97,6 +98,16 @@ def proxy_addr_for(listen_addr: str) -> str:
     return f"http://{host}:{port}"
 
 
+def hide_event_routes(api: FastAPI, routes: Mapping[str, EventRoute]) -> None:
+    """Leave the routes that `listen_event` bound out of the OpenAPI document: the consumer proxy
+    calls them, not the service's HTTP clients (the AsyncAPI document describes them)."""
+    paths = {r.path for r in routes.values()}
+    for route in api.router.routes:
+        if isinstance(route, APIRoute) and route.path in paths and "POST" in (route.methods or ()):
+            route.include_in_schema = False
+    api.openapi_schema = None  # made again, without them, when first asked for
+
+
 def _port_of(url: str) -> int:
     parts = urlsplit(url)
     return parts.port or (443 if parts.scheme == "https" else 80)
@@ -122,17 +133,19 @@ class Application:
         config_dir: str | os.PathLike[str] | None = None,
         prepare: Sequence[PrepareHook] | None = None,
         embedded_broker: bool = False,
-        title: str = "freedom",
+        title: str | None = None,
         lifespan: Lifespan | None = None,
     ) -> None:
         """`config_dir` overrides the config lookup; `prepare` replaces the `@freedom.prepare` hooks;
         `embedded_broker` forces the embedded broker for every Kafka client; `lifespan(app)` is an
-        async context manager run around the service's life, once the Kafka side is up (as FastAPI's)."""
+        async context manager run around the service's life, once the Kafka side is up (as FastAPI's);
+        `title` is the OpenAPI document's title (default: app.toml's `service_name`)."""
         self._config_dir_arg = config_dir
         self._prepare = list(prepare) if prepare is not None else None
         self.embedded_broker = embedded_broker
         self.listen_addr: str | None = None  # overrides app.toml's listen_addr (freedom run --listen)
-        self.fastapi = FastAPI(title=title, lifespan=self._lifespan)
+        self.fastapi = FastAPI(title=title or "freedom", lifespan=self._lifespan)
+        self._title = title
         # Event handlers raise freedom.Retry / DeadLetter / Drop to choose their outcome (outcomes.py).
         self.fastapi.add_exception_handler(Outcome, handle_outcome)
         # The AsyncAPI document of the event bindings (asyncapi.py): GET /asyncapi.json.
@@ -207,6 +220,9 @@ class Application:
         self.event_routes = initiator.event_routes()
         if self.kafka_config is not None:  # a per-topic table for a topic nobody listens to is a mistake
             check_topic_overrides(self.kafka_config, self.event_routes)
+        if self._title is None:
+            self.fastapi.title = self.config.service_name
+        hide_event_routes(self.fastapi, self.event_routes)  # they are in the AsyncAPI document, not OpenAPI
         secure_event_routes(self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr)
         route_keys_with_slashes(self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None))
         observability.install(self)  # GET /metrics, /livez, /readyz; app.toml's log_format

@@ -24,6 +24,7 @@ from .config_env import (PREFIXES, KeyPath, Overlay, Root, Source, check_stray, 
 from .config_models import (CONSUME_MODES, LOG_LEVELS, MAX_SECONDS, SECRET_FIELDS, AppModel, ConsumerClient,
                             KafkaModel, Problem, ProducerClient, check_listen_addr, check_seconds, type_name)
 from .errors import ConfigError
+from .outcomes import DEAD_LETTER_STATUSES
 
 __all__ = ["AppConfig", "KafkaConfig", "ProducerClientConfig", "ConsumerClientConfig", "TopicConsumeConfig",
            "ConfigEntry", "CONSUME_MODES", "LOG_LEVELS", "MAX_SECONDS", "ConfigError", "check_seconds",
@@ -131,10 +132,13 @@ class ConsumerClientConfig:
     max_in_flight: int = 500  # records of one topic delivered at once (concurrent, key-ordered)
     drain_timeout_sec: float = 10.0  # at a rebalance or stop: how long in-flight deliveries may finish
     topics: dict[str, "TopicConsumeConfig"] = field(default_factory=dict)  # per-topic overrides
+    #: answer statuses that dead-letter a record at once, without retries (outcomes.DEAD_LETTER_STATUSES)
+    dead_letter_statuses: frozenset[int] = frozenset(DEAD_LETTER_STATUSES)
 
     def consume_config(self, topic: str) -> "TopicConsumeConfig":
-        """The mode and bound of `topic`: its `[consumer_clients.topics."T"]` entry, else the client's."""
-        return self.topics.get(topic) or TopicConsumeConfig(self.mode, self.max_in_flight)
+        """The mode, bound and dead-letter statuses of `topic`: its `[consumer_clients.topics."T"]`
+        entry, else the client's."""
+        return self.topics.get(topic) or TopicConsumeConfig(self.mode, self.max_in_flight, self.dead_letter_statuses)
 
 
 @dataclass(frozen=True)
@@ -143,6 +147,7 @@ class TopicConsumeConfig:
 
     mode: str = "sequential"
     max_in_flight: int = 500
+    dead_letter_statuses: frozenset[int] = frozenset(DEAD_LETTER_STATUSES)
 
 
 @dataclass(frozen=True)
@@ -352,8 +357,10 @@ def _consumer_client(c: ConsumerClient) -> ConsumerClientConfig:
         retry_count=c.retry_count, retry_group_id=c.retry_group_id, retry_prefix=c.retry_prefix,
         retry_interval_sec=c.retry_interval_sec, retry_fail_prefix=c.retry_fail_prefix,
         initial_offset=c.initial_offset, settings=c._librdkafka, mode=c.mode, max_in_flight=c.max_in_flight,
-        drain_timeout_sec=c.drain_timeout_sec,
-        topics={t: TopicConsumeConfig(o.mode or c.mode, o.max_in_flight or c.max_in_flight)
+        drain_timeout_sec=c.drain_timeout_sec, dead_letter_statuses=frozenset(c.dead_letter_statuses),
+        topics={t: TopicConsumeConfig(o.mode or c.mode, o.max_in_flight or c.max_in_flight,
+                                      frozenset(c.dead_letter_statuses if o.dead_letter_statuses is None
+                                                else o.dead_letter_statuses))
                 for t, o in c.topics.items()},
     )
 

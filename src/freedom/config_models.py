@@ -15,7 +15,9 @@ import math
 from typing import Any, Callable, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from .outcomes import DEAD_LETTER_STATUSES
 
 #: The longest duration a `*_sec` key may give (~24.8 days): librdkafka holds durations as 32-bit
 #: milliseconds (`message.timeout.ms`); one bound for every duration key, far below what would
@@ -311,11 +313,32 @@ class TopicOverride(_Model):
 
     mode: str | None = Field(default=None, description="As the client's `mode`, for this topic.")
     max_in_flight: int | None = Field(default=None, description="As the client's `max_in_flight`, for this topic.")
+    dead_letter_statuses: list[int] | None = Field(default=None, description=(
+        "As the client's `dead_letter_statuses`, for this topic (replaces the client's list)."))
+
+    @field_validator("dead_letter_statuses", mode="before")
+    @classmethod
+    def _statuses(cls, value: Any) -> Any:
+        return _status_list(value)
 
     @model_validator(mode="after")
     def _check(self) -> "TopicOverride":
         _check_consume(self.mode, self.max_in_flight)
+        _check_statuses(self.dead_letter_statuses)
         return self
+
+
+def _status_list(value: Any) -> Any:
+    """Statuses written as text (an environment variable, `"422"`) as integers; the rest is checked strictly."""
+    if isinstance(value, list):
+        return [int(v) if isinstance(v, str) and v.strip().isascii() and v.strip().isdigit() else v for v in value]
+    return value
+
+
+def _check_statuses(statuses: list[int] | None) -> None:
+    for i, status in enumerate(statuses or ()):
+        if not 400 <= status <= 599:
+            raise Problem(("dead_letter_statuses", i), f"must be an HTTP failure status, 400 to 599, got {status}")
 
 
 def _check_consume(mode: str | None, bound: int | None) -> None:
@@ -349,8 +372,19 @@ class ConsumerClient(_Client):
     max_in_flight: int = Field(default=500, description="Records of one topic delivered at once (concurrent, key-ordered).")
     drain_timeout_sec: float = Field(default=10.0, description=(
         "At a rebalance or stop: how long in-flight deliveries may finish."))
+    dead_letter_statuses: list[int] = Field(default=list(DEAD_LETTER_STATUSES), description=(
+        "The answer statuses that send a record to the dead-letter topic at once, without retries: "
+        "the request can never succeed as it is (422: the body failed validation). The default is "
+        "Knative's rule: 4xx, except 401, 403, 404, 405, 408, 409, 423, 424, 425 and 429, which are "
+        "retried like 5xx (docs/typed-events.md). `[]`: every failure is retried."))
     topics: dict[str, TopicOverride] = Field(default_factory=dict, description=(
-        '`[consumer_clients.topics."T"]`: `mode` and `max_in_flight` of topic T (a topic some event listens to).'))
+        '`[consumer_clients.topics."T"]`: `mode`, `max_in_flight` and `dead_letter_statuses` of topic T '
+        "(a topic some event listens to)."))
+
+    @field_validator("dead_letter_statuses", mode="before")
+    @classmethod
+    def _statuses(cls, value: Any) -> Any:
+        return _status_list(value)
 
     @model_validator(mode="after")
     def _check(self) -> "ConsumerClient":
@@ -360,6 +394,7 @@ class ConsumerClient(_Client):
 
         self._check_settings("consumer", {**CONSUMER_DEFAULTS, "group.id": "freedom-config-check"})
         _check_consume(self.mode, self.max_in_flight)
+        _check_statuses(self.dead_letter_statuses)
         self.drain_timeout_sec = _seconds("drain_timeout_sec", self.drain_timeout_sec)
         _check_prefix("retry_prefix", self.retry_prefix)
         _check_prefix("retry_fail_prefix", self.retry_fail_prefix)
