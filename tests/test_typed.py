@@ -81,6 +81,20 @@ def test_the_content_type_rule_of_published_values():
     assert mine.wire_headers() == [("content-type", b"application/vnd.shop+json"), ("x-a", b"1")]
 
 
+def test_decoding_a_value_by_its_content_type():
+    assert payloads.decode(b'{"id": 1, "amount": 2}', None, OrderCreated) == OrderCreated(id=1, amount=2)
+    assert payloads.decode(b"[1, 2]", "application/json; charset=utf-8", list[int]) == [1, 2]
+    assert payloads.decode(b'{"a": 1}', "application/vnd.shop+json") == {"a": 1}
+    assert payloads.decode("é".encode(), "text/plain; charset=utf-8") == "é"
+    assert payloads.decode(b"\xff", "application/octet-stream") == b"\xff"
+    with pytest.raises(payloads.PayloadError, match="not a valid OrderCreated"):
+        payloads.decode(b'{"id": 1}', None, OrderCreated)
+    with pytest.raises(payloads.PayloadError, match="not valid JSON"):
+        payloads.decode(b"{oops", None)
+    with pytest.raises(payloads.PayloadError, match="cannot be read as OrderCreated"):
+        payloads.decode(b"x", "text/plain", OrderCreated)
+
+
 def test_a_delivery_always_has_one_content_type():
     def ct(record_headers: list[tuple[str, bytes | None]]) -> list[bytes]:
         return [v for k, v in request_headers(record_headers, EventId("k", b"k"), 0) if k == b"content-type"]
