@@ -231,3 +231,52 @@ def test_console_is_off_without_a_token_and_the_token_is_masked(tmp_path, monkey
     shown = {e.key: e.value for e in config.entries}
     assert shown["console_token"] == "***" and shown["console_path"] == BASE
     assert TOKEN not in repr(config) and TOKEN not in json.dumps([str(e) for e in config.entries])
+
+
+def as_(session: str) -> dict[str, str]:
+    """The Cookie header of a session (a request that carries only this cookie)."""
+    return {"cookie": f"freedom_console={session}"}
+
+
+def test_console_refuses_forged_sessions_and_foreign_redirects(tmp_path, monkeypatch):
+    """On a service without Kafka (the pages then say there is nothing to show): the token guards
+    every page, a forged or logged-out session is refused, log-in never sends the browser elsewhere."""
+    monkeypatch.delenv("FREEDOM_APP__CONSOLE_TOKEN", raising=False)
+    port = free_port()
+    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}", "console_token": TOKEN,
+                                "console_path": "/ops/console/"})
+    with ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[])) as svc:
+        base = svc.base_url + "/ops/console"
+        with httpx.Client(base_url=base) as http:
+            refused = http.get("/dead-letters")
+            assert refused.status_code == 401 and 'name="token"' in refused.text
+            assert "script-src" not in refused.headers["content-security-policy"]  # default-src 'none': no script
+            assert refused.headers["x-frame-options"] == "DENY" and refused.headers["cache-control"] == "no-store"
+            assert http.get("/api/status").status_code == 401
+            assert http.post("/replay/run", data={"topic": "x"}).status_code == 401
+
+            for foreign in ("https://evil.example/", "//evil.example/ops/console", "/elsewhere", "/ops/console//x"):
+                done = http.post("/login", data={"token": TOKEN, "next": foreign})
+                assert (done.status_code, done.headers["location"]) == (303, "/ops/console"), foreign
+            assert http.post("/login", data={"token": TOKEN}, headers={"origin": "https://evil.example"}).status_code == 403
+            wrong = http.post("/login", data={"token": TOKEN[:-1] + "x"})
+            assert wrong.status_code == 401 and "wrong token" in wrong.text and "set-cookie" not in wrong.headers
+
+            http.cookies.clear()
+            login = http.post("/login", data={"token": TOKEN, "next": "/ops/console/dead-letters"})
+            assert (login.status_code, login.headers["location"]) == (303, "/ops/console/dead-letters")
+            session = login.cookies["freedom_console"]
+            http.cookies.clear()  # from here on each request carries exactly the cookie it is given
+            cookie = login.headers["set-cookie"].lower()
+            assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ops/console" in cookie
+            page = http.get(base, headers=as_(session))
+            assert page.status_code == 400 and "no consumer clients configured" in page.text  # in, and told why
+            forged = session[:-1] + ("0" if session[-1] != "0" else "1")
+            assert http.get(base, headers=as_(forged)).status_code == 401
+            assert http.post("/logout", headers=as_(session), data={"csrf": "0" * 64}).status_code == 403  # wrong CSRF
+            csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
+            out = http.post("/logout", headers=as_(session), data={"csrf": csrf})
+            assert out.status_code == 303
+            assert http.get(base, headers=as_(session)).status_code == 401  # revoked
+            api = http.get("/api/status", headers={"authorization": f"Bearer {TOKEN}"})
+            assert api.status_code == 400 and "no consumer clients configured" in api.json()["error"]
