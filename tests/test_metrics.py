@@ -11,7 +11,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
 from freedom import metrics
-from freedom.testing import wait_until
+from freedom.testing import ServiceThread, wait_until
 from tests.services.event_app import Journal, event_service
 from tests.services.kafka_tools import read_topic
 
@@ -103,3 +103,49 @@ def test_metrics_after_seven_ok_and_three_dead_letters(apache_kafka, new_topic, 
     assert ("freedom_paused_partitions", frozenset({("messaging_consumer_group_name", retry_group),
                                                     ("reason", "delay")})) in s
     assert len(journal.of()) == 13  # 10 first deliveries, 3 retries
+
+
+def test_outbox_gauges_while_the_relay_cannot_publish(apache_kafka, tmp_path):
+    """Another instance holds the relay lease: the rows wait, /metrics shows how many and how old; the
+    lease is given back, the relay publishes them, the gauges fall to 0."""
+    import datetime as dt
+    import uuid
+
+    from sqlalchemy import create_engine, delete, insert
+
+    from freedom.domain.outbox import lease, metadata
+    from freedom.testing import free_port, kafka_config, write_config
+    from tests.apps import Recorder
+    from tests.outbox.apps import shop_app
+    from tests.outbox.db import unique_event
+
+    db_path = tmp_path / "service.db"
+    engine = create_engine(f"sqlite:///{db_path}")
+    metadata.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(insert(lease).values(name="relay", owner="another-instance",
+                                          expires_at=dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)))
+    name, _ = unique_event()
+    port = free_port()
+    conf = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
+                        kafka=kafka_config(apache_kafka.bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}",
+                                           initial_offset="earliest", settings={"session.timeout.ms": 6000}))
+    recorder = Recorder()
+    try:
+        with ServiceThread(shop_app(conf, f"sqlite+aiosqlite:///{db_path}", recorder, name,
+                                    relay_interval_sec=0.2)) as svc:
+            for goods in (1, 2, 3):
+                httpx.get(f"{svc.base_url}/shop/shopping/{goods}", timeout=30).raise_for_status()
+            wait_until(lambda: value(scrape(svc.base_url), "freedom_outbox_oldest_pending_age_seconds") >= 0.5, 10,
+                       what="the oldest pending row half a second old")
+            s = scrape(svc.base_url)
+            assert value(s, "freedom_outbox_pending_rows") == 3
+            assert recorder.snapshot() == []
+            with engine.begin() as conn:
+                conn.execute(delete(lease))
+            wait_until(lambda: len(recorder.snapshot()) == 3, 30, what="the 3 events after the lease was freed")
+            s = wait_until(lambda: (s := scrape(svc.base_url)) and value(s, "freedom_outbox_pending_rows") == 0 and s,
+                           10, what="no outbox row pending")
+            assert value(s, "freedom_outbox_oldest_pending_age_seconds") == 0
+    finally:
+        engine.dispose()
