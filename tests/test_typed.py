@@ -141,18 +141,8 @@ def test_openapi_has_no_event_routes_and_the_service_name_as_title(tmp_path):
         async def post_created_by(self, event_id: str, order: OrderCreated) -> None:
             return None
 
-    class CreatedController:
-        runtime: freedom.Runtime
-
-        async def post_by(self, event_id: str, order: OrderCreated) -> Response | None:  # POST /created/{event_id}
-            seen.add("created", event_id, order, self.runtime.request.headers)
-            if event_id == "FLAKY" and self.runtime.request.headers["x-retry-count"] == "0":
-                return Response(status_code=500)
-            return None
-
     def prepare(initiator: freedom.Initiator) -> None:
         initiator.bind_controller("/orders", OrderController)
-        initiator.bind_controller("/created", CreatedController)
 
         @initiator.fastapi.post("/api/paid/{event_id}")
         async def paid(event_id: str, paid: OrderPaid) -> None:
