@@ -10,8 +10,11 @@ Set FREEDOM_CONSOLE_SCREENSHOTS=docs/img to refresh the screenshots docs/console
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import os
+import threading
+import time
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -23,6 +26,7 @@ from starlette.responses import Response
 
 import freedom
 from freedom.config import load_app_config
+from freedom.console import routes
 from freedom.headers import REPLAY_COUNT_HEADER
 from freedom.ops.dlq import Filter
 from freedom.ops.replay import job_group
@@ -280,3 +284,24 @@ def test_console_refuses_forged_sessions_and_foreign_redirects(tmp_path, monkeyp
             assert http.get(base, headers=as_(session)).status_code == 401  # revoked
             api = http.get("/api/status", headers={"authorization": f"Bearer {TOKEN}"})
             assert api.status_code == 400 and "no consumer clients configured" in api.json()["error"]
+
+            # The Kafka work runs in a worker thread: while it is stuck, the event loop still serves.
+            stuck, entered = threading.Event(), threading.Event()
+            real = routes.app_target
+
+            def slow_target(app: Any) -> Any:
+                entered.set()
+                stuck.wait(30)
+                return real(app)
+
+            monkeypatch.setattr(routes, "app_target", slow_target)
+            bearer = {"authorization": f"Bearer {TOKEN}"}
+            with concurrent.futures.ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(httpx.get, f"{base}/api/status", headers=bearer, timeout=60)
+                assert entered.wait(30)
+                started = time.monotonic()
+                assert http.get("/login", timeout=10).status_code == 200  # answered by the same event loop
+                assert time.monotonic() - started < 5
+                assert not pending.done()
+                stuck.set()
+                assert pending.result(60).status_code == 400
