@@ -16,6 +16,7 @@ from importlib import metadata as _metadata
 from pathlib import Path as _Path
 
 from .application import Application, StartupError
+from .batch import Batch, BatchRecord, BatchSettings
 from .bus import Bus
 from .domain import Database, DomainEventError, Entity, EventNameError, UnitOfWork
 from .errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
@@ -47,6 +48,9 @@ __version__ = _version()
 
 __all__ = [
     "Application",
+    "Batch",
+    "BatchRecord",
+    "BatchSettings",
     "Bus",
     "Database",
     "DomainEventError",

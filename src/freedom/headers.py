@@ -56,3 +56,6 @@ REPLAY_OF_HEADER = "x-freedom-replay-of"  # the dead letter it is a replay of: "
 #: The `traceparent` of the `process` span of a record's first delivery; kept on its retry and
 #: dead-letter records (and replays), whose `process` spans link to it.
 FIRST_ATTEMPT_HEADER = "x-freedom-first-attempt"
+
+# --------------------------------------------------------------------------- batch delivery (batch.py, infra/kafka/batching.py)
+BATCH_HEADER = "x-freedom-batch"  # on a batch request: how many records its JSON envelope holds

@@ -14,6 +14,7 @@ from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 
+from .batch import BatchSettings
 from .controllers import Injectables, add_controller
 from .domain.events import event_topic
 from .errors import RouteError
@@ -47,6 +48,7 @@ class Initiator:
         self._controllers: dict[str, type] = {}
         self._method_routes: dict[Any, tuple[str, str, tuple[str, ...]]] = {}  # func -> (verb, path, params)
         self._events: list[tuple[str, Any]] = []
+        self._batches: dict[str, BatchSettings] = {}  # topic -> listen_event(..., batch=)
 
     def bind_controller(self, prefix: str, controller: type) -> None:
         """Route every verb-named method of `controller` under `prefix` (e.g. "/store")."""
@@ -58,16 +60,25 @@ class Initiator:
             self._method_routes[func] = (route.method, route.path, route.path_params)
         self._controllers[controller.__name__] = controller
 
-    def listen_event(self, topic: str, handler: str | Callable[..., Any]) -> None:
+    def listen_event(self, topic: str, handler: str | Callable[..., Any], *,
+                     batch: BatchSettings | None = None) -> None:
         """Deliver the records of `topic` to `handler`.
 
         `handler` is "Controller.method" (a bound controller's POST method), that method itself,
         or the endpoint function of a plain FastAPI POST route. Its path may have one parameter,
         which receives the message key.
+
+        With `batch=freedom.BatchSettings(max_records=..., max_wait_ms=...)` the handler gets many
+        records in one request and answers for each (`batch: freedom.Batch`, docs/scaling.md); its
+        path has no parameter then.
         """
         check = _checked_topic(topic)
         if any(t == check for t, _ in self._events):
             raise RouteError(f"listen_event: topic {check!r} already has a listener")
+        if batch is not None:
+            if not isinstance(batch, BatchSettings):
+                raise RouteError(f"listen_event({topic!r}): batch must be a freedom.BatchSettings, got {batch!r}")
+            self._batches[check] = batch
         self._events.append((check, handler))
 
     def publishes(self, topic: str, payload: Any = bytes, *, description: str | None = None) -> None:
@@ -122,7 +133,11 @@ class Initiator:
             raise RouteError(f"listen_event({topic!r}): the handler must be a POST route (name it post_...), it is {verb} {path}")
         if len(params) > 1:
             raise RouteError(f"listen_event({topic!r}): {path} has {len(params)} path parameters; an event route may have one, for the message key")
-        return EventRoute(topic, path, params[0] if params else None)
+        batch = self._batches.get(topic)
+        if batch is not None and params:
+            raise RouteError(f"listen_event({topic!r}, batch=...): {path} has a path parameter; a batch route takes "
+                             "none (each record's key is in the batch)")
+        return EventRoute(topic, path, params[0] if params else None, batch)
 
 
 def _checked_topic(topic: str) -> str:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
+from ...batch import BatchSettings
 from ...errors import FreedomError
 from ...headers import MESSAGE_KEY_HEADER, OUTCOME_HEADER, REASON_HEADERS, RETRY_COUNT_HEADER, SECRET_HEADER
 from ...outcomes import OUTCOMES, decode_reason, failure_detail
@@ -99,6 +100,7 @@ class EventRoute:
     topic: str
     path: str  # e.g. /store/sell/goods/{event_id}
     param: str | None  # the path parameter that receives the message key
+    batch: BatchSettings | None = None  # listen_event(..., batch=): records go in batches (infra/kafka/batching.py)
 
     def url_path(self, key: str) -> str:
         """The path of a delivery: `key` (an event id, or a key as text) percent-encoded in the parameter."""
@@ -140,6 +142,17 @@ class DeliveryResult:
         elif self.detail:
             what += f" ({self.detail})"
         return printable(what)  # the reason is the handler's text, an error may quote the service's
+
+
+@dataclass(frozen=True)
+class RawAnswer:
+    """A transport's answer to a request other than a per-record delivery (a batch): the status,
+    the raw outcome headers and the body (up to the size asked for)."""
+
+    status: int
+    outcome: str | None
+    reason: str | None
+    body: bytes
 
 
 def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -> list[tuple[bytes, bytes]]:

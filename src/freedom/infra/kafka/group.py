@@ -536,7 +536,10 @@ class GroupLoop:
         part = self._parts.get(tp)
         if part is None:
             plan = self.plans[tp[0]]
-            bound = self.sequential_backlog if plan.mode == "sequential" else max(plan.max_in_flight, 1)
+            if plan.mode == "sequential":  # a batch topic's partition holds at least one batch
+                bound = max(self.sequential_backlog, plan.route.batch.max_records if plan.route.batch else 0)
+            else:
+                bound = max(plan.max_in_flight, 1)
             part = self._parts[tp] = _Partition(tp, plan, bound)
             part.worker = asyncio.create_task(self._work(part), name=f"freedom-partition-{tp[0]}-{tp[1]}")
         if self._finished_below and tp in self._finished_below:
@@ -608,8 +611,14 @@ class GroupLoop:
                     self._unpause(part, "delay")
                     continue
             if slots is None:
-                task = self._start(part, self._taken(part), None, None)
-                await asyncio.wait({task})  # not cancelled with the worker: it drains on its own
+                # One record at a time; for a batch topic (batching.py) up to max_records fetched
+                # (and due) records at once, all finished before the next ones start.
+                most = part.plan.route.batch.max_records if part.plan.route.batch is not None else 1
+                tasks = {self._start(part, self._taken(part), None, None)}
+                while (part.pending and len(tasks) < most
+                       and (self.delay_sec is None or self._due(part.pending[0]) <= self.now())):
+                    tasks.add(self._start(part, self._taken(part), None, None))
+                await asyncio.wait(tasks)  # not cancelled with the worker: they drain on their own
                 continue
             await slots.acquire()
             if part.lost.is_set():

@@ -29,6 +29,7 @@ from typing import Any
 from ...config import ConsumerClientConfig
 from ...headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 from .admin import ensure_topics
+from .batching import Batcher
 from .delivery import DeliveryResult, EventRoute, Transport
 from .group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
 from .keys import record_key, where as _where
@@ -70,6 +71,7 @@ class ConsumerProxy:
                                          initial_offset="earliest", delay_sec=config.retry_interval_sec,
                                          drain_timeout=config.drain_timeout_sec, fetch_batch=fetch_batch))
         self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
+        self.batcher = Batcher(delivery)  # topics bound with listen_event(..., batch=): batching.py
         for group in self.groups:
             self.observer.attach(group)
         self.assigned = asyncio.Event()  # set once every group got its first assignment
@@ -140,7 +142,10 @@ class ConsumerProxy:
         backoff = 0.5
         while True:
             started = time.perf_counter()
-            result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
+            if plan.route.batch is None:
+                result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
+            else:  # in its topic's next batch; it settles on its own all the same
+                result = await self.batcher.deliver(record, plan, key, headers, n)
             step = self.router.plan(plan.source_topic, n, result)
             self.observer.delivered(record, plan, result, step, time.perf_counter() - started)
             where = _where(record, key) if step.next != "done" or result.outcome == "drop" else ""

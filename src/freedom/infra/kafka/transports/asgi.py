@@ -20,8 +20,8 @@ from urllib.parse import unquote
 
 from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
 from ....runtime import BODY_EXTENSION
-from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, keeps_body,
-                        request_headers, result_of)
+from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
+                        keeps_body, request_headers, result_of)
 
 log = logging.getLogger("freedom.kafka.delivery")
 
@@ -35,10 +35,11 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 class _Exchange:
     """One request/response exchange with the application: what `receive` gives and `send` keeps."""
 
-    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done", "answer")
+    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done", "answer", "keep")
 
-    def __init__(self, body: bytes) -> None:
+    def __init__(self, body: bytes, keep: int = 0) -> None:
         self.body: bytes | None = body
+        self.keep = keep  # keep this many bytes of any answer's body (a batch answer)
         self.answer: bytearray | None = None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
         self.status: int | None = None
         self.outcome: str | None = None
@@ -62,7 +63,7 @@ class _Exchange:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
-            if keeps_body(message["status"]):
+            if self.keep or keeps_body(message["status"]):
                 self.answer = bytearray()
             for k, v in message.get("headers") or ():
                 k = k.lower()
@@ -72,8 +73,9 @@ class _Exchange:
                     self.reason = v.decode("latin-1")
         elif kind == "http.response.body":
             kept = self.answer
-            if kept is not None and len(kept) < MAX_FAILURE_BODY:
-                kept += message.get("body", b"")[:MAX_FAILURE_BODY - len(kept)]
+            limit = self.keep or MAX_FAILURE_BODY
+            if kept is not None and len(kept) < limit:
+                kept += message.get("body", b"")[:limit - len(kept)]
             if not message.get("more_body", False):
                 self.complete = True
                 if self._done is not None:
@@ -153,6 +155,32 @@ class AsgiTransport:
             return DeliveryResult(error="the application returned without answering")
         return result_of(exchange.status, exchange.outcome, exchange.reason,
                          bytes(exchange.answer) if exchange.answer else None)
+
+    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
+                   keep_body: int) -> RawAnswer | DeliveryResult:
+        """Call the application with `POST path` (a batch, batching.py), keeping up to `keep_body`
+        bytes of the answer; a DeliveryResult when it gave no answer."""
+        out = [(k.lower(), v) for k, v in headers]
+        out.append((b"content-length", str(len(body)).encode()))
+        out.extend(self._extra)
+        scope = {"type": "http", "asgi": _ASGI, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": path, "raw_path": path.encode("ascii"), "query_string": b"", "root_path": "",
+                 "headers": out, "client": None, "server": None, "state": {},
+                 "extensions": {BODY_EXTENSION: body}}
+        exchange = _Exchange(body, keep_body)
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            if deadline.expired():
+                return DeliveryResult(error="timed out waiting for the handler")
+            log.exception("the application raised while handling the batch delivery to %s", path)
+            if exchange.status is None:
+                return DeliveryResult(status=500)
+        if exchange.status is None:
+            return DeliveryResult(error="the application returned without answering")
+        return RawAnswer(exchange.status, exchange.outcome, exchange.reason, bytes(exchange.answer or b""))
 
     async def aclose(self) -> None:
         return None

@@ -17,8 +17,8 @@ from typing import Any
 
 from ....errors import FreedomError
 from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
-from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, keeps_body,
-                        request_headers, result_of)
+from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
+                        keeps_body, request_headers, result_of)
 from .http1 import Http1Transport, wait_until_listening
 
 
@@ -98,6 +98,23 @@ class HttpTransport:
                 body = None
         return result_of(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER),
                          body)
+
+    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
+                   keep_body: int) -> RawAnswer | DeliveryResult:
+        """POST `body` to `path` (a batch, batching.py), keeping up to `keep_body` bytes of the answer."""
+        from pyreqwest.exceptions import PyreqwestError
+
+        client = self._client or self._open()
+        out = [(k.decode("ascii"), v.decode("utf-8")) for k, v in headers]
+        request = client.post(self.proxy_addr + path).headers(out).body_bytes(body).build()
+        try:
+            response = await request.send()
+            data = bytes(memoryview(await response.bytes())[:keep_body])
+        except TimeoutError:
+            return DeliveryResult(error="timed out waiting for the handler")
+        except PyreqwestError as exc:
+            return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
+        return RawAnswer(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER), data)
 
     async def aclose(self) -> None:
         if self._client is not None:

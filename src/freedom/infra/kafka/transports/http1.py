@@ -24,8 +24,8 @@ import httptools
 
 from ....errors import FreedomError
 from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
-from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RecordHeaders, UnsendableRecord, keeps_body,
-                        request_headers, result_of)
+from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
+                        keeps_body, request_headers, result_of)
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
@@ -74,6 +74,7 @@ class _Connection(asyncio.Protocol):
         self._answer = _Answer()
         self._headers_done = False
         self._waiter: asyncio.Future[_Answer] | None = None
+        self._keep = 0  # the current request keeps this many bytes of any answer's body (a batch answer)
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -113,13 +114,14 @@ class _Connection(asyncio.Protocol):
             return
         self._headers_done = True
         self._answer.status = status
-        if keeps_body(status):
+        if self._keep or keeps_body(status):
             self._answer.body = bytearray()
 
     def on_body(self, body: bytes) -> None:
         kept = self._answer.body
-        if kept is not None and len(kept) < MAX_FAILURE_BODY:
-            kept += body[:MAX_FAILURE_BODY - len(kept)]
+        limit = self._keep or MAX_FAILURE_BODY
+        if kept is not None and len(kept) < limit:
+            kept += body[:limit - len(kept)]
 
     def on_message_complete(self) -> None:
         if not self._headers_done:
@@ -133,9 +135,10 @@ class _Connection(asyncio.Protocol):
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_exception(exc)
 
-    async def exchange(self, request: bytes) -> _Answer:
-        """Send one request and wait for its whole answer."""
+    async def exchange(self, request: bytes, keep: int = 0) -> _Answer:
+        """Send one request and wait for its whole answer (keeping `keep` bytes of any answer's body)."""
         assert self.transport is not None
+        self._keep = keep
         self._answer = _Answer()
         self._headers_done = False
         self.answered_bytes = False
@@ -214,6 +217,31 @@ class Http1Transport:
             request = self._request(route, key, value, headers, retry_count)
         except UnsendableRecord as exc:
             return exc.result()
+        answer = await self._roundtrip(request)
+        if isinstance(answer, DeliveryResult):
+            return answer
+        return result_of(answer.status,
+                         answer.outcome.decode("latin-1") if answer.outcome is not None else None,
+                         answer.reason.decode("latin-1") if answer.reason is not None else None,
+                         bytes(answer.body) if answer.body else None)
+
+    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
+                   keep_body: int) -> RawAnswer | DeliveryResult:
+        """POST `body` to `path` (a batch, batching.py) and keep up to `keep_body` bytes of the answer;
+        a DeliveryResult (the error) when no answer came."""
+        lines = [b"POST ", (self._prefix + path).encode("ascii"), b" HTTP/1.1\r\n", self._fixed]
+        for name, val in headers:
+            lines += (name, b": ", val, b"\r\n")
+        lines += (b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body)
+        answer = await self._roundtrip(b"".join(lines), keep_body)
+        if isinstance(answer, DeliveryResult):
+            return answer
+        return RawAnswer(answer.status, answer.outcome.decode("latin-1") if answer.outcome is not None else None,
+                         answer.reason.decode("latin-1") if answer.reason is not None else None,
+                         bytes(answer.body or b""))
+
+    async def _roundtrip(self, request: bytes, keep: int = 0) -> _Answer | DeliveryResult:
+        """Send `request` on a pooled connection and read its answer; a DeliveryResult on failure."""
         async with self._slots:
             conn: _Connection | None = None
             try:
@@ -221,7 +249,7 @@ class Http1Transport:
                     conn = self._take_idle()
                     if conn is not None:
                         try:
-                            answer = await conn.exchange(request)
+                            answer = await conn.exchange(request, keep)
                         except ConnectionError:
                             # The service closed a kept-alive connection as it was reused (its idle
                             # timeout): nothing of the answer came, so send it once more on a new one.
@@ -231,7 +259,7 @@ class Http1Transport:
                             conn = None
                     if conn is None:
                         conn = await self._connect()
-                        answer = await conn.exchange(request)
+                        answer = await conn.exchange(request, keep)
             except TimeoutError:
                 self._drop(conn)
                 return DeliveryResult(error="timed out waiting for the handler")
@@ -245,10 +273,7 @@ class Http1Transport:
                 self._idle.append(conn)
             else:
                 self._drop(conn)
-        return result_of(answer.status,
-                         answer.outcome.decode("latin-1") if answer.outcome is not None else None,
-                         answer.reason.decode("latin-1") if answer.reason is not None else None,
-                         bytes(answer.body) if answer.body else None)
+        return answer
 
     async def aclose(self) -> None:
         for conn in list(self._open):

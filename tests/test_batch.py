@@ -1,0 +1,133 @@
+"""Batch delivery (listen_event(..., batch=)): batches of at most max_records, per-record outcomes
+(ok committed, retry via retry-T, dead-letter with its reason, drop), and the commit rule across
+batches, over HTTP/1.1 and in-process, on Apache Kafka. Plus the answer rule on its own."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import freedom
+from freedom.infra.kafka.batching import results_of
+from freedom.infra.kafka.delivery import DeliveryResult, RawAnswer
+from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.batches: list[list[dict[str, Any]]] = []
+
+    def add(self, batch: freedom.Batch) -> None:
+        with self.lock:
+            self.batches.append([{"key": (r.key or b"").decode(), "retry": r.retry_count, "offset": r.offset,
+                                  "topic": r.topic, "value": r.data, "action": r.header("x-action")}
+                                 for r in batch.records])
+
+    def records(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [r for b in self.batches for r in b]
+
+
+def _service(tmp_path: Path, bootstrap: str, topic: str, seen: _Seen, gate: threading.Event, delivery: str,
+             group: str) -> ServiceThread:
+    class OrderController:
+        async def post_orders(self, batch: freedom.Batch) -> dict[str, Any]:
+            seen.add(batch)
+            for record in batch.records:
+                key = (record.key or b"").decode()
+                if key == "K-SLOW":
+                    while not gate.is_set():  # holds its whole batch: the commit must wait for it
+                        await asyncio.sleep(0.05)
+                elif key == "K-RETRY" and record.retry_count == 0:
+                    batch.retry(record, "stock service down")
+                elif key == "K-DEAD":
+                    batch.dead_letter(record, "amount must be positive")
+                elif key == "K-DROP":
+                    batch.drop(record, "duplicate")
+            return batch.answer()
+
+    def prepare(initiator: freedom.Initiator) -> None:
+        initiator.bind_controller("/shop", OrderController)
+        initiator.listen_event(topic, "OrderController.post_orders",
+                               batch=freedom.BatchSettings(max_records=5, max_wait_ms=50))
+
+    port = free_port()
+    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
+                 kafka=kafka_config(bootstrap, port, group_id=group, delivery=delivery, retry_group_id=f"r-{group}",
+                                    retry_count=1, retry_interval_sec=0.5, mode="concurrent", max_in_flight=50,
+                                    settings={"session.timeout.ms": 6000}))
+    return ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[prepare]))
+
+
+def test_batches_settle_each_record_on_its_own(apache_kafka, new_topic, tmp_path, delivery):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    seen, gate = _Seen(), threading.Event()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    plain = [f"K{i:02d}" for i in range(17)]
+    with _service(tmp_path, bootstrap, topic, seen, gate, delivery, group):
+        [slow] = produce(bootstrap, topic, [{"key": b"K-SLOW", "value": b'{"n": -1}'}])
+        wait_until(lambda: any(r["key"] == "K-SLOW" for r in seen.records()), 20, what="the slow record's batch")
+        keys = plain[:8] + ["K-RETRY", "K-DEAD", "K-DROP"] + plain[8:]
+        sent = produce(bootstrap, topic, [{"key": k.encode(), "value": b'{"n": 1}', "headers": [("x-action", b"buy")]}
+                                          for k in keys])
+        end = sent[-1].offset() + 1
+        wait_until(lambda: {r["key"] for r in seen.records()} >= set(keys)
+                   and any(r["key"] == "K-RETRY" and r["retry"] == 1 for r in seen.records()), 30,
+                   what="every record, and K-RETRY again from the retry topic")
+        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.5)
+        # Every later record settled, but K-SLOW has not: the commit stays at it.
+        assert committed(bootstrap, group, topic) == [slow.offset()]
+        gate.set()
+        wait_until(lambda: committed(bootstrap, group, topic) == [end], 20, what="the commit to the end")
+        retries = read_topic(bootstrap, f"retry-{topic}", expect=1, settle=0.5)
+    batches = seen.batches
+    assert all(1 <= len(b) <= 5 for b in batches), [len(b) for b in batches]
+    assert any(len(b) > 1 for b in batches), "records were never batched"
+    main = [(r["key"], r["retry"]) for r in seen.records() if r["topic"] == topic]
+    assert sorted(main) == sorted((k, 0) for k in ["K-SLOW", *keys]), "each record once from the main topic"
+    again = [r for r in seen.records() if r["topic"] == f"retry-{topic}"]
+    assert [(r["key"], r["retry"], r["value"], r["action"]) for r in again] == [("K-RETRY", 1, b'{"n": 1}', "buy")]
+    assert [r.key() for r in retries] == [b"K-RETRY"]
+    assert [r.key() for r in dead] == [b"K-DEAD"]
+    h = headers_of(dead[0])
+    assert "amount must be positive" in h["x-freedom-error"] and h["x-action"] == "buy"
+    assert h["x-freedom-original-offset"] == str(sent[keys.index("K-DEAD")].offset())
+
+
+def test_handler_helper_and_the_answer_rule():
+    batch = freedom.Batch.model_validate({"topic": "t", "records": [
+        {"id": "0-1", "event_id": "k1", "value": '{"a": 1}', "headers": [["x-message-key", "k1"], ["x-a", "b"]]},
+        {"id": "0-2", "event_id": "~b64.AP8", "value": "AP8=", "value_encoding": "base64",
+         "headers": [["x-freedom-key", "AP8"]]},
+    ]})
+    one, two = batch.records
+    assert one.load() == {"a": 1} and one.parse(dict) == {"a": 1} and one.key == b"k1" and one.header("X-A") == "b"
+    assert two.data == b"\x00\xff" and two.key == b"\x00\xff"
+    batch.dead_letter(two, "bad")
+    answer = batch.answer()
+    assert answer == {"statuses": [{"id": "0-1", "status": "ok"}, {"id": "0-2", "status": "dead-letter", "reason": "bad"}]}
+    ids = ["0-1", "0-2", "0-3"]
+    ok = RawAnswer(200, None, None, json.dumps({"statuses": [*answer["statuses"], {"id": "0-3", "status": "bogus"}]}).encode())
+    r1, r2, r3 = results_of(ok, ids)
+    assert r1.ok and r2.outcome == "dead-letter" and r2.reason == "bad"
+    assert not r3.ok and "bogus" in (r3.error or "")
+    # A whole-request failure counts for every record; so does an answer that is not the envelope.
+    assert all(not r.ok and r.status == 503 for r in results_of(RawAnswer(503, None, None, b""), ids))
+    assert all(r.outcome == "retry" for r in results_of(RawAnswer(200, "retry", "later", b""), ids))
+    assert all(not r.ok for r in results_of(RawAnswer(200, None, None, b"<html>"), ids))
+    assert all(not r.ok for r in results_of(DeliveryResult(error="ConnectError"), ids))
+    # A record the statuses leave out is retried; an empty 2xx answer is ok for all.
+    assert [r.ok for r in results_of(RawAnswer(200, None, None, b'{"statuses": [{"id": "0-2", "status": "ok"}]}'), ids)] \
+        == [False, True, False]
+    assert all(r.ok for r in results_of(RawAnswer(204, None, None, b""), ids))
+    with pytest.raises(freedom.RouteError):
+        freedom.BatchSettings(max_records=0)
