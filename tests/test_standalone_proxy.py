@@ -1,0 +1,229 @@
+"""`freedom proxy`: the consumer proxy alone, delivering to an HTTP service not written with freedom.
+
+The endpoint is the standard library's http.server (HTTP/1.1, keep-alive), on 127.0.0.1; the proxy
+runs as `freedom proxy --config DIR` in a subprocess, on Apache Kafka.
+"""
+
+from __future__ import annotations
+
+import http.server
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from confluent_kafka.admin import AdminClient
+
+from freedom.testing import free_port, wait_until, write_config
+from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+
+SECRET = "s3cret-for-the-endpoint-0123"
+
+
+@dataclass
+class Call:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+class Endpoint:
+    """A plain HTTP/1.1 service: records every POST; `/fail/...` answers 500, `/a/HOLD...` waits
+    until released (a delivery in flight), everything else 200."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                with endpoint.lock:
+                    endpoint.calls.append(Call(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+                if self.path.startswith("/a/HOLD"):
+                    endpoint.release.wait(60)
+                status, answer = (500, b"boom") if self.path.startswith("/fail/") else (200, b"")
+                self.send_response(status)
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def of(self, prefix: str) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.path.startswith(prefix)]
+
+    def __enter__(self) -> "Endpoint":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Proxy:
+    """`freedom proxy --config DIR --listen 127.0.0.1:PORT` in its own process group."""
+
+    def __init__(self, config: Path, log: Path, **env: str) -> None:
+        self.port = free_port()
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "freedom.cli", "proxy", "--config", str(config), "--listen", f"127.0.0.1:{self.port}"],
+            env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=5) as answer:
+                return answer.status, answer.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
+
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        def ready() -> bool:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"freedom proxy exited with {self.proc.returncode}: {self.log.read_text()}")
+            return self.get("/readyz")[0] == 200
+
+        wait_until(ready, timeout, interval=0.2, what=f"freedom proxy to be ready (log: {self.log})")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, sig)
+        self.proc.wait(30)
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    with Endpoint() as e:
+        yield e
+
+
+def _config(tmp_path: Path, bootstrap: str, group: str, subscriptions: list[dict[str, Any]], **client: Any) -> Path:
+    return write_config(tmp_path / "conf", kafka={
+        "consumer_clients": [{"servers": [bootstrap], "group_id": group, "retry_group_id": f"r-{group}",
+                              "settings": {"session.timeout.ms": 6000}, **client}],
+        "subscriptions": subscriptions,
+    })
+
+
+def test_delivers_to_a_plain_http_service_with_retries_dead_letters_and_the_secret(apache_kafka, new_topic, tmp_path,
+                                                                                  endpoint):
+    bootstrap = apache_kafka.bootstrap
+    orders, payments = new_topic(bootstrap), new_topic(bootstrap)
+    group = f"sp-{uuid.uuid4().hex[:8]}"
+    base = f"http://127.0.0.1:{endpoint.port}"
+    config = _config(tmp_path, bootstrap, group, [
+        {"topic": orders, "url": base + "/events/{key}?source=kafka", "secret": SECRET},
+        {"topic": payments, "url": base + "/fail/{key}", "mode": "concurrent", "retry_count": 1,
+         "retry_interval_sec": 0.5},
+    ], retry_count=0)
+    proxy = Proxy(config, tmp_path / "proxy.log")
+    try:
+        proxy.wait_ready()
+        produce(bootstrap, orders, [{"key": b"order/7", "value": b'{"id": 7}', "headers": [("x-action", b"buy")]}])
+        produce(bootstrap, payments, [{"key": b"K-FAIL", "value": b"p", "headers": [("x-action", b"pay")]}])
+        [call] = wait_until(lambda: endpoint.of("/events/"), 30, what="the delivery of the order")
+        assert call.path == "/events/order%2F7?source=kafka"  # the URL template, the key percent-encoded
+        assert call.body == b'{"id": 7}'
+        h = call.headers
+        assert h["x-message-key"] == "order/7" and h["x-retry-count"] == "0" and h["x-action"] == "buy"
+        assert h["x-freedom-secret"] == SECRET and h["content-type"] == "application/json"
+        assert h["host"] == f"127.0.0.1:{endpoint.port}"
+
+        dead = read_topic(bootstrap, f"fail-{payments}", expect=1, settle=1.0, timeout=30)
+        fails = endpoint.of("/fail/")
+        assert [c.headers["x-retry-count"] for c in fails] == ["0", "1"]  # the subscription's retry_count
+        assert all(c.path == "/fail/K-FAIL" and "x-freedom-secret" not in c.headers for c in fails)
+        assert len(dead) == 1 and dead[0].key() == b"K-FAIL" and dead[0].value() == b"p"
+        d = headers_of(dead[0])
+        assert d["x-freedom-original-topic"] == payments and d["x-freedom-status"] == "500"
+        assert d["x-freedom-error"].startswith("HTTP 500") and d["x-retry-count"] == "1" and d["x-action"] == "pay"
+        assert "content-type" not in d  # the record is the record; content-type is only on the delivery
+
+        wait_until(lambda: committed(bootstrap, group, orders) == [1], 20, what="the order's commit")
+        status, text = proxy.get("/metrics")
+        assert status == 200 and f'messaging_destination_name="{orders}"' in text
+        assert proxy.get("/livez")[0] == 200
+        assert json.loads(proxy.get("/readyz")[1]) == {"status": "ready"}
+        report = subprocess.run([sys.executable, "-m", "freedom.cli", "status", "--config", str(config)],
+                                capture_output=True, text=True, timeout=60)
+        assert report.returncode == 0, report.stderr
+        assert group in report.stdout and orders in report.stdout and payments in report.stdout
+    finally:
+        proxy.stop()
+    assert proxy.proc.returncode == 0, proxy.log.read_text()
+    assert "Traceback" not in proxy.log.read_text()
+
+
+def _members(bootstrap: str, group: str) -> list[set[int]]:
+    """The partitions each member of `group` holds, once the group is stable."""
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    desc = admin.describe_consumer_groups([group])[group].result(10)
+    if str(desc.state).split(".")[-1] != "STABLE":
+        return []
+    return [{tp.partition for tp in m.assignment.topic_partitions} for m in desc.members]
+
+
+def test_two_instances_share_the_partitions_and_a_sigkill_redelivers_only_the_uncommitted(
+        apache_kafka, new_topic, tmp_path, endpoint):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap, partitions=2)
+    group = f"sp2-{uuid.uuid4().hex[:8]}"
+    base = f"http://127.0.0.1:{endpoint.port}"
+    config = _config(tmp_path, bootstrap, group, [{"topic": topic, "url": base + "/b/{key}"}])
+    # The same config; instance A delivers to /a/ (an environment override), so each call names its instance.
+    a = Proxy(config, tmp_path / "a.log", FREEDOM_KAFKA__SUBSCRIPTIONS__0__URL=base + "/a/{key}")
+    b = Proxy(config, tmp_path / "b.log")
+    try:
+        a.wait_ready()
+        b.wait_ready()
+        members = wait_until(lambda: (m := _members(bootstrap, group)) and len(m) == 2 and all(m) and m, 30,
+                             what="both instances to hold a partition")
+        assert sorted(p for m in members for p in m) == [0, 1]
+        keys = {p: [f"P{p}-{i}" if i != 2 else f"HOLD-{p}" for i in range(5)] for p in (0, 1)}
+        produce(bootstrap, topic, [{"key": k.encode(), "value": b"v", "partition": p}
+                                   for p in (0, 1) for k in keys[p]])
+        # A delivers its partition up to the held record; B delivers all of its own.
+        wait_until(lambda: len(endpoint.of("/a/")) == 3 and len(endpoint.of("/b/")) == 5, 30,
+                   what="A to hold its third record and B to deliver its five")
+        a_keys = [c.path.split("/")[2] for c in endpoint.of("/a/")]
+        p_a = 0 if a_keys[0].startswith(("P0", "HOLD-0")) else 1
+        assert a_keys == keys[p_a][:3]
+        assert [c.path.split("/")[2] for c in endpoint.of("/b/")] == keys[1 - p_a]
+        # The two records A finished are committed; the held one is not.
+        wait_until(lambda: committed(bootstrap, group, topic, 2)[p_a] == 2, 20, what="A's commit of its first two")
+        a.stop(signal.SIGKILL)
+        # B takes A's partition over (after A's session times out) from the committed offset.
+        wait_until(lambda: len(endpoint.of("/b/")) == 8, 45, what="B to deliver A's uncommitted records")
+        taken = [c.path.split("/")[2] for c in endpoint.of("/b/")[5:]]
+        assert taken == keys[p_a][2:]  # the held record and the two behind it; none of the committed two
+        wait_until(lambda: committed(bootstrap, group, topic, 2) == [5, 5], 20, what="B's commits")
+    finally:
+        endpoint.release.set()
+        a.stop(signal.SIGKILL)
+        b.stop()
+    assert b.proc.returncode == 0, b.log.read_text()
