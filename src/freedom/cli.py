@@ -103,6 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from .ops.cli import COMMANDS as OPS_COMMANDS, add_parsers as add_ops_parsers, run as run_ops
 
     add_ops_parsers(sub)  # status, dlq list|show|replay, offsets reset (docs/operations.md)
+    from .standalone import add_parser as add_proxy_parser, command as proxy_command
+
+    add_proxy_parser(sub)  # freedom proxy: the consumer proxy alone (docs/standalone-proxy.md)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise
@@ -115,6 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             asyncapi_command(args)
         if args.command in OPS_COMMANDS:
             return run_ops(args)
+        if args.command == "proxy":
+            return proxy_command(args)
     except FreedomError as exc:
         print(f"freedom: error: {exc}", file=sys.stderr)
         return 2

@@ -22,12 +22,13 @@ from pydantic import BaseModel, ValidationError
 from .config_env import (PREFIXES, KeyPath, Overlay, Root, Source, check_stray, env_error, env_name,
                          field_kind, field_order, file_sources, known_names, model_at, norm, one_line)
 from .config_models import (CONSUME_MODES, LOG_LEVELS, MAX_SECONDS, SECRET_FIELDS, AppModel, ConsumerClient,
-                            KafkaModel, Problem, ProducerClient, check_listen_addr, check_seconds, type_name)
+                            KafkaModel, Problem, ProducerClient, Subscription, check_listen_addr, check_seconds,
+                            type_name)
 from .errors import ConfigError
 from .outcomes import DEAD_LETTER_STATUSES
 
 __all__ = ["AppConfig", "KafkaConfig", "ProducerClientConfig", "ConsumerClientConfig", "TopicConsumeConfig",
-           "ConfigEntry", "CONSUME_MODES", "LOG_LEVELS", "MAX_SECONDS", "ConfigError", "check_seconds",
+           "ConfigEntry", "SubscriptionConfig", "CONSUME_MODES", "LOG_LEVELS", "MAX_SECONDS", "ConfigError", "check_seconds",
            "find_config_dir", "load_app_config", "load_kafka_config", "check_topic_overrides"]
 
 CONFIG_ENV = "FREEDOM_PROJECT_CONFIG"
@@ -151,6 +152,24 @@ class TopicConsumeConfig:
 
 
 @dataclass(frozen=True)
+class SubscriptionConfig:
+    """One `[[subscriptions]]` entry (`freedom proxy`): a topic, the URL its records go to, and how.
+    None: the consumer client's (or `[consumer]`'s) value."""
+
+    topic: str
+    url: str  # may hold {key} (config_models.URL_KEY_PLACEHOLDER)
+    group_id: str | None = None  # the consumer client (None: the first)
+    mode: str | None = None
+    max_in_flight: int | None = None
+    timeout_sec: float = 30.0
+    http2: bool | None = None
+    secret: str | None = field(default=None, repr=False)
+    retry_count: int | None = None
+    retry_interval_sec: float | None = None
+    dead_letter_statuses: frozenset[int] | None = None
+
+
+@dataclass(frozen=True)
 class KafkaConfig:
     """`conf/infra/kafka.toml`, keys as in the seed plus a few documented additions."""
 
@@ -160,6 +179,7 @@ class KafkaConfig:
     producer_open: bool = False
     producer_clients: tuple[ProducerClientConfig, ...] = ()
     consumer_clients: tuple[ConsumerClientConfig, ...] = ()
+    subscriptions: tuple[SubscriptionConfig, ...] = ()  # `freedom proxy` only (standalone.py)
     file: str = "kafka.toml"
     proxy_secret: str | None = field(default=None, repr=False)  # [consumer] secret / secret_env (security.py)
     # False when proxy_addr was not given (file or environment): it then follows the listen address.
@@ -322,7 +342,7 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     model: KafkaModel | None = loaded.validate() if loaded.exists or loaded.from_env else None
     targets = set()
     if model is not None:  # variables named by a *_env key are the user's secrets, not typos
-        clients: list[Any] = [model.consumer, *model.producer_clients, *model.consumer_clients]
+        clients: list[Any] = [model.consumer, *model.producer_clients, *model.consumer_clients, *model.subscriptions]
         targets = {v for c in clients for k in ("secret_env", "sasl_password_env", "ssl_key_password_env")
                    if isinstance(v := getattr(c, k, None), str)}
     check_stray(environ, targets, [*known_names("app", AppModel), *known_names("kafka", KafkaModel)])
@@ -344,11 +364,20 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     return KafkaConfig(
         consumer_open=model.consumer.open, proxy_addr=model.consumer.proxy_addr,
         proxy_http2=model.consumer.proxy_http2, producer_open=model.producer.open,
-        producer_clients=tuple(producer_clients), consumer_clients=tuple(consumer_clients), file=loaded.file,
+        producer_clients=tuple(producer_clients), consumer_clients=tuple(consumer_clients),
+        subscriptions=tuple(_subscription(s) for s in model.subscriptions), file=loaded.file,
         proxy_secret=model.consumer._secret,
         proxy_addr_explicit=isinstance(consumer, dict) and "proxy_addr" in consumer,
         entries=tuple(entries), sources={dotted(k): v.where for k, v in loaded.sources.items()},
     )
+
+
+def _subscription(s: Subscription) -> SubscriptionConfig:
+    return SubscriptionConfig(
+        topic=s.topic, url=s.url, group_id=s.group_id, mode=s.mode, max_in_flight=s.max_in_flight,
+        timeout_sec=s.timeout_sec, http2=s.http2, secret=s._secret, retry_count=s.retry_count,
+        retry_interval_sec=s.retry_interval_sec,
+        dead_letter_statuses=frozenset(s.dead_letter_statuses) if s.dead_letter_statuses is not None else None)
 
 
 def _consumer_client(c: ConsumerClient) -> ConsumerClientConfig:

@@ -48,7 +48,7 @@ ALTERNATES = {"secret": "secret_env", "sasl_password": "sasl_password_env", "ssl
 ALTERNATES.update({v: k for k, v in list(ALTERNATES.items())})
 
 #: The key naming a client entry, per list of clients.
-IDENTITY = {"producer_clients": "name", "consumer_clients": "group_id"}
+IDENTITY = {"producer_clients": "name", "consumer_clients": "group_id", "subscriptions": "topic"}
 
 KeyPath = tuple[str | int, ...]  # a key's place in a file: ("consumer_clients", 0, "group_id")
 
@@ -301,7 +301,7 @@ class Overlay:
                 entries.append({})
         else:
             identity = IDENTITY[name]
-            default = {"name": "", "group_id": "freedom"}[identity]
+            default = {"name": "", "group_id": "freedom"}.get(identity, "")
             found = [i for i, e in enumerate(entries) if isinstance(e, dict) and norm(str(e.get(identity, default))) == seg]
             if found:
                 index = found[0]
