@@ -1,0 +1,154 @@
+"""The wire contract with Go freedom services (the 2020-era framework, `8treenet/freedom`) on the same topics.
+
+Records are shaped exactly as that service writes them (infra/kafka/msg.go, retry.go there): the
+key is a version-1 UUID's 32 hex digits in upper case; the headers are `x-freedom-bus` (the bus as
+JSON, the trace id under `TRACE-ID`) and the publisher's own, raw UTF-8 (`x-action: 购买`); no
+content-type; a retry record carries only a decimal `x-retry-count`. Both directions through the
+retry topics: a Go retry record read by the Python proxy's retry group, and the retry record the
+Python proxy writes, checked for what the Go retry consumer reads (the topic `{retry_prefix}T`,
+the key and value as they were, one `x-retry-count` that `strconv.Atoi` takes, the record time
+for its delay, header values its HTTP client can send).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+from starlette.responses import Response
+
+import freedom
+from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from freedom.tracing import TraceContext, inject_trace
+from tests.services.kafka_tools import create_topic, headers_of, produce, read_topic
+
+ACTION = "购买".encode()  # the Go example's x-action ("buy"), raw UTF-8
+
+
+def go_key() -> bytes:
+    """A message key as Go freedom makes one: a version-1 UUID, dashes removed, upper case."""
+    return uuid.uuid1().hex.upper().encode()
+
+
+def go_bus(trace_id: str) -> bytes:
+    """The `x-freedom-bus` header of a Go freedom service whose trace middleware set TRACE-ID."""
+    return b'{"TRACE-ID":"' + trace_id.encode() + b'"}'
+
+
+@dataclass
+class Seen:
+    key: str
+    headers: dict[str, str]
+    body: bytes
+    trace_id: str
+    bus: dict[str, Any]
+
+
+@dataclass
+class Service:
+    topic: str
+    bootstrap: str
+    seen: list[Seen]
+    fail: dict[str, int]  # key -> how many deliveries fail before one succeeds
+
+
+@pytest.fixture(scope="module")
+def service(apache_kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+    """A Python freedom service on topic T with retry_count 2, whose handler notes what it saw."""
+    bootstrap = apache_kafka.bootstrap
+    topic = create_topic(bootstrap, f"go-{uuid.uuid4().hex[:8]}")
+    create_topic(bootstrap, f"retry-{topic}")
+    create_topic(bootstrap, f"fail-{topic}")
+    seen: list[Seen] = []
+    fail: dict[str, int] = {}
+
+    class StoreController:
+        runtime: freedom.Runtime
+
+        async def post_goods_by(self, event_id: str) -> Response:
+            rt = self.runtime
+            seen.append(Seen(event_id, dict(rt.request.headers.items()), await rt.request.body(), rt.trace_id,
+                             dict(rt.bus)))
+            left = fail.get(event_id, 0)
+            if left:
+                fail[event_id] = left - 1
+                return Response(status_code=500)
+            return Response(status_code=200)
+
+    def prepare(initiator: freedom.Initiator) -> None:
+        initiator.bind_controller("/store", StoreController)
+        initiator.listen_event(topic, "StoreController.post_goods_by")
+
+    port = free_port()
+    group = f"go-{uuid.uuid4().hex[:8]}"
+    config = write_config(Path(tmp_path_factory.mktemp("go")), app={"listen_addr": f"127.0.0.1:{port}"},
+                          kafka=kafka_config(bootstrap, port, group_id=group, retry_group_id=f"r-{group}",
+                                             retry_count=2, retry_interval_sec=0.5, initial_offset="earliest",
+                                             settings={"session.timeout.ms": 6000}))
+    with ServiceThread(freedom.Application(config_dir=config, prepare=[prepare])):
+        yield Service(topic, bootstrap, seen, fail)
+
+
+def _valid_http_value(value: bytes) -> bool:
+    """What Go's net/http sends as a header value: no control characters but tab."""
+    return not re.search(rb"[\x00-\x08\x0a-\x1f\x7f]", value)
+
+
+def test_a_go_record_is_delivered_with_its_trace_id_and_its_python_retry_record_is_what_go_reads(service):
+    key, trace = go_key(), uuid.uuid1().hex
+    service.fail[key.decode()] = 1
+    sent = time.time()
+    produce(service.bootstrap, service.topic, [{"key": key, "value": b'{"goodsId":1,"num":2}',
+                                                "headers": [("x-freedom-bus", go_bus(trace)), ("x-action", ACTION)]}])
+    calls = wait_until(lambda: [s for s in service.seen if s.key == key.decode()][:2]
+                       if len([s for s in service.seen if s.key == key.decode()]) >= 2 else None,
+                       30, what="the Go record's delivery and its retry")
+    first, again = calls
+    assert first.body == b'{"goodsId":1,"num":2}'
+    assert first.headers["x-message-key"] == key.decode() and first.headers["x-action"] == "购买"
+    assert first.headers["content-type"] == "application/json"  # the Go side sends none: JSON is assumed
+    assert first.trace_id == trace and again.trace_id == trace  # TRACE-ID becomes the Python trace id
+    assert first.bus == {"TRACE-ID": trace}
+    assert [first.headers["x-retry-count"], again.headers["x-retry-count"]] == ["0", "1"]
+    # What the Python proxy publishes on goes on in the same trace.
+    assert inject_trace(TraceContext(first.trace_id))["traceparent"].split("-")[1] == trace
+
+    # The retry record the Python proxy wrote, as the Go retry consumer reads it (retry.go).
+    [record] = [r for r in read_topic(service.bootstrap, f"retry-{service.topic}", expect=1, settle=0.5)
+                if r.key() == key]
+    assert record.topic() == "retry-" + service.topic  # the topic is the prefix trimmed off
+    assert record.value() == b'{"goodsId":1,"num":2}'  # key and value as they were
+    raw = record.headers()
+    counts = [v for k, v in raw if k == "x-retry-count"]
+    assert counts == [b"1"] and int(counts[0].decode()) == 1  # one, decimal: strconv.Atoi takes it
+    assert dict(raw)["x-freedom-bus"] == go_bus(trace) and dict(raw)["x-action"] == ACTION  # byte for byte
+    assert not any(k.lower() == "content-type" for k, _ in raw)  # nothing the Go side did not send
+    assert all(_valid_http_value(v or b"") for _, v in raw), raw  # its HTTP client can send every header
+    kind, stamp = record.timestamp()
+    assert kind == 1 and sent - 5 <= stamp / 1000 <= time.time() + 5  # CreateTime, now: its delay counts from it
+
+
+def test_a_go_retry_record_is_delivered_by_the_retry_group_and_dead_lettered_without_invented_reasons(service):
+    key, trace = go_key(), uuid.uuid1().hex
+    service.fail[key.decode()] = 99
+    # A Go service's retry record on its last retry (x-retry-count == retry_count: its next stop is fail-T).
+    produce(service.bootstrap, f"retry-{service.topic}", [{
+        "key": key, "value": b'{"goodsId":2}',
+        "headers": [("x-freedom-bus", go_bus(trace)), ("x-action", ACTION), ("x-retry-count", b"2")]}])
+    [dead] = [r for r in read_topic(service.bootstrap, f"fail-{service.topic}", expect=1, settle=0.5, timeout=30)
+              if r.key() == key]
+    [call] = [s for s in service.seen if s.key == key.decode()]
+    assert call.headers["x-retry-count"] == "2" and call.trace_id == trace and call.headers["x-action"] == "购买"
+    h = headers_of(dead)
+    assert dead.value() == b'{"goodsId":2}'
+    assert h["x-freedom-original-topic"] == service.topic  # known: the topic retry-T retries
+    # Not known, so not invented: the Go record never said where it was first read, or when it failed.
+    assert not {"x-freedom-original-partition", "x-freedom-original-offset", "x-freedom-first-failure-time"} & set(h)
+    assert h["x-retry-count"] == "2" and h["x-freedom-status"] == "500" and h["x-freedom-error"] == "HTTP 500"
+    raw = dict(dead.headers())
+    assert raw["x-freedom-bus"] == go_bus(trace) and raw["x-action"] == ACTION
