@@ -11,10 +11,13 @@ carry the trace on, so the producer's and the handler's log lines share one trac
 
 from __future__ import annotations
 
+import json
 import re
 import secrets
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
+
+from .headers import BUS_HEADER
 
 try:  # optional: OpenTelemetry's API (no SDK needed)
     from opentelemetry import context as otel_context
@@ -57,6 +60,33 @@ def parse_traceparent(value: str | bytes | None) -> str | None:
     return m.group(1)
 
 
+#: The bus key a Go freedom service keeps its trace id under (`middleware.NewTrace("TRACE-ID")`),
+#: compared without regard to case; its value is a UUID's 32 hex digits (dashes are ignored).
+GO_TRACE_KEY = "trace-id"
+_GO_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+_MAX_BUS_BYTES = 8 * 1024  # bus.MAX_BUS_BYTES (bus.py imports nothing of this module's; kept apart)
+
+
+def go_trace_id(bus: str | bytes | None) -> str | None:
+    """The trace id a Go freedom service put in its `x-freedom-bus` header (`{"TRACE-ID": "…"}`), as
+    32 lower-case hex digits; None when there is none, or it is not 32 hex digits, or the header is
+    not a JSON object. Never raises: the header is untrusted input."""
+    if not bus or len(bus) > _MAX_BUS_BYTES:
+        return None
+    try:
+        value = json.loads(bus)
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+        return None
+    if not isinstance(value, dict):
+        return None
+    for key, item in value.items():
+        if key.lower() == GO_TRACE_KEY and isinstance(item, str):
+            text = item.replace("-", "").strip().lower()
+            if _GO_TRACE_ID.fullmatch(text) and text != "0" * 32:
+                return text
+    return None
+
+
 def make_traceparent(trace_id: str, sampled: bool = True) -> str:
     """A `traceparent` for a new span (a message send) in the given trace."""
     return f"00-{trace_id}-{_new_span_id()}-{'01' if sampled else '00'}"
@@ -72,12 +102,18 @@ class TraceContext:
 
 
 def extract_trace(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> TraceContext:
-    """The trace context of incoming headers (HTTP request or delivered record); a new trace if none."""
+    """The trace context of incoming headers (HTTP request or delivered record); a new trace if none.
+
+    Without a valid `traceparent`, a Go freedom service's trace id (`TRACE-ID` in `x-freedom-bus`,
+    :func:`go_trace_id`) is the trace id, so that the Go and the Python log lines of one request
+    share it."""
     items = headers.items() if isinstance(headers, Mapping) else headers
     carrier = {k.lower(): v for k, v in items}
     if otel_propagate is not None:
         ctx = otel_propagate.extract(carrier)
         span = otel_trace.get_current_span(ctx).get_span_context()
+        if not span.is_valid and (go := go_trace_id(carrier.get(BUS_HEADER))) is not None:
+            return TraceContext(go, True, ctx)
         if not span.is_valid:  # no header: maybe the service's own instrumentation started a span
             ctx = otel_context.get_current()
             span = otel_trace.get_current_span(ctx).get_span_context()
@@ -87,7 +123,7 @@ def extract_trace(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> Tra
     raw = carrier.get(TRACEPARENT)
     trace_id = parse_traceparent(raw)
     if trace_id is None:
-        return TraceContext(new_trace_id())
+        return TraceContext(go_trace_id(carrier.get(BUS_HEADER)) or new_trace_id())
     return TraceContext(trace_id, raw.strip().endswith("01"))
 
 
