@@ -56,6 +56,15 @@ def _run(args: argparse.Namespace, run_parser: argparse.ArgumentParser) -> int:
     log_level = _log_level(args.log_level)
     if log_level:
         logging.getLogger().setLevel(log_level)  # before the import: its own lines follow it too
+    from .workers import check_workers
+
+    check_workers(args.workers, reload=args.reload)
+    if args.workers > 1:  # N service processes on one listening socket (workers.py)
+        from .reload import child_arguments
+        from .workers import supervise as run_workers
+
+        return run_workers(args.workers, child_arguments(run_parser, args), config=args.config, listen=args.listen,
+                           embedded_broker=args.embedded_broker)
     if args.reload:
         from .reload import child_arguments, supervise
 
@@ -92,6 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                      help="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case; overrides log_level of app.toml)")
     run.add_argument("--reload", action="store_true",
                      help="development: restart the service when its source or config changes (the embedded broker keeps running)")
+    run.add_argument("--workers", type=int, default=1, metavar="N",
+                     help="run N service processes sharing the listen address, each a member of the consumer "
+                          "groups (default 1; docs/scaling.md)")
     run.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
                      help="with --reload: a directory to watch instead of the module's and the config's (repeatable)")
     from .config_show import add_parser as add_config_parser, show as show_config

@@ -90,13 +90,17 @@ def bind_listen_socket(app: "Application", host: str | None = None, port: int | 
     address came from (app.toml's listen_addr, or --listen), before any Kafka client starts,
     rather than the server's own exit after them.
     """
-    from .errors import ConfigError
-
     file, key = app.config.listen_from
     if host is not None or port is not None:
         file, key = "Application.run()", "host, port"
-    host = host or app.config.host
-    port = port if port is not None else app.config.port
+    return bind_address(host or app.config.host, port if port is not None else app.config.port, file, key)
+
+
+def bind_address(host: str, port: int, file: str, key: str | None) -> socket.socket:
+    """A socket bound to host:port (not yet listening); a ConfigError naming `file`'s `key` when it
+    cannot be (also used by `freedom run --workers`' parent, workers.py)."""
+    from .errors import ConfigError
+
     where = f"{host}:{port}"
     try:
         family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
@@ -119,7 +123,10 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
     if host is not None or port is not None:  # Application.run(host=, port=): proxy_addr follows it
         app.serve_on(f"{host or app.config.host}:{port if port is not None else app.config.port}")
     # Bound first: a listen address that cannot be bound is a config error, before Kafka starts.
-    sock = bind_listen_socket(app, host, port)
+    # A worker of `freedom run --workers` serves on the socket its parent bound (workers.py).
+    from .workers import inherited_socket
+
+    sock = inherited_socket() or bind_listen_socket(app, host, port)
     if app.kafka_config is not None and app.kafka_config.proxy_http2:
         sock.close()  # granian binds by itself (it takes no socket); the check above is what matters
         serve_h2c(app, host=host, port=port)
