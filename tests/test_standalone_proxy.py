@@ -146,13 +146,22 @@ def test_delivers_to_a_plain_http_service_with_retries_dead_letters_and_the_secr
         proxy.wait_ready()
         produce(bootstrap, orders, [{"key": b"order/7", "value": b'{"id": 7}', "headers": [("x-action", b"buy")]}])
         produce(bootstrap, payments, [{"key": b"K-FAIL", "value": b"p", "headers": [("x-action", b"pay")]}])
-        [call] = wait_until(lambda: endpoint.of("/events/"), 30, what="the delivery of the order")
+        # As a Go freedom service publishes: upper-hex key, its bus, raw UTF-8 headers, no content-type.
+        go_key, go_bus = uuid.uuid1().hex.upper(), b'{"TRACE-ID":"%s"}' % uuid.uuid1().hex.encode()
+        produce(bootstrap, orders, [{"key": go_key.encode(), "value": b'{"id": 8}',
+                                     "headers": [("x-freedom-bus", go_bus), ("x-action", "购买".encode())]}])
+        call, go = wait_until(lambda: (c := endpoint.of("/events/")) and len(c) == 2 and c, 30,
+                              what="the delivery of the two orders")
         assert call.path == "/events/order%2F7?source=kafka"  # the URL template, the key percent-encoded
         assert call.body == b'{"id": 7}'
         h = call.headers
         assert h["x-message-key"] == "order/7" and h["x-retry-count"] == "0" and h["x-action"] == "buy"
         assert h["x-freedom-secret"] == SECRET and h["content-type"] == "application/json"
         assert h["host"] == f"127.0.0.1:{endpoint.port}"
+        assert go.path == f"/events/{go_key}?source=kafka" and go.headers["x-message-key"] == go_key
+        assert go.headers["x-freedom-bus"].encode("latin-1") == go_bus  # http.server reads headers as latin-1
+        assert go.headers["x-action"].encode("latin-1").decode() == "购买"  # raw UTF-8, as the Go side sent it
+        assert "x-freedom-encoded" not in go.headers and go.headers["content-type"] == "application/json"
 
         dead = read_topic(bootstrap, f"fail-{payments}", expect=1, settle=1.0, timeout=30)
         fails = endpoint.of("/fail/")
@@ -164,7 +173,7 @@ def test_delivers_to_a_plain_http_service_with_retries_dead_letters_and_the_secr
         assert d["x-freedom-error"].startswith("HTTP 500") and d["x-retry-count"] == "1" and d["x-action"] == "pay"
         assert "content-type" not in d  # the record is the record; content-type is only on the delivery
 
-        wait_until(lambda: committed(bootstrap, group, orders) == [1], 20, what="the order's commit")
+        wait_until(lambda: committed(bootstrap, group, orders) == [2], 20, what="the orders' commit")
         status, text = proxy.get("/metrics")
         assert status == 200 and f'messaging_destination_name="{orders}"' in text
         assert proxy.get("/livez")[0] == 200
@@ -227,3 +236,122 @@ def test_two_instances_share_the_partitions_and_a_sigkill_redelivers_only_the_un
         a.stop(signal.SIGKILL)
         b.stop()
     assert b.proc.returncode == 0, b.log.read_text()
+
+
+# ---------------------------------------------------------------------------- h2c and HTTP/1.1 targets
+
+
+def test_each_subscription_reaches_its_own_url_over_h2c_or_http1(tmp_path):
+    """The seam without Kafka: SubscriptionTransport hands each topic's delivery to its subscription's
+    transport; the server is granian (h2c and HTTP/1.1 on one port) with a bare ASGI app."""
+    import asyncio
+    import socket
+
+    from freedom.config import KafkaConfig, SubscriptionConfig
+    from freedom.server import serve_granian
+    from freedom.standalone import SubscriptionTransport, make_target_transport, target_of
+
+    seen: list[dict[str, Any]] = []
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        seen.append({"version": scope["http_version"], "path": scope["raw_path"].decode(),
+                     "query": scope["query_string"].decode(), "body": body,
+                     "headers": {k.decode(): v.decode() for k, v in scope["headers"]}})
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    subs = [SubscriptionConfig(topic="h2", url=f"http://127.0.0.1:{port}/h2/{{key}}?via=h2c", http2=True,
+                               secret=SECRET),
+            SubscriptionConfig(topic="h1", url=f"http://127.0.0.1:{port}/h1/{{key}}", timeout_sec=5)]
+
+    async def main() -> None:
+        shutdown = asyncio.Event()
+        serving = asyncio.ensure_future(serve_granian(app, "127.0.0.1", port, shutdown))  # type: ignore[arg-type]
+        transport = SubscriptionTransport({s.topic: make_target_transport(s, KafkaConfig()) for s in subs})
+        try:
+            loop = asyncio.get_running_loop()
+            assert await transport.wait_until_reachable(loop.time() + 30, asyncio.Event())
+            for sub in subs:
+                _, route = target_of(sub)
+                result = await transport.deliver(route, "tenant/9", b"body-" + sub.topic.encode(),
+                                                 [("x-action", "购买".encode())], 0)
+                assert result.ok, result
+        finally:
+            await transport.aclose()
+            shutdown.set()
+            await serving
+
+    asyncio.run(main())
+    h2, h1 = seen
+    assert (h2["version"], h2["path"], h2["query"], h2["body"]) == ("2", "/h2/tenant%2F9", "via=h2c", b"body-h2")
+    assert h2["headers"]["x-freedom-secret"] == SECRET and h2["headers"]["x-message-key"] == "tenant/9"
+    assert (h1["version"], h1["path"], h1["body"]) == ("1.1", "/h1/tenant%2F9", b"body-h1")
+    assert "x-freedom-secret" not in h1["headers"] and h1["headers"]["x-retry-count"] == "0"
+    assert h1["headers"]["x-action"] == "购买" and h2["headers"]["x-action"] == "购买"  # raw UTF-8 bytes
+
+
+# ---------------------------------------------------------------------------- configuration mistakes
+
+
+@pytest.mark.parametrize("entry, expected", [
+    ({"url": "http://h/{id}"}, "subscriptions[0].url: the only placeholder is {key}"),
+    ({"url": "ftp://h/x"}, 'subscriptions[0].url: must start with "http://" or "https://"'),
+    ({"url": "http://u:p@h/x"}, "subscriptions[0].url: must not hold credentials"),
+    ({"url": "http://h:99999/x"}, "subscriptions[0].url: is not a valid URL"),
+    ({"url": "http://h/ä"}, "subscriptions[0].url: must be printable ASCII"),
+    ({"url": "https://h/x", "http2": True}, "subscriptions[0].http2: h2c is HTTP/2 without TLS"),
+    ({"topic": "a b"}, "subscriptions[0].topic: must be a Kafka topic name"),
+    ({"group_id": "other"}, 'subscriptions[0].group_id: "other" is not the group_id of a [[consumer_clients]] entry'),
+    ({"mode": "parallel"}, "subscriptions[0].mode: must be one of"),
+    ({"timeout_sec": 0}, "subscriptions[0].timeout_sec: must be greater than 0"),
+    ({"secret": "short"}, "subscriptions[0].secret: the secret must be at least 16"),
+    ({"retry_count": -1}, "subscriptions[0].retry_count: must be 0 (no retries) or more"),
+    ({"urll": "http://h/x"}, 'subscriptions[0].urll: unknown key (did you mean "url"?'),
+])
+def test_a_wrong_subscription_is_one_line_naming_the_key(tmp_path, capsys, entry, expected):
+    from freedom.cli import main
+
+    sub = {"topic": "orders", "url": "http://orders:8080/events/{key}", **entry}
+    config = write_config(tmp_path, kafka={"consumer_clients": [{"servers": ["127.0.0.1:9"], "group_id": "g"}],
+                                           "subscriptions": [sub]})
+    assert main(["proxy", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+    assert "short" not in err  # never the secret itself
+
+
+@pytest.mark.parametrize("kafka, expected", [
+    ({"consumer_clients": [{"servers": ["127.0.0.1:9"]}]}, "subscriptions: no [[subscriptions]] entry"),
+    ({"subscriptions": [{"topic": "t", "url": "http://h/x"}]}, "consumer_clients: no [[consumer_clients]] entry"),
+    ({"consumer_clients": [{}], "subscriptions": [{"topic": "t", "url": "http://h/x"}]},
+     "consumer_clients[0].servers: freedom proxy reads from a cluster"),
+    ({"consumer_clients": [{"servers": ["127.0.0.1:9"]}],
+      "subscriptions": [{"topic": "t", "url": "http://h/x"}, {"topic": "t", "url": "http://h/y"}]},
+     'subscriptions[1].topic: "t" is subscribed twice by the group "freedom"'),
+])
+def test_a_proxy_without_what_it_needs_is_one_line(tmp_path, capsys, kafka, expected):
+    from freedom.cli import main
+
+    assert main(["proxy", "--config", str(write_config(tmp_path, kafka=kafka))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
+
+
+def test_a_missing_config_directory_is_one_line(tmp_path, capsys):
+    from freedom.cli import main
+
+    assert main(["proxy", "--config", str(tmp_path / "nope")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
