@@ -21,7 +21,7 @@ from pydantic_core import PydanticUndefined
 
 from .config_env import NOT_KEYS, field_order
 from .config_models import (AppModel, ConsumerClient, ConsumerSection, ProducerClient, ProducerSection,
-                            TopicOverride)
+                            Subscription, TopicOverride)
 from .infra.kafka.settings import REFUSED
 
 INTRO = """\
@@ -78,11 +78,12 @@ table, segments joined by `__` (two underscores):
 | `FREEDOM_KAFKA__CONSUMER_CLIENTS__0__TOPICS__EVENT_SELL__MODE=concurrent` | `[consumer_clients.topics."event-sell"] mode` |
 | `FREEDOM_KAFKA__CONSUMER__SECRET_ENV=MY_SECRET`, `FREEDOM_KAFKA__PRODUCER_CLIENTS__0__SASL_PASSWORD=...` | secrets, like any key |
 
-- **Entries** of `[[producer_clients]]` and `[[consumer_clients]]` are chosen by index (`0`, `1`,
-  ...) or by name: a producer client's `name`, a consumer client's `group_id` (a client without
-  `group_id` has `freedom`), compared in upper case with every character other than a letter or
-  a digit read as `_`. An index one past the last entry, or a name no entry has, **adds an entry**
-  (with that `name` or `group_id`), so a service can be configured with no file at all:
+- **Entries** of `[[producer_clients]]`, `[[consumer_clients]]` and `[[subscriptions]]` are chosen
+  by index (`0`, `1`, ...) or by name: a producer client's `name`, a consumer client's `group_id`
+  (a client without `group_id` has `freedom`), a subscription's `topic`, compared in upper case
+  with every character other than a letter or a digit read as `_`. An index one past the last
+  entry, or a name no entry has, **adds an entry** (with that `name`, `group_id` or `topic`), so a
+  service can be configured with no file at all:
   `FREEDOM_KAFKA__PRODUCER__OPEN=true FREEDOM_KAFKA__PRODUCER_CLIENTS__0__SERVERS=127.0.0.1:9092`.
 - **`settings` entries**: after `SETTINGS__`, a `_` is a `.` of the librdkafka property and a `__`
   is a `_` of it: `SETTINGS__LINGER_MS` is `linger.ms`, `SETTINGS__LOG__LEVEL` is `log_level`.
@@ -162,6 +163,7 @@ def reference() -> str:
     parts += _section("kafka.toml: [[consumer_clients]]", ConsumerClient, "FREEDOM_KAFKA__CONSUMER_CLIENTS__<i or group_id>__")
     parts += _section('kafka.toml: [consumer_clients.topics."T"]', TopicOverride,
                       "FREEDOM_KAFKA__CONSUMER_CLIENTS__<i or group_id>__TOPICS__<T>__")
+    parts += _section("kafka.toml: [[subscriptions]]", Subscription, "FREEDOM_KAFKA__SUBSCRIPTIONS__<i or topic>__")
     parts += _refused()
     return "\n".join(parts).rstrip() + "\n"
 
