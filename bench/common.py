@@ -104,6 +104,7 @@ class Kafka:
         self.bootstrap = bootstrap
         self.admin = AdminClient({"bootstrap.servers": bootstrap})
         self._committed: dict[str, confluent_kafka.Consumer] = {}
+        self._partitions: dict[str, int] = {}  # topic -> its partition count (committed())
 
     def new_topic(self, prefix: str, partitions: int = 1, timeout: float = 30.0) -> str:
         """Create a uniquely named topic and wait until it has leaders."""
@@ -138,14 +139,20 @@ class Kafka:
             raise BenchError(f"pre-loading {topic}: {left} records not acknowledged")
         return time.perf_counter() - t0
 
-    def committed(self, group: str, topic: str, partitions: int = 1) -> int:
-        """The sum of the group's committed offsets on `topic` (0 where nothing is committed)."""
+    def committed(self, group: str, topic: str, partitions: int | None = None) -> int:
+        """The sum of the group's committed offsets on `topic` (0 where nothing is committed), over
+        its `partitions` first partitions (default: all of them)."""
         consumer = self._committed.get(group)
         if consumer is None:
             consumer = self._committed[group] = confluent_kafka.Consumer(
                 {"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False,
                  "log_level": 4})
         try:
+            if partitions is None:
+                partitions = self._partitions.get(topic)
+                if partitions is None:
+                    partitions = len(consumer.list_topics(topic, timeout=5).topics[topic].partitions) or 1
+                    self._partitions[topic] = partitions
             tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=5)
         except confluent_kafka.KafkaException:
             return 0
@@ -401,12 +408,13 @@ def inprocess_unsupported() -> str | None:
 
 def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler: str, mode: str, expect: int,
                     http2: bool = False, inprocess: bool = False, extra: dict[str, Any] | None = None,
-                    env: dict[str, str] | None = None) -> Consumer:
+                    env: dict[str, str] | None = None, workers: int = 1) -> Consumer:
     """Start the benchmark's freedom service (`freedom run freedom_app:app`) in a subprocess.
 
     `mode` is the consumer proxy's delivery mode ("sequential" or "concurrent"); the group reads
     `topic` from the earliest offset; logging is at WARNING so no line is written per delivery. `extra`
-    adds keys to the `[[consumer_clients]]` entry (retry settings, `max_in_flight`).
+    adds keys to the `[[consumer_clients]]` entry (retry settings, `max_in_flight`); `workers` > 1
+    runs it as `freedom run --workers N` (the scaling scenario).
     """
     from freedom.testing import free_port, kafka_config, write_config
 
@@ -422,6 +430,8 @@ def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler:
     conf = write_config(workdir / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
                         kafka=kafka)
     cmd = [sys.executable, "-m", "freedom.cli", "run", "freedom_app:app", "--config", str(conf)]
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
     service = spawn(name, cmd, workdir, {"BENCH_TOPIC": topic, "BENCH_HANDLER": handler,
                                          "BENCH_EXPECT": str(expect), **(env or {})})
     service.port = port

@@ -70,6 +70,9 @@ def ratios(ctx: Context) -> list[Ratio]:
         if scenario == "metrics" and case.endswith(" metrics on"):
             off = case.replace(" metrics on", " metrics off")
             out.append(Ratio(f"metrics {case} / {off}", per_run_ratio(ctx, ("metrics", case, rs), ("metrics", off, rs))))
+        if scenario == "scaling" and not case.endswith(" workers 1"):
+            one = case.rsplit(" ", 2)[0] + " workers 1"  # the same transport, per record, one process
+            out.append(Ratio(f"scaling {case} / {one}", per_run_ratio(ctx, ("scaling", case, rs), ("scaling", one, rs))))
         if scenario == "retry":
             base = case.replace(" 10% fail once", " trivial")
             out.append(Ratio(f"retry {case} / e2e {base}", per_run_ratio(ctx, ("retry", case, rs), ("e2e", base, rs))))

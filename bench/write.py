@@ -17,6 +17,7 @@ SCENARIO_TITLES = {
     "retry": "Retry path: 10% of the records fail once (retry_count = 1, retry_interval_sec = 0)",
     "memory": "Memory: peak resident set size with a backlog and a 5 ms handler",
     "metrics": "Metrics on vs off (trivial handler, concurrent; the hot-path hooks as no-ops for off)",
+    "scaling": "Scaling: --workers 1 vs 2, and batch delivery (100 per request) vs per record (6 partitions, trivial, concurrent)",
 }
 
 

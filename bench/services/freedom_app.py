@@ -3,7 +3,9 @@
 One controller route bound to `$BENCH_TOPIC`. The handler is the trivial JSON one (parse the body,
 answer `{"ok": true}`), or with `BENCH_HANDLER=slow` it also awaits 5 ms. With `BENCH_FAIL_EVERY=k`
 a record whose key is `k<i>` with `i % k == 0` answers 500 the first time its key is seen (the
-retry-path scenario); the retry delivery then succeeds.
+retry-path scenario); the retry delivery then succeeds. With `BENCH_BATCH=n` the topic is bound with
+batch delivery (up to n records per request; the scaling scenario): the handler parses each record
+and answers ok for all.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from bench_probe import PROBE
 TOPIC = os.environ["BENCH_TOPIC"]
 SLOW = os.environ.get("BENCH_HANDLER", "trivial") == "slow"
 FAIL_EVERY = int(os.environ.get("BENCH_FAIL_EVERY", "0") or 0)
+BATCH = int(os.environ.get("BENCH_BATCH", "0") or 0)
 _seen: set[str] = set()
 
 if os.environ.get("BENCH_METRICS") == "off":  # the metrics scenario's baseline: the hot-path hooks as no-ops
@@ -50,11 +53,20 @@ class BenchController:
         PROBE.hit(data)
         return {"ok": True}
 
+    async def post_batch(self, batch: freedom.Batch) -> dict[str, object]:
+        for record in batch.records:
+            PROBE.hit(record.load())
+        return batch.answer()
+
 
 @freedom.prepare
 def _(initiator: freedom.Initiator) -> None:
     initiator.bind_controller("/bench", BenchController)
-    initiator.listen_event(TOPIC, "BenchController.post_event_by")
+    if BATCH:
+        initiator.listen_event(TOPIC, "BenchController.post_batch",
+                               batch=freedom.BatchSettings(max_records=BATCH, max_wait_ms=5))
+    else:
+        initiator.listen_event(TOPIC, "BenchController.post_event_by")
 
 
 app = freedom.Application()
