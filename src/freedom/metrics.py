@@ -163,9 +163,17 @@ class _ConsumedCollector(Collector):
 REGISTRY.register(_ConsumedCollector())
 
 
+_send_children: dict[tuple[str, str], Any] = {}
+
+
 def observe_send(topic: str, seconds: float, error_type: str = "") -> None:
     """One send awaited on its own took `seconds` (with `error_type` when it failed)."""
-    OPERATION_DURATION.labels(SYSTEM, "send", topic, error_type).observe(seconds)
+    child = _send_children.get((topic, error_type))
+    if child is None:
+        child = OPERATION_DURATION.labels(SYSTEM, "send", topic, error_type)
+        if len(_send_children) < 10_000:  # bounded: generated topic names must not grow it for ever
+            _send_children[(topic, error_type)] = child
+    child.observe(seconds)
 
 
 # ----------------------------------------------------------------------------- deliveries

@@ -117,11 +117,13 @@ def _traced(handle: "Handler", group_id: str) -> "Handler":
 async def observed_publish(msg: "Msg", produce: "Callable[[Msg], Awaitable[Delivered]]") -> "Delivered":
     """`await produce(msg)` (an awaited `msg.publish()`) with its `send` span, whose context the
     record carries, and its duration (messaging_client_operation_duration_seconds)."""
-    send = spans.send_span(msg.topic, msg.key, msg.headers,
-                           parent=msg.runtime.trace.otel if msg.runtime is not None else None,
-                           message_id=(msg.headers.get(EVENT_ID_HEADER) or b"").decode("utf-8", "replace") or None)
-    if send is not None:
-        msg.context_headers = {**msg.context_headers, **{k: v.encode() for k, v in send.headers().items()}}
+    send = None
+    if spans.tracer() is not None:
+        send = spans.send_span(msg.topic, msg.key, msg.headers,
+                               parent=msg.runtime.trace.otel if msg.runtime is not None else None,
+                               message_id=(msg.headers.get(EVENT_ID_HEADER) or b"").decode("utf-8", "replace") or None)
+        if send is not None:
+            msg.context_headers = {**msg.context_headers, **{k: v.encode() for k, v in send.headers().items()}}
     started = time.perf_counter()
     try:
         delivered = await produce(msg)
