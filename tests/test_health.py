@@ -81,3 +81,28 @@ def test_livez_is_503_while_the_consumer_thread_is_stuck(apache_kafka, new_topic
             loop._round = round_
             release.set()
         wait_until(lambda: get(svc, "/livez").status_code == 200, 15, what="/livez 200 once the thread goes on")
+
+
+def test_readyz_is_503_while_the_producer_cannot_reach_its_cluster(tmp_path, new_topic, monkeypatch):
+    """The broker goes away: not ready (the producer reaches no cluster), still live (a restart would
+    not bring the broker back); ready again once it returns."""
+    from freedom import health
+    from tests.kafka.broker import ApacheKafka
+
+    monkeypatch.setattr(health, "PRODUCER_CHECK_TTL_SEC", 0.2)
+    kafka = ApacheKafka()
+    kafka.start()
+    try:
+        topic = new_topic(kafka.bootstrap)
+        with service(tmp_path, kafka.bootstrap, topic, f"g-down-{uuid.uuid4().hex[:8]}") as svc:
+            wait_until(lambda: get(svc, "/readyz").status_code == 200, 30, what="/readyz 200 with the broker up")
+            kafka.stop()
+            answer = wait_until(lambda: (r := get(svc, "/readyz")).status_code == 503 and r, 30,
+                                what="/readyz 503 with the broker down")
+            [problem] = answer.json()["problems"]
+            assert problem.startswith("producer client (default): no answer from the cluster within 2 s"), problem
+            assert get(svc, "/livez").status_code == 200
+            kafka.start()
+            wait_until(lambda: get(svc, "/readyz").status_code == 200, 60, what="/readyz 200 once the broker is back")
+    finally:
+        kafka.close()
