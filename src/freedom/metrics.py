@@ -15,9 +15,9 @@ Beyond the conventions, with a `freedom_` prefix: consumer lag per partition, de
 records waiting in retry topics, dead letters produced, paused partitions, outbox rows pending and
 the age of the oldest.
 
-The hot path pays one histogram observation and one counter increment per delivery (children
-cached per label set), and a dictionary increment per produced record; the gauges are read from
-the live objects when `/metrics` is scraped. Lag comes from librdkafka's statistics (served on
+The hot path pays one histogram observation per delivery (children cached per label set; the
+consumed counter is summed from it at scrape time), and a dictionary increment per produced
+record; the gauges are read from the live objects when `/metrics` is scraped. Lag comes from librdkafka's statistics (served on
 the consumer thread inside `consume()`, so no consumer call is made from anywhere else).
 """
 
