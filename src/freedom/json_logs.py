@@ -16,7 +16,9 @@ from typing import Any
 __all__ = ["JsonFormatter", "use_log_format"]
 
 #: The attributes every LogRecord has: not copied as fields (the useful ones are, under their own names).
-_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
+#: (uvicorn's `color_message` is its message again with terminal colour codes.)
+_STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName",
+                                                                              "color_message"}
 
 
 class JsonFormatter(logging.Formatter):
