@@ -156,6 +156,9 @@ def record_outcome(outcome: str, error_type: str) -> None:
     span = otel_trace.get_current_span()
     if not span.is_recording():
         return
+    if outcome == "redeliver":  # retry_count = 0: delivered again in place; a later attempt may succeed
+        span.add_event("delivery failed; delivering again", {"error.type": error_type})
+        return
     span.set_attribute("freedom.outcome", outcome)
     if error_type:
         span.set_attribute("error.type", error_type)
