@@ -108,6 +108,8 @@ def _traced(handle: "Handler", group_id: str) -> "Handler":
         except BaseException as exc:
             spans.end_process(started, exc)
             raise
+        if not finished and started is not None:  # the partition went away first: delivered again later
+            started[0].set_attribute("freedom.outcome", "abandoned")
         spans.end_process(started)
         return finished
 
