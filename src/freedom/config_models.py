@@ -439,6 +439,8 @@ def _target_url(value: str, http2: bool | None) -> str:
         raise Problem("url", f'must start with "http://" or "https://", got "{value}"')
     if not url.hostname or port == 0:
         raise Problem("url", f'needs a host and a port of 1 to 65535: "{value}"')
+    if "{" in url.netloc or "}" in url.netloc:
+        raise Problem("url", f'{URL_KEY_PLACEHOLDER} goes in the path or the query, not the host: "{value}"')
     if "@" in url.netloc:
         raise Problem("url", "must not hold credentials (user:password@); the endpoint is authenticated "
                              "by `secret` / `secret_env`")
