@@ -309,6 +309,7 @@ def test_each_subscription_reaches_its_own_url_over_h2c_or_http1(tmp_path):
 @pytest.mark.parametrize("entry, expected", [
     ({"url": "http://h/{id}"}, "subscriptions[0].url: the only placeholder is {key}"),
     ({"url": "ftp://h/x"}, 'subscriptions[0].url: must start with "http://" or "https://"'),
+    ({"url": "http://{key}.svc/x"}, "subscriptions[0].url: {key} goes in the path or the query, not the host"),
     ({"url": "http://u:p@h/x"}, "subscriptions[0].url: must not hold credentials"),
     ({"url": "http://h:99999/x"}, "subscriptions[0].url: is not a valid URL"),
     ({"url": "http://h/ä"}, "subscriptions[0].url: must be printable ASCII"),
