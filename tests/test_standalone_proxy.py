@@ -342,6 +342,9 @@ def test_a_wrong_subscription_is_one_line_naming_the_key(tmp_path, capsys, entry
     ({"consumer_clients": [{"servers": ["127.0.0.1:9"]}],
       "subscriptions": [{"topic": "t", "url": "http://h/x"}, {"topic": "t", "url": "http://h/y"}]},
      'subscriptions[1].topic: "t" is subscribed twice by the group "freedom"'),
+    ({"consumer_clients": [{"servers": ["127.0.0.1:9"], "topics": {"other": {"mode": "concurrent"}}}],
+      "subscriptions": [{"topic": "t", "url": "http://h/x"}]},
+     'consumer_clients[0].topics."other": no event listens to this topic (the listened topics: "t")'),
 ])
 def test_a_proxy_without_what_it_needs_is_one_line(tmp_path, capsys, kafka, expected):
     from freedom.cli import main

@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from . import health, metrics
 from .config import (AppConfig, ConsumerClientConfig, KafkaConfig, SubscriptionConfig, TopicConsumeConfig,
-                     find_config_dir, load_app_config, load_kafka_config)
+                     check_topic_overrides, find_config_dir, load_app_config, load_kafka_config)
 from .config_models import URL_KEY_PLACEHOLDER
 from .errors import ConfigError, FreedomError
 from .infra.kafka.admin import check_reachable, ensure_topics
@@ -120,6 +120,7 @@ def plan(kafka: KafkaConfig) -> list[ProxyPlan]:
     if not kafka.consumer_clients:
         raise ConfigError(kafka.file, "consumer_clients", "no [[consumer_clients]] entry: add one with the "
                           "servers and group_id the proxy reads with")
+    check_topic_overrides(kafka, [s.topic for s in kafka.subscriptions])  # a table for a topic no one reads
     by_group = {c.group_id: i for i, c in enumerate(kafka.consumer_clients)}
     groups: dict[tuple[int, int, float], list[SubscriptionConfig]] = {}
     for sub in kafka.subscriptions:
