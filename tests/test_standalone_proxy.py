@@ -359,3 +359,29 @@ def test_a_missing_config_directory_is_one_line(tmp_path, capsys):
 
     assert main(["proxy", "--config", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_a_wrong_listen_address_is_one_line_naming_the_option(tmp_path, capsys):
+    from freedom.cli import main
+
+    config = write_config(tmp_path, kafka={"consumer_clients": [{"servers": ["127.0.0.1:9"]}],
+                                           "subscriptions": [{"topic": "t", "url": "http://h/x"}]})
+    assert main(["proxy", "--config", str(config), "--listen", "nope"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("freedom: error: freedom proxy: --listen: must look like") and len(err.splitlines()) == 1, err
+
+
+def test_a_listen_address_in_use_is_one_line_before_kafka_is_reached(tmp_path, capsys):
+    import socket
+
+    from freedom.cli import main
+
+    config = write_config(tmp_path, kafka={"consumer_clients": [{"servers": ["127.0.0.1:9"]}],
+                                           "subscriptions": [{"topic": "t", "url": "http://h/x"}]})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["proxy", "--config", str(config), "--listen", f"127.0.0.1:{port}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--listen: cannot listen on 127.0.0.1:{port}" in err and "another process" in err, err

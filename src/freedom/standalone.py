@@ -326,6 +326,10 @@ def command(args: argparse.Namespace) -> int:
     if kafka is None:
         raise ConfigError(str(Path(config_dir) / "infra" / "kafka.toml"), None,
                           "not found: freedom proxy reads its [[consumer_clients]] and [[subscriptions]] there")
+    if args.listen is not None:  # checked here, so that a mistake names this command's option
+        from .config_models import check_listen_addr
+
+        check_listen_addr(args.listen, lambda problem: ConfigError("freedom proxy", "--listen", problem))
     app = load_app_config(Path(config_dir), listen_addr=args.listen)
     if args.listen:  # bind errors name --listen, as `freedom run --listen` does
         app = replace(app, listen_from=("freedom proxy", "--listen"))
