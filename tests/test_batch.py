@@ -131,3 +131,38 @@ def test_handler_helper_and_the_answer_rule():
     assert all(r.ok for r in results_of(RawAnswer(204, None, None, b""), ids))
     with pytest.raises(freedom.RouteError):
         freedom.BatchSettings(max_records=0)
+
+
+def test_sequential_batches_hold_one_partition_in_offset_order(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap, partitions=2)
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    sent = produce(bootstrap, topic, [{"key": f"S{i:02d}".encode(), "value": b"{}", "partition": i % 2}
+                                      for i in range(24)])
+    seen = _Seen()
+
+    class SeqController:
+        async def post_seq(self, batch: freedom.Batch) -> dict[str, Any]:
+            seen.add(batch)
+            return batch.answer()
+
+    def prepare(initiator: freedom.Initiator) -> None:
+        initiator.bind_controller("/seq", SeqController)
+        initiator.listen_event(topic, "SeqController.post_seq", batch=freedom.BatchSettings(max_records=4, max_wait_ms=20))
+
+    port = free_port()
+    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
+                 kafka=kafka_config(bootstrap, port, group_id=group, delivery="inprocess", initial_offset="earliest",
+                                    settings={"session.timeout.ms": 6000}))
+    with ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[prepare])):
+        wait_until(lambda: committed(bootstrap, group, topic, 2) == [12, 12], 30, what="the commits to the end")
+    assert sorted(r["key"] for r in seen.records()) == sorted(m.key().decode() for m in sent)
+    partition_of = {m.key().decode(): m.partition() for m in sent}
+    for batch in seen.batches:
+        assert 1 <= len(batch) <= 4
+        assert len({partition_of[r["key"]] for r in batch}) == 1, "one partition per batch"
+        offsets = [r["offset"] for r in batch]
+        assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), "in offset order"
+    assert any(len(b) > 1 for b in seen.batches)
+    for p in (0, 1):  # batch after batch, each partition's records came in order, once
+        assert [r["offset"] for b in seen.batches for r in b if partition_of[r["key"]] == p] == list(range(12))
