@@ -37,7 +37,7 @@ class _Seen:
 
 
 def _service(tmp_path: Path, bootstrap: str, topic: str, seen: _Seen, gate: threading.Event, delivery: str,
-             group: str) -> ServiceThread:
+             group: str, *, http2: bool = False) -> ServiceThread:
     class OrderController:
         async def post_orders(self, batch: freedom.Batch) -> dict[str, Any]:
             seen.add(batch)
@@ -63,7 +63,8 @@ def _service(tmp_path: Path, bootstrap: str, topic: str, seen: _Seen, gate: thre
     write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
                  kafka=kafka_config(bootstrap, port, group_id=group, delivery=delivery, retry_group_id=f"r-{group}",
                                     retry_count=1, retry_interval_sec=0.5, mode="concurrent", max_in_flight=50,
-                                    settings={"session.timeout.ms": 6000}))
+                                    settings={"session.timeout.ms": 6000}) | ({"consumer": {"open": True,
+                 "proxy_addr": f"http://127.0.0.1:{port}", "proxy_http2": True}} if http2 else {}))
     return ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[prepare]))
 
 
@@ -166,3 +167,18 @@ def test_sequential_batches_hold_one_partition_in_offset_order(apache_kafka, new
     assert any(len(b) > 1 for b in seen.batches)
     for p in (0, 1):  # batch after batch, each partition's records came in order, once
         assert [r["offset"] for b in seen.batches for r in b if partition_of[r["key"]] == p] == list(range(12))
+
+
+def test_batches_over_http2_cleartext(apache_kafka, new_topic, tmp_path):
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    seen, gate = _Seen(), threading.Event()
+    gate.set()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    keys = ["K-DEAD", *[f"H{i}" for i in range(7)]]
+    with _service(tmp_path, bootstrap, topic, seen, gate, "http", group, http2=True):
+        sent = produce(bootstrap, topic, [{"key": k.encode(), "value": b"{}"} for k in keys])
+        wait_until(lambda: committed(bootstrap, group, topic) == [sent[-1].offset() + 1], 30, what="the commits")
+        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.3)
+    assert sorted(r["key"] for r in seen.records()) == sorted(keys)
+    assert [d.key() for d in dead] == [b"K-DEAD"] and "amount must be positive" in headers_of(dead[0])["x-freedom-error"]
