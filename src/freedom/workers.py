@@ -110,6 +110,7 @@ class _Worker:
     started_at: float = 0.0
     restart_at: float | None = None  # when a dead worker is started again
     delay: float = 1.0
+    reported: bool = False  # its exit was logged already
 
 
 def _exit_text(code: int) -> str:
@@ -187,6 +188,7 @@ class WorkerSupervisor:
             return
         code = proc.returncode
         if code == USAGE_EXIT:
+            worker.reported = True
             log.error("worker %d (pid %d) exited with code 2 (see its error above): stopping the service",
                       worker.number, proc.pid)
             self.exit_code = USAGE_EXIT
@@ -220,7 +222,7 @@ class WorkerSupervisor:
             code = w.proc.wait()
             if code != 0 and self.exit_code == 0:
                 self.exit_code = 1
-            if code != 0 and w.restart_at is None:
+            if code != 0 and w.restart_at is None and not w.reported:
                 log.warning("worker %d (pid %d) %s at the stop", w.number, w.proc.pid, _exit_text(code))
 
     def run(self) -> int:
