@@ -36,29 +36,45 @@ __all__ = ["set_tracer_provider", "tracer", "process_span", "send_span", "end_pr
 SYSTEM = "kafka"
 _KEY_CHARS = 256  # messaging.kafka.message.key is cut to this many characters
 
-_override: Any = None
-_tracers: dict[int, Any] = {}
+#: How often, at most, the global tracer provider is looked up again while none records: one that
+#: is set after the service started is used within this many seconds.
+RECHECK_SEC = 1.0
+
+_override: Any = None  # the tracer of set_tracer_provider's provider
+_global: Any = None  # the tracer of OpenTelemetry's global provider, once it is one that records
+_checked_at = float("-inf")
 
 
 def set_tracer_provider(provider: Any) -> None:
     """Send freedom's spans to `provider` instead of OpenTelemetry's global one (None: the global
     one again). For tests, and services that keep their providers apart."""
     global _override
-    _override = provider
-    _tracers.clear()
+    _override = None if provider is None or otel_trace is None else _recording_tracer(provider)
+
+
+def _recording_tracer(provider: Any) -> Any:
+    if isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
+        return None
+    return provider.get_tracer("freedom")
 
 
 def tracer() -> Any:
-    """The tracer freedom's spans go to, or None when nothing would record them (no SDK)."""
+    """The tracer freedom's spans go to, or None when nothing would record them (no SDK). Called
+    on every publish: without a provider it costs a clock read (the global provider, which
+    OpenTelemetry lets be set only once, is looked up at most every RECHECK_SEC)."""
+    global _global, _checked_at
+    if _override is not None:
+        return _override
+    if _global is not None:
+        return _global
     if otel_trace is None:
         return None
-    provider = _override if _override is not None else otel_trace.get_tracer_provider()
-    if isinstance(provider, (ProxyTracerProvider, NoOpTracerProvider)):
+    now = time.monotonic()
+    if now - _checked_at < RECHECK_SEC:
         return None
-    found = _tracers.get(id(provider))
-    if found is None:
-        found = _tracers[id(provider)] = provider.get_tracer("freedom")
-    return found
+    _checked_at = now
+    _global = _recording_tracer(otel_trace.get_tracer_provider())
+    return _global
 
 
 def _text(value: str | bytes | None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ... import metrics, spans
 from ...errors import PublishError
@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # at run time this module imports none of them: producer.py i
     from ...config import ConsumerClientConfig
     from .delivery import DeliveryResult
     from .group import GroupLoop, Handler, TopicPlan
-    from .producer import Delivered, Msg
+    from .producer import Delivered, Msg, ProducerClient
     from .retry import Copy, Plan
 
 
@@ -116,9 +116,10 @@ def _traced(handle: "Handler", group_id: str) -> "Handler":
     return traced
 
 
-async def observed_publish(msg: "Msg", produce: "Callable[[Msg], Awaitable[Delivered]]") -> "Delivered":
-    """`await produce(msg)` (an awaited `msg.publish()`) with its `send` span, whose context the
-    record carries, and its duration (messaging_client_operation_duration_seconds)."""
+async def observed_publish(msg: "Msg", client: "ProducerClient") -> "Delivered":
+    """Send `msg` through `client` and wait for the broker's answer (an awaited `msg.publish()`),
+    timed (messaging_client_operation_duration_seconds), in its `send` span when a tracer records
+    (the record then carries the span's context)."""
     send = None
     if spans.tracer() is not None:
         send = spans.send_span(msg.topic, msg.key, msg.headers,
@@ -128,7 +129,7 @@ async def observed_publish(msg: "Msg", produce: "Callable[[Msg], Awaitable[Deliv
             msg.context_headers = {**msg.context_headers, **{k: v.encode() for k, v in send.headers().items()}}
     started = time.perf_counter()
     try:
-        delivered = await produce(msg)
+        delivered = await client.produce_for_loop(msg, asyncio.get_running_loop())
     except PublishError as exc:
         metrics.observe_send(msg.topic, time.perf_counter() - started, type(exc).__name__)
         if send is not None:

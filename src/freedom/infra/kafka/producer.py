@@ -433,8 +433,7 @@ class Producer:
     async def send(self, msg: "Msg") -> Delivered:
         """Publish one message and wait for the broker's acknowledgement (used by `msg.publish()`),
         in its `send` span, timed (observer.py)."""
-        client = self.client(msg.client)
-        return await observed_publish(msg, lambda m: client.produce_for_loop(m, asyncio.get_running_loop()))
+        return await observed_publish(msg, self.client(msg.client))
 
     def accept_batch(self, msgs: Iterable["Msg"]) -> PendingBatch:
         """Queue every message now (from any thread) and return at once.
