@@ -106,3 +106,37 @@ def test_readyz_is_503_while_the_producer_cannot_reach_its_cluster(tmp_path, new
             wait_until(lambda: get(svc, "/readyz").status_code == 200, 60, what="/readyz 200 once the broker is back")
     finally:
         kafka.close()
+
+
+def test_livez_is_503_after_the_event_loop_was_blocked(tmp_path):
+    """A handler blocks the event loop for 3 s (blocking code in an async handler); a probe that
+    arrived meanwhile on an open connection is answered first when the loop runs again, and sees
+    the loop's tick 3 s old: 503. The next probe, after the tick, is 200."""
+    import time
+
+    import freedom
+
+    entered = threading.Event()
+
+    class Block:
+        async def get_by(self, id: int) -> str:
+            entered.set()
+            time.sleep(id)  # blocks the event loop, as blocking code in an async handler does
+            return "ok"
+
+    port = free_port()
+    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}", "liveness_timeout_sec": 2})
+    app = freedom.Application(config_dir=conf, prepare=[lambda i: i.bind_controller("/block", Block)])
+    with ServiceThread(app) as svc, httpx.Client(base_url=svc.base_url, timeout=30) as client:
+        assert client.get("/livez").status_code == 200  # and the connection stays open (keep-alive)
+        blocker = threading.Thread(target=lambda: httpx.get(f"{svc.base_url}/block/3", timeout=30))
+        blocker.start()
+        try:
+            assert entered.wait(10)
+            answer = client.get("/livez")
+        finally:
+            blocker.join(30)
+        assert answer.status_code == 503, answer.text
+        [problem] = answer.json()["problems"]
+        assert problem.startswith("the event loop ran no tick for ") and problem.endswith("(liveness_timeout_sec = 2)")
+        wait_until(lambda: client.get("/livez").status_code == 200, 10, what="/livez 200 once the loop ticks again")
