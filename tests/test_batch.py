@@ -182,3 +182,49 @@ def test_batches_over_http2_cleartext(apache_kafka, new_topic, tmp_path):
         dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.3)
     assert sorted(r["key"] for r in seen.records()) == sorted(keys)
     assert [d.key() for d in dead] == [b"K-DEAD"] and "amount must be positive" in headers_of(dead[0])["x-freedom-error"]
+
+
+def test_a_batch_killed_before_its_answer_is_delivered_again(apache_kafka, new_topic, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    group = f"k-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
+                          kafka=kafka_config(bootstrap, port, group_id=group, mode="concurrent",
+                                             settings={"session.timeout.ms": 6000}))
+    records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
+
+    def start(**env: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "batch_service:app", "--config", str(config)],
+                                cwd=Path(__file__).parent / "services", stdout=log.open("ab"), stderr=subprocess.STDOUT,
+                                env={**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, **env},
+                                start_new_session=True)
+
+    def got() -> list[dict[str, Any]]:
+        return [json.loads(x) for x in records.read_text().splitlines()] if records.exists() else []
+
+    proc = start(HANG_AFTER_RECORD="1")
+    try:
+        wait_until(lambda: log.exists() and "assigned" in log.read_text(), 60, what=f"the group joined (log: {log})")
+        keys = [f"B{i}" for i in range(6)]
+        produce(bootstrap, topic, [{"key": k.encode(), "value": b"{}"} for k in keys])
+        wait_until(lambda: len(got()) == 6, 30, what="the batch received")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    assert committed(bootstrap, group, topic)[0] <= 0, "nothing of the unanswered batch is committed"
+    proc = start()
+    try:
+        wait_until(lambda: len(got()) >= 12, 60, what=f"the batch delivered again (log: {log})")
+        wait_until(lambda: committed(bootstrap, group, topic) == [6], 20, what="the commit to the end")
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        code = proc.wait(30)
+    assert code == 0
+    lines = got()
+    assert sorted(r["key"] for r in lines[6:]) == sorted(keys) and len({r["pid"] for r in lines}) == 2
