@@ -75,7 +75,8 @@ class BatchSettings:
     """How `listen_event(..., batch=BatchSettings(...))` batches a topic's records.
 
     `max_records`: the most records in one request. `max_wait_ms`: how long the first record of a
-    batch waits for others before the batch is sent anyway (0: send what is there at once).
+    batch waits for others before the batch is sent anyway (0: only for those whose deliveries
+    start in the same turn of the event loop).
     """
 
     max_records: int = 100

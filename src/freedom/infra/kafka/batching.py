@@ -92,7 +92,7 @@ class _Open:
         self.plan = plan
         self.entries: list[dict[str, Any]] = []
         self.waiters: list[asyncio.Future[DeliveryResult]] = []
-        self.timer: asyncio.TimerHandle | None = None
+        self.timer: asyncio.Handle | None = None
 
 
 class Batcher:
@@ -119,8 +119,11 @@ class Batcher:
         batch = self._open.get(topic)
         if batch is None:
             batch = self._open[topic] = _Open(plan)
-            if settings.max_records > 1 and settings.max_wait_ms > 0:
-                batch.timer = asyncio.get_running_loop().call_later(settings.max_wait_ms / 1000, self._flush, topic, batch)
+            loop = asyncio.get_running_loop()
+            if settings.max_wait_ms > 0:
+                batch.timer = loop.call_later(settings.max_wait_ms / 1000, self._flush, topic, batch)
+            else:  # what is there now: the records whose deliveries start in this turn of the loop
+                batch.timer = loop.call_soon(self._flush, topic, batch)
             if plan.mode != "sequential" and plan.max_in_flight < settings.max_records and topic not in self._warned:
                 self._warned.add(topic)
                 log.warning("%s: max_in_flight = %d is below the batch's max_records = %d: batches hold at most "
@@ -128,7 +131,7 @@ class Batcher:
         waiter: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
         batch.entries.append(entry)
         batch.waiters.append(waiter)
-        if len(batch.entries) >= settings.max_records or settings.max_wait_ms == 0:
+        if len(batch.entries) >= settings.max_records:
             self._flush(topic, batch)
         return await waiter
 
