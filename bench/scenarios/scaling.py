@@ -1,24 +1,24 @@
 """Scaling (issue 14): `freedom run --workers N` and batch delivery, against the per-record, one-process service.
 
-The same workload for every case: records pre-loaded into a 6-partition topic (shared by the
-cases, each reads it with a new group from the earliest offset), the trivial handler, the
-concurrent proxy mode; the figure is records/s from the first handled record until the group
-committed them all (`measure_throughput`), CPU summed over the service's processes.
+The same workload for every case: a new 6-partition topic, the service started on it and its
+group settled (every worker a member holding partitions), then the records produced at once (in
+a fraction of a second); the trivial handler, the concurrent proxy mode. The figure is records/s
+from the first handled record until the group committed them all (`measure_throughput`), CPU
+summed over the service's processes. The group settles first so that `workers 2` is not measured
+through the rebalance that the second worker's join causes.
 
 - `workers 1` / `workers 2`: per-record delivery, one service process or two (`--workers 2`).
 - `batch 100`: batch delivery (`listen_event(..., batch=BatchSettings(max_records=100,
   max_wait_ms=5))`, one request per up to 100 records, a status per record), one process.
-
-Caveat for `workers 2`: the records are there before the service starts, so the first worker
-starts on every partition and the group rebalances when the second joins (about a second, inside
-the measured time): the full mode's larger count makes that a smaller share than quick mode's.
 """
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-from ..common import Case, Context, Skip, freedom_service, inprocess_unsupported, measure_throughput, new_group
+from ..common import (BenchError, Case, Consumer, Context, Skip, freedom_service, inprocess_unsupported,
+                      measure_throughput, new_group)
 
 SCENARIO = "scaling"
 TRANSPORTS = ("http1", "inprocess")
@@ -40,14 +40,37 @@ def _case(transport: str, label: str, workers: int, batch: int) -> Callable[[Con
         if transport == "inprocess" and (reason := inprocess_unsupported()):
             raise Skip(reason)
         n = records(ctx, transport)
-        topic = ctx.preloaded("scaling", n, PARTITIONS)
+        topic = ctx.kafka.new_topic("bench-scaling", PARTITIONS)
         group = new_group("scaling")
         env = {"BENCH_BATCH": str(batch)} if batch else {}
         service = freedom_service(ctx, f"scaling-{transport}-{label.replace(' ', '')}-{ctx.run_index}", topic, group,
                                   handler="trivial", mode="concurrent", expect=n, inprocess=transport == "inprocess",
                                   env=env, workers=workers)
+        try:
+            settled(ctx, service, group, workers)
+        except BaseException:
+            service.stop()
+            raise
+        ctx.kafka.preload(topic, n)
         return measure_throughput(ctx, service, group, topic, n)
     return run
+
+
+def settled(ctx: Context, service: Consumer, group: str, members: int, timeout: float = 120.0) -> None:
+    """Wait until `group` has `members` members holding every partition between them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            desc = ctx.kafka.admin.describe_consumer_groups([group])[group].result(10)
+            held = [{tp.partition for tp in m.assignment.topic_partitions} for m in desc.members]
+            if len(held) == members and all(held) and len(set().union(*held)) == PARTITIONS:
+                return
+        except Exception:  # noqa: BLE001 - the group may not exist yet
+            pass
+        service.check_alive()
+        if time.monotonic() > deadline:
+            raise BenchError(f"{service.name}: group {group} did not settle with {members} members in {timeout:.0f} s")
+        time.sleep(0.2)
 
 
 def cases(ctx: Context) -> list[Case]:
