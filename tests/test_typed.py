@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ from freedom.infra import kafka
 from freedom.infra.kafka.delivery import request_headers, result_of
 from freedom.infra.kafka.keys import EventId
 from freedom.infra.kafka.producer import Producer
-from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from freedom.testing import ServiceThread, TestBroker, free_port, kafka_config, wait_until, write_config
 from tests.services.kafka_tools import create_topic, headers_of, produce, read_topic
 
 
@@ -254,19 +255,29 @@ def typed_app(config_dir: Path, seen: Seen, t: dict[str, str], paid_event: str) 
     return app
 
 
-def run_typed_service(tmp_path: Path, bootstrap: str, transport: str) -> None:
+TOPICS = ("created", "lenient", "bulk", "raw", "point", "fastapi")
+
+
+def typed_config(bootstrap: str, port: int, t: dict[str, str], *, transport: str, mode: str,
+                 retry_interval_sec: float) -> dict[str, Any]:
+    """kafka.toml of the typed service: one retry, every topic in `mode`, 422 retried on `lenient`."""
+    group = f"g-typed-{t['created']}"
+    topics: dict[str, dict[str, Any]] = {topic: {"mode": mode} for topic in t.values()}
+    topics[t["lenient"]]["dead_letter_statuses"] = []
+    config = kafka_config(bootstrap, port, group_id=group, delivery="inprocess" if transport == "inprocess" else "http",
+                          retry_group_id=f"r-{group}", retry_count=1, retry_interval_sec=retry_interval_sec,
+                          settings={"session.timeout.ms": 6000}, topics=topics)
+    config["consumer"]["proxy_http2"] = transport == "h2c"
+    return config
+
+
+def run_typed_service(tmp_path: Path, bootstrap: str, transport: str, mode: str) -> None:
     suffix = uuid.uuid4().hex[:10]
-    t = {n: create_topic(bootstrap, f"typed-{n}-{suffix}")
-         for n in ("created", "lenient", "bulk", "raw", "point", "fastapi")}
+    t = {n: create_topic(bootstrap, f"typed-{n}-{suffix}") for n in TOPICS}
     paid_event = f"Order:Paid-{suffix}"
     create_topic(bootstrap, f"Order.Paid-{suffix}")
     port = free_port()
-    group = f"g-typed-{suffix}"
-    config = kafka_config(bootstrap, port, group_id=group, delivery="inprocess" if transport == "inprocess" else "http",
-                          retry_group_id=f"r-{group}", retry_count=1, retry_interval_sec=0.3,
-                          settings={"session.timeout.ms": 6000},
-                          topics={t["lenient"]: {"dead_letter_statuses": []}})
-    config["consumer"]["proxy_http2"] = transport == "h2c"
+    config = typed_config(bootstrap, port, t, transport=transport, mode=mode, retry_interval_sec=0.3)
     write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"}, kafka=config)
     seen = Seen()
     app = typed_app(tmp_path, seen, t, paid_event)
@@ -308,7 +319,11 @@ def run_typed_service(tmp_path: Path, bootstrap: str, transport: str) -> None:
         dead = read_topic(bootstrap, f"fail-{t['created']}", expect=1, settle=0.5)
         dead_lenient = read_topic(bootstrap, f"fail-{t['lenient']}", expect=1, settle=0.3)
         retried = read_topic(bootstrap, f"retry-{t['created']}", expect=1, settle=0.3)
+    check_typed(seen, paid_event, dead, dead_lenient, retried)
 
+
+def check_typed(seen: Seen, paid_event: str, dead: list[Any], dead_lenient: list[Any], retried: list[Any]) -> None:
+    """What the typed service's handlers got, and where the refused records went (any broker)."""
     created = seen.of("created")
     for key, (order, headers) in created.items():
         assert isinstance(order, OrderCreated), (key, order)
@@ -347,10 +362,47 @@ def run_typed_service(tmp_path: Path, bootstrap: str, transport: str) -> None:
     assert "lenient" not in {r for r, *_ in seen.calls}  # the handler itself never ran
 
 
-@pytest.mark.parametrize("transport", ["http1", "h2c", "inprocess"])
-def test_typed_handlers_on_apache_kafka(apache_kafka, tmp_path, transport):
-    run_typed_service(tmp_path, apache_kafka.bootstrap, transport)
+# Every transport and every delivery mode on Apache Kafka (one run each: a mode per transport).
+@pytest.mark.parametrize("transport, mode", [("http1", "concurrent"), ("h2c", "sequential"),
+                                             ("inprocess", "key-ordered")])
+def test_typed_handlers_on_apache_kafka(apache_kafka, tmp_path, transport, mode):
+    run_typed_service(tmp_path, apache_kafka.bootstrap, transport, mode)
 
 
 def test_typed_handlers_on_the_embedded_broker(embedded_kafka, tmp_path):
-    run_typed_service(tmp_path, embedded_kafka.bootstrap, "http1")
+    run_typed_service(tmp_path, embedded_kafka.bootstrap, "http1", "sequential")
+
+
+@pytest.mark.parametrize("mode", ["sequential", "concurrent", "key-ordered"])
+async def test_typed_handlers_on_the_test_broker(tmp_path, mode):
+    # The same program and the same checks, on freedom.testing.TestBroker: no Kafka, no network,
+    # and the 45 s retry interval passes on the broker's clock.
+    suffix = uuid.uuid4().hex[:10]
+    t = {n: f"typed-{n}-{suffix}" for n in TOPICS}
+    paid_event = f"Order:Paid-{suffix}"
+    write_config(tmp_path, app={"listen_addr": "127.0.0.1:9"},
+                 kafka=typed_config("127.0.0.1:9", 9, t, transport="inprocess", mode=mode, retry_interval_sec=45))
+    seen = Seen()
+    app = typed_app(tmp_path, seen, t, paid_event)
+    async with TestBroker(app) as broker:
+        assert (await broker.client.get("/orders/order/1")).text == "ok"
+        broker.publish(t["created"], b'{"id": 7, "amount": 3}', key=b"GO-7")  # Go-shaped: no content-type
+        broker.publish(t["created"], b'{"id": 8}', key=b"BAD", headers=[("x-action", b"buy")])
+        broker.publish(t["lenient"], b'{"id": 9}', key=b"BAD-LENIENT")
+        producer = app.producer
+        batch = await producer.publish_batch([
+            producer.new_msg(t["created"], OrderCreated(id=500, amount=1)).set_key("FLAKY"),
+            producer.new_msg(t["bulk"], [OrderCreated(id=1, amount=1), OrderCreated(id=2, amount=5)]).set_key("B-1"),
+            producer.new_msg(t["raw"], {"k": "购买", "n": [1, 2]}).set_key("R-1"),
+            producer.new_msg(t["raw"], {"a": 1}).set_headers({"content-type": "application/vnd.shop+json"}).set_key("R-2"),
+        ])
+        assert batch.ok, batch.failed
+        await producer.new_msg(t["point"], Point(1.5, -2)).set_key("P-1").publish()
+        await producer.new_msg(t["fastapi"], OrderCreated(id=9, amount=9)).set_key("F-9").publish()
+        async with freedom.UnitOfWork(app) as uow:
+            uow.track(Order(3, paid_event)).pay(12.5)
+        started = time.monotonic()
+        await broker.settle(timeout=30)
+        assert time.monotonic() - started < 10  # the 45 s retry came on the broker's clock
+        check_typed(seen, paid_event, broker.dead_letters(t["created"]), broker.dead_letters(t["lenient"]),
+                    broker.retries(t["created"]))
