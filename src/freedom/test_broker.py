@@ -337,18 +337,8 @@ class _MemoryConsumerProxy(ConsumerProxy):
         self.router = _MemoryRetryRouter(broker, config, settings)
         self.groups = [_MemoryGroup(broker, g) for g in self.groups]
 
-    async def start(self) -> None:
-        self._broker.create_topics(self.router.topics_to_create(list(self.routes)))
-        started: list[GroupLoop] = []
-        try:
-            for group in self.groups:
-                await group.start()
-                started.append(group)
-        except BaseException:
-            for group in started:
-                await group.stop()
-            raise
-        self._tasks = [asyncio.create_task(self._wait_for_service()), asyncio.create_task(self._wait_assigned())]
+    async def _create_topics(self, topics: list[str]) -> None:
+        self._broker.create_topics(topics)
 
 
 class TestBroker(KafkaBackend):

@@ -85,10 +85,13 @@ class ConsumerProxy:
 
     # ------------------------------------------------------------------ lifecycle
 
+    async def _create_topics(self, topics: list[str]) -> None:
+        """Create the retry and dead-letter topics the routes need (the test broker makes its own)."""
+        if topics:
+            await asyncio.to_thread(ensure_topics, self.settings, topics)
+
     async def start(self) -> None:
-        extra = self.router.topics_to_create(list(self.routes))
-        if extra:
-            await asyncio.to_thread(ensure_topics, self.settings, extra)
+        await self._create_topics(self.router.topics_to_create(list(self.routes)))
         started: list[GroupLoop] = []
         try:
             for group in self.groups:
