@@ -17,11 +17,15 @@ from starlette.responses import Response
 
 import freedom
 from freedom import spans
+from freedom.config import load_kafka_config
 from freedom.infra import kafka
+from freedom.ops.replay import replay
+from freedom.ops.target import target_of
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.apps import Recorder
 from tests.outbox.apps import shop_app
 from tests.outbox.db import outbox_rows, unique_event
+from tests.services.kafka_tools import produce, read_topic
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 REQUEST_SPAN = "00f067aa0ba902b7"
@@ -145,3 +149,43 @@ def test_an_outbox_publish_is_a_send_span_in_the_trace_that_raised_the_event(apa
     assert send.attributes["messaging.kafka.message.key"] == "7"
     assert process.parent.span_id == send.context.span_id
     assert [c.trace_id for c in recorder.snapshot()] == [TRACE_ID]
+
+
+def test_a_replayed_dead_letter_is_linked_to_its_first_attempt(apache_kafka, new_topic, tmp_path, exporter):
+    # The record is dead-lettered at its first delivery; `freedom dlq replay` (its function) sends it
+    # back to the topic, and the replay's process span links to that first attempt.
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    replays: list[str | None] = []  # x-freedom-replay-count per delivery
+
+    class StoreController:
+        runtime: freedom.Runtime
+
+        async def post_event_by(self, event_id: str) -> str:
+            replays.append(self.runtime.request.headers.get("x-freedom-replay-count"))
+            if len(replays) == 1:
+                raise freedom.DeadLetter("broken until the fix")
+            return "ok"
+
+    def prepare(initiator: freedom.Initiator) -> None:
+        initiator.bind_controller("/store", StoreController)
+        initiator.listen_event(topic, "StoreController.post_event_by")
+
+    port = free_port()
+    group = f"g-{uuid.uuid4().hex[:8]}"
+    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
+                        kafka=kafka_config(bootstrap, port, group_id=group, initial_offset="earliest",
+                                           settings={"session.timeout.ms": 6000}))
+    with ServiceThread(freedom.Application(config_dir=conf, prepare=[prepare])):
+        produce(bootstrap, topic, [{"key": b"K-1", "value": b"{}"}])
+        read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.2)
+        report = replay(target_of(load_kafka_config(conf), [topic], str(conf)), topic)
+        assert report.moved == 1, report
+        wait_until(lambda: len(replays) == 2, 30, what="the replayed record's delivery")
+        wait_until(lambda: len(finished(exporter, f"process {topic}")) == 2, 30, what="both process spans")
+    first, again = sorted(finished(exporter, f"process {topic}"), key=lambda s: s.start_time)
+    assert replays == [None, "1"]
+    assert first.attributes["freedom.outcome"] == "dead_letter"
+    links = {link.attributes.get("freedom.link"): link.context.span_id for link in again.links}
+    assert links["first_attempt"] == first.context.span_id
+    assert again.attributes["messaging.kafka.offset"] == 1 and "error.type" not in again.attributes
