@@ -25,7 +25,7 @@ from tests.kafka.cluster import NODE_IDS, KafkaCluster
 from tests.services.event_app import Journal, event_app
 from tests.services.kafka_tools import committed, read_topic
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.cluster, pytest.mark.serial, pytest.mark.timeout(300)]
 
 
 @pytest.fixture(scope="module")

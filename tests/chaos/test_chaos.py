@@ -29,6 +29,8 @@ from tests.chaos.harness import KillReport, count, kill, kill_report, lines, sta
 from tests.kafka.broker import ApacheKafka
 from tests.services.kafka_tools import committed, produce, read_topic
 
+pytestmark = pytest.mark.serial  # timing bounds: run alone (scripts/test.sh)
+
 PARTITIONS = 2
 DEAD_EVERY = 97  # the handler dead-letters sequence numbers 96, 193, ...
 KEYS = 40  # key-ordered topic: records share 40 keys
