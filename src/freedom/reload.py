@@ -122,7 +122,8 @@ def needs_embedded_broker(config: str | None, forced: bool) -> bool:
     return kafka is not None and (forced or kafka.needs_embedded_broker)
 
 
-def _exit_text(code: int) -> str:
+def exit_text(code: int) -> str:
+    """How a child process ended, for a log line (`Popen.returncode`: negative is a signal)."""
     if code < 0:
         try:
             return f"was killed by {signal.Signals(-code).name}"
@@ -223,7 +224,7 @@ class Supervisor:
         """Report, once, a child that exited by itself; the next change starts a new one."""
         if self.child is not None and not self._reported and self.child.poll() is not None:
             self._reported = True
-            log.error("the service %s; waiting for a change to restart it", _exit_text(self.child.returncode))
+            log.error("the service %s; waiting for a change to restart it", exit_text(self.child.returncode))
 
     # ------------------------------------------------------------------ main loop
 

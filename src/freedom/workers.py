@@ -43,6 +43,7 @@ from types import FrameType
 from typing import TYPE_CHECKING, Sequence
 
 from .errors import FreedomError
+from .reload import exit_text
 
 if TYPE_CHECKING:
     from .infra.kafka.embedded import EmbeddedBroker
@@ -111,15 +112,6 @@ class _Worker:
     restart_at: float | None = None  # when a dead worker is started again
     delay: float = 1.0
     reported: bool = False  # its exit was logged already
-
-
-def _exit_text(code: int) -> str:
-    if code < 0:
-        try:
-            return f"was killed by {signal.Signals(-code).name}"
-        except ValueError:
-            return f"was killed by signal {-code}"
-    return f"exited with code {code}"
 
 
 class WorkerSupervisor:
@@ -199,7 +191,7 @@ class WorkerSupervisor:
             worker.delay = 1.0
         delay, worker.delay = worker.delay, min(worker.delay * 2, MAX_RESTART_DELAY_SEC)
         log.error("worker %d (pid %d) %s after %.0f s; its partitions go to the other workers, starting it again in %.0f s",
-                  worker.number, proc.pid, _exit_text(code), ran, delay)
+                  worker.number, proc.pid, exit_text(code), ran, delay)
         worker.restart_at = now + delay
 
     def _stop_all(self) -> None:
@@ -223,7 +215,7 @@ class WorkerSupervisor:
             if code != 0 and self.exit_code == 0:
                 self.exit_code = 1
             if code != 0 and w.restart_at is None and not w.reported:
-                log.warning("worker %d (pid %d) %s at the stop", w.number, w.proc.pid, _exit_text(code))
+                log.warning("worker %d (pid %d) %s at the stop", w.number, w.proc.pid, exit_text(code))
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM (or a worker's user mistake); the exit code."""
