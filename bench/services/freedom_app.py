@@ -1,8 +1,8 @@
 """The freedom service under benchmark, run as `freedom run freedom_app:app --config DIR` from this folder.
 
 One controller route bound to `$BENCH_TOPIC`. The handler is the trivial JSON one (parse the body,
-answer `{"ok": true}`), or with `BENCH_HANDLER=slow` it also awaits 5 ms. With `BENCH_FAIL_EVERY=k`
-a record whose key is `k<i>` with `i % k == 0` answers 500 the first time its key is seen (the
+answer `{"ok": true}`), or with `BENCH_HANDLER=slow` it also awaits 5 ms (`BENCH_SLOW_MS=50`: 50 ms,
+the go scenario). With `BENCH_FAIL_EVERY=k` a record whose key is `k<i>` with `i % k == 0` answers 500 the first time its key is seen (the
 retry-path scenario); the retry delivery then succeeds. With `BENCH_BATCH=n` the topic is bound with
 batch delivery (up to n records per request; the scaling scenario): the handler parses each record
 and answers ok for all.
@@ -20,6 +20,7 @@ from bench_probe import PROBE
 
 TOPIC = os.environ["BENCH_TOPIC"]
 SLOW = os.environ.get("BENCH_HANDLER", "trivial") == "slow"
+SLOW_SECONDS = int(os.environ.get("BENCH_SLOW_MS", "5") or 5) / 1000  # the slow handler's wait (go scenario: 50)
 FAIL_EVERY = int(os.environ.get("BENCH_FAIL_EVERY", "0") or 0)
 BATCH = int(os.environ.get("BENCH_BATCH", "0") or 0)
 _seen: set[str] = set()
@@ -47,7 +48,7 @@ class BenchController:
     async def post_event_by(self, event_id: str) -> dict[str, bool]:
         data = await self.runtime.request.json()
         if SLOW:
-            await asyncio.sleep(0.005)
+            await asyncio.sleep(SLOW_SECONDS)
         if _fails_first_time(event_id):
             raise HTTPException(status_code=500, detail="benchmark: fails once")
         PROBE.hit(data)
