@@ -86,6 +86,9 @@ def ratios(ctx: Context) -> list[Ratio]:
     for case in ("freedom-http1-seq slow", "freedom-http1-conc slow"):
         out.append(Ratio(f"memory {case} / faststream slow",
                          per_run_ratio(ctx, ("memory", case, mem), ("memory", "faststream slow", mem))))
+    from .scenarios import gopeer  # freedom / the Go peer (issue 14)
+
+    out += gopeer.ratios(ctx)
     return [r for r in out if r.values]
 
 
@@ -162,6 +165,10 @@ def targets(ctx: Context) -> list[Target]:
         backlog = "100,000 (quick mode)" if ctx.quick else "1,000,000"
         out.append(Target(f"resident memory, backlog {backlog}, {case}", "< 300 MB", f"{rss:.0f} MB",
                           "met" if rss < 300 else f"missed by {(rss - 300) / 300:.0%}"))
+    if any(s == "go" for (s, _c, _m) in ctx.results):
+        from .scenarios import gopeer  # issue 14: against the Go peer
+
+        out += gopeer.targets(ctx)
     return out
 
 

@@ -17,6 +17,7 @@ SCENARIO_TITLES = {
     "retry": "Retry path: 10% of the records fail once (retry_count = 1, retry_interval_sec = 0)",
     "memory": "Memory: peak resident set size with a backlog and a 5 ms handler",
     "metrics": "Metrics on vs off (trivial handler, concurrent; the hot-path hooks as no-ops for off)",
+    "go": "Against the Go peer (bench/go_peer: sarama, 500 workers, net/http; 6 partitions; publish route with 50 clients)",
     "scaling": "Scaling: --workers 1 vs 2, and batch delivery (100 per request) vs per record (6 partitions, trivial, concurrent)",
 }
 
@@ -53,7 +54,7 @@ def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command
     if rs:
         lines += ["## Ratios (per run, then the median over runs)", "",
                   markdown_table(["ratio", "median (min–max)"], [[r.label, ratio_cell(r.values)] for r in rs]), ""]
-    lines += ["## Targets (issue 6)", "",
+    lines += ["## Targets (issues 6 and 14)", "",
               markdown_table(["target", "goal", "measured", "status"],
                              [[t.what, t.goal, t.measured, t.status] for t in targets(ctx)]), ""]
     if ctx.skipped:
