@@ -3,9 +3,12 @@
 - Every Kubernetes manifest validates against the Kubernetes OpenAPI schemas that the
   kubernetes-validate package ships (strict: an unknown field is an error), for the oldest and the
   newest Kubernetes version the manifests are meant for.
-- The KEDA ScaledObject (a CRD: no schema ships with Kubernetes) validates against a minimal,
-  hand-written JSON schema of the fields it uses (tests/schemas/, labelled as such), and its HPA
-  `behavior` against Kubernetes' own autoscaling/v2 schema.
+- The KEDA ScaledObject (a CRD: no schema ships with Kubernetes) validates against KEDA's CRD
+  schema as the npm package @kubernetes-models/keda ships it compiled (run with Node, installed
+  into .cache/npm-keda from the npm registry; skipped without Node), against a minimal,
+  hand-written, stricter JSON schema of the fields it uses (tests/schemas/, labelled as such: it
+  refuses unknown keys, which the CRD lets through), and its HPA `behavior` against Kubernetes'
+  own autoscaling/v2 schema.
 - The ConfigMaps' app.toml and kafka.toml, with the Secrets' variables in the environment, are
   accepted by freedom's own configuration loader (the FREEDOM_... naming rule included).
 - The Containerfiles pass hadolint and are parsed (dockerfile-parse) for what the manifests rely
@@ -35,6 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 SCALEDOBJECT_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject-v1alpha1.minimal.json"
+#: KEDA's CRD schema, compiled, from the npm registry (KEDA 2.x's keda.sh/v1alpha1 ScaledObject).
+KEDA_MODELS = "@kubernetes-models/keda@0.4.2"
+KEDA_VALIDATOR = Path(__file__).parent / "keda_validate.js"
+KEDA_INSTALLED = ROOT / ".cache" / "npm-keda" / "node_modules" / "@kubernetes-models" / "keda" / "package.json"
 #: The oldest Kubernetes the manifests are for (policy/v1 PDBs, autoscaling/v2), and the newest schemas shipped.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -125,6 +132,30 @@ def test_the_scaledobject_validates_against_its_schema_and_its_behavior_against_
         wrong["spec"].update(broken)
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(wrong, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_the_scaledobject_validates_against_kedas_crd_schema(tmp_path: Path) -> None:
+    if shutil.which("node") is None:
+        pytest.skip("Node.js is not installed (KEDA's CRD schema is checked with the npm package's validator)")
+    if not KEDA_INSTALLED.exists():
+        if shutil.which("npm") is None:
+            pytest.skip("npm is not installed")
+        subprocess.run(["npm", "install", "--prefix", str(KEDA_INSTALLED.parents[3]), "--no-audit", "--no-fund",
+                        "--loglevel=error", KEDA_MODELS], check=True, timeout=300, capture_output=True)
+    scaled = of_kind("proxy", "ScaledObject")
+    good = tmp_path / "scaledobject.json"
+    good.write_text(json.dumps(scaled))
+    wrong = copy.deepcopy(scaled)
+    wrong["spec"]["minReplicaCount"] = "1"
+    wrong["spec"]["triggers"][0]["metadata"]["threshold"] = 2000
+    bad = tmp_path / "wrong.json"
+    bad.write_text(json.dumps(wrong))
+    checked = subprocess.run(["node", str(KEDA_VALIDATOR), str(good), str(bad)], capture_output=True, text=True,
+                             timeout=60)
+    assert checked.returncode in (0, 1), checked.stderr
+    found = json.loads(checked.stdout)
+    assert found[str(good)] is None, found[str(good)]
+    assert "minReplicaCount must be integer" in found[str(bad)] and "threshold must be string" in found[str(bad)]
 
 
 def test_the_scaledobject_scales_the_proxy_on_its_lag_up_to_the_partitions() -> None:
