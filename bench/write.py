@@ -7,6 +7,7 @@ from pathlib import Path
 
 from .common import ROOT, Context
 from .report import markdown_table, ratio_cell, ratios, scenario_tables, skipped_by_reason, targets
+from .scenarios import gopeer
 
 NOTES = ROOT / "bench" / "notes.md"
 
@@ -42,6 +43,7 @@ def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command
         f"load average at the start {machine['load']}",
         f"- **Python:** {machine['python']}; {machine['libraries']}",
         f"- **Kafka:** {machine['kafka']}",
+        *([f"- **Go peer:** {go}"] if (go := gopeer.describe()) else []),
         "",
         f"Caveat: the broker, the producer and the consumer under test share the machine's {machine['cores']} cores "
         "(and the machine may be shared with other work: its load average at the start is above). Absolute "

@@ -75,8 +75,16 @@ func stopContext() (context.Context, context.CancelFunc) {
 // kafkaVersion: the protocol level sarama speaks (the benchmark's broker is Apache Kafka 4.x).
 var kafkaVersion = sarama.V4_0_0_0
 
+// tuning: the consumer settings that the flags of `gopeer consume` can change (for experiments;
+// the defaults are the ones measured).
+type tuning struct {
+	commit time.Duration
+	fetch  int32
+	buffer int
+}
+
 // consumerConfig is sarama's consumer group configuration, tuned for a backlog of small records.
-func consumerConfig() *sarama.Config {
+func consumerConfig(t tuning) *sarama.Config {
 	c := sarama.NewConfig()
 	c.Version = kafkaVersion
 	c.ClientID = "gopeer"
@@ -84,14 +92,14 @@ func consumerConfig() *sarama.Config {
 	// Commit marked offsets every 100 ms (default 1 s): the benchmark's clock stops when the last
 	// offset is committed, and a commit request every 100 ms costs nothing measurable.
 	c.Consumer.Offsets.AutoCommit.Enable = true
-	c.Consumer.Offsets.AutoCommit.Interval = 100 * time.Millisecond
+	c.Consumer.Offsets.AutoCommit.Interval = t.commit
 	// Bigger fetches and buffers than the defaults (1 MiB per partition, 256 messages per channel):
 	// fewer fetch round trips, and the pool never waits for the fetcher.
 	c.Consumer.Fetch.Min = 1
-	c.Consumer.Fetch.Default = 4 << 20
+	c.Consumer.Fetch.Default = t.fetch
 	c.Consumer.Fetch.Max = 16 << 20
 	c.Consumer.MaxWaitTime = 250 * time.Millisecond
-	c.ChannelBufferSize = 4096
+	c.ChannelBufferSize = t.buffer
 	// A claim loop may block while the pool is full; with 100 ms (the default) sarama would stop
 	// fetching that partition every time it does.
 	c.Consumer.MaxProcessingTime = time.Second
@@ -305,7 +313,12 @@ func consume(args []string) error {
 	probePath := fs.String("probe", os.Getenv("BENCH_PROBE"), "the probe state file")
 	slowMS := fs.Int("slow-ms", 0, "the handler sleeps this long before answering")
 	workers := fs.Int("workers", 500, "delivery goroutines (the Go original's default rate limit)")
+	var t tuning
+	fs.DurationVar(&t.commit, "commit-interval", 100*time.Millisecond, "sarama Consumer.Offsets.AutoCommit.Interval")
+	fetchKB := fs.Int("fetch-kb", 4096, "sarama Consumer.Fetch.Default, KiB per partition")
+	fs.IntVar(&t.buffer, "buffer", 4096, "sarama ChannelBufferSize")
 	_ = fs.Parse(args)
+	t.fetch = int32(*fetchKB) << 10
 	if *topic == "" || *groupID == "" {
 		return errors.New("consume needs -topic and -group")
 	}
@@ -358,7 +371,7 @@ func consume(args []string) error {
 		}()
 	}
 
-	client, err := sarama.NewConsumerGroup(strings.Split(*brokers, ","), *groupID, consumerConfig())
+	client, err := sarama.NewConsumerGroup(strings.Split(*brokers, ","), *groupID, consumerConfig(t))
 	if err != nil {
 		return err
 	}

@@ -49,6 +49,22 @@ GO_PEER_SRC = ROOT / "bench" / "go_peer"
 GO_PEER_BIN = ROOT / ".cache" / "go-peer" / "gopeer"
 
 _built: tuple[Path | None, str] | None = None  # (binary, why not) once build_go_peer ran
+_go_version = ""  # `go version` of the toolchain that built it
+
+
+def describe() -> str | None:
+    """The report's line on the Go peer: what built it and its settings (None: the scenario did not run)."""
+    if _built is None:
+        return None
+    if _built[0] is None:
+        return f"not measured: {_built[1]}"
+    sarama = next((line.split()[-1] for line in (GO_PEER_SRC / "go.mod").read_text().splitlines()
+                   if line.strip().startswith("github.com/IBM/sarama ")), "?")
+    return (f"`bench/go_peer` built with {_go_version.removeprefix('go version ')}, IBM/sarama {sarama}; 500 delivery "
+            "goroutines, one keep-alive net/http client (500 idle connections) and the net/http handler in one "
+            "process; sarama tuned: auto-commit every 100 ms (default 1 s), fetch 4 MiB per partition (1 MiB), "
+            "channel buffer 4,096 (256), max processing time 1 s (100 ms), go-metrics off; publish route: "
+            "SyncProducer, acks=all, idempotent, lz4 (freedom's producer defaults)")
 
 
 def build_go_peer() -> tuple[Path | None, str]:
@@ -64,7 +80,9 @@ def build_go_peer() -> tuple[Path | None, str]:
     GO_PEER_BIN.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
-        version = subprocess.run([go, "version"], capture_output=True, text=True, timeout=30).stdout.strip()
+        global _go_version
+        version = _go_version = subprocess.run([go, "version"], capture_output=True, text=True,
+                                               timeout=30).stdout.strip()
         # GOTOOLCHAIN=local: never download another toolchain; -mod=readonly: go.sum as committed.
         result = subprocess.run([go, "build", "-mod=readonly", "-trimpath", "-o", str(GO_PEER_BIN), "."],
                                 cwd=GO_PEER_SRC, capture_output=True, text=True, timeout=900,
