@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The benchmark suite: sets up .venv (with the bench extra), fetches the Apache Kafka jars (first run
 # only), then runs `python -m bench` with the arguments given, e.g. --quick, --only e2e, --profile.
-# It starts its own broker and writes BENCHMARKS.md (quick mode: bench/results/quick.md).
+# It starts its own broker, builds the Go peer (bench/go_peer) when Go is installed (a skip line
+# otherwise), and writes BENCHMARKS.md (quick mode: bench/results/quick.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
