@@ -3,9 +3,9 @@
 One controller route bound to `$BENCH_TOPIC`. The handler is the trivial JSON one (parse the body,
 answer `{"ok": true}`), or with `BENCH_HANDLER=slow` it also awaits 5 ms (`BENCH_SLOW_MS=50`: 50 ms,
 the go scenario). With `BENCH_FAIL_EVERY=k` a record whose key is `k<i>` with `i % k == 0` answers
-500 the first time its key is seen (the retry-path scenario); the retry delivery then succeeds. With `BENCH_BATCH=n` the topic is bound with
-batch delivery (up to n records per request; the scaling scenario): the handler parses each record
-and answers ok for all.
+500 the first time its key is seen (the retry-path scenario); the retry delivery then succeeds.
+With `BENCH_BATCH=n` the topic is bound with batch delivery (up to n records per request; the
+scaling scenario): the handler parses each record and answers ok for all.
 """
 
 from __future__ import annotations
