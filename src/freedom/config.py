@@ -135,11 +135,15 @@ class ConsumerClientConfig:
     topics: dict[str, "TopicConsumeConfig"] = field(default_factory=dict)  # per-topic overrides
     #: answer statuses that dead-letter a record at once, without retries (outcomes.DEAD_LETTER_STATUSES)
     dead_letter_statuses: frozenset[int] = frozenset(DEAD_LETTER_STATUSES)
+    retry_after_max_sec: float = 60.0  # the longest pause one Retry-After causes (infra/kafka/backpressure.py)
+    backpressure_max_sec: float = 300.0  # Retry-After pauses one record may take before it counts as failed (0: off)
+    head_of_line_timeout_sec: float | None = None  # the head-of-line guard (proxy.py); None: off
 
     def consume_config(self, topic: str) -> "TopicConsumeConfig":
-        """The mode, bound and dead-letter statuses of `topic`: its `[consumer_clients.topics."T"]`
-        entry, else the client's."""
-        return self.topics.get(topic) or TopicConsumeConfig(self.mode, self.max_in_flight, self.dead_letter_statuses)
+        """How `topic` is delivered: its `[consumer_clients.topics."T"]` entry, else the client's."""
+        return self.topics.get(topic) or TopicConsumeConfig(
+            self.mode, self.max_in_flight, self.dead_letter_statuses, retry_after_max_sec=self.retry_after_max_sec,
+            backpressure_max_sec=self.backpressure_max_sec, head_of_line_timeout_sec=self.head_of_line_timeout_sec)
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,11 @@ class TopicConsumeConfig:
     mode: str = "sequential"
     max_in_flight: int = 500
     dead_letter_statuses: frozenset[int] = frozenset(DEAD_LETTER_STATUSES)
+    rate_limit_per_sec: float | None = None  # deliveries started per second at most (backpressure.py); None: no limit
+    max_concurrency: int | None = None  # deliveries waiting for their answer at once at most; None: no limit
+    retry_after_max_sec: float = 60.0
+    backpressure_max_sec: float = 300.0
+    head_of_line_timeout_sec: float | None = None
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,11 @@ class SubscriptionConfig:
     retry_count: int | None = None
     retry_interval_sec: float | None = None
     dead_letter_statuses: frozenset[int] | None = None
+    rate_limit_per_sec: float | None = None  # None: no limit
+    max_concurrency: int | None = None  # None: no limit
+    retry_after_max_sec: float | None = None
+    backpressure_max_sec: float | None = None
+    head_of_line_timeout_sec: float | None = None  # None: the client's (off by default)
 
 
 @dataclass(frozen=True)
@@ -377,7 +391,10 @@ def _subscription(s: Subscription) -> SubscriptionConfig:
         topic=s.topic, url=s.url, group_id=s.group_id, mode=s.mode, max_in_flight=s.max_in_flight,
         timeout_sec=s.timeout_sec, http2=s.http2, secret=s._secret, retry_count=s.retry_count,
         retry_interval_sec=s.retry_interval_sec,
-        dead_letter_statuses=frozenset(s.dead_letter_statuses) if s.dead_letter_statuses is not None else None)
+        dead_letter_statuses=frozenset(s.dead_letter_statuses) if s.dead_letter_statuses is not None else None,
+        rate_limit_per_sec=s.rate_limit_per_sec, max_concurrency=s.max_concurrency,
+        retry_after_max_sec=s.retry_after_max_sec, backpressure_max_sec=s.backpressure_max_sec,
+        head_of_line_timeout_sec=s.head_of_line_timeout_sec)
 
 
 def _consumer_client(c: ConsumerClient) -> ConsumerClientConfig:
@@ -387,11 +404,22 @@ def _consumer_client(c: ConsumerClient) -> ConsumerClientConfig:
         retry_interval_sec=c.retry_interval_sec, retry_fail_prefix=c.retry_fail_prefix,
         initial_offset=c.initial_offset, settings=c._librdkafka, mode=c.mode, max_in_flight=c.max_in_flight,
         drain_timeout_sec=c.drain_timeout_sec, dead_letter_statuses=frozenset(c.dead_letter_statuses),
-        topics={t: TopicConsumeConfig(o.mode or c.mode, o.max_in_flight or c.max_in_flight,
-                                      frozenset(c.dead_letter_statuses if o.dead_letter_statuses is None
-                                                else o.dead_letter_statuses))
-                for t, o in c.topics.items()},
+        retry_after_max_sec=c.retry_after_max_sec, backpressure_max_sec=c.backpressure_max_sec,
+        head_of_line_timeout_sec=c.head_of_line_timeout_sec,
+        topics={t: TopicConsumeConfig(
+            o.mode or c.mode, o.max_in_flight or c.max_in_flight,
+            frozenset(c.dead_letter_statuses if o.dead_letter_statuses is None else o.dead_letter_statuses),
+            rate_limit_per_sec=o.rate_limit_per_sec, max_concurrency=o.max_concurrency,
+            retry_after_max_sec=_given(o.retry_after_max_sec, c.retry_after_max_sec),
+            backpressure_max_sec=_given(o.backpressure_max_sec, c.backpressure_max_sec),
+            head_of_line_timeout_sec=_given(o.head_of_line_timeout_sec, c.head_of_line_timeout_sec))
+            for t, o in c.topics.items()},
     )
+
+
+def _given(value: Any, default: Any) -> Any:
+    """`value`, else (None: not given) `default`."""
+    return default if value is None else value
 
 
 def check_topic_overrides(config: KafkaConfig, listened: Iterable[str]) -> None:

@@ -308,6 +308,38 @@ class ProducerClient(_Client):
         return self
 
 
+_RATE_LIMIT = ("At most this many deliveries of the topic start per second, evenly spaced, per process "
+               "(docs/consumer-proxy.md#backpressure). Not given: no limit.")
+_MAX_CONCURRENCY = ("At most this many deliveries of the topic waiting for their answer at once, per process, across "
+                    "its partitions and retries (in addition to `max_in_flight`). Not given: no limit.")
+_RETRY_AFTER_MAX = ("The longest pause one `429`/`503` answer's `Retry-After` causes (longer ones are cut to it; "
+                    "the shortest is 1 s).")
+_BACKPRESSURE_MAX = ("How long `Retry-After` pauses may hold one record back in all before its `429`/`503` counts "
+                     "as a failed attempt (retried or dead-lettered as usual). 0: `Retry-After` is not read.")
+_HEAD_OF_LINE = ("The head-of-line guard: a record not settled this long after its first delivery started "
+                 "(redeliveries in place and `Retry-After` pauses included) has its delivery cancelled and goes "
+                 "to its retry topic, or with `retry_count = 0` to its dead-letter topic, so that its "
+                 "partition's commit can pass it. Not given: off.")
+#: The highest rate_limit_per_sec accepted (a delivery per microsecond).
+MAX_RATE_PER_SEC = 1_000_000
+
+
+def _check_pressure(m: Any) -> None:
+    """The backpressure and head-of-line keys of a consumer client, a topic table or a subscription
+    (those it has; None: not given)."""
+    rate = getattr(m, "rate_limit_per_sec", None)
+    if rate is not None and (not math.isfinite(rate) or not 0 < rate <= MAX_RATE_PER_SEC):
+        raise Problem("rate_limit_per_sec", f"must be a number of deliveries per second, greater than 0 and at "
+                                            f"most {MAX_RATE_PER_SEC}, got {rate}")
+    bound = getattr(m, "max_concurrency", None)
+    if bound is not None and bound < 1:
+        raise Problem("max_concurrency", f"must be 1 or more, got {bound}")
+    for name in ("retry_after_max_sec", "backpressure_max_sec", "head_of_line_timeout_sec"):
+        value = getattr(m, name, None)
+        if value is not None:
+            setattr(m, name, _seconds(name, value, zero_ok=name == "backpressure_max_sec"))
+
+
 class TopicOverride(_Model):
     """`[consumer_clients.topics."T"]`: how the records of topic T are delivered (the client's by default)."""
 
@@ -315,6 +347,12 @@ class TopicOverride(_Model):
     max_in_flight: int | None = Field(default=None, description="As the client's `max_in_flight`, for this topic.")
     dead_letter_statuses: list[int] | None = Field(default=None, description=(
         "As the client's `dead_letter_statuses`, for this topic (replaces the client's list)."))
+    rate_limit_per_sec: float | None = Field(default=None, description=_RATE_LIMIT)
+    max_concurrency: int | None = Field(default=None, description=_MAX_CONCURRENCY)
+    retry_after_max_sec: float | None = Field(default=None, description="As the client's `retry_after_max_sec`, for this topic.")
+    backpressure_max_sec: float | None = Field(default=None, description="As the client's `backpressure_max_sec`, for this topic.")
+    head_of_line_timeout_sec: float | None = Field(default=None, description=(
+        "As the client's `head_of_line_timeout_sec`, for this topic."))
 
     @field_validator("dead_letter_statuses", mode="before")
     @classmethod
@@ -325,6 +363,7 @@ class TopicOverride(_Model):
     def _check(self) -> "TopicOverride":
         _check_consume(self.mode, self.max_in_flight)
         _check_statuses(self.dead_letter_statuses)
+        _check_pressure(self)
         return self
 
 
@@ -377,9 +416,13 @@ class ConsumerClient(_Client):
         "the request can never succeed as it is (422: the body failed validation). The default is "
         "Knative's rule: 4xx, except 401, 403, 404, 405, 408, 409, 423, 424, 425 and 429, which are "
         "retried like 5xx (docs/typed-events.md). `[]`: every failure is retried."))
+    retry_after_max_sec: float = Field(default=60.0, description=_RETRY_AFTER_MAX)
+    backpressure_max_sec: float = Field(default=300.0, description=_BACKPRESSURE_MAX)
+    head_of_line_timeout_sec: float | None = Field(default=None, description=_HEAD_OF_LINE)
     topics: dict[str, TopicOverride] = Field(default_factory=dict, description=(
-        '`[consumer_clients.topics."T"]`: `mode`, `max_in_flight` and `dead_letter_statuses` of topic T '
-        "(a topic some event listens to)."))
+        '`[consumer_clients.topics."T"]`: `mode`, `max_in_flight`, `dead_letter_statuses`, '
+        "`rate_limit_per_sec`, `max_concurrency`, `retry_after_max_sec`, `backpressure_max_sec` and "
+        "`head_of_line_timeout_sec` of topic T (a topic some event listens to)."))
 
     @field_validator("dead_letter_statuses", mode="before")
     @classmethod
@@ -416,6 +459,13 @@ class ConsumerClient(_Client):
             raise Problem("retry_group_id", "must not be empty when retry_count > 0")
         if retries and self.retry_group_id == self.group_id:
             raise Problem("retry_group_id", "must differ from group_id")
+        _check_pressure(self)
+        guarded = [(("head_of_line_timeout_sec",), self.head_of_line_timeout_sec),
+                   *((("topics", t, "head_of_line_timeout_sec"), o.head_of_line_timeout_sec) for t, o in self.topics.items())]
+        for key, guard in guarded:
+            if guard is not None and not retries and not self.retry_fail_prefix:
+                raise Problem(key, "the guard moves a stuck record to its retry or dead-letter topic: give "
+                                   "retry_count > 0 or a retry_fail_prefix, or remove it")
         return self
 
 
@@ -478,6 +528,14 @@ class Subscription(_Model):
         "As the client's `retry_interval_sec`, for this subscription."))
     dead_letter_statuses: list[int] | None = Field(default=None, description=(
         "As the client's `dead_letter_statuses`, for this subscription (replaces the client's list)."))
+    rate_limit_per_sec: float | None = Field(default=None, description=_RATE_LIMIT.replace("the topic", "the subscription"))
+    max_concurrency: int | None = Field(default=None, description=_MAX_CONCURRENCY.replace("the topic", "the subscription"))
+    retry_after_max_sec: float | None = Field(default=None, description=(
+        "As the client's `retry_after_max_sec`, for this subscription."))
+    backpressure_max_sec: float | None = Field(default=None, description=(
+        "As the client's `backpressure_max_sec`, for this subscription."))
+    head_of_line_timeout_sec: float | None = Field(default=None, description=(
+        "As the client's `head_of_line_timeout_sec`, for this subscription."))
     _secret: str | None = PrivateAttr(None)
 
     @field_validator("dead_letter_statuses", mode="before")
@@ -497,6 +555,7 @@ class Subscription(_Model):
             self.retry_interval_sec = _seconds("retry_interval_sec", self.retry_interval_sec, zero_ok=True)
         if self.retry_count is not None and self.retry_count < 0:
             raise Problem("retry_count", "must be 0 (no retries) or more")
+        _check_pressure(self)
         from .security import read_secret
 
         self._secret = read_secret(_Keys(self, ("secret", "secret_env")))

@@ -59,3 +59,7 @@ FIRST_ATTEMPT_HEADER = "x-freedom-first-attempt"
 
 # --------------------------------------------------------------------------- batch delivery (batch.py, infra/kafka/batching.py)
 BATCH_HEADER = "x-freedom-batch"  # on a batch request: how many records its JSON envelope holds
+
+# --------------------------------------------------------------------------- read from an answer (infra/kafka/backpressure.py)
+#: On a 429 or 503 answer: how long the endpoint asks the proxy to wait (seconds or an HTTP date).
+RETRY_AFTER_HEADER = "retry-after"

@@ -135,14 +135,31 @@ def plan(kafka: KafkaConfig) -> list[ProxyPlan]:
     out = []
     for (index, retries, interval), subs in groups.items():
         client = kafka.consumer_clients[index]
-        topics = {s.topic: TopicConsumeConfig(
-            mode=s.mode or client.consume_config(s.topic).mode,
-            max_in_flight=s.max_in_flight or client.consume_config(s.topic).max_in_flight,
-            dead_letter_statuses=(s.dead_letter_statuses if s.dead_letter_statuses is not None
-                                  else client.consume_config(s.topic).dead_letter_statuses)) for s in subs}
+        topics = {s.topic: _topic_config(s, client.consume_config(s.topic)) for s in subs}
+        for i, s in enumerate(kafka.subscriptions):
+            if s in subs and topics[s.topic].head_of_line_timeout_sec is not None and not retries \
+                    and not client.retry_fail_prefix:
+                raise ConfigError(kafka.file, f"subscriptions[{i}].head_of_line_timeout_sec",
+                                  "the guard moves a stuck record to its retry or dead-letter topic: give "
+                                  "retry_count > 0 or the client a retry_fail_prefix, or remove it")
         config = replace(client, retry_count=retries, retry_interval_sec=interval, topics=topics)
         out.append(ProxyPlan(index, config, tuple(subs)))
     return out
+
+
+def _topic_config(sub: SubscriptionConfig, client: TopicConsumeConfig) -> TopicConsumeConfig:
+    """How a subscription's records are delivered: its own keys, else its client's for the topic."""
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
+
+    return TopicConsumeConfig(
+        mode=sub.mode or client.mode, max_in_flight=sub.max_in_flight or client.max_in_flight,
+        dead_letter_statuses=given(sub.dead_letter_statuses, client.dead_letter_statuses),
+        rate_limit_per_sec=given(sub.rate_limit_per_sec, client.rate_limit_per_sec),
+        max_concurrency=given(sub.max_concurrency, client.max_concurrency),
+        retry_after_max_sec=given(sub.retry_after_max_sec, client.retry_after_max_sec),
+        backpressure_max_sec=given(sub.backpressure_max_sec, client.backpressure_max_sec),
+        head_of_line_timeout_sec=given(sub.head_of_line_timeout_sec, client.head_of_line_timeout_sec))
 
 
 class StandaloneProxy:

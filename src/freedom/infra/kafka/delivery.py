@@ -26,6 +26,7 @@ from ...headers import MESSAGE_KEY_HEADER, OUTCOME_HEADER, REASON_HEADERS, RETRY
 from ...outcomes import OUTCOMES, decode_reason, failure_detail
 from ...payloads import CONTENT_TYPE, DEFAULT_CONTENT_TYPE
 from ...wire import ENCODED_HEADER, KEY_HEADER, b64encode, hex_name, is_key_itself, plain_name, plain_value, printable
+from .backpressure import RETRY_AFTER_STATUSES, parse_retry_after
 from .keys import event_id
 
 log = logging.getLogger("freedom.kafka.delivery")
@@ -124,6 +125,8 @@ class DeliveryResult:
     # be encoded as a request, the handler refused the body as invalid, ...): the proxy then
     # dead-letters it at once, whatever retry_count says (SPEC §9 "Every record settles").
     permanent: bool = False
+    #: Seconds a 429/503 answer's `Retry-After` asked to wait (backpressure.py), None without one.
+    retry_after: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -227,17 +230,20 @@ def keeps_body(status: int) -> bool:
     return status >= 400
 
 
-def result_of(status: int, outcome: str | None, reason: str | None, body: bytes | None = None) -> DeliveryResult:
+def result_of(status: int, outcome: str | None, reason: str | None, body: bytes | None = None,
+              retry_after: str | bytes | None = None) -> DeliveryResult:
     """The result of an answer with `status`, the raw `x-freedom-outcome` / `x-freedom-reason`
-    values, and (for a 4xx/5xx answer) the start of its body."""
+    values, (for a 4xx/5xx answer) the start of its body, and its raw `Retry-After` (read on a
+    429 or 503 answer only, backpressure.py)."""
     if outcome is not None:
         outcome = outcome.strip().lower()
         if outcome not in OUTCOMES:
             log.warning("ignoring unknown %s: %r (expected one of %s)", OUTCOME_HEADER, outcome, ", ".join(OUTCOMES))
             outcome = None
     detail = failure_detail(body) if body and keeps_body(status) else None
+    wait = parse_retry_after(retry_after) if retry_after is not None and status in RETRY_AFTER_STATUSES else None
     return DeliveryResult(status=status, outcome=outcome, reason=decode_reason(reason) if reason else None,
-                          detail=detail)
+                          detail=detail, retry_after=wait)
 
 
 class Transport(Protocol):

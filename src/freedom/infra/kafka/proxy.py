@@ -15,6 +15,15 @@ what happens to each record (SPEC §3, §4).
   record itself (too large, ...) is not retried: the record goes to the dead-letter topic instead,
   as a smaller copy when it must (RetryRouter.copies), so that every record settles (SPEC §9).
 
+- Backpressure (backpressure.py): every delivery of a topic passes its Gate (a Retry-After pause,
+  `rate_limit_per_sec`, `max_concurrency`). A 429/503 answer with `Retry-After` pauses the topic
+  and the record is delivered again after the pause, not counted as a failed attempt, until its
+  pauses add up to more than `backpressure_max_sec`.
+- The head-of-line guard (`head_of_line_timeout_sec`): a record not settled that long after its
+  first delivery started has its delivery cancelled and goes to its retry topic (with
+  `retry_count = 0`: its dead-letter topic), like a failure whose error names the guard; the
+  commit passes it once that copy is acknowledged.
+
 Fetching, the delivery modes, flow control and commits are group.py's; the call to the service is
 the transport's (delivery.py, transports/).
 """
@@ -29,6 +38,7 @@ from typing import Any
 from ...config import ConsumerClientConfig
 from ...headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 from .admin import ensure_topics
+from .backpressure import Gate
 from .batching import Batcher
 from .delivery import DeliveryResult, EventRoute, Transport
 from .group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
@@ -42,6 +52,10 @@ __all__ = ["CONSUMER_DEFAULTS", "ConsumerProxy", "record_key"]
 
 SERVICE_WAIT_SEC = 60.0
 MAX_BACKOFF_SEC = 10.0
+#: The step of a delivery answered with a Retry-After the record may wait for (metrics: "redeliver").
+_HELD = Plan("redeliver")
+#: What a retry or dead-letter record's `x-freedom-error` starts with when the head-of-line guard moved it.
+HEAD_OF_LINE_ERROR = "HeadOfLineGuard"
 
 
 class ConsumerProxy:
@@ -61,6 +75,17 @@ class ConsumerProxy:
         self.delivery = delivery
         self.settings = settings
         self.router = RetryRouter(config, settings)
+        # Per topic (batch topics aside, batching.py): its backpressure gate and its head-of-line guard.
+        self.gates: dict[str, Gate] = {}
+        self._guards: dict[str, float] = {}
+        for t, route in routes.items():
+            c = config.consume_config(t)
+            if route.batch is None:
+                self.gates[t] = Gate(rate_per_sec=c.rate_limit_per_sec, max_concurrency=c.max_concurrency,
+                                     retry_after_max_sec=c.retry_after_max_sec,
+                                     backpressure_max_sec=c.backpressure_max_sec)
+                if c.head_of_line_timeout_sec is not None:
+                    self._guards[t] = c.head_of_line_timeout_sec
         main_plans = {t: self._plan(t, route) for t, route in routes.items()}
         self.groups = [GroupLoop(config.group_id, settings, main_plans, self._handle,
                                  initial_offset=config.initial_offset, drain_timeout=config.drain_timeout_sec,
@@ -142,12 +167,46 @@ class ConsumerProxy:
         n, note = self._retry_count(record) if from_retry_topic else (0, None)
         key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
         headers = record.headers() or []
+        guard = self._guards.get(plan.source_topic)
+        if guard is None:
+            attempt = await self._attempts(record, plan, lost, key, headers, n)
+        else:
+            attempt = await self._guarded(record, plan, lost, key, headers, n, guard)
+        if isinstance(attempt, bool):
+            return attempt
+        result, step, where = attempt
+        return await self._forward(record, plan, step, n, result, lost, where, note=note)
+
+    async def _attempts(self, record: Any, plan: TopicPlan, lost: asyncio.Event, key: str, headers: Any, n: int,
+                        timer: asyncio.Timeout | None = None, guard: float = 0.0) -> bool | tuple[DeliveryResult, Plan, str]:
+        """Deliver `record` until it is done (True), given up (False: its partition went away), or
+        goes to its retry or dead-letter topic: then the last result, the step and the record's name.
+        `timer`: the head-of-line guard's, started (`guard` seconds) when the first delivery starts."""
+        gate = self.gates.get(plan.source_topic)
+        held = 0.0  # the Retry-After pauses this record's own answers asked for
         backoff = 0.5
         while True:
+            if gate is not None and not gate.free() and not await gate.enter(lost):
+                return False
+            if timer is not None and timer.when() is None:
+                timer.reschedule(asyncio.get_running_loop().time() + guard)
             started = time.perf_counter()
-            if plan.route.batch is None:
-                result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
-            else:  # in its topic's next batch; it settles on its own all the same
+            if gate is not None:
+                try:
+                    result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
+                finally:
+                    gate.leave()
+                if result.retry_after is not None and result.outcome is None and gate.backpressure_max_sec > 0:
+                    wait = gate.pause(result.retry_after)  # the whole topic waits, whatever this record does next
+                    if held + wait <= gate.backpressure_max_sec:
+                        held += wait
+                        self.observer.delivered(record, plan, result, _HELD, time.perf_counter() - started)
+                        log.info("%s answered %s with Retry-After: %s waits %.1f s, then it is delivered again "
+                                 "(not a failed attempt; %.0f of backpressure_max_sec = %g s used)",
+                                 plan.route.path, result.describe(), plan.source_topic, wait, held,
+                                 gate.backpressure_max_sec, extra=self.observer.log_fields(record, "backpressure"))
+                        continue
+            else:  # a batch topic's record: in its topic's next batch; it settles on its own all the same
                 result = await self.batcher.deliver(record, plan, key, headers, n)
             step = self.router.plan(plan.source_topic, n, result)
             self.observer.delivered(record, plan, result, step, time.perf_counter() - started)
@@ -167,7 +226,37 @@ class ConsumerProxy:
                     return False
                 backoff = min(backoff * 2, MAX_BACKOFF_SEC)
                 continue
-            return await self._forward(record, plan, step, n, result, lost, where, note=note)
+            return result, step, where
+
+    async def _guarded(self, record: Any, plan: TopicPlan, lost: asyncio.Event, key: str, headers: Any, n: int,
+                       guard: float) -> bool | tuple[DeliveryResult, Plan, str]:
+        """:meth:`_attempts` under the head-of-line guard: when the record is not settled `guard`
+        seconds after its first delivery started, the delivery is cancelled and the record goes the
+        retry path as a failure naming the guard (with `retry_count = 0`: to its dead-letter topic;
+        never held for good, never lost: the commit passes it only once that copy is acknowledged)."""
+        began = time.perf_counter()
+        timer = asyncio.timeout(None)
+        try:
+            async with timer:
+                return await self._attempts(record, plan, lost, key, headers, n, timer, guard)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+        if lost.is_set():
+            return False
+        result = DeliveryResult(error=f"{HEAD_OF_LINE_ERROR}: not settled {guard:g} s after its first delivery "
+                                      "started (head_of_line_timeout_sec); the delivery was cancelled so that its "
+                                      "partition's commit can pass it")
+        step = self.router.plan(plan.source_topic, n, result)
+        if step.next == "redeliver":  # retry_count = 0: no retry topic
+            fail = self.router.fail_topic(plan.source_topic)
+            if fail is None:  # config refuses this; should it happen, hold the record rather than lose it
+                log.error("%s: the head-of-line guard has no retry or dead-letter topic to move it to; "
+                          "delivering it again, holding its partition", _where(record, key))
+                return await self._attempts(record, plan, lost, key, headers, n)
+            step = Plan("dead-letter", fail, not_retried="retry_count = 0: moved to the dead-letter topic by the guard")
+        self.observer.delivered(record, plan, result, step, time.perf_counter() - began)
+        return result, step, _where(record, key)
 
     def _retry_count(self, record: Any) -> tuple[int, str | None]:
         """The retry count of a record on a retry topic, and a note for its reason when malformed.

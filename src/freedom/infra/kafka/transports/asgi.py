@@ -18,7 +18,7 @@ import logging
 from typing import Any, Awaitable, Callable
 from urllib.parse import unquote
 
-from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
+from ....headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
 from ....runtime import BODY_EXTENSION
 from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
                         keeps_body, request_headers, result_of)
@@ -29,13 +29,14 @@ ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Cal
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
+_RETRY_AFTER = RETRY_AFTER_HEADER.encode()
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
 
 class _Exchange:
     """One request/response exchange with the application: what `receive` gives and `send` keeps."""
 
-    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done", "answer", "keep")
+    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done", "answer", "keep", "retry_after")
 
     def __init__(self, body: bytes, keep: int = 0) -> None:
         self.body: bytes | None = body
@@ -44,6 +45,7 @@ class _Exchange:
         self.status: int | None = None
         self.outcome: str | None = None
         self.reason: str | None = None
+        self.retry_after: bytes | None = None
         self.complete = False
         self._done: asyncio.Event | None = None  # made only when the app listens past the body
 
@@ -71,6 +73,8 @@ class _Exchange:
                     self.outcome = v.decode("latin-1")
                 elif k == _REASON:
                     self.reason = v.decode("latin-1")
+                elif k == _RETRY_AFTER:
+                    self.retry_after = v
         elif kind == "http.response.body":
             kept = self.answer
             limit = self.keep or MAX_FAILURE_BODY
@@ -154,7 +158,7 @@ class AsgiTransport:
         if exchange.status is None:
             return DeliveryResult(error="the application returned without answering")
         return result_of(exchange.status, exchange.outcome, exchange.reason,
-                         bytes(exchange.answer) if exchange.answer else None)
+                         bytes(exchange.answer) if exchange.answer else None, exchange.retry_after)
 
     async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
                    keep_body: int) -> RawAnswer | DeliveryResult:

@@ -16,9 +16,10 @@ from datetime import timedelta
 from typing import Any
 
 from ....errors import FreedomError
-from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
+from ....headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
 from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
                         keeps_body, request_headers, result_of)
+from ..backpressure import RETRY_AFTER_STATUSES
 from .http1 import Http1Transport, wait_until_listening
 
 
@@ -97,7 +98,7 @@ class HttpTransport:
             except PyreqwestError:
                 body = None
         return result_of(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER),
-                         body)
+                         body, response.get_header(RETRY_AFTER_HEADER) if response.status in RETRY_AFTER_STATUSES else None)
 
     async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
                    keep_body: int) -> RawAnswer | DeliveryResult:

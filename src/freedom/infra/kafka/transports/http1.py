@@ -23,12 +23,13 @@ from urllib.parse import urlsplit
 import httptools
 
 from ....errors import FreedomError
-from ....headers import OUTCOME_HEADER, REASON_HEADER, SECRET_HEADER
+from ....headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
 from ..delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
                         keeps_body, request_headers, result_of)
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
+_RETRY_AFTER = RETRY_AFTER_HEADER.encode()
 CONNECT_TIMEOUT_SEC = 5.0
 
 
@@ -53,12 +54,13 @@ async def wait_until_listening(proxy_addr: str, deadline: float, stop: asyncio.E
 class _Answer:
     """What one response told: its status, the outcome headers, and whether the connection stays open."""
 
-    __slots__ = ("status", "outcome", "reason", "keep_alive", "body")
+    __slots__ = ("status", "outcome", "reason", "keep_alive", "body", "retry_after")
 
     def __init__(self) -> None:
         self.status = 0
         self.outcome: bytes | None = None
         self.reason: bytes | None = None
+        self.retry_after: bytes | None = None
         self.keep_alive = True
         self.body: bytearray | None = None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
 
@@ -102,6 +104,8 @@ class _Connection(asyncio.Protocol):
             self._answer.outcome = value
         elif name == _REASON:
             self._answer.reason = value
+        elif name == _RETRY_AFTER:
+            self._answer.retry_after = value
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -223,7 +227,7 @@ class Http1Transport:
         return result_of(answer.status,
                          answer.outcome.decode("latin-1") if answer.outcome is not None else None,
                          answer.reason.decode("latin-1") if answer.reason is not None else None,
-                         bytes(answer.body) if answer.body else None)
+                         bytes(answer.body) if answer.body else None, answer.retry_after)
 
     async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
                    keep_body: int) -> RawAnswer | DeliveryResult:

@@ -1,0 +1,275 @@
+"""Backpressure from the endpoint and the head-of-line guard (issue 15.2 and 15.3), timed.
+
+The Kafka test runs `freedom proxy` (a subprocess, Apache Kafka) against the standard library's
+http.server on 127.0.0.1, with one subscription per behaviour so that one proxy start serves them
+all: Retry-After, its per-record limit, a rate limit, a concurrency limit next to a fast
+subscription, and an endpoint that never answers one record. A freedom service's per-topic table
+is tested in-process on freedom.testing.TestBroker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import http.server
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+from starlette.responses import Response
+
+from freedom.infra.kafka.backpressure import parse_retry_after
+from freedom.infra.kafka.delivery import result_of
+from freedom.testing import TestBroker, wait_until, write_config
+from tests.services.event_app import Delivery, Journal, event_app
+from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.test_standalone_proxy import Proxy
+
+
+@dataclass
+class Call:
+    path: str
+    key: str
+    retry: str
+    at: float  # time.monotonic() when the request came
+    done: float | None = None  # ... and when it was answered
+
+
+class Endpoint:
+    """A plain HTTP/1.1 service whose answer is `behaviour(call, nth)`: (status, headers, seconds
+    to wait first; None: never answer until the test ends)."""
+
+    def __init__(self, behaviour: Callable[[Call, int], tuple[int, dict[str, str], float | None]]) -> None:
+        self.calls: list[Call] = []
+        self.lock = threading.Lock()
+        self.release = threading.Event()
+        endpoint = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                self.rfile.read(int(self.headers.get("content-length") or 0))
+                call = Call(self.path, self.headers.get("x-message-key", ""), self.headers.get("x-retry-count", ""),
+                            time.monotonic())
+                with endpoint.lock:
+                    nth = sum(1 for c in endpoint.calls if c.key == call.key)
+                    endpoint.calls.append(call)
+                status, headers, wait = behaviour(call, nth)
+                if wait is None:
+                    endpoint.release.wait(60)
+                    return
+                if wait:
+                    time.sleep(wait)
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                self.send_header("content-length", "0")
+                self.end_headers()
+                call.done = time.monotonic()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def of(self, prefix: str) -> list[Call]:
+        with self.lock:
+            return [c for c in self.calls if c.path.startswith(prefix)]
+
+    def __enter__(self) -> "Endpoint":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _behaviour(call: Call, nth: int) -> tuple[int, dict[str, str], float | None]:
+    topic = call.path.split("/")[1]
+    if topic == "bp":  # K: one 429 then 200; L: 429 until it comes from the retry topic
+        if (call.key == "K" and nth == 0) or (call.key == "L" and call.retry == "0"):
+            return 429, {"Retry-After": "1"}, 0
+    if topic == "slow":
+        return 200, {}, 1.0
+    if topic == "hol" and call.key == "STUCK" and call.retry == "0":
+        return 200, {}, None  # never answers
+    return 200, {}, 0
+
+
+@pytest.fixture
+def endpoint() -> Iterator[Endpoint]:
+    with Endpoint(_behaviour) as e:
+        yield e
+
+
+def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(apache_kafka, new_topic, tmp_path,
+                                                                             endpoint):
+    bootstrap = apache_kafka.bootstrap
+    bp, rate, slow, fast, hol = (new_topic(bootstrap) for _ in range(5))
+    group = f"bp-{uuid.uuid4().hex[:8]}"
+    base = f"http://127.0.0.1:{endpoint.port}"
+    config = write_config(tmp_path / "conf", kafka={
+        "consumer_clients": [{"servers": [bootstrap], "group_id": group, "retry_group_id": f"r-{group}",
+                              "retry_count": 1, "retry_interval_sec": 0.5, "settings": {"session.timeout.ms": 6000}}],
+        "subscriptions": [
+            {"topic": bp, "url": base + "/bp/{key}", "backpressure_max_sec": 1.5},
+            {"topic": rate, "url": base + "/rate/{key}", "mode": "concurrent", "rate_limit_per_sec": 5},
+            {"topic": slow, "url": base + "/slow/{key}", "mode": "concurrent", "max_concurrency": 2},
+            {"topic": fast, "url": base + "/fast/{key}", "mode": "concurrent"},
+            {"topic": hol, "url": base + "/hol/{key}", "head_of_line_timeout_sec": 2},
+        ]})
+    proxy = Proxy(config, tmp_path / "proxy.log")
+    try:
+        proxy.wait_ready()
+        produce(bootstrap, bp, [{"key": k, "value": b"v"} for k in (b"K", b"L")])
+        produce(bootstrap, hol, [{"key": k, "value": b"v"} for k in (b"STUCK", b"H1", b"H2")])
+        produce(bootstrap, slow, [{"key": f"S{i}".encode(), "value": b"v"} for i in range(6)])
+        produce(bootstrap, fast, [{"key": f"F{i}".encode(), "value": b"v"} for i in range(5)])
+        produce(bootstrap, rate, [{"key": f"R{i}".encode(), "value": b"v"} for i in range(8)])
+
+        # Concurrency: the slow subscription has at most 2 calls at once; the fast one is not held up by it.
+        wait_until(lambda: len(endpoint.of("/fast/")) == 5, 20, what="the fast subscription's five records")
+        slow_calls = wait_until(lambda: (c := endpoint.of("/slow/")) and len(c) == 6 and all(x.done for x in c) and c,
+                                30, what="the slow subscription's six records")
+        fast_done = max(c.at for c in endpoint.of("/fast/"))
+        assert fast_done < sorted(c.at for c in slow_calls)[4], "the fast records waited for the slow ones"
+        events = sorted([(c.at, 1) for c in slow_calls] + [(c.done or 0.0, -1) for c in slow_calls])
+        running, most = 0, 0
+        for _, step in events:
+            running += step
+            most = max(most, running)
+        assert most == 2, f"max_concurrency = 2, but {most} slow calls ran at once"
+
+        # Rate: 8 records at 5 per second start 0.2 s apart: 1.4 s from the first to the last.
+        rated = wait_until(lambda: (c := endpoint.of("/rate/")) and len(c) == 8 and c, 20, what="the rated records")
+        span = rated[-1].at - rated[0].at
+        assert 1.35 <= span <= 4.5, f"8 deliveries at 5/s took {span:.2f} s"
+
+        # Retry-After: K's second delivery comes after the pause, as the same attempt, not via retry-T.
+        wait_until(lambda: len([c for c in endpoint.of("/bp/") if c.key == "L"]) == 3, 30,
+                   what="L delivered three times (twice held, then from the retry topic)")
+        k_calls = [c for c in endpoint.of("/bp/") if c.key == "K"]
+        assert [c.retry for c in k_calls] == ["0", "0"]
+        gap = k_calls[1].at - k_calls[0].at
+        assert 1.0 <= gap < 4.0, f"K was delivered again {gap:.2f} s after its 429 with Retry-After: 1"
+        l_calls = [c for c in endpoint.of("/bp/") if c.key == "L"]
+        assert [c.retry for c in l_calls] == ["0", "0", "1"]  # held once; the second 429 passed the 1.5 s limit
+        assert l_calls[0].at - k_calls[1].at < 2.0 and l_calls[1].at - l_calls[0].at >= 1.0
+        retried = read_topic(bootstrap, f"retry-{bp}", expect=1, settle=0.5, timeout=20)
+        assert [m.key() for m in retried] == [b"L"]  # K never went there
+        h = headers_of(retried[0])
+        assert h["x-retry-count"] == "1" and h["x-freedom-status"] == "429"
+
+        # Head-of-line: the record that is never answered is moved to retry-T after 2 s; the rest commits.
+        moved = read_topic(bootstrap, f"retry-{hol}", expect=1, settle=0.5, timeout=30)
+        assert [m.key() for m in moved] == [b"STUCK"]
+        h = headers_of(moved[0])
+        assert h["x-freedom-error"].startswith("HeadOfLineGuard: not settled 2 s after its first delivery started")
+        assert h["x-retry-count"] == "1" and "x-freedom-status" not in h
+        hol_calls = wait_until(lambda: (c := endpoint.of("/hol/")) and len(c) == 4 and c, 20,
+                               what="H1, H2 and STUCK's retry delivered")
+        assert sorted((c.key, c.retry) for c in hol_calls) == [("H1", "0"), ("H2", "0"), ("STUCK", "0"), ("STUCK", "1")]
+        assert hol_calls[0].key == "STUCK" and [c.key for c in hol_calls if c.key != "STUCK"] == ["H1", "H2"]
+        waited = next(c for c in hol_calls if c.key == "H1").at - hol_calls[0].at
+        assert 2.0 <= waited < 6.0, f"the partition was held {waited:.2f} s by the stuck record"
+        wait_until(lambda: committed(bootstrap, group, hol) == [3], 20, what="the head-of-line topic's commit")
+        wait_until(lambda: committed(bootstrap, group, bp) == [2], 20, what="the backpressure topic's commit")
+    finally:
+        endpoint.release.set()
+        proxy.stop()
+    assert proxy.proc.returncode == 0, proxy.log.read_text()
+    assert "Traceback" not in proxy.log.read_text()
+
+
+# ---------------------------------------------------------------------------- a freedom service's topic
+
+
+async def test_a_service_topic_table_honours_retry_after_in_process(tmp_path):
+    """`[consumer_clients.topics."T"]` of a freedom service: a 503 with Retry-After holds the record
+    (same x-retry-count, nothing on the retry topic); max_concurrency = 1 keeps one call at a time."""
+    topic = "order-paid"
+    journal = Journal()
+    running: list[int] = [0, 0]  # now, most
+
+    async def behave(call: Delivery) -> Response:
+        running[0] += 1
+        running[1] = max(running[1], running[0])
+        await asyncio.sleep(0.05)
+        running[0] -= 1
+        if call.key == "P1" and call.nth == 0:
+            return Response(status_code=503, headers={"Retry-After": "1"})
+        return Response(status_code=200)
+
+    write_config(tmp_path, kafka={"consumer": {"open": True}, "producer": {"open": True},
+                                  "consumer_clients": [{"retry_count": 2, "mode": "concurrent",
+                                                        "topics": {topic: {"max_concurrency": 1}}}]})
+    async with TestBroker(event_app(tmp_path, journal, topic, behave)) as broker:
+        for key in ("P1", "P2", "P3"):
+            broker.publish(topic, b'{"id": 1}', key=key)
+        await broker.settle(timeout=20)
+        p1 = journal.of("event", "P1")
+        assert [c.headers["x-retry-count"] for c in p1] == ["0", "0"]
+        assert p1[1].at - p1[0].at >= 1.0
+        # The other two waited for the pause too: the topic waits, not only the record.
+        assert all(c.at - p1[0].at >= 1.0 for c in journal.of("event") if c.key != "P1")
+        assert running[1] == 1
+        assert broker.retries(topic) == [] and broker.dead_letters(topic) == []
+        assert broker.committed(topic) == 3
+
+
+# ---------------------------------------------------------------------------- Retry-After and the keys
+
+
+def test_retry_after_is_seconds_or_an_http_date_on_429_and_503_only():
+    now = time.time()
+    assert parse_retry_after("1") == 1.0 and parse_retry_after(b" 120 ") == 120.0
+    assert abs(parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) - 30) < 1.5
+    assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
+    for bad in ("", "soon", "-1", "1.5", "1e3", "٣", "Wed, 99 Foo 2026 00:00:00 GMT", "x" * 100):
+        assert parse_retry_after(bad) is None, bad
+    assert parse_retry_after("9" * 40) == 2_147_483.0  # bounded
+    assert result_of(429, None, None, None, b"2").retry_after == 2.0
+    assert result_of(503, None, None, None, b"2").retry_after == 2.0
+    assert result_of(500, None, None, None, b"2").retry_after is None
+    assert result_of(429, None, None, None, None).retry_after is None
+
+
+@pytest.mark.parametrize("where, entry, expected", [
+    ("sub", {"rate_limit_per_sec": 0}, "subscriptions[0].rate_limit_per_sec: must be a number of deliveries per second"),
+    ("sub", {"max_concurrency": 0}, "subscriptions[0].max_concurrency: must be 1 or more"),
+    ("sub", {"head_of_line_timeout_sec": 0}, "subscriptions[0].head_of_line_timeout_sec: must be greater than 0"),
+    ("sub", {"backpressure_max_sec": -1}, "subscriptions[0].backpressure_max_sec: must not be negative"),
+    ("sub", {"retry_after_max_sec": "1"}, "subscriptions[0].retry_after_max_sec: must be a number"),
+    ("topic", {"max_concurrency": 0}, 'consumer_clients[0].topics."orders".max_concurrency: must be 1 or more'),
+    ("topic", {"rate_limit_per_sec": float("inf")}, 'topics."orders".rate_limit_per_sec: must be a number'),
+    ("client", {"retry_fail_prefix": "", "head_of_line_timeout_sec": 5},
+     "consumer_clients[0].head_of_line_timeout_sec: the guard moves a stuck record to its retry or dead-letter topic"),
+    ("sub", {"head_of_line_timeout_sec": 5, "retry_count": 0, "_client": {"retry_fail_prefix": ""}},
+     "subscriptions[0].head_of_line_timeout_sec: the guard moves a stuck record"),
+])
+def test_a_wrong_backpressure_key_is_one_line_naming_it(tmp_path: Path, capsys, where, entry, expected):
+    from freedom.cli import main
+
+    entry = dict(entry)
+    client: dict[str, Any] = {"servers": ["127.0.0.1:9"], **entry.pop("_client", {})}
+    sub: dict[str, Any] = {"topic": "orders", "url": "http://orders:8080/events/{key}"}
+    if where == "sub":
+        sub.update(entry)
+    elif where == "topic":
+        client["topics"] = {"orders": entry}
+    else:
+        client.update(entry)
+    config = write_config(tmp_path, kafka={"consumer_clients": [client], "subscriptions": [sub]})
+    assert main(["proxy", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and expected in err, err
