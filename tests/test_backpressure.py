@@ -227,6 +227,38 @@ async def test_a_service_topic_table_honours_retry_after_in_process(tmp_path):
         assert broker.committed(topic) == 3
 
 
+async def test_with_retry_count_0_the_guard_dead_letters_a_stuck_or_always_failing_record(tmp_path):
+    """retry_count = 0 holds a failing record in place, for ever without the guard: with it, a record
+    whose handler never returns and one that fails every time go to the dead-letter topic after the
+    guard's time, and the partition's later record is delivered and committed."""
+    topic = "order-shipped"
+    journal = Journal()
+    never = asyncio.Event()
+
+    async def behave(call: Delivery) -> int:
+        if call.key == "STUCK":
+            await never.wait()
+        return 500 if call.key == "FAILS" else 200
+
+    write_config(tmp_path, kafka={"consumer": {"open": True}, "producer": {"open": True},
+                                  "consumer_clients": [{"retry_count": 0,
+                                                        "topics": {topic: {"head_of_line_timeout_sec": 1}}}]})
+    async with TestBroker(event_app(tmp_path, journal, topic, behave)) as broker:
+        for key in ("STUCK", "FAILS", "OK"):
+            broker.publish(topic, b'{"id": 1}', key=key)
+        await broker.settle(timeout=20)
+        dead = broker.dead_letters(topic)
+        assert [d.key() for d in dead] == [b"STUCK", b"FAILS"]
+        for d in dead:
+            error = d.header("x-freedom-error")
+            assert error.startswith("HeadOfLineGuard: not settled 1 s after its first delivery started"), error
+            assert error.endswith("retry_count = 0: moved to the dead-letter topic by the guard"), error
+        assert len(journal.of("event", "STUCK")) == 1 and len(journal.of("event", "FAILS")) >= 2  # delivered again in place
+        ok = journal.of("event", "OK")
+        assert len(ok) == 1 and ok[0].at - journal.of("event", "STUCK")[0].at >= 2.0  # two guards of 1 s before it
+        assert broker.committed(topic) == 3
+
+
 # ---------------------------------------------------------------------------- Retry-After and the keys
 
 
