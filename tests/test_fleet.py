@@ -34,7 +34,7 @@ from freedom.testing import free_port, wait_until, write_config
 from tests.kafka.cluster import NODE_IDS, KafkaCluster
 from tests.services.kafka_tools import committed, headers_of, read_topic
 
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.cluster, pytest.mark.serial, pytest.mark.timeout(240)]
 
 RECORDS = 3000
 PARTITIONS = 6
