@@ -267,6 +267,8 @@ def test_retry_after_is_seconds_or_an_http_date_on_429_and_503_only():
     assert parse_retry_after("1") == 1.0 and parse_retry_after(b" 120 ") == 120.0
     assert abs(parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) - 30) < 1.5
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
+    asctime = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(now + 30))  # RFC 9110's third form, GMT
+    assert abs(parse_retry_after(asctime, now) - 30) < 1.5
     for bad in ("", "soon", "-1", "1.5", "1e3", "٣", "Wed, 99 Foo 2026 00:00:00 GMT", "x" * 100):
         assert parse_retry_after(bad) is None, bad
     assert parse_retry_after("9" * 40) == 2_147_483.0  # bounded

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import datetime
 import email.utils
 import time
 from typing import Any
@@ -54,8 +55,8 @@ def parse_retry_after(value: str | bytes | None, now: float | None = None) -> fl
         when = email.utils.parsedate_to_datetime(text)
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
-    if when is None or when.tzinfo is None:  # an HTTP date is always GMT; a date without a zone is not one
-        return None
+    if when.tzinfo is None:  # asctime's form has no zone: HTTP dates are GMT
+        when = when.replace(tzinfo=datetime.timezone.utc)
     seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, 0.0), _MAX_READ_SEC)
 
