@@ -278,6 +278,53 @@ def test_retry_after_is_seconds_or_an_http_date_on_429_and_503_only():
     assert result_of(429, None, None, None, None).retry_after is None
 
 
+def test_every_transport_reads_retry_after():
+    """HTTP/1.1, h2c (granian serving both on one port) and in-process: the same result."""
+    from freedom.infra.kafka.delivery import EventRoute
+    from freedom.infra.kafka.transports.asgi import AsgiTransport
+    from freedom.infra.kafka.transports.http import HttpTransport
+    from freedom.infra.kafka.transports.http1 import Http1Transport
+    from freedom.server import serve_granian
+    from freedom.testing import free_port
+
+    async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "lifespan":
+            while True:
+                message = await receive()
+                await send({"type": message["type"] + ".complete"})
+                if message["type"] == "lifespan.shutdown":
+                    return
+        await receive()
+        status = int(scope["path"].rsplit("/", 1)[-1])
+        await send({"type": "http.response.start", "status": status, "headers": [(b"retry-after", b"7")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+
+    async def main() -> list[float | None]:
+        shutdown = asyncio.Event()
+        serving = asyncio.ensure_future(serve_granian(app, "127.0.0.1", port, shutdown))  # type: ignore[arg-type]
+        transports = [Http1Transport(base), HttpTransport(base), AsgiTransport(app)]
+        seen: list[float | None] = []
+        try:
+            loop = asyncio.get_running_loop()
+            assert await transports[0].wait_until_reachable(loop.time() + 30, asyncio.Event())
+            for transport in transports:
+                for status in (429, 503, 500):
+                    result = await transport.deliver(EventRoute("t", f"/s/{status}", None), "k", b"", [], 0)
+                    assert result.status == status, result
+                    seen.append(result.retry_after)
+        finally:
+            for transport in transports:
+                await transport.aclose()
+            shutdown.set()
+            await serving
+        return seen
+
+    assert asyncio.run(main()) == [7.0, 7.0, None] * 3
+
+
 @pytest.mark.parametrize("where, entry, expected", [
     ("sub", {"rate_limit_per_sec": 0}, "subscriptions[0].rate_limit_per_sec: must be a number of deliveries per second"),
     ("sub", {"max_concurrency": 0}, "subscriptions[0].max_concurrency: must be 1 or more"),
