@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     given = argv if argv is not None else sys.argv[1:]
     command = os.environ.get("FREEDOM_BENCH_LAUNCHER", "python -m bench") + (" " + shlex.join(given) if given else "")
     selected = args.only or list(SCENARIOS)
+    load_at_start = machine()["load"]
     workdir = Path(tempfile.mkdtemp(prefix="freedom-bench-"))
     print(f"bench: work directory {workdir}", flush=True)
     # SIGTERM (and SIGINT, which a background job ignores) stop cleanly: consumers and broker too.
@@ -125,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"note: {note}")
 
     output = args.output or (ROOT / "bench" / "results" / "quick.md" if args.quick else ROOT / "BENCHMARKS.md")
-    write_markdown(output, ctx, machine=machine(), command=command, started=started, elapsed=elapsed,
+    at_end = machine()
+    at_end["load"] = f"{load_at_start} at the start, {at_end['load'].split(' (')[0]} at the end"
+    write_markdown(output, ctx, machine=at_end, command=command, started=started, elapsed=elapsed,
                    selected=selected, profile=profile_text, source=source)
     print(f"\nbench: wrote {output}")
     if args.keep:

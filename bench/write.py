@@ -40,13 +40,13 @@ def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command
         f"- **Scenarios:** {', '.join(selected)}",
         f"- **Code measured:** freedom from {source}",
         f"- **Machine:** {machine['cores']} cores ({machine['cpu']}), {machine['memory']} memory, {machine['os']}; "
-        f"load average at the start {machine['load']}",
+        f"load average {machine['load']}",
         f"- **Python:** {machine['python']}; {machine['libraries']}",
         f"- **Kafka:** {machine['kafka']}",
         *([f"- **Go peer:** {go}"] if (go := gopeer.describe()) else []),
         "",
         f"Caveat: the broker, the producer and the consumer under test share the machine's {machine['cores']} cores "
-        "(and the machine may be shared with other work: its load average at the start is above). Absolute "
+        "(and the machine may be shared with other work: its load average is above). Absolute "
         "figures are noisy; the ratios within one run are the more reliable numbers.",
         "",
     ]
