@@ -278,6 +278,32 @@ def test_retry_after_is_seconds_or_an_http_date_on_429_and_503_only():
     assert result_of(429, None, None, None, None).retry_after is None
 
 
+async def test_the_gate_gives_back_what_waiters_that_left_had_reserved():
+    """A revoked partition's waiters leave the gate: their rate turns and concurrency places are
+    given back, so the next deliveries do not wait for them."""
+    from freedom.infra.kafka.backpressure import Gate
+
+    gate = Gate(rate_per_sec=10, max_concurrency=2)
+    kept, lost = asyncio.Event(), asyncio.Event()
+    assert await gate.enter(kept) and await gate.enter(kept)  # both places taken (the first two turns)
+    waiting = [asyncio.ensure_future(gate.enter(lost)) for _ in range(20)]  # would queue 2 s of turns
+    await asyncio.sleep(0.05)
+    lost.set()
+    assert await asyncio.gather(*waiting) == [False] * 20
+    gate.leave()
+    started = time.monotonic()
+    assert await gate.enter(kept)  # one turn after the first two: ~0.1 s, not 2 s
+    assert time.monotonic() - started < 0.5
+    cancelled = asyncio.ensure_future(gate.enter(kept))  # no place left: waits ...
+    await asyncio.sleep(0.05)
+    cancelled.cancel()  # ... and is cancelled (the head-of-line guard)
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    gate.leave()
+    assert await asyncio.wait_for(gate.enter(kept), 1.0)
+    assert gate._calls == 2
+
+
 def test_every_transport_reads_retry_after():
     """HTTP/1.1, h2c (granian serving both on one port) and in-process: the same result."""
     from freedom.infra.kafka.delivery import EventRoute

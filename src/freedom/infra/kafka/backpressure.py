@@ -105,13 +105,25 @@ class Gate:
                 now = time.monotonic()
                 start = max(now, self._next_start)
                 self._next_start = start + self._interval
-                if start > now and await _wait(lost, start - now):
-                    self._give_slot()
-                    return False
+                if start > now:
+                    try:
+                        gone = await _wait(lost, start - now)
+                    except BaseException:
+                        self._give_turn()
+                        raise
+                    if gone:
+                        self._give_turn()
+                        self._give_slot()
+                        return False
         except BaseException:  # cancelled (the head-of-line guard, the drain deadline)
             self._give_slot()
             raise
         return True
+
+    def _give_turn(self) -> None:
+        """A reserved start not taken: the next reservation may come one interval sooner (else the
+        waiters of a revoked partition would hold the rate's turns long after they left)."""
+        self._next_start = max(time.monotonic(), self._next_start - self._interval)
 
     def leave(self) -> None:
         """A delivery that entered has its answer."""
