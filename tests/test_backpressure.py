@@ -29,6 +29,8 @@ from tests.services.event_app import Delivery, Journal, event_app
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
 from tests.test_standalone_proxy import Proxy
 
+pytestmark = pytest.mark.serial  # measures pauses and rates: run alone (scripts/test.sh)
+
 
 @dataclass
 class Call:
