@@ -7,11 +7,16 @@ content-type; a retry record carries only a decimal `x-retry-count`. Both direct
 retry topics: a Go retry record read by the Python proxy's retry group, and the retry record the
 Python proxy writes, checked for what the Go retry consumer reads (the topic `{retry_prefix}T`,
 the key and value as they were, one `x-retry-count` that `strconv.Atoi` takes, the record time
-for its delay, header values its HTTP client can send).
+for its delay, header values its HTTP client can send). The Go TRACE-ID is the trace of the
+handler's runtime, of the proxy's JSON log lines and of its `process` spans (the SDK's in-memory
+exporter).
 """
 
 from __future__ import annotations
 
+import io
+import json
+import logging
 import re
 import time
 import uuid
@@ -20,9 +25,14 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from starlette.responses import Response
 
 import freedom
+from freedom import spans
+from freedom.json_logs import JsonFormatter
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from freedom.tracing import TraceContext, inject_trace
 from tests.services.kafka_tools import create_topic, headers_of, produce, read_topic
@@ -55,10 +65,42 @@ class Service:
     bootstrap: str
     seen: list[Seen]
     fail: dict[str, int]  # key -> how many deliveries fail before one succeeds
+    exporter: InMemorySpanExporter  # the spans of the service's consumer proxy
+    logs: io.StringIO  # the proxy's log lines, as JSON
+
+    def json_lines(self, key: bytes) -> list[dict[str, Any]]:
+        """The proxy's JSON log lines about the records whose key is `key`."""
+        lines = [json.loads(line) for line in self.logs.getvalue().splitlines() if line]
+        return [line for line in lines if key.decode() in line["message"]]
+
+    def process_spans(self, key: bytes) -> list[Any]:
+        return [s for s in self.exporter.get_finished_spans() if s.name.startswith("process ")
+                and s.attributes.get("messaging.kafka.message.key") == key.decode()]
 
 
 @pytest.fixture(scope="module")
-def service(apache_kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Service]:
+def tracing() -> Iterator[tuple[InMemorySpanExporter, io.StringIO]]:
+    """freedom's spans into an in-memory exporter, the proxy's log lines formatted as JSON."""
+    provider = TracerProvider()
+    exporter = InMemorySpanExporter()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    spans.set_tracer_provider(provider)
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    proxy_log = logging.getLogger("freedom.kafka.proxy")
+    proxy_log.addHandler(handler)
+    try:
+        yield exporter, stream
+    finally:
+        proxy_log.removeHandler(handler)
+        spans.set_tracer_provider(None)
+        provider.shutdown()
+
+
+@pytest.fixture(scope="module")
+def service(apache_kafka: Any, tmp_path_factory: pytest.TempPathFactory,
+            tracing: tuple[InMemorySpanExporter, io.StringIO]) -> Iterator[Service]:
     """A Python freedom service on topic T with retry_count 2, whose handler notes what it saw."""
     bootstrap = apache_kafka.bootstrap
     topic = create_topic(bootstrap, f"go-{uuid.uuid4().hex[:8]}")
@@ -91,7 +133,7 @@ def service(apache_kafka: Any, tmp_path_factory: pytest.TempPathFactory) -> Iter
                                              retry_count=2, retry_interval_sec=0.5, initial_offset="earliest",
                                              settings={"session.timeout.ms": 6000}))
     with ServiceThread(freedom.Application(config_dir=config, prepare=[prepare])):
-        yield Service(topic, bootstrap, seen, fail)
+        yield Service(topic, bootstrap, seen, fail, *tracing)
 
 
 def _valid_http_value(value: bytes) -> bool:
@@ -117,6 +159,15 @@ def test_a_go_record_is_delivered_with_its_trace_id_and_its_python_retry_record_
     assert [first.headers["x-retry-count"], again.headers["x-retry-count"]] == ["0", "1"]
     # What the Python proxy publishes on goes on in the same trace.
     assert inject_trace(TraceContext(first.trace_id))["traceparent"].split("-")[1] == trace
+    # The proxy's JSON log line of the failed delivery, and its process spans, are in that trace too.
+    [logged] = service.json_lines(key)
+    assert (logged["topic"], logged["outcome"], logged["trace_id"]) == (service.topic, "retry", trace)
+    processed = wait_until(lambda: service.process_spans(key) if len(service.process_spans(key)) == 2 else None,
+                           30, what="the process spans of the Go record and of its retry")
+    assert {s.name for s in processed} == {f"process {service.topic}", f"process retry-{service.topic}"}
+    assert {f"{s.context.trace_id:032x}" for s in processed} == {trace}
+    first_process = next(s for s in processed if s.name == f"process {service.topic}")
+    assert first_process.links == ()  # the Go side has no span to link to: its parent is a stand-in
 
     # The retry record the Python proxy wrote, as the Go retry consumer reads it (retry.go).
     [record] = [r for r in read_topic(service.bootstrap, f"retry-{service.topic}", expect=1, settle=0.5)
@@ -152,3 +203,23 @@ def test_a_go_retry_record_is_delivered_by_the_retry_group_and_dead_lettered_wit
     assert h["x-retry-count"] == "2" and h["x-freedom-status"] == "500" and h["x-freedom-error"] == "HTTP 500"
     raw = dict(dead.headers())
     assert raw["x-freedom-bus"] == go_bus(trace) and raw["x-action"] == ACTION
+
+
+def test_a_go_trace_id_that_is_not_32_hex_digits_starts_a_new_trace(service):
+    """Go's trace middleware passes a client's TRACE-ID request header on verbatim: a value that is
+    not 32 hex digits is not a trace id here (docs/migrating-from-go.md). The record starts a new
+    trace (its process span's), which the handler and the proxy's log line carry."""
+    key = go_key()
+    service.fail[key.decode()] = 1
+    produce(service.bootstrap, service.topic, [{"key": key, "value": b"{}",
+                                                "headers": [("x-freedom-bus", go_bus("order-42")), ("x-action", ACTION)]}])
+    calls = wait_until(lambda: [s for s in service.seen if s.key == key.decode()][:2]
+                       if len([s for s in service.seen if s.key == key.decode()]) >= 2 else None,
+                       30, what="the record's delivery and its retry")
+    processed = wait_until(lambda: service.process_spans(key) if len(service.process_spans(key)) == 2 else None,
+                           30, what="the process spans of the record and of its retry")
+    [trace] = {f"{s.context.trace_id:032x}" for s in processed}  # one new trace, carried on by the retry
+    assert [c.trace_id for c in calls] == [trace, trace] and "order-42" not in trace
+    assert calls[0].bus == {"TRACE-ID": "order-42"}  # the Go bus itself reaches the handler as it was
+    [logged] = service.json_lines(key)
+    assert (logged["outcome"], logged["trace_id"]) == ("retry", trace)

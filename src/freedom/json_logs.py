@@ -1,7 +1,8 @@
 """JSON logs (`log_format = "json"` in app.toml): one JSON object per line, for log collectors.
 
 Every line has `time` (UTC, ISO 8601), `level`, `logger` and `message`; `trace_id` when the line
-is about a request or a record (a handler's `runtime.logger`, the consumer proxy's lines); the
+is about a request or a record (a handler's `runtime.logger`, the consumer proxy's lines; a
+record's is tracing.record_trace_id's: its `traceparent`, else a Go service's TRACE-ID); the
 consumer proxy's lines about a record add `topic`, `partition`, `offset` and `outcome`; any other
 `extra=` field of the call is kept; an exception is in `exception` (its traceback as text).
 """

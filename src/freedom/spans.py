@@ -8,7 +8,9 @@
   context the record carries (the `send` span), which it is also linked to; the delivery's
   `traceparent` is the process span's, so the handler's own spans nest under it. A retry, and a
   dead letter replayed to its topic, is linked to the process span of the record's first attempt
-  (the `x-freedom-first-attempt` header, written at that attempt).
+  (the `x-freedom-first-attempt` header, written at that attempt). A record without a trace
+  context but with a Go freedom service's `TRACE-ID` (tracing.carried_trace) is processed in that
+  trace: the parent is a remote stand-in span in it (the Go side has no spans), not linked.
 
 Spans cost nothing unless a tracer provider that records (the OpenTelemetry SDK) is set, with
 `opentelemetry.trace.set_tracer_provider` or :func:`set_tracer_provider`, before the service starts.
@@ -21,7 +23,7 @@ import time
 from typing import Any, Iterator, Mapping, Sequence
 
 from .headers import FIRST_ATTEMPT_HEADER
-from .tracing import TRACEPARENT, parse_traceparent
+from .tracing import TRACEPARENT, carried_trace, parse_traceparent
 
 try:  # optional: OpenTelemetry's API (no SDK needed to import)
     from opentelemetry import context as otel_context
@@ -132,10 +134,11 @@ def process_span(record: Any, group_id: str) -> tuple[Any, Any] | None:
         return None
     headers = list(record.headers() or [])
     carrier = _carrier(headers)
-    parent = otel_propagate.extract(carrier)
+    carried = carried_trace(carrier)
+    parent = carried.otel if carried is not None and carried.otel is not None else otel_propagate.extract(carrier)
     links = []
     created = otel_trace.get_current_span(parent).get_span_context()
-    if created.is_valid:
+    if created.is_valid and not (carried is not None and carried.go):
         links.append(Link(created, {"freedom.link": "creation"}))
     first = _span_context(carrier.get(FIRST_ATTEMPT_HEADER))
     if first is not None:

@@ -94,37 +94,89 @@ def make_traceparent(trace_id: str, sampled: bool = True) -> str:
 
 @dataclass(frozen=True)
 class TraceContext:
-    """The trace a request belongs to: its id (32 hex), whether it is sampled, and OpenTelemetry's context."""
+    """The trace a request belongs to: its id (32 hex), whether it is sampled, and OpenTelemetry's
+    context. `go`: the id is a Go freedom service's TRACE-ID, so the context's parent span is a
+    stand-in (the Go side has no spans): nothing to link to."""
 
     trace_id: str
     sampled: bool = True
     otel: Any = None  # the extracted opentelemetry Context, when OpenTelemetry is used
+    go: bool = False
 
 
-def extract_trace(headers: Iterable[tuple[str, str]] | Mapping[str, str]) -> TraceContext:
-    """The trace context of incoming headers (HTTP request or delivered record); a new trace if none.
+Headers = Iterable[tuple[str, "str | bytes | None"]] | Mapping[str, str]
 
-    Without a valid `traceparent`, a Go freedom service's trace id (`TRACE-ID` in `x-freedom-bus`,
-    :func:`go_trace_id`) is the trace id, so that the Go and the Python log lines of one request
-    share it."""
+
+def _carrier(headers: Headers) -> dict[str, str]:
+    """Header names in lower case, values as text (bytes as Latin-1, which gives the bytes back);
+    of a name given twice, the last value."""
     items = headers.items() if isinstance(headers, Mapping) else headers
-    carrier = {k.lower(): v for k, v in items}
+    return {k.lower(): v.decode("latin-1") if isinstance(v, bytes) else v
+            for k, v in items if isinstance(k, str) and v is not None}
+
+
+def _bus_bytes(text: str | None) -> str | bytes | None:
+    """The `x-freedom-bus` value as the bytes it came as (the carrier holds it as Latin-1 text)."""
+    if text is None:
+        return None
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:  # a str that never was bytes
+        return text
+
+
+def carried_trace(headers: Headers) -> TraceContext | None:
+    """The trace `headers` (a record's or a request's) carry; None when they carry none.
+
+    The one rule for a record's trace id (the handler's `runtime.trace_id`, the consumer proxy's
+    JSON log fields and its `process` span, `freedom dlq show`): a valid trace context wins (the
+    W3C `traceparent`, or what the configured OpenTelemetry propagator reads); else a Go freedom
+    service's `TRACE-ID` in `x-freedom-bus` (:func:`go_trace_id`), whose OpenTelemetry context is
+    a remote stand-in parent span in that trace; else none. Never raises."""
+    carrier = _carrier(headers)
+    ctx = None
     if otel_propagate is not None:
         ctx = otel_propagate.extract(carrier)
         span = otel_trace.get_current_span(ctx).get_span_context()
-        if not span.is_valid and (go := go_trace_id(carrier.get(BUS_HEADER))) is not None:
-            return TraceContext(go, True, ctx)
-        if not span.is_valid:  # no header: maybe the service's own instrumentation started a span
-            ctx = otel_context.get_current()
-            span = otel_trace.get_current_span(ctx).get_span_context()
+        if span.is_valid:
+            return TraceContext(format(span.trace_id, "032x"), bool(span.trace_flags.sampled), ctx)
+    else:
+        raw = carrier.get(TRACEPARENT)
+        trace_id = parse_traceparent(raw)
+        if trace_id is not None and raw is not None:
+            return TraceContext(trace_id, raw.strip().endswith("01"))
+    go = go_trace_id(_bus_bytes(carrier.get(BUS_HEADER)))
+    if go is None:
+        return None
+    if ctx is not None:
+        stand_in = otel_trace.SpanContext(trace_id=int(go, 16), span_id=int(_new_span_id(), 16), is_remote=True,
+                                          trace_flags=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED))
+        ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(stand_in), ctx)
+    return TraceContext(go, True, ctx, go=True)
+
+
+def record_trace_id(headers: Headers | None) -> str | None:
+    """The trace id a record's headers carry (:func:`carried_trace`), None when none."""
+    trace = carried_trace(headers or ())
+    return trace.trace_id if trace is not None else None
+
+
+def extract_trace(headers: Headers) -> TraceContext:
+    """The trace context of incoming headers (HTTP request or delivered record); a new trace if none.
+
+    What the headers carry (:func:`carried_trace`: `traceparent`, else a Go freedom service's
+    TRACE-ID, so that the Go and the Python log lines of one request share it); else a span the
+    service's own OpenTelemetry instrumentation started; else a new trace."""
+    carried = carried_trace(headers)
+    if carried is not None:
+        return carried
+    if otel_propagate is not None:
+        ctx = otel_context.get_current()
+        span = otel_trace.get_current_span(ctx).get_span_context()
         if span.is_valid:
             return TraceContext(format(span.trace_id, "032x"), bool(span.trace_flags.sampled), ctx)
         return TraceContext(new_trace_id(), True, ctx)
-    raw = carrier.get(TRACEPARENT)
-    trace_id = parse_traceparent(raw)
-    if trace_id is None:
-        return TraceContext(go_trace_id(carrier.get(BUS_HEADER)) or new_trace_id())
-    return TraceContext(trace_id, raw.strip().endswith("01"))
+    return TraceContext(new_trace_id())
 
 
 def inject_trace(trace: TraceContext) -> dict[str, str]:

@@ -18,7 +18,7 @@ from typing import Any, Iterator
 from ..headers import (ERROR_HEADER, FIRST_FAILURE_TIME_HEADER, OMISSION_HEADERS, ORIGINAL_OFFSET_HEADER,
                        ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER, REPLAY_COUNT_HEADER, RETRY_COUNT_HEADER,
                        STATUS_HEADER)
-from ..tracing import TRACEPARENT, parse_traceparent
+from ..tracing import record_trace_id
 from ..wire import printable
 from .cluster import TP, Cluster
 from .status import iso, main_topics
@@ -105,7 +105,7 @@ class DeadLetter:
             status=_int(_last(raw, STATUS_HEADER)),
             retry_count=_int(_last(raw, RETRY_COUNT_HEADER)),
             replay_count=_int(_last(raw, REPLAY_COUNT_HEADER)) or 0,
-            trace_id=parse_traceparent(_last(raw, TRACEPARENT)),
+            trace_id=record_trace_id(raw),
             value_omitted=any(_last(raw, h) is not None for h in OMISSION_HEADERS),
             ts_ms=ms if kind else 0,
         )

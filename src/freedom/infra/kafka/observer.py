@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from ... import metrics, spans
 from ...errors import PublishError
 from ...headers import EVENT_ID_HEADER
-from ...tracing import TRACEPARENT, parse_traceparent
+from ...tracing import record_trace_id
 
 if TYPE_CHECKING:  # at run time this module imports none of them: producer.py imports it
     from ...config import ConsumerClientConfig
@@ -80,13 +80,10 @@ class ProxyObserver:
 
     @staticmethod
     def log_fields(record: Any, outcome: str) -> dict[str, Any]:
-        """The fields of a log line about `record` (JSON logs): topic, partition, offset, outcome, trace id."""
-        trace_id = None
-        for k, v in record.headers() or ():
-            if k.lower() == TRACEPARENT and v is not None:
-                trace_id = parse_traceparent(v)
+        """The fields of a log line about `record` (JSON logs): topic, partition, offset, outcome, and
+        trace id (tracing.record_trace_id: `traceparent`, else a Go service's TRACE-ID)."""
         return {"topic": record.topic(), "partition": record.partition(), "offset": record.offset(),
-                "outcome": outcome, "trace_id": trace_id}
+                "outcome": outcome, "trace_id": record_trace_id(record.headers())}
 
 
 def _code_name(code: int) -> str:
