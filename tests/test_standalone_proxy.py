@@ -6,6 +6,7 @@ runs as `freedom proxy --config DIR` in a subprocess, on Apache Kafka.
 
 from __future__ import annotations
 
+import datetime
 import http.server
 import json
 import os
@@ -13,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 import uuid
@@ -24,7 +26,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from freedom.testing import free_port, wait_until, write_config
-from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.kafka_tools import committed, create_topic, headers_of, produce, read_topic
 
 SECRET = "s3cret-for-the-endpoint-0123"
 
@@ -186,6 +188,35 @@ def test_delivers_to_a_plain_http_service_with_retries_dead_letters_and_the_secr
         proxy.stop()
     assert proxy.proc.returncode == 0, proxy.log.read_text()
     assert "Traceback" not in proxy.log.read_text()
+
+
+def test_status_shows_the_subscriptions_topics_and_a_subscriptions_retry_group_before_any_commit(
+        apache_kafka, new_topic, tmp_path):
+    """`freedom status --config DIR` of a standalone proxy: its topics are the subscriptions', known
+    before the proxy committed anything, and the retry group shows (with the records waiting in
+    the retry topic) although only a subscription, not its client, sets retry_count."""
+    from freedom.ops.status import status
+    from freedom.ops.target import load_target
+
+    bootstrap = apache_kafka.bootstrap
+    orders, payments = new_topic(bootstrap), new_topic(bootstrap)
+    retry = create_topic(bootstrap, f"retry-{payments}")
+    produce(bootstrap, retry, [{"key": b"K-WAIT", "value": b"p", "headers": [("x-retry-count", b"1")]}])
+    group = f"st-{uuid.uuid4().hex[:8]}"
+    config = _config(tmp_path, bootstrap, group, [
+        {"topic": orders, "url": "http://127.0.0.1:9/o/{key}"},
+        {"topic": payments, "url": "http://127.0.0.1:9/p/{key}", "retry_count": 2, "retry_interval_sec": 3600},
+    ], retry_count=0)
+    [client] = status(load_target(None, str(config))).clients
+    assert client.topics == tuple(sorted([orders, payments]))
+    main, retry_group = client.groups
+    assert (main.kind, main.group, sorted({p.topic for p in main.partitions})) == ("main", group, sorted([orders, payments]))
+    assert (retry_group.kind, retry_group.group) == ("retry", f"r-{group}")
+    [waiting] = retry_group.partitions  # only the subscription with retries has a retry topic
+    assert (waiting.topic, waiting.committed, waiting.lag) == (retry, None, 1)
+    due = datetime.datetime.fromisoformat(waiting.due_at.replace("Z", "+00:00")).timestamp()
+    assert due > time.time() + 1800  # the subscription's hour-long retry interval, not the client's
+    assert [(t.topic, t.original_topic, t.records) for t in client.retry_waiting] == [(retry, payments, 1)]
 
 
 def _members(bootstrap: str, group: str) -> list[set[int]]:

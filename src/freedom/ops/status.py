@@ -97,7 +97,9 @@ def main_topics(client: ClientTarget, cluster: Cluster) -> list[str]:
 
 
 def _group(cluster: Cluster, group: str, kind: str, topics: list[str], earliest_when_new: bool,
-           retry_interval: float | None) -> GroupStatus:
+           retry_intervals: dict[str, float] | None) -> GroupStatus:
+    """The members and partitions of `group` on `topics`; a retry group's `retry_intervals` (retry
+    topic -> seconds) say when a partition's next record is due."""
     existing = cluster.topics()
     tps: list[TP] = [tp for t in topics if t in existing for tp in cluster.partitions(t)]
     committed = cluster.committed(group)
@@ -118,11 +120,12 @@ def _group(cluster: Cluster, group: str, kind: str, topics: list[str], earliest_
                 # A transaction's commit marker (a replay's) takes an offset after the last record:
                 # a small lag is counted in records, not offsets.
                 lag = sum(1 for _ in reader.read(tp[0], tp[1], start, ends[tp]))
-            if retry_interval is not None and lag:
+            if retry_intervals is not None and lag:
+                interval = retry_intervals[tp[0]]
                 for msg in reader.read(tp[0], tp[1], start, ends[tp]):
                     kind_, ms = msg.timestamp()
-                    if kind_ and ms / 1000.0 + retry_interval > now:
-                        due_at = iso(ms / 1000.0 + retry_interval)
+                    if kind_ and ms / 1000.0 + interval > now:
+                        due_at = iso(ms / 1000.0 + interval)
                     break
             parts.append(PartitionStatus(tp[0], tp[1], c, ends[tp], lag, due_at))
     finally:
@@ -136,11 +139,12 @@ def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
     topics = main_topics(client, cluster)
     groups = [_group(cluster, cc.group_id, "main", topics, cc.initial_offset == "earliest", None)]
     waiting: list[TopicCount] = []
-    if cc.retry_count > 0:
-        retry = _group(cluster, cc.retry_group_id, "retry", [client.retry_topic(t) for t in topics], True,
-                       cc.retry_interval_sec)
+    retried = [t for t in topics if client.retry_count_of(t) > 0]  # a subscription may set its own
+    if retried:
+        intervals = {client.retry_topic(t): client.retry_interval_of(t) for t in retried}
+        retry = _group(cluster, cc.retry_group_id, "retry", list(intervals), True, intervals)
         groups.append(retry)
-        for t in topics:
+        for t in retried:
             rt = client.retry_topic(t)
             waiting.append(TopicCount(rt, t, sum(p.lag for p in retry.partitions if p.topic == rt)))
     dead: list[TopicCount] = []

@@ -1,17 +1,18 @@
 """What the operations commands work on: the service's consumer clients, from its configuration.
 
 `freedom status module:app` loads the application as `freedom run` does (so its listened topics
-and its `setting_config` hooks are known); `freedom status --config DIR` reads only kafka.toml,
-and the topics are then found on the cluster (the group's committed offsets, the topic prefixes).
+and its `setting_config` hooks are known); `freedom status --config DIR` reads only kafka.toml:
+a standalone proxy's topics (and their retry settings) are its `[[subscriptions]]`, a service's
+are found on the cluster (the group's committed offsets, the topic prefixes).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
-from ..config import ConsumerClientConfig, KafkaConfig, find_config_dir, load_kafka_config
+from ..config import ConsumerClientConfig, KafkaConfig, SubscriptionConfig, find_config_dir, load_kafka_config
 from ..errors import FreedomError
 from ..infra.kafka.settings import client_settings, connection_settings
 
@@ -29,10 +30,19 @@ class ClientTarget:
     settings: dict[str, Any] = field(repr=False)  # connection settings only (may hold secrets)
     topics: tuple[str, ...] | None  # None: not known (no module:app given)
     where: str  # "consumer_clients[0] in conf/infra/kafka.toml"
+    #: topic -> (retry_count, retry_interval_sec) where a subscription sets its own (freedom proxy)
+    retries: Mapping[str, tuple[int, float]] = field(default_factory=dict)
 
     @property
     def servers(self) -> str:
         return str(self.settings.get("bootstrap.servers", ""))
+
+    def retry_count_of(self, topic: str) -> int:
+        """The retry_count records of `topic` get: its subscription's, else the client's."""
+        return self.retries[topic][0] if topic in self.retries else self.config.retry_count
+
+    def retry_interval_of(self, topic: str) -> float:
+        return self.retries[topic][1] if topic in self.retries else self.config.retry_interval_sec
 
     def retry_topic(self, topic: str) -> str:
         return f"{self.config.retry_prefix}{topic}"
@@ -82,8 +92,22 @@ def target_of(kafka: KafkaConfig | None, topics: Iterable[str] | None, config_di
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
         settings = client_settings(_servers(cc, where, embedded_bootstrap), "consumer", cc.group_id, {}, cc.settings)
-        clients.append(ClientTarget(i, cc, connection_settings(settings), listened, where))
+        client_topics, retries = listened, {}
+        if listened is None and kafka.subscriptions:  # a standalone proxy's: known without its commits
+            subs = _subscriptions_of(kafka, i)
+            client_topics = tuple(sorted({s.topic for s in subs}))
+            retries = {s.topic: (cc.retry_count if s.retry_count is None else s.retry_count,
+                                 cc.retry_interval_sec if s.retry_interval_sec is None else s.retry_interval_sec)
+                       for s in subs}
+        clients.append(ClientTarget(i, cc, connection_settings(settings), client_topics, where, retries))
     return Target(tuple(clients), config_dir)
+
+
+def _subscriptions_of(kafka: KafkaConfig, index: int) -> list[SubscriptionConfig]:
+    """The `[[subscriptions]]` the consumer client `index` reads (no group_id: the first client's),
+    as `freedom proxy` runs them (standalone.plan)."""
+    group = kafka.consumer_clients[index].group_id
+    return [s for s in kafka.subscriptions if (s.group_id == group if s.group_id is not None else index == 0)]
 
 
 def load_target(app: str | None, config: str | None) -> Target:
