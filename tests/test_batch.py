@@ -100,8 +100,13 @@ def test_batches_settle_each_record_on_its_own(apache_kafka, new_topic, tmp_path
     assert [r.key() for r in retries] == [b"K-RETRY"]
     assert [r.key() for r in dead] == [b"K-DEAD"]
     h = headers_of(dead[0])
-    assert "amount must be positive" in h["x-freedom-error"] and h["x-action"] == "buy"
+    assert h["x-freedom-error"] == "batch answer, handler asked: dead-letter (amount must be positive)"
+    assert "x-freedom-status" not in h  # the batch request's 200 is not this record's outcome
+    assert h["x-action"] == "buy"
     assert h["x-freedom-original-offset"] == str(sent[keys.index("K-DEAD")].offset())
+    r = headers_of(retries[0])
+    assert r["x-freedom-error"] == "batch answer, handler asked: retry (stock service down)"
+    assert "x-freedom-status" not in r
 
 
 def test_handler_helper_and_the_answer_rule():
@@ -120,6 +125,7 @@ def test_handler_helper_and_the_answer_rule():
     ok = RawAnswer(200, None, None, json.dumps({"statuses": [*answer["statuses"], {"id": "0-3", "status": "bogus"}]}).encode())
     r1, r2, r3 = results_of(ok, ids)
     assert r1.ok and r2.outcome == "dead-letter" and r2.reason == "bad"
+    assert r2.status is None and r2.describe() == "batch answer, handler asked: dead-letter (bad)"
     assert not r3.ok and "bogus" in (r3.error or "")
     # A whole-request failure counts for every record; so does an answer that is not the envelope.
     assert all(not r.ok and r.status == 503 for r in results_of(RawAnswer(503, None, None, b""), ids))

@@ -36,8 +36,9 @@ The answer (2xx, `content-type: application/json`):
     {"statuses": [{"id": "0-41", "status": "ok"}, {"id": "0-42", "status": "retry", "reason": "..."}]}
 
 `status` is `ok`, `retry`, `dead-letter` or `drop`; `reason` (optional) goes into the retry or
-dead-letter record's `x-freedom-error` as the `x-freedom-reason` of a per-record answer does. A
-record the statuses do not name, or with another status, is retried. An empty 2xx answer (or
+dead-letter record's `x-freedom-error`: `batch answer, handler asked: dead-letter (<reason>)`. Such
+a record has no `x-freedom-status` (the request's 2xx was not its outcome; a failed request's
+status is every record's). A record the statuses do not name, or with another status, is retried. An empty 2xx answer (or
 `null`) is `ok` for every record.
 
 This module is a leaf (Pydantic and freedom.wire only): the consumer proxy's batching

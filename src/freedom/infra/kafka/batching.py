@@ -37,6 +37,11 @@ log = logging.getLogger("freedom.kafka.batch")
 #: The most bytes of a batch answer read (a longer one is cut, does not parse, and fails the batch).
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
 
+#: What a record's retry or dead-letter copy says failed when the batch answer gave it `retry` or
+#: `dead-letter`: `x-freedom-error: batch answer, handler asked: dead-letter (<reason>)`, and no
+#: `x-freedom-status` (the request's 2xx was not this record's outcome; freedom/batch.py).
+BATCH_ANSWER = "batch answer"
+
 _MESSAGE_KEY = MESSAGE_KEY_HEADER.encode()
 _CONTENT_TYPE = CONTENT_TYPE.encode()
 _REQUEST_HEADERS = [(CONTENT_TYPE.encode(), JSON.encode())]
@@ -202,8 +207,8 @@ def _one(status: int, item: dict[str, Any]) -> DeliveryResult:
     reason = reason[:MAX_REASON] if isinstance(reason, str) and reason else None
     if what == "ok":
         return DeliveryResult(status=status)
-    if what in STATUSES:
-        return DeliveryResult(status=status, outcome=what, reason=reason)
+    if what in STATUSES:  # the record's own outcome, not the request's status
+        return DeliveryResult(error=BATCH_ANSWER, outcome=what, reason=reason)
     shown = repr(what)[:60]
     return DeliveryResult(error=f"HTTP {status}, but the batch answer gave status {shown} for this record "
                                 f"(expected one of {', '.join(STATUSES)})")
