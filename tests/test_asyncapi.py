@@ -86,10 +86,16 @@ def typed_app(config_dir: Path) -> freedom.Application:
         async def post_raw_by(self, event_id: str) -> None:
             await self.runtime.request.body()
 
+        async def post_orders(self, batch: freedom.Batch) -> dict:
+            """Reserve the stock of many orders."""
+            return batch.answer()
+
     def prepare(initiator: freedom.Initiator) -> None:
         initiator.bind_controller("/store", StoreController)
         initiator.listen_event("order-created", "StoreController.post_order_by")
         initiator.listen_event("raw-lines", StoreController.post_raw_by)
+        initiator.listen_event("order-batches", "StoreController.post_orders",
+                               batch=freedom.BatchSettings(max_records=50, max_wait_ms=10, record_type=Order))
 
         @initiator.fastapi.post("/ship/{event_id}")
         async def ship(event_id: str, shipment: Shipment) -> None:
@@ -155,6 +161,22 @@ def test_a_typed_service_document_passes_the_parser(tmp_path, diagnostics):
     assert channels["audit-lines"]["messages"]["published"]["payload"]["items"] == {"$ref": "#/components/schemas/Line"}
     assert channels["notes"]["messages"]["published"]["contentType"] == "text/plain"
     assert ops["send_refunds"]["action"] == "send" and "receive_refunds" not in ops
+    # A batch topic: its records' payload is one record's (record_type), in its retry and dead-letter
+    # topics too; the delivery's body is the batch envelope, with that payload inside each record's value.
+    batches = channels["order-batches"]["messages"]["received"]
+    assert batches["payload"] == {"$ref": "#/components/schemas/Order"}
+    assert channels["fail-order-batches"]["messages"]["dead-letter"]["payload"] == {"$ref": "#/components/schemas/Order"}
+    how = ops["receive_order-batches"]["x-freedom-delivery"]
+    assert how["batch"] == {"maxRecords": 50, "maxWaitMs": 10,
+                            "body": {"$ref": "#/components/schemas/order-batches_BatchEnvelope"},
+                            "answer": {"$ref": "#/components/schemas/BatchAnswer"}}
+    envelope = schemas["order-batches_BatchEnvelope"]
+    records = envelope["properties"]["records"]
+    assert records["maxItems"] == 50 and envelope["properties"]["topic"]["enum"] == ["order-batches"]
+    value = records["items"]["properties"]["value"]
+    assert value["contentSchema"] == {"$ref": "#/components/schemas/Order"} and value["type"] == "string"
+    assert schemas["BatchAnswer"]["properties"]["statuses"]["items"]["properties"]["status"]["enum"] == [
+        "ok", "retry", "dead-letter", "drop"]
 
 
 def test_the_seed_example_document_written_by_the_cli_passes_the_parser(diagnostics):

@@ -6,7 +6,11 @@
 What it lists:
 - a channel per listened topic T, its message's payload the JSON schema of the handler's body
   parameter (a Pydantic model, a dataclass, `dict`, `list[...]`: Pydantic makes the schema), and a
-  `receive` operation per consumer client with its group id and the HTTP delivery it becomes;
+  `receive` operation per consumer client with its group id and the HTTP delivery it becomes; for
+  a batch topic (`listen_event(..., batch=BatchSettings(record_type=Model))`) the payload is one
+  record's (`record_type`), and the delivery's body is the batch envelope
+  (components.schemas.`<topic>_BatchEnvelope`, each record's `value` with that payload's schema as
+  its `contentSchema`) answered by components.schemas.BatchAnswer;
 - per consumer client, the topics the proxy adds: `{retry_prefix}T` (a `send` by the proxy and a
   `receive` by `retry_group_id`, when `retry_count > 0`) and `{retry_fail_prefix}T` (a `send`);
 - a channel and a `send` operation per topic declared with `initiator.publishes(topic, Model)`;
@@ -30,10 +34,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
+from .batch import STATUSES, BatchSettings
 from .config import ConsumerClientConfig, KafkaConfig
 from .errors import FreedomError
-from .headers import (BUS_HEADER, ENCODED_HEADER, ERROR_HEADER, EVENT_ID_HEADER, EVENT_NAME_HEADER,
-                      FIRST_FAILURE_TIME_HEADER, HEADERS_OMITTED_HEADER, KEY_HEADER, KEY_OMITTED_HEADER,
+from .headers import (BATCH_HEADER, BUS_HEADER, ENCODED_HEADER, ERROR_HEADER, EVENT_ID_HEADER,
+                      EVENT_NAME_HEADER, FIRST_FAILURE_TIME_HEADER, HEADERS_OMITTED_HEADER, KEY_HEADER, KEY_OMITTED_HEADER,
                       KEY_SHA256_HEADER, MESSAGE_KEY_HEADER, ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER,
                       ORIGINAL_TOPIC_HEADER, OUTCOME_HEADER, REASON_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER,
                       STATUS_HEADER, VALUE_OMITTED_HEADER)
@@ -188,6 +193,43 @@ def _body_type(route: APIRoute | None) -> Any:
     return create_model(f"{route.name.replace('.', '_')}_Body", **fields)
 
 
+BATCH_ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["statuses"],
+    "description": "The answer to a batch delivery (2xx, JSON): a status per record id; a record not named is "
+                   "retried, an empty answer is ok for every record (freedom.batch).",
+    "properties": {"statuses": {"type": "array", "items": {
+        "type": "object", "required": ["id", "status"],
+        "properties": {"id": {"type": "string"},
+                       "status": {"type": "string", "enum": list(STATUSES)},
+                       "reason": {"type": "string", "description": "Into the retry or dead-letter copy's "
+                                  f"{ERROR_HEADER}: 'batch answer, handler asked: <status> (<reason>)'."}}}}}}
+
+
+def _batch_envelope(topic: str, settings: BatchSettings, payload: _Payload) -> dict[str, Any]:
+    """The JSON schema of a batch delivery's body (freedom.batch), one record's payload inside."""
+    value: dict[str, Any] = {
+        "type": "string", "description": "The record's value: as text when it is UTF-8 (value_encoding text; "
+        "for JSON, the record payload contentSchema gives), else standard base64."}
+    if payload.content_type is None:  # JSON: the payload schema describes the text
+        value |= {"contentMediaType": DEFAULT_CONTENT_TYPE, "contentSchema": payload.schema}
+    record = {"type": "object", "required": ["id", "value"], "properties": {
+        "id": {"type": "string", "description": "Unique in the batch: <partition>-<offset>."},
+        "event_id": {"type": "string", "description": f"The record's {MESSAGE_KEY_HEADER} (its event id)."},
+        "topic": {"type": "string"}, "partition": {"type": "integer"}, "offset": {"type": "integer"},
+        "retry_count": {"type": "integer", "description": f"As {RETRY_COUNT_HEADER}."},
+        "content_type": {"type": "string"},
+        "headers": {"type": "array", "description": "The headers a per-record delivery would carry, as [name, value].",
+                    "items": {"type": "array", "items": {"type": "string"}, "minItems": 2, "maxItems": 2}},
+        "value": value,
+        "value_encoding": {"type": "string", "enum": ["text", "base64"]}}}
+    return {"type": "object", "required": ["topic", "records"],
+            "description": f"The body of a batch delivery of {topic} (header {BATCH_HEADER}: the record count): up to "
+                           f"{settings.max_records} records, sent when full or after {settings.max_wait_ms} ms.",
+            "properties": {"topic": {"type": "string", "enum": [topic]},
+                           "records": {"type": "array", "minItems": 1, "maxItems": settings.max_records,
+                                       "items": record}}}
+
+
 def _route(app: "Application", event: EventRoute) -> APIRoute | None:
     for r in app.fastapi.router.routes:
         if isinstance(r, APIRoute) and r.path == event.path and "POST" in (r.methods or ()):
@@ -265,7 +307,8 @@ def document(app: "Application") -> dict[str, Any]:
     consumers: tuple[ConsumerClientConfig, ...] = config.consumer_clients if config and config.consumer_open else ()
     ids = _Ids()
     listened = {topic: (event, _route(app, event)) for topic, event in app.event_routes.items()}
-    received = {t: _Payload(_body_type(r), "validation") for t, (_, r) in listened.items()}
+    received = {t: _Payload(e.batch.record_type if e.batch is not None else _body_type(r), "validation")
+                for t, (e, r) in listened.items()}  # a batch topic: one record's payload, not the envelope
     sent = {t: _Payload(tp, "serialization") for t, (tp, _) in app.declared_publishes.items()}
     definitions = _schemas([*received.values(), *sent.values()])
     for p in [*received.values(), *sent.values()]:
@@ -273,6 +316,12 @@ def document(app: "Application") -> dict[str, Any]:
 
     channels: dict[str, Any] = {}
     operations: dict[str, Any] = {}
+    envelopes: dict[str, Any] = {}
+    for topic, (event, _) in listened.items():
+        if event.batch is not None:
+            envelopes[f"{ids(topic)}_BatchEnvelope"] = _batch_envelope(topic, event.batch, received[topic])
+    if envelopes:
+        envelopes["BatchAnswer"] = BATCH_ANSWER_SCHEMA
 
     def ref(channel: str, message: str | None = None) -> dict[str, str]:
         return {"$ref": f"#/channels/{channel}" + (f"/messages/{message}" if message else "")}
@@ -308,11 +357,21 @@ def document(app: "Application") -> dict[str, Any]:
                         f"and {MESSAGE_KEY_HEADER}, the value as the body, the record's headers plus "
                         f"{RETRY_COUNT_HEADER} (components.schemas.DeliveryHeaders). Success is a 2xx answer; "
                         "components.schemas.AnswerHeaders says how a handler chooses retry, dead-letter or drop.")
+            how: dict[str, Any] = {"method": "POST", "path": event.path, "handler": handler}
+            if event.batch is not None:
+                envelope = f"{ch}_BatchEnvelope"
+                delivery = (f"The consumer proxy delivers the records in batches as POST {event.path}: the body is "
+                            f"components.schemas.{envelope} (each record's value, key and headers inside), the "
+                            f"answer components.schemas.BatchAnswer, a status per record; each record then settles "
+                            "on its own (retry, dead-letter, drop, commit).")
+                how["batch"] = {"maxRecords": event.batch.max_records, "maxWaitMs": event.batch.max_wait_ms,
+                                "body": {"$ref": f"#/components/schemas/{envelope}"},
+                                "answer": {"$ref": "#/components/schemas/BatchAnswer"}}
             operations[ids(f"receive {topic}{tag}")] = {
                 "action": "receive", "channel": ref(ch), "messages": [ref(ch, "received")],
                 "summary": f"{handler}: records of {topic}, group {cc.group_id}",
                 "description": (about + "\n\n" if about else "") + delivery, "bindings": _group(cc.group_id),
-                "x-freedom-delivery": {"method": "POST", "path": event.path, "handler": handler}}
+                "x-freedom-delivery": how}
             payload = received[topic]
             if cc.retry_count > 0:
                 retry = f"{cc.retry_prefix}{topic}"
@@ -356,7 +415,7 @@ def document(app: "Application") -> dict[str, Any]:
         "defaultContentType": DEFAULT_CONTENT_TYPE,
         "channels": channels,
         "operations": operations,
-        "components": {"schemas": {**HEADER_SCHEMAS, **definitions}},
+        "components": {"schemas": {**HEADER_SCHEMAS, **envelopes, **definitions}},
     }
     servers = _servers(config)
     if servers:

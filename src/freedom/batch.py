@@ -77,11 +77,14 @@ class BatchSettings:
 
     `max_records`: the most records in one request. `max_wait_ms`: how long the first record of a
     batch waits for others before the batch is sent anyway (0: only for those whose deliveries
-    start in the same turn of the event loop).
+    start in the same turn of the event loop). `record_type`: the type of one record's value (a
+    Pydantic model, a dataclass, ...), for the service's AsyncAPI document (the topic's payload,
+    inside the batch envelope); None: any value. Records are parsed with `record.parse(tp)`.
     """
 
     max_records: int = 100
     max_wait_ms: int = 20
+    record_type: Any = None
 
     def __post_init__(self) -> None:
         for name, value, top in (("max_records", self.max_records, MAX_RECORDS_LIMIT),
