@@ -61,6 +61,10 @@ def test_two_workers_split_the_partitions_survive_a_kill_and_stop_cleanly(apache
     port = free_port()
     config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
                           kafka=kafka_config(bootstrap, port, group_id=group, mode="concurrent",
+                                             # earliest: a member seen holding partitions may not have
+                                             # pinned its start yet (with latest, records the test
+                                             # produced in between would be skipped)
+                                             initial_offset="earliest",
                                              settings={"session.timeout.ms": 6000}))
     records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
     env = {**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "300"}
@@ -75,7 +79,7 @@ def test_two_workers_split_the_partitions_survive_a_kill_and_stop_cleanly(apache
         assert sorted(p for m in split for p in m) == [0, 1, 2, 3]
         first = [f"A{i:02d}" for i in range(40)]
         produce(bootstrap, topic, [{"key": k.encode(), "value": b"v", "partition": i % 4} for i, k in enumerate(first)])
-        wait_until(lambda: set(_ended(records)) >= set(first), 60, what="the first 40 records")
+        wait_until(lambda: set(_ended(records)) >= set(first), 60, what=f"the first 40 records (log: {log})")
         assert all(n == 1 for k, n in _ended(records).items() if k in first), "each record handled once"
         # Over HTTP the shared port reaches either worker: both handled records.
         assert len({r["pid"] for r in _lines(records)}) == 2
