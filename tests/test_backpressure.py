@@ -152,10 +152,12 @@ def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(apac
             most = max(most, running)
         assert most == 2, f"max_concurrency = 2, but {most} slow calls ran at once"
 
-        # Rate: 8 records at 5 per second start 0.2 s apart: 1.4 s from the first to the last.
+        # Rate: 8 records at 5 per second start 0.2 s apart: 1.4 s from the first to the last (without
+        # the limit they arrive within a few ms). Measured where they arrive: a first request that
+        # is late (a new connection on a loaded machine; seen: 0.2 s) shortens the span, hence 1.0.
         rated = wait_until(lambda: (c := endpoint.of("/rate/")) and len(c) == 8 and c, 20, what="the rated records")
         span = rated[-1].at - rated[0].at
-        assert 1.35 <= span <= 4.5, f"8 deliveries at 5/s took {span:.2f} s"
+        assert 1.0 <= span <= 4.5, f"8 deliveries at 5/s took {span:.2f} s"
 
         # Retry-After: K's second delivery comes after the pause, as the same attempt, not via retry-T.
         wait_until(lambda: len([c for c in endpoint.of("/bp/") if c.key == "L"]) == 3, 30,
