@@ -164,3 +164,52 @@ async def test_https_proxy_addr_is_served_over_tls(tmp_path, monkeypatch):
         thread.join(10)
     assert not refused.ok and "CERTIFICATE_VERIFY_FAILED" in (refused.error or "")
     assert result.ok and [r["path"] for r in app.requests] == ["/store/sell/goods/k1"]
+
+
+class _Gathering:
+    """A raw ASGI app answering 200 only once `n` requests are in progress at the same time (each
+    waits for the others, up to 30 s; then 503): it passes only if that many connections are open."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.in_progress = 0
+        self.most = 0
+        self._all: asyncio.Event | None = None
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        while (await receive()).get("more_body"):
+            pass
+        self._all = self._all or asyncio.Event()
+        self.in_progress += 1
+        self.most = max(self.most, self.in_progress)
+        if self.in_progress >= self.n:
+            self._all.set()
+        try:
+            await asyncio.wait_for(self._all.wait(), 30)
+            status = 200
+        except asyncio.TimeoutError:
+            status = 503
+        self.in_progress -= 1
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+
+async def test_connections_follow_the_deliveries_in_progress_past_100():
+    # The pool has no cap of its own (it had 100, whatever max_in_flight said): the proxy's
+    # max_in_flight bounds the deliveries, and each one in progress gets a connection.
+    app = _Gathering(150)
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    wait_until(lambda: srv.started, 10, what="uvicorn to start")
+    transport = Http1Transport(f"http://127.0.0.1:{port}")
+    try:
+        results = await asyncio.gather(*(transport.deliver(ROUTE, f"k{i}", b"{}", [], 0) for i in range(150)))
+        assert [r.status for r in results] == [200] * 150 and app.most == 150
+    finally:
+        await transport.aclose()
+        srv.should_exit = True
+        thread.join(10)

@@ -159,7 +159,7 @@ class _Connection(asyncio.Protocol):
 class Http1Transport:
     """POSTs records to the service over pooled HTTP/1.1 keep-alive connections."""
 
-    def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_connections: int = 100,
+    def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_connections: int | None = None,
                  secret: str | None = None) -> None:
         parts = urlsplit(proxy_addr)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -179,8 +179,13 @@ class Http1Transport:
         if secret:
             self._fixed += SECRET_HEADER.encode() + b": " + secret.encode() + b"\r\n"
         self._idle: deque[_Connection] = deque()
-        self._slots = asyncio.Semaphore(max_connections)
+        # No cap of its own by default: the consumer proxy bounds the deliveries of each topic (its
+        # max_in_flight; sequential: one per partition), so the connections follow that setting, one
+        # per delivery in progress, kept alive for the next. `max_connections` caps them on top
+        # (freedom proxy: per subscription).
+        self._slots = asyncio.Semaphore(max_connections) if max_connections is not None else None
         self._open: set[_Connection] = set()
+        self._starts: dict[str, bytes] = {}  # path -> b"POST <path> HTTP/1.1\r\n" + the fixed headers
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
         return await wait_until_listening(self.proxy_addr, deadline, stop)
@@ -188,11 +193,21 @@ class Http1Transport:
     def _request(self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders,
                  retry_count: int) -> bytes:
         """The request's bytes (raises UnsendableRecord when the record cannot be a request)."""
-        lines = [b"POST ", (self._prefix + route.url_path(key)).encode("ascii"), b" HTTP/1.1\r\n", self._fixed]
+        lines = [self._start(route.url_path(key))]
         for name, val in request_headers(headers, key, retry_count):
             lines += (name, b": ", val, b"\r\n")
         lines += (b"Content-Length: ", str(len(value)).encode(), b"\r\n\r\n", value)
         return b"".join(lines)
+
+    def _start(self, path: str) -> bytes:
+        """The request line and the fixed headers for `path`, made once per path (a route without a
+        key in its path has one; a keyed path is remembered while few paths were seen)."""
+        start = self._starts.get(path)
+        if start is None:
+            start = b"POST " + (self._prefix + path).encode("ascii") + b" HTTP/1.1\r\n" + self._fixed
+            if len(self._starts) < 256:  # keyed paths are one per key: do not keep them all
+                self._starts[path] = start
+        return start
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
@@ -233,7 +248,7 @@ class Http1Transport:
                    keep_body: int) -> RawAnswer | DeliveryResult:
         """POST `body` to `path` (a batch, batching.py) and keep up to `keep_body` bytes of the answer;
         a DeliveryResult (the error) when no answer came."""
-        lines = [b"POST ", (self._prefix + path).encode("ascii"), b" HTTP/1.1\r\n", self._fixed]
+        lines = [self._start(path)]
         for name, val in headers:
             lines += (name, b": ", val, b"\r\n")
         lines += (b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body)
@@ -246,37 +261,43 @@ class Http1Transport:
 
     async def _roundtrip(self, request: bytes, keep: int = 0) -> _Answer | DeliveryResult:
         """Send `request` on a pooled connection and read its answer; a DeliveryResult on failure."""
+        if self._slots is None:
+            return await self._pooled(request, keep)
         async with self._slots:
-            conn: _Connection | None = None
-            try:
-                async with asyncio.timeout(self._timeout):
-                    conn = self._take_idle()
-                    if conn is not None:
-                        try:
-                            answer = await conn.exchange(request, keep)
-                        except ConnectionError:
-                            # The service closed a kept-alive connection as it was reused (its idle
-                            # timeout): nothing of the answer came, so send it once more on a new one.
-                            if conn.answered_bytes:
-                                raise
-                            self._drop(conn)
-                            conn = None
-                    if conn is None:
-                        conn = await self._connect()
+            return await self._pooled(request, keep)
+
+    async def _pooled(self, request: bytes, keep: int) -> _Answer | DeliveryResult:
+        """The round trip on an idle connection (or a new one)."""
+        conn: _Connection | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                conn = self._take_idle()
+                if conn is not None:
+                    try:
                         answer = await conn.exchange(request, keep)
-            except TimeoutError:
-                self._drop(conn)
-                return DeliveryResult(error="timed out waiting for the handler")
-            except (OSError, ssl.SSLError) as exc:  # ConnectionError is an OSError
-                self._drop(conn)
-                return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
-            except BaseException:  # cancelled (the partition was lost, the proxy stops): state unknown
-                self._drop(conn)
-                raise
-            if answer.keep_alive and not conn.closed:
-                self._idle.append(conn)
-            else:
-                self._drop(conn)
+                    except ConnectionError:
+                        # The service closed a kept-alive connection as it was reused (its idle
+                        # timeout): nothing of the answer came, so send it once more on a new one.
+                        if conn.answered_bytes:
+                            raise
+                        self._drop(conn)
+                        conn = None
+                if conn is None:
+                    conn = await self._connect()
+                    answer = await conn.exchange(request, keep)
+        except TimeoutError:
+            self._drop(conn)
+            return DeliveryResult(error="timed out waiting for the handler")
+        except (OSError, ssl.SSLError) as exc:  # ConnectionError is an OSError
+            self._drop(conn)
+            return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
+        except BaseException:  # cancelled (the partition was lost, the proxy stops): state unknown
+            self._drop(conn)
+            raise
+        if answer.keep_alive and not conn.closed:
+            self._idle.append(conn)
+        else:
+            self._drop(conn)
         return answer
 
     async def aclose(self) -> None:
