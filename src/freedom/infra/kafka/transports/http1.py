@@ -261,13 +261,9 @@ class Http1Transport:
 
     async def _roundtrip(self, request: bytes, keep: int = 0) -> _Answer | DeliveryResult:
         """Send `request` on a pooled connection and read its answer; a DeliveryResult on failure."""
-        if self._slots is None:
-            return await self._pooled(request, keep)
-        async with self._slots:
-            return await self._pooled(request, keep)
-
-    async def _pooled(self, request: bytes, keep: int) -> _Answer | DeliveryResult:
-        """The round trip on an idle connection (or a new one)."""
+        slots = self._slots  # None (no cap of its own): no semaphore, and no coroutine more, per delivery
+        if slots is not None:
+            await slots.acquire()
         conn: _Connection | None = None
         try:
             async with asyncio.timeout(self._timeout):
@@ -294,6 +290,9 @@ class Http1Transport:
         except BaseException:  # cancelled (the partition was lost, the proxy stops): state unknown
             self._drop(conn)
             raise
+        finally:
+            if slots is not None:
+                slots.release()
         if answer.keep_alive and not conn.closed:
             self._idle.append(conn)
         else:
