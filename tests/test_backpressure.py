@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import http.server
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from freedom.infra.kafka.delivery import result_of
 from freedom.testing import TestBroker, wait_until, write_config
 from tests.services.event_app import Delivery, Journal, event_app
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.plain_http import PlainService
 from tests.test_standalone_proxy import Proxy
 
 pytestmark = pytest.mark.serial  # measures pauses and rates: run alone (scripts/test.sh)
@@ -41,59 +41,33 @@ class Call:
     done: float | None = None  # ... and when it was answered
 
 
-class Endpoint:
+class Endpoint(PlainService):
     """A plain HTTP/1.1 service whose answer is `behaviour(call, nth)`: (status, headers, seconds
     to wait first; None: never answer until the test ends)."""
 
     def __init__(self, behaviour: Callable[[Call, int], tuple[int, dict[str, str], float | None]]) -> None:
+        super().__init__()
         self.calls: list[Call] = []
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-        endpoint = self
+        self.behaviour = behaviour
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                call = Call(self.path, self.headers.get("x-message-key", ""), self.headers.get("x-retry-count", ""),
-                            time.monotonic())
-                with endpoint.lock:
-                    nth = sum(1 for c in endpoint.calls if c.key == call.key)
-                    endpoint.calls.append(call)
-                status, headers, wait = behaviour(call, nth)
-                if wait is None:
-                    endpoint.release.wait(60)
-                    return
-                if wait:
-                    time.sleep(wait)
-                self.send_response(status)
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.send_header("content-length", "0")
-                self.end_headers()
-                call.done = time.monotonic()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def on_post(self, request: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        call = Call(request.path, request.headers.get("x-message-key", ""), request.headers.get("x-retry-count", ""),
+                    time.monotonic())
+        with self.lock:
+            nth = sum(1 for c in self.calls if c.key == call.key)
+            self.calls.append(call)
+        status, headers, wait = self.behaviour(call, nth)
+        if wait is None:
+            self.release.wait(60)
+            return
+        if wait:
+            time.sleep(wait)
+        self.answer(request, status, headers)
+        call.done = time.monotonic()
 
     def of(self, prefix: str) -> list[Call]:
         with self.lock:
             return [c for c in self.calls if c.path.startswith(prefix)]
-
-    def __enter__(self) -> "Endpoint":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 def _behaviour(call: Call, nth: int) -> tuple[int, dict[str, str], float | None]:

@@ -33,6 +33,7 @@ from confluent_kafka.admin import AdminClient
 from freedom.testing import free_port, wait_until, write_config
 from tests.kafka.cluster import NODE_IDS, KafkaCluster
 from tests.services.kafka_tools import committed, headers_of, read_topic
+from tests.services.plain_http import PlainService
 
 pytestmark = [pytest.mark.cluster, pytest.mark.serial, pytest.mark.timeout(240)]
 
@@ -58,46 +59,30 @@ class Delivery:
     status: int
 
 
-class Service:
+class Service(PlainService):
     """A plain HTTP/1.1 service: records every POST (`/p<instance>/<key>`) as it arrives, answers 200
     after 2 ms, or 422 for the keys `dead_letters` names. Requests from instance `stall` get no answer
     (status 0: in flight when that instance is killed) until `release` is set."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.deliveries: list[Delivery] = []
-        self.lock = threading.Lock()
         self.stall: int | None = None
-        self.release = threading.Event()
-        service = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                self.rfile.read(int(self.headers.get("content-length") or 0))
-                _, prefix, key = self.path.split("/", 2)
-                instance = int(prefix[1:])
-                if instance == service.stall:
-                    with service.lock:
-                        service.deliveries.append(Delivery(instance, key, time.monotonic(), 0))
-                    service.release.wait(60)
-                    self.close_connection = True  # its proxy is gone: no answer
-                    return
-                status = 422 if dead_letters(int(key.split("-")[1])) else 200
-                time.sleep(0.002)
-                with service.lock:
-                    service.deliveries.append(Delivery(instance, key, time.monotonic(), status))
-                self.send_response(status)
-                self.send_header("content-length", "0")
-                self.end_headers()
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def on_post(self, request: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        _, prefix, key = request.path.split("/", 2)
+        instance = int(prefix[1:])
+        if instance == self.stall:
+            with self.lock:
+                self.deliveries.append(Delivery(instance, key, time.monotonic(), 0))
+            self.release.wait(60)
+            request.close_connection = True  # its proxy is gone: no answer
+            return
+        status = 422 if dead_letters(int(key.split("-")[1])) else 200
+        time.sleep(0.002)
+        with self.lock:
+            self.deliveries.append(Delivery(instance, key, time.monotonic(), status))
+        self.answer(request, status)
 
     def snapshot(self) -> list[Delivery]:
         with self.lock:
@@ -108,16 +93,6 @@ class Service:
 
     def answered(self) -> set[str]:
         return {d.key for d in self.snapshot() if d.status}
-
-    def __enter__(self) -> Service:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
-
 
 class Proxy:
     """`freedom proxy --config DIR` in its own process group, delivering to `/p<instance>/{key}`."""

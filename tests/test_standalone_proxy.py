@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -27,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from freedom.testing import free_port, wait_until, write_config
 from tests.services.kafka_tools import committed, create_topic, headers_of, produce, read_topic
+from tests.services.plain_http import PlainService
 
 SECRET = "s3cret-for-the-endpoint-0123"
 
@@ -38,51 +38,25 @@ class Call:
     body: bytes
 
 
-class Endpoint:
+class Endpoint(PlainService):
     """A plain HTTP/1.1 service: records every POST; `/fail/...` answers 500, `/a/HOLD...` waits
     until released (a delivery in flight), everything else 200."""
 
     def __init__(self) -> None:
+        super().__init__()
         self.calls: list[Call] = []
-        self.lock = threading.Lock()
-        self.release = threading.Event()
-        endpoint = self
 
-        class Handler(http.server.BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
-                body = self.rfile.read(int(self.headers.get("content-length") or 0))
-                with endpoint.lock:
-                    endpoint.calls.append(Call(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
-                if self.path.startswith("/a/HOLD"):
-                    endpoint.release.wait(60)
-                status, answer = (500, b"boom") if self.path.startswith("/fail/") else (200, b"")
-                self.send_response(status)
-                self.send_header("content-length", str(len(answer)))
-                self.end_headers()
-                self.wfile.write(answer)
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+    def on_post(self, request: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
+        with self.lock:
+            self.calls.append(Call(request.path, {k.lower(): v for k, v in request.headers.items()}, body))
+        if request.path.startswith("/a/HOLD"):
+            self.release.wait(60)
+        status, answer = (500, b"boom") if request.path.startswith("/fail/") else (200, b"")
+        self.answer(request, status, body=answer)
 
     def of(self, prefix: str) -> list[Call]:
         with self.lock:
             return [c for c in self.calls if c.path.startswith(prefix)]
-
-    def __enter__(self) -> "Endpoint":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.release.set()
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class Proxy:
