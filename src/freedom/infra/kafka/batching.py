@@ -106,7 +106,9 @@ class Batcher:
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
         self._post: Poster | None = None
-        self._open: dict[str, _Open] = {}  # topic as read -> the batch being filled
+        # (topic as read, partition in sequential mode, else None) -> the batch being filled: a
+        # sequential batch holds one partition's records, in offset order.
+        self._open: dict[tuple[str, int | None], _Open] = {}
         self._sending: set[asyncio.Task[None]] = set()
         self._warned: set[str] = set()
 
@@ -121,14 +123,15 @@ class Batcher:
         except UnsendableRecord as exc:
             return exc.result()
         topic = record.topic()
-        batch = self._open.get(topic)
+        slot = (topic, record.partition() if plan.mode == "sequential" else None)
+        batch = self._open.get(slot)
         if batch is None:
-            batch = self._open[topic] = _Open(plan)
+            batch = self._open[slot] = _Open(plan)
             loop = asyncio.get_running_loop()
             if settings.max_wait_ms > 0:
-                batch.timer = loop.call_later(settings.max_wait_ms / 1000, self._flush, topic, batch)
+                batch.timer = loop.call_later(settings.max_wait_ms / 1000, self._flush, slot, batch)
             else:  # what is there now: the records whose deliveries start in this turn of the loop
-                batch.timer = loop.call_soon(self._flush, topic, batch)
+                batch.timer = loop.call_soon(self._flush, slot, batch)
             if plan.mode != "sequential" and plan.max_in_flight < settings.max_records and topic not in self._warned:
                 self._warned.add(topic)
                 log.warning("%s: max_in_flight = %d is below the batch's max_records = %d: batches hold at most "
@@ -137,12 +140,12 @@ class Batcher:
         batch.entries.append(entry)
         batch.waiters.append(waiter)
         if len(batch.entries) >= settings.max_records:
-            self._flush(topic, batch)
+            self._flush(slot, batch)
         return await waiter
 
-    def _flush(self, topic: str, batch: _Open) -> None:
-        if self._open.get(topic) is batch:
-            del self._open[topic]
+    def _flush(self, slot: tuple[str, int | None], batch: _Open) -> None:
+        if self._open.get(slot) is batch:
+            del self._open[slot]
         if batch.timer is not None:
             batch.timer.cancel()
             batch.timer = None
