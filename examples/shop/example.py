@@ -77,6 +77,8 @@ def _(initiator: freedom.Initiator) -> None:
     initiator.bind_controller("/store", StoreController)
     initiator.listen_event(EVENT_SELL, "StoreController.post_sell_goods_by")
     initiator.listen_event(entity.EVENT_SHOPPING, "StoreController.post_goods_shopping_by")
+    # What GET /shop/{id} publishes, for the AsyncAPI document (`freedom asyncapi example:app`).
+    initiator.publishes(EVENT_SELL, Goods, description="goods sold: published by GET /shop/{id}")
 
 
 app = freedom.Application()
