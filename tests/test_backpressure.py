@@ -26,6 +26,7 @@ from freedom.infra.kafka.delivery import result_of
 from freedom.testing import TestBroker, wait_until, write_config
 from tests.services.event_app import Delivery, Journal, event_app
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.asgi_parts import serve_lifespan
 from tests.services.plain_http import PlainService
 from tests.test_standalone_proxy import Proxy
 
@@ -293,11 +294,7 @@ def test_every_transport_reads_retry_after():
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
+            return await serve_lifespan(receive, send)
         await receive()
         status = int(scope["path"].rsplit("/", 1)[-1])
         await send({"type": "http.response.start", "status": status, "headers": [(b"retry-after", b"7")]})

@@ -21,7 +21,7 @@ import pytest
 import freedom
 from freedom.infra.kafka.producer import Delivered
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
-from tests.kafka.cluster import NODE_IDS, KafkaCluster
+from tests.kafka.cluster import NODE_IDS, KafkaCluster, running_cluster
 from tests.services.event_app import Journal, event_app
 from tests.services.kafka_tools import committed, read_topic
 
@@ -31,18 +31,7 @@ pytestmark = [pytest.mark.cluster, pytest.mark.serial, pytest.mark.timeout(300)]
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
     """One three-node cluster for this module; its logs are kept (and named) if a test failed."""
-    kafka = KafkaCluster()
-    try:
-        kafka.start()
-    except Exception:
-        kafka.close(keep_log=True)
-        raise
-    print(f"[cluster] three nodes started in {kafka.start_seconds:.1f} s")
-    yield kafka
-    failed = request.session.testsfailed > 0
-    kafka.close(keep_log=failed)
-    if failed:
-        print(f"[cluster] logs kept in {kafka.work_dir}")
+    yield from running_cluster(lambda: request.session.testsfailed > 0, "cluster")
 
 
 @pytest.fixture

@@ -31,7 +31,7 @@ import pytest
 from confluent_kafka.admin import AdminClient
 
 from freedom.testing import free_port, wait_until, write_config
-from tests.kafka.cluster import NODE_IDS, KafkaCluster
+from tests.kafka.cluster import NODE_IDS, KafkaCluster, running_cluster
 from tests.services.kafka_tools import committed, headers_of, read_topic
 from tests.services.plain_http import PlainService
 
@@ -129,18 +129,7 @@ class Proxy:
 @pytest.fixture(scope="module")
 def cluster(request: pytest.FixtureRequest) -> Iterator[KafkaCluster]:
     """A three-node cluster for this module; its logs are kept (and named) if a test failed."""
-    kafka = KafkaCluster()
-    try:
-        kafka.start()
-    except Exception:
-        kafka.close(keep_log=True)
-        raise
-    print(f"[fleet] three brokers started in {kafka.start_seconds:.1f} s")
-    yield kafka
-    failed = request.session.testsfailed > 0
-    kafka.close(keep_log=failed)
-    if failed:
-        print(f"[fleet] cluster logs kept in {kafka.work_dir}")
+    yield from running_cluster(lambda: request.session.testsfailed > 0, "fleet")
 
 
 def _members(bootstrap: str, group: str) -> dict[str, set[int]]:

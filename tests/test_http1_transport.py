@@ -14,6 +14,7 @@ from freedom.infra.kafka.delivery import EventRoute
 from freedom.infra.kafka.transports.http1 import Http1Transport
 from freedom.runtime import Utf8Headers
 from freedom.testing import free_port, wait_until
+from tests.services.asgi_parts import read_body
 
 ROUTE = EventRoute("t", "/store/sell/goods/{event_id}", "event_id")
 
@@ -28,12 +29,7 @@ class _Recorder:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.requests.append({"path": scope["path"], "raw_path": scope["raw_path"],
                               "headers": scope["headers"], "body": body})
         status, headers = self.answer

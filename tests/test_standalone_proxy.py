@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 
 from freedom.testing import free_port, wait_until, write_config
 from tests.services.kafka_tools import committed, create_topic, headers_of, produce, read_topic
+from tests.services.asgi_parts import read_body, serve_lifespan
 from tests.services.plain_http import PlainService
 
 SECRET = "s3cret-for-the-endpoint-0123"
@@ -260,17 +261,8 @@ def test_each_subscription_reaches_its_own_url_over_h2c_or_http1(tmp_path):
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                await send({"type": message["type"] + ".complete"})
-                if message["type"] == "lifespan.shutdown":
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            return await serve_lifespan(receive, send)
+        body = await read_body(receive)
         seen.append({"version": scope["http_version"], "path": scope["raw_path"].decode(),
                      "query": scope["query_string"].decode(), "body": body,
                      "headers": {k.decode(): v.decode() for k, v in scope["headers"]}})

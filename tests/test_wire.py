@@ -25,6 +25,7 @@ from freedom.infra.kafka.transports.asgi import AsgiTransport
 from freedom.infra.kafka.transports.http1 import Http1Transport
 from freedom.runtime import Request, Utf8Headers
 from freedom.testing import free_port, wait_until
+from tests.services.asgi_parts import read_body, serve_lifespan
 
 ROUTE = EventRoute("t", "/store/event/{event_id}", "event_id")
 
@@ -220,16 +221,9 @@ class _Recorder:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             if scope["type"] == "lifespan":
-                while (m := await receive())["type"] != "lifespan.shutdown":
-                    await send({"type": m["type"] + ".complete"})
-                await send({"type": "lifespan.shutdown.complete"})
+                await serve_lifespan(receive, send)
             return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+        body = await read_body(receive)
         self.requests.append({"path": scope["path"], "headers": list(scope["headers"]), "body": body,
                               "client": scope.get("client")})
         await send({"type": "http.response.start", "status": 200, "headers": []})

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -444,3 +444,20 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def running_cluster(session_failed: Callable[[], bool], label: str) -> Iterator[KafkaCluster]:
+    """A started three-node cluster for a module fixture (`yield from` it); its logs are kept, and
+    named, when the start failed or `session_failed()` says a test failed."""
+    kafka = KafkaCluster()
+    try:
+        kafka.start()
+    except Exception:
+        kafka.close(keep_log=True)
+        raise
+    print(f"[{label}] three brokers started in {kafka.start_seconds:.1f} s")
+    yield kafka
+    failed = session_failed()
+    kafka.close(keep_log=failed)
+    if failed:
+        print(f"[{label}] cluster logs kept in {kafka.work_dir}")
