@@ -33,6 +33,10 @@ class StoreController:
         _line("end", event_id)
         return "ok"
 
+    async def get(self) -> dict[str, int]:
+        """GET /store: which worker process answered (tests of `--workers` use it)."""
+        return {"pid": os.getpid()}
+
 
 @freedom.prepare
 def _(initiator: freedom.Initiator) -> None:
