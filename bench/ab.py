@@ -4,7 +4,7 @@ A change to the hot path is judged by the CPU the service spends per record (pro
 over the measured span, less sensitive to the machine's load than records/s). This runs the Go
 scenario's freedom cases (`bench/scenarios/gopeer.py`: 50,000 records pre-loaded into 6
 partitions, the trivial handler, HTTP/1.1 concurrent and in-process; the 50 ms handler over
-HTTP/1.1; the GET → publish route with 50 keep-alive clients) once per source per run,
+HTTP/1.1; batch delivery, 100 records per request, and `--workers 2`, over HTTP/1.1; the GET → publish route with 50 keep-alive clients) once per source per run,
 alternating the sources within each run, on one Apache Kafka broker, and prints the medians.
 
     python -m bench.ab --base <commit> [--runs 3] [--quick] [--case http1] [--profile]
@@ -36,6 +36,8 @@ CASES = {
     "http1 concurrent trivial": ("http1", "concurrent", "trivial"),
     "inprocess concurrent trivial": ("inprocess", "concurrent", "trivial"),
     "http1 concurrent 50ms": ("http1", "concurrent", "50ms"),
+    "http1 concurrent trivial batch 100": ("http1", "concurrent", "trivial", 100),
+    "http1 concurrent trivial workers 2": ("http1", "concurrent", "trivial", 0, 2),
     "publish route": None,
 }
 

@@ -161,3 +161,16 @@ def test_freedom_config_shows_the_proxy_addr_the_service_uses_and_where_it_comes
     entry = json.loads(shown("--listen", "127.0.0.1:8212", "--json",
                              FREEDOM_KAFKA__CONSUMER__PROXY_ADDR="http://gw.internal:9000").stdout)["kafka"]["consumer.proxy_addr"]
     assert entry["value"] == "http://gw.internal:9000" and entry["source"] == "FREEDOM_KAFKA__CONSUMER__PROXY_ADDR"
+
+
+@pytest.mark.parametrize(("proxy_addr", "is_self"), [
+    ("http://127.0.0.1:8100", True), ("http://localhost:8100/", True), ("http://10.1.2.3:8100", True),
+    ("http://127.0.0.1:8200", False),  # another port of this machine
+    ("http://127.0.0.1:8100/base", False),  # a path: someone else's routing
+    ("https://127.0.0.1:8100", False), ("http://orders.internal:8100", False), ("inprocess", False),
+])
+def test_which_proxy_addr_is_the_service_itself(proxy_addr, is_self):
+    """`freedom run --workers` gives each worker its own delivery port only for these (docs/scaling.md)."""
+    from freedom.addresses import proxy_addr_is_self
+
+    assert proxy_addr_is_self(proxy_addr, "10.1.2.3:8100") is is_self

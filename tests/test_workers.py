@@ -75,7 +75,7 @@ def test_two_workers_split_the_partitions_survive_a_kill_and_stop_cleanly(apache
     topic = new_topic(bootstrap, partitions=4)
     group = f"w-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
+    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "INFO"},
                           kafka=kafka_config(bootstrap, port, group_id=group, mode="concurrent",
                                              # earliest: a member seen holding partitions may not have
                                              # pinned its start yet (with latest, records the test
@@ -97,8 +97,12 @@ def test_two_workers_split_the_partitions_survive_a_kill_and_stop_cleanly(apache
         produce(bootstrap, topic, [{"key": k.encode(), "value": b"v", "partition": i % 4} for i, k in enumerate(first)])
         wait_until(lambda: set(_ended(records)) >= set(first), 60, what=f"the first 40 records (log: {log})")
         assert all(n == 1 for k, n in _ended(records).items() if k in first), "each record handled once"
+        # Each worker's proxy delivers to its own process (its own loopback port), so the records
+        # of both workers' partitions were handled by both.
+        assert len({r["pid"] for r in _lines(records)}) == 2, "each worker handled its partitions' records"
+        assert log.read_text().count("consumer proxy delivers to its own port") == 2
         # The shared port reaches either worker. Which process accepts a connection is the kernel's
-        # choice (the proxies' few keep-alive connections may all land on one), so ask over fresh ones.
+        # choice, so ask over fresh connections.
         assert len(_answering_pids(port)) == 2, "both workers answer on the shared port"
 
         pids = _worker_pids(log)

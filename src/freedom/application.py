@@ -23,7 +23,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
-import ipaddress
 import logging
 import os
 import traceback
@@ -31,7 +30,6 @@ from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence, TypeVar, cast
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
@@ -40,7 +38,9 @@ from fastapi.responses import JSONResponse
 from .config import (AppConfig, KafkaConfig, check_topic_overrides, find_config_dir, load_app_config,
                      load_kafka_config)
 from .controllers import Injectables
+from .addresses import port_of, proxy_addr_for, proxy_addr_mismatch
 from .errors import FreedomError
+from .fastapi_telemetry import cache_telemetry_check
 from .domain import Database, DomainEventInfra, UnitOfWork
 from .domain import infra as domain_infra
 from .initiator import Initiator, PrepareHook, registered_prepare_hooks, route_keys_with_slashes
@@ -49,7 +49,7 @@ from .infra.kafka.infra import KafkaBackend, KafkaInfra
 from .infra.kafka.producer import Producer
 from .outcomes import Outcome, handle_outcome
 from . import observability
-from .security import is_loopback, secure_event_routes
+from .security import secure_event_routes
 
 log = logging.getLogger("freedom")
 
@@ -80,24 +80,6 @@ def _startup_error(what: str, exc: BaseException) -> StartupError:
     return StartupError(f"{what} failed: {type(exc).__name__}{': ' + text if text else ''}{at}")
 
 
-def proxy_addr_for(listen_addr: str) -> str:
-    """The base URL the consumer proxy reaches a service listening on `listen_addr` at: the same
-    host and port, loopback when it listens on every interface (0.0.0.0 → 127.0.0.1, :: → [::1])."""
-    host, _, port = listen_addr.rpartition(":")
-    bare = host.strip("[]")
-    try:
-        ip = ipaddress.ip_address(bare)
-    except ValueError:
-        ip = None
-    if not bare or (ip is not None and ip.is_unspecified and ip.version == 4):
-        host = "127.0.0.1"
-    elif ip is not None and ip.is_unspecified:
-        host = "[::1]"
-    elif ip is not None and ip.version == 6:
-        host = f"[{bare}]"
-    return f"http://{host}:{port}"
-
-
 def hide_event_routes(api: FastAPI, routes: Mapping[str, EventRoute]) -> None:
     """Leave the routes that `listen_event` bound out of the OpenAPI document: the consumer proxy
     calls them, not the service's HTTP clients (the AsyncAPI document describes them)."""
@@ -106,22 +88,6 @@ def hide_event_routes(api: FastAPI, routes: Mapping[str, EventRoute]) -> None:
         if isinstance(route, APIRoute) and route.path in paths and "POST" in (route.methods or ()):
             route.include_in_schema = False
     api.openapi_schema = None  # made again, without them, when first asked for
-
-
-def _port_of(url: str) -> int:
-    parts = urlsplit(url)
-    return parts.port or (443 if parts.scheme == "https" else 80)
-
-
-def proxy_addr_mismatch(proxy_addr: str, listen_addr: str) -> bool:
-    """True when `proxy_addr` points at this machine (loopback, or the listen host) but at another
-    port than the one the service listens on: deliveries would go to some other process, or nowhere."""
-    if proxy_addr == "inprocess":
-        return False
-    host, _, listen_port = listen_addr.rpartition(":")
-    target = urlsplit(proxy_addr).hostname or ""
-    local = is_loopback(target) or target == host.strip("[]")
-    return local and str(_port_of(proxy_addr)) != listen_port
 
 
 class Application:
@@ -145,6 +111,7 @@ class Application:
         self.embedded_broker = embedded_broker
         self.listen_addr: str | None = None  # overrides app.toml's listen_addr (freedom run --listen)
         self.fastapi = FastAPI(title=title or "freedom", lifespan=self._lifespan)
+        cache_telemetry_check(self.fastapi)  # FastAPI's per-request OpenTelemetry lookup (fastapi_telemetry.py)
         self._title = title
         # Event handlers raise freedom.Retry / DeadLetter / Drop to choose their outcome (outcomes.py).
         self.fastapi.add_exception_handler(Outcome, handle_outcome)
@@ -249,6 +216,15 @@ class Application:
             if self.kafka is not None:
                 self.kafka.config = self.kafka_config
 
+    def deliver_to(self, base_url: str) -> None:
+        """Point the consumer proxy's HTTP deliveries at `base_url` (a worker's own port, server.py),
+        leaving the listen address as it is. Before start()."""
+        self.setup()
+        if self.kafka_config is not None:
+            self.kafka_config = replace(self.kafka_config, proxy_addr=base_url)
+            if self.kafka is not None:
+                self.kafka.config = self.kafka_config
+
     def _warn_proxy_addr(self) -> None:
         """One start-up warning when an explicit proxy_addr points at a port of this machine the
         service does not listen on (`--listen` changed the port, but kafka.toml still names the old one)."""
@@ -261,7 +237,7 @@ class Application:
             log.warning("[consumer] proxy_addr = %s (%s) points at port %s of this machine, but the service "
                         "listens on %s (%s): deliveries go to that other port; remove proxy_addr to follow "
                         "the listen address, or ignore this if something there forwards to the service",
-                        cfg.proxy_addr, cfg.file, _port_of(cfg.proxy_addr), listen, source)
+                        cfg.proxy_addr, cfg.file, port_of(cfg.proxy_addr), listen, source)
 
     def install_domain_event_infra(self, infra: DomainEventInfra) -> None:
         """Install the one infrastructure entities publish domain events through (SPEC §6)."""

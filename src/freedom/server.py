@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, Coroutine
 
 import uvicorn
 
+from .addresses import proxy_addr_is_self
+
 if TYPE_CHECKING:
     from .application import Application
 
@@ -118,6 +120,28 @@ def bind_address(host: str, port: int, file: str, key: str | None) -> socket.soc
     return sock
 
 
+def own_delivery_socket(app: "Application") -> socket.socket | None:
+    """A worker's own loopback port for its consumer proxy's HTTP deliveries (`freedom run --workers`),
+    or None when the proxy delivers elsewhere (a proxy_addr that is not the service's own listen
+    address, or in-process) or there is no proxy.
+
+    A worker's proxy posting to the shared port would reach any worker: each delivery would then
+    wake two processes and cross between them. Measured (`python -m bench.ab`, two workers,
+    HTTP/1.1, trivial handler): see BENCHMARKS.md, "--workers: each worker delivers to itself".
+    So a worker also listens on 127.0.0.1:<free port> and its proxy delivers there, to its own
+    application, as one process does; HTTP clients still use the shared port.
+    """
+    cfg = app.kafka_config
+    if cfg is None or not cfg.consumer_open or not app.event_routes:
+        return None
+    if cfg.proxy_addr_explicit and not proxy_addr_is_self(cfg.proxy_addr, app.serving_addr or app.config.listen_addr):
+        return None
+    own = bind_address("127.0.0.1", 0, "freedom run --workers", None)
+    app.deliver_to(url := f"http://127.0.0.1:{own.getsockname()[1]}")
+    log.info("this worker's consumer proxy delivers to its own port: %s", url)
+    return own
+
+
 def serve(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
     app.setup()
     if host is not None or port is not None:  # Application.run(host=, port=): proxy_addr follows it
@@ -126,11 +150,15 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
     # A worker of `freedom run --workers` serves on the socket its parent bound (workers.py).
     from .workers import inherited_socket
 
-    sock = inherited_socket() or bind_listen_socket(app, host, port)
+    inherited = inherited_socket()
+    sock = inherited or bind_listen_socket(app, host, port)
     if app.kafka_config is not None and app.kafka_config.proxy_http2:
         sock.close()  # granian binds by itself (it takes no socket); the check above is what matters
         serve_h2c(app, host=host, port=port)
         return
+    sockets = [sock]
+    if inherited is not None and (own := own_delivery_socket(app)) is not None:
+        sockets.append(own)
     config = uvicorn.Config(
         app,
         host=host or app.config.host,
@@ -147,12 +175,13 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
         try:
             await app.start()
         except BaseException:
-            sock.close()
+            for one in sockets:
+                one.close()
             raise
         freeze_startup_objects()
         log.info("serving HTTP on %s:%d", config.host, sock.getsockname()[1])
         try:
-            await server.serve(sockets=[sock])  # uvicorn listens on it, and closes it at the end
+            await server.serve(sockets=sockets)  # uvicorn listens on them, and closes them at the end
         finally:
             await app.stop()
 
