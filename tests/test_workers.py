@@ -1,6 +1,7 @@
 """`freedom run --workers 2` on Apache Kafka: both workers are members of the group (the partitions
 split), every record is handled once, a SIGKILLed worker is reported and restarted while the other
-takes over without losing a record, and SIGTERM stops every worker cleanly, committed to the end."""
+takes over without losing a record, and SIGTERM stops every worker cleanly, committed to the end.
+With two workers the retry topic and the dead-letter topic keep their semantics."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from freedom.testing import free_port, kafka_config, wait_until, write_config
-from tests.services.kafka_tools import committed, produce
+from freedom.headers import ERROR_HEADER, ORIGINAL_TOPIC_HEADER, RETRY_COUNT_HEADER
+from tests.services.kafka_tools import committed, headers_of, partitions_of, produce, read_topic
 
 SERVICES = Path(__file__).parent / "services"
 
@@ -130,3 +132,78 @@ def test_two_workers_split_the_partitions_survive_a_kill_and_stop_cleanly(apache
     assert text.count("stopping: draining the consumer proxies") >= 2, "each worker drained"
     assert committed(bootstrap, group, topic, 4) == ends
     assert not [p for p in seen_pids if _alive(p)], "no worker outlives the parent"
+
+
+def test_two_workers_retry_once_and_dead_letter_after_the_last_retry(apache_kafka, new_topic, tmp_path):
+    """retry_count = 1 with two workers: a record failing once is handled once more from retry-T (by
+    whichever worker holds it, no earlier than retry_interval_sec), a record always failing lands in
+    fail-T with its reason, and both groups commit to the end."""
+    bootstrap = apache_kafka.bootstrap
+    topic = new_topic(bootstrap, partitions=4)
+    group = f"w-{uuid.uuid4().hex[:8]}"
+    retry_group = f"retry_{group}"
+    port = free_port()
+    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "INFO"},
+                          kafka=kafka_config(bootstrap, port, group_id=group, mode="concurrent",
+                                             initial_offset="earliest", retry_count=1, retry_interval_sec=1,
+                                             retry_group_id=retry_group, settings={"session.timeout.ms": 6000}))
+    records, log, markers = tmp_path / "records.jsonl", tmp_path / "service.log", tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "50",
+           "FAIL_FIRST_PREFIX": "R", "FAIL_ALWAYS_PREFIX": "D", "MARKER_DIR": str(markers)}
+    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config),
+                             "--workers", "2"], cwd=SERVICES, env=env, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    ok = [f"A{i:02d}" for i in range(20)]
+    once = [f"R{i:02d}" for i in range(8)]
+    dead = [f"D{i:02d}" for i in range(4)]
+    keys = ok + once + dead
+    ends = [len(keys[p::4]) for p in range(4)]
+    try:
+        split = wait_until(lambda: (m := _members(bootstrap, group)) and len(m) == 2 and all(m) and m, 90,
+                           what=f"two members holding partitions (log: {log})")
+        assert sorted(p for m in split for p in m) == [0, 1, 2, 3]
+        retry_topic = f"retry-{topic}"
+        retry_parts = partitions_of(bootstrap, retry_topic)
+        wait_until(lambda: len(m := _members(bootstrap, retry_group)) == 2
+                   and sorted(p for s in m for p in s) == list(range(retry_parts)), 90,
+                   what=f"both workers in the retry group holding {retry_topic} (log: {log})")
+        produce(bootstrap, topic, [{"key": k.encode(), "value": b"v", "partition": i % 4} for i, k in enumerate(keys)])
+
+        def fails(key: str) -> list[dict[str, Any]]:
+            return [r for r in _lines(records) if r["ev"] == "fail" and r["key"] == key]
+
+        wait_until(lambda: set(_ended(records)) >= set(ok + once) and all(len(fails(k)) == 2 for k in dead), 90,
+                   what=f"A and R records handled, D records failed twice (log: {log})")
+        dead_letters = read_topic(bootstrap, f"fail-{topic}", expect=len(dead), timeout=90, settle=2)
+        wait_until(lambda: committed(bootstrap, group, topic, 4) == ends, 60, what="the main group's commits to the end")
+        retried = len(once) + len(dead)
+        wait_until(lambda: sum(max(o, 0) for o in committed(bootstrap, retry_group, retry_topic, retry_parts)) == retried,
+                   60, what=f"the retry group's commits to the end of {retry_topic}")
+        lines = _lines(records)
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)  # the parent only: it stops the workers
+        code = proc.wait(60)
+    assert code == 0, f"SIGTERM should stop every worker cleanly (log: {log})"
+
+    ended = _ended(records)
+    assert {k: ended[k] for k in ok} == {k: 1 for k in ok}, "each A record handled once"
+    assert {k: ended[k] for k in once} == {k: 1 for k in once}, "each R record handled once after its failure"
+    assert not [k for k in dead if ended[k]], "no D record ever succeeded"
+    for key in ok:
+        assert [(r["ev"], r["retry"]) for r in lines if r["key"] == key and r["ev"] != "start"] == [("end", "0")]
+    for key in once:
+        (fail,) = fails(key)
+        (end,) = [r for r in lines if r["key"] == key and r["ev"] == "end"]
+        assert (fail["retry"], end["retry"]) == ("0", "1"), f"{key}: failed from {topic}, succeeded from {retry_topic}"
+        start = max(r["t"] for r in lines if r["key"] == key and r["ev"] == "start")
+        assert start - fail["t"] >= 0.99, f"{key}: retried {start - fail['t']:.3f}s after failing (retry_interval_sec = 1)"
+    for key in dead:
+        assert [r["retry"] for r in fails(key)] == ["0", "1"], f"{key}: failed once from {topic}, once from {retry_topic}"
+    assert sorted(m.key().decode() for m in dead_letters) == dead, "exactly the D records are dead-lettered, once each"
+    for m in dead_letters:
+        h = headers_of(m)
+        assert h[ERROR_HEADER] == "HTTP 500", h
+        assert (h[ORIGINAL_TOPIC_HEADER], h[RETRY_COUNT_HEADER]) == (topic, "1"), h
+    assert committed(bootstrap, group, topic, 4) == ends
