@@ -49,6 +49,7 @@ from .infra.kafka.infra import KafkaBackend, KafkaInfra
 from .infra.kafka.producer import Producer
 from .outcomes import Outcome, handle_outcome
 from . import observability
+from .route_order import move_event_routes_forward
 from .security import secure_event_routes
 
 log = logging.getLogger("freedom")
@@ -196,6 +197,8 @@ class Application:
         from .console import install as install_console
 
         install_console(self)  # the web console, when app.toml sets console_token (docs/console.md)
+        # Deliveries skip the GET-only documents' path matches (route_order.py).
+        move_event_routes_forward(self.fastapi, {r.path for r in self.event_routes.values()})
         self._is_set_up = True
         return self
 
