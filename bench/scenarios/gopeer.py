@@ -168,14 +168,9 @@ def _freedom_consume(transport: str, mode: str, handler: str, batch: int = 0,
                                   mode=mode, expect=n, http2=transport == "http2",
                                   inprocess=transport == "inprocess", env=env, workers=workers)
         if workers > 1:
-            from .scaling import settled
+            from .scaling import settle_then_produce
 
-            try:
-                settled(ctx, service, group, workers)
-            except BaseException:
-                service.stop()
-                raise
-            ctx.kafka.preload(topic, n)
+            settle_then_produce(ctx, service, group, workers, topic, n)
         if transport == "http2":
             from .e2e import http2_unsupported
 
