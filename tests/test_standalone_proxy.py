@@ -251,7 +251,6 @@ def test_each_subscription_reaches_its_own_url_over_h2c_or_http1(tmp_path):
     """The seam without Kafka: SubscriptionTransport hands each topic's delivery to its subscription's
     transport; the server is granian (h2c and HTTP/1.1 on one port) with a bare ASGI app."""
     import asyncio
-    import socket
 
     from freedom.config import KafkaConfig, SubscriptionConfig
     from freedom.server import serve_granian

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import sys
 from dataclasses import dataclass, field
@@ -436,14 +435,9 @@ def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> No
 
 def command(args: argparse.Namespace) -> None:
     """Load the application (as `freedom run` does, starting nothing) and write its document."""
-    from .application import Application
-    from .cli import load_app
+    from .app_loader import load_application
 
-    if args.config:
-        os.environ["FREEDOM_PROJECT_CONFIG"] = args.config
-    app = load_app(args.app)
-    if not isinstance(app, Application):
-        raise FreedomError(f"{args.app} is a {type(app).__name__}, not a freedom.Application")
+    app = load_application(args.app, args.config)
     text = json.dumps(document(app), indent=2, ensure_ascii=False) + "\n"
     if args.output:
         try:

@@ -7,36 +7,13 @@ SIGINT/SIGTERM. A user mistake (bad config, unknown module) is one line on stder
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
-import os
 import sys
 from typing import Sequence
 
 from .errors import FreedomError
 
 LOG_FORMAT = "%(asctime)s %(levelname)-7s %(name)s: %(message)s"
-
-
-def load_app(target: str) -> "object":
-    """Import `module:attribute` (the attribute defaults to `app`)."""
-    module_name, _, attr = target.partition(":")
-    attr = attr or "app"
-    if os.getcwd() not in sys.path:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ModuleNotFoundError as exc:
-        if exc.name and module_name.startswith(exc.name):
-            raise FreedomError(f"cannot import {module_name!r}: no such module (run from the directory that contains it)") from None
-        raise
-    except SyntaxError as exc:  # an edit that does not parse (freedom run --reload waits for the next one)
-        where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
-        raise FreedomError(f"cannot import {module_name!r}: {exc.msg} ({where})") from None
-    app = getattr(module, attr, None)
-    if app is None:
-        raise FreedomError(f"module {module_name!r} has no attribute {attr!r} (write module:attribute, e.g. example:app)")
-    return app
 
 
 def _log_level(value: str | None) -> str | None:
@@ -51,7 +28,7 @@ def _log_level(value: str | None) -> str | None:
 
 
 def _run(args: argparse.Namespace, run_parser: argparse.ArgumentParser) -> int:
-    from .application import Application
+    from .app_loader import load_application
 
     log_level = _log_level(args.log_level)
     if log_level:
@@ -70,11 +47,7 @@ def _run(args: argparse.Namespace, run_parser: argparse.ArgumentParser) -> int:
 
         return supervise(args.app, child_arguments(run_parser, args), config=args.config,
                          embedded_broker=args.embedded_broker, reload_dirs=args.reload_dirs or ())
-    if args.config:
-        os.environ["FREEDOM_PROJECT_CONFIG"] = args.config
-    app = load_app(args.app)
-    if not isinstance(app, Application):
-        raise FreedomError(f"{args.app} is a {type(app).__name__}, not a freedom.Application")
+    app = load_application(args.app, args.config)
     if args.embedded_broker:
         app.embedded_broker = True
     if args.listen:

@@ -11,12 +11,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import replace
 from typing import Any
 
 from .config import ConfigEntry, KafkaConfig
-from .errors import FreedomError
 
 
 def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
@@ -53,14 +51,9 @@ def _derived(kafka: KafkaConfig, app_entries: tuple[ConfigEntry, ...]) -> tuple[
 
 def show(args: argparse.Namespace) -> None:
     """Load the application's configuration (as `freedom run` does) and print it."""
-    from .application import Application
-    from .cli import load_app
+    from .app_loader import load_application
 
-    if args.config:
-        os.environ["FREEDOM_PROJECT_CONFIG"] = args.config
-    app = load_app(args.app)
-    if not isinstance(app, Application):
-        raise FreedomError(f"{args.app} is a {type(app).__name__}, not a freedom.Application")
+    app = load_application(args.app, args.config)
     if args.listen:
         app.listen_addr = args.listen  # as freedom run --listen: before setup
     app.setup()  # the same checks as freedom run, the topic tables included

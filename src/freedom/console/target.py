@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from ..infra.kafka.settings import client_settings, connection_settings
-from ..ops.target import ClientTarget, OpsError, Target, _servers
+from ..ops.target import ClientTarget, OpsError, Target, servers_of
 
 if TYPE_CHECKING:
     from ..application import Application
@@ -22,7 +22,7 @@ def app_target(app: "Application") -> Target:
     clients = []
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
-        settings = client_settings(_servers(cc, where), "consumer", cc.group_id, {}, cc.settings)
+        settings = client_settings(servers_of(cc, where), "consumer", cc.group_id, {}, cc.settings)
         clients.append(ClientTarget(i, cc, connection_settings(settings), topics, where))
     config_dir = app.config_dir
     return Target(tuple(clients), str(config_dir) if config_dir else None)

@@ -8,7 +8,6 @@ are found on the cluster (the group's committed offsets, the topic prefixes).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -66,7 +65,9 @@ class Target:
         return self.clients[0]
 
 
-def _servers(cc: ConsumerClientConfig, where: str, embedded: str | None = None) -> tuple[str, ...]:
+def servers_of(cc: ConsumerClientConfig, where: str, embedded: str | None = None) -> tuple[str, ...]:
+    """The bootstrap servers of the consumer client `cc` (`where` names it in errors): its own, else
+    the embedded broker's (`embedded`, or the one this process shares); OpsError when neither."""
     if cc.servers is not None:
         return cc.servers
     if embedded:
@@ -91,7 +92,7 @@ def target_of(kafka: KafkaConfig | None, topics: Iterable[str] | None, config_di
     clients = []
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
-        settings = client_settings(_servers(cc, where, embedded_bootstrap), "consumer", cc.group_id, {}, cc.settings)
+        settings = client_settings(servers_of(cc, where, embedded_bootstrap), "consumer", cc.group_id, {}, cc.settings)
         client_topics, retries = listened, {}
         if listened is None and kafka.subscriptions:  # a standalone proxy's: known without its commits
             subs = _subscriptions_of(kafka, i)
@@ -114,14 +115,9 @@ def load_target(app: str | None, config: str | None) -> Target:
     """The consumer clients of `app` (module:attribute) or of the config directory `config`."""
     topics: list[str] | None = None
     if app:
-        from ..application import Application
-        from ..cli import load_app
+        from ..app_loader import load_application
 
-        if config:
-            os.environ["FREEDOM_PROJECT_CONFIG"] = config
-        loaded = load_app(app)
-        if not isinstance(loaded, Application):
-            raise OpsError(f"{app} is a {type(loaded).__name__}, not a freedom.Application")
+        loaded = load_application(app, config)
         loaded.setup()
         kafka = loaded.kafka_config
         topics = sorted(loaded.event_routes)
