@@ -103,6 +103,10 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
             try:
                 context = browser.new_context(viewport={"width": 1280, "height": 860})
                 page = context.new_page()
+                # Playwright's 5 s default is tight on a loaded 2-core CI machine (the page asks a
+                # real broker); a wrong page still fails, within these bounds.
+                page.set_default_timeout(30_000)
+                expect.set_options(timeout=20_000)
                 dialogs: list[str] = []
                 page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
 
