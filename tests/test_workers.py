@@ -207,3 +207,42 @@ def test_two_workers_retry_once_and_dead_letter_after_the_last_retry(apache_kafk
         assert h[ERROR_HEADER] == "HTTP 500", h
         assert (h[ORIGINAL_TOPIC_HEADER], h[RETRY_COUNT_HEADER]) == (topic, "1"), h
     assert committed(bootstrap, group, topic, 4) == ends
+
+
+def test_two_workers_share_one_embedded_broker_and_deliver_in_process(tmp_path):
+    """`--workers 2` on the embedded broker with in-process delivery: the parent starts one broker
+    for both workers, each worker's proxy calls its own application, every record is handled once,
+    and SIGTERM stops the workers and the broker."""
+    port = free_port()
+    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "INFO"},
+                          kafka=kafka_config(None, port, group_id=f"w-{uuid.uuid4().hex[:8]}", delivery="inprocess",
+                                             mode="concurrent", initial_offset="earliest"))
+    records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
+    topic = "event-workers-embedded"
+    env = {**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "20"}
+    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config),
+                             "--workers", "2"], cwd=SERVICES, env=env, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    broker_pid = None
+    try:
+        found = wait_until(lambda: re.search(r"embedded Kafka broker at (\S+) \(pid (\d+)\), shared by the 2 workers",
+                                             log.read_text()), 90, what=f"the shared embedded broker (log: {log})")
+        bootstrap, broker_pid = found.group(1), int(found.group(2))
+        # A worker serves once its groups hold partitions; with both serving, both are members.
+        wait_until(lambda: log.read_text().count("serving HTTP on") == 2, 90, what=f"both workers serving (log: {log})")
+        assert "consumer proxy delivers to its own port" not in log.read_text()  # in-process: no port needed
+        keys = [f"E{i:02d}" for i in range(40)]
+        parts = partitions_of(bootstrap, topic)  # as the service created it on the embedded broker
+        assert parts >= 2
+        produce(bootstrap, topic, [{"key": k.encode(), "value": b"v", "partition": i % parts}
+                                   for i, k in enumerate(keys)])
+        wait_until(lambda: set(_ended(records)) >= set(keys), 60, what=f"the 40 records (log: {log})")
+        assert all(n == 1 for k, n in _ended(records).items() if k in keys), "each record handled once"
+        assert len({r["pid"] for r in _lines(records)}) == 2, "each worker handled its partitions' records in-process"
+    finally:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+        code = proc.wait(60)
+    assert code == 0, f"SIGTERM should stop every worker cleanly (log: {log})"
+    assert broker_pid is not None
+    wait_until(lambda: not _alive(broker_pid), 30, what="the embedded broker stopped with the parent")

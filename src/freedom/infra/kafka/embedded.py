@@ -288,16 +288,17 @@ class EmbeddedBroker:
         self.stop(keep_log=exc is not None)
 
 
-#: Set by `freedom run --reload` in each service process it starts: the bootstrap address
-#: (``127.0.0.1:PORT``) of the embedded broker the supervisor runs and keeps across reloads.
+#: Set by `freedom run --reload` and `freedom run --workers` in each service process they start: the
+#: bootstrap address (``127.0.0.1:PORT``) of the embedded broker their parent process runs (kept
+#: across reloads, shared by the workers).
 BOOTSTRAP_ENV = "FREEDOM_EMBEDDED_BOOTSTRAP"
 
 
 class SharedBroker:
-    """An embedded broker another process runs (the `--reload` supervisor): used, never stopped here."""
+    """An embedded broker another process runs (the `--reload` or `--workers` parent): used, never stopped here."""
 
-    lifetime = ("started by freedom run --reload, it keeps its data across reloads "
-                "(in memory only: everything is lost when freedom run stops)")
+    lifetime = ("started by the freedom run parent process (--reload or --workers), it keeps its data while "
+                "that process runs (in memory only: everything is lost when freedom run stops)")
 
     def __init__(self, bootstrap: str, *, start_timeout: float = 10.0) -> None:
         self.bootstrap = bootstrap
