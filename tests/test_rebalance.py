@@ -58,7 +58,10 @@ def test_two_instances_share_the_partitions_and_lose_nothing(apache_kafka, new_t
     keys = [c.key for c in journal_a.of() + journal_b.of()]
     assert set(keys) == {f"K{j}" for j in range(total)}
     # A graceful hand-over finishes and commits in-flight work: nothing is delivered twice.
-    assert len(keys) == total, f"{len(keys) - total} duplicates"
+    seen_twice = sorted({k for k in keys if keys.count(k) > 1})
+    where = {k: ([f"A{i}" for i, c in enumerate(journal_a.of()) if c.key == k]
+                 + [f"B{i}" for i, c in enumerate(journal_b.of()) if c.key == k]) for k in seen_twice}
+    assert len(keys) == total, f"{len(keys) - total} duplicates: {where} (instance and position in its journal)"
 
 
 def test_stop_finishes_in_flight_work_within_the_deadline_and_abandons_the_rest(apache_kafka, new_topic, tmp_path, caplog, delivery):
