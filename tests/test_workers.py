@@ -64,6 +64,20 @@ def _answering_pids(port: int, connections: int = 300) -> set[int]:
     return pids
 
 
+def _run_workers(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """`freedom run kill_service:app --workers 2` in a session of its own, its output in `log`."""
+    return subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config),
+                             "--workers", "2"], cwd=SERVICES, env=env, stdout=log.open("ab"),
+                            stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM to the parent only (it stops the workers); its exit code."""
+    if proc.poll() is None:
+        os.kill(proc.pid, signal.SIGTERM)
+    return proc.wait(60)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -86,9 +100,7 @@ def test_two_workers_split_the_partitions_survive_a_kill_and_stop_cleanly(apache
                                              settings={"session.timeout.ms": 6000}))
     records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
     env = {**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "300"}
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config),
-                             "--workers", "2"], cwd=SERVICES, env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _run_workers(config, env, log)
     seen_pids: set[int] = set()
     try:
         # Both workers joined the one group and split its four partitions.
@@ -124,9 +136,7 @@ def test_two_workers_split_the_partitions_survive_a_kill_and_stop_cleanly(apache
             ends[i % 4] += 1
         wait_until(lambda: committed(bootstrap, group, topic, 4) == ends, 30, what="the commits to the end")
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)  # the parent only: it stops the workers
-        code = proc.wait(60)
+        code = _stop(proc)
     assert code == 0, f"SIGTERM should stop every worker cleanly (log: {log})"
     text = log.read_text()
     assert text.count("stopping: draining the consumer proxies") >= 2, "each worker drained"
@@ -151,9 +161,7 @@ def test_two_workers_retry_once_and_dead_letter_after_the_last_retry(apache_kafk
     markers.mkdir()
     env = {**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "50",
            "FAIL_FIRST_PREFIX": "R", "FAIL_ALWAYS_PREFIX": "D", "MARKER_DIR": str(markers)}
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config),
-                             "--workers", "2"], cwd=SERVICES, env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _run_workers(config, env, log)
     ok = [f"A{i:02d}" for i in range(20)]
     once = [f"R{i:02d}" for i in range(8)]
     dead = [f"D{i:02d}" for i in range(4)]
@@ -182,9 +190,7 @@ def test_two_workers_retry_once_and_dead_letter_after_the_last_retry(apache_kafk
                    60, what=f"the retry group's commits to the end of {retry_topic}")
         lines = _lines(records)
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)  # the parent only: it stops the workers
-        code = proc.wait(60)
+        code = _stop(proc)
     assert code == 0, f"SIGTERM should stop every worker cleanly (log: {log})"
 
     ended = _ended(records)
@@ -220,9 +226,7 @@ def test_two_workers_share_one_embedded_broker_and_deliver_in_process(tmp_path):
     records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
     topic = "event-workers-embedded"
     env = {**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "20"}
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config),
-                             "--workers", "2"], cwd=SERVICES, env=env, stdout=log.open("ab"),
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = _run_workers(config, env, log)
     broker_pid = None
     try:
         found = wait_until(lambda: re.search(r"embedded Kafka broker at (\S+) \(pid (\d+)\), shared by the 2 workers",
@@ -240,9 +244,7 @@ def test_two_workers_share_one_embedded_broker_and_deliver_in_process(tmp_path):
         assert all(n == 1 for k, n in _ended(records).items() if k in keys), "each record handled once"
         assert len({r["pid"] for r in _lines(records)}) == 2, "each worker handled its partitions' records in-process"
     finally:
-        if proc.poll() is None:
-            os.kill(proc.pid, signal.SIGTERM)
-        code = proc.wait(60)
+        code = _stop(proc)
     assert code == 0, f"SIGTERM should stop every worker cleanly (log: {log})"
     assert broker_pid is not None
     wait_until(lambda: not _alive(broker_pid), 30, what="the embedded broker stopped with the parent")

@@ -215,18 +215,20 @@ class Application:
         self.setup()
         self.serving_addr = listen_addr
         if self.kafka_config is not None:
-            self.kafka_config = self._following(self.kafka_config, listen_addr)
-            if self.kafka is not None:
-                self.kafka.config = self.kafka_config
+            self._use_kafka_config(self._following(self.kafka_config, listen_addr))
 
     def deliver_to(self, base_url: str) -> None:
         """Point the consumer proxy's HTTP deliveries at `base_url` (a worker's own port, server.py),
         leaving the listen address as it is. Before start()."""
         self.setup()
         if self.kafka_config is not None:
-            self.kafka_config = replace(self.kafka_config, proxy_addr=base_url)
-            if self.kafka is not None:
-                self.kafka.config = self.kafka_config
+            self._use_kafka_config(replace(self.kafka_config, proxy_addr=base_url))
+
+    def _use_kafka_config(self, config: KafkaConfig) -> None:
+        """`config` for the Kafka side from now on (set up, not started yet)."""
+        self.kafka_config = config
+        if self.kafka is not None:
+            self.kafka.config = config
 
     def _warn_proxy_addr(self) -> None:
         """One start-up warning when an explicit proxy_addr points at a port of this machine the
