@@ -13,6 +13,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import os
+import re
 import threading
 import time
 import uuid
@@ -156,7 +157,9 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                     expect(card).to_contain_text(TRACE_ID)
                     expect(card).to_contain_text(f"{topic}[")  # where it came from
                     expect(card.locator("table.headers")).to_contain_text("x-freedom-original-topic")
-                expect(cards.filter(has_text="A1").locator("pre.value")).to_have_text('{"k": "A1"}')
+                # The card whose Key is A1 (not any card with "a1" somewhere: trace ids are random hex).
+                a1 = cards.filter(has=page.locator("dd", has_text=re.compile(r"^A1$")))
+                expect(a1.locator("pre.value")).to_have_text('{"k": "A1"}')
                 snap(page, "records", full_page=False)
 
                 page.go_back()
