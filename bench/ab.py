@@ -63,8 +63,8 @@ def runner(name: str) -> Callable[[Context], dict[str, float]]:
 
 
 def _newest_child(after: set[int]) -> int | None:
-    """The pid of a `freedom.cli run` process started since `after` was taken."""
-    out = subprocess.run(["pgrep", "-f", "freedom.cli run"], stdout=subprocess.PIPE, text=True).stdout.split()
+    """The pid of a `freedom.cli.main run` process started since `after` was taken."""
+    out = subprocess.run(["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE, text=True).stdout.split()
     new = [int(p) for p in out if int(p) not in after]
     return max(new) if new else None
 
@@ -72,7 +72,7 @@ def _newest_child(after: set[int]) -> int | None:
 def profile(ctx: Context, name: str, seconds: float) -> None:
     """Run case `name` once while py-spy samples its service for `seconds`; print the top frames."""
     raw = ctx.workdir / f"profile-{name.replace(' ', '-')}.txt"
-    before = set(int(p) for p in subprocess.run(["pgrep", "-f", "freedom.cli run"], stdout=subprocess.PIPE,
+    before = set(int(p) for p in subprocess.run(["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE,
                                                   text=True).stdout.split())
     done = threading.Event()
 

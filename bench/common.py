@@ -392,7 +392,7 @@ def inprocess_unsupported() -> str | None:
     """None when kafka.toml accepts `proxy_addr = "inprocess"` in the measured code, else why not."""
     import tempfile
 
-    from freedom.config import load_kafka_config
+    from freedom.config.loading import load_kafka_config
     from freedom.errors import ConfigError
     from freedom.testing import kafka_config, write_config
 
@@ -429,7 +429,7 @@ def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler:
     workdir = ctx.workdir / name
     conf = write_config(workdir / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
                         kafka=kafka)
-    cmd = [sys.executable, "-m", "freedom.cli", "run", "freedom_app:app", "--config", str(conf)]
+    cmd = [sys.executable, "-m", "freedom.cli.main", "run", "freedom_app:app", "--config", str(conf)]
     if workers > 1:
         cmd += ["--workers", str(workers)]
     service = spawn(name, cmd, workdir, {"BENCH_TOPIC": topic, "BENCH_HANDLER": handler,

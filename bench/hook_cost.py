@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 import timeit
 
-from freedom import metrics
-from freedom.config import ConsumerClientConfig
-from freedom.infra.kafka.delivery import DeliveryResult, EventRoute
-from freedom.infra.kafka.group import TopicPlan
-from freedom.infra.kafka.observer import ProxyObserver
-from freedom.infra.kafka.retry import Plan
+from freedom.observability import metrics
+from freedom.config.loading import ConsumerClientConfig
+from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute
+from freedom.kafka.consumer.group import TopicPlan
+from freedom.kafka.consumer.observer import ProxyObserver
+from freedom.kafka.retry import Plan
 
 
 class _Record:

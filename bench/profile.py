@@ -28,16 +28,16 @@ from .common import Context, freedom_service, inprocess_unsupported, new_group
 STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("handler (the benchmark's own code)", "/freedom_app.py", None),
     ("handler (the benchmark's own code)", "/bench_probe.py", None),
-    ("commit", "freedom/infra/kafka/group.py", ("_commit_pending",)),
-    ("fetch (consume, pause/resume)", "freedom/infra/kafka/group.py", ("_poll_once", "_fetch_loop", "_call")),
-    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/group.py", None),
-    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/proxy.py", None),
-    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/offsets.py", None),
-    ("dispatch (group/proxy/offsets)", "freedom/infra/kafka/retry.py", None),
-    ("publish (producer)", "freedom/infra/kafka/producer.py", None),
-    ("HTTP client (freedom delivery.py)", "freedom/infra/kafka/delivery.py", None),
-    ("in-process call (freedom transports/asgi.py)", "freedom/infra/kafka/transports/asgi.py", None),
-    ("HTTP client (freedom transports)", "freedom/infra/kafka/transports/", None),
+    ("commit", "freedom/kafka/consumer/group.py", ("_commit_pending",)),
+    ("fetch (consume, pause/resume)", "freedom/kafka/consumer/group.py", ("_poll_once", "_fetch_loop", "_call")),
+    ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/group.py", None),
+    ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/proxy.py", None),
+    ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/commits.py", None),
+    ("dispatch (group/proxy/offsets)", "freedom/kafka/retry.py", None),
+    ("publish (producer)", "freedom/kafka/producer.py", None),
+    ("HTTP client (freedom delivery.py)", "freedom/kafka/consumer/delivery.py", None),
+    ("in-process call (freedom transports/asgi.py)", "freedom/kafka/transports/asgi.py", None),
+    ("HTTP client (freedom transports)", "freedom/kafka/transports/", None),
     ("HTTP client (pyreqwest, h2c)", "/pyreqwest/", None),
     ("HTTP client (httpx/httpcore)", "/httpx/", None),
     ("HTTP client (httpx/httpcore)", "/httpcore/", None),
@@ -53,7 +53,7 @@ STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("imports at run time (importlib)", "/_distutils_hack/", None),
 ]
 #: frames that say nothing about the stage: the process's roots (anywhere in the path) ...
-SKIP_ANYWHERE = ("/freedom/server.py", "/freedom/cli.py", "<frozen runpy>")
+SKIP_ANYWHERE = ("/freedom/runner/server.py", "/freedom/cli/main.py", "<frozen runpy>")
 #: ... and shared libraries and the loop machinery (py-spy shows these paths package-relative)
 SKIP_PREFIXES = ("/h11/", "/h2/", "/hpack/", "/anyio/", "/sniffio/", "/asyncio/", "/concurrent/", "/threading.py",
                  "/selectors.py", "/json/", "/contextlib.py", "/typing.py", "/functools.py", "/enum.py",

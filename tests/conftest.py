@@ -20,7 +20,7 @@ for _p in (ROOT / "src", ROOT):
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
-from freedom.infra.kafka.embedded import EmbeddedBroker  # noqa: E402
+from freedom.kafka.embedded import EmbeddedBroker  # noqa: E402
 from tests.kafka.broker import ApacheKafka  # noqa: E402
 from tests.services.kafka_tools import create_topic  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""The AsyncAPI 3.0 document (freedom.asyncapi), validated by the official parser, @asyncapi/parser
+"""The AsyncAPI 3.0 document (freedom.web.asyncapi), validated by the official parser, @asyncapi/parser
 (installed from the npm registry by scripts/npm-tools.sh, run with the machine's Node)."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import pytest
 from pydantic import BaseModel
 
 import freedom
-from freedom.asyncapi import document
-from freedom.cli import main as freedom_main
+from freedom.web.asyncapi import document
+from freedom.cli.main import main as freedom_main
 from freedom.infra import kafka
 from freedom.testing import write_config
 

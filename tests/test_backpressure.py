@@ -21,8 +21,8 @@ from typing import Any, Callable, Iterator
 import pytest
 from starlette.responses import Response
 
-from freedom.infra.kafka.backpressure import parse_retry_after
-from freedom.infra.kafka.delivery import result_of
+from freedom.kafka.consumer.backpressure import parse_retry_after
+from freedom.kafka.consumer.delivery import result_of
 from freedom.testing import TestBroker, wait_until, write_config
 from tests.services.event_app import Delivery, Journal, event_app
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
@@ -260,7 +260,7 @@ def test_retry_after_is_seconds_or_an_http_date_on_429_and_503_only():
 async def test_the_gate_gives_back_what_waiters_that_left_had_reserved():
     """A revoked partition's waiters leave the gate: their rate turns and concurrency places are
     given back, so the next deliveries do not wait for them."""
-    from freedom.infra.kafka.backpressure import Gate
+    from freedom.kafka.consumer.backpressure import Gate
 
     gate = Gate(rate_per_sec=10, max_concurrency=2)
     kept, lost = asyncio.Event(), asyncio.Event()
@@ -285,11 +285,11 @@ async def test_the_gate_gives_back_what_waiters_that_left_had_reserved():
 
 def test_every_transport_reads_retry_after():
     """HTTP/1.1, h2c (granian serving both on one port) and in-process: the same result."""
-    from freedom.infra.kafka.delivery import EventRoute
-    from freedom.infra.kafka.transports.asgi import AsgiTransport
-    from freedom.infra.kafka.transports.http import HttpTransport
-    from freedom.infra.kafka.transports.http1 import Http1Transport
-    from freedom.server import serve_granian
+    from freedom.kafka.consumer.delivery import EventRoute
+    from freedom.kafka.transports.asgi import AsgiTransport
+    from freedom.kafka.transports.http import HttpTransport
+    from freedom.kafka.transports.http1 import Http1Transport
+    from freedom.runner.server import serve_granian
     from freedom.testing import free_port
 
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
@@ -340,7 +340,7 @@ def test_every_transport_reads_retry_after():
      "subscriptions[0].head_of_line_timeout_sec: the guard moves a stuck record"),
 ])
 def test_a_wrong_backpressure_key_is_one_line_naming_it(tmp_path: Path, capsys, where, entry, expected):
-    from freedom.cli import main
+    from freedom.cli.main import main
 
     entry = dict(entry)
     client: dict[str, Any] = {"servers": ["127.0.0.1:9"], **entry.pop("_client", {})}

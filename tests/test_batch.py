@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 import freedom
-from freedom.infra.kafka.batching import results_of
-from freedom.infra.kafka.delivery import DeliveryResult, RawAnswer
+from freedom.kafka.consumer.batching import results_of
+from freedom.kafka.consumer.delivery import DeliveryResult, RawAnswer
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
 
@@ -206,7 +206,7 @@ def test_a_batch_killed_before_its_answer_is_delivered_again(apache_kafka, new_t
     records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
 
     def start(**env: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "batch_service:app", "--config", str(config)],
+        return subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "batch_service:app", "--config", str(config)],
                                 cwd=Path(__file__).parent / "services", stdout=log.open("ab"), stderr=subprocess.STDOUT,
                                 env={**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, **env},
                                 start_new_session=True)

@@ -12,7 +12,7 @@ import httpx
 import pytest
 
 import freedom
-from freedom.bus import MAX_BUS_BYTES, MAX_BUS_DEPTH, MAX_INT_DIGITS, Bus
+from freedom.wire.context import MAX_BUS_BYTES, MAX_BUS_DEPTH, MAX_INT_DIGITS, Bus
 from freedom.testing import ServiceThread, free_port, write_config
 
 
@@ -78,12 +78,12 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 def bus_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "freedom.bus" and r.levelno == logging.WARNING]
+    return [r.getMessage() for r in caplog.records if r.name == "freedom.wire.context" and r.levelno == logging.WARNING]
 
 
 @pytest.mark.parametrize("value, warning", MALFORMED.values(), ids=MALFORMED.keys())
 def test_a_malformed_bus_is_ignored_with_one_warning(service, caplog, value, warning):
-    with caplog.at_level(logging.WARNING, logger="freedom.bus"):
+    with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
         r = httpx.post(f"{service}/x/bus", headers=[(b"x-freedom-bus", value)], timeout=30)
     assert r.status_code == 200, r.text
     assert r.json() == {"bus": {}, "header": "{}"}
@@ -98,7 +98,7 @@ def test_a_bus_that_is_not_utf8_is_ignored_over_http(service, caplog):
 
 @pytest.mark.parametrize("value, expected", GOOD.values(), ids=GOOD.keys())
 def test_a_good_bus_reaches_the_handler_and_can_be_sent_on(service, caplog, value, expected):
-    with caplog.at_level(logging.WARNING, logger="freedom.bus"):
+    with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
         r = httpx.post(f"{service}/x/bus", headers=[(b"x-freedom-bus", value)], timeout=30)
     assert r.status_code == 200, r.text
     assert r.json()["bus"] == expected and json.loads(r.json()["header"]) == expected
@@ -112,7 +112,7 @@ def test_a_good_bus_reaches_the_handler_and_can_be_sent_on(service, caplog, valu
 def test_the_parser_never_raises_and_warns_once(caplog, value, warning):
     for raw in (value, value.decode("utf-8", "surrogateescape")):  # bytes (Kafka) and text (HTTP) alike
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="freedom.bus"):
+        with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
             assert Bus.from_header(raw) == {}
         assert len(bus_warnings(caplog)) == 1 and warning in bus_warnings(caplog)[0]
 
@@ -123,7 +123,7 @@ def test_no_header_is_an_empty_bus_without_a_warning(caplog, value):
 
 
 def test_other_types_are_ignored_not_raised(caplog):
-    with caplog.at_level(logging.WARNING, logger="freedom.bus"):
+    with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
         assert Bus.from_header(12) == {}  # type: ignore[arg-type]
         assert Bus.from_header(bytearray(b'{"a":1}')) == {"a": 1}
     assert len(bus_warnings(caplog)) == 1
@@ -133,7 +133,7 @@ def test_a_bus_that_would_grow_over_the_limit_when_re_encoded_is_ignored(caplog)
     # 1E5 is three bytes on the wire and eight ("100000.0") once re-encoded.
     value = ("{" + ",".join(f'"{i:03}":1E5' for i in range(700)) + "}").encode()
     assert len(value) <= MAX_BUS_BYTES < len(json.dumps(json.loads(value), separators=(",", ":")))
-    with caplog.at_level(logging.WARNING, logger="freedom.bus"):
+    with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
         assert Bus.from_header(value) == {}
     assert "once re-encoded" in bus_warnings(caplog)[0]
 

@@ -6,7 +6,7 @@ import logging
 
 import confluent_kafka
 
-from freedom.infra.kafka.settings import client_settings
+from freedom.kafka.settings import client_settings
 from freedom.testing import free_port, wait_until
 
 

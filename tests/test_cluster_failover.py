@@ -19,7 +19,7 @@ import confluent_kafka
 import pytest
 
 import freedom
-from freedom.infra.kafka.producer import Delivered
+from freedom.kafka.producer import Delivered
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.kafka.cluster import NODE_IDS, KafkaCluster, running_cluster
 from tests.services.event_app import Journal, event_app

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from confluent_kafka import TopicPartition
 
-from freedom.infra.kafka.group import GroupLoop
+from freedom.kafka.consumer.group import GroupLoop
 
 TOPIC = "orders"
 

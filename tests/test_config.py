@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from freedom.config import ConfigError, find_config_dir, load_app_config, load_kafka_config
+from freedom.config.loading import ConfigError, find_config_dir, load_app_config, load_kafka_config
 
 SERVICES = Path(__file__).parent / "services"
 
@@ -104,7 +104,7 @@ def test_config_dir_lookup_order(tmp_path, monkeypatch):
 def test_freedom_run_with_bad_config_exits_with_one_line(tmp_path, text, expected):
     kafka_toml(tmp_path, text)
     proc = subprocess.run(
-        [sys.executable, "-m", "freedom.cli", "run", "recording_service:app", "--config", str(tmp_path)],
+        [sys.executable, "-m", "freedom.cli.main", "run", "recording_service:app", "--config", str(tmp_path)],
         cwd=SERVICES, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2
@@ -121,7 +121,7 @@ def test_unreachable_cluster_stops_start_up_with_one_line(tmp_path):
     cfg = kafka_config(dead, free_port())
     write_config(tmp_path, kafka=cfg)
     proc = subprocess.run(
-        [sys.executable, "-m", "freedom.cli", "run", "recording_service:app", "--config", str(tmp_path)],
+        [sys.executable, "-m", "freedom.cli.main", "run", "recording_service:app", "--config", str(tmp_path)],
         cwd=SERVICES, capture_output=True, text=True, timeout=90, env={**__import__("os").environ, "RECORD_FILE": "/dev/null"},
     )
     assert proc.returncode == 2
@@ -140,7 +140,7 @@ def test_listen_override_is_checked_like_the_file(tmp_path):
 
 def test_freedom_run_with_a_bad_listen_flag_exits_with_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "freedom.cli", "run", "recording_service:app", "--config", str(tmp_path),
+        [sys.executable, "-m", "freedom.cli.main", "run", "recording_service:app", "--config", str(tmp_path),
          "--listen", "127.0.0.1:notaport"],
         cwd=SERVICES, capture_output=True, text=True, timeout=60,
     )
@@ -182,7 +182,7 @@ retry_count = 1
 
 def _run_freedom(config_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "freedom.cli", "run", "recording_service:app", "--config", str(config_dir), *args],
+        [sys.executable, "-m", "freedom.cli.main", "run", "recording_service:app", "--config", str(config_dir), *args],
         cwd=SERVICES, capture_output=True, text=True, timeout=60,
         env={**__import__("os").environ, "RECORD_FILE": "/dev/null"},
     )
@@ -372,7 +372,7 @@ def test_more_bad_values_of_the_same_kind(tmp_path, text, key, problem):
 ])
 def test_a_setting_hook_that_breaks_the_guarantees_is_refused_before_any_client(role, key, value, problem):
     """kafka.toml's settings are checked at load; what a setting_config hook leaves is checked before the client is made."""
-    from freedom.infra.kafka.settings import clear_setting_hooks, client_settings, setting_config
+    from freedom.kafka.settings import clear_setting_hooks, client_settings, setting_config
 
     @setting_config
     def hook(settings, hook_role, name):

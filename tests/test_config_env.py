@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from freedom.config import ConfigError, load_app_config, load_kafka_config
+from freedom.config.loading import ConfigError, load_app_config, load_kafka_config
 from freedom.testing import free_port, wait_until
 
 ROOT = Path(__file__).parent.parent
@@ -185,7 +185,7 @@ def test_variables_freedom_reads_or_a_secret_env_names_are_not_flagged(tmp_path,
 
 def run_freedom(*args: str, cwd: Path = SERVICES, env: dict[str, str] | None = None,
                 timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "freedom.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "freedom.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=env or clean_env())
 
 
@@ -242,10 +242,10 @@ def test_freedom_config_shows_each_keys_source_and_masks_secrets(tmp_path):
 
 
 def test_the_configuration_reference_is_up_to_date():
-    from freedom.config_reference import reference
+    from freedom.config.reference import reference
 
     committed = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
-    assert committed == reference(), "run: python -m freedom.config_reference --write docs/configuration.md"
+    assert committed == reference(), "run: python -m freedom.config.reference --write docs/configuration.md"
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -268,7 +268,7 @@ def test_a_service_configured_only_through_the_environment_runs(apache_kafka, ne
     )
     env.pop("FREEDOM_PROJECT_CONFIG", None)
     log = tmp_path / "service.log"
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "env_service:app"], cwd=tmp_path, env=env,
+    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "env_service:app"], cwd=tmp_path, env=env,
                             stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def published() -> bool:

@@ -26,9 +26,9 @@ import pytest
 from starlette.responses import Response
 
 import freedom
-from freedom.config import load_app_config
+from freedom.config.loading import load_app_config
 from freedom.console import routes
-from freedom.headers import REPLAY_COUNT_HEADER
+from freedom.wire.headers import REPLAY_COUNT_HEADER
 from freedom.ops.dlq import Filter
 from freedom.ops.replay import job_group
 from freedom.testing import ServiceThread, free_port, wait_until, write_config

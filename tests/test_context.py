@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 import freedom
-from freedom import tracing
-from freedom.bus import MAX_BUS_BYTES
+from freedom.observability import tracing
+from freedom.wire.context import MAX_BUS_BYTES
 from freedom.infra import kafka
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 
@@ -164,7 +164,7 @@ class _SyncASGI(httpx.BaseTransport):
     (json.dumps({"blob": "x" * MAX_BUS_BYTES}), f"over the {MAX_BUS_BYTES}-byte limit"),
 ])
 def test_bad_bus_header_is_ignored_with_a_warning(echo, caplog, value, warning):
-    with caplog.at_level(logging.WARNING, logger="freedom.bus"):
+    with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
         r = echo.post("/x/echo", headers={"x-freedom-bus": value})
     assert r.status_code == 200 and r.json() == {}
     assert warning in caplog.text and "x-freedom-bus" in caplog.text

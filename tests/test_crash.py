@@ -20,7 +20,7 @@ SERVICES = Path(__file__).parent / "services"
 def start_service(config_dir: Path, record_file: Path, topic: str, log: Path, **env: str) -> subprocess.Popen[bytes]:
     environ = {**os.environ, "RECORD_FILE": str(record_file), "EVENT_TOPIC": topic, **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli", "run", "recording_service:app", "--config", str(config_dir)],
+        [sys.executable, "-m", "freedom.cli.main", "run", "recording_service:app", "--config", str(config_dir)],
         cwd=SERVICES, env=environ, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 

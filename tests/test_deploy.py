@@ -166,12 +166,12 @@ def test_the_scaledobject_scales_the_proxy_on_its_lag_up_to_the_partitions() -> 
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     query = trigger["metadata"]["query"]
-    # The metric and its labels, as freedom.metrics exports them (docs/observability.md).
+    # The metric and its labels, as freedom.observability.metrics exports them (docs/observability.md).
     metrics_source = (ROOT / "src" / "freedom" / "metrics.py").read_text()
     assert re.fullmatch(r'sum\(freedom_consumer_lag_messages\{messaging_consumer_group_name="([^"]+)",'
                         r'messaging_destination_name="([^"]+)"\}\)', query), query
     for name in ("freedom_consumer_lag_messages", "messaging_consumer_group_name", "messaging_destination_name"):
-        assert name in metrics_source, f"{name} is not a name freedom.metrics exports"
+        assert name in metrics_source, f"{name} is not a name freedom.observability.metrics exports"
     kafka = kafka_toml("proxy")
     group, topic = re.findall(r'"([^"]+)"', query)
     assert group == kafka["consumer_clients"][0]["group_id"]
@@ -227,7 +227,7 @@ def test_the_deployment_probes_drains_and_reads_its_config_and_secrets(app: str)
 @pytest.mark.parametrize("app", ["proxy", "service"])
 def test_freedom_accepts_the_configmap_with_the_secret_in_the_environment(app: str, tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from freedom.config import load_app_config, load_kafka_config
+    from freedom.config.loading import load_app_config, load_kafka_config
 
     (tmp_path / "infra").mkdir()
     files = config_files(app)
@@ -243,7 +243,7 @@ def test_freedom_accepts_the_configmap_with_the_secret_in_the_environment(app: s
     for i, client in enumerate(kafka.consumer_clients):
         assert client.settings["sasl.password"] == secret[f"FREEDOM_KAFKA__CONSUMER_CLIENTS__{i}__SASL_PASSWORD"]
     if app == "proxy":
-        from freedom.standalone import plan
+        from freedom.standalone.proxy import plan
 
         assert [p.config.group_id for p in plan(kafka)] == ["orders-proxy"]
         assert kafka.subscriptions[0].secret == secret["ORDERS_SECRET"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from freedom.infra.kafka.embedded import EmbeddedBroker
+from freedom.kafka.embedded import EmbeddedBroker
 from freedom.testing import free_port, kafka_config, wait_until, write_config
 
 SERVICES = Path(__file__).parent / "services"
@@ -39,7 +39,7 @@ class Service:
         self.log = tmp_path / "service.log"
         env = {**os.environ, "RECORD_FILE": str(tmp_path / "records.jsonl"), "EVENT_TOPIC": "embedded-dies"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config)],
+            [sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config)],
             cwd=SERVICES, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 
     def _listening(self) -> bool:

@@ -103,7 +103,7 @@ class Proxy:
         self.log = log
         env = {**os.environ, "FREEDOM_KAFKA__SUBSCRIPTIONS__0__URL": f"{base}/p{instance}/{{key}}"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freedom.cli", "proxy", "--config", str(config),
+            [sys.executable, "-m", "freedom.cli.main", "proxy", "--config", str(config),
              "--listen", f"127.0.0.1:{self.port}"],
             env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 

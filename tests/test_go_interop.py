@@ -31,10 +31,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from starlette.responses import Response
 
 import freedom
-from freedom import spans
-from freedom.json_logs import JsonFormatter
+from freedom.observability import spans
+from freedom.observability.json_logs import JsonFormatter
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
-from freedom.tracing import TraceContext, inject_trace
+from freedom.observability.tracing import TraceContext, inject_trace
 from tests.services.kafka_tools import create_topic, headers_of, produce, read_topic
 
 ACTION = "购买".encode()  # the Go example's x-action ("buy"), raw UTF-8

@@ -86,7 +86,7 @@ def test_livez_is_503_while_the_consumer_thread_is_stuck(apache_kafka, new_topic
 def test_readyz_is_503_while_the_producer_cannot_reach_its_cluster(tmp_path, new_topic, monkeypatch):
     """The broker goes away: not ready (the producer reaches no cluster), still live (a restart would
     not bring the broker back); ready again once it returns."""
-    from freedom import health
+    from freedom.observability import health
     from tests.kafka.broker import ApacheKafka
 
     monkeypatch.setattr(health, "PRODUCER_CHECK_TTL_SEC", 0.2)

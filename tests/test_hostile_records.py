@@ -17,8 +17,8 @@ import pytest
 from starlette.responses import Response
 
 import freedom
-from freedom import wire
-from freedom.headers import ORIGINAL_TOPIC_HEADER
+from freedom.wire import encoding as wire
+from freedom.wire.headers import ORIGINAL_TOPIC_HEADER
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
 from tests.test_wire import HOSTILE_HEADERS, NEVER_FORWARDED, _by_name, _expected
@@ -104,7 +104,7 @@ def hostile_app(config_dir: Path, seen: Seen, topic: str) -> freedom.Application
 
 
 def _expected_headers(headers: list[tuple[str, bytes | None]], from_retry: bool) -> dict[bytes, list[bytes]]:
-    from freedom.infra.kafka.delivery import NOT_FORWARDED, NOT_FORWARDED_PREFIXES, PROXY_SET, UNTRUSTED_ON_MAIN_TOPIC
+    from freedom.kafka.consumer.delivery import NOT_FORWARDED, NOT_FORWARDED_PREFIXES, PROXY_SET, UNTRUSTED_ON_MAIN_TOPIC
 
     def dropped(name: str) -> bool:
         n = name.lower()

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 import uvicorn
 
-from freedom.infra.kafka.delivery import EventRoute
-from freedom.infra.kafka.transports.http1 import Http1Transport
-from freedom.runtime import Utf8Headers
+from freedom.kafka.consumer.delivery import EventRoute
+from freedom.kafka.transports.http1 import Http1Transport
+from freedom.web.runtime import Utf8Headers
 from freedom.testing import free_port, wait_until
 from tests.services.asgi_parts import read_body
 

@@ -39,7 +39,7 @@ def test_the_seed_example_over_h2c(apache_kafka, new_topic, tmp_path):
     config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
     record_file, log = tmp_path / "records.jsonl", tmp_path / "service.log"
     env = {**os.environ, "RECORD_FILE": str(record_file), "EVENT_TOPIC": topic}
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "h2_shop_service:app", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "h2_shop_service:app", "--config", str(config)],
                             cwd=SERVICES, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:

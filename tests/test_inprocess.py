@@ -53,7 +53,7 @@ def test_an_exception_escaping_the_handler_is_a_failed_delivery(apache_kafka, ne
     ({"proxy_addr": "inprocess", "proxy_http2": True}, 'consumer.proxy_http2: has no effect with proxy_addr = "inprocess"'),
 ])
 def test_a_wrong_proxy_addr_gets_one_clear_error(tmp_path, consumer, message):
-    from freedom.config import load_kafka_config
+    from freedom.config.loading import load_kafka_config
     from freedom.errors import ConfigError
 
     write_config(tmp_path, kafka={"consumer": {"open": True, **consumer},

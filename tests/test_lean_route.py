@@ -8,9 +8,9 @@ from fastapi import FastAPI, HTTPException
 from fastapi.routing import APIRoute
 
 import freedom
-from freedom.controllers import add_controller, make_endpoint
-from freedom.lean_route import LeanRoute
-from freedom.outcomes import Outcome, handle_outcome
+from freedom.web.controllers import add_controller, make_endpoint
+from freedom.web.lean_route import LeanRoute
+from freedom.wire.outcomes import Outcome, handle_outcome
 
 
 class Store:

@@ -16,7 +16,7 @@ from pathlib import Path
 import confluent_kafka
 import pytest
 
-from freedom.infra.kafka.logs import FOLD, FoldRepeats, fold_key
+from freedom.kafka.client_logs import FOLD, FoldRepeats, fold_key
 from freedom.testing import free_port, kafka_config, wait_until, write_config
 from tests.kafka.broker import ApacheKafka
 from tests.services.event_app import Journal, event_service
@@ -58,7 +58,7 @@ def test_a_service_against_an_unreachable_cluster_says_so_in_a_few_lines(tmp_pat
     config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
                           kafka=kafka_config(f"127.0.0.1:{closed}", port))
     env = {**os.environ, "RECORD_FILE": str(tmp_path / "records.jsonl")}
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config)],
+    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config)],
                           cwd=SERVICES, env=env, capture_output=True, timeout=120)
     err = proc.stderr.decode(errors="replace").splitlines()
     assert proc.returncode == 2, err[-20:]
@@ -173,7 +173,7 @@ def test_a_long_outage_is_counted_at_growing_intervals():
 
 
 def test_a_client_made_from_client_settings_folds_its_lines(librdkafka_lines):
-    from freedom.infra.kafka.settings import client_settings
+    from freedom.kafka.settings import client_settings
 
     settings = client_settings((f"127.0.0.1:{free_port()}",), "producer", "default", {}, {})
     producer = confluent_kafka.Producer(settings)

@@ -20,10 +20,10 @@ from typing import Any, AsyncIterator
 
 import pytest
 import freedom
-from freedom.application import StartupError
+from freedom.web.application import StartupError
 from freedom.errors import PublishError
-from freedom.infra.kafka.delivery import make_transport
-from freedom.infra.kafka.infra import AfterStartup
+from freedom.kafka.consumer.delivery import make_transport
+from freedom.kafka.service import AfterStartup
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.services.kafka_tools import produce, read_topic
 
@@ -197,7 +197,7 @@ def test_freedom_run_reports_a_failing_startup_function_in_one_line(tmp_path):
             print("SHUTDOWN RAN")
     """))
     write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{free_port()}"})
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli", "run", "failing:app", "--config", "conf"],
+    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "failing:app", "--config", "conf"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=120,
                           env={k: v for k, v in os.environ.items() if not k.startswith("FREEDOM_")})
     assert proc.returncode == 2, proc.stderr

@@ -47,7 +47,7 @@ def test_memory_stays_bounded_with_a_large_backlog(apache_kafka, new_topic, tmp_
                                              settings={"session.timeout.ms": 6000}))
     record_file, log = tmp_path / "records.jsonl", tmp_path / "service.log"
     env = {**os.environ, "RECORD_FILE": str(record_file), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "50"}
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config)],
+    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config)],
                             cwd=SERVICES, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     peak = 0
     try:

@@ -10,7 +10,7 @@ import time
 import httpx
 from prometheus_client.parser import text_string_to_metric_families
 
-from freedom import metrics
+from freedom.observability import metrics
 from freedom.testing import ServiceThread, wait_until
 from tests.services.event_app import Journal, event_service
 from tests.services.kafka_tools import read_topic

@@ -14,10 +14,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from freedom.headers import (ERROR_HEADER, ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER,
+from freedom.wire.headers import (ERROR_HEADER, ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER,
                              REPLAY_COUNT_HEADER, REPLAY_OF_HEADER, STATUS_HEADER, VALUE_OMITTED_HEADER)
 from freedom.ops.dlq import Filter, list_dead_letters, show_dead_letters
-from freedom.ops.offsets import reset_offsets
+from freedom.ops.reset import reset_offsets
 from freedom.ops.replay import replay
 from freedom.ops.status import status
 from freedom.ops.target import OpsError, load_target
@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def freedom(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run the `freedom` command; its exit status and output."""
-    return subprocess.run([sys.executable, "-m", "freedom.cli", *args], cwd=cwd, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "freedom.cli.main", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
 
 
@@ -188,7 +188,7 @@ def test_a_replay_killed_midway_and_run_again_delivers_each_exactly_once(apache_
         state["fail"] = False
         calls = len(journal.of())
         log = tmp_path / "replay.log"
-        proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "dlq", "replay", f"fail-{topic}",
+        proc = subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "dlq", "replay", f"fail-{topic}",
                                  "--config", str(tmp_path), "--rate", "3/s"], cwd=tmp_path,
                                 stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True)
         try:
@@ -291,7 +291,7 @@ def test_user_mistakes_are_one_line_and_exit_2(apache_kafka, tmp_path):
                                                           "'yesterday-ish' (e.g. 2026-12-01T10:00:00Z)"), bad
     # With module:app the listened topics come from the application (none committed yet here).
     topic = f"ops-app-{uuid.uuid4().hex[:6]}"
-    run = subprocess.run([sys.executable, "-m", "freedom.cli", "status", "recording_service:app", "--config",
+    run = subprocess.run([sys.executable, "-m", "freedom.cli.main", "status", "recording_service:app", "--config",
                           str(tmp_path), "--json"], cwd=ROOT / "tests" / "services", capture_output=True, text=True,
                          timeout=60, env={**os.environ, "EVENT_TOPIC": topic, "RECORD_FILE": str(tmp_path / "r")})
     assert run.returncode == 0, run.stderr

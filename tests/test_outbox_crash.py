@@ -23,7 +23,7 @@ def start_service(config_dir: Path, db: str, record_file: Path, event: str, log:
                   **env: str) -> subprocess.Popen[bytes]:
     environ = {**os.environ, "DATABASE_URL": db, "RECORD_FILE": str(record_file), "EVENT_NAME": event, **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli", "run", "service:app", "--config", str(config_dir)],
+        [sys.executable, "-m", "freedom.cli.main", "run", "service:app", "--config", str(config_dir)],
         cwd=SERVICE_DIR, env=environ, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 

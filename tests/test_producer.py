@@ -14,7 +14,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 
 import freedom
 from freedom.infra import kafka
-from freedom.infra.kafka.producer import PRODUCER_DEFAULTS, ProducerClient, ProducerClosedError, RecordTooLargeError
+from freedom.kafka.producer import PRODUCER_DEFAULTS, ProducerClient, ProducerClosedError, RecordTooLargeError
 from freedom.testing import ServiceThread, free_port, wait_until, write_config
 
 N = 10_000

@@ -115,7 +115,7 @@ def test_freedom_run_listen_without_proxy_addr_receives_its_deliveries(apache_ka
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FREEDOM_")},
            "RECORD_FILE": str(record_file), "EVENT_TOPIC": topic}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli", "run", "recording_service:app", "--config", str(config),
+        [sys.executable, "-m", "freedom.cli.main", "run", "recording_service:app", "--config", str(config),
          "--listen", f"127.0.0.1:{port}"],
         cwd=SERVICES, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
     try:
@@ -143,7 +143,7 @@ def test_freedom_config_shows_the_proxy_addr_the_service_uses_and_where_it_comes
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("FREEDOM_")}, "RECORD_FILE": os.devnull}
 
     def shown(*args: str, **extra: str) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run([sys.executable, "-m", "freedom.cli", "config", "recording_service:app",
+        proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "config", "recording_service:app",
                                "--config", str(config), *args], cwd=SERVICES, env={**env, **extra},
                               capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0, proc.stderr
@@ -171,6 +171,6 @@ def test_freedom_config_shows_the_proxy_addr_the_service_uses_and_where_it_comes
 ])
 def test_which_proxy_addr_is_the_service_itself(proxy_addr, is_self):
     """`freedom run --workers` gives each worker its own delivery port only for these (docs/scaling.md)."""
-    from freedom.addresses import proxy_addr_is_self
+    from freedom.runner.addresses import proxy_addr_is_self
 
     assert proxy_addr_is_self(proxy_addr, "10.1.2.3:8100") is is_self

@@ -7,7 +7,7 @@ import time
 import pytest
 
 import freedom
-from freedom.infra.kafka.embedded import EmbeddedBroker
+from freedom.kafka.embedded import EmbeddedBroker
 from freedom.testing import write_config
 from tests.kafka.broker import ApacheKafka
 

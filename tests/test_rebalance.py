@@ -104,7 +104,7 @@ SERVICES = Path(__file__).parent / "services"
 def _start(config_dir: Path, record_file: Path, topic: str, log: Path) -> subprocess.Popen[bytes]:
     env = {**os.environ, "RECORD_FILE": str(record_file), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "20"}
     return subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config_dir)],
+        [sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config_dir)],
         cwd=SERVICES, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 

@@ -78,7 +78,7 @@ class Reloading:
                      kafka=kafka_config(None, self.port))
         self.log = tmp_path / "reload.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freedom.cli", "run", "app:app", "--reload", "--config", "conf", "--log-level", "info"],
+            [sys.executable, "-m", "freedom.cli.main", "run", "app:app", "--reload", "--config", "conf", "--log-level", "info"],
             cwd=self.dir, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
 
     def text(self) -> str:
@@ -104,7 +104,7 @@ class Reloading:
         return url.removeprefix("tcp://")
 
     def service(self) -> psutil.Process:
-        services = [c for c in psutil.Process(self.proc.pid).children() if "freedom.cli" in c.cmdline()]
+        services = [c for c in psutil.Process(self.proc.pid).children() if "freedom.cli.main" in c.cmdline()]
         assert len(services) == 1, services
         return services[0]
 
@@ -217,7 +217,7 @@ def test_log_level_overrides_app_toml(tmp_path, file_level, flag, shown, hidden)
     (tmp_path / "ping_app.py").write_text(PING_APP)
     write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": file_level})
     log = tmp_path / "out.log"
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "ping_app:app", "--log-level", flag],
+    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "ping_app:app", "--log-level", flag],
                             cwd=tmp_path, stdout=log.open("ab"), stderr=subprocess.STDOUT)
 
     def pinged() -> bool:
@@ -239,7 +239,7 @@ def test_log_level_overrides_app_toml(tmp_path, file_level, flag, shown, hidden)
 
 @pytest.mark.parametrize("args", [["--log-level", "LOUD"], ["--log-level", "LOUD", "--reload"], ["--log-level", ""]])
 def test_a_bad_log_level_is_one_line_and_exit_2(tmp_path, args):
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli", "run", "nowhere:app", *args],
+    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "nowhere:app", *args],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc
     assert proc.stderr.strip().splitlines() == [
@@ -247,7 +247,7 @@ def test_a_bad_log_level_is_one_line_and_exit_2(tmp_path, args):
 
 
 def test_a_reload_dir_that_is_not_a_directory_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli", "run", "app:app", "--reload", "--reload-dir", "missing"],
+    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "app:app", "--reload", "--reload-dir", "missing"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc
     assert proc.stderr.strip().splitlines() == ["freedom: error: --reload-dir missing: not a directory"]
@@ -259,7 +259,7 @@ def test_a_bad_embedded_bootstrap_variable_is_one_line_and_exit_2(tmp_path):
     (tmp_path / "app.py").write_text(APP.format(topic="reload-bad-env"))
     write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka_config(None, port))
     env = {**os.environ, "FREEDOM_EMBEDDED_BOOTSTRAP": "10.0.0.1:9092"}
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli", "run", "app:app"], cwd=tmp_path, env=env,
+    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "app:app"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2, proc
     errors = [line for line in proc.stderr.splitlines() if line.startswith("freedom: error:")]

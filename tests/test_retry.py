@@ -139,7 +139,7 @@ def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(apache
     ({"drain_timeout_sec": 0}, "drain_timeout_sec: must be greater than 0"),
 ])
 def test_bad_consumer_settings_get_one_clear_error(tmp_path, bad, message):
-    from freedom.config import load_kafka_config
+    from freedom.config.loading import load_kafka_config
     from freedom.errors import ConfigError
     from freedom.testing import write_config
 

@@ -1,4 +1,4 @@
-"""Event routes are matched before the GET-only documents ahead of them (freedom/route_order.py),
+"""Event routes are matched before the GET-only documents ahead of them (freedom/web/route_order.py),
 and no request is answered by another route than before."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import httpx
 from fastapi import FastAPI
 
 import freedom
-from freedom.route_order import move_event_routes_forward
+from freedom.web.route_order import move_event_routes_forward
 
 
 def _paths(api: FastAPI) -> list[str]:

@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 import freedom
-from freedom.config import load_kafka_config
+from freedom.config.loading import load_kafka_config
 from freedom.errors import ConfigError
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.apps import Recorder, shop_app
@@ -63,7 +63,7 @@ def _prepare(initiator: freedom.Initiator) -> None:
 @pytest.mark.parametrize("listen_addr, warned", [("0.0.0.0:8123", True), ("127.0.0.1:8123", False)])
 def test_start_up_warns_when_event_routes_are_open_beyond_loopback(tmp_path, caplog, listen_addr, warned):
     write_config(tmp_path, app={"listen_addr": listen_addr})
-    with caplog.at_level(logging.WARNING, logger="freedom.security"):
+    with caplog.at_level(logging.WARNING, logger="freedom.web.guard"):
         freedom.Application(config_dir=tmp_path, prepare=[_prepare]).setup()
     found = [r.getMessage() for r in caplog.records if "are open" in r.getMessage()]
     assert bool(found) is warned, found
@@ -75,7 +75,7 @@ def test_no_warning_with_a_secret(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv(SECRET_ENV, secrets.token_urlsafe(32))
     write_config(tmp_path, app={"listen_addr": "0.0.0.0:8123"},
                  kafka={"consumer": {"secret_env": SECRET_ENV}})
-    with caplog.at_level(logging.WARNING, logger="freedom.security"):
+    with caplog.at_level(logging.WARNING, logger="freedom.web.guard"):
         freedom.Application(config_dir=tmp_path, prepare=[_prepare]).setup()
     assert not [r for r in caplog.records if "are open" in r.getMessage()]
 

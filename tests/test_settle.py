@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
-import freedom.infra.kafka.infra as kafka_infra
-from freedom.infra.kafka.delivery import DeliveryResult
+import freedom.kafka.service as kafka_infra
+from freedom.kafka.consumer.delivery import DeliveryResult
 from freedom.testing import wait_until
 from tests.services.event_app import Journal, event_service
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic

@@ -67,7 +67,7 @@ class Proxy:
         self.port = free_port()
         self.log = log
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freedom.cli", "proxy", "--config", str(config), "--listen", f"127.0.0.1:{self.port}"],
+            [sys.executable, "-m", "freedom.cli.main", "proxy", "--config", str(config), "--listen", f"127.0.0.1:{self.port}"],
             env={**os.environ, **env}, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
 
     def get(self, path: str) -> tuple[int, str]:
@@ -155,7 +155,7 @@ def test_delivers_to_a_plain_http_service_with_retries_dead_letters_and_the_secr
         assert status == 200 and f'messaging_destination_name="{orders}"' in text
         assert proxy.get("/livez")[0] == 200
         assert json.loads(proxy.get("/readyz")[1]) == {"status": "ready"}
-        report = subprocess.run([sys.executable, "-m", "freedom.cli", "status", "--config", str(config)],
+        report = subprocess.run([sys.executable, "-m", "freedom.cli.main", "status", "--config", str(config)],
                                 capture_output=True, text=True, timeout=60)
         assert report.returncode == 0, report.stderr
         assert group in report.stdout and orders in report.stdout and payments in report.stdout
@@ -252,9 +252,9 @@ def test_each_subscription_reaches_its_own_url_over_h2c_or_http1(tmp_path):
     transport; the server is granian (h2c and HTTP/1.1 on one port) with a bare ASGI app."""
     import asyncio
 
-    from freedom.config import KafkaConfig, SubscriptionConfig
-    from freedom.server import serve_granian
-    from freedom.standalone import SubscriptionTransport, make_target_transport, target_of
+    from freedom.config.loading import KafkaConfig, SubscriptionConfig
+    from freedom.runner.server import serve_granian
+    from freedom.standalone.proxy import SubscriptionTransport, make_target_transport, target_of
 
     seen: list[dict[str, Any]] = []
 
@@ -319,7 +319,7 @@ def test_each_subscription_reaches_its_own_url_over_h2c_or_http1(tmp_path):
     ({"urll": "http://h/x"}, 'subscriptions[0].urll: unknown key (did you mean "url"?'),
 ])
 def test_a_wrong_subscription_is_one_line_naming_the_key(tmp_path, capsys, entry, expected):
-    from freedom.cli import main
+    from freedom.cli.main import main
 
     sub = {"topic": "orders", "url": "http://orders:8080/events/{key}", **entry}
     config = write_config(tmp_path, kafka={"consumer_clients": [{"servers": ["127.0.0.1:9"], "group_id": "g"}],
@@ -343,7 +343,7 @@ def test_a_wrong_subscription_is_one_line_naming_the_key(tmp_path, capsys, entry
      'consumer_clients[0].topics."other": no event listens to this topic (the listened topics: "t")'),
 ])
 def test_a_proxy_without_what_it_needs_is_one_line(tmp_path, capsys, kafka, expected):
-    from freedom.cli import main
+    from freedom.cli.main import main
 
     assert main(["proxy", "--config", str(write_config(tmp_path, kafka=kafka))]) == 2
     err = capsys.readouterr().err.strip()
@@ -351,14 +351,14 @@ def test_a_proxy_without_what_it_needs_is_one_line(tmp_path, capsys, kafka, expe
 
 
 def test_a_missing_config_directory_is_one_line(tmp_path, capsys):
-    from freedom.cli import main
+    from freedom.cli.main import main
 
     assert main(["proxy", "--config", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
 
 
 def test_a_wrong_listen_address_is_one_line_naming_the_option(tmp_path, capsys):
-    from freedom.cli import main
+    from freedom.cli.main import main
 
     config = write_config(tmp_path, kafka={"consumer_clients": [{"servers": ["127.0.0.1:9"]}],
                                            "subscriptions": [{"topic": "t", "url": "http://h/x"}]})
@@ -370,7 +370,7 @@ def test_a_wrong_listen_address_is_one_line_naming_the_option(tmp_path, capsys):
 def test_a_listen_address_in_use_is_one_line_before_kafka_is_reached(tmp_path, capsys):
     import socket
 
-    from freedom.cli import main
+    from freedom.cli.main import main
 
     config = write_config(tmp_path, kafka={"consumer_clients": [{"servers": ["127.0.0.1:9"]}],
                                            "subscriptions": [{"topic": "t", "url": "http://h/x"}]})

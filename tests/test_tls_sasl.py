@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives import serialization
 import freedom
 from freedom.errors import ConfigError
 from freedom.infra import kafka
-from freedom.infra.kafka.admin import ClusterUnreachable
-from freedom.infra.kafka.settings import clear_setting_hooks
-from freedom.config import load_kafka_config
+from freedom.kafka.admin import ClusterUnreachable
+from freedom.kafka.settings import clear_setting_hooks
+from freedom.config.loading import load_kafka_config
 from freedom.testing import ServiceThread, free_port, wait_until, write_config
 from tests.apps import Recorder, shop_app
 from tests.kafka.broker import ApacheKafka

@@ -16,8 +16,8 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.responses import Response
 
 import freedom
-from freedom import spans
-from freedom.config import load_kafka_config
+from freedom.observability import spans
+from freedom.config.loading import load_kafka_config
 from freedom.infra import kafka
 from freedom.ops.replay import replay
 from freedom.ops.target import target_of

@@ -23,13 +23,13 @@ from pydantic import BaseModel
 from starlette.responses import Response
 
 import freedom
-from freedom import payloads
-from freedom.config import load_kafka_config
+from freedom.wire import payloads
+from freedom.config.loading import load_kafka_config
 from freedom.errors import ConfigError
 from freedom.infra import kafka
-from freedom.infra.kafka.delivery import request_headers, result_of
-from freedom.infra.kafka.keys import EventId
-from freedom.infra.kafka.producer import Producer
+from freedom.kafka.consumer.delivery import request_headers, result_of
+from freedom.kafka.consumer.keys import EventId
+from freedom.kafka.producer import Producer
 from freedom.testing import ServiceThread, TestBroker, free_port, kafka_config, wait_until, write_config
 from tests.services.kafka_tools import create_topic, headers_of, produce, read_topic
 

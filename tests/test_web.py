@@ -9,7 +9,7 @@ from fastapi import Request
 import freedom
 from freedom.errors import RouteError
 from freedom.infra import kafka
-from freedom.routing import route_of_method
+from freedom.web.routing import route_of_method
 
 
 def _route(prefix, name, func):

@@ -1,4 +1,4 @@
-"""How keys and header values travel from a record to the handler (freedom.wire, delivery.py, the
+"""How keys and header values travel from a record to the handler (freedom.wire.encoding, delivery.py, the
 transports): injective event ids, the header encoding and its decoding by freedom's Request,
 headers never forwarded, interim answers, log lines."""
 
@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import uvicorn
 
-from freedom import wire
-from freedom.headers import REASON_HEADERS
-from freedom.infra.kafka.delivery import (MAX_HEADER_BYTES, NOT_FORWARDED, EventRoute, request_headers)
-from freedom.infra.kafka.keys import EventId, record_key, where
-from freedom.infra.kafka.transports.asgi import AsgiTransport
-from freedom.infra.kafka.transports.http1 import Http1Transport
-from freedom.runtime import Request, Utf8Headers
+from freedom.wire import encoding as wire
+from freedom.wire.headers import REASON_HEADERS
+from freedom.kafka.consumer.delivery import (MAX_HEADER_BYTES, NOT_FORWARDED, EventRoute, request_headers)
+from freedom.kafka.consumer.keys import EventId, record_key, where
+from freedom.kafka.transports.asgi import AsgiTransport
+from freedom.kafka.transports.http1 import Http1Transport
+from freedom.web.runtime import Request, Utf8Headers
 from freedom.testing import free_port, wait_until
 from tests.services.asgi_parts import read_body, serve_lifespan
 
@@ -192,7 +192,7 @@ def test_the_key_travels_in_the_path_and_in_x_freedom_key_when_the_id_is_not_the
 
 
 def test_a_record_too_large_for_a_request_is_a_permanent_failure_naming_the_cause():
-    from freedom.infra.kafka.delivery import UnsendableRecord
+    from freedom.kafka.consumer.delivery import UnsendableRecord
 
     with pytest.raises(UnsendableRecord) as caught:
         request_headers([("x-big", b"z" * MAX_HEADER_BYTES)], EventId("k", b"k"), 0)
@@ -250,8 +250,8 @@ def _serve_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
 async def test_http1_h2c_and_inprocess_deliver_the_same_record():
     pytest.importorskip("granian")
     pytest.importorskip("pyreqwest")
-    from freedom.infra.kafka.transports.http import HttpTransport
-    from freedom.server import serve_granian
+    from freedom.kafka.transports.http import HttpTransport
+    from freedom.runner.server import serve_granian
 
     headers = HOSTILE_HEADERS + NEVER_FORWARDED
     keys = [b"\xff\xfe", b"crlf\r\nX", b"y" * 100_000, b"tenant/7 %"]
@@ -383,7 +383,7 @@ def test_request_headers_give_back_what_a_hostile_http_client_sends_without_rais
 
 def test_printable_is_used_for_refused_event_route_calls(caplog):
     """A forged call's path cannot forge a log line of the security logger."""
-    from freedom.security import DeliveryGuard
+    from freedom.web.guard import DeliveryGuard
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         raise AssertionError("must not be reached")
@@ -397,7 +397,7 @@ def test_printable_is_used_for_refused_event_route_calls(caplog):
     async def receive() -> Any:
         return {"type": "http.request", "body": b""}
 
-    caplog.set_level(logging.WARNING, "freedom.security")
+    caplog.set_level(logging.WARNING, "freedom.web.guard")
     scope = {"type": "http", "method": "POST", "path": "/store/event/x\nCRITICAL forged", "root_path": "",
              "headers": [], "client": ("127.0.0.1", 1)}
     asyncio.run(guard(scope, receive, send))
@@ -406,7 +406,7 @@ def test_printable_is_used_for_refused_event_route_calls(caplog):
 
 
 def test_a_reason_with_line_breaks_stays_on_one_log_line():
-    from freedom.infra.kafka.delivery import result_of
+    from freedom.kafka.consumer.delivery import result_of
 
     result = result_of(200, "dead-letter", "bad%0D%0AERROR forged")
     assert result.describe() == "HTTP 200, handler asked: dead-letter (bad\\r\\nERROR forged)"
@@ -414,7 +414,7 @@ def test_a_reason_with_line_breaks_stays_on_one_log_line():
 
 def test_random_headers_round_trip():
     """Any names and values (bytes of every class, in any mix) come back as the record had them."""
-    from freedom.infra.kafka.delivery import NOT_FORWARDED_PREFIXES, PROXY_SET, UNTRUSTED_ON_MAIN_TOPIC
+    from freedom.kafka.consumer.delivery import NOT_FORWARDED_PREFIXES, PROXY_SET, UNTRUSTED_ON_MAIN_TOPIC
 
     rng = random.Random(2026)
     alphabet = "aZ-_:; \t\r\n\x00\x7f\x85é购~!"

@@ -20,7 +20,7 @@ from typing import Any
 from confluent_kafka.admin import AdminClient
 
 from freedom.testing import free_port, kafka_config, wait_until, write_config
-from freedom.headers import ERROR_HEADER, ORIGINAL_TOPIC_HEADER, RETRY_COUNT_HEADER
+from freedom.wire.headers import ERROR_HEADER, ORIGINAL_TOPIC_HEADER, RETRY_COUNT_HEADER
 from tests.services.kafka_tools import committed, headers_of, partitions_of, produce, read_topic
 
 SERVICES = Path(__file__).parent / "services"
@@ -66,7 +66,7 @@ def _answering_pids(port: int, connections: int = 300) -> set[int]:
 
 def _run_workers(config: Path, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     """`freedom run kill_service:app --workers 2` in a session of its own, its output in `log`."""
-    return subprocess.Popen([sys.executable, "-m", "freedom.cli", "run", "kill_service:app", "--config", str(config),
+    return subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config),
                              "--workers", "2"], cwd=SERVICES, env=env, stdout=log.open("ab"),
                             stderr=subprocess.STDOUT, start_new_session=True)
 

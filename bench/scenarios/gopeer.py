@@ -220,7 +220,7 @@ def _publish(kind: str, workers: int = 1) -> Callable[[Context], dict[str, float
             conf = write_config(workdir / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
                                 kafka={"producer": {"open": True},
                                        "producer_clients": [{"servers": [ctx.kafka.bootstrap]}]})
-            cmd = [sys.executable, "-m", "freedom.cli", "run", "freedom_publish_app:app", "--config", str(conf)]
+            cmd = [sys.executable, "-m", "freedom.cli.main", "run", "freedom_publish_app:app", "--config", str(conf)]
             if workers > 1:
                 cmd += ["--workers", str(workers)]
         server = spawn(name, cmd, workdir, {"BENCH_TOPIC": topic})

@@ -44,7 +44,7 @@ def _config(ctx: Context) -> str:
 def _case(kind: str) -> Callable[[Context], dict[str, float]]:
     def run(ctx: Context) -> dict[str, float]:
         if kind == "freedom-batch":
-            from freedom.infra.kafka.producer import Producer
+            from freedom.kafka.producer import Producer
 
             if not hasattr(Producer, "publish_batch"):
                 raise Skip("Producer.publish_batch does not exist yet (issue 4)")

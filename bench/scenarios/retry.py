@@ -21,7 +21,7 @@ FAIL_EVERY = 10
 
 def supported() -> str | None:
     """None when kafka.toml accepts the retry keys (issue 3), else why not."""
-    from freedom.config import ConsumerClientConfig
+    from freedom.config.loading import ConsumerClientConfig
 
     fields = getattr(ConsumerClientConfig, "__dataclass_fields__", {})
     if "retry_count" not in fields or "retry_interval_sec" not in fields:

@@ -26,7 +26,8 @@ BATCH = int(os.environ.get("BENCH_BATCH", "0") or 0)
 _seen: set[str] = set()
 
 if os.environ.get("BENCH_METRICS") == "off":  # the metrics scenario's baseline: the hot-path hooks as no-ops
-    from freedom.infra.kafka import observer, producer
+    from freedom.kafka.consumer import observer
+    from freedom.kafka import producer
 
     observer.ProxyObserver.delivered = lambda *args, **kwargs: None  # type: ignore[method-assign]
     producer.count_sent = lambda *args: None  # type: ignore[assignment]

@@ -19,7 +19,7 @@ def start_service(config_dir: Path, record_file: Path, log: Path, **env: str) ->
     """`freedom run chaos_service:app` in its own process group (so a kill takes all of it)."""
     environ = {**os.environ, "RECORD_FILE": str(record_file), **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli", "run", "chaos_service:app", "--config", str(config_dir)],
+        [sys.executable, "-m", "freedom.cli.main", "run", "chaos_service:app", "--config", str(config_dir)],
         cwd=HERE, env=environ, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
     )
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from freedom.infra.kafka.group import COMMIT_LAG_BOUND
+from freedom.kafka.consumer.group import COMMIT_LAG_BOUND
 from freedom.testing import free_port, kafka_config, wait_until, write_config
 from tests.chaos.harness import KillReport, count, kill, kill_report, lines, start_service, terminate
 from tests.kafka.broker import ApacheKafka

@@ -10,7 +10,7 @@ import uuid
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from freedom.infra.kafka.group import COMMIT_LAG_BOUND
+from freedom.kafka.consumer.group import COMMIT_LAG_BOUND
 from freedom.testing import free_port, kafka_config, wait_until, write_config
 from tests.chaos.harness import committable_since, count, kill, kill_report, lines, sampled_lag, start_service
 from tests.services.kafka_tools import produce

@@ -22,7 +22,7 @@ import time
 from starlette.responses import Response
 
 import freedom
-from freedom.headers import RETRY_COUNT_HEADER
+from freedom.wire.headers import RETRY_COUNT_HEADER
 
 TOPIC = os.environ.get("EVENT_TOPIC", "event-sell")
 MAX_LATENCY = float(os.environ.get("MAX_LATENCY_MS", "20")) / 1000

@@ -6,6 +6,6 @@ Pages are rendered on the server (pages.py), guarded by the token (auth.py), and
 with the functions of :mod:`freedom.ops` in worker threads (routes.py).
 """
 
-from .routes import install
+from freedom.console.routes import install
 
 __all__ = ["install"]

@@ -12,9 +12,9 @@ import html
 from typing import Iterable, Mapping
 from urllib.parse import urlencode
 
-from ..ops.dlq import DeadLetter, TopicDeadLetters
-from ..ops.replay import ReplayReport, audit_line
-from ..ops.status import ClientStatus, StatusReport
+from freedom.ops.dlq import DeadLetter, TopicDeadLetters
+from freedom.ops.replay import ReplayReport, audit_line
+from freedom.ops.status import ClientStatus, StatusReport
 
 #: The replay form's fields (text inputs), in the order shown, with their labels and hints.
 REPLAY_FIELDS: tuple[tuple[str, str, str], ...] = (

@@ -21,17 +21,17 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from ..errors import FreedomError
-from ..ops.dlq import DeadLetter, Filter, fail_topics, list_dead_letters, parse_offsets, parse_time, scan
-from ..ops.replay import DEFAULT_MAX_REPLAYS, ReplayReport, audit_line, parse_rate, replay
-from ..ops.status import status
-from ..ops.target import OpsError, Target
-from . import pages
-from .auth import COOKIE, SESSION_SECONDS, Caller, Keys
-from .target import app_target
+from freedom.errors import FreedomError
+from freedom.ops.dlq import DeadLetter, Filter, fail_topics, list_dead_letters, parse_offsets, parse_time, scan
+from freedom.ops.replay import DEFAULT_MAX_REPLAYS, ReplayReport, audit_line, parse_rate, replay
+from freedom.ops.status import status
+from freedom.ops.target import OpsError, Target
+from freedom.console import pages
+from freedom.console.auth import COOKIE, SESSION_SECONDS, Caller, Keys
+from freedom.console.running import app_target
 
 if TYPE_CHECKING:
-    from ..application import Application
+    from freedom.web.application import Application
 
 log = logging.getLogger("freedom.console")
 audit_log = logging.getLogger("freedom.ops.audit")

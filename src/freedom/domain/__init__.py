@@ -10,12 +10,12 @@ transactional outbox, and a relay publishes them through the installed infrastru
     app.install_database(freedom.Database("sqlite+aiosqlite:///shop.db"))
 """
 
-from .database import Database
-from .entity import Entity
-from ..headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
-from .events import DomainEvent, DomainEventError, EventNameError, event_topic
-from .infra import DomainEventInfra
-from .unit_of_work import UnitOfWork
+from freedom.domain.database import Database
+from freedom.domain.entity import Entity
+from freedom.wire.headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
+from freedom.domain.events import DomainEvent, DomainEventError, EventNameError, event_topic
+from freedom.domain.event_infra import DomainEventInfra
+from freedom.domain.unit_of_work import UnitOfWork
 
 __all__ = [
     "Database",

@@ -17,14 +17,14 @@ import logging
 import socket
 from typing import TYPE_CHECKING, Any
 
-from .events import DomainEventError
+from freedom.domain.events import DomainEventError
 
 if TYPE_CHECKING:
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-    from ..application import Application
-    from .relay import OutboxRelay
+    from freedom.web.application import Application
+    from freedom.domain.relay import OutboxRelay
 
 log = logging.getLogger("freedom.outbox")
 
@@ -100,7 +100,7 @@ class Database:
 
     async def create_tables(self) -> None:
         """Create the outbox tables, and those added with `add_tables`, where missing."""
-        from .outbox import metadata
+        from freedom.domain.outbox import metadata
 
         async with self.engine.begin() as conn:
             for md in (metadata, *self._metadatas):
@@ -108,7 +108,7 @@ class Database:
 
     async def pending_count(self) -> int:
         """How many events wait in the outbox to be published."""
-        from .outbox import count_pending
+        from freedom.domain.outbox import count_pending
 
         async with self.engine.connect() as conn:
             return await count_pending(conn)
@@ -119,7 +119,7 @@ class Database:
 
     async def start(self, app: "Application") -> None:
         """Create the tables and start the relay (when a domain-event infrastructure is installed)."""
-        from .relay import OutboxRelay
+        from freedom.domain.relay import OutboxRelay
 
         if self.create_tables_at_start:
             try:

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .events import DomainEvent, DomainEventError, check_headers, event_topic, request_context, to_json
+from freedom.domain.events import DomainEvent, DomainEventError, check_headers, event_topic, request_context, to_json
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
-    from .unit_of_work import UnitOfWork
+    from freedom.web.runtime import Runtime
+    from freedom.domain.unit_of_work import UnitOfWork
 
 _PENDING = "_freedom_pending_events"
 _UOW = "_freedom_unit_of_work"

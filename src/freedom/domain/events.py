@@ -19,13 +19,13 @@ import secrets
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Mapping
 
-from .. import payloads
-from ..errors import FreedomError
-from ..infra.kafka.topics import check_topic
-from ..headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
+from freedom.wire import payloads
+from freedom.errors import FreedomError
+from freedom.kafka.topics import check_topic
+from freedom.wire.headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
+    from freedom.web.runtime import Runtime
 
 
 _sequence = itertools.count()  # raise order across entities of one unit of work
@@ -59,7 +59,7 @@ def new_event_id() -> str:
 
 
 def to_json(obj: Any) -> bytes:
-    """`obj` as compact UTF-8 JSON, serialised by Pydantic (freedom.payloads): Pydantic models,
+    """`obj` as compact UTF-8 JSON, serialised by Pydantic (freedom.wire.payloads): Pydantic models,
     dataclasses, dicts, lists and whatever else Pydantic serialises. A domain event is always
     JSON (SPEC §6), published with `content-type: application/json`."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
@@ -77,7 +77,7 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
     Checked when the event is raised, so that the outbox never holds an event that can not be sent.
     """
-    from ..infra.kafka.producer import _check_headers
+    from freedom.kafka.producer import _check_headers
 
     if headers is None:
         return {}
@@ -89,8 +89,8 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
 def request_context(runtime: "Runtime") -> dict[str, Any]:
     """The bus, trace id and trace headers a runtime gives the events raised while serving it."""
-    from ..bus import BUS_HEADER, MAX_BUS_BYTES
-    from ..tracing import inject_trace
+    from freedom.wire.context import BUS_HEADER, MAX_BUS_BYTES
+    from freedom.observability.tracing import inject_trace
 
     size = len(runtime.bus.to_header())
     if size > MAX_BUS_BYTES:

@@ -21,8 +21,8 @@ from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, LargeBinar
                         delete, select, text, update)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from ..bus import Bus
-from .events import DomainEvent
+from freedom.wire.context import Bus
+from freedom.domain.events import DomainEvent
 
 metadata = MetaData()
 

@@ -22,8 +22,8 @@ import logging
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Awaitable, Callable
 
-from . import outbox
-from .events import DomainEvent
+from freedom.domain import outbox
+from freedom.domain.events import DomainEvent
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine

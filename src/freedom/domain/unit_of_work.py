@@ -23,17 +23,17 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .entity import Entity
-from .events import DomainEvent, DomainEventError, request_context
-from .infra import DomainEventInfra, installed
-from ..headers import EVENT_ID_HEADER, MESSAGE_KEY_HEADER
+from freedom.domain.entity import Entity
+from freedom.domain.events import DomainEvent, DomainEventError, request_context
+from freedom.domain.event_infra import DomainEventInfra, installed
+from freedom.wire.headers import EVENT_ID_HEADER, MESSAGE_KEY_HEADER
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
-    from ..application import Application
-    from ..runtime import Runtime
-    from .database import Database
+    from freedom.web.application import Application
+    from freedom.web.runtime import Runtime
+    from freedom.domain.database import Database
 
 E = TypeVar("E", bound=Entity)
 
@@ -106,7 +106,7 @@ class UnitOfWork:
                 for event in events:
                     await infra.publish(event)
             return
-        from .outbox import add_events
+        from freedom.domain.outbox import add_events
 
         try:
             await add_events(session, events)
@@ -186,7 +186,7 @@ class UnitOfWork:
         commits or rolls back with the handler's own changes, so a redelivered message that
         returns True here was fully handled before: skip it.
         """
-        from .outbox import record_processed
+        from freedom.domain.outbox import record_processed
 
         request = self.runtime.request if self.runtime is not None else None
         if message_id is None:

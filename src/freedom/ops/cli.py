@@ -13,7 +13,7 @@ import json
 import sys
 from typing import Any
 
-from .target import OpsError, Target, load_target
+from freedom.ops.target import OpsError, Target, load_target
 
 COMMANDS = ("status", "dlq", "offsets")
 _CONFIG_HELP = "the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)"
@@ -79,7 +79,7 @@ def _target(args: argparse.Namespace) -> Target:
 
 
 def _filter(args: argparse.Namespace) -> Any:
-    from .dlq import Filter, parse_offsets, parse_time
+    from freedom.ops.dlq import Filter, parse_offsets, parse_time
 
     return Filter(key=args.key, since=parse_time(args.since, "--since") if args.since else None,
                   until=parse_time(args.until, "--until") if args.until else None, grep=args.grep or None,
@@ -106,7 +106,7 @@ def _table(rows: list[list[str]], indent: str = "    ") -> list[str]:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from .status import status
+    from freedom.ops.status import status
 
     report = status(_target(args))
     if args.json:
@@ -135,7 +135,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _dlq_list(args: argparse.Namespace) -> int:
-    from .dlq import list_dead_letters
+    from freedom.ops.dlq import list_dead_letters
 
     topics = list_dead_letters(_target(args), args.topic, _filter(args))
     if args.json:
@@ -156,7 +156,7 @@ def _dlq_list(args: argparse.Namespace) -> int:
 
 
 def _dlq_show(args: argparse.Namespace) -> int:
-    from .dlq import show_dead_letters
+    from freedom.ops.dlq import show_dead_letters
 
     records = show_dead_letters(_target(args), args.topic, _filter(args), args.limit)
     if args.json:
@@ -180,7 +180,7 @@ def _dlq_show(args: argparse.Namespace) -> int:
 
 
 def _dlq_replay(args: argparse.Namespace) -> int:
-    from .replay import Progress, audit_line, parse_rate, replay
+    from freedom.ops.replay import Progress, audit_line, parse_rate, replay
 
     if args.max_replays < 1:
         raise OpsError("--max-replays must be 1 or more")
@@ -226,7 +226,7 @@ def _dlq_replay(args: argparse.Namespace) -> int:
 
 
 def _offsets_reset(args: argparse.Namespace) -> int:
-    from .offsets import audit_line, reset_offsets
+    from freedom.ops.reset import audit_line, reset_offsets
 
     result = reset_offsets(_target(args), args.group, args.to, args.topic, dry_run=args.dry_run)
     if args.json:

@@ -15,14 +15,14 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterator
 
-from ..headers import (ERROR_HEADER, FIRST_FAILURE_TIME_HEADER, OMISSION_HEADERS, ORIGINAL_OFFSET_HEADER,
+from freedom.wire.headers import (ERROR_HEADER, FIRST_FAILURE_TIME_HEADER, OMISSION_HEADERS, ORIGINAL_OFFSET_HEADER,
                        ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER, REPLAY_COUNT_HEADER, RETRY_COUNT_HEADER,
                        STATUS_HEADER)
-from ..tracing import record_trace_id
-from ..wire import printable
-from .cluster import TP, Cluster
-from .status import iso, main_topics
-from .target import ClientTarget, OpsError, Target
+from freedom.observability.tracing import record_trace_id
+from freedom.wire.encoding import printable
+from freedom.ops.cluster import TP, Cluster
+from freedom.ops.status import iso, main_topics
+from freedom.ops.target import ClientTarget, OpsError, Target
 
 PREVIEW_BYTES = 200
 HEADER_CHARS = 1000  # a header value longer than this is shown cut, with its length

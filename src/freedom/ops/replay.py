@@ -37,15 +37,15 @@ from typing import Any, Callable
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from ..headers import (OMISSION_HEADERS, REASON_HEADERS, REPLAY_COUNT_HEADER, REPLAY_OF_HEADER,
+from freedom.wire.headers import (OMISSION_HEADERS, REASON_HEADERS, REPLAY_COUNT_HEADER, REPLAY_OF_HEADER,
                        RETRY_COUNT_HEADER)
-from ..infra.kafka.producer import PRODUCER_DEFAULTS
-from ..infra.kafka.settings import scrub
-from ..infra.kafka.topics import check_topic
-from .cluster import TP, Reader
-from .dlq import DeadLetter, FailTopic, Filter, error_class, fail_topics, snapshot
-from .status import JOB_PREFIX, iso
-from .target import OpsError, Target
+from freedom.kafka.producer import PRODUCER_DEFAULTS
+from freedom.kafka.settings import scrub
+from freedom.kafka.topics import check_topic
+from freedom.ops.cluster import TP, Reader
+from freedom.ops.dlq import DeadLetter, FailTopic, Filter, error_class, fail_topics, snapshot
+from freedom.ops.status import JOB_PREFIX, iso
+from freedom.ops.target import OpsError, Target
 
 log = logging.getLogger("freedom.ops.replay")
 audit_log = logging.getLogger("freedom.ops.audit")

@@ -11,8 +11,8 @@ import datetime
 import time
 from dataclasses import dataclass, field
 
-from .cluster import TP, Cluster, Member
-from .target import ClientTarget, Target
+from freedom.ops.cluster import TP, Cluster, Member
+from freedom.ops.target import ClientTarget, Target
 
 #: The consumer groups of `freedom dlq replay` jobs: `freedom-replay.<fail-topic>[.<filter hash>]`.
 JOB_PREFIX = "freedom-replay."

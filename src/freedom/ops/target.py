@@ -11,9 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ..config import ConsumerClientConfig, KafkaConfig, SubscriptionConfig, find_config_dir, load_kafka_config
-from ..errors import FreedomError
-from ..infra.kafka.settings import client_settings, connection_settings
+from freedom.config.loading import ConsumerClientConfig, KafkaConfig, SubscriptionConfig, find_config_dir, load_kafka_config
+from freedom.errors import FreedomError
+from freedom.kafka.settings import client_settings, connection_settings
 
 
 class OpsError(FreedomError):
@@ -72,7 +72,7 @@ def servers_of(cc: ConsumerClientConfig, where: str, embedded: str | None = None
         return cc.servers
     if embedded:
         return (embedded,)
-    from ..infra.kafka.embedded import shared_broker
+    from freedom.kafka.embedded import shared_broker
 
     shared = shared_broker()
     if shared is not None:
@@ -115,7 +115,7 @@ def load_target(app: str | None, config: str | None) -> Target:
     """The consumer clients of `app` (module:attribute) or of the config directory `config`."""
     topics: list[str] | None = None
     if app:
-        from ..app_loader import load_application
+        from freedom.cli.loader import load_application
 
         loaded = load_application(app, config)
         loaded.setup()

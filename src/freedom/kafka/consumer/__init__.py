@@ -1,0 +1,2 @@
+"""The consumer core (internal): consumer groups, the consumer proxy, deliveries, commit order,
+back-pressure, batching and what it reports."""

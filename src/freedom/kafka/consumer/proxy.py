@@ -1,0 +1,344 @@
+"""The consumer proxy of one `[[consumer_clients]]` entry: its main group, its retry group, and
+what happens to each record (SPEC §3, §4).
+
+- The main group (`group_id`) reads every listened topic T; the retry group (`retry_group_id`,
+  earliest offset when new, only when `retry_count > 0`) reads `{retry_prefix}T` and delivers a
+  record no earlier than its timestamp + `retry_interval_sec`. Both deliver to T's route.
+- A delivery that fails goes to the retry topic with `x-retry-count` n + 1, or, after
+  `retry_count` retries (or when the handler asks, or when it can never succeed:
+  DeliveryResult.permanent), to the dead-letter topic `{retry_fail_prefix}T` (see retry.py).
+  With `retry_count = 0` a failure is delivered again in memory, with backoff, holding its
+  partition, so nothing is lost.
+- The commit rule: an offset is committed only after its record succeeded, or was acknowledged
+  by the broker on its retry or dead-letter topic. A produce that failed for a fault of the moment
+  is retried with backoff; the record stays uncommitted meanwhile. A produce refused for the
+  record itself (too large, ...) is not retried: the record goes to the dead-letter topic instead,
+  as a smaller copy when it must (RetryRouter.copies), so that every record settles (SPEC §9).
+
+- Backpressure (backpressure.py): every delivery of a topic passes its Gate (a Retry-After pause,
+  `rate_limit_per_sec`, `max_concurrency`). A 429/503 answer with `Retry-After` pauses the topic
+  and the record is delivered again after the pause, not counted as a failed attempt, until its
+  pauses add up to more than `backpressure_max_sec`.
+- The head-of-line guard (`head_of_line_timeout_sec`): a record not settled that long after its
+  first delivery started has its delivery cancelled and goes to its retry topic (with
+  `retry_count = 0`: its dead-letter topic), like a failure whose error names the guard; the
+  commit passes it once that copy is acknowledged.
+
+Fetching, the delivery modes, flow control and commits are group.py's; the call to the service is
+the transport's (delivery.py, transports/).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from freedom.config.loading import ConsumerClientConfig
+from freedom.wire.headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
+from freedom.kafka.admin import ensure_topics
+from freedom.kafka.consumer.backpressure import Gate
+from freedom.kafka.consumer.batching import Batcher
+from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
+from freedom.kafka.consumer.group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
+from freedom.kafka.consumer.keys import record_key, where as _where
+from freedom.kafka.consumer.observer import ProxyObserver
+from freedom.kafka.retry import Copy, Plan, ProduceRefused, RetryRouter, header_value, retry_count_of
+
+log = logging.getLogger("freedom.kafka.proxy")
+
+__all__ = ["CONSUMER_DEFAULTS", "ConsumerProxy", "record_key"]
+
+SERVICE_WAIT_SEC = 60.0
+MAX_BACKOFF_SEC = 10.0
+#: The step of a delivery answered with a Retry-After the record may wait for (metrics: "redeliver").
+_HELD = Plan("redeliver")
+#: What a retry or dead-letter record's `x-freedom-error` starts with when the head-of-line guard moved it.
+HEAD_OF_LINE_ERROR = "HeadOfLineGuard"
+
+
+class ConsumerProxy:
+    """The main and retry consumer groups of one cluster, delivering records of the listened topics."""
+
+    def __init__(
+        self,
+        config: ConsumerClientConfig,
+        settings: dict[str, Any],
+        routes: dict[str, EventRoute],
+        delivery: Transport,
+        *,
+        fetch_batch: int = 500,
+    ) -> None:
+        self.config = config
+        self.routes = routes
+        self.delivery = delivery
+        self.settings = settings
+        self.router = RetryRouter(config, settings)
+        # Per topic (batch topics aside, batching.py): its backpressure gate and its head-of-line guard.
+        self.gates: dict[str, Gate] = {}
+        self._guards: dict[str, float] = {}
+        for t, route in routes.items():
+            c = config.consume_config(t)
+            if route.batch is None:
+                self.gates[t] = Gate(rate_per_sec=c.rate_limit_per_sec, max_concurrency=c.max_concurrency,
+                                     retry_after_max_sec=c.retry_after_max_sec,
+                                     backpressure_max_sec=c.backpressure_max_sec)
+                if c.head_of_line_timeout_sec is not None:
+                    self._guards[t] = c.head_of_line_timeout_sec
+        main_plans = {t: self._plan(t, route) for t, route in routes.items()}
+        self.groups = [GroupLoop(config.group_id, settings, main_plans, self._handle,
+                                 initial_offset=config.initial_offset, drain_timeout=config.drain_timeout_sec,
+                                 fetch_batch=fetch_batch)]
+        if config.retry_count > 0:
+            retry_plans = {self.router.retry_topic(t): self._plan(t, route) for t, route in routes.items()}
+            self.groups.append(GroupLoop(config.retry_group_id, settings, retry_plans, self._handle,
+                                         initial_offset="earliest", delay_sec=config.retry_interval_sec,
+                                         drain_timeout=config.drain_timeout_sec, fetch_batch=fetch_batch))
+        self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
+        self.batcher = Batcher(delivery)  # topics bound with listen_event(..., batch=): batching.py
+        for group in self.groups:
+            self.observer.attach(group)
+        self.assigned = asyncio.Event()  # set once every group got its first assignment
+        self._service_up = asyncio.Event()  # set once the service accepts connections
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def _plan(self, topic: str, route: EventRoute) -> TopicPlan:
+        c = self.config.consume_config(topic)
+        return TopicPlan(route=route, source_topic=topic, mode=c.mode, max_in_flight=c.max_in_flight)
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def _create_topics(self, topics: list[str]) -> None:
+        """Create the retry and dead-letter topics the routes need (the test broker makes its own)."""
+        if topics:
+            await asyncio.to_thread(ensure_topics, self.settings, topics)
+
+    async def start(self) -> None:
+        await self._create_topics(self.router.topics_to_create(list(self.routes)))
+        started: list[GroupLoop] = []
+        try:
+            for group in self.groups:
+                await group.start()
+                started.append(group)
+        except BaseException:
+            for group in started:
+                await group.stop()
+            raise
+        self._tasks = [asyncio.create_task(self._wait_for_service()), asyncio.create_task(self._wait_assigned())]
+
+    async def stop(self) -> None:
+        """Stop every group (drain, commit), then flush the retry producer."""
+        self._stop.set()
+        for task in self._tasks:
+            task.cancel()
+        results = await asyncio.gather(*(g.stop() for g in self.groups), return_exceptions=True)
+        for group, result in zip(self.groups, results):
+            if isinstance(result, BaseException):
+                log.error("stopping consumer group %r failed: %r", group.group_id, result)
+        await asyncio.to_thread(self.router.close)
+
+    async def _wait_assigned(self) -> None:
+        await asyncio.gather(*(g.assigned.wait() for g in self.groups))
+        self.assigned.set()
+
+    async def _wait_for_service(self) -> None:
+        """Hold deliveries until the service listens (it starts after the proxy), at most 60 s."""
+        deadline = asyncio.get_running_loop().time() + SERVICE_WAIT_SEC
+        if not await self.delivery.wait_until_reachable(deadline, self._stop) and not self._stop.is_set():
+            log.error("the service at %s did not accept connections within %.0f s; delivering anyway",
+                      self.delivery.proxy_addr, SERVICE_WAIT_SEC)
+        self._service_up.set()
+
+    # ------------------------------------------------------------------ one record
+
+    async def _handle(self, record: Any, plan: TopicPlan, lost: asyncio.Event) -> bool:
+        """Deliver one record and settle it; True when it may be committed, False when given up."""
+        if not self._service_up.is_set():
+            waiter = asyncio.ensure_future(self._service_up.wait())
+            lost_waiter = asyncio.ensure_future(lost.wait())
+            await asyncio.wait({waiter, lost_waiter}, return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+            lost_waiter.cancel()
+            if lost.is_set():
+                return False
+        from_retry_topic = record.topic() != plan.source_topic
+        n, note = self._retry_count(record) if from_retry_topic else (0, None)
+        key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
+        headers = record.headers() or []
+        guard = self._guards.get(plan.source_topic)
+        if guard is None:
+            attempt = await self._attempts(record, plan, lost, key, headers, n)
+        else:
+            attempt = await self._guarded(record, plan, lost, key, headers, n, guard)
+        if isinstance(attempt, bool):
+            return attempt
+        result, step, where = attempt
+        return await self._forward(record, plan, step, n, result, lost, where, note=note)
+
+    async def _attempts(self, record: Any, plan: TopicPlan, lost: asyncio.Event, key: str, headers: Any, n: int,
+                        timer: asyncio.Timeout | None = None, guard: float = 0.0) -> bool | tuple[DeliveryResult, Plan, str]:
+        """Deliver `record` until it is done (True), given up (False: its partition went away), or
+        goes to its retry or dead-letter topic: then the last result, the step and the record's name.
+        `timer`: the head-of-line guard's, started (`guard` seconds) when the first delivery starts."""
+        gate = self.gates.get(plan.source_topic)
+        held = 0.0  # the Retry-After pauses this record's own answers asked for
+        backoff = 0.5
+        while True:
+            if gate is not None and not gate.free() and not await gate.enter(lost):
+                return False
+            if timer is not None and timer.when() is None:
+                timer.reschedule(asyncio.get_running_loop().time() + guard)
+            started = time.perf_counter()
+            if gate is not None:
+                try:
+                    result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
+                finally:
+                    gate.leave()
+                if result.retry_after is not None and result.outcome is None and gate.backpressure_max_sec > 0:
+                    wait = gate.pause(result.retry_after)  # the whole topic waits, whatever this record does next
+                    if held + wait <= gate.backpressure_max_sec:
+                        held += wait
+                        self.observer.delivered(record, plan, result, _HELD, time.perf_counter() - started)
+                        log.info("%s answered %s with Retry-After: %s waits %.1f s, then it is delivered again "
+                                 "(not a failed attempt; %.0f of backpressure_max_sec = %g s used)",
+                                 plan.route.path, result.describe(), plan.source_topic, wait, held,
+                                 gate.backpressure_max_sec, extra=self.observer.log_fields(record, "backpressure"))
+                        continue
+            else:  # a batch topic's record: in its topic's next batch; it settles on its own all the same
+                result = await self.batcher.deliver(record, plan, key, headers, n)
+            step = self.router.plan(plan.source_topic, n, result)
+            self.observer.delivered(record, plan, result, step, time.perf_counter() - started)
+            where = _where(record, key) if step.next != "done" or result.outcome == "drop" else ""
+            if step.next == "done":
+                if result.outcome == "drop":
+                    log.warning("dropped %s at the handler's request: %s", where, result.describe(),
+                                extra=self.observer.log_fields(record, "dropped"))
+                return True
+            if step.next == "redeliver":
+                if lost.is_set():
+                    return False
+                log.warning("delivery of %s to %s failed: %s; delivering again in %.1f s",
+                            where, plan.route.path, result.describe(), backoff,
+                            extra=self.observer.log_fields(record, "redeliver"))
+                if await wait_event(lost, backoff):
+                    return False
+                backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+                continue
+            return result, step, where
+
+    async def _guarded(self, record: Any, plan: TopicPlan, lost: asyncio.Event, key: str, headers: Any, n: int,
+                       guard: float) -> bool | tuple[DeliveryResult, Plan, str]:
+        """:meth:`_attempts` under the head-of-line guard: when the record is not settled `guard`
+        seconds after its first delivery started, the delivery is cancelled and the record goes the
+        retry path as a failure naming the guard (with `retry_count = 0`: to its dead-letter topic;
+        never held for good, never lost: the commit passes it only once that copy is acknowledged)."""
+        began = time.perf_counter()
+        timer = asyncio.timeout(None)
+        try:
+            async with timer:
+                return await self._attempts(record, plan, lost, key, headers, n, timer, guard)
+        except TimeoutError:
+            if not timer.expired():
+                raise
+        if lost.is_set():
+            return False
+        result = DeliveryResult(error=f"{HEAD_OF_LINE_ERROR}: not settled {guard:g} s after its first delivery "
+                                      "started (head_of_line_timeout_sec); the delivery was cancelled so that its "
+                                      "partition's commit can pass it")
+        step = self.router.plan(plan.source_topic, n, result)
+        if step.next == "redeliver":  # retry_count = 0: no retry topic
+            fail = self.router.fail_topic(plan.source_topic)
+            if fail is None:  # config refuses this; should it happen, hold the record rather than lose it
+                log.error("%s: the head-of-line guard has no retry or dead-letter topic to move it to; "
+                          "delivering it again, holding its partition", _where(record, key))
+                return await self._attempts(record, plan, lost, key, headers, n)
+            step = Plan("dead-letter", fail, not_retried="retry_count = 0: moved to the dead-letter topic by the guard")
+        self.observer.delivered(record, plan, result, step, time.perf_counter() - began)
+        return result, step, _where(record, key)
+
+    def _retry_count(self, record: Any) -> tuple[int, str | None]:
+        """The retry count of a record on a retry topic, and a note for its reason when malformed.
+
+        A missing or malformed `x-retry-count` (not 1 to 9 ASCII digits) is read as `retry_count`,
+        the last retry: the record is delivered once more and dead-lettered if that fails, so a
+        broken header can neither loop nor burn retries it never had.
+        """
+        n = retry_count_of(record)
+        if n is not None:
+            return n, None
+        raw = header_value(record, RETRY_COUNT_HEADER)
+        shown = "absent" if raw is None else repr(raw[:40])
+        note = f"{RETRY_COUNT_HEADER} {shown} is not a retry count: read as {self.config.retry_count}, the last retry"
+        log.warning("%s[%d]@%d: %s", record.topic(), record.partition(), record.offset(), note)
+        return self.config.retry_count, note
+
+    async def _forward(self, record: Any, plan: TopicPlan, step: Plan, n: int, result: DeliveryResult,
+                       lost: asyncio.Event, where: str, *, note: str | None) -> bool:
+        """Produce the failed record to its retry or dead-letter topic: True once the broker
+        acknowledged it (or, the last resort, every copy was refused for good), False when the
+        partition went away first (the record stays uncommitted and is delivered again)."""
+        assert step.topic is not None
+        kind, topic = step.next, step.topic
+        origin = self.router.origin(record, plan.source_topic)
+        if kind == "dead-letter" and step.not_retried:
+            note = _join(note, step.not_retried)
+        log.warning("delivery of %s to %s failed: %s; %s", where, plan.route.path, result.describe(),
+                    f"retry {n + 1} of {self.config.retry_count} via {topic}" if kind == "retry"
+                    else f"dead-lettered to {topic}", extra=self.observer.log_fields(record, kind.replace("-", "_")))
+        while True:
+            headers = self.router.headers_for(record, plan.source_topic, n + 1 if kind == "retry" else n, result,
+                                              origin=origin, note=note)
+            # A retry is the record itself or nothing; a dead letter may be a smaller copy.
+            copies = (RetryRouter.copies(record, headers) if kind == "dead-letter"
+                      else [Copy(record.key(), record.value() or b"", headers)])
+            refused: ProduceRefused | None = None
+            for copy in copies:
+                outcome = await self._produce(topic, copy, lost, where)
+                if outcome is True:
+                    self.observer.forwarded(record, plan, kind, topic, result)
+                    if copy.kind != "full":
+                        log.error("%s: dead-lettered to %s as a copy without its %s (marked %s)", where, topic,
+                                  "value" if copy.kind == "value-omitted" else "value, key and own headers",
+                                  VALUE_OMITTED_HEADER)
+                    return True
+                if outcome is False:
+                    return False
+                refused = outcome
+                log.error("%s: %s", where, refused)
+            assert refused is not None
+            if kind == "retry":
+                # The retry topic can never take it: dead-letter it now, with the real cause.
+                fail = self.router.fail_topic(plan.source_topic)
+                assert fail is not None  # config: retry_fail_prefix is required when retry_count > 0
+                note = _join(note, f"not retried: {refused}")
+                kind, topic = "dead-letter", fail
+                log.error("%s: not retried, dead-lettering it to %s instead", where, fail)
+                continue
+            # Not even the smallest copy fits: never hold the partition for good on a permanent error.
+            log.error("%s: %s refused every copy of the record, down to its reason headers (last: %s); committed "
+                      "without a copy, so this line is its only trace", where, topic, refused)
+            return True
+
+    async def _produce(self, topic: str, copy: Copy, lost: asyncio.Event, where: str) -> bool | ProduceRefused:
+        """Produce to a retry or dead-letter topic until the broker acknowledges it (True), or the
+        partition goes away (False: the record stays uncommitted and is delivered again), or the
+        broker refuses it for good (the ProduceRefused: trying again cannot help)."""
+        backoff = 0.5
+        while True:
+            try:
+                with self.observer.sending(topic, copy):
+                    await self.router.produce(topic, copy)
+                return True
+            except ProduceRefused as exc:
+                if exc.permanent:
+                    return exc
+                log.error("%s: %s; the record stays uncommitted, trying again in %.1f s", where, exc, backoff)
+            if await wait_event(lost, backoff):
+                return False
+            backoff = min(backoff * 2, MAX_BACKOFF_SEC)
+
+
+def _join(note: str | None, more: str) -> str:
+    return f"{note}; {more}" if note else more

@@ -1,0 +1,172 @@
+"""`KafkaInfra`: the Kafka side of a service, started and stopped with it.
+
+It owns the embedded broker (when used), the producer clients and one consumer proxy per
+`[[consumer_clients]]` entry, and makes them from `kafka.toml`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from freedom.config.loading import ConsumerClientConfig, KafkaConfig
+from freedom.kafka.admin import check_reachable, ensure_topics
+from freedom.kafka.consumer.delivery import EventRoute, Transport, make_transport
+from freedom.kafka.producer import PRODUCER_DEFAULTS, Producer, ProducerClient
+from freedom.kafka.consumer.proxy import ConsumerProxy
+from freedom.kafka.settings import client_settings
+
+log = logging.getLogger("freedom.kafka")
+
+
+class AfterStartup:
+    """A transport whose deliveries wait until the application has started, its user start-up code
+    included (`app_started`), however long that takes: handlers may rely on what start-up made,
+    over HTTP as in-process. Then the service's own wait (the port listening) gets its usual window."""
+
+    def __init__(self, inner: Transport, started: asyncio.Event) -> None:
+        self.inner, self.started = inner, started
+        self.proxy_addr = inner.proxy_addr
+        self.deliver = inner.deliver  # bound as they are: no extra call per delivery
+        self.aclose = inner.aclose
+
+    async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
+        loop = asyncio.get_running_loop()
+        window = deadline - loop.time()
+        if not self.started.is_set():
+            waiters = {asyncio.ensure_future(self.started.wait()), asyncio.ensure_future(stop.wait())}
+            try:
+                await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for w in waiters:
+                    w.cancel()
+            if not self.started.is_set():
+                return False
+        return await self.inner.wait_until_reachable(loop.time() + window, stop)
+
+
+class KafkaBackend:
+    """What the Kafka side runs on: the clusters of kafka.toml (this class). freedom.testing's
+    TestBroker replaces it with an in-memory broker: only the librdkafka clients change (the
+    producer client's librdkafka producer, the consumer groups' loop, the admin calls); the
+    publishing, delivery, outcome and retry code is the same."""
+
+    #: False for a stand-in broker: no embedded broker is started, deliveries are in-process.
+    real = True
+
+    def default_config(self) -> KafkaConfig | None:
+        """The configuration of an application without kafka.toml: none (Kafka is off)."""
+        return None
+
+    def proxy_addr(self, configured: str) -> str:
+        return configured
+
+    def producer_client(self, name: str, settings: dict[str, Any]) -> ProducerClient:
+        return ProducerClient(name, settings)
+
+    async def check_reachable(self, settings: dict[str, Any], where: str) -> None:
+        await asyncio.to_thread(check_reachable, settings, where)
+
+    async def ensure_topics(self, settings: dict[str, Any], topics: list[str]) -> None:
+        await asyncio.to_thread(ensure_topics, settings, topics)
+
+    def consumer_proxy(self, config: ConsumerClientConfig, settings: dict[str, Any], routes: dict[str, EventRoute],
+                       delivery: Transport) -> ConsumerProxy:
+        return ConsumerProxy(config, settings, routes, delivery)
+
+
+class KafkaInfra:
+    """Producer and consumer proxies of one service, made from its `kafka.toml`."""
+
+    def __init__(self, config: KafkaConfig, *, embedded: bool = False, ready_timeout: float = 30.0,
+                 backend: "KafkaBackend | None" = None) -> None:
+        self.config = config
+        self.backend = backend or KafkaBackend()
+        self.use_embedded = (embedded or config.needs_embedded_broker) and self.backend.real
+        self.ready_timeout = ready_timeout
+        self.embedded: Any = None
+        self.producer = Producer(disabled_reason="the Kafka producer is not started yet")
+        self.proxies: list[ConsumerProxy] = []
+        self.delivery: Transport | None = None
+        # Set by the Application once it has started (user start-up code included): every delivery
+        # waits for it (AfterStartup), HTTP deliveries then also for the server to listen.
+        self.app_started = asyncio.Event()
+
+    def use_backend(self, backend: "KafkaBackend") -> None:
+        """Run the Kafka side on `backend` (before start): freedom.testing's in-memory broker."""
+        self.backend = backend
+        self.use_embedded = self.use_embedded and backend.real
+
+    def _servers(self, servers: tuple[str, ...] | None) -> tuple[str, ...]:
+        if self.use_embedded:
+            return (self.embedded.bootstrap,)
+        if servers is None:  # only on a backend that needs none (freedom.testing's in-memory broker)
+            return ("memory",)
+        return servers
+
+    async def start(self, routes: dict[str, EventRoute], app: Any = None) -> None:
+        """Start the clients; `app` is the ASGI application in-process delivery calls."""
+        cfg = self.config
+        if self.use_embedded:
+            from freedom.kafka.embedded import EmbeddedBroker, shared_broker
+
+            # `freedom run --reload` runs the broker in its supervisor, kept across reloads.
+            self.embedded = shared_broker() or EmbeddedBroker()
+            await asyncio.to_thread(self.embedded.start)
+            log.warning("using the embedded Kafka broker at %s: %s", self.embedded.bootstrap, self.embedded.lifetime)
+
+        if cfg.producer_open:
+            clients = {}
+            for i, c in enumerate(cfg.producer_clients):
+                base = {**PRODUCER_DEFAULTS, "message.timeout.ms": int(c.delivery_timeout_sec * 1000)}
+                settings = client_settings(self._servers(c.servers), "producer", c.name, base, c.settings)
+                await self.backend.check_reachable(settings, f"producer_clients[{i}] in {cfg.file}")
+                clients[c.name] = self.backend.producer_client(c.name, settings)
+            unnamed = "" if "" in clients else None
+            self.producer = Producer(clients, default=unnamed)
+        else:
+            self.producer = Producer(disabled_reason=f"the Kafka producer is off: set [producer] open = true in {cfg.file}")
+
+        if cfg.consumer_open:
+            if not routes:
+                log.warning("[consumer] open = true in %s, but no event is bound (initiator.listen_event)", cfg.file)
+            else:
+                self.delivery = AfterStartup(make_transport(self.backend.proxy_addr(cfg.proxy_addr), http2=cfg.proxy_http2,
+                                                            secret=cfg.proxy_secret, app=app, ready=self.app_started),
+                                             self.app_started)
+                for i, cc in enumerate(cfg.consumer_clients):
+                    # Tansu holds a new group's join for half the session timeout: keep it short there.
+                    base = {"session.timeout.ms": 6000} if self.use_embedded else {}
+                    settings = client_settings(self._servers(cc.servers), "consumer", cc.group_id, base, cc.settings)
+                    where = f"consumer_clients[{i}] in {cfg.file}"
+                    await self.backend.check_reachable(settings, where)
+                    await self.backend.ensure_topics(settings, list(routes))
+                    proxy = self.backend.consumer_proxy(cc, settings, routes, self.delivery)
+                    await proxy.start()
+                    self.proxies.append(proxy)
+
+    async def wait_ready(self) -> None:
+        """Wait (bounded) until every consumer group got its partitions, so no early record is missed."""
+        if not self.proxies:
+            return
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.assigned.wait() for p in self.proxies)), self.ready_timeout)
+        except asyncio.TimeoutError:
+            log.warning("consumer groups not assigned partitions within %.0f s; continuing", self.ready_timeout)
+
+    async def stop(self) -> None:
+        """Stop the proxies (drain, commit), then flush the producer, then the embedded broker."""
+        for proxy in self.proxies:
+            try:
+                await proxy.stop()
+            except Exception:  # noqa: BLE001 - keep stopping the rest
+                log.exception("stopping consumer group %r failed", proxy.config.group_id)
+        self.proxies.clear()
+        if self.delivery is not None:
+            await self.delivery.aclose()
+        await asyncio.to_thread(self.producer.close)
+        self.producer = Producer(disabled_reason="cannot publish: the service has stopped")
+        if self.embedded is not None:
+            await asyncio.to_thread(self.embedded.stop)
+            self.embedded = None

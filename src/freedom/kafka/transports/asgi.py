@@ -1,0 +1,190 @@
+"""In-process delivery (`proxy_addr = "inprocess"`): the consumer proxy calls the service's ASGI
+application directly, in the same process and on the same event loop, skipping the socket, the
+HTTP client and the HTTP server.
+
+The application gets the request it would get over HTTP (`POST`, the route path with the key,
+the record headers plus the proxy's, the value as body), and the answer is read by the same rule
+(`delivery.result_of`: the outcome header first, else 2xx is success). What the HTTP server would
+answer when the application raises (500) and the HTTP transport's timeout (30 s) hold here too.
+The call is a minimal ASGI exchange: build the scope, give the body through `receive`, keep the
+status and the two outcome headers from `send`; the response body is dropped (of a 4xx/5xx answer
+its start is kept: the failure's detail).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Awaitable, Callable
+from urllib.parse import unquote
+
+from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
+from freedom.web.runtime import BODY_EXTENSION
+from freedom.kafka.consumer.delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
+                        keeps_body, request_headers, result_of)
+
+log = logging.getLogger("freedom.kafka.delivery")
+
+ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+
+_OUTCOME = OUTCOME_HEADER.encode()
+_REASON = REASON_HEADER.encode()
+_RETRY_AFTER = RETRY_AFTER_HEADER.encode()
+_ASGI = {"version": "3.0", "spec_version": "2.3"}
+
+
+class _Exchange:
+    """One request/response exchange with the application: what `receive` gives and `send` keeps."""
+
+    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done", "answer", "keep", "retry_after")
+
+    def __init__(self, body: bytes, keep: int = 0) -> None:
+        self.body: bytes | None = body
+        self.keep = keep  # keep this many bytes of any answer's body (a batch answer)
+        self.answer: bytearray | None = None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
+        self.status: int | None = None
+        self.outcome: str | None = None
+        self.reason: str | None = None
+        self.retry_after: bytes | None = None
+        self.complete = False
+        self._done: asyncio.Event | None = None  # made only when the app listens past the body
+
+    async def receive(self) -> dict[str, Any]:
+        body = self.body
+        if body is not None:
+            self.body = None
+            return {"type": "http.request", "body": body, "more_body": False}
+        # Asked again after the body: the client "disconnects" once the response is complete.
+        if not self.complete:
+            if self._done is None:
+                self._done = asyncio.Event()
+            await self._done.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(self, message: dict[str, Any]) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+            if self.keep or keeps_body(message["status"]):
+                self.answer = bytearray()
+            for k, v in message.get("headers") or ():
+                k = k.lower()
+                if k == _OUTCOME:
+                    self.outcome = v.decode("latin-1")
+                elif k == _REASON:
+                    self.reason = v.decode("latin-1")
+                elif k == _RETRY_AFTER:
+                    self.retry_after = v
+        elif kind == "http.response.body":
+            kept = self.answer
+            limit = self.keep or MAX_FAILURE_BODY
+            if kept is not None and len(kept) < limit:
+                kept += message.get("body", b"")[:limit - len(kept)]
+            if not message.get("more_body", False):
+                self.complete = True
+                if self._done is not None:
+                    self._done.set()
+
+
+class AsgiTransport:
+    """Delivers records by calling the ASGI application in this process."""
+
+    proxy_addr = "inprocess"
+
+    def __init__(self, app: ASGIApp, *, timeout: float = 30.0, secret: str | None = None,
+                 ready: asyncio.Event | None = None) -> None:
+        self.app = app
+        self.timeout = timeout
+        self.ready = ready  # set once the application has started (deliveries wait for it)
+        # The secret guard (security.py) sits in the application, so in-process calls carry it too.
+        self._extra = [(SECRET_HEADER.encode(), secret.encode())] if secret else []
+
+    async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
+        """Wait until the application has started (its start-up may still be running)."""
+        if self.ready is None or self.ready.is_set():
+            return True
+        loop = asyncio.get_running_loop()
+        waiters = {asyncio.ensure_future(self.ready.wait()), asyncio.ensure_future(stop.wait())}
+        try:
+            await asyncio.wait(waiters, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waiters:
+                w.cancel()
+        return self.ready.is_set()
+
+    def scope(self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders,
+              retry_count: int) -> dict[str, Any]:
+        """The ASGI scope of one delivery, as an HTTP server would make it from the HTTP request."""
+        raw_path = route.url_path(key)
+        # The same headers as over HTTP (freedom.wire.encoding's encoding included), lowercased as servers do.
+        out = [(k.lower(), v) for k, v in request_headers(headers, key, retry_count)]
+        out.append((b"content-length", str(len(value)).encode()))
+        out.extend(self._extra)
+        return {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": unquote(raw_path),
+            "raw_path": raw_path.encode("ascii"),
+            "query_string": b"",
+            "root_path": "",
+            "headers": out,
+            "client": None,
+            "server": None,
+            "state": {},
+            "extensions": {BODY_EXTENSION: value},  # read without streaming by freedom's Request.body
+        }
+
+    async def deliver(self, route: EventRoute, key: str, value: bytes,
+                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+        """Call the application with the delivery's request; never raises for the handler's faults."""
+        try:
+            scope = self.scope(route, key, value, headers, retry_count)
+        except UnsendableRecord as exc:
+            return exc.result()
+        exchange = _Exchange(value)
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                await self.app(scope, exchange.receive, exchange.send)
+        except Exception:  # what an HTTP server does: log it, and the answer is a 500 unless one was sent
+            if deadline.expired():
+                return DeliveryResult(error="timed out waiting for the handler")
+            log.exception("the application raised while handling the delivery to %s", route.url_path(key))
+            if exchange.status is None:
+                return DeliveryResult(status=500)
+        if exchange.status is None:
+            return DeliveryResult(error="the application returned without answering")
+        return result_of(exchange.status, exchange.outcome, exchange.reason,
+                         bytes(exchange.answer) if exchange.answer else None, exchange.retry_after)
+
+    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
+                   keep_body: int) -> RawAnswer | DeliveryResult:
+        """Call the application with `POST path` (a batch, batching.py), keeping up to `keep_body`
+        bytes of the answer; a DeliveryResult when it gave no answer."""
+        out = [(k.lower(), v) for k, v in headers]
+        out.append((b"content-length", str(len(body)).encode()))
+        out.extend(self._extra)
+        scope = {"type": "http", "asgi": _ASGI, "http_version": "1.1", "method": "POST", "scheme": "http",
+                 "path": path, "raw_path": path.encode("ascii"), "query_string": b"", "root_path": "",
+                 "headers": out, "client": None, "server": None, "state": {},
+                 "extensions": {BODY_EXTENSION: body}}
+        exchange = _Exchange(body, keep_body)
+        deadline = asyncio.timeout(self.timeout)
+        try:
+            async with deadline:
+                await self.app(scope, exchange.receive, exchange.send)
+        except Exception:
+            if deadline.expired():
+                return DeliveryResult(error="timed out waiting for the handler")
+            log.exception("the application raised while handling the batch delivery to %s", path)
+            if exchange.status is None:
+                return DeliveryResult(status=500)
+        if exchange.status is None:
+            return DeliveryResult(error="the application returned without answering")
+        return RawAnswer(exchange.status, exchange.outcome, exchange.reason, bytes(exchange.answer or b""))
+
+    async def aclose(self) -> None:
+        return None
