@@ -26,8 +26,8 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from . import common
 from .common import ROOT, Context, Kafka, machine, start_broker
@@ -46,9 +46,13 @@ def snapshot(commit: str | None, dest: Path) -> Path:
     """`src/` of `commit` (None: the working tree) copied under `dest`; returns the src path."""
     dest.mkdir(parents=True, exist_ok=True)
     if commit is None:
-        shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(
+            ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
     else:
-        archive = subprocess.run(["git", "archive", commit, "src"], cwd=ROOT, stdout=subprocess.PIPE, check=True)
+        archive = subprocess.run(
+            ["git", "archive", commit, "src"], cwd=ROOT, stdout=subprocess.PIPE, check=True
+        )
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
     return dest / "src"
 
@@ -64,7 +68,9 @@ def runner(name: str) -> Callable[[Context], dict[str, float]]:
 
 def _newest_child(after: set[int]) -> int | None:
     """The pid of a `freedom.cli.main run` process started since `after` was taken."""
-    out = subprocess.run(["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE, text=True).stdout.split()
+    out = subprocess.run(
+        ["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE, text=True
+    ).stdout.split()
     new = [int(p) for p in out if int(p) not in after]
     return max(new) if new else None
 
@@ -72,8 +78,12 @@ def _newest_child(after: set[int]) -> int | None:
 def profile(ctx: Context, name: str, seconds: float) -> None:
     """Run case `name` once while py-spy samples its service for `seconds`; print the top frames."""
     raw = ctx.workdir / f"profile-{name.replace(' ', '-')}.txt"
-    before = set(int(p) for p in subprocess.run(["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE,
-                                                  text=True).stdout.split())
+    before = set(
+        int(p)
+        for p in subprocess.run(
+            ["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE, text=True
+        ).stdout.split()
+    )
     done = threading.Event()
 
     def sample() -> None:
@@ -84,9 +94,25 @@ def profile(ctx: Context, name: str, seconds: float) -> None:
         if pid is None:
             return
         time.sleep(1.5)  # past start-up
-        subprocess.run([str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid), "--format", "raw",
-                        "--rate", "250", "--duration", str(int(seconds)), "--nonblocking", "--output", str(raw)],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--format",
+                "raw",
+                "--rate",
+                "250",
+                "--duration",
+                str(int(seconds)),
+                "--nonblocking",
+                "--output",
+                str(raw),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
 
     t = threading.Thread(target=sample, daemon=True)
     t.start()
@@ -122,18 +148,28 @@ def main() -> int:
     p.add_argument("--base", help="the commit measured as 'before' (its src/)")
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--case", action="append", default=[], help="only the cases whose name contains this")
-    p.add_argument("--profile", action="store_true", help="sample the working tree's service with py-spy instead")
+    p.add_argument(
+        "--case", action="append", default=[], help="only the cases whose name contains this"
+    )
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the working tree's service with py-spy instead",
+    )
     args = p.parse_args()
     names = [n for n in CASES if not args.case or any(c in n for c in args.case)]
     workdir = Path(tempfile.mkdtemp(prefix="freedom-ab-"))
     after = snapshot(None, workdir / "after")
     before = snapshot(args.base, workdir / "before") if args.base and not args.profile else None
     sys.path.insert(0, str(after))
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True).stdout.strip()
+    commit = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+    ).stdout.strip()
     load0 = machine()["load"]
-    print(f"ab: HEAD {commit}; before = {args.base}; after = the working tree; load {load0}", flush=True)
+    print(
+        f"ab: HEAD {commit}; before = {args.base}; after = the working tree; load {load0}",
+        flush=True,
+    )
     broker = start_broker()
     try:
         ctx = Context(Kafka(broker.bootstrap), quick=args.quick, runs=args.runs, workdir=workdir)
@@ -153,7 +189,10 @@ def main() -> int:
                     try:
                         metrics = runner(name)(ctx)
                     except Exception as exc:  # noqa: BLE001 - one failed case must not lose the others
-                        print(f"  run {r + 1} {label:6} {name:30} FAILED: {str(exc).splitlines()[0]}", flush=True)
+                        print(
+                            f"  run {r + 1} {label:6} {name:30} FAILED: {str(exc).splitlines()[0]}",
+                            flush=True,
+                        )
                         continue
                     for k, v in metrics.items():
                         results[(name, label, k)].append(v)
@@ -169,7 +208,11 @@ def main() -> int:
             cells = []
             for label in ("before", "after"):
                 vals = results.get((name, label, metric), [])
-                cells.append(f"{statistics.median(vals):,.1f} ({min(vals):,.0f}–{max(vals):,.0f})" if vals else "-")
+                cells.append(
+                    f"{statistics.median(vals):,.1f} ({min(vals):,.0f}–{max(vals):,.0f})"
+                    if vals
+                    else "-"
+                )
             print(f"{name:32} {metric:16} {cells[0]:>24} {cells[1]:>24}")
     shutil.rmtree(workdir, ignore_errors=True)
     return 0

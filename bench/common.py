@@ -16,9 +16,10 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import confluent_kafka
 import psutil
@@ -52,7 +53,13 @@ class BenchError(RuntimeError):
 
 def start_broker() -> ApacheKafka:
     """A fresh single-node Apache Kafka (the one the tests use), with a bigger heap for the backlogs."""
-    flags = ("-Xmx1g", "-Xss1m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1", "-Djava.awt.headless=true")
+    flags = (
+        "-Xmx1g",
+        "-Xss1m",
+        "-XX:+UseSerialGC",
+        "-XX:TieredStopAtLevel=1",
+        "-Djava.awt.headless=true",
+    )
     return ApacheKafka(jvm_flags=flags).start()
 
 
@@ -89,8 +96,19 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "load": " / ".join(f"{x:.2f}" for x in os.getloadavg()) + " (1 / 5 / 15 min)",
         "kafka": f"Apache Kafka {kafka_version()} (single node, KRaft, same machine)",
-        "libraries": ", ".join(f"{n} {ver(n)}" for n in (
-            "confluent-kafka", "faststream", "fastapi", "uvicorn", "httptools", "uvloop", "granian", "pyreqwest")),
+        "libraries": ", ".join(
+            f"{n} {ver(n)}"
+            for n in (
+                "confluent-kafka",
+                "faststream",
+                "fastapi",
+                "uvicorn",
+                "httptools",
+                "uvloop",
+                "granian",
+                "pyreqwest",
+            )
+        ),
     }
 
 
@@ -113,8 +131,12 @@ class Kafka:
         deadline = time.monotonic() + timeout
         while True:
             md = self.admin.list_topics(name, timeout=5).topics.get(name)
-            if (md is not None and md.error is None and len(md.partitions) == partitions
-                    and all(p.leader >= 0 for p in md.partitions.values())):
+            if (
+                md is not None
+                and md.error is None
+                and len(md.partitions) == partitions
+                and all(p.leader >= 0 for p in md.partitions.values())
+            ):
                 return name
             if time.monotonic() > deadline:
                 raise BenchError(f"topic {name} not ready after {timeout}s")
@@ -122,8 +144,14 @@ class Kafka:
 
     def preload(self, topic: str, n: int, *, keyed: bool = True) -> float:
         """Produce `n` 100-byte records (keys `k0`..`k<n-1>`) with a bare producer; returns seconds taken."""
-        producer = confluent_kafka.Producer({"bootstrap.servers": self.bootstrap, "linger.ms": 20,
-                                             "batch.num.messages": 10000, "compression.type": "lz4"})
+        producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "linger.ms": 20,
+                "batch.num.messages": 10000,
+                "compression.type": "lz4",
+            }
+        )
         t0 = time.perf_counter()
         for i in range(n):
             while True:
@@ -145,15 +173,24 @@ class Kafka:
         consumer = self._committed.get(group)
         if consumer is None:
             consumer = self._committed[group] = confluent_kafka.Consumer(
-                {"bootstrap.servers": self.bootstrap, "group.id": group, "enable.auto.commit": False,
-                 "log_level": 4})
+                {
+                    "bootstrap.servers": self.bootstrap,
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                    "log_level": 4,
+                }
+            )
         try:
             if partitions is None:
                 partitions = self._partitions.get(topic)
                 if partitions is None:
-                    partitions = len(consumer.list_topics(topic, timeout=5).topics[topic].partitions) or 1
+                    partitions = (
+                        len(consumer.list_topics(topic, timeout=5).topics[topic].partitions) or 1
+                    )
                     self._partitions[topic] = partitions
-            tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=5)
+            tps = consumer.committed(
+                [TopicPartition(topic, p) for p in range(partitions)], timeout=5
+            )
         except confluent_kafka.KafkaException:
             return 0
         return sum(max(tp.offset, 0) for tp in tps)
@@ -193,10 +230,14 @@ class Consumer:
 
     def check_alive(self) -> None:
         if self.proc.poll() is not None:
-            raise BenchError(f"{self.name} exited with rc={self.proc.returncode}; log {self.log_path}:\n"
-                             f"{tail(self.log_path)}")
+            raise BenchError(
+                f"{self.name} exited with rc={self.proc.returncode}; log {self.log_path}:\n"
+                f"{tail(self.log_path)}"
+            )
 
-    def wait_probe(self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str) -> dict[str, Any]:
+    def wait_probe(
+        self, predicate: Callable[[dict[str, Any]], bool], timeout: float, what: str
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while True:
             state = self.probe()
@@ -204,9 +245,11 @@ class Consumer:
                 return state
             self.check_alive()
             if time.monotonic() > deadline:
-                raise BenchError(f"{self.name}: timed out after {timeout:.0f} s waiting for {what} "
-                                 f"(probe {({k: v for k, v in state.items() if k != 'latencies'})}); "
-                                 f"log {self.log_path}:\n{tail(self.log_path)}")
+                raise BenchError(
+                    f"{self.name}: timed out after {timeout:.0f} s waiting for {what} "
+                    f"(probe { ({k: v for k, v in state.items() if k != 'latencies'}) }); "
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
+                )
             time.sleep(0.02)
 
     def cpu_seconds(self) -> float:
@@ -264,21 +307,31 @@ def snapshot_source(kind: str, workdir: Path) -> str:
     dest.mkdir(parents=True, exist_ok=True)
 
     def git(*args: str) -> str:
-        result = subprocess.run(["git", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        result = subprocess.run(
+            ["git", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
         return result.stdout.strip() if result.returncode == 0 else ""
 
     commit = git("rev-parse", "--short", "HEAD")
     if kind == "head":
         if not commit:
             raise BenchError("--source head needs a git checkout")
-        archive = subprocess.run(["git", "archive", "HEAD", "src"], cwd=ROOT, stdout=subprocess.PIPE, check=True)
+        archive = subprocess.run(
+            ["git", "archive", "HEAD", "src"], cwd=ROOT, stdout=subprocess.PIPE, check=True
+        )
         subprocess.run(["tar", "-x", "-C", str(dest)], input=archive.stdout, check=True)
         description = f"commit {commit} (HEAD)"
     else:
-        shutil.copytree(ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        shutil.copytree(
+            ROOT / "src", dest / "src", ignore=shutil.ignore_patterns("__pycache__", "*.egg-info")
+        )
         dirty = bool(git("status", "--porcelain", "--", "src"))
-        description = (f"working tree at commit {commit}" + (" with uncommitted changes in src/" if dirty else "")
-                       if commit else "working tree")
+        description = (
+            f"working tree at commit {commit}"
+            + (" with uncommitted changes in src/" if dirty else "")
+            if commit
+            else "working tree"
+        )
     _source = dest / "src"
     sys.path.insert(0, str(_source))
     return description
@@ -297,8 +350,15 @@ def spawn(name: str, cmd: list[str], workdir: Path, env: dict[str, str]) -> Cons
     probe_path.unlink(missing_ok=True)
     environ = child_env({"BENCH_PROBE": str(probe_path), **env})
     with log_path.open("ab") as log:
-        proc = subprocess.Popen(cmd, cwd=SERVICES, env=environ, stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            cmd,
+            cwd=SERVICES,
+            env=environ,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     return Consumer(name, proc, probe_path, log_path)
 
 
@@ -337,7 +397,7 @@ class Case:
 
     scenario: str
     name: str
-    run: Callable[["Context"], dict[str, float]]
+    run: Callable[[Context], dict[str, float]]
     order: int = 0  # within a run, lower first (throughput before the latency that uses it)
 
 
@@ -406,9 +466,21 @@ def inprocess_unsupported() -> str | None:
     return None
 
 
-def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler: str, mode: str, expect: int,
-                    http2: bool = False, inprocess: bool = False, extra: dict[str, Any] | None = None,
-                    env: dict[str, str] | None = None, workers: int = 1) -> Consumer:
+def freedom_service(
+    ctx: Context,
+    name: str,
+    topic: str,
+    group: str,
+    *,
+    handler: str,
+    mode: str,
+    expect: int,
+    http2: bool = False,
+    inprocess: bool = False,
+    extra: dict[str, Any] | None = None,
+    env: dict[str, str] | None = None,
+    workers: int = 1,
+) -> Consumer:
     """Start the benchmark's freedom service (`freedom run freedom_app:app`) in a subprocess.
 
     `mode` is the consumer proxy's delivery mode ("sequential" or "concurrent"); the group reads
@@ -419,35 +491,71 @@ def freedom_service(ctx: Context, name: str, topic: str, group: str, *, handler:
     from freedom.testing import free_port, kafka_config, write_config
 
     port = free_port()
-    consumer: dict[str, Any] = {"initial_offset": "earliest", "mode": mode,
-                                "settings": {"session.timeout.ms": 6000}, **(extra or {})}
+    consumer: dict[str, Any] = {
+        "initial_offset": "earliest",
+        "mode": mode,
+        "settings": {"session.timeout.ms": 6000},
+        **(extra or {}),
+    }
     kafka = kafka_config(ctx.kafka.bootstrap, port, group_id=group, **consumer)
     if http2:
         kafka["consumer"]["proxy_http2"] = True
     if inprocess:
         kafka["consumer"]["proxy_addr"] = INPROCESS
     workdir = ctx.workdir / name
-    conf = write_config(workdir / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
-                        kafka=kafka)
-    cmd = [sys.executable, "-m", "freedom.cli.main", "run", "freedom_app:app", "--config", str(conf)]
+    conf = write_config(
+        workdir / "conf",
+        app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
+        kafka=kafka,
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "freedom.cli.main",
+        "run",
+        "freedom_app:app",
+        "--config",
+        str(conf),
+    ]
     if workers > 1:
         cmd += ["--workers", str(workers)]
-    service = spawn(name, cmd, workdir, {"BENCH_TOPIC": topic, "BENCH_HANDLER": handler,
-                                         "BENCH_EXPECT": str(expect), **(env or {})})
+    service = spawn(
+        name,
+        cmd,
+        workdir,
+        {
+            "BENCH_TOPIC": topic,
+            "BENCH_HANDLER": handler,
+            "BENCH_EXPECT": str(expect),
+            **(env or {}),
+        },
+    )
     service.port = port
     return service
 
 
-def peer_process(ctx: Context, kind: str, name: str, topic: str, group: str, *, handler: str,
-                 expect: int) -> Consumer:
+def peer_process(
+    ctx: Context, kind: str, name: str, topic: str, group: str, *, handler: str, expect: int
+) -> Consumer:
     """Start the FastStream app (`kind="faststream"`) or the bare loop (`kind="bare"`) in a subprocess."""
     script = {"faststream": "faststream_app.py", "bare": "bare_consumer.py"}[kind]
-    return spawn(name, [sys.executable, str(SERVICES / script)], ctx.workdir / name,
-                 {"BENCH_BOOTSTRAP": ctx.kafka.bootstrap, "BENCH_TOPIC": topic, "BENCH_GROUP": group,
-                  "BENCH_HANDLER": handler, "BENCH_EXPECT": str(expect)})
+    return spawn(
+        name,
+        [sys.executable, str(SERVICES / script)],
+        ctx.workdir / name,
+        {
+            "BENCH_BOOTSTRAP": ctx.kafka.bootstrap,
+            "BENCH_TOPIC": topic,
+            "BENCH_GROUP": group,
+            "BENCH_HANDLER": handler,
+            "BENCH_EXPECT": str(expect),
+        },
+    )
 
 
-def wait_committed(ctx: Context, group: str, topic: str, n: int, timeout: float, consumer: Consumer) -> float:
+def wait_committed(
+    ctx: Context, group: str, topic: str, n: int, timeout: float, consumer: Consumer
+) -> float:
     """Poll the group's committed offsets until they reach `n`; returns the (epoch) time it did."""
     deadline = time.monotonic() + timeout
     try:
@@ -456,14 +564,18 @@ def wait_committed(ctx: Context, group: str, topic: str, n: int, timeout: float,
                 return time.time()
             consumer.check_alive()
             if time.monotonic() > deadline:
-                raise BenchError(f"{consumer.name}: group {group} committed {ctx.kafka.committed(group, topic)} "
-                                 f"of {n} within {timeout:.0f} s; log {consumer.log_path}:\n{tail(consumer.log_path)}")
+                raise BenchError(
+                    f"{consumer.name}: group {group} committed {ctx.kafka.committed(group, topic)} "
+                    f"of {n} within {timeout:.0f} s; log {consumer.log_path}:\n{tail(consumer.log_path)}"
+                )
             time.sleep(0.02)
     finally:
         ctx.kafka.forget(group)
 
 
-def measure_throughput(ctx: Context, consumer: Consumer, group: str, topic: str, n: int) -> dict[str, float]:
+def measure_throughput(
+    ctx: Context, consumer: Consumer, group: str, topic: str, n: int
+) -> dict[str, float]:
     """Records/s from the first handled record until the group committed all `n`, and CPU per record."""
     try:
         timeout = 120 + n / 20

@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 import timeit
 
-from freedom.observability import metrics
 from freedom.config.loading import ConsumerClientConfig
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute
 from freedom.kafka.consumer.group import TopicPlan
 from freedom.kafka.consumer.observer import ProxyObserver
 from freedom.kafka.retry import Plan
+from freedom.observability import metrics
 
 
 class _Record:
@@ -37,8 +37,12 @@ def main(n: int = 300_000) -> None:
         observer.delivered(record, plan, ok, done, time.perf_counter() - started)
 
     per_delivery = min(timeit.repeat(delivery, number=n, repeat=5)) / n * 1e6
-    per_record = min(timeit.repeat(lambda: metrics.count_sent("orders", None), number=n, repeat=5)) / n * 1e6
-    print(f"per delivery: {per_delivery:.2f} µs; per produced record: {per_record:.2f} µs (best of 5 x {n:,})")
+    per_record = (
+        min(timeit.repeat(lambda: metrics.count_sent("orders", None), number=n, repeat=5)) / n * 1e6
+    )
+    print(
+        f"per delivery: {per_delivery:.2f} µs; per produced record: {per_record:.2f} µs (best of 5 x {n:,})"
+    )
 
 
 if __name__ == "__main__":

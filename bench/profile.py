@@ -29,7 +29,11 @@ STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("handler (the benchmark's own code)", "/freedom_app.py", None),
     ("handler (the benchmark's own code)", "/bench_probe.py", None),
     ("commit", "freedom/kafka/consumer/group.py", ("_commit_pending",)),
-    ("fetch (consume, pause/resume)", "freedom/kafka/consumer/group.py", ("_poll_once", "_fetch_loop", "_call")),
+    (
+        "fetch (consume, pause/resume)",
+        "freedom/kafka/consumer/group.py",
+        ("_poll_once", "_fetch_loop", "_call"),
+    ),
     ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/group.py", None),
     ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/proxy.py", None),
     ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/commits.py", None),
@@ -55,9 +59,30 @@ STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
 #: frames that say nothing about the stage: the process's roots (anywhere in the path) ...
 SKIP_ANYWHERE = ("/freedom/runner/server.py", "/freedom/cli/main.py", "<frozen runpy>")
 #: ... and shared libraries and the loop machinery (py-spy shows these paths package-relative)
-SKIP_PREFIXES = ("/h11/", "/h2/", "/hpack/", "/anyio/", "/sniffio/", "/asyncio/", "/concurrent/", "/threading.py",
-                 "/selectors.py", "/json/", "/contextlib.py", "/typing.py", "/functools.py", "/enum.py",
-                 "/socket.py", "/ssl.py", "/email/", "/urllib/", "/re/", "/http/", "/dataclasses.py", "/queue.py")
+SKIP_PREFIXES = (
+    "/h11/",
+    "/h2/",
+    "/hpack/",
+    "/anyio/",
+    "/sniffio/",
+    "/asyncio/",
+    "/concurrent/",
+    "/threading.py",
+    "/selectors.py",
+    "/json/",
+    "/contextlib.py",
+    "/typing.py",
+    "/functools.py",
+    "/enum.py",
+    "/socket.py",
+    "/ssl.py",
+    "/email/",
+    "/urllib/",
+    "/re/",
+    "/http/",
+    "/dataclasses.py",
+    "/queue.py",
+)
 
 
 def _frame_parts(frame: str) -> tuple[str, str]:
@@ -69,8 +94,11 @@ def _frame_parts(frame: str) -> tuple[str, str]:
 def stage_of(stack: list[str]) -> str:
     for frame in reversed(stack):
         func, path = _frame_parts(frame)
-        if (path.startswith(SKIP_PREFIXES) or any(skip in path for skip in SKIP_ANYWHERE)
-                or func == "Application.run"):
+        if (
+            path.startswith(SKIP_PREFIXES)
+            or any(skip in path for skip in SKIP_ANYWHERE)
+            or func == "Application.run"
+        ):
             continue
         for stage, fragment, funcs in STAGES:
             if fragment in path and (funcs is None or func.rsplit(".", 1)[-1] in funcs):
@@ -107,7 +135,9 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
             continue
         func, path = _frame_parts(stack[-1])
         if func == "_worker" and path.endswith("/concurrent/futures/thread.py"):
-            idle_workers += count  # a pool thread waiting for work: idle, though py-spy sees it running
+            idle_workers += (
+                count  # a pool thread waiting for work: idle, though py-spy sees it running
+            )
             continue
         total += count
         stages[stage_of(stack)] += count
@@ -117,14 +147,31 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
     if not total:
         return "(no samples)", 0
 
-    def table(counter: collections.Counter[str], header: str, n: int, skip_generic: bool = False) -> list[str]:
+    def table(
+        counter: collections.Counter[str], header: str, n: int, skip_generic: bool = False
+    ) -> list[str]:
         rows = [f"| {header} | share |", "|---|---|"]
         shown = 0
         for name, c in counter.most_common():
-            if skip_generic and any(g in name for g in ("asyncio/", "threading.py", "concurrent/", "<module>",
-                                                         "run (", "_run_once", "run_forever", "run_until_complete",
-                                                         "_bootstrap", "main (", "serve (", "_worker (",
-                                                         "__init__ (uvicorn", "cli.py")):
+            if skip_generic and any(
+                g in name
+                for g in (
+                    "asyncio/",
+                    "threading.py",
+                    "concurrent/",
+                    "<module>",
+                    "run (",
+                    "_run_once",
+                    "run_forever",
+                    "run_until_complete",
+                    "_bootstrap",
+                    "main (",
+                    "serve (",
+                    "_worker (",
+                    "__init__ (uvicorn",
+                    "cli.py",
+                )
+            ):
                 continue
             rows.append(f"| `{name}` | {c / total:.1%} |")
             shown += 1
@@ -132,15 +179,28 @@ def summarise(raw: Path, top: int = 15) -> tuple[str, int]:
                 break
         return rows
 
-    lines = [f"{total:,} samples of running threads ({idle_workers:,} more of idle thread-pool workers waiting "
-             "for work left out).", "", "| stage | share |", "|---|---|"]
+    lines = [
+        f"{total:,} samples of running threads ({idle_workers:,} more of idle thread-pool workers waiting "
+        "for work left out).",
+        "",
+        "| stage | share |",
+        "|---|---|",
+    ]
     lines += [f"| {s} | {c / total:.1%} |" for s, c in stages.most_common()]
-    lines += ["", "Top functions by own time (the innermost Python frame; C code such as librdkafka or "
-                  "the socket calls is charged to the Python function that called it):", ""]
+    lines += [
+        "",
+        "Top functions by own time (the innermost Python frame; C code such as librdkafka or "
+        "the socket calls is charged to the Python function that called it):",
+        "",
+    ]
     lines += table(own, "function", top)
-    lines += ["", "Top functions by inclusive time (the stack below them included; the loop's "
-                  "generic frames left out; py-spy often cannot unwind a resumed coroutine to its callers, "
-                  "so these undercount, the stage shares above do not depend on it):", ""]
+    lines += [
+        "",
+        "Top functions by inclusive time (the stack below them included; the loop's "
+        "generic frames left out; py-spy often cannot unwind a resumed coroutine to its callers, "
+        "so these undercount, the stage shares above do not depend on it):",
+        "",
+    ]
     lines += table(inclusive, "function", top + 5, skip_generic=True)
     return "\n".join(lines), total
 
@@ -162,27 +222,62 @@ def profile_freedom(ctx: Context) -> str:
         topic = ctx.preloaded("profile", n)
         group = new_group("profile")
         name = f"profile-{'inprocess-' if inprocess else 'h2-' if http2 else ''}{mode}"
-        service = freedom_service(ctx, name, topic, group, handler="trivial", mode=mode, expect=n,
-                                  inprocess=inprocess, http2=http2)
+        service = freedom_service(
+            ctx,
+            name,
+            topic,
+            group,
+            handler="trivial",
+            mode=mode,
+            expect=n,
+            inprocess=inprocess,
+            http2=http2,
+        )
         raw = ctx.workdir / f"{name}.pyspy.txt"
         try:
             service.wait_probe(lambda s: s.get("count", 0) >= 1, 120, "the first record")
             time.sleep(1.0)  # past the start-up burst
             before = ctx.kafka.committed(group, topic)
             t0 = time.monotonic()
-            rec = subprocess.run([pyspy, "record", "--pid", str(service.proc.pid), "--duration", str(seconds),
-                                  "--rate", "200", "--format", "raw", "--output", str(raw), "--nonblocking"],
-                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=seconds + 60)
+            rec = subprocess.run(
+                [
+                    pyspy,
+                    "record",
+                    "--pid",
+                    str(service.proc.pid),
+                    "--duration",
+                    str(seconds),
+                    "--rate",
+                    "200",
+                    "--format",
+                    "raw",
+                    "--output",
+                    str(raw),
+                    "--nonblocking",
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+                timeout=seconds + 60,
+            )
             elapsed = time.monotonic() - t0
             rate = (ctx.kafka.committed(group, topic) - before) / elapsed
         finally:
             service.stop()
         if rec.returncode != 0 or not raw.exists():
-            out += [f"### {transport} {mode}: py-spy failed (rc={rec.returncode}): {rec.stdout[-500:]}", ""]
+            out += [
+                f"### {transport} {mode}: py-spy failed (rc={rec.returncode}): {rec.stdout[-500:]}",
+                "",
+            ]
             continue
         text, _ = summarise(raw)
-        out += [f"### {transport}, `mode = \"{mode}\"`, trivial handler: ~{rate:,.0f} records/s while sampled "
-                f"({seconds} s)", "", text, ""]
+        out += [
+            f'### {transport}, `mode = "{mode}"`, trivial handler: ~{rate:,.0f} records/s while sampled '
+            f"({seconds} s)",
+            "",
+            text,
+            "",
+        ]
     return "\n".join(out)
 
 

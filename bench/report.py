@@ -8,8 +8,15 @@ from dataclasses import dataclass
 from .common import Context, fmt
 
 #: metric -> unit hint for formatting
-UNITS = {"p50 ms": "ms", "p99 ms": "ms", "peak RSS MB": "", "records/s": "", "offered/s": "", "CPU µs/record": "",
-         "committed": ""}
+UNITS = {
+    "p50 ms": "ms",
+    "p99 ms": "ms",
+    "peak RSS MB": "",
+    "records/s": "",
+    "offered/s": "",
+    "CPU µs/record": "",
+    "committed": "",
+}
 
 
 def cell(values: list[float], metric: str) -> str:
@@ -26,7 +33,7 @@ def scenario_tables(ctx: Context) -> list[tuple[str, list[str], list[list[str]]]
     """(scenario, header, rows) for each scenario with results, cases in the order they ran."""
     out = []
     scenarios: dict[str, dict[str, list[str]]] = {}
-    for (scenario, case, metric) in ctx.results:
+    for scenario, case, metric in ctx.results:
         metrics = scenarios.setdefault(scenario, {}).setdefault(case, [])
         if metric not in metrics:
             metrics.append(metric)
@@ -38,7 +45,9 @@ def scenario_tables(ctx: Context) -> list[tuple[str, list[str], list[list[str]]]
         rows = []
         for case in case_metrics:
             runs = max(len(ctx.values(scenario, case, m)) for m in metrics)
-            rows.append([case, *(cell(ctx.values(scenario, case, m), m) for m in metrics), str(runs)])
+            rows.append(
+                [case, *(cell(ctx.values(scenario, case, m), m) for m in metrics), str(runs)]
+            )
         out.append((scenario, header, rows))
     return out
 
@@ -62,30 +71,71 @@ def ratios(ctx: Context) -> list[Ratio]:
     for scenario, case in sorted(cases):
         if scenario == "e2e" and case.startswith("freedom-"):
             handler = case.split()[-1]
-            out.append(Ratio(f"e2e {case} / faststream {handler}",
-                             per_run_ratio(ctx, ("e2e", case, rs), ("e2e", f"faststream {handler}", rs))))
+            out.append(
+                Ratio(
+                    f"e2e {case} / faststream {handler}",
+                    per_run_ratio(ctx, ("e2e", case, rs), ("e2e", f"faststream {handler}", rs)),
+                )
+            )
             if handler == "trivial":
-                out.append(Ratio(f"e2e {case} / bare trivial (ceiling)",
-                                 per_run_ratio(ctx, ("e2e", case, rs), ("e2e", "bare trivial", rs))))
+                out.append(
+                    Ratio(
+                        f"e2e {case} / bare trivial (ceiling)",
+                        per_run_ratio(ctx, ("e2e", case, rs), ("e2e", "bare trivial", rs)),
+                    )
+                )
         if scenario == "metrics" and case.endswith(" metrics on"):
             off = case.replace(" metrics on", " metrics off")
-            out.append(Ratio(f"metrics {case} / {off}", per_run_ratio(ctx, ("metrics", case, rs), ("metrics", off, rs))))
+            out.append(
+                Ratio(
+                    f"metrics {case} / {off}",
+                    per_run_ratio(ctx, ("metrics", case, rs), ("metrics", off, rs)),
+                )
+            )
         if scenario == "scaling" and not case.endswith(" workers 1"):
-            one = case.rsplit(" ", 2)[0] + " workers 1"  # the same transport, per record, one process
-            out.append(Ratio(f"scaling {case} / {one}", per_run_ratio(ctx, ("scaling", case, rs), ("scaling", one, rs))))
+            one = (
+                case.rsplit(" ", 2)[0] + " workers 1"
+            )  # the same transport, per record, one process
+            out.append(
+                Ratio(
+                    f"scaling {case} / {one}",
+                    per_run_ratio(ctx, ("scaling", case, rs), ("scaling", one, rs)),
+                )
+            )
         if scenario == "retry":
             base = case.replace(" 10% fail once", " trivial")
-            out.append(Ratio(f"retry {case} / e2e {base}", per_run_ratio(ctx, ("retry", case, rs), ("e2e", base, rs))))
+            out.append(
+                Ratio(
+                    f"retry {case} / e2e {base}",
+                    per_run_ratio(ctx, ("retry", case, rs), ("e2e", base, rs)),
+                )
+            )
     pub = {"awaited x1000", "publish_batch"}
     for form in sorted(pub):
-        out.append(Ratio(f"publish freedom {form} / faststream {form}",
-                         per_run_ratio(ctx, ("publish", f"freedom {form}", rs), ("publish", f"faststream {form}", rs))))
-        out.append(Ratio(f"publish freedom {form} / bare (ceiling)",
-                         per_run_ratio(ctx, ("publish", f"freedom {form}", rs), ("publish", "bare produce+flush", rs))))
+        out.append(
+            Ratio(
+                f"publish freedom {form} / faststream {form}",
+                per_run_ratio(
+                    ctx, ("publish", f"freedom {form}", rs), ("publish", f"faststream {form}", rs)
+                ),
+            )
+        )
+        out.append(
+            Ratio(
+                f"publish freedom {form} / bare (ceiling)",
+                per_run_ratio(
+                    ctx, ("publish", f"freedom {form}", rs), ("publish", "bare produce+flush", rs)
+                ),
+            )
+        )
     mem = "peak RSS MB"
     for case in ("freedom-http1-seq slow", "freedom-http1-conc slow"):
-        out.append(Ratio(f"memory {case} / faststream slow",
-                         per_run_ratio(ctx, ("memory", case, mem), ("memory", "faststream slow", mem))))
+        out.append(
+            Ratio(
+                f"memory {case} / faststream slow",
+                per_run_ratio(ctx, ("memory", case, mem), ("memory", "faststream slow", mem)),
+            )
+        )
     from .scenarios import gopeer  # freedom / the Go peer (issue 14)
 
     out += gopeer.ratios(ctx)
@@ -112,59 +162,140 @@ def targets(ctx: Context) -> list[Target]:
         if value is None:
             out.append(Target(what, f"≥ {goal:,.0f} {unit}", "–", f"not measured ({why_missing})"))
             return
-        status = "met" if value >= goal else f"missed by {(goal - value) / goal:.0%} ({goal / value:.1f}x short)"
+        status = (
+            "met"
+            if value >= goal
+            else f"missed by {(goal - value) / goal:.0%} ({goal / value:.1f}x short)"
+        )
         out.append(Target(what, f"≥ {goal:,.0f} {unit}", f"{value:,.0f} {unit}", status))
 
     def skipped(case: str) -> str:
         return ctx.skipped.get(("e2e", case), "not run (see --only)")
 
     # In-process delivery.
-    inproc = [c for c in ("freedom-inprocess-seq trivial", "freedom-inprocess-conc trivial") if _med(ctx, "e2e", c, rs)]
+    inproc = [
+        c
+        for c in ("freedom-inprocess-seq trivial", "freedom-inprocess-conc trivial")
+        if _med(ctx, "e2e", c, rs)
+    ]
     best_in = max((_med(ctx, "e2e", c, rs) or 0 for c in inproc), default=None)
     fs = _med(ctx, "e2e", "faststream trivial", rs)
-    at_least("in-process delivery, trivial handler", best_in, 10_000, "records/s", skipped("freedom-inprocess-seq trivial"))
+    at_least(
+        "in-process delivery, trivial handler",
+        best_in,
+        10_000,
+        "records/s",
+        skipped("freedom-inprocess-seq trivial"),
+    )
     if best_in and fs:
         ratio = best_in / fs
-        out.append(Target("in-process vs FastStream (same run)", "≥ 1.5x", f"{ratio:.2f}x",
-                          "met" if ratio >= 1.5 else f"missed by {(1.5 - ratio) / 1.5:.0%}"))
+        out.append(
+            Target(
+                "in-process vs FastStream (same run)",
+                "≥ 1.5x",
+                f"{ratio:.2f}x",
+                "met" if ratio >= 1.5 else f"missed by {(1.5 - ratio) / 1.5:.0%}",
+            )
+        )
     else:
-        out.append(Target("in-process vs FastStream (same run)", "≥ 1.5x", "–",
-                          f"not measured ({skipped('freedom-inprocess-seq trivial')})"))
+        out.append(
+            Target(
+                "in-process vs FastStream (same run)",
+                "≥ 1.5x",
+                "–",
+                f"not measured ({skipped('freedom-inprocess-seq trivial')})",
+            )
+        )
     # HTTP/1.1 and HTTP/2.
-    h1 = {c: _med(ctx, "e2e", c, rs) for c in ("freedom-http1-seq trivial", "freedom-http1-conc trivial")}
+    h1 = {
+        c: _med(ctx, "e2e", c, rs)
+        for c in ("freedom-http1-seq trivial", "freedom-http1-conc trivial")
+    }
     h1_best = max((v for v in h1.values() if v), default=None)
-    at_least("HTTP/1.1 delivery, trivial handler (best proxy mode)", h1_best, 4_000, "records/s", skipped("freedom-http1-seq trivial"))
-    h2 = {c: _med(ctx, "e2e", c, rs) for c in ("freedom-http2-seq trivial", "freedom-http2-conc trivial")}
+    at_least(
+        "HTTP/1.1 delivery, trivial handler (best proxy mode)",
+        h1_best,
+        4_000,
+        "records/s",
+        skipped("freedom-http1-seq trivial"),
+    )
+    h2 = {
+        c: _med(ctx, "e2e", c, rs)
+        for c in ("freedom-http2-seq trivial", "freedom-http2-conc trivial")
+    }
     h2_best = max((v for v in h2.values() if v), default=None)
     if h2_best and h1_best:
-        out.append(Target("HTTP/2 at least as fast as HTTP/1.1", "≥ 1.0x HTTP/1.1", f"{h2_best / h1_best:.2f}x",
-                          "met" if h2_best >= h1_best else f"missed by {(h1_best - h2_best) / h1_best:.0%}"))
+        out.append(
+            Target(
+                "HTTP/2 at least as fast as HTTP/1.1",
+                "≥ 1.0x HTTP/1.1",
+                f"{h2_best / h1_best:.2f}x",
+                "met" if h2_best >= h1_best else f"missed by {(h1_best - h2_best) / h1_best:.0%}",
+            )
+        )
     else:
-        out.append(Target("HTTP/2 at least as fast as HTTP/1.1", "≥ 1.0x HTTP/1.1", "–",
-                          f"not measured ({skipped('freedom-http2-seq trivial')})"))
+        out.append(
+            Target(
+                "HTTP/2 at least as fast as HTTP/1.1",
+                "≥ 1.0x HTTP/1.1",
+                "–",
+                f"not measured ({skipped('freedom-http2-seq trivial')})",
+            )
+        )
     # Publishing.
-    at_least("batch publish, 100-byte records", _med(ctx, "publish", "freedom publish_batch", rs), 100_000, "records/s",
-             ctx.skipped.get(("publish", "freedom publish_batch"), "not run"))
-    at_least("awaited publish, 1,000 in flight", _med(ctx, "publish", "freedom awaited x1000", rs), 20_000, "records/s",
-             ctx.skipped.get(("publish", "freedom awaited x1000"), "not run"))
+    at_least(
+        "batch publish, 100-byte records",
+        _med(ctx, "publish", "freedom publish_batch", rs),
+        100_000,
+        "records/s",
+        ctx.skipped.get(("publish", "freedom publish_batch"), "not run"),
+    )
+    at_least(
+        "awaited publish, 1,000 in flight",
+        _med(ctx, "publish", "freedom awaited x1000", rs),
+        20_000,
+        "records/s",
+        ctx.skipped.get(("publish", "freedom awaited x1000"), "not run"),
+    )
     # Latency in every mode.
-    lat_cases = sorted({c for (s, c, m) in ctx.results if s == "latency" and c.startswith("freedom-")})
+    lat_cases = sorted(
+        {c for (s, c, m) in ctx.results if s == "latency" and c.startswith("freedom-")}
+    )
     for case in lat_cases:
         p99 = _med(ctx, "latency", case, "p99 ms")
         if p99 is None:
             continue
-        out.append(Target(f"p99 latency at half the max rate, {case}", "< 50 ms", f"{p99:.1f} ms",
-                          "met" if p99 < 50 else f"missed by {(p99 - 50) / 50:.0%}"))
+        out.append(
+            Target(
+                f"p99 latency at half the max rate, {case}",
+                "< 50 ms",
+                f"{p99:.1f} ms",
+                "met" if p99 < 50 else f"missed by {(p99 - 50) / 50:.0%}",
+            )
+        )
     if not lat_cases:
-        out.append(Target("p99 latency at half the max rate", "< 50 ms", "–", "not measured (run the latency scenario)"))
+        out.append(
+            Target(
+                "p99 latency at half the max rate",
+                "< 50 ms",
+                "–",
+                "not measured (run the latency scenario)",
+            )
+        )
     # Memory.
     for case in ("freedom-http1-seq slow", "freedom-http1-conc slow"):
         rss = _med(ctx, "memory", case, "peak RSS MB")
         if rss is None:
             continue
         backlog = "100,000 (quick mode)" if ctx.quick else "1,000,000"
-        out.append(Target(f"resident memory, backlog {backlog}, {case}", "< 300 MB", f"{rss:.0f} MB",
-                          "met" if rss < 300 else f"missed by {(rss - 300) / 300:.0%}"))
+        out.append(
+            Target(
+                f"resident memory, backlog {backlog}, {case}",
+                "< 300 MB",
+                f"{rss:.0f} MB",
+                "met" if rss < 300 else f"missed by {(rss - 300) / 300:.0%}",
+            )
+        )
     if any(s == "go" for (s, _c, _m) in ctx.results):
         from .scenarios import gopeer  # issue 14: against the Go peer
 
@@ -188,6 +319,7 @@ def console_table(header: list[str], rows: list[list[str]]) -> str:
 
 def ratio_cell(values: list[float]) -> str:
     med = statistics.median(values)
+
     def x(v: float) -> str:
         return f"{v:.2f}" if v >= 0.1 else f"{v:.3f}"
 

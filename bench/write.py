@@ -23,10 +23,21 @@ SCENARIO_TITLES = {
 }
 
 
-def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command: str,
-                   started: datetime.datetime, elapsed: datetime.timedelta, selected: list[str],
-                   profile: str | None, source: str) -> None:
-    mode = "quick (small record counts: a smoke check, not figures to quote)" if ctx.quick else "full"
+def write_markdown(
+    path: Path,
+    ctx: Context,
+    *,
+    machine: dict[str, str],
+    command: str,
+    started: datetime.datetime,
+    elapsed: datetime.timedelta,
+    selected: list[str],
+    profile: str | None,
+    source: str,
+) -> None:
+    mode = (
+        "quick (small record counts: a smoke check, not figures to quote)" if ctx.quick else "full"
+    )
     lines = [
         "# Benchmarks",
         "",
@@ -51,14 +62,31 @@ def write_markdown(path: Path, ctx: Context, *, machine: dict[str, str], command
         "",
     ]
     for scenario, header, rows in scenario_tables(ctx):
-        lines += [f"## {SCENARIO_TITLES.get(scenario, scenario)}", "", markdown_table(header, rows), ""]
+        lines += [
+            f"## {SCENARIO_TITLES.get(scenario, scenario)}",
+            "",
+            markdown_table(header, rows),
+            "",
+        ]
     rs = ratios(ctx)
     if rs:
-        lines += ["## Ratios (per run, then the median over runs)", "",
-                  markdown_table(["ratio", "median (min–max)"], [[r.label, ratio_cell(r.values)] for r in rs]), ""]
-    lines += ["## Targets (issues 6 and 14)", "",
-              markdown_table(["target", "goal", "measured", "status"],
-                             [[t.what, t.goal, t.measured, t.status] for t in targets(ctx)]), ""]
+        lines += [
+            "## Ratios (per run, then the median over runs)",
+            "",
+            markdown_table(
+                ["ratio", "median (min–max)"], [[r.label, ratio_cell(r.values)] for r in rs]
+            ),
+            "",
+        ]
+    lines += [
+        "## Targets (issues 6 and 14)",
+        "",
+        markdown_table(
+            ["target", "goal", "measured", "status"],
+            [[t.what, t.goal, t.measured, t.status] for t in targets(ctx)],
+        ),
+        "",
+    ]
     if ctx.skipped:
         lines += ["## Skipped", ""]
         lines += [f"- {why}: {', '.join(names)}" for why, names in skipped_by_reason(ctx).items()]

@@ -65,13 +65,15 @@ def shop_app(config_dir: Path, recorder: Recorder, topic: str = EVENT_SELL) -> f
 
         async def post_sell_goods_by(self, event_id: str) -> Response:
             request = self.runtime.request
-            status = recorder.record(Call(
-                event_id=event_id,
-                body=await request.json(),
-                headers=dict(request.headers.items()),
-                bus=dict(self.runtime.bus),
-                trace_id=self.runtime.trace_id,
-            ))
+            status = recorder.record(
+                Call(
+                    event_id=event_id,
+                    body=await request.json(),
+                    headers=dict(request.headers.items()),
+                    bus=dict(self.runtime.bus),
+                    trace_id=self.runtime.trace_id,
+                )
+            )
             return Response(status_code=status)
 
     def prepare(initiator: freedom.Initiator) -> None:

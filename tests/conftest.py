@@ -11,7 +11,6 @@ import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import pytest
 
@@ -24,6 +23,9 @@ from freedom.kafka.embedded import EmbeddedBroker  # noqa: E402
 from tests.kafka.broker import ApacheKafka  # noqa: E402
 from tests.services.kafka_tools import create_topic  # noqa: E402
 
+# The database fixtures (db_url, postgres_server) for the domain-event and outbox tests.
+pytest_plugins = ["tests.outbox.db"]
+
 _STARTS: dict[str, float] = {}
 _KEPT_LOGS: list[str] = []
 
@@ -33,7 +35,7 @@ class BrokerUnderTest:
     """What the parametrized ``broker`` fixture yields."""
 
     kind: str  # "apache" or "embedded"
-    server: Union[ApacheKafka, EmbeddedBroker] = field(repr=False)
+    server: ApacheKafka | EmbeddedBroker = field(repr=False)
 
     @property
     def bootstrap(self) -> str:
@@ -94,6 +96,7 @@ def delivery(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def new_topic() -> Iterator[Callable[..., str]]:
     """Factory ``new_topic(bootstrap, partitions=1) -> name``: create a unique topic, wait for it."""
+
     def make(bootstrap: str, partitions: int = 1, timeout: float = 30.0) -> str:
         return create_topic(bootstrap, f"test-{uuid.uuid4().hex[:12]}", partitions, timeout)
 
@@ -104,6 +107,7 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
     """Report broker start times, and where the logs of a failed session are."""
     if _STARTS:
         terminalreporter.write_line(
-            "broker start: " + ", ".join(f"{k} {v:.2f}s" for k, v in _STARTS.items()))
+            "broker start: " + ", ".join(f"{k} {v:.2f}s" for k, v in _STARTS.items())
+        )
     for line in _KEPT_LOGS:
         terminalreporter.write_line(f"broker log kept: {line}", red=True)

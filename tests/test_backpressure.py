@@ -14,9 +14,10 @@ import email.utils
 import http.server
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import pytest
 from starlette.responses import Response
@@ -24,9 +25,9 @@ from starlette.responses import Response
 from freedom.kafka.consumer.backpressure import parse_retry_after
 from freedom.kafka.consumer.delivery import result_of
 from freedom.testing import TestBroker, wait_until, write_config
+from tests.services.asgi_parts import serve_lifespan
 from tests.services.event_app import Delivery, Journal, event_app
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
-from tests.services.asgi_parts import serve_lifespan
 from tests.services.plain_http import PlainService
 from tests.test_standalone_proxy import Proxy
 
@@ -46,14 +47,20 @@ class Endpoint(PlainService):
     """A plain HTTP/1.1 service whose answer is `behaviour(call, nth)`: (status, headers, seconds
     to wait first; None: never answer until the test ends)."""
 
-    def __init__(self, behaviour: Callable[[Call, int], tuple[int, dict[str, str], float | None]]) -> None:
+    def __init__(
+        self, behaviour: Callable[[Call, int], tuple[int, dict[str, str], float | None]]
+    ) -> None:
         super().__init__()
         self.calls: list[Call] = []
         self.behaviour = behaviour
 
     def on_post(self, request: http.server.BaseHTTPRequestHandler, body: bytes) -> None:
-        call = Call(request.path, request.headers.get("x-message-key", ""), request.headers.get("x-retry-count", ""),
-                    time.monotonic())
+        call = Call(
+            request.path,
+            request.headers.get("x-message-key", ""),
+            request.headers.get("x-retry-count", ""),
+            time.monotonic(),
+        )
         with self.lock:
             nth = sum(1 for c in self.calls if c.key == call.key)
             self.calls.append(call)
@@ -89,22 +96,45 @@ def endpoint() -> Iterator[Endpoint]:
         yield e
 
 
-def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(apache_kafka, new_topic, tmp_path,
-                                                                             endpoint):
+def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(
+    apache_kafka, new_topic, tmp_path, endpoint
+):
     bootstrap = apache_kafka.bootstrap
     bp, rate, slow, fast, hol = (new_topic(bootstrap) for _ in range(5))
     group = f"bp-{uuid.uuid4().hex[:8]}"
     base = f"http://127.0.0.1:{endpoint.port}"
-    config = write_config(tmp_path / "conf", kafka={
-        "consumer_clients": [{"servers": [bootstrap], "group_id": group, "retry_group_id": f"r-{group}",
-                              "retry_count": 1, "retry_interval_sec": 0.5, "settings": {"session.timeout.ms": 6000}}],
-        "subscriptions": [
-            {"topic": bp, "url": base + "/bp/{key}", "backpressure_max_sec": 1.5},
-            {"topic": rate, "url": base + "/rate/{key}", "mode": "concurrent", "rate_limit_per_sec": 5},
-            {"topic": slow, "url": base + "/slow/{key}", "mode": "concurrent", "max_concurrency": 2},
-            {"topic": fast, "url": base + "/fast/{key}", "mode": "concurrent"},
-            {"topic": hol, "url": base + "/hol/{key}", "head_of_line_timeout_sec": 2},
-        ]})
+    config = write_config(
+        tmp_path / "conf",
+        kafka={
+            "consumer_clients": [
+                {
+                    "servers": [bootstrap],
+                    "group_id": group,
+                    "retry_group_id": f"r-{group}",
+                    "retry_count": 1,
+                    "retry_interval_sec": 0.5,
+                    "settings": {"session.timeout.ms": 6000},
+                }
+            ],
+            "subscriptions": [
+                {"topic": bp, "url": base + "/bp/{key}", "backpressure_max_sec": 1.5},
+                {
+                    "topic": rate,
+                    "url": base + "/rate/{key}",
+                    "mode": "concurrent",
+                    "rate_limit_per_sec": 5,
+                },
+                {
+                    "topic": slow,
+                    "url": base + "/slow/{key}",
+                    "mode": "concurrent",
+                    "max_concurrency": 2,
+                },
+                {"topic": fast, "url": base + "/fast/{key}", "mode": "concurrent"},
+                {"topic": hol, "url": base + "/hol/{key}", "head_of_line_timeout_sec": 2},
+            ],
+        },
+    )
     proxy = Proxy(config, tmp_path / "proxy.log")
     try:
         proxy.wait_ready()
@@ -115,11 +145,18 @@ def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(apac
         produce(bootstrap, rate, [{"key": f"R{i}".encode(), "value": b"v"} for i in range(8)])
 
         # Concurrency: the slow subscription has at most 2 calls at once; the fast one is not held up by it.
-        wait_until(lambda: len(endpoint.of("/fast/")) == 5, 20, what="the fast subscription's five records")
-        slow_calls = wait_until(lambda: (c := endpoint.of("/slow/")) and len(c) == 6 and all(x.done for x in c) and c,
-                                30, what="the slow subscription's six records")
+        wait_until(
+            lambda: len(endpoint.of("/fast/")) == 5, 20, what="the fast subscription's five records"
+        )
+        slow_calls = wait_until(
+            lambda: (c := endpoint.of("/slow/")) and len(c) == 6 and all(x.done for x in c) and c,
+            30,
+            what="the slow subscription's six records",
+        )
         fast_done = max(c.at for c in endpoint.of("/fast/"))
-        assert fast_done < sorted(c.at for c in slow_calls)[4], "the fast records waited for the slow ones"
+        assert fast_done < sorted(c.at for c in slow_calls)[4], (
+            "the fast records waited for the slow ones"
+        )
         events = sorted([(c.at, 1) for c in slow_calls] + [(c.done or 0.0, -1) for c in slow_calls])
         running, most = 0, 0
         for _, step in events:
@@ -130,19 +167,30 @@ def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(apac
         # Rate: 8 records at 5 per second start 0.2 s apart: 1.4 s from the first to the last (without
         # the limit they arrive within a few ms). Measured where they arrive: a first request that
         # is late (a new connection on a loaded machine; seen: 0.2 s) shortens the span, hence 1.0.
-        rated = wait_until(lambda: (c := endpoint.of("/rate/")) and len(c) == 8 and c, 20, what="the rated records")
+        rated = wait_until(
+            lambda: (c := endpoint.of("/rate/")) and len(c) == 8 and c, 20, what="the rated records"
+        )
         span = rated[-1].at - rated[0].at
         assert 1.0 <= span <= 4.5, f"8 deliveries at 5/s took {span:.2f} s"
 
         # Retry-After: K's second delivery comes after the pause, as the same attempt, not via retry-T.
-        wait_until(lambda: len([c for c in endpoint.of("/bp/") if c.key == "L"]) == 3, 30,
-                   what="L delivered three times (twice held, then from the retry topic)")
+        wait_until(
+            lambda: len([c for c in endpoint.of("/bp/") if c.key == "L"]) == 3,
+            30,
+            what="L delivered three times (twice held, then from the retry topic)",
+        )
         k_calls = [c for c in endpoint.of("/bp/") if c.key == "K"]
         assert [c.retry for c in k_calls] == ["0", "0"]
         gap = k_calls[1].at - k_calls[0].at
-        assert 1.0 <= gap < 4.0, f"K was delivered again {gap:.2f} s after its 429 with Retry-After: 1"
+        assert 1.0 <= gap < 4.0, (
+            f"K was delivered again {gap:.2f} s after its 429 with Retry-After: 1"
+        )
         l_calls = [c for c in endpoint.of("/bp/") if c.key == "L"]
-        assert [c.retry for c in l_calls] == ["0", "0", "1"]  # held once; the second 429 passed the 1.5 s limit
+        assert [c.retry for c in l_calls] == [
+            "0",
+            "0",
+            "1",
+        ]  # held once; the second 429 passed the 1.5 s limit
         assert l_calls[0].at - k_calls[1].at < 2.0 and l_calls[1].at - l_calls[0].at >= 1.0
         retried = read_topic(bootstrap, f"retry-{bp}", expect=1, settle=0.5, timeout=20)
         assert [m.key() for m in retried] == [b"L"]  # K never went there
@@ -153,16 +201,37 @@ def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(apac
         moved = read_topic(bootstrap, f"retry-{hol}", expect=1, settle=0.5, timeout=30)
         assert [m.key() for m in moved] == [b"STUCK"]
         h = headers_of(moved[0])
-        assert h["x-freedom-error"].startswith("HeadOfLineGuard: not settled 2 s after its first delivery started")
+        assert h["x-freedom-error"].startswith(
+            "HeadOfLineGuard: not settled 2 s after its first delivery started"
+        )
         assert h["x-retry-count"] == "1" and "x-freedom-status" not in h
-        hol_calls = wait_until(lambda: (c := endpoint.of("/hol/")) and len(c) == 4 and c, 20,
-                               what="H1, H2 and STUCK's retry delivered")
-        assert sorted((c.key, c.retry) for c in hol_calls) == [("H1", "0"), ("H2", "0"), ("STUCK", "0"), ("STUCK", "1")]
-        assert hol_calls[0].key == "STUCK" and [c.key for c in hol_calls if c.key != "STUCK"] == ["H1", "H2"]
+        hol_calls = wait_until(
+            lambda: (c := endpoint.of("/hol/")) and len(c) == 4 and c,
+            20,
+            what="H1, H2 and STUCK's retry delivered",
+        )
+        assert sorted((c.key, c.retry) for c in hol_calls) == [
+            ("H1", "0"),
+            ("H2", "0"),
+            ("STUCK", "0"),
+            ("STUCK", "1"),
+        ]
+        assert hol_calls[0].key == "STUCK" and [c.key for c in hol_calls if c.key != "STUCK"] == [
+            "H1",
+            "H2",
+        ]
         waited = next(c for c in hol_calls if c.key == "H1").at - hol_calls[0].at
         assert 2.0 <= waited < 6.0, f"the partition was held {waited:.2f} s by the stuck record"
-        wait_until(lambda: committed(bootstrap, group, hol) == [3], 20, what="the head-of-line topic's commit")
-        wait_until(lambda: committed(bootstrap, group, bp) == [2], 20, what="the backpressure topic's commit")
+        wait_until(
+            lambda: committed(bootstrap, group, hol) == [3],
+            20,
+            what="the head-of-line topic's commit",
+        )
+        wait_until(
+            lambda: committed(bootstrap, group, bp) == [2],
+            20,
+            what="the backpressure topic's commit",
+        )
     finally:
         endpoint.release.set()
         proxy.stop()
@@ -189,9 +258,16 @@ async def test_a_service_topic_table_honours_retry_after_in_process(tmp_path):
             return Response(status_code=503, headers={"Retry-After": "1"})
         return Response(status_code=200)
 
-    write_config(tmp_path, kafka={"consumer": {"open": True}, "producer": {"open": True},
-                                  "consumer_clients": [{"retry_count": 2, "mode": "concurrent",
-                                                        "topics": {topic: {"max_concurrency": 1}}}]})
+    write_config(
+        tmp_path,
+        kafka={
+            "consumer": {"open": True},
+            "producer": {"open": True},
+            "consumer_clients": [
+                {"retry_count": 2, "mode": "concurrent", "topics": {topic: {"max_concurrency": 1}}}
+            ],
+        },
+    )
     async with TestBroker(event_app(tmp_path, journal, topic, behave)) as broker:
         for key in ("P1", "P2", "P3"):
             broker.publish(topic, b'{"id": 1}', key=key)
@@ -219,9 +295,16 @@ async def test_with_retry_count_0_the_guard_dead_letters_a_stuck_or_always_faili
             await never.wait()
         return 500 if call.key == "FAILS" else 200
 
-    write_config(tmp_path, kafka={"consumer": {"open": True}, "producer": {"open": True},
-                                  "consumer_clients": [{"retry_count": 0,
-                                                        "topics": {topic: {"head_of_line_timeout_sec": 1}}}]})
+    write_config(
+        tmp_path,
+        kafka={
+            "consumer": {"open": True},
+            "producer": {"open": True},
+            "consumer_clients": [
+                {"retry_count": 0, "topics": {topic: {"head_of_line_timeout_sec": 1}}}
+            ],
+        },
+    )
     async with TestBroker(event_app(tmp_path, journal, topic, behave)) as broker:
         for key in ("STUCK", "FAILS", "OK"):
             broker.publish(topic, b'{"id": 1}', key=key)
@@ -230,11 +313,19 @@ async def test_with_retry_count_0_the_guard_dead_letters_a_stuck_or_always_faili
         assert [d.key() for d in dead] == [b"STUCK", b"FAILS"]
         for d in dead:
             error = d.header("x-freedom-error")
-            assert error.startswith("HeadOfLineGuard: not settled 1 s after its first delivery started"), error
-            assert error.endswith("retry_count = 0: moved to the dead-letter topic by the guard"), error
-        assert len(journal.of("event", "STUCK")) == 1 and len(journal.of("event", "FAILS")) >= 2  # delivered again in place
+            assert error.startswith(
+                "HeadOfLineGuard: not settled 1 s after its first delivery started"
+            ), error
+            assert error.endswith("retry_count = 0: moved to the dead-letter topic by the guard"), (
+                error
+            )
+        assert (
+            len(journal.of("event", "STUCK")) == 1 and len(journal.of("event", "FAILS")) >= 2
+        )  # delivered again in place
         ok = journal.of("event", "OK")
-        assert len(ok) == 1 and ok[0].at - journal.of("event", "STUCK")[0].at >= 2.0  # two guards of 1 s before it
+        assert (
+            len(ok) == 1 and ok[0].at - journal.of("event", "STUCK")[0].at >= 2.0
+        )  # two guards of 1 s before it
         assert broker.committed(topic) == 3
 
 
@@ -246,7 +337,9 @@ def test_retry_after_is_seconds_or_an_http_date_on_429_and_503_only():
     assert parse_retry_after("1") == 1.0 and parse_retry_after(b" 120 ") == 120.0
     assert abs(parse_retry_after(email.utils.formatdate(now + 30, usegmt=True), now) - 30) < 1.5
     assert parse_retry_after(email.utils.formatdate(now - 30, usegmt=True), now) == 0.0
-    asctime = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(now + 30))  # RFC 9110's third form, GMT
+    asctime = time.strftime(
+        "%a %b %d %H:%M:%S %Y", time.gmtime(now + 30)
+    )  # RFC 9110's third form, GMT
     assert abs(parse_retry_after(asctime, now) - 30) < 1.5
     for bad in ("", "soon", "-1", "1.5", "1e3", "٣", "Wed, 99 Foo 2026 00:00:00 GMT", "x" * 100):
         assert parse_retry_after(bad) is None, bad
@@ -264,8 +357,12 @@ async def test_the_gate_gives_back_what_waiters_that_left_had_reserved():
 
     gate = Gate(rate_per_sec=10, max_concurrency=2)
     kept, lost = asyncio.Event(), asyncio.Event()
-    assert await gate.enter(kept) and await gate.enter(kept)  # both places taken (the first two turns)
-    waiting = [asyncio.ensure_future(gate.enter(lost)) for _ in range(20)]  # would queue 2 s of turns
+    assert await gate.enter(kept) and await gate.enter(
+        kept
+    )  # both places taken (the first two turns)
+    waiting = [
+        asyncio.ensure_future(gate.enter(lost)) for _ in range(20)
+    ]  # would queue 2 s of turns
     await asyncio.sleep(0.05)
     lost.set()
     assert await asyncio.gather(*waiting) == [False] * 20
@@ -297,7 +394,9 @@ def test_every_transport_reads_retry_after():
             return await serve_lifespan(receive, send)
         await receive()
         status = int(scope["path"].rsplit("/", 1)[-1])
-        await send({"type": "http.response.start", "status": status, "headers": [(b"retry-after", b"7")]})
+        await send(
+            {"type": "http.response.start", "status": status, "headers": [(b"retry-after", b"7")]}
+        )
         await send({"type": "http.response.body", "body": b""})
 
     port = free_port()
@@ -313,7 +412,9 @@ def test_every_transport_reads_retry_after():
             assert await transports[0].wait_until_reachable(loop.time() + 30, asyncio.Event())
             for transport in transports:
                 for status in (429, 503, 500):
-                    result = await transport.deliver(EventRoute("t", f"/s/{status}", None), "k", b"", [], 0)
+                    result = await transport.deliver(
+                        EventRoute("t", f"/s/{status}", None), "k", b"", [], 0
+                    )
                     assert result.status == status, result
                     seen.append(result.retry_after)
         finally:
@@ -326,20 +427,55 @@ def test_every_transport_reads_retry_after():
     assert asyncio.run(main()) == [7.0, 7.0, None] * 3
 
 
-@pytest.mark.parametrize("where, entry, expected", [
-    ("sub", {"rate_limit_per_sec": 0}, "subscriptions[0].rate_limit_per_sec: must be a number of deliveries per second"),
-    ("sub", {"max_concurrency": 0}, "subscriptions[0].max_concurrency: must be 1 or more"),
-    ("sub", {"head_of_line_timeout_sec": 0}, "subscriptions[0].head_of_line_timeout_sec: must be greater than 0"),
-    ("sub", {"backpressure_max_sec": -1}, "subscriptions[0].backpressure_max_sec: must not be negative"),
-    ("sub", {"retry_after_max_sec": "1"}, "subscriptions[0].retry_after_max_sec: must be a number"),
-    ("topic", {"max_concurrency": 0}, 'consumer_clients[0].topics."orders".max_concurrency: must be 1 or more'),
-    ("topic", {"rate_limit_per_sec": float("inf")}, 'topics."orders".rate_limit_per_sec: must be a number'),
-    ("client", {"retry_fail_prefix": "", "head_of_line_timeout_sec": 5},
-     "consumer_clients[0].head_of_line_timeout_sec: the guard moves a stuck record to its retry or dead-letter topic"),
-    ("sub", {"head_of_line_timeout_sec": 5, "retry_count": 0, "_client": {"retry_fail_prefix": ""}},
-     "subscriptions[0].head_of_line_timeout_sec: the guard moves a stuck record"),
-])
-def test_a_wrong_backpressure_key_is_one_line_naming_it(tmp_path: Path, capsys, where, entry, expected):
+@pytest.mark.parametrize(
+    "where, entry, expected",
+    [
+        (
+            "sub",
+            {"rate_limit_per_sec": 0},
+            "subscriptions[0].rate_limit_per_sec: must be a number of deliveries per second",
+        ),
+        ("sub", {"max_concurrency": 0}, "subscriptions[0].max_concurrency: must be 1 or more"),
+        (
+            "sub",
+            {"head_of_line_timeout_sec": 0},
+            "subscriptions[0].head_of_line_timeout_sec: must be greater than 0",
+        ),
+        (
+            "sub",
+            {"backpressure_max_sec": -1},
+            "subscriptions[0].backpressure_max_sec: must not be negative",
+        ),
+        (
+            "sub",
+            {"retry_after_max_sec": "1"},
+            "subscriptions[0].retry_after_max_sec: must be a number",
+        ),
+        (
+            "topic",
+            {"max_concurrency": 0},
+            'consumer_clients[0].topics."orders".max_concurrency: must be 1 or more',
+        ),
+        (
+            "topic",
+            {"rate_limit_per_sec": float("inf")},
+            'topics."orders".rate_limit_per_sec: must be a number',
+        ),
+        (
+            "client",
+            {"retry_fail_prefix": "", "head_of_line_timeout_sec": 5},
+            "consumer_clients[0].head_of_line_timeout_sec: the guard moves a stuck record to its retry or dead-letter topic",
+        ),
+        (
+            "sub",
+            {"head_of_line_timeout_sec": 5, "retry_count": 0, "_client": {"retry_fail_prefix": ""}},
+            "subscriptions[0].head_of_line_timeout_sec: the guard moves a stuck record",
+        ),
+    ],
+)
+def test_a_wrong_backpressure_key_is_one_line_naming_it(
+    tmp_path: Path, capsys, where, entry, expected
+):
     from freedom.cli.main import main
 
     entry = dict(entry)

@@ -27,17 +27,36 @@ class _Seen:
 
     def add(self, batch: freedom.Batch) -> None:
         with self.lock:
-            self.batches.append([{"key": (r.key or b"").decode(), "retry": r.retry_count, "offset": r.offset,
-                                  "topic": r.topic, "value": r.data, "action": r.header("x-action")}
-                                 for r in batch.records])
+            self.batches.append(
+                [
+                    {
+                        "key": (r.key or b"").decode(),
+                        "retry": r.retry_count,
+                        "offset": r.offset,
+                        "topic": r.topic,
+                        "value": r.data,
+                        "action": r.header("x-action"),
+                    }
+                    for r in batch.records
+                ]
+            )
 
     def records(self) -> list[dict[str, Any]]:
         with self.lock:
             return [r for b in self.batches for r in b]
 
 
-def _service(tmp_path: Path, bootstrap: str, topic: str, seen: _Seen, gate: threading.Event, delivery: str,
-             group: str, *, http2: bool = False) -> ServiceThread:
+def _service(
+    tmp_path: Path,
+    bootstrap: str,
+    topic: str,
+    seen: _Seen,
+    gate: threading.Event,
+    delivery: str,
+    group: str,
+    *,
+    http2: bool = False,
+) -> ServiceThread:
     class OrderController:
         async def post_orders(self, batch: freedom.Batch) -> dict[str, Any]:
             seen.add(batch)
@@ -56,15 +75,40 @@ def _service(tmp_path: Path, bootstrap: str, topic: str, seen: _Seen, gate: thre
 
     def prepare(initiator: freedom.Initiator) -> None:
         initiator.bind_controller("/shop", OrderController)
-        initiator.listen_event(topic, "OrderController.post_orders",
-                               batch=freedom.BatchSettings(max_records=5, max_wait_ms=50))
+        initiator.listen_event(
+            topic,
+            "OrderController.post_orders",
+            batch=freedom.BatchSettings(max_records=5, max_wait_ms=50),
+        )
 
     port = free_port()
-    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka=kafka_config(bootstrap, port, group_id=group, delivery=delivery, retry_group_id=f"r-{group}",
-                                    retry_count=1, retry_interval_sec=0.5, mode="concurrent", max_in_flight=50,
-                                    settings={"session.timeout.ms": 6000}) | ({"consumer": {"open": True,
-                 "proxy_addr": f"http://127.0.0.1:{port}", "proxy_http2": True}} if http2 else {}))
+    write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=group,
+            delivery=delivery,
+            retry_group_id=f"r-{group}",
+            retry_count=1,
+            retry_interval_sec=0.5,
+            mode="concurrent",
+            max_in_flight=50,
+            settings={"session.timeout.ms": 6000},
+        )
+        | (
+            {
+                "consumer": {
+                    "open": True,
+                    "proxy_addr": f"http://127.0.0.1:{port}",
+                    "proxy_http2": True,
+                }
+            }
+            if http2
+            else {}
+        ),
+    )
     return ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[prepare]))
 
 
@@ -76,31 +120,54 @@ def test_batches_settle_each_record_on_its_own(apache_kafka, new_topic, tmp_path
     plain = [f"K{i:02d}" for i in range(17)]
     with _service(tmp_path, bootstrap, topic, seen, gate, delivery, group):
         [slow] = produce(bootstrap, topic, [{"key": b"K-SLOW", "value": b'{"n": -1}'}])
-        wait_until(lambda: any(r["key"] == "K-SLOW" for r in seen.records()), 20, what="the slow record's batch")
+        wait_until(
+            lambda: any(r["key"] == "K-SLOW" for r in seen.records()),
+            20,
+            what="the slow record's batch",
+        )
         keys = plain[:8] + ["K-RETRY", "K-DEAD", "K-DROP"] + plain[8:]
-        sent = produce(bootstrap, topic, [{"key": k.encode(), "value": b'{"n": 1}', "headers": [("x-action", b"buy")]}
-                                          for k in keys])
+        sent = produce(
+            bootstrap,
+            topic,
+            [
+                {"key": k.encode(), "value": b'{"n": 1}', "headers": [("x-action", b"buy")]}
+                for k in keys
+            ],
+        )
         end = sent[-1].offset() + 1
-        wait_until(lambda: {r["key"] for r in seen.records()} >= set(keys)
-                   and any(r["key"] == "K-RETRY" and r["retry"] == 1 for r in seen.records()), 30,
-                   what="every record, and K-RETRY again from the retry topic")
+        wait_until(
+            lambda: (
+                {r["key"] for r in seen.records()} >= set(keys)
+                and any(r["key"] == "K-RETRY" and r["retry"] == 1 for r in seen.records())
+            ),
+            30,
+            what="every record, and K-RETRY again from the retry topic",
+        )
         dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.5)
         # Every later record settled, but K-SLOW has not: the commit stays at it.
         assert committed(bootstrap, group, topic) == [slow.offset()]
         gate.set()
-        wait_until(lambda: committed(bootstrap, group, topic) == [end], 20, what="the commit to the end")
+        wait_until(
+            lambda: committed(bootstrap, group, topic) == [end], 20, what="the commit to the end"
+        )
         retries = read_topic(bootstrap, f"retry-{topic}", expect=1, settle=0.5)
     batches = seen.batches
     assert all(1 <= len(b) <= 5 for b in batches), [len(b) for b in batches]
     assert any(len(b) > 1 for b in batches), "records were never batched"
     main = [(r["key"], r["retry"]) for r in seen.records() if r["topic"] == topic]
-    assert sorted(main) == sorted((k, 0) for k in ["K-SLOW", *keys]), "each record once from the main topic"
+    assert sorted(main) == sorted((k, 0) for k in ["K-SLOW", *keys]), (
+        "each record once from the main topic"
+    )
     again = [r for r in seen.records() if r["topic"] == f"retry-{topic}"]
-    assert [(r["key"], r["retry"], r["value"], r["action"]) for r in again] == [("K-RETRY", 1, b'{"n": 1}', "buy")]
+    assert [(r["key"], r["retry"], r["value"], r["action"]) for r in again] == [
+        ("K-RETRY", 1, b'{"n": 1}', "buy")
+    ]
     assert [r.key() for r in retries] == [b"K-RETRY"]
     assert [r.key() for r in dead] == [b"K-DEAD"]
     h = headers_of(dead[0])
-    assert h["x-freedom-error"] == "batch answer, handler asked: dead-letter (amount must be positive)"
+    assert (
+        h["x-freedom-error"] == "batch answer, handler asked: dead-letter (amount must be positive)"
+    )
     assert "x-freedom-status" not in h  # the batch request's 200 is not this record's outcome
     assert h["x-action"] == "buy"
     assert h["x-freedom-original-offset"] == str(sent[keys.index("K-DEAD")].offset())
@@ -110,31 +177,67 @@ def test_batches_settle_each_record_on_its_own(apache_kafka, new_topic, tmp_path
 
 
 def test_handler_helper_and_the_answer_rule():
-    batch = freedom.Batch.model_validate({"topic": "t", "records": [
-        {"id": "0-1", "event_id": "k1", "value": '{"a": 1}', "headers": [["x-message-key", "k1"], ["x-a", "b"]]},
-        {"id": "0-2", "event_id": "~b64.AP8", "value": "AP8=", "value_encoding": "base64",
-         "headers": [["x-freedom-key", "AP8"]]},
-    ]})
+    batch = freedom.Batch.model_validate(
+        {
+            "topic": "t",
+            "records": [
+                {
+                    "id": "0-1",
+                    "event_id": "k1",
+                    "value": '{"a": 1}',
+                    "headers": [["x-message-key", "k1"], ["x-a", "b"]],
+                },
+                {
+                    "id": "0-2",
+                    "event_id": "~b64.AP8",
+                    "value": "AP8=",
+                    "value_encoding": "base64",
+                    "headers": [["x-freedom-key", "AP8"]],
+                },
+            ],
+        }
+    )
     one, two = batch.records
-    assert one.load() == {"a": 1} and one.parse(dict) == {"a": 1} and one.key == b"k1" and one.header("X-A") == "b"
+    assert (
+        one.load() == {"a": 1}
+        and one.parse(dict) == {"a": 1}
+        and one.key == b"k1"
+        and one.header("X-A") == "b"
+    )
     assert two.data == b"\x00\xff" and two.key == b"\x00\xff"
     batch.dead_letter(two, "bad")
     answer = batch.answer()
-    assert answer == {"statuses": [{"id": "0-1", "status": "ok"}, {"id": "0-2", "status": "dead-letter", "reason": "bad"}]}
+    assert answer == {
+        "statuses": [
+            {"id": "0-1", "status": "ok"},
+            {"id": "0-2", "status": "dead-letter", "reason": "bad"},
+        ]
+    }
     ids = ["0-1", "0-2", "0-3"]
-    ok = RawAnswer(200, None, None, json.dumps({"statuses": [*answer["statuses"], {"id": "0-3", "status": "bogus"}]}).encode())
+    ok = RawAnswer(
+        200,
+        None,
+        None,
+        json.dumps({"statuses": [*answer["statuses"], {"id": "0-3", "status": "bogus"}]}).encode(),
+    )
     r1, r2, r3 = results_of(ok, ids)
     assert r1.ok and r2.outcome == "dead-letter" and r2.reason == "bad"
     assert r2.status is None and r2.describe() == "batch answer, handler asked: dead-letter (bad)"
     assert not r3.ok and "bogus" in (r3.error or "")
     # A whole-request failure counts for every record; so does an answer that is not the envelope.
-    assert all(not r.ok and r.status == 503 for r in results_of(RawAnswer(503, None, None, b""), ids))
+    assert all(
+        not r.ok and r.status == 503 for r in results_of(RawAnswer(503, None, None, b""), ids)
+    )
     assert all(r.outcome == "retry" for r in results_of(RawAnswer(200, "retry", "later", b""), ids))
     assert all(not r.ok for r in results_of(RawAnswer(200, None, None, b"<html>"), ids))
     assert all(not r.ok for r in results_of(DeliveryResult(error="ConnectError"), ids))
     # A record the statuses leave out is retried; an empty 2xx answer is ok for all.
-    assert [r.ok for r in results_of(RawAnswer(200, None, None, b'{"statuses": [{"id": "0-2", "status": "ok"}]}'), ids)] \
-        == [False, True, False]
+    assert [
+        r.ok
+        for r in results_of(
+            RawAnswer(200, None, None, b'{"statuses": [{"id": "0-2", "status": "ok"}]}'), ids
+        )
+    ] == [False, True, False]
     assert all(r.ok for r in results_of(RawAnswer(204, None, None, b""), ids))
     with pytest.raises(freedom.RouteError):
         freedom.BatchSettings(max_records=0)
@@ -144,8 +247,11 @@ def test_sequential_batches_hold_one_partition_in_offset_order(apache_kafka, new
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=2)
     group = f"g-{uuid.uuid4().hex[:8]}"
-    sent = produce(bootstrap, topic, [{"key": f"S{i:02d}".encode(), "value": b"{}", "partition": i % 2}
-                                      for i in range(24)])
+    sent = produce(
+        bootstrap,
+        topic,
+        [{"key": f"S{i:02d}".encode(), "value": b"{}", "partition": i % 2} for i in range(24)],
+    )
     seen = _Seen()
 
     class SeqController:
@@ -155,14 +261,31 @@ def test_sequential_batches_hold_one_partition_in_offset_order(apache_kafka, new
 
     def prepare(initiator: freedom.Initiator) -> None:
         initiator.bind_controller("/seq", SeqController)
-        initiator.listen_event(topic, "SeqController.post_seq", batch=freedom.BatchSettings(max_records=4, max_wait_ms=20))
+        initiator.listen_event(
+            topic,
+            "SeqController.post_seq",
+            batch=freedom.BatchSettings(max_records=4, max_wait_ms=20),
+        )
 
     port = free_port()
-    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka=kafka_config(bootstrap, port, group_id=group, delivery="inprocess", initial_offset="earliest",
-                                    settings={"session.timeout.ms": 6000}))
+    write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=group,
+            delivery="inprocess",
+            initial_offset="earliest",
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     with ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[prepare])):
-        wait_until(lambda: committed(bootstrap, group, topic, 2) == [12, 12], 30, what="the commits to the end")
+        wait_until(
+            lambda: committed(bootstrap, group, topic, 2) == [12, 12],
+            30,
+            what="the commits to the end",
+        )
     assert sorted(r["key"] for r in seen.records()) == sorted(m.key().decode() for m in sent)
     partition_of = {m.key().decode(): m.partition() for m in sent}
     for batch in seen.batches:
@@ -172,7 +295,9 @@ def test_sequential_batches_hold_one_partition_in_offset_order(apache_kafka, new
         assert offsets == list(range(offsets[0], offsets[0] + len(offsets))), "in offset order"
     assert any(len(b) > 1 for b in seen.batches)
     for p in (0, 1):  # batch after batch, each partition's records came in order, once
-        assert [r["offset"] for b in seen.batches for r in b if partition_of[r["key"]] == p] == list(range(12))
+        assert [
+            r["offset"] for b in seen.batches for r in b if partition_of[r["key"]] == p
+        ] == list(range(12))
 
 
 def test_batches_over_http2_cleartext(apache_kafka, new_topic, tmp_path):
@@ -184,10 +309,16 @@ def test_batches_over_http2_cleartext(apache_kafka, new_topic, tmp_path):
     keys = ["K-DEAD", *[f"H{i}" for i in range(7)]]
     with _service(tmp_path, bootstrap, topic, seen, gate, "http", group, http2=True):
         sent = produce(bootstrap, topic, [{"key": k.encode(), "value": b"{}"} for k in keys])
-        wait_until(lambda: committed(bootstrap, group, topic) == [sent[-1].offset() + 1], 30, what="the commits")
+        wait_until(
+            lambda: committed(bootstrap, group, topic) == [sent[-1].offset() + 1],
+            30,
+            what="the commits",
+        )
         dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.3)
     assert sorted(r["key"] for r in seen.records()) == sorted(keys)
-    assert [d.key() for d in dead] == [b"K-DEAD"] and "amount must be positive" in headers_of(dead[0])["x-freedom-error"]
+    assert [d.key() for d in dead] == [b"K-DEAD"] and "amount must be positive" in headers_of(
+        dead[0]
+    )["x-freedom-error"]
 
 
 def test_a_batch_killed_before_its_answer_is_delivered_again(apache_kafka, new_topic, tmp_path):
@@ -200,37 +331,67 @@ def test_a_batch_killed_before_its_answer_is_delivered_again(apache_kafka, new_t
     topic = new_topic(bootstrap)
     group = f"k-{uuid.uuid4().hex[:8]}"
     port = free_port()
-    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
-                          kafka=kafka_config(bootstrap, port, group_id=group, mode="concurrent",
-                                             settings={"session.timeout.ms": 6000}))
+    config = write_config(
+        tmp_path / "conf",
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=group,
+            mode="concurrent",
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
 
     def start(**env: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "batch_service:app", "--config", str(config)],
-                                cwd=Path(__file__).parent / "services", stdout=log.open("ab"), stderr=subprocess.STDOUT,
-                                env={**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, **env},
-                                start_new_session=True)
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "freedom.cli.main",
+                "run",
+                "batch_service:app",
+                "--config",
+                str(config),
+            ],
+            cwd=Path(__file__).parent / "services",
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, **env},
+            start_new_session=True,
+        )
 
     def got() -> list[dict[str, Any]]:
         return [json.loads(x) for x in records.read_text().splitlines()] if records.exists() else []
 
     proc = start(HANG_AFTER_RECORD="1")
     try:
-        wait_until(lambda: log.exists() and "assigned" in log.read_text(), 60, what=f"the group joined (log: {log})")
+        wait_until(
+            lambda: log.exists() and "assigned" in log.read_text(),
+            60,
+            what=f"the group joined (log: {log})",
+        )
         keys = [f"B{i}" for i in range(6)]
         produce(bootstrap, topic, [{"key": k.encode(), "value": b"{}"} for k in keys])
         wait_until(lambda: len(got()) == 6, 30, what="the batch received")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(30)
-    assert committed(bootstrap, group, topic)[0] <= 0, "nothing of the unanswered batch is committed"
+    assert committed(bootstrap, group, topic)[0] <= 0, (
+        "nothing of the unanswered batch is committed"
+    )
     proc = start()
     try:
         wait_until(lambda: len(got()) >= 12, 60, what=f"the batch delivered again (log: {log})")
-        wait_until(lambda: committed(bootstrap, group, topic) == [6], 20, what="the commit to the end")
+        wait_until(
+            lambda: committed(bootstrap, group, topic) == [6], 20, what="the commit to the end"
+        )
     finally:
         os.killpg(proc.pid, signal.SIGTERM)
         code = proc.wait(30)
     assert code == 0
     lines = got()
-    assert sorted(r["key"] for r in lines[6:]) == sorted(keys) and len({r["pid"] for r in lines}) == 2
+    assert (
+        sorted(r["key"] for r in lines[6:]) == sorted(keys) and len({r["pid"] for r in lines}) == 2
+    )

@@ -15,17 +15,28 @@ from tests.kafka.broker import ApacheKafka
 pytestmark = pytest.mark.timeout(180)
 
 # session.timeout.ms: 6000 is Apache's minimum; Tansu's first JoinGroup takes about half of it.
-GROUP_CONF = {"enable.auto.commit": False, "auto.offset.reset": "earliest",
-              "session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}
+GROUP_CONF = {
+    "enable.auto.commit": False,
+    "auto.offset.reset": "earliest",
+    "session.timeout.ms": 6000,
+    "heartbeat.interval.ms": 1000,
+}
 
 
-def produce(bootstrap: str, topic: str, records: list[tuple[int, bytes, list[tuple[str, bytes]]]]) -> None:
+def produce(
+    bootstrap: str, topic: str, records: list[tuple[int, bytes, list[tuple[str, bytes]]]]
+) -> None:
     """Produce (partition, value, headers) records and fail on any delivery error."""
     producer = Producer({"bootstrap.servers": bootstrap, "acks": "all"})
     errors: list[object] = []
     for partition, value, headers in records:
-        producer.produce(topic, value=value, partition=partition, headers=headers,
-                         on_delivery=lambda err, _msg: errors.append(err) if err else None)
+        producer.produce(
+            topic,
+            value=value,
+            partition=partition,
+            headers=headers,
+            on_delivery=lambda err, _msg: errors.append(err) if err else None,
+        )
     assert producer.flush(30) == 0, "records not delivered within 30 s"
     assert errors == []
 
@@ -44,28 +55,40 @@ def consume(consumer: Consumer, count: int, timeout: float = 60.0) -> list[Messa
     return got
 
 
-def committed(consumer: Consumer, topic: str, partitions: int, timeout: float = 30.0) -> dict[int, int]:
+def committed(
+    consumer: Consumer, topic: str, partitions: int, timeout: float = 30.0
+) -> dict[int, int]:
     """Committed offsets per partition, retried until the group coordinator answers."""
     deadline = time.monotonic() + timeout
     while True:
         try:
-            tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=5)
+            tps = consumer.committed(
+                [TopicPartition(topic, p) for p in range(partitions)], timeout=5
+            )
             return {tp.partition: tp.offset for tp in tps}
         except Exception:
             if time.monotonic() > deadline:
                 raise
 
 
-def test_headers_group_and_manual_commit(broker: BrokerUnderTest,
-                                         new_topic: Callable[..., str]) -> None:
+def test_headers_group_and_manual_commit(
+    broker: BrokerUnderTest, new_topic: Callable[..., str]
+) -> None:
     topic = new_topic(broker.bootstrap, partitions=2)
-    records = [(0, b"a", [("n", b"0"), ("dup", b"x"), ("dup", b"y")]),
-               (1, b"b", [("n", b"1")]),
-               (0, b"c", [("n", b"2")])]
+    records = [
+        (0, b"a", [("n", b"0"), ("dup", b"x"), ("dup", b"y")]),
+        (1, b"b", [("n", b"1")]),
+        (0, b"c", [("n", b"2")]),
+    ]
     produce(broker.bootstrap, topic, records)
 
-    consumer = Consumer({"bootstrap.servers": broker.bootstrap,
-                         "group.id": f"g-{uuid.uuid4().hex[:8]}", **GROUP_CONF})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": broker.bootstrap,
+            "group.id": f"g-{uuid.uuid4().hex[:8]}",
+            **GROUP_CONF,
+        }
+    )
     try:
         consumer.subscribe([topic])
         got = consume(consumer, 3)
@@ -86,7 +109,9 @@ def test_restart_keeps_data(apache_kafka: ApacheKafka, new_topic: Callable[..., 
     topic = new_topic(apache_kafka.bootstrap, partitions=1)
     group = f"g-{uuid.uuid4().hex[:8]}"
     produce(apache_kafka.bootstrap, topic, [(0, b"before-1", []), (0, b"before-2", [])])
-    consumer = Consumer({"bootstrap.servers": apache_kafka.bootstrap, "group.id": group, **GROUP_CONF})
+    consumer = Consumer(
+        {"bootstrap.servers": apache_kafka.bootstrap, "group.id": group, **GROUP_CONF}
+    )
     try:
         consumer.assign([TopicPartition(topic, 0, 0)])
         first = consume(consumer, 1)[0]
@@ -98,7 +123,9 @@ def test_restart_keeps_data(apache_kafka: ApacheKafka, new_topic: Callable[..., 
     apache_kafka.restart()
     assert apache_kafka.bootstrap == port
 
-    consumer = Consumer({"bootstrap.servers": apache_kafka.bootstrap, "group.id": group, **GROUP_CONF})
+    consumer = Consumer(
+        {"bootstrap.servers": apache_kafka.bootstrap, "group.id": group, **GROUP_CONF}
+    )
     try:
         assert committed(consumer, topic, 1) == {0: 1}
         consumer.subscribe([topic])

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 import freedom
-from freedom.wire.context import MAX_BUS_BYTES, MAX_BUS_DEPTH, MAX_INT_DIGITS, Bus
 from freedom.testing import ServiceThread, free_port, write_config
+from freedom.wire.context import MAX_BUS_BYTES, MAX_BUS_DEPTH, MAX_INT_DIGITS, Bus
 
 
 def nested(levels: int) -> bytes:
@@ -28,7 +28,10 @@ MALFORMED: dict[str, tuple[bytes, str]] = {
     "deep objects": (b'{"a":' * 1000 + b"1" + b"}" * 1000, "nested deeper"),
     "one level too deep": (nested(MAX_BUS_DEPTH + 1), "nested deeper"),
     "deep and unterminated": (b'{"a":[' + b"[" * 3000, "nested deeper"),
-    "over the size limit": (json.dumps({"blob": "x" * MAX_BUS_BYTES}).encode(), f"over the {MAX_BUS_BYTES}-byte limit"),
+    "over the size limit": (
+        json.dumps({"blob": "x" * MAX_BUS_BYTES}).encode(),
+        f"over the {MAX_BUS_BYTES}-byte limit",
+    ),
     "not JSON": (b'{"tenant":', "not valid JSON"),
     "unterminated string": (b'{"a":"[[[[', "not valid JSON"),
     "not an object": (b'["a", "b"]', "not a JSON object"),
@@ -49,10 +52,15 @@ GOOD: dict[str, tuple[bytes, dict[str, Any]]] = {
     "nested to the limit": (nested(MAX_BUS_DEPTH), json.loads(nested(MAX_BUS_DEPTH))),
     "brackets inside strings do not count": (b'{"a":"' + b"[" * 100 + b'"}', {"a": "[" * 100}),
     "escaped quote before brackets": (b'{"a":"\\"[[[[","b":[1]}', {"a": '"[[[[', "b": [1]}),
-    "UTF-8 and a surrogate pair": ('{"name":"Zoë","e":"\\ud83d\\ude00"}'.encode(), {"name": "Zoë", "e": "\U0001F600"}),
+    "UTF-8 and a surrogate pair": (
+        '{"name":"Zoë","e":"\\ud83d\\ude00"}'.encode(),
+        {"name": "Zoë", "e": "\U0001f600"},
+    ),
     "UTF-8 beyond latin-1": ('{"user":"张三"}'.encode(), {"user": "张三"}),
-    "numbers": (b'{"i":-12345678901234567890,"f":1.5e300,"small":1e-400,"z":0}',
-                {"i": -12345678901234567890, "f": 1.5e300, "small": 0.0, "z": 0}),
+    "numbers": (
+        b'{"i":-12345678901234567890,"f":1.5e300,"small":1e-400,"z":0}',
+        {"i": -12345678901234567890, "f": 1.5e300, "small": 0.0, "z": 0},
+    ),
     "a 64-digit int": (b'{"i":' + b"9" * MAX_INT_DIGITS + b"}", {"i": int("9" * MAX_INT_DIGITS)}),
 }
 
@@ -66,19 +74,30 @@ def service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
         async def post_bus(self) -> dict[str, Any]:
             bus = self.runtime.bus
-            return {"bus": dict(bus), "header": bus.to_header().decode()}  # what set_runtime sends on
+            return {
+                "bus": dict(bus),
+                "header": bus.to_header().decode(),
+            }  # what set_runtime sends on
 
     def prepare(initiator: freedom.Initiator) -> None:
         initiator.bind_controller("/x", BusController)
 
     port = free_port()
-    config_dir = write_config(tmp_path_factory.mktemp("bus"), app={"listen_addr": f"127.0.0.1:{port}"})
-    with ServiceThread(freedom.Application(config_dir=config_dir, prepare=[prepare]), port=port) as svc:
+    config_dir = write_config(
+        tmp_path_factory.mktemp("bus"), app={"listen_addr": f"127.0.0.1:{port}"}
+    )
+    with ServiceThread(
+        freedom.Application(config_dir=config_dir, prepare=[prepare]), port=port
+    ) as svc:
         yield svc.base_url
 
 
 def bus_warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
-    return [r.getMessage() for r in caplog.records if r.name == "freedom.wire.context" and r.levelno == logging.WARNING]
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "freedom.wire.context" and r.levelno == logging.WARNING
+    ]
 
 
 @pytest.mark.parametrize("value, warning", MALFORMED.values(), ids=MALFORMED.keys())
@@ -108,9 +127,14 @@ def test_a_good_bus_reaches_the_handler_and_can_be_sent_on(service, caplog, valu
 # ----------------------------------------------------------------------------- the parser itself
 
 
-@pytest.mark.parametrize("value, warning", [*MALFORMED.values(), NOT_UTF8], ids=[*MALFORMED, "not UTF-8"])
+@pytest.mark.parametrize(
+    "value, warning", [*MALFORMED.values(), NOT_UTF8], ids=[*MALFORMED, "not UTF-8"]
+)
 def test_the_parser_never_raises_and_warns_once(caplog, value, warning):
-    for raw in (value, value.decode("utf-8", "surrogateescape")):  # bytes (Kafka) and text (HTTP) alike
+    for raw in (
+        value,
+        value.decode("utf-8", "surrogateescape"),
+    ):  # bytes (Kafka) and text (HTTP) alike
         caplog.clear()
         with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
             assert Bus.from_header(raw) == {}

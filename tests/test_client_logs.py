@@ -15,9 +15,14 @@ def test_a_broker_that_is_down_is_reported_through_logging(caplog):
     settings = client_settings((f"127.0.0.1:{free_port()}",), "producer", "default", {}, {})
     producer = confluent_kafka.Producer(settings)
     try:
+
         def reported() -> list[logging.LogRecord]:
             producer.poll(0.1)  # librdkafka's log lines are handed over on poll
-            return [r for r in caplog.records if r.name == "freedom.kafka.librdkafka" and "Connect" in r.getMessage()]
+            return [
+                r
+                for r in caplog.records
+                if r.name == "freedom.kafka.librdkafka" and "Connect" in r.getMessage()
+            ]
 
         records = wait_until(reported, 20, what="librdkafka's connection failure in the log")
     finally:

@@ -36,8 +36,16 @@ def test_concurrent_mode_keeps_to_its_bound(apache_kafka, new_topic, tmp_path, d
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap, partitions=2)
     journal, gauge = Journal(), Gauge()
-    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.1),
-                        mode="concurrent", max_in_flight=5, delivery=delivery)
+    svc = event_service(
+        tmp_path,
+        bootstrap,
+        journal,
+        topic,
+        lambda c: gauge.hold(c, 0.1),
+        mode="concurrent",
+        max_in_flight=5,
+        delivery=delivery,
+    )
     with svc:
         produce(bootstrap, topic, [{"key": f"K{i}".encode(), "value": b"x"} for i in range(60)])
         wait_until(lambda: len(journal.of()) >= 60, 60, what="60 deliveries")
@@ -45,7 +53,9 @@ def test_concurrent_mode_keeps_to_its_bound(apache_kafka, new_topic, tmp_path, d
     assert gauge.peak == 5, gauge.peak  # in parallel, never more than the bound
 
 
-def _holding_service(tmp_path, bootstrap: str, topic: str, journal: Journal, max_in_flight: int, delivery: str):
+def _holding_service(
+    tmp_path, bootstrap: str, topic: str, journal: Journal, max_in_flight: int, delivery: str
+):
     """A concurrent-mode service whose handler holds the record keyed HOLD until `release` is set
     (on the service's loop); returns (service, its group id, release)."""
     release = asyncio.Event()
@@ -54,36 +64,70 @@ def _holding_service(tmp_path, bootstrap: str, topic: str, journal: Journal, max
         if call.key == "HOLD":
             await release.wait()
 
-    svc = event_service(tmp_path, bootstrap, journal, topic, behave, mode="concurrent", max_in_flight=max_in_flight,
-                        group_id=f"g-hold-{time.time_ns()}", delivery=delivery)
+    svc = event_service(
+        tmp_path,
+        bootstrap,
+        journal,
+        topic,
+        behave,
+        mode="concurrent",
+        max_in_flight=max_in_flight,
+        group_id=f"g-hold-{time.time_ns()}",
+        delivery=delivery,
+    )
     return svc, svc.app.kafka_config.consumer_clients[0].group_id, release
 
 
-def test_a_slow_record_holds_the_commit_but_not_the_others(apache_kafka, new_topic, tmp_path, delivery):
+def test_a_slow_record_holds_the_commit_but_not_the_others(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal = Journal()
     svc, group, release = _holding_service(tmp_path, bootstrap, topic, journal, 20, delivery)
     with svc:
         before = committed(bootstrap, group, topic)[0]
-        produce(bootstrap, topic, [{"key": b"HOLD", "value": b"h"}] + [{"key": f"K{i}".encode(), "value": b"x"} for i in range(9)])
+        produce(
+            bootstrap,
+            topic,
+            [{"key": b"HOLD", "value": b"h"}]
+            + [{"key": f"K{i}".encode(), "value": b"x"} for i in range(9)],
+        )
         wait_until(lambda: len(journal.of()) == 10, 30, what="every record to reach the handler")
         time.sleep(1.5)  # the nine later records are done: their commits would have gone out by now
-        assert committed(bootstrap, group, topic)[0] == before  # not past the unfinished first record
+        assert (
+            committed(bootstrap, group, topic)[0] == before
+        )  # not past the unfinished first record
         assert svc.loop is not None
         svc.loop.call_soon_threadsafe(release.set)
-        wait_until(lambda: committed(bootstrap, group, topic)[0] == before + 10, 20, what="the commit of all ten")
+        wait_until(
+            lambda: committed(bootstrap, group, topic)[0] == before + 10,
+            20,
+            what="the commit of all ten",
+        )
 
 
-def test_key_ordered_mode_keeps_each_keys_order_and_runs_keys_in_parallel(apache_kafka, new_topic, tmp_path, delivery):
+def test_key_ordered_mode_keeps_each_keys_order_and_runs_keys_in_parallel(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal, gauge = Journal(), Gauge()
     rng = random.Random(7)
     # The client's default mode is concurrent; the topic overrides it (the per-topic table).
-    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, rng.uniform(0, 0.03)),
-                        mode="concurrent", topics={topic: {"mode": "key-ordered", "max_in_flight": 50}}, delivery=delivery)
-    records = [{"key": k.encode(), "value": str(i).encode()} for i in range(10) for k in ("A", "B", "C")]
+    svc = event_service(
+        tmp_path,
+        bootstrap,
+        journal,
+        topic,
+        lambda c: gauge.hold(c, rng.uniform(0, 0.03)),
+        mode="concurrent",
+        topics={topic: {"mode": "key-ordered", "max_in_flight": 50}},
+        delivery=delivery,
+    )
+    records = [
+        {"key": k.encode(), "value": str(i).encode()} for i in range(10) for k in ("A", "B", "C")
+    ]
     with svc:
         produce(bootstrap, topic, records)
         wait_until(lambda: len(journal.of()) >= 30, 60, what="30 deliveries")
@@ -93,13 +137,21 @@ def test_key_ordered_mode_keeps_each_keys_order_and_runs_keys_in_parallel(apache
     assert gauge.peak >= 2  # ...different keys at once
 
 
-def test_sequential_mode_delivers_one_at_a_time_per_partition_in_order(apache_kafka, new_topic, tmp_path, delivery):
+def test_sequential_mode_delivers_one_at_a_time_per_partition_in_order(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal, gauge = Journal(), Gauge()
-    svc = event_service(tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.01), delivery=delivery)
+    svc = event_service(
+        tmp_path, bootstrap, journal, topic, lambda c: gauge.hold(c, 0.01), delivery=delivery
+    )
     with svc:
-        produce(bootstrap, topic, [{"key": f"K{i % 3}".encode(), "value": str(i).encode()} for i in range(30)])
+        produce(
+            bootstrap,
+            topic,
+            [{"key": f"K{i % 3}".encode(), "value": str(i).encode()} for i in range(30)],
+        )
         wait_until(lambda: len(journal.of()) >= 30, 60, what="30 deliveries")
     assert [int(c.body) for c in journal.of()] == list(range(30))
     assert gauge.peak == 1
@@ -119,7 +171,9 @@ def test_offset_tracker_commits_only_below_the_lowest_unfinished_record():
     assert t.finish(8) is None  # a repeated finish changes nothing
 
 
-def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_topic, tmp_path, delivery):
+def test_a_stuck_record_stops_fetching_after_a_bounded_window(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     """Later records may finish while one is stuck, but only a bounded number: the rest waits in Kafka."""
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
@@ -129,9 +183,15 @@ def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_
         assert svc.loop is not None
         try:
             produce(bootstrap, topic, [{"key": b"HOLD", "value": b"h"}])
-            wait_until(lambda: journal.of(key="HOLD"), 20, what="the stuck record to reach the handler")
+            wait_until(
+                lambda: journal.of(key="HOLD"), 20, what="the stuck record to reach the handler"
+            )
             for chunk in range(20):
-                produce(bootstrap, topic, [{"key": f"K{chunk}-{i}".encode(), "value": b"x"} for i in range(10)])
+                produce(
+                    bootstrap,
+                    topic,
+                    [{"key": f"K{chunk}-{i}".encode(), "value": b"x"} for i in range(10)],
+                )
             time.sleep(2.0)
             ahead = len(journal.of()) - 1
             time.sleep(1.0)
@@ -142,4 +202,6 @@ def test_a_stuck_record_stops_fetching_after_a_bounded_window(apache_kafka, new_
         finally:
             svc.loop.call_soon_threadsafe(release.set)
         wait_until(lambda: len(journal.of()) == 201, 30, what="all 201 records after the release")
-        wait_until(lambda: committed(bootstrap, group, topic)[0] == 201, 20, what="the commit of all")
+        wait_until(
+            lambda: committed(bootstrap, group, topic)[0] == 201, 20, what="the commit of all"
+        )

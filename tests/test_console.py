@@ -28,10 +28,10 @@ from starlette.responses import Response
 import freedom
 from freedom.config.loading import load_app_config
 from freedom.console import routes
-from freedom.wire.headers import REPLAY_COUNT_HEADER
 from freedom.ops.dlq import Filter
 from freedom.ops.replay import job_group
 from freedom.testing import ServiceThread, free_port, wait_until, write_config
+from freedom.wire.headers import REPLAY_COUNT_HEADER
 from tests.services.event_app import Journal, event_service
 from tests.services.kafka_tools import committed, create_topic, produce, topic_size
 
@@ -44,9 +44,13 @@ HOSTILE_HEADER = "<script>alert('header')</script>"
 HOSTILE_ERROR = '<script>alert("error")</script>'
 HOSTILE_VALUE = '<script>alert("value")</script><img src=x onerror=alert(1)>'
 
-playwright = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+playwright = pytest.importorskip(
+    "playwright.sync_api", reason="playwright (the test extra) is not installed"
+)
 if not os.path.exists(CHROMIUM):
-    pytest.skip(f"no {CHROMIUM}: scripts/chromium.sh installs Debian's chromium", allow_module_level=True)
+    pytest.skip(
+        f"no {CHROMIUM}: scripts/chromium.sh installs Debian's chromium", allow_module_level=True
+    )
 
 
 def replays(journal: Journal) -> list[Any]:
@@ -69,13 +73,17 @@ def snap(page: Any, name: str, full_page: bool = True) -> None:
         page.screenshot(path=str(folder / f"console-{name}.png"), full_page=full_page)
 
 
-def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apache_kafka, tmp_path, monkeypatch):
+def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(
+    apache_kafka, tmp_path, monkeypatch
+):
     from playwright.sync_api import expect, sync_playwright
 
     bootstrap = apache_kafka.bootstrap
     topic = create_topic(bootstrap, f"console-{uuid.uuid4().hex[:8]}", partitions=2)
     fail = create_topic(bootstrap, f"fail-{topic}", partitions=2)
-    monkeypatch.setenv("FREEDOM_APP__CONSOLE_TOKEN", TOKEN)  # the token from the environment (the rule's name)
+    monkeypatch.setenv(
+        "FREEDOM_APP__CONSOLE_TOKEN", TOKEN
+    )  # the token from the environment (the rule's name)
     journal = Journal()
     state = {"fail": True}
 
@@ -86,17 +94,34 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
             return Response(HOSTILE_ERROR, status_code=422, media_type="text/plain")
         return 500
 
-    svc = event_service(tmp_path, bootstrap, journal, topic, handler,
-                        retry_count=1, retry_interval_sec=0.2, initial_offset="earliest")
+    svc = event_service(
+        tmp_path,
+        bootstrap,
+        journal,
+        topic,
+        handler,
+        retry_count=1,
+        retry_interval_sec=0.2,
+        initial_offset="earliest",
+    )
     group = svc.app.kafka_config.consumer_clients[0].group_id
     trace = [("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01".encode())]
     keys = ["A1", "B2", "C3", HOSTILE_KEY]
-    records = [{"key": k.encode(), "value": f'{{"k": "{k}"}}'.encode(), "headers": trace} for k in keys[:3]]
-    records.append({"key": HOSTILE_KEY.encode(), "value": HOSTILE_VALUE.encode(),
-                    "headers": [*trace, ("x-note", HOSTILE_HEADER.encode())]})
+    records = [
+        {"key": k.encode(), "value": f'{{"k": "{k}"}}'.encode(), "headers": trace} for k in keys[:3]
+    ]
+    records.append(
+        {
+            "key": HOSTILE_KEY.encode(),
+            "value": HOSTILE_VALUE.encode(),
+            "headers": [*trace, ("x-note", HOSTILE_HEADER.encode())],
+        }
+    )
     with svc:
         produce(bootstrap, topic, records)
-        wait_until(lambda: topic_size(bootstrap, fail, 2) == 4, 60, what="every record dead-lettered")
+        wait_until(
+            lambda: topic_size(bootstrap, fail, 2) == 4, 60, what="every record dead-lettered"
+        )
         base = svc.base_url + BASE
 
         with sync_playwright() as pw:
@@ -128,7 +153,11 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 assert page.url == f"{base}/dead-letters"
                 [cookie] = context.cookies()
                 assert (cookie["name"], cookie["httpOnly"], cookie["sameSite"], cookie["path"]) == (
-                    "freedom_console", True, "Strict", BASE)
+                    "freedom_console",
+                    True,
+                    "Strict",
+                    BASE,
+                )
                 assert TOKEN not in cookie["value"]
                 page.click("nav >> text=Groups and lag")
                 main = page.locator("h3", has_text=f"Group {group}")
@@ -143,11 +172,15 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 page.click("nav >> text=Dead letters")
                 rows = page.locator("table.classes tbody tr")
                 expect(rows).to_have_count(2)
-                by_class = {r.locator("span.err").inner_text(): r.locator("td").first.inner_text()
-                            for r in rows.all()}
+                by_class = {
+                    r.locator("span.err").inner_text(): r.locator("td").first.inner_text()
+                    for r in rows.all()
+                }
                 [other] = set(by_class) - {"HTTP 500"}
                 assert (by_class["HTTP 500"], by_class[other]) == ("3", "1"), by_class
-                assert other.startswith("HTTP 422") and HOSTILE_ERROR in other, other  # the answer's body, as text
+                assert other.startswith("HTTP 422") and HOSTILE_ERROR in other, (
+                    other
+                )  # the answer's body, as text
                 snap(page, "dead-letters")
 
                 rows.filter(has_text="HTTP 500").locator("text=records").click()
@@ -156,7 +189,9 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 for card in cards.all():
                     expect(card).to_contain_text(TRACE_ID)
                     expect(card).to_contain_text(f"{topic}[")  # where it came from
-                    expect(card.locator("table.headers")).to_contain_text("x-freedom-original-topic")
+                    expect(card.locator("table.headers")).to_contain_text(
+                        "x-freedom-original-topic"
+                    )
                 # The card whose Key is A1 (not any card with "a1" somewhere: trace ids are random hex).
                 a1 = cards.filter(has=page.locator("dd", has_text=re.compile(r"^A1$")))
                 expect(a1.locator("pre.value")).to_have_text('{"k": "A1"}')
@@ -188,8 +223,12 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 jar = {cookie["name"]: cookie["value"]}
                 forged = httpx.post(f"{base}/replay/run", cookies=jar, data={"topic": fail})
                 assert forged.status_code == 403 and "CSRF" in forged.text
-                cross = httpx.post(f"{base}/replay/preview", cookies=jar, headers={"origin": "http://evil.example"},
-                                   data={"topic": fail})
+                cross = httpx.post(
+                    f"{base}/replay/preview",
+                    cookies=jar,
+                    headers={"origin": "http://evil.example"},
+                    data={"topic": fail},
+                )
                 assert cross.status_code == 403
 
                 # The handler is fixed: run the previewed replay; every record reaches it once.
@@ -200,11 +239,15 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
                 expect(page.locator("code.audit")).to_contain_text("dlq replay by")
                 expect(page.locator("code.audit")).to_contain_text("moved 4")
                 snap(page, "replayed")
-                wait_until(lambda: len(replays(journal)) >= 4, 60, what="the four replays delivered")
+                wait_until(
+                    lambda: len(replays(journal)) >= 4, 60, what="the four replays delivered"
+                )
                 assert Counter(c.key for c in replays(journal)) == Counter(keys)
                 assert all(c.headers[REPLAY_COUNT_HEADER] == "1" for c in replays(journal))
                 page.click("nav >> text=Groups and lag")
-                expect(page.locator("table.dead tbody tr")).to_have_text(f"{fail}{topic}40")  # none left to replay
+                expect(page.locator("table.dead tbody tr")).to_have_text(
+                    f"{fail}{topic}40"
+                )  # none left to replay
 
                 # Logging out ends the session: the same cookie is refused afterwards.
                 page.click("button:has-text('Log out')")
@@ -215,7 +258,12 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
 
         # Scripts: the JSON endpoints with the bearer token; without it, refused.
         assert httpx.get(f"{base}/api/status").status_code == 401
-        assert httpx.get(f"{base}/api/status", headers={"authorization": "Bearer wrong-token-0000000"}).status_code == 403
+        assert (
+            httpx.get(
+                f"{base}/api/status", headers={"authorization": "Bearer wrong-token-0000000"}
+            ).status_code
+            == 403
+        )
         bearer = {"authorization": f"Bearer {TOKEN}"}
         st = httpx.get(f"{base}/api/status", headers=bearer, timeout=30)
         assert st.status_code == 200, st.text
@@ -224,7 +272,10 @@ def test_console_in_chromium_shows_groups_and_dead_letters_and_replays_them(apac
         assert client["dead_letters"][0]["records"] == 4
         again = httpx.post(f"{base}/api/replay", headers=bearer, json={"topic": fail}, timeout=30)
         assert again.status_code == 200, again.text
-        assert (again.json()["dry_run"], again.json()["topics"][0]["moved"]) == (True, 0)  # the same job: done
+        assert (again.json()["dry_run"], again.json()["topics"][0]["moved"]) == (
+            True,
+            0,
+        )  # the same job: done
         unpreviewed = httpx.post(f"{base}/replay/run", headers=bearer, data={"topic": fail})
         assert unpreviewed.status_code == 400 and "preview" in unpreviewed.text
 
@@ -254,43 +305,84 @@ def test_console_refuses_forged_sessions_and_foreign_redirects(tmp_path, monkeyp
     every page, a forged or logged-out session is refused, log-in never sends the browser elsewhere."""
     monkeypatch.delenv("FREEDOM_APP__CONSOLE_TOKEN", raising=False)
     port = free_port()
-    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}", "console_token": TOKEN,
-                                "console_path": "/ops/console/"})
+    write_config(
+        tmp_path,
+        app={
+            "listen_addr": f"127.0.0.1:{port}",
+            "console_token": TOKEN,
+            "console_path": "/ops/console/",
+        },
+    )
     with ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[])) as svc:
         base = svc.base_url + "/ops/console"
         with httpx.Client(base_url=base) as http:
             refused = http.get("/dead-letters")
             assert refused.status_code == 401 and 'name="token"' in refused.text
-            assert "script-src" not in refused.headers["content-security-policy"]  # default-src 'none': no script
-            assert refused.headers["x-frame-options"] == "DENY" and refused.headers["cache-control"] == "no-store"
+            assert (
+                "script-src" not in refused.headers["content-security-policy"]
+            )  # default-src 'none': no script
+            assert (
+                refused.headers["x-frame-options"] == "DENY"
+                and refused.headers["cache-control"] == "no-store"
+            )
             assert http.get("/api/status").status_code == 401
             assert http.post("/replay/run", data={"topic": "x"}).status_code == 401
 
-            for foreign in ("https://evil.example/", "//evil.example/ops/console", "/elsewhere", "/ops/console//x"):
+            for foreign in (
+                "https://evil.example/",
+                "//evil.example/ops/console",
+                "/elsewhere",
+                "/ops/console//x",
+            ):
                 done = http.post("/login", data={"token": TOKEN, "next": foreign})
-                assert (done.status_code, done.headers["location"]) == (303, "/ops/console"), foreign
-            assert http.post("/login", data={"token": TOKEN}, headers={"origin": "https://evil.example"}).status_code == 403
+                assert (done.status_code, done.headers["location"]) == (303, "/ops/console"), (
+                    foreign
+                )
+            assert (
+                http.post(
+                    "/login", data={"token": TOKEN}, headers={"origin": "https://evil.example"}
+                ).status_code
+                == 403
+            )
             wrong = http.post("/login", data={"token": TOKEN[:-1] + "x"})
-            assert wrong.status_code == 401 and "wrong token" in wrong.text and "set-cookie" not in wrong.headers
+            assert (
+                wrong.status_code == 401
+                and "wrong token" in wrong.text
+                and "set-cookie" not in wrong.headers
+            )
 
             http.cookies.clear()
             login = http.post("/login", data={"token": TOKEN, "next": "/ops/console/dead-letters"})
-            assert (login.status_code, login.headers["location"]) == (303, "/ops/console/dead-letters")
+            assert (login.status_code, login.headers["location"]) == (
+                303,
+                "/ops/console/dead-letters",
+            )
             session = login.cookies["freedom_console"]
             http.cookies.clear()  # from here on each request carries exactly the cookie it is given
             cookie = login.headers["set-cookie"].lower()
-            assert "httponly" in cookie and "samesite=strict" in cookie and "path=/ops/console" in cookie
+            assert (
+                "httponly" in cookie
+                and "samesite=strict" in cookie
+                and "path=/ops/console" in cookie
+            )
             page = http.get(base, headers=as_(session))
-            assert page.status_code == 400 and "no consumer clients configured" in page.text  # in, and told why
+            assert (
+                page.status_code == 400 and "no consumer clients configured" in page.text
+            )  # in, and told why
             forged = session[:-1] + ("0" if session[-1] != "0" else "1")
             assert http.get(base, headers=as_(forged)).status_code == 401
-            assert http.post("/logout", headers=as_(session), data={"csrf": "0" * 64}).status_code == 403  # wrong CSRF
+            assert (
+                http.post("/logout", headers=as_(session), data={"csrf": "0" * 64}).status_code
+                == 403
+            )  # wrong CSRF
             csrf = page.text.split('name="csrf" value="')[1].split('"')[0]
             out = http.post("/logout", headers=as_(session), data={"csrf": csrf})
             assert out.status_code == 303
             assert http.get(base, headers=as_(session)).status_code == 401  # revoked
             api = http.get("/api/status", headers={"authorization": f"Bearer {TOKEN}"})
-            assert api.status_code == 400 and "no consumer clients configured" in api.json()["error"]
+            assert (
+                api.status_code == 400 and "no consumer clients configured" in api.json()["error"]
+            )
 
             # The Kafka work runs in a worker thread: while it is stuck, the event loop still serves.
             stuck, entered = threading.Event(), threading.Event()
@@ -307,7 +399,9 @@ def test_console_refuses_forged_sessions_and_foreign_redirects(tmp_path, monkeyp
                 pending = pool.submit(httpx.get, f"{base}/api/status", headers=bearer, timeout=60)
                 assert entered.wait(30)
                 started = time.monotonic()
-                assert http.get("/login", timeout=10).status_code == 200  # answered by the same event loop
+                assert (
+                    http.get("/login", timeout=10).status_code == 200
+                )  # answered by the same event loop
                 assert time.monotonic() - started < 5
                 assert not pending.done()
                 stuck.set()

@@ -12,15 +12,17 @@ import httpx
 import pytest
 
 import freedom
-from freedom.observability import tracing
-from freedom.wire.context import MAX_BUS_BYTES
 from freedom.infra import kafka
+from freedom.observability import tracing
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from freedom.wire.context import MAX_BUS_BYTES
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 
-def chain_app(config_dir, topic_b: str, topic_c: str, seen: list[dict[str, Any]]) -> freedom.Application:
+def chain_app(
+    config_dir, topic_b: str, topic_c: str, seen: list[dict[str, Any]]
+) -> freedom.Application:
     """A publishes to B's topic from an HTTP request; B (a plain def) publishes to C's; C records what it got."""
     lock = threading.Lock()
 
@@ -31,7 +33,11 @@ def chain_app(config_dir, topic_b: str, topic_c: str, seen: list[dict[str, Any]]
         async def get_by(self, id: int) -> str:
             self.runtime.bus["user"] = "u1"
             self.runtime.logger.info("hop A: order %s", id)
-            await self.producer.new_msg(topic_b, json.dumps({"order": id})).set_runtime(self.runtime).publish()
+            await (
+                self.producer.new_msg(topic_b, json.dumps({"order": id}))
+                .set_runtime(self.runtime)
+                .publish()
+            )
             return "ok"
 
     class BController:
@@ -41,7 +47,9 @@ def chain_app(config_dir, topic_b: str, topic_c: str, seen: list[dict[str, Any]]
         def post_hop_by(self, event_id: str) -> str:  # synchronous: runs in the threadpool
             self.runtime.bus["via"] = "B"
             self.runtime.logger.info("hop B: event %s", event_id)
-            self.producer.new_msg(topic_c, event_id).set_runtime(self.runtime).publish_sync(timeout=30)
+            self.producer.new_msg(topic_c, event_id).set_runtime(self.runtime).publish_sync(
+                timeout=30
+            )
             return "ok"
 
     class CController:
@@ -50,8 +58,13 @@ def chain_app(config_dir, topic_b: str, topic_c: str, seen: list[dict[str, Any]]
         async def post_hop_by(self, event_id: str) -> str:
             self.runtime.logger.info("hop C: event %s", event_id)
             with lock:
-                seen.append({"bus": dict(self.runtime.bus), "trace_id": self.runtime.trace_id,
-                             "tracestate": self.runtime.request.headers.get("tracestate")})
+                seen.append(
+                    {
+                        "bus": dict(self.runtime.bus),
+                        "trace_id": self.runtime.trace_id,
+                        "tracestate": self.runtime.request.headers.get("tracestate"),
+                    }
+                )
             return "ok"
 
     def prepare(initiator: freedom.Initiator) -> None:
@@ -64,12 +77,21 @@ def chain_app(config_dir, topic_b: str, topic_c: str, seen: list[dict[str, Any]]
     return freedom.Application(config_dir=config_dir, prepare=[prepare])
 
 
-def run_chain(tmp_path, bootstrap: str, new_topic, headers: dict[str, str]) -> tuple[dict[str, Any], list[logging.LogRecord]]:
+def run_chain(
+    tmp_path, bootstrap: str, new_topic, headers: dict[str, str]
+) -> tuple[dict[str, Any], list[logging.LogRecord]]:
     topic_b, topic_c = new_topic(bootstrap), new_topic(bootstrap)
     port = free_port()
-    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka=kafka_config(bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}",
-                                    settings={"session.timeout.ms": 6000}))
+    write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=f"g-{uuid.uuid4().hex[:8]}",
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     seen: list[dict[str, Any]] = []
     records: list[logging.LogRecord] = []
 
@@ -98,8 +120,11 @@ def hop_lines(records: list[logging.LogRecord]) -> dict[str, logging.LogRecord]:
 
 
 def test_bus_and_trace_travel_a_to_b_to_c(apache_kafka, new_topic, tmp_path):
-    headers = {"traceparent": f"00-{TRACE}-00f067aa0ba902b7-01", "tracestate": "vendor=abc",
-               "x-freedom-bus": json.dumps({"tenant": "acme"})}
+    headers = {
+        "traceparent": f"00-{TRACE}-00f067aa0ba902b7-01",
+        "tracestate": "vendor=abc",
+        "x-freedom-bus": json.dumps({"tenant": "acme"}),
+    }
     c, records = run_chain(tmp_path, apache_kafka.bootstrap, new_topic, headers)
     assert c["bus"] == {"tenant": "acme", "user": "u1", "via": "B"}
     assert c["trace_id"] == TRACE
@@ -111,7 +136,9 @@ def test_bus_and_trace_travel_a_to_b_to_c(apache_kafka, new_topic, tmp_path):
         assert record.getMessage().startswith(f"[trace {TRACE}] hop {hop}")
 
 
-def test_a_new_trace_started_by_a_travels_with_plain_w3c_headers(apache_kafka, new_topic, tmp_path, monkeypatch):
+def test_a_new_trace_started_by_a_travels_with_plain_w3c_headers(
+    apache_kafka, new_topic, tmp_path, monkeypatch
+):
     monkeypatch.setattr(tracing, "otel_propagate", None)  # as without opentelemetry-api installed
     c, records = run_chain(tmp_path, apache_kafka.bootstrap, new_topic, {})
     lines = hop_lines(records)
@@ -153,16 +180,21 @@ class _SyncASGI(httpx.BaseTransport):
         async def call() -> httpx.Response:
             request.stream = httpx.ByteStream(request.read())
             response = await self._asgi.handle_async_request(request)
-            return httpx.Response(response.status_code, headers=response.headers, content=await response.aread())
+            return httpx.Response(
+                response.status_code, headers=response.headers, content=await response.aread()
+            )
 
         return asyncio.run(call())
 
 
-@pytest.mark.parametrize("value, warning", [
-    ('{"tenant": ', "not valid JSON"),
-    ('["a", "b"]', "not a JSON object"),
-    (json.dumps({"blob": "x" * MAX_BUS_BYTES}), f"over the {MAX_BUS_BYTES}-byte limit"),
-])
+@pytest.mark.parametrize(
+    "value, warning",
+    [
+        ('{"tenant": ', "not valid JSON"),
+        ('["a", "b"]', "not a JSON object"),
+        (json.dumps({"blob": "x" * MAX_BUS_BYTES}), f"over the {MAX_BUS_BYTES}-byte limit"),
+    ],
+)
 def test_bad_bus_header_is_ignored_with_a_warning(echo, caplog, value, warning):
     with caplog.at_level(logging.WARNING, logger="freedom.wire.context"):
         r = echo.post("/x/echo", headers={"x-freedom-bus": value})
@@ -192,7 +224,9 @@ def test_inject_continues_the_trace_with_a_new_span(monkeypatch, otel):
 
 
 @pytest.mark.parametrize("otel", [True, False])
-@pytest.mark.parametrize("value", [None, "garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01", f"00-{TRACE}-{'0' * 16}-01"])
+@pytest.mark.parametrize(
+    "value", [None, "garbage", f"00-{'0' * 32}-00f067aa0ba902b7-01", f"00-{TRACE}-{'0' * 16}-01"]
+)
 def test_invalid_traceparent_starts_a_new_trace(monkeypatch, otel, value):
     if not otel:
         monkeypatch.setattr(tracing, "otel_propagate", None)

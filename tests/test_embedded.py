@@ -18,7 +18,9 @@ from freedom.testing import free_port, kafka_config, wait_until, write_config
 
 SERVICES = Path(__file__).parent / "services"
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only"
+)
 
 
 def gone(pid: int) -> bool:
@@ -34,17 +36,38 @@ class Service:
 
     def __init__(self, tmp_path: Path) -> None:
         self.port = free_port()
-        config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{self.port}"},
-                              kafka=kafka_config(None, self.port))
+        config = write_config(
+            tmp_path / "conf",
+            app={"listen_addr": f"127.0.0.1:{self.port}"},
+            kafka=kafka_config(None, self.port),
+        )
         self.log = tmp_path / "service.log"
-        env = {**os.environ, "RECORD_FILE": str(tmp_path / "records.jsonl"), "EVENT_TOPIC": "embedded-dies"}
+        env = {
+            **os.environ,
+            "RECORD_FILE": str(tmp_path / "records.jsonl"),
+            "EVENT_TOPIC": "embedded-dies",
+        }
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config)],
-            cwd=SERVICES, env=env, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "freedom.cli.main",
+                "run",
+                "kill_service:app",
+                "--config",
+                str(config),
+            ],
+            cwd=SERVICES,
+            env=env,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
 
     def _listening(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"the service exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            raise AssertionError(
+                f"the service exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}"
+            )
         try:
             socket.create_connection(("127.0.0.1", self.port), timeout=1.0).close()
             return True
@@ -72,7 +95,11 @@ def test_the_broker_dies_when_its_service_is_killed(tmp_path, sig):
         broker = svc.broker()
         os.kill(svc.proc.pid, sig)  # the service only: the broker is in a session of its own
         svc.proc.wait(30)
-        wait_until(lambda: gone(broker.pid), 10, what=f"the embedded broker (pid {broker.pid}) to die with its service")
+        wait_until(
+            lambda: gone(broker.pid),
+            10,
+            what=f"the embedded broker (pid {broker.pid}) to die with its service",
+        )
     finally:
         svc.close()
     assert svc.proc.returncode == -sig

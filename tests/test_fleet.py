@@ -94,6 +94,7 @@ class Service(PlainService):
     def answered(self) -> set[str]:
         return {d.key for d in self.snapshot() if d.status}
 
+
 class Proxy:
     """`freedom proxy --config DIR` in its own process group, delivering to `/p<instance>/{key}`."""
 
@@ -103,15 +104,31 @@ class Proxy:
         self.log = log
         env = {**os.environ, "FREEDOM_KAFKA__SUBSCRIPTIONS__0__URL": f"{base}/p{instance}/{{key}}"}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freedom.cli.main", "proxy", "--config", str(config),
-             "--listen", f"127.0.0.1:{self.port}"],
-            env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                sys.executable,
+                "-m",
+                "freedom.cli.main",
+                "proxy",
+                "--config",
+                str(config),
+                "--listen",
+                f"127.0.0.1:{self.port}",
+            ],
+            env=env,
+            stdout=log.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def ready(self) -> bool:
         if self.proc.poll() is not None:
-            raise AssertionError(f"proxy {self.instance} exited with {self.proc.returncode}: {self.log.read_text()}")
+            raise AssertionError(
+                f"proxy {self.instance} exited with {self.proc.returncode}: {self.log.read_text()}"
+            )
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5) as answer:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/readyz", timeout=5
+            ) as answer:
                 return answer.status == 200
         except (urllib.error.URLError, OSError):
             return False
@@ -138,7 +155,9 @@ def _members(bootstrap: str, group: str) -> dict[str, set[int]]:
     desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result(10)
     if str(desc.state).split(".")[-1] != "STABLE":
         return {}
-    return {m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in desc.members}
+    return {
+        m.member_id: {tp.partition for tp in m.assignment.topic_partitions} for m in desc.members
+    }
 
 
 class Producer:
@@ -148,9 +167,16 @@ class Producer:
         self.topic = topic
         self.acked: dict[str, int] = {}  # key -> partition
         self.failed: dict[str, str] = {}
-        self.producer = confluent_kafka.Producer({
-            "bootstrap.servers": bootstrap, "acks": "all", "enable.idempotence": True, "linger.ms": 5,
-            "message.timeout.ms": 60000, "log_level": 0})
+        self.producer = confluent_kafka.Producer(
+            {
+                "bootstrap.servers": bootstrap,
+                "acks": "all",
+                "enable.idempotence": True,
+                "linger.ms": 5,
+                "message.timeout.ms": 60000,
+                "log_level": 0,
+            }
+        )
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _report(self, err: Any, msg: Any) -> None:
@@ -166,38 +192,66 @@ class Producer:
             while time.monotonic() < start + i / RATE:
                 self.producer.poll(0.002)
             key = f"k-{i:05d}"
-            self.producer.produce(self.topic, key=key.encode(), value=f"body {key}".encode(),
-                                  on_delivery=self._report)
+            self.producer.produce(
+                self.topic, key=key.encode(), value=f"body {key}".encode(), on_delivery=self._report
+            )
         self.producer.flush(90)
 
     def done(self) -> bool:
         return not self.thread.is_alive()
 
 
-def test_a_fleet_of_three_proxies_loses_nothing_when_a_proxy_and_a_broker_die(cluster: KafkaCluster,
-                                                                              tmp_path: Path) -> None:
+def test_a_fleet_of_three_proxies_loses_nothing_when_a_proxy_and_a_broker_die(
+    cluster: KafkaCluster, tmp_path: Path
+) -> None:
     cluster.heal()
     victim_broker = next(n for n in NODE_IDS if n != cluster.coordinator())  # leads every partition
     topic = cluster.create_topic(f"fleet-{uuid.uuid4().hex[:8]}", PARTITIONS, leader=victim_broker)
     group = f"fleet-{uuid.uuid4().hex[:8]}"
-    config = write_config(tmp_path / "conf", kafka={
-        "consumer_clients": [{
-            "servers": cluster.servers, "group_id": group, "retry_group_id": f"r-{group}",
-            "initial_offset": "earliest", "mode": "concurrent", "max_in_flight": MAX_IN_FLIGHT,
-            "retry_count": 1, "retry_interval_sec": 1,
-            # A SIGKILLed instance's partitions move after 6 s; the broker that dies is not the coordinator.
-            "settings": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000}}],
-        "subscriptions": [{"topic": topic, "url": "http://127.0.0.1:1/unused/{key}", "timeout_sec": 10}],
-    })
+    config = write_config(
+        tmp_path / "conf",
+        kafka={
+            "consumer_clients": [
+                {
+                    "servers": cluster.servers,
+                    "group_id": group,
+                    "retry_group_id": f"r-{group}",
+                    "initial_offset": "earliest",
+                    "mode": "concurrent",
+                    "max_in_flight": MAX_IN_FLIGHT,
+                    "retry_count": 1,
+                    "retry_interval_sec": 1,
+                    # A SIGKILLed instance's partitions move after 6 s; the broker that dies is not the coordinator.
+                    "settings": {"session.timeout.ms": 6000, "heartbeat.interval.ms": 1000},
+                }
+            ],
+            "subscriptions": [
+                {"topic": topic, "url": "http://127.0.0.1:1/unused/{key}", "timeout_sec": 10}
+            ],
+        },
+    )
     with Service() as service:
         base = f"http://127.0.0.1:{service.port}"
         proxies = [Proxy(i, config, tmp_path / f"proxy{i}.log", base) for i in range(PROXIES)]
         try:
             for proxy in proxies:
-                wait_until(proxy.ready, 90, interval=0.2, what=f"proxy {proxy.instance} /readyz 200 ({proxy.log})")
-            members = wait_until(lambda: (m := _members(cluster.bootstrap, group)) and len(m) == PROXIES
-                                 and all(m.values()) and m, 60, interval=0.2,
-                                 what="three members holding partitions")
+                wait_until(
+                    proxy.ready,
+                    90,
+                    interval=0.2,
+                    what=f"proxy {proxy.instance} /readyz 200 ({proxy.log})",
+                )
+            members = wait_until(
+                lambda: (
+                    (m := _members(cluster.bootstrap, group))
+                    and len(m) == PROXIES
+                    and all(m.values())
+                    and m
+                ),
+                60,
+                interval=0.2,
+                what="three members holding partitions",
+            )
             assert sorted(p for parts in members.values() for p in parts) == list(range(PARTITIONS))
 
             producer = Producer(cluster.bootstrap, topic)
@@ -206,35 +260,57 @@ def test_a_fleet_of_three_proxies_loses_nothing_when_a_proxy_and_a_broker_die(cl
 
             # (1) SIGKILL the proxy that delivered first, a quarter of the way through, with
             # max_in_flight deliveries unanswered (the service stops answering it just before).
-            first = wait_until(lambda: (d := service.snapshot()) and d[0], 60, what="the first delivery")
+            first = wait_until(
+                lambda: (d := service.snapshot()) and d[0], 60, what="the first delivery"
+            )
             killed = proxies[first.instance]
-            wait_until(lambda: len(service.snapshot()) >= RECORDS // 4, 60, what="a quarter of the records")
+            wait_until(
+                lambda: len(service.snapshot()) >= RECORDS // 4, 60, what="a quarter of the records"
+            )
             service.stall = killed.instance
-            wait_until(lambda: len(service.unanswered()) >= MAX_IN_FLIGHT, 30,
-                       what=f"{MAX_IN_FLIGHT} deliveries of proxy {killed.instance} in flight")
-            held_partitions = {producer.acked.get(d.key) for d in service.snapshot() if d.instance == killed.instance}
+            wait_until(
+                lambda: len(service.unanswered()) >= MAX_IN_FLIGHT,
+                30,
+                what=f"{MAX_IN_FLIGHT} deliveries of proxy {killed.instance} in flight",
+            )
+            held_partitions = {
+                producer.acked.get(d.key)
+                for d in service.snapshot()
+                if d.instance == killed.instance
+            }
             killed.stop(signal.SIGKILL)
             service.release.set()
             proxy_killed_at = time.monotonic()
             before_proxy_kill = service.snapshot()
 
             # (2) Kill the broker leading every partition (not the coordinator), half way through.
-            wait_until(lambda: len(service.snapshot()) >= RECORDS // 2, 90, what="half of the records")
+            wait_until(
+                lambda: len(service.snapshot()) >= RECORDS // 2, 90, what="half of the records"
+            )
             cluster.kill(victim_broker)
             broker_killed_at = time.monotonic()
             new_leader = cluster.wait_leader_moved(topic, 0, victim_broker, 60)
 
             wait_until(producer.done, 120, what="the producer to finish")
-            assert not producer.failed, f"{len(producer.failed)} produces failed: {next(iter(producer.failed.items()))}"
+            assert not producer.failed, (
+                f"{len(producer.failed)} produces failed: {next(iter(producer.failed.items()))}"
+            )
             assert len(producer.acked) == RECORDS
 
-            wait_until(lambda: len(service.answered()) == RECORDS, 120,
-                       what=f"every record answered (got {len(service.answered())} of {RECORDS})")
+            wait_until(
+                lambda: len(service.answered()) == RECORDS,
+                120,
+                what=f"every record answered (got {len(service.answered())} of {RECORDS})",
+            )
             ends = [0] * PARTITIONS
             for p in producer.acked.values():
                 ends[p] += 1
-            wait_until(lambda: committed(cluster.bootstrap, group, topic, PARTITIONS) == ends, 60,
-                       interval=0.2, what=f"the group's commits to reach the ends {ends}")
+            wait_until(
+                lambda: committed(cluster.bootstrap, group, topic, PARTITIONS) == ends,
+                60,
+                interval=0.2,
+                what=f"the group's commits to reach the ends {ends}",
+            )
             run_seconds = time.monotonic() - started
             survivors_ok = [p.ready() for p in proxies if p is not killed]
         finally:
@@ -256,11 +332,15 @@ def test_a_fleet_of_three_proxies_loses_nothing_when_a_proxy_and_a_broker_die(cl
     assert len(in_flight) >= MAX_IN_FLIGHT
     for d in in_flight:
         again = [e for e in deliveries if e.key == d.key and e.status]
-        assert again and all(e.instance != killed.instance and e.at > proxy_killed_at for e in again), (d, again)
+        assert again and all(
+            e.instance != killed.instance and e.at > proxy_killed_at for e in again
+        ), (d, again)
 
     # Dead letters: exactly the 422 records, each in fail-T at least once, with the status as reason.
     expected_dead = {k for i, k in enumerate(keys) if dead_letters(i)}
-    dead = read_topic(cluster.bootstrap, f"fail-{topic}", expect=len(expected_dead), timeout=60, settle=1.0)
+    dead = read_topic(
+        cluster.bootstrap, f"fail-{topic}", expect=len(expected_dead), timeout=60, settle=1.0
+    )
     dead_keys = Counter(r.key().decode() for r in dead)
     assert set(dead_keys) == expected_dead
     assert all(headers_of(r)["x-freedom-status"] == "422" for r in dead)
@@ -273,17 +353,23 @@ def test_a_fleet_of_three_proxies_loses_nothing_when_a_proxy_and_a_broker_die(cl
     repeated = {k: n for k, n in per_key.items() if n > 1}
     duplicates = sum(n - 1 for n in repeated.values())
     killed_parts = len(held_partitions - {None})
-    lagging = sum(1 for d in before_proxy_kill
-                  if d.instance == killed.instance and d.at > proxy_killed_at - COMMIT_LAG_BOUND - 0.05)
+    lagging = sum(
+        1
+        for d in before_proxy_kill
+        if d.instance == killed.instance and d.at > proxy_killed_at - COMMIT_LAG_BOUND - 0.05
+    )
     bound = MAX_IN_FLIGHT + 4 * MAX_IN_FLIGHT * killed_parts + lagging
-    print(f"[fleet] {RECORDS} records over {PARTITIONS} partitions, {PROXIES} proxies; {len(deliveries)} deliveries "
-          f"in {run_seconds:.1f} s; proxy {killed.instance} SIGKILLed after {len(before_proxy_kill)} deliveries "
-          f"(it held {killed_parts} partitions); broker {victim_broker} killed "
-          f"{broker_killed_at - proxy_killed_at:.1f} s later, leader now {new_leader}; {duplicates} duplicates "
-          f"(bound {bound}: in flight {MAX_IN_FLIGHT} + held {4 * MAX_IN_FLIGHT * killed_parts} + lagging {lagging}); "
-          f"{len(dead)} dead letters for {len(expected_dead)} records")
+    print(
+        f"[fleet] {RECORDS} records over {PARTITIONS} partitions, {PROXIES} proxies; {len(deliveries)} deliveries "
+        f"in {run_seconds:.1f} s; proxy {killed.instance} SIGKILLed after {len(before_proxy_kill)} deliveries "
+        f"(it held {killed_parts} partitions); broker {victim_broker} killed "
+        f"{broker_killed_at - proxy_killed_at:.1f} s later, leader now {new_leader}; {duplicates} duplicates "
+        f"(bound {bound}: in flight {MAX_IN_FLIGHT} + held {4 * MAX_IN_FLIGHT * killed_parts} + lagging {lagging}); "
+        f"{len(dead)} dead letters for {len(expected_dead)} records"
+    )
     for key in repeated:
         assert first_by[key].instance == killed.instance and first_by[key].at <= proxy_killed_at, (
             f"{key} delivered {per_key[key]} times, first by proxy {first_by[key].instance}: "
-            "only the killed instance's uncommitted records may come again")
+            "only the killed instance's uncommitted records may come again"
+        )
     assert duplicates <= bound, f"{duplicates} duplicates, more than the bound {bound}"

@@ -20,8 +20,11 @@ def get(svc: ServiceThread, path: str) -> httpx.Response:
 
 def service(tmp_path, bootstrap: str, topic: str, group: str, **app: object) -> ServiceThread:
     port = free_port()
-    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}", **app},
-                        kafka=kafka_config(bootstrap, port, group_id=group, settings={"session.timeout.ms": 6000}))
+    conf = write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}", **app},
+        kafka=kafka_config(bootstrap, port, group_id=group, settings={"session.timeout.ms": 6000}),
+    )
     return ServiceThread(event_app(conf, Journal(), topic))
 
 
@@ -31,11 +34,19 @@ def test_readyz_is_503_until_the_group_has_its_assignment(apache_kafka, new_topi
     group = f"g-ready-{uuid.uuid4().hex[:8]}"
     # A member that got the partition and then stops polling: the service's join waits for it to
     # rejoin the rebalance (up to its max.poll.interval.ms), so the service has no assignment.
-    holder = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "session.timeout.ms": 6000,
-                       "max.poll.interval.ms": 60000})
+    holder = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group,
+            "session.timeout.ms": 6000,
+            "max.poll.interval.ms": 60000,
+        }
+    )
     assigned = threading.Event()
     holder.subscribe([topic], on_assign=lambda c, ps: assigned.set())
-    wait_until(lambda: holder.poll(0.2) is None and assigned.is_set(), 30, what="the holder's assignment")
+    wait_until(
+        lambda: holder.poll(0.2) is None and assigned.is_set(), 30, what="the holder's assignment"
+    )
     svc = service(tmp_path, bootstrap, topic, group)
     assert svc.app.kafka is not None
     svc.app.kafka.ready_timeout = 0.5  # serve HTTP without waiting for the assignment
@@ -43,11 +54,19 @@ def test_readyz_is_503_until_the_group_has_its_assignment(apache_kafka, new_topi
         with svc:
             answer = get(svc, "/readyz")
             assert answer.status_code == 503, answer.text
-            assert f"consumer group {group!r}: no partition assignment yet" in answer.json()["problems"]
-            assert get(svc, "/livez").status_code == 200  # waiting for an assignment is not being stuck
+            assert (
+                f"consumer group {group!r}: no partition assignment yet"
+                in answer.json()["problems"]
+            )
+            assert (
+                get(svc, "/livez").status_code == 200
+            )  # waiting for an assignment is not being stuck
             holder.close()  # leaves the group: the rebalance completes with the service alone
-            answer = wait_until(lambda: (r := get(svc, "/readyz")).status_code == 200 and r, 30,
-                                what="/readyz 200 after the assignment")
+            answer = wait_until(
+                lambda: (r := get(svc, "/readyz")).status_code == 200 and r,
+                30,
+                what="/readyz 200 after the assignment",
+            )
             assert answer.json() == {"status": "ready"}
     finally:
         holder.close()
@@ -64,7 +83,9 @@ def test_livez_is_503_while_the_consumer_thread_is_stuck(apache_kafka, new_topic
         entered = threading.Event()
         round_ = loop._round
 
-        def stuck_round() -> None:  # the consumer thread blocks inside its round, as in a hung client call
+        def stuck_round() -> (
+            None
+        ):  # the consumer thread blocks inside its round, as in a hung client call
             entered.set()
             release.wait(60)
             round_()
@@ -72,18 +93,29 @@ def test_livez_is_503_while_the_consumer_thread_is_stuck(apache_kafka, new_topic
         loop._round = stuck_round
         try:
             assert entered.wait(10)
-            answer = wait_until(lambda: (r := get(svc, "/livez")).status_code == 503 and r, 15,
-                                what="/livez 503 while the consumer thread is stuck")
+            answer = wait_until(
+                lambda: (r := get(svc, "/livez")).status_code == 503 and r,
+                15,
+                what="/livez 503 while the consumer thread is stuck",
+            )
             [problem] = answer.json()["problems"]
-            assert problem.startswith(f"consumer group {group!r}: the consumer thread made no progress for ")
+            assert problem.startswith(
+                f"consumer group {group!r}: the consumer thread made no progress for "
+            )
             assert problem.endswith("(liveness_timeout_sec = 2)")
         finally:
             loop._round = round_
             release.set()
-        wait_until(lambda: get(svc, "/livez").status_code == 200, 15, what="/livez 200 once the thread goes on")
+        wait_until(
+            lambda: get(svc, "/livez").status_code == 200,
+            15,
+            what="/livez 200 once the thread goes on",
+        )
 
 
-def test_readyz_is_503_while_the_producer_cannot_reach_its_cluster(tmp_path, new_topic, monkeypatch):
+def test_readyz_is_503_while_the_producer_cannot_reach_its_cluster(
+    tmp_path, new_topic, monkeypatch
+):
     """The broker goes away: not ready (the producer reaches no cluster), still live (a restart would
     not bring the broker back); ready again once it returns."""
     from freedom.observability import health
@@ -95,15 +127,28 @@ def test_readyz_is_503_while_the_producer_cannot_reach_its_cluster(tmp_path, new
     try:
         topic = new_topic(kafka.bootstrap)
         with service(tmp_path, kafka.bootstrap, topic, f"g-down-{uuid.uuid4().hex[:8]}") as svc:
-            wait_until(lambda: get(svc, "/readyz").status_code == 200, 30, what="/readyz 200 with the broker up")
+            wait_until(
+                lambda: get(svc, "/readyz").status_code == 200,
+                30,
+                what="/readyz 200 with the broker up",
+            )
             kafka.stop()
-            answer = wait_until(lambda: (r := get(svc, "/readyz")).status_code == 503 and r, 30,
-                                what="/readyz 503 with the broker down")
+            answer = wait_until(
+                lambda: (r := get(svc, "/readyz")).status_code == 503 and r,
+                30,
+                what="/readyz 503 with the broker down",
+            )
             [problem] = answer.json()["problems"]
-            assert problem.startswith("producer client (default): no answer from the cluster within 2 s"), problem
+            assert problem.startswith(
+                "producer client (default): no answer from the cluster within 2 s"
+            ), problem
             assert get(svc, "/livez").status_code == 200
             kafka.start()
-            wait_until(lambda: get(svc, "/readyz").status_code == 200, 60, what="/readyz 200 once the broker is back")
+            wait_until(
+                lambda: get(svc, "/readyz").status_code == 200,
+                60,
+                what="/readyz 200 once the broker is back",
+            )
     finally:
         kafka.close()
 
@@ -125,8 +170,12 @@ def test_livez_is_503_after_the_event_loop_was_blocked(tmp_path):
             return "ok"
 
     port = free_port()
-    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}", "liveness_timeout_sec": 2})
-    app = freedom.Application(config_dir=conf, prepare=[lambda i: i.bind_controller("/block", Block)])
+    conf = write_config(
+        tmp_path, app={"listen_addr": f"127.0.0.1:{port}", "liveness_timeout_sec": 2}
+    )
+    app = freedom.Application(
+        config_dir=conf, prepare=[lambda i: i.bind_controller("/block", Block)]
+    )
     with ServiceThread(app) as svc, httpx.Client(base_url=svc.base_url, timeout=30) as client:
         assert client.get("/livez").status_code == 200  # and the connection stays open (keep-alive)
         blocker = threading.Thread(target=lambda: httpx.get(f"{svc.base_url}/block/3", timeout=30))
@@ -138,5 +187,11 @@ def test_livez_is_503_after_the_event_loop_was_blocked(tmp_path):
             blocker.join(30)
         assert answer.status_code == 503, answer.text
         [problem] = answer.json()["problems"]
-        assert problem.startswith("the event loop ran no tick for ") and problem.endswith("(liveness_timeout_sec = 2)")
-        wait_until(lambda: client.get("/livez").status_code == 200, 10, what="/livez 200 once the loop ticks again")
+        assert problem.startswith("the event loop ran no tick for ") and problem.endswith(
+            "(liveness_timeout_sec = 2)"
+        )
+        wait_until(
+            lambda: client.get("/livez").status_code == 200,
+            10,
+            what="/livez 200 once the loop ticks again",
+        )

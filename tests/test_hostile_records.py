@@ -17,35 +17,72 @@ import pytest
 from starlette.responses import Response
 
 import freedom
+from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from freedom.wire import encoding as wire
 from freedom.wire.headers import ORIGINAL_TOPIC_HEADER
-from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.services.kafka_tools import committed, headers_of, produce, read_topic
 from tests.test_wire import HOSTILE_HEADERS, NEVER_FORWARDED, _by_name, _expected
 
 SECRET = "s3cret-" + "x" * 24
-FORGED_POSITION = [("x-freedom-original-topic", b"victim"), ("x-freedom-original-partition", b"0"),
-                   ("x-freedom-original-offset", b"0")]
-FORGED_REASONS = [*FORGED_POSITION, ("x-freedom-first-failure-time", b"1970-01-01T00:00:00Z"),
-                  ("x-freedom-error", b"forged"), ("x-freedom-status", b"599")]
+FORGED_POSITION = [
+    ("x-freedom-original-topic", b"victim"),
+    ("x-freedom-original-partition", b"0"),
+    ("x-freedom-original-offset", b"0"),
+]
+FORGED_REASONS = [
+    *FORGED_POSITION,
+    ("x-freedom-first-failure-time", b"1970-01-01T00:00:00Z"),
+    ("x-freedom-error", b"forged"),
+    ("x-freedom-status", b"599"),
+]
 
 KEYS: list[bytes | None] = [
-    b"crlf\r\nINJECTED: 1", b"nul\x00byte", b"ctl\x01\x7f\x1b[31m", b"\xff\xfe", b"FFFE", b"~b64.__4",
-    b"tenant/7", b"100%", b"a%2Fb", b"?#&= x", b" lead", b".", b"..", "购买".encode(), b"\xc2\x85",
-    b"k" * wire.MAX_KEY_BYTES, b"k" * (wire.MAX_KEY_BYTES + 1), b"L" * 100_000, None, b"",
+    b"crlf\r\nINJECTED: 1",
+    b"nul\x00byte",
+    b"ctl\x01\x7f\x1b[31m",
+    b"\xff\xfe",
+    b"FFFE",
+    b"~b64.__4",
+    b"tenant/7",
+    b"100%",
+    b"a%2Fb",
+    b"?#&= x",
+    b" lead",
+    b".",
+    b"..",
+    "购买".encode(),
+    b"\xc2\x85",
+    b"k" * wire.MAX_KEY_BYTES,
+    b"k" * (wire.MAX_KEY_BYTES + 1),
+    b"L" * 100_000,
+    None,
+    b"",
 ]
 
 
 def corpus() -> list[dict[str, Any]]:
     """The records to produce, in order (produce() keyword arguments); the last one is ordinary."""
     records: list[dict[str, Any]] = [
-        {"key": k, "value": b"\x00value\r\n" + str(i).encode(), "headers": [("x-i", str(i).encode())]}
-        for i, k in enumerate(KEYS)]
+        {
+            "key": k,
+            "value": b"\x00value\r\n" + str(i).encode(),
+            "headers": [("x-i", str(i).encode())],
+        }
+        for i, k in enumerate(KEYS)
+    ]
     records += [
         {"key": b"HEADERS", "value": b"h", "headers": HOSTILE_HEADERS + NEVER_FORWARDED},
         {"key": None, "value": b"chooses its id?", "headers": FORGED_POSITION},
-        {"key": b"REASONS", "value": b"r", "headers": FORGED_REASONS + [("x-freedom-secret", b"forged")]},
-        {"key": b"RETRY\r\nME", "value": b"once", "headers": [("x-fail-once", b"1"), ("x-crlf", b"\r\n")]},
+        {
+            "key": b"REASONS",
+            "value": b"r",
+            "headers": FORGED_REASONS + [("x-freedom-secret", b"forged")],
+        },
+        {
+            "key": b"RETRY\r\nME",
+            "value": b"once",
+            "headers": [("x-fail-once", b"1"), ("x-crlf", b"\r\n")],
+        },
         {"key": None, "value": b"keyless once", "headers": [("x-fail-once", b"1")]},
         {"key": b"TOO-BIG", "value": b"t", "headers": [("x-too-big", b"z" * 300_000)]},
         {"key": b"AFTER", "value": b"after", "headers": [("x-action", "购买".encode())]},
@@ -85,9 +122,14 @@ def hostile_app(config_dir: Path, seen: Seen, topic: str) -> freedom.Application
 
         async def post_event_by(self, event_id: str) -> Response:
             request = self.runtime.request
-            call = {"event_id": event_id, "key": request.message_key, "body": await request.body(),
-                    "headers": request.headers.record_raw(), "text": dict(request.headers.items()),
-                    "client": request.client}
+            call = {
+                "event_id": event_id,
+                "key": request.message_key,
+                "body": await request.body(),
+                "headers": request.headers.record_raw(),
+                "text": dict(request.headers.items()),
+                "client": request.client,
+            }
             with seen.lock:
                 nth = sum(1 for c in seen.calls if c["event_id"] == event_id)
                 seen.calls.append(call)
@@ -103,29 +145,54 @@ def hostile_app(config_dir: Path, seen: Seen, topic: str) -> freedom.Application
     return freedom.Application(config_dir=config_dir, prepare=[prepare])
 
 
-def _expected_headers(headers: list[tuple[str, bytes | None]], from_retry: bool) -> dict[bytes, list[bytes]]:
-    from freedom.kafka.consumer.delivery import NOT_FORWARDED, NOT_FORWARDED_PREFIXES, PROXY_SET, UNTRUSTED_ON_MAIN_TOPIC
+def _expected_headers(
+    headers: list[tuple[str, bytes | None]], from_retry: bool
+) -> dict[bytes, list[bytes]]:
+    from freedom.kafka.consumer.delivery import (
+        NOT_FORWARDED,
+        NOT_FORWARDED_PREFIXES,
+        PROXY_SET,
+        UNTRUSTED_ON_MAIN_TOPIC,
+    )
 
     def dropped(name: str) -> bool:
         n = name.lower()
         return wire.plain_name(name.encode()) and (
-            n in NOT_FORWARDED or n in PROXY_SET or n.startswith(NOT_FORWARDED_PREFIXES)
-            or (not from_retry and n in UNTRUSTED_ON_MAIN_TOPIC))
+            n in NOT_FORWARDED
+            or n in PROXY_SET
+            or n.startswith(NOT_FORWARDED_PREFIXES)
+            or (not from_retry and n in UNTRUSTED_ON_MAIN_TOPIC)
+        )
 
     return _by_name(_expected([(k, v) for k, v in headers if not dropped(k)]))
 
 
-_ADDED = {b"x-message-key", b"x-retry-count", b"x-freedom-key", b"content-length", b"host",
-          b"accept", b"accept-encoding", b"user-agent",  # what the proxy and HTTP clients add
-          b"content-type"}  # the proxy's default (application/json) for records without one
+_ADDED = {
+    b"x-message-key",
+    b"x-retry-count",
+    b"x-freedom-key",
+    b"content-length",
+    b"host",
+    b"accept",
+    b"accept-encoding",
+    b"user-agent",  # what the proxy and HTTP clients add
+    b"content-type",
+}  # the proxy's default (application/json) for records without one
 
 
 def run_corpus(tmp_path: Path, bootstrap: str, topic: str, mode: str) -> None:
     port = free_port()
     group = f"g-hostile-{uuid.uuid4().hex[:8]}"
-    kafka = kafka_config(bootstrap, port, group_id=group, delivery="inprocess" if mode == "inprocess" else "http",
-                         retry_group_id=f"r-{group}", retry_count=1, retry_interval_sec=0.3,
-                         settings={"session.timeout.ms": 6000})
+    kafka = kafka_config(
+        bootstrap,
+        port,
+        group_id=group,
+        delivery="inprocess" if mode == "inprocess" else "http",
+        retry_group_id=f"r-{group}",
+        retry_count=1,
+        retry_interval_sec=0.3,
+        settings={"session.timeout.ms": 6000},
+    )
     kafka["consumer"]["secret"] = SECRET
     if mode == "h2c":
         kafka["consumer"]["proxy_http2"] = True
@@ -135,11 +202,18 @@ def run_corpus(tmp_path: Path, bootstrap: str, topic: str, mode: str) -> None:
     deliveries_expected = len(records) - 1 + 2  # TOO-BIG is not a request; two fail once
     with ServiceThread(hostile_app(tmp_path, seen, topic)):
         sent = produce(bootstrap, topic, records)
-        wait_until(lambda: len(seen.snapshot()) >= deliveries_expected, 60,
-                   what=f"{deliveries_expected} deliveries (got {len(seen.snapshot())})")
+        wait_until(
+            lambda: len(seen.snapshot()) >= deliveries_expected,
+            60,
+            what=f"{deliveries_expected} deliveries (got {len(seen.snapshot())})",
+        )
         dead = read_topic(bootstrap, f"fail-{topic}", expect=1, timeout=30, settle=0.5)
         end = sent[-1].offset() + 1
-        wait_until(lambda: committed(bootstrap, group, topic)[0] == end, 30, what="the commit past the corpus")
+        wait_until(
+            lambda: committed(bootstrap, group, topic)[0] == end,
+            30,
+            what="the commit past the corpus",
+        )
 
     calls = seen.snapshot()
     by_id: dict[str, list[dict[str, Any]]] = {}
@@ -147,9 +221,11 @@ def run_corpus(tmp_path: Path, bootstrap: str, topic: str, mode: str) -> None:
         by_id.setdefault(c["event_id"], []).append(c)
     # Every record but TOO-BIG reached the handler with its own id: no two records share one.
     ids = []
-    for record, msg in zip(records, sent):
+    for msg in sent:
         key = msg.key()
-        ids.append(wire.key_id(key) if key else wire.position_id(topic, msg.partition(), msg.offset()))
+        ids.append(
+            wire.key_id(key) if key else wire.position_id(topic, msg.partition(), msg.offset())
+        )
     assert len(set(ids)) == len(ids)
     too_big = ids[-2]
     assert set(by_id) == set(ids) - {too_big}, set(ids) ^ set(by_id)
@@ -181,7 +257,9 @@ def run_corpus(tmp_path: Path, bootstrap: str, topic: str, mode: str) -> None:
     assert wire.key_id(b"tenant/7") in by_id
 
 
-def test_the_hostile_corpus_is_delivered_intact_or_dead_lettered(apache_kafka, new_topic, tmp_path, delivery):
+def test_the_hostile_corpus_is_delivered_intact_or_dead_lettered(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     run_corpus(tmp_path, apache_kafka.bootstrap, new_topic(apache_kafka.bootstrap), delivery)
 
 

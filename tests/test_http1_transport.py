@@ -12,8 +12,8 @@ import uvicorn
 
 from freedom.kafka.consumer.delivery import EventRoute
 from freedom.kafka.transports.http1 import Http1Transport
-from freedom.web.runtime import Utf8Headers
 from freedom.testing import free_port, wait_until
+from freedom.web.runtime import Utf8Headers
 from tests.services.asgi_parts import read_body
 
 ROUTE = EventRoute("t", "/store/sell/goods/{event_id}", "event_id")
@@ -30,8 +30,14 @@ class _Recorder:
         if scope["type"] != "http":
             return
         body = await read_body(receive)
-        self.requests.append({"path": scope["path"], "raw_path": scope["raw_path"],
-                              "headers": scope["headers"], "body": body})
+        self.requests.append(
+            {
+                "path": scope["path"],
+                "raw_path": scope["raw_path"],
+                "headers": scope["headers"],
+                "body": body,
+            }
+        )
         status, headers = self.answer
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": b"{}"})
@@ -41,8 +47,16 @@ class _Recorder:
 def server():
     app = _Recorder()
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning",
-                                        timeout_keep_alive=1, lifespan="off"))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            timeout_keep_alive=1,
+            lifespan="off",
+        )
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     wait_until(lambda: srv.started, 10, what="uvicorn to start")
@@ -55,12 +69,17 @@ async def test_the_service_gets_the_record_as_sent(server):
     app, addr = server
     transport = Http1Transport(addr, secret="s3cret")
     try:
-        result = await transport.deliver(ROUTE, "a/b 1", b'{"n": 1}', [("x-action", "购买".encode()), ("x-raw", b"\xff\xfe")], 2)
+        result = await transport.deliver(
+            ROUTE, "a/b 1", b'{"n": 1}', [("x-action", "购买".encode()), ("x-raw", b"\xff\xfe")], 2
+        )
     finally:
         await transport.aclose()
     assert result.ok and result.status == 200
     (req,) = app.requests
-    assert req["path"] == "/store/sell/goods/a/b 1" and req["raw_path"] == b"/store/sell/goods/a%2Fb%201"
+    assert (
+        req["path"] == "/store/sell/goods/a/b 1"
+        and req["raw_path"] == b"/store/sell/goods/a%2Fb%201"
+    )
     headers = dict(req["headers"])
     assert headers[b"x-action"] == "购买".encode()  # the record's bytes, unchanged
     # Not valid UTF-8 (h2c could not carry it as it is): base64url, named in x-freedom-encoded,
@@ -74,7 +93,10 @@ async def test_the_service_gets_the_record_as_sent(server):
 
 async def test_outcome_headers_and_status_are_read(server):
     app, addr = server
-    app.answer = (200, [(b"x-freedom-outcome", b"dead-letter"), (b"x-freedom-reason", b"bad%20order")])
+    app.answer = (
+        200,
+        [(b"x-freedom-outcome", b"dead-letter"), (b"x-freedom-reason", b"bad%20order")],
+    )
     transport = Http1Transport(addr)
     try:
         result = await transport.deliver(ROUTE, "k", b"{}", [], 0)
@@ -95,7 +117,9 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(server):
         # uvicorn closes keep-alive connections idle for more than 1 s (timeout_keep_alive=1)
         deadline = asyncio.get_running_loop().time() + 10
         while not conn.closed:
-            assert asyncio.get_running_loop().time() < deadline, "the server never closed the idle connection"
+            assert asyncio.get_running_loop().time() < deadline, (
+                "the server never closed the idle connection"
+            )
             await asyncio.sleep(0.05)
         assert (await transport.deliver(ROUTE, "k2", b"{}", [], 0)).ok
     finally:
@@ -103,7 +127,9 @@ async def test_a_connection_the_server_closed_while_idle_is_replaced(server):
     assert [r["path"] for r in app.requests] == ["/store/sell/goods/k1", "/store/sell/goods/k2"]
 
 
-@pytest.mark.parametrize("header", [("x-a", b"one\r\nx-b: two"), ("bad name", b"v"), ("x-c", b"\x01\x7f")])
+@pytest.mark.parametrize(
+    "header", [("x-a", b"one\r\nx-b: two"), ("bad name", b"v"), ("x-c", b"\x01\x7f")]
+)
 async def test_a_header_http_cannot_carry_as_it_is_travels_encoded(server, header):
     """Was: the delivery failed (finding 2 of issue 10). Now: the request is valid HTTP (no header
     injected) and the handler reads the record's header back."""
@@ -140,8 +166,16 @@ async def test_https_proxy_addr_is_served_over_tls(tmp_path, monkeypatch):
     ca.cert_pem.write_to_path(str(ca_file))
     cert.private_key_and_cert_chain_pem.write_to_path(str(cert_file))
     app, port = _Recorder(), free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
-                                        ssl_certfile=str(cert_file)))
+    srv = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            lifespan="off",
+            ssl_certfile=str(cert_file),
+        )
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     try:
@@ -185,7 +219,7 @@ class _Gathering:
         try:
             await asyncio.wait_for(self._all.wait(), 30)
             status = 200
-        except asyncio.TimeoutError:
+        except TimeoutError:
             status = 503
         self.in_progress -= 1
         await send({"type": "http.response.start", "status": status, "headers": []})
@@ -197,13 +231,17 @@ async def test_connections_follow_the_deliveries_in_progress_past_100():
     # max_in_flight bounds the deliveries, and each one in progress gets a connection.
     app = _Gathering(150)
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    srv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     wait_until(lambda: srv.started, 10, what="uvicorn to start")
     transport = Http1Transport(f"http://127.0.0.1:{port}")
     try:
-        results = await asyncio.gather(*(transport.deliver(ROUTE, f"k{i}", b"{}", [], 0) for i in range(150)))
+        results = await asyncio.gather(
+            *(transport.deliver(ROUTE, f"k{i}", b"{}", [], 0) for i in range(150))
+        )
         assert [r.status for r in results] == [200] * 150 and app.most == 150
     finally:
         await transport.aclose()

@@ -12,14 +12,25 @@ from tests.services.event_app import Delivery, Journal, event_service
 from tests.services.kafka_tools import committed, produce
 
 
-def test_the_handler_gets_the_same_request_in_both_modes(apache_kafka, new_topic, tmp_path, delivery):
+def test_the_handler_gets_the_same_request_in_both_modes(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal = Journal()
     svc = event_service(tmp_path, bootstrap, journal, topic, delivery=delivery)
     with svc:
-        produce(bootstrap, topic, [{"key": "K ü?#%".encode(), "value": b'{"ID": 3}',
-                                    "headers": [("X-Action", "购买".encode()), ("content-length", b"999")]}])
+        produce(
+            bootstrap,
+            topic,
+            [
+                {
+                    "key": "K ü?#%".encode(),
+                    "value": b'{"ID": 3}',
+                    "headers": [("X-Action", "购买".encode()), ("content-length", b"999")],
+                }
+            ],
+        )
         call = wait_until(journal.of, 20, what="the delivery")[0]
     assert call.key == "K ü?#%"  # percent-encoded in the path, decoded for the handler
     assert call.body == b'{"ID": 3}'
@@ -33,13 +44,24 @@ def _raises_first(call: Delivery) -> None:
         raise RuntimeError("a bug in the handler")
 
 
-def test_an_exception_escaping_the_handler_is_a_failed_delivery(apache_kafka, new_topic, tmp_path, delivery):
+def test_an_exception_escaping_the_handler_is_a_failed_delivery(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     """Over HTTP the server answers 500; in-process the proxy does the same: retried, then committed."""
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal = Journal()
-    svc = event_service(tmp_path, bootstrap, journal, topic, _raises_first, delivery=delivery,
-                        retry_count=1, retry_interval_sec=0.2, group_id=f"g-raise-{time.time_ns()}")
+    svc = event_service(
+        tmp_path,
+        bootstrap,
+        journal,
+        topic,
+        _raises_first,
+        delivery=delivery,
+        retry_count=1,
+        retry_interval_sec=0.2,
+        group_id=f"g-raise-{time.time_ns()}",
+    )
     group = svc.app.kafka_config.consumer_clients[0].group_id
     with svc:
         produce(bootstrap, topic, [{"key": b"K-BUG", "value": b"x"}])
@@ -48,16 +70,30 @@ def test_an_exception_escaping_the_handler_is_a_failed_delivery(apache_kafka, ne
     assert [c.headers["x-retry-count"] for c in journal.of()] == ["0", "1"]
 
 
-@pytest.mark.parametrize("consumer, message", [
-    ({"proxy_addr": "asgi://app"}, 'consumer.proxy_addr: must start with "http://" or "https://" (or be "inprocess"'),
-    ({"proxy_addr": "inprocess", "proxy_http2": True}, 'consumer.proxy_http2: has no effect with proxy_addr = "inprocess"'),
-])
+@pytest.mark.parametrize(
+    "consumer, message",
+    [
+        (
+            {"proxy_addr": "asgi://app"},
+            'consumer.proxy_addr: must start with "http://" or "https://" (or be "inprocess"',
+        ),
+        (
+            {"proxy_addr": "inprocess", "proxy_http2": True},
+            'consumer.proxy_http2: has no effect with proxy_addr = "inprocess"',
+        ),
+    ],
+)
 def test_a_wrong_proxy_addr_gets_one_clear_error(tmp_path, consumer, message):
     from freedom.config.loading import load_kafka_config
     from freedom.errors import ConfigError
 
-    write_config(tmp_path, kafka={"consumer": {"open": True, **consumer},
-                                  "consumer_clients": [{"servers": ["127.0.0.1:9092"]}]})
+    write_config(
+        tmp_path,
+        kafka={
+            "consumer": {"open": True, **consumer},
+            "consumer_clients": [{"servers": ["127.0.0.1:9092"]}],
+        },
+    )
     with pytest.raises(ConfigError) as err:
         load_kafka_config(tmp_path)
     assert message in str(err.value) and "kafka.toml" in str(err.value)

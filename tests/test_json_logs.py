@@ -56,20 +56,48 @@ def test_json_lines_carry_the_record_and_the_trace(apache_kafka, new_topic, tmp_
 
     port = free_port()
     group = f"g-{uuid.uuid4().hex[:8]}"
-    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}", "log_format": "json"},
-                        kafka=kafka_config(bootstrap, port, group_id=group, retry_group_id=f"r-{group}",
-                                           retry_count=1, retry_interval_sec=0.2,
-                                           settings={"session.timeout.ms": 6000}))
+    conf = write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}", "log_format": "json"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=group,
+            retry_group_id=f"r-{group}",
+            retry_count=1,
+            retry_interval_sec=0.2,
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     with ServiceThread(freedom.Application(config_dir=conf, prepare=[prepare])):
-        produce(bootstrap, topic, [{"key": b"K-JSON", "value": b"{}",
-                                    "headers": [("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01".encode())]}])
+        produce(
+            bootstrap,
+            topic,
+            [
+                {
+                    "key": b"K-JSON",
+                    "value": b"{}",
+                    "headers": [("traceparent", f"00-{TRACE_ID}-b7ad6b7169203331-01".encode())],
+                }
+            ],
+        )
         read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.2)
     lines = [line for line in log_output.getvalue().splitlines() if line]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)
     about = [r for r in records if r.get("topic") in (topic, f"retry-{topic}")]
-    assert [(r["logger"], r["level"], r["topic"], r["partition"], r["offset"], r["outcome"], r["trace_id"])
-            for r in about] == [
+    assert [
+        (
+            r["logger"],
+            r["level"],
+            r["topic"],
+            r["partition"],
+            r["offset"],
+            r["outcome"],
+            r["trace_id"],
+        )
+        for r in about
+    ] == [
         ("freedom.kafka.proxy", "WARNING", topic, 0, 0, "retry", TRACE_ID),
         ("freedom.kafka.proxy", "WARNING", f"retry-{topic}", 0, 0, "dead_letter", TRACE_ID),
     ]

@@ -24,7 +24,11 @@ class Store:
             raise freedom.DeadLetter("bad order")
         if body.get("do") == "crash":
             raise RuntimeError("boom")
-        return {"key": event_id, "action": self.runtime.request.headers.get("x-action"), "body": body}
+        return {
+            "key": event_id,
+            "action": self.runtime.request.headers.get("x-action"),
+            "body": body,
+        }
 
     async def post_count_by(self, n: int) -> dict:  # an int path parameter: FastAPI validates it
         return {"n": n}
@@ -39,10 +43,17 @@ def _app(lean: bool) -> FastAPI:
     if lean:
         add_controller(api, "/store", Store, {})
     else:  # the same endpoints on FastAPI's own route class
-        for name, path in (("post_sell_by", "/store/sell/{event_id}"), ("post_count_by", "/store/count/{n}"),
-                           ("post_search", "/store/search")):
-            api.router.add_api_route(path, make_endpoint(Store, getattr(Store, name), {}), methods=["POST"],
-                                     route_class_override=APIRoute)
+        for name, path in (
+            ("post_sell_by", "/store/sell/{event_id}"),
+            ("post_count_by", "/store/count/{n}"),
+            ("post_search", "/store/search"),
+        ):
+            api.router.add_api_route(
+                path,
+                make_endpoint(Store, getattr(Store, name), {}),
+                methods=["POST"],
+                route_class_override=APIRoute,
+            )
     return api
 
 
@@ -65,19 +76,32 @@ async def test_lean_and_fastapi_routes_answer_alike(path, body):
         transport = httpx.ASGITransport(app=_app(lean), raise_app_exceptions=False)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
             r = await client.post(path, json=body, headers={"x-action": "购买".encode()})
-        answers.append((r.status_code, r.headers.get("x-freedom-outcome"), r.headers.get("x-freedom-reason"), r.content))
+        answers.append(
+            (
+                r.status_code,
+                r.headers.get("x-freedom-outcome"),
+                r.headers.get("x-freedom-reason"),
+                r.content,
+            )
+        )
     assert answers[0] == answers[1]
 
 
 def test_only_request_and_str_path_routes_are_lean():
     api = _app(lean=True)
     lean = {r.path: r.lean for r in api.routes if isinstance(r, LeanRoute)}
-    assert lean == {"/store/sell/{event_id}": True, "/store/count/{n}": False, "/store/search": False}
+    assert lean == {
+        "/store/sell/{event_id}": True,
+        "/store/count/{n}": False,
+        "/store/search": False,
+    }
 
 
 async def test_the_lean_route_passes_the_key_and_headers():
     transport = httpx.ASGITransport(app=_app(lean=True))
     async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-        r = await client.post("/store/sell/a%20b%E8%B4%AD", json={"n": 1}, headers={"x-action": "购买".encode()})
+        r = await client.post(
+            "/store/sell/a%20b%E8%B4%AD", json={"n": 1}, headers={"x-action": "购买".encode()}
+        )
     assert r.status_code == 200
     assert r.json() == {"key": "a b购", "action": "购买", "body": {"n": 1}}

@@ -55,11 +55,27 @@ def librdkafka_lines() -> Iterator[Lines]:
 
 def test_a_service_against_an_unreachable_cluster_says_so_in_a_few_lines(tmp_path):
     port, closed = free_port(), free_port()
-    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
-                          kafka=kafka_config(f"127.0.0.1:{closed}", port))
+    config = write_config(
+        tmp_path / "conf",
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(f"127.0.0.1:{closed}", port),
+    )
     env = {**os.environ, "RECORD_FILE": str(tmp_path / "records.jsonl")}
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config)],
-                          cwd=SERVICES, env=env, capture_output=True, timeout=120)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freedom.cli.main",
+            "run",
+            "kill_service:app",
+            "--config",
+            str(config),
+        ],
+        cwd=SERVICES,
+        env=env,
+        capture_output=True,
+        timeout=120,
+    )
     err = proc.stderr.decode(errors="replace").splitlines()
     assert proc.returncode == 2, err[-20:]
     assert err[-1].startswith("freedom: error: cannot reach Kafka at 127.0.0.1:"), err[-5:]
@@ -67,7 +83,9 @@ def test_a_service_against_an_unreachable_cluster_says_so_in_a_few_lines(tmp_pat
     # raw lines before): now its first line, and the count before freedom's error.
     librdkafka = [line for line in err if "rdkafka#" in line]
     assert len(librdkafka) <= 4, "\n".join(librdkafka)
-    assert all("freedom.kafka.librdkafka" in line for line in librdkafka), librdkafka  # not raw stderr
+    assert all("freedom.kafka.librdkafka" in line for line in librdkafka), (
+        librdkafka
+    )  # not raw stderr
     counts = [int(m.group(1)) for line in librdkafka if (m := COUNT.search(line))]
     assert counts and sum(counts) >= 20, librdkafka  # the repeats are counted, not lost
 
@@ -86,27 +104,48 @@ def test_a_broker_outage_gives_a_few_lines_with_counts(own_kafka, tmp_path, libr
     topic = f"outage-{uuid.uuid4().hex[:8]}"
     journal = Journal()
     # The first record fails once, so the retry producer is connected when the broker goes too.
-    svc = event_service(tmp_path, own_kafka.bootstrap, journal, topic, lambda call: 500 if call.key == "before"
-                        and call.nth == 0 else 200, retry_count=1, retry_interval_sec=0)
+    svc = event_service(
+        tmp_path,
+        own_kafka.bootstrap,
+        journal,
+        topic,
+        lambda call: 500 if call.key == "before" and call.nth == 0 else 200,
+        retry_count=1,
+        retry_interval_sec=0,
+    )
     producer = confluent_kafka.Producer({"bootstrap.servers": own_kafka.bootstrap, "log_level": 0})
     with svc:
         producer.produce(topic, key=b"before", value=b"{}")
         assert producer.flush(30) == 0
-        wait_until(lambda: len(journal.of(key="before")) == 2, 60, what="the record before the outage to be retried")
+        wait_until(
+            lambda: len(journal.of(key="before")) == 2,
+            60,
+            what="the record before the outage to be retried",
+        )
 
         down = time.monotonic()
         own_kafka.kill()
-        wait_until(lambda: librdkafka_lines.between(down, time.monotonic()), 30,
-                   what="librdkafka to report the broker down")
+        wait_until(
+            lambda: librdkafka_lines.between(down, time.monotonic()),
+            30,
+            what="librdkafka to report the broker down",
+        )
         time.sleep(5)  # the outage itself: librdkafka retries all along
         own_kafka.start()
         up = time.monotonic()
         producer.produce(topic, key=b"after", value=b"{}")
         assert producer.flush(60) == 0
-        wait_until(lambda: journal.of(key="after"), 90, what="the record after the outage to be handled")
+        wait_until(
+            lambda: journal.of(key="after"), 90, what="the record after the outage to be handled"
+        )
         # The counts come at most FIRST_WINDOW (5 s) after the first repeat, or at the next state.
-        wait_until(lambda: any(COUNT.search(line) for line in librdkafka_lines.between(down, time.monotonic())),
-                   30, what="a count of the repeated lines")
+        wait_until(
+            lambda: any(
+                COUNT.search(line) for line in librdkafka_lines.between(down, time.monotonic())
+            ),
+            30,
+            what="a count of the repeated lines",
+        )
         end = time.monotonic()
 
     during = librdkafka_lines.between(down, end)
@@ -145,13 +184,19 @@ FAIL = "FAIL [rdkafka#consumer-1] [thrd:127.0.0.1:9092/bootstrap]: 127.0.0.1:909
 
 
 def test_repeats_are_counted_and_shown_at_the_next_state():
-    repeats = [FAIL.format(i % 7, f", {i} identical error(s) suppressed" if i % 3 else "") for i in range(50)]
+    repeats = [
+        FAIL.format(i % 7, f", {i} identical error(s) suppressed" if i % 3 else "")
+        for i in range(50)
+    ]
     other_broker = FAIL.replace("9092", "9093").format(0, "")
     down = "ERROR [rdkafka#consumer-1] [thrd:127.0.0.1:9092/bootstrap]: 127.0.0.1:9092/bootstrap: Disconnected (after 12ms in state UP)"
     fold, shown = fold_lines([*repeats, other_broker, other_broker, down], first_window=60)
     assert shown[0].endswith("(after 0ms in state CONNECT)")
     assert shown[1] == other_broker  # another broker: its own line
-    assert re.search(r"CONNECT, 49 identical error\(s\) suppressed\) \(repeated 49 times in [\d.]+ s\)$", shown[2]), shown
+    assert re.search(
+        r"CONNECT, 49 identical error\(s\) suppressed\) \(repeated 49 times in [\d.]+ s\)$",
+        shown[2],
+    ), shown
     assert shown[3] == down and len(shown) == 4
     fold.flush()
 

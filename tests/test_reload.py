@@ -19,9 +19,11 @@ from freedom.testing import free_port, kafka_config, wait_until, write_config
 
 from .services.kafka_tools import topic_size
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only")
+pytestmark = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux-only"
+)
 
-APP = '''
+APP = """
 import freedom
 from freedom.infra import kafka
 
@@ -53,7 +55,7 @@ def _(initiator: freedom.Initiator) -> None:
 
 
 app = freedom.Application()
-'''
+"""
 
 
 def gone(pid: int) -> bool:
@@ -74,12 +76,29 @@ class Reloading:
         self.source = self.dir / "app.py"
         self.source.write_text(APP.format(topic=self.topic))
         self.port = free_port()
-        write_config(self.dir / "conf", app={"listen_addr": f"127.0.0.1:{self.port}"},
-                     kafka=kafka_config(None, self.port))
+        write_config(
+            self.dir / "conf",
+            app={"listen_addr": f"127.0.0.1:{self.port}"},
+            kafka=kafka_config(None, self.port),
+        )
         self.log = tmp_path / "reload.log"
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "freedom.cli.main", "run", "app:app", "--reload", "--config", "conf", "--log-level", "info"],
-            cwd=self.dir, stdout=self.log.open("ab"), stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "freedom.cli.main",
+                "run",
+                "app:app",
+                "--reload",
+                "--config",
+                "conf",
+                "--log-level",
+                "info",
+            ],
+            cwd=self.dir,
+            stdout=self.log.open("ab"),
+            stderr=subprocess.STDOUT,
+        )
 
     def text(self) -> str:
         return self.log.read_text(errors="replace")
@@ -90,9 +109,16 @@ class Reloading:
     def wait_for(self, needle: str, times: int = 1, timeout: float = 90.0) -> None:
         def seen() -> bool:
             if self.proc.poll() is not None:
-                raise AssertionError(f"freedom run --reload exited with {self.proc.returncode}:\n{self.text()[-3000:]}")
+                raise AssertionError(
+                    f"freedom run --reload exited with {self.proc.returncode}:\n{self.text()[-3000:]}"
+                )
             return self.count(needle) >= times
-        wait_until(seen, timeout, what=f"{needle!r} x{times} in the output ({self.log}):\n{self.text()[-3000:]}")
+
+        wait_until(
+            seen,
+            timeout,
+            what=f"{needle!r} x{times} in the output ({self.log}):\n{self.text()[-3000:]}",
+        )
 
     def broker(self) -> psutil.Process:
         brokers = [c for c in psutil.Process(self.proc.pid).children() if "tansu" in c.name()]
@@ -104,7 +130,9 @@ class Reloading:
         return url.removeprefix("tcp://")
 
     def service(self) -> psutil.Process:
-        services = [c for c in psutil.Process(self.proc.pid).children() if "freedom.cli.main" in c.cmdline()]
+        services = [
+            c for c in psutil.Process(self.proc.pid).children() if "freedom.cli.main" in c.cmdline()
+        ]
         assert len(services) == 1, services
         return services[0]
 
@@ -135,16 +163,22 @@ def test_a_code_change_restarts_the_service_and_the_broker_keeps_its_data(reload
     broker, first = svc.broker(), svc.service()
     svc.get("/shop/1")
     svc.wait_for("handled v1: record 1")
-    assert re.search(r"\[trace [0-9a-f]+\] handled v1: record 1", svc.text())  # the child's logging, as freedom run's
+    assert re.search(
+        r"\[trace [0-9a-f]+\] handled v1: record 1", svc.text()
+    )  # the child's logging, as freedom run's
 
     svc.edit("handled v1", "handled v2")
     svc.wait_for("changes in app.py: restarting the service")
     svc.wait_for("serving HTTP on", times=2)
     assert svc.service().pid != first.pid and gone(first.pid)
     assert svc.broker().pid == broker.pid  # the same broker process, not a new one
-    metadata = AdminClient({"bootstrap.servers": svc.bootstrap()}).list_topics(svc.topic, timeout=10)
+    metadata = AdminClient({"bootstrap.servers": svc.bootstrap()}).list_topics(
+        svc.topic, timeout=10
+    )
     partitions = len(metadata.topics[svc.topic].partitions)
-    assert topic_size(svc.bootstrap(), svc.topic, partitions) == 1  # the earlier record is still there
+    assert (
+        topic_size(svc.bootstrap(), svc.topic, partitions) == 1
+    )  # the earlier record is still there
 
     svc.get("/shop/2")
     svc.wait_for("handled v2: record 2")  # the new code handles new records
@@ -158,7 +192,9 @@ def test_a_code_change_restarts_the_service_and_the_broker_keeps_its_data(reload
     assert "Traceback" not in svc.text(), svc.text()[-3000:]
 
 
-def test_an_edit_that_does_not_parse_is_one_line_and_the_next_edit_brings_the_service_back(reloading):
+def test_an_edit_that_does_not_parse_is_one_line_and_the_next_edit_brings_the_service_back(
+    reloading,
+):
     svc = reloading
     svc.wait_for("serving HTTP on")
     broker = svc.broker()
@@ -179,12 +215,16 @@ def test_an_edit_that_does_not_parse_is_one_line_and_the_next_edit_brings_the_se
     service = svc.service()
     svc.proc.kill()
     svc.proc.wait(30)
-    wait_until(lambda: gone(service.pid) and gone(broker.pid), 15, what="the service and the broker to die with the supervisor")
+    wait_until(
+        lambda: gone(service.pid) and gone(broker.pid),
+        15,
+        what="the service and the broker to die with the supervisor",
+    )
 
 
 # ----------------------------------------------------------------------------- --log-level
 
-PING_APP = '''
+PING_APP = """
 import logging
 import freedom
 
@@ -205,20 +245,29 @@ def _(initiator: freedom.Initiator) -> None:
 
 
 app = freedom.Application()
-'''
+"""
 
 
-@pytest.mark.parametrize("file_level, flag, shown, hidden", [
-    ("ERROR", "debug", ["debug line", "info line", "warning line"], []),
-    ("DEBUG", "Warning", ["warning line"], ["debug line", "info line"]),
-])
+@pytest.mark.parametrize(
+    "file_level, flag, shown, hidden",
+    [
+        ("ERROR", "debug", ["debug line", "info line", "warning line"], []),
+        ("DEBUG", "Warning", ["warning line"], ["debug line", "info line"]),
+    ],
+)
 def test_log_level_overrides_app_toml(tmp_path, file_level, flag, shown, hidden):
     port = free_port()
     (tmp_path / "ping_app.py").write_text(PING_APP)
-    write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": file_level})
+    write_config(
+        tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": file_level}
+    )
     log = tmp_path / "out.log"
-    proc = subprocess.Popen([sys.executable, "-m", "freedom.cli.main", "run", "ping_app:app", "--log-level", flag],
-                            cwd=tmp_path, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "freedom.cli.main", "run", "ping_app:app", "--log-level", flag],
+        cwd=tmp_path,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+    )
 
     def pinged() -> bool:
         assert proc.poll() is None, log.read_text()
@@ -237,32 +286,66 @@ def test_log_level_overrides_app_toml(tmp_path, file_level, flag, shown, hidden)
     assert all(s in out for s in shown) and not any(h in out for h in hidden), out
 
 
-@pytest.mark.parametrize("args", [["--log-level", "LOUD"], ["--log-level", "LOUD", "--reload"], ["--log-level", ""]])
+@pytest.mark.parametrize(
+    "args", [["--log-level", "LOUD"], ["--log-level", "LOUD", "--reload"], ["--log-level", ""]]
+)
 def test_a_bad_log_level_is_one_line_and_exit_2(tmp_path, args):
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "nowhere:app", *args],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "freedom.cli.main", "run", "nowhere:app", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc
     assert proc.stderr.strip().splitlines() == [
-        f'freedom: error: --log-level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got "{args[1]}"']
+        f'freedom: error: --log-level: must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL, got "{args[1]}"'
+    ]
 
 
 def test_a_reload_dir_that_is_not_a_directory_is_one_line_and_exit_2(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "app:app", "--reload", "--reload-dir", "missing"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "freedom.cli.main",
+            "run",
+            "app:app",
+            "--reload",
+            "--reload-dir",
+            "missing",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc
-    assert proc.stderr.strip().splitlines() == ["freedom: error: --reload-dir missing: not a directory"]
+    assert proc.stderr.strip().splitlines() == [
+        "freedom: error: --reload-dir missing: not a directory"
+    ]
 
 
 def test_a_bad_embedded_bootstrap_variable_is_one_line_and_exit_2(tmp_path):
     # $FREEDOM_EMBEDDED_BOOTSTRAP is set by the supervisor; from anyone else it is checked, not trusted.
     port = free_port()
     (tmp_path / "app.py").write_text(APP.format(topic="reload-bad-env"))
-    write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka_config(None, port))
+    write_config(
+        tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka_config(None, port)
+    )
     env = {**os.environ, "FREEDOM_EMBEDDED_BOOTSTRAP": "10.0.0.1:9092"}
-    proc = subprocess.run([sys.executable, "-m", "freedom.cli.main", "run", "app:app"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "freedom.cli.main", "run", "app:app"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2, proc
     errors = [line for line in proc.stderr.splitlines() if line.startswith("freedom: error:")]
-    assert errors == ["freedom: error: $FREEDOM_EMBEDDED_BOOTSTRAP: must be 127.0.0.1:PORT "
-                      "(set by freedom run --reload), got '10.0.0.1:9092'"], proc.stderr
+    assert errors == [
+        "freedom: error: $FREEDOM_EMBEDDED_BOOTSTRAP: must be 127.0.0.1:PORT "
+        "(set by freedom run --reload), got '10.0.0.1:9092'"
+    ], proc.stderr
     assert "Traceback" not in proc.stderr

@@ -12,28 +12,55 @@ from tests.services.event_app import Journal, event_app
 from tests.services.kafka_tools import headers_of, produce, read_topic
 
 
-def test_two_clusters_each_with_its_own_group_and_retry_settings(apache_kafka, embedded_kafka, tmp_path):
+def test_two_clusters_each_with_its_own_group_and_retry_settings(
+    apache_kafka, embedded_kafka, tmp_path
+):
     topic = f"test-{uuid.uuid4().hex[:12]}"
     for bootstrap in (apache_kafka.bootstrap, embedded_kafka.bootstrap):
         admin = AdminClient({"bootstrap.servers": bootstrap})
         admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(20)
     port = free_port()
     fast = {"session.timeout.ms": 6000}
-    write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"}, kafka={
-        "consumer": {"open": True, "proxy_addr": f"http://127.0.0.1:{port}"},
-        "consumer_clients": [
-            {"servers": [apache_kafka.bootstrap], "group_id": f"a-{uuid.uuid4().hex[:6]}", "retry_count": 1,
-             "retry_group_id": f"ra-{uuid.uuid4().hex[:6]}", "retry_prefix": "again-", "retry_fail_prefix": "dead-",
-             "retry_interval_sec": 0.2, "settings": fast},
-            {"servers": [embedded_kafka.bootstrap], "group_id": f"e-{uuid.uuid4().hex[:6]}", "retry_count": 2,
-             "retry_group_id": f"re-{uuid.uuid4().hex[:6]}", "retry_interval_sec": 0.2, "settings": fast},
-        ],
-    })
+    write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka={
+            "consumer": {"open": True, "proxy_addr": f"http://127.0.0.1:{port}"},
+            "consumer_clients": [
+                {
+                    "servers": [apache_kafka.bootstrap],
+                    "group_id": f"a-{uuid.uuid4().hex[:6]}",
+                    "retry_count": 1,
+                    "retry_group_id": f"ra-{uuid.uuid4().hex[:6]}",
+                    "retry_prefix": "again-",
+                    "retry_fail_prefix": "dead-",
+                    "retry_interval_sec": 0.2,
+                    "settings": fast,
+                },
+                {
+                    "servers": [embedded_kafka.bootstrap],
+                    "group_id": f"e-{uuid.uuid4().hex[:6]}",
+                    "retry_count": 2,
+                    "retry_group_id": f"re-{uuid.uuid4().hex[:6]}",
+                    "retry_interval_sec": 0.2,
+                    "settings": fast,
+                },
+            ],
+        },
+    )
     journal = Journal()
     app = event_app(tmp_path, journal, topic, lambda c: 500 if c.key.startswith("BAD") else 200)
     with ServiceThread(app):
-        produce(apache_kafka.bootstrap, topic, [{"key": b"OK-A", "value": b"a"}, {"key": b"BAD-A", "value": b"a"}])
-        produce(embedded_kafka.bootstrap, topic, [{"key": b"OK-E", "value": b"e"}, {"key": b"BAD-E", "value": b"e"}])
+        produce(
+            apache_kafka.bootstrap,
+            topic,
+            [{"key": b"OK-A", "value": b"a"}, {"key": b"BAD-A", "value": b"a"}],
+        )
+        produce(
+            embedded_kafka.bootstrap,
+            topic,
+            [{"key": b"OK-E", "value": b"e"}, {"key": b"BAD-E", "value": b"e"}],
+        )
         dead_a = read_topic(apache_kafka.bootstrap, f"dead-{topic}", expect=1, settle=0.5)
         dead_e = read_topic(embedded_kafka.bootstrap, f"fail-{topic}", expect=1, settle=0.5)
         wait_until(lambda: len(journal.of(key="BAD-E")) == 3, 20, what="three deliveries of BAD-E")

@@ -64,7 +64,9 @@ async def test_an_application_matches_its_event_routes_first():
     app.setup()
     routes = app.fastapi.router.routes
     first = routes[0]
-    assert getattr(first, "path", "") == "/store/event/{event_id}" and "POST" in getattr(first, "methods", ())
+    assert getattr(first, "path", "") == "/store/event/{event_id}" and "POST" in getattr(
+        first, "methods", ()
+    )
     async with _client(app.fastapi) as client:
         assert (await client.get("/openapi.json")).status_code == 200
         assert (await client.get("/asyncapi.json")).status_code == 200

@@ -18,27 +18,36 @@ from tests.apps import Recorder, shop_app
 SECRET_ENV = "FREEDOM_TEST_PROXY_SECRET"
 
 
-def test_forged_post_gets_401_and_the_proxy_deliveries_pass(apache_kafka, new_topic, tmp_path, monkeypatch, caplog,
-                                                            delivery):
+def test_forged_post_gets_401_and_the_proxy_deliveries_pass(
+    apache_kafka, new_topic, tmp_path, monkeypatch, caplog, delivery
+):
     secret = secrets.token_urlsafe(32)
     monkeypatch.setenv(SECRET_ENV, secret)
     caplog.set_level(logging.DEBUG)
     topic = new_topic(apache_kafka.bootstrap)
     port = free_port()
-    kafka = kafka_config(apache_kafka.bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}", delivery=delivery)
+    kafka = kafka_config(
+        apache_kafka.bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}", delivery=delivery
+    )
     kafka["consumer"]["secret_env"] = SECRET_ENV
     write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
     recorder = Recorder()
     with ServiceThread(shop_app(tmp_path, recorder, topic)) as svc:
         store = f"{svc.base_url}/store/sell/goods/FORGED"
         no_secret = httpx.post(store, json={"ID": 666, "Amount": 1}, timeout=10)
-        wrong = httpx.post(store, json={"ID": 666, "Amount": 1}, timeout=10,
-                           headers={"x-freedom-secret": secrets.token_urlsafe(32)})
+        wrong = httpx.post(
+            store,
+            json={"ID": 666, "Amount": 1},
+            timeout=10,
+            headers={"x-freedom-secret": secrets.token_urlsafe(32)},
+        )
         assert no_secret.status_code == 401, no_secret.text
         assert wrong.status_code == 401, wrong.text
         assert "x-freedom-secret" in no_secret.json()["detail"]
         # Also where the key has a '/' in it (served by the event route's any-key copy).
-        slash = httpx.post(f"{svc.base_url}/store/sell/goods/a%2Fb", json={"ID": 667, "Amount": 1}, timeout=10)
+        slash = httpx.post(
+            f"{svc.base_url}/store/sell/goods/a%2Fb", json={"ID": 667, "Amount": 1}, timeout=10
+        )
         assert slash.status_code == 401, slash.text
         # A non-event route is not guarded, and the proxy's own delivery passes.
         assert httpx.get(f"{svc.base_url}/shop/1", timeout=30).text == "ok"
@@ -61,7 +70,9 @@ def _prepare(initiator: freedom.Initiator) -> None:
 
 
 @pytest.mark.parametrize("listen_addr, warned", [("0.0.0.0:8123", True), ("127.0.0.1:8123", False)])
-def test_start_up_warns_when_event_routes_are_open_beyond_loopback(tmp_path, caplog, listen_addr, warned):
+def test_start_up_warns_when_event_routes_are_open_beyond_loopback(
+    tmp_path, caplog, listen_addr, warned
+):
     write_config(tmp_path, app={"listen_addr": listen_addr})
     with caplog.at_level(logging.WARNING, logger="freedom.web.guard"):
         freedom.Application(config_dir=tmp_path, prepare=[_prepare]).setup()
@@ -73,22 +84,41 @@ def test_start_up_warns_when_event_routes_are_open_beyond_loopback(tmp_path, cap
 
 def test_no_warning_with_a_secret(tmp_path, caplog, monkeypatch):
     monkeypatch.setenv(SECRET_ENV, secrets.token_urlsafe(32))
-    write_config(tmp_path, app={"listen_addr": "0.0.0.0:8123"},
-                 kafka={"consumer": {"secret_env": SECRET_ENV}})
+    write_config(
+        tmp_path,
+        app={"listen_addr": "0.0.0.0:8123"},
+        kafka={"consumer": {"secret_env": SECRET_ENV}},
+    )
     with caplog.at_level(logging.WARNING, logger="freedom.web.guard"):
         freedom.Application(config_dir=tmp_path, prepare=[_prepare]).setup()
     assert not [r for r in caplog.records if "are open" in r.getMessage()]
 
 
-@pytest.mark.parametrize("consumer, env, problem", [
-    ({"secret_env": "FREEDOM_TEST_UNSET_SECRET"}, None,
-     "consumer.secret_env: the environment variable FREEDOM_TEST_UNSET_SECRET is not set"),
-    ({"secret": "short-Secret-1"}, None, "consumer.secret: the secret must be at least 16"),
-    ({"secret_env": SECRET_ENV}, "tiny-Value-x", "consumer.secret_env: the secret must be at least 16"),
-    ({"secret": "a" * 20, "secret_env": SECRET_ENV}, "b" * 20, "consumer.secret: is given twice"),
-    ({"secret": 12345}, None, "consumer.secret: must be a string"),
-])
-def test_secret_config_errors_name_the_key_not_the_value(tmp_path, monkeypatch, consumer, env, problem):
+@pytest.mark.parametrize(
+    "consumer, env, problem",
+    [
+        (
+            {"secret_env": "FREEDOM_TEST_UNSET_SECRET"},
+            None,
+            "consumer.secret_env: the environment variable FREEDOM_TEST_UNSET_SECRET is not set",
+        ),
+        ({"secret": "short-Secret-1"}, None, "consumer.secret: the secret must be at least 16"),
+        (
+            {"secret_env": SECRET_ENV},
+            "tiny-Value-x",
+            "consumer.secret_env: the secret must be at least 16",
+        ),
+        (
+            {"secret": "a" * 20, "secret_env": SECRET_ENV},
+            "b" * 20,
+            "consumer.secret: is given twice",
+        ),
+        ({"secret": 12345}, None, "consumer.secret: must be a string"),
+    ],
+)
+def test_secret_config_errors_name_the_key_not_the_value(
+    tmp_path, monkeypatch, consumer, env, problem
+):
     monkeypatch.delenv("FREEDOM_TEST_UNSET_SECRET", raising=False)
     if env is not None:
         monkeypatch.setenv(SECRET_ENV, env)

@@ -16,7 +16,9 @@ from tests.services.kafka_tools import produce
 
 def _h2c_config(tmp_path, bootstrap: str) -> None:
     port = free_port()
-    kafka = kafka_config(bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}", settings={"session.timeout.ms": 6000})
+    kafka = kafka_config(
+        bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}", settings={"session.timeout.ms": 6000}
+    )
     kafka["consumer"]["proxy_http2"] = True
     write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
 
@@ -48,12 +50,20 @@ def test_service_thread_serves_h2c_when_proxy_http2_is_on(apache_kafka, new_topi
     assert sorted(seen) == sorted((k, "2", "0") for k in keys)
 
 
-def test_without_granian_h2c_stops_before_start_up_with_the_fix(apache_kafka, tmp_path, monkeypatch):
+def test_without_granian_h2c_stops_before_start_up_with_the_fix(
+    apache_kafka, tmp_path, monkeypatch
+):
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *args: None if name == "granian" else find_spec(name, *args))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "granian" else find_spec(name, *args),
+    )
     _h2c_config(tmp_path, apache_kafka.bootstrap)
     service = ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[]))
     with pytest.raises(freedom.FreedomError) as info:
         service.start()
-    assert str(info.value) == "proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom-events[http2]'"
+    assert (
+        str(info.value)
+        == "proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom-events[http2]'"
+    )

@@ -25,7 +25,9 @@ class Order(BaseModel):
     amount: int
 
 
-def typed_app(tmp_path, calls: list, *, status: int = 200, delay: float = 0.0) -> freedom.Application:
+def typed_app(
+    tmp_path, calls: list, *, status: int = 200, delay: float = 0.0
+) -> freedom.Application:
     """The new user's service: a typed route publishes a model, a typed handler gets it back."""
 
     class ShopController:
@@ -38,7 +40,9 @@ def typed_app(tmp_path, calls: list, *, status: int = 200, delay: float = 0.0) -
     class StoreController:
         runtime: freedom.Runtime
 
-        async def post_order_by(self, event_id: str, order: Order) -> Response:  # POST /store/order/{event_id}
+        async def post_order_by(
+            self, event_id: str, order: Order
+        ) -> Response:  # POST /store/order/{event_id}
             calls.append((order, dict(self.runtime.request.headers.items()), time.monotonic()))
             await asyncio.sleep(delay)
             return Response(status_code=status)
@@ -48,7 +52,9 @@ def typed_app(tmp_path, calls: list, *, status: int = 200, delay: float = 0.0) -
         initiator.bind_controller("/store", StoreController)
         initiator.listen_event(TOPIC, "StoreController.post_order_by")
 
-    return freedom.Application(config_dir=tmp_path, prepare=[prepare])  # no kafka.toml: the broker's defaults
+    return freedom.Application(
+        config_dir=tmp_path, prepare=[prepare]
+    )  # no kafka.toml: the broker's defaults
 
 
 async def test_a_45_second_retry_takes_milliseconds(tmp_path):
@@ -71,7 +77,9 @@ async def test_a_45_second_retry_takes_milliseconds(tmp_path):
 
 async def test_advance_delivers_a_retry_only_once_it_is_due(tmp_path):
     calls: list = []
-    async with TestBroker(typed_app(tmp_path, calls, status=500), retry_count=1, retry_interval_sec=45) as broker:
+    async with TestBroker(
+        typed_app(tmp_path, calls, status=500), retry_count=1, retry_interval_sec=45
+    ) as broker:
         broker.publish(TOPIC, b'{"id": 1, "amount": 1}', key="K")
         await broker.settle(advance=False)
         assert len(calls) == 1 and len(broker.retries(TOPIC)) == 1
@@ -92,7 +100,10 @@ async def test_a_typed_service_end_to_end_and_a_body_that_fails_validation(tmp_p
         assert order == Order(id=3, amount=2) and headers["content-type"] == "application/json"
         assert headers["x-message-key"] == r.text
         [record] = broker.published(TOPIC)
-        assert record.json() == {"id": 3, "amount": 2} and record.header("content-type") == "application/json"
+        assert (
+            record.json() == {"id": 3, "amount": 2}
+            and record.header("content-type") == "application/json"
+        )
         # A body the handler's model refuses (422) can never succeed: dead-lettered without retries.
         broker.publish(TOPIC, b'{"id": "x"}', key="POISON")
         await broker.settle()
@@ -133,13 +144,15 @@ async def test_mistakes_are_one_clear_error(tmp_path):
     with pytest.raises(freedom.FreedomError, match="make the TestBroker before"):
         TestBroker(app)
     with pytest.raises(freedom.FreedomError, match="inside `async with TestBroker"):
-        TestBroker(typed_app(tmp_path, [])).client
+        _ = TestBroker(typed_app(tmp_path, [])).client
     running = typed_app(tmp_path, [], delay=1.0)
     async with TestBroker(running) as broker:
         with pytest.raises(freedom.FreedomError, match="started already"):
             TestBroker(running)
         broker.publish(TOPIC, b'{"id": 1, "amount": 1}')
-        with pytest.raises(AssertionError, match="not settled within 0.2 s: group 'freedom': 1 deliveries running"):
+        with pytest.raises(
+            AssertionError, match="not settled within 0.2 s: group 'freedom': 1 deliveries running"
+        ):
             await broker.settle(timeout=0.2)
 
 
@@ -171,13 +184,22 @@ def test_the_seed_example_runs_on_the_test_broker(tmp_path):
     from pathlib import Path
 
     example = Path(__file__).resolve().parents[1] / "examples" / "shop"
-    done = subprocess.run([sys.executable, "-c", SEED_ON_TEST_BROKER], cwd=example, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, "SHOP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/shop.db"})
+    done = subprocess.run(
+        [sys.executable, "-c", SEED_ON_TEST_BROKER],
+        cwd=example,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "SHOP_DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/shop.db"},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     [line] = [ln for ln in done.stdout.splitlines() if ln.startswith("RESULT ")]
-    result = json.loads(line[len("RESULT "):])
+    result = json.loads(line[len("RESULT ") :])
     assert result["answers"] == ["ok", "ok"]
     assert result["event-sell"] == [{"ID": 1, "Amount": 10}]
     assert result["Goods.Shopping"] == [["1", {"ID": 1, "Amount": 9}, "Goods:Shopping"]]
     assert result["committed"] == [1, 1]
-    assert "消耗商品ID:1, 10件, 行为:购买" in done.stdout and "Goods:Shopping 商品ID:1, 剩余9件" in done.stdout
+    assert (
+        "消耗商品ID:1, 10件, 行为:购买" in done.stdout
+        and "Goods:Shopping 商品ID:1, 剩余9件" in done.stdout
+    )

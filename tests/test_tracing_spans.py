@@ -16,9 +16,9 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.responses import Response
 
 import freedom
-from freedom.observability import spans
 from freedom.config.loading import load_kafka_config
 from freedom.infra import kafka
+from freedom.observability import spans
 from freedom.ops.replay import replay
 from freedom.ops.target import target_of
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
@@ -58,14 +58,21 @@ def one(exporter: InMemorySpanExporter, name: str):
 def test_send_process_retry_spans_of_one_record(apache_kafka, new_topic, tmp_path, exporter):
     bootstrap = apache_kafka.bootstrap
     topic = new_topic(bootstrap)
-    seen: list[tuple[str, str, str]] = []  # (traceparent, x-retry-count, runtime.trace_id) per delivery
+    seen: list[
+        tuple[str, str, str]
+    ] = []  # (traceparent, x-retry-count, runtime.trace_id) per delivery
 
     class ShopController:
         runtime: freedom.Runtime
         producer: kafka.Producer
 
         async def get_by(self, id: int) -> str:
-            await self.producer.new_msg(topic, b'{"ID": 1}').set_key(f"K-{id}").set_runtime(self.runtime).publish()
+            await (
+                self.producer.new_msg(topic, b'{"ID": 1}')
+                .set_key(f"K-{id}")
+                .set_runtime(self.runtime)
+                .publish()
+            )
             return "ok"
 
     class StoreController:
@@ -83,12 +90,23 @@ def test_send_process_retry_spans_of_one_record(apache_kafka, new_topic, tmp_pat
 
     port = free_port()
     group = f"g-{uuid.uuid4().hex[:8]}"
-    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
-                        kafka=kafka_config(bootstrap, port, group_id=group, retry_group_id=f"r-{group}",
-                                           retry_count=1, retry_interval_sec=0.2,
-                                           settings={"session.timeout.ms": 6000}))
+    conf = write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=group,
+            retry_group_id=f"r-{group}",
+            retry_count=1,
+            retry_interval_sec=0.2,
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     with ServiceThread(freedom.Application(config_dir=conf, prepare=[prepare])) as svc:
-        answer = httpx.get(f"{svc.base_url}/shop/7", headers={"traceparent": TRACEPARENT}, timeout=30)
+        answer = httpx.get(
+            f"{svc.base_url}/shop/7", headers={"traceparent": TRACEPARENT}, timeout=30
+        )
         assert answer.status_code == 200
         retry_process = one(exporter, f"process retry-{topic}")
     send = one(exporter, f"send {topic}")
@@ -113,33 +131,58 @@ def test_send_process_retry_spans_of_one_record(apache_kafka, new_topic, tmp_pat
     assert process.attributes["messaging.kafka.offset"] == 0
     assert process.attributes["messaging.kafka.message.key"] == "K-7"
     assert process.attributes["messaging.consumer.group.name"] == group
-    assert process.attributes["error.type"] == "500" and process.status.status_code == StatusCode.ERROR
+    assert (
+        process.attributes["error.type"] == "500" and process.status.status_code == StatusCode.ERROR
+    )
     assert process.attributes["freedom.outcome"] == "retry"
 
     # The produce to retry-T is a child of the process span; the retry's process span is its child,
     # linked to the first attempt's process span.
-    assert retry_send.kind == SpanKind.PRODUCER and retry_send.parent.span_id == process.context.span_id
+    assert (
+        retry_send.kind == SpanKind.PRODUCER
+        and retry_send.parent.span_id == process.context.span_id
+    )
     assert retry_process.parent.span_id == retry_send.context.span_id
     links = {link.attributes["freedom.link"]: link.context.span_id for link in retry_process.links}
-    assert links == {"creation": retry_send.context.span_id, "first_attempt": process.context.span_id}
+    assert links == {
+        "creation": retry_send.context.span_id,
+        "first_attempt": process.context.span_id,
+    }
     assert retry_process.attributes["messaging.consumer.group.name"] == f"r-{group}"
-    assert "error.type" not in retry_process.attributes and retry_process.status.status_code != StatusCode.ERROR
+    assert (
+        "error.type" not in retry_process.attributes
+        and retry_process.status.status_code != StatusCode.ERROR
+    )
 
     # Each delivery carried its process span's context: the handler's trace is the request's.
     assert [(tp.split("-")[2], n, t) for tp, n, t in seen] == [
-        (f"{process.context.span_id:016x}", "0", TRACE_ID), (f"{retry_process.context.span_id:016x}", "1", TRACE_ID)]
+        (f"{process.context.span_id:016x}", "0", TRACE_ID),
+        (f"{retry_process.context.span_id:016x}", "1", TRACE_ID),
+    ]
 
 
-def test_an_outbox_publish_is_a_send_span_in_the_trace_that_raised_the_event(apache_kafka, tmp_path, exporter):
+def test_an_outbox_publish_is_a_send_span_in_the_trace_that_raised_the_event(
+    apache_kafka, tmp_path, exporter
+):
     name, topic = unique_event()
     db_url = f"sqlite+aiosqlite:///{tmp_path / 'service.db'}"
     port = free_port()
-    conf = write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{port}"},
-                        kafka=kafka_config(apache_kafka.bootstrap, port, group_id=f"g-{uuid.uuid4().hex[:8]}",
-                                           initial_offset="earliest", settings={"session.timeout.ms": 6000}))
+    conf = write_config(
+        tmp_path / "conf",
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            apache_kafka.bootstrap,
+            port,
+            group_id=f"g-{uuid.uuid4().hex[:8]}",
+            initial_offset="earliest",
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     recorder = Recorder()
     with ServiceThread(shop_app(conf, db_url, recorder, name)) as svc:
-        answer = httpx.get(f"{svc.base_url}/shop/shopping/7", headers={"traceparent": TRACEPARENT}, timeout=30)
+        answer = httpx.get(
+            f"{svc.base_url}/shop/shopping/7", headers={"traceparent": TRACEPARENT}, timeout=30
+        )
         assert answer.status_code == 200
         process = one(exporter, f"process {topic}")
         [row] = outbox_rows(db_url)
@@ -151,7 +194,9 @@ def test_an_outbox_publish_is_a_send_span_in_the_trace_that_raised_the_event(apa
     assert [c.trace_id for c in recorder.snapshot()] == [TRACE_ID]
 
 
-def test_a_replayed_dead_letter_is_linked_to_its_first_attempt(apache_kafka, new_topic, tmp_path, exporter):
+def test_a_replayed_dead_letter_is_linked_to_its_first_attempt(
+    apache_kafka, new_topic, tmp_path, exporter
+):
     # The record is dead-lettered at its first delivery; `freedom dlq replay` (its function) sends it
     # back to the topic, and the replay's process span links to that first attempt.
     bootstrap = apache_kafka.bootstrap
@@ -173,16 +218,26 @@ def test_a_replayed_dead_letter_is_linked_to_its_first_attempt(apache_kafka, new
 
     port = free_port()
     group = f"g-{uuid.uuid4().hex[:8]}"
-    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"},
-                        kafka=kafka_config(bootstrap, port, group_id=group, initial_offset="earliest",
-                                           settings={"session.timeout.ms": 6000}))
+    conf = write_config(
+        tmp_path,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=group,
+            initial_offset="earliest",
+            settings={"session.timeout.ms": 6000},
+        ),
+    )
     with ServiceThread(freedom.Application(config_dir=conf, prepare=[prepare])):
         produce(bootstrap, topic, [{"key": b"K-1", "value": b"{}"}])
         read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.2)
         report = replay(target_of(load_kafka_config(conf), [topic], str(conf)), topic)
         assert report.moved == 1, report
         wait_until(lambda: len(replays) == 2, 30, what="the replayed record's delivery")
-        wait_until(lambda: len(finished(exporter, f"process {topic}")) == 2, 30, what="both process spans")
+        wait_until(
+            lambda: len(finished(exporter, f"process {topic}")) == 2, 30, what="both process spans"
+        )
     first, again = sorted(finished(exporter, f"process {topic}"), key=lambda s: s.start_time)
     assert replays == [None, "1"]
     assert first.attributes["freedom.outcome"] == "dead_letter"

@@ -44,7 +44,9 @@ def test_the_readme_example_as_user_code_passes_mypy_strict(tmp_path):
     example = tmp_path / "readme_example.py"
     example.write_text(readme_python(), encoding="utf-8")
     proc = mypy(example.name, cwd=tmp_path)
-    assert proc.returncode == 0, f"mypy --strict on the README's code ({example}):\n{proc.stdout}{proc.stderr}"
+    assert proc.returncode == 0, (
+        f"mypy --strict on the README's code ({example}):\n{proc.stdout}{proc.stderr}"
+    )
     assert "Success: no issues found in 1 source file" in proc.stdout
 
 
@@ -53,5 +55,7 @@ def test_a_type_error_in_user_code_is_reported(tmp_path):
     bad = tmp_path / "bad.py"
     bad.write_text("import freedom\n\napp: int = freedom.Application()\n", encoding="utf-8")
     proc = mypy(bad.name, cwd=tmp_path)
-    assert proc.returncode == 1 and 'Incompatible types in assignment (expression has type "Application"' in proc.stdout, \
-        proc.stdout + proc.stderr
+    assert (
+        proc.returncode == 1
+        and 'Incompatible types in assignment (expression has type "Application"' in proc.stdout
+    ), proc.stdout + proc.stderr

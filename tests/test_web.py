@@ -19,9 +19,15 @@ def _route(prefix, name, func):
 
 def test_route_names_follow_the_seed_convention():
     assert _route("/shop", "get_by", lambda self, id: None) == ("GET", "/shop/{id}")
-    assert _route("/store", "post_sell_goods_by", lambda self, event_id: None) == ("POST", "/store/sell/goods/{event_id}")
+    assert _route("/store", "post_sell_goods_by", lambda self, event_id: None) == (
+        "POST",
+        "/store/sell/goods/{event_id}",
+    )
     assert _route("/shop", "get", lambda self: None) == ("GET", "/shop")
-    assert _route("/u", "put_profile_by_avatar", lambda self, uid: None) == ("PUT", "/u/profile/{uid}/avatar")
+    assert _route("/u", "put_profile_by_avatar", lambda self, uid: None) == (
+        "PUT",
+        "/u/profile/{uid}/avatar",
+    )
     assert _route("/u", "delete_by", lambda self, uid: None) == ("DELETE", "/u/{uid}")
     assert _route("/u", "helper", lambda self: None) is None
     assert _route("/u", "_get_private", lambda self: None) is None
@@ -34,8 +40,12 @@ class Controller:
     producer: kafka.Producer
 
     async def get_by(self, id: int) -> dict:
-        return {"id": id, "type": type(id).__name__, "bus": dict(self.runtime.bus),
-                "has_producer": isinstance(self.producer, kafka.Producer)}
+        return {
+            "id": id,
+            "type": type(id).__name__,
+            "bus": dict(self.runtime.bus),
+            "has_producer": isinstance(self.producer, kafka.Producer),
+        }
 
     def get_sync_by(self, name: str) -> str:  # plain def: runs in the threadpool
         return f"hello {name}"
@@ -52,7 +62,9 @@ def make_app(hook) -> freedom.Application:
 
 
 async def call(app, method: str, url: str, **kw) -> httpx.Response:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://t"
+    ) as client:
         return await client.request(method, url, **kw)
 
 
@@ -63,7 +75,11 @@ async def test_typed_path_parameters_and_injection():
     assert r.json() == {"id": 42, "type": "int", "bus": {"tenant": "acme"}, "has_producer": True}
     assert (await call(app, "GET", "/c/abc")).status_code == 422  # not an int
     r = await call(app, "GET", "/c/sync/ana")
-    assert r.status_code == 200 and r.text == "hello ana" and r.headers["content-type"].startswith("text/plain")
+    assert (
+        r.status_code == 200
+        and r.text == "hello ana"
+        and r.headers["content-type"].startswith("text/plain")
+    )
     assert (await call(app, "POST", "/c/items", params={"limit": 3})).json() == {"limit": 3}
 
 
@@ -96,16 +112,28 @@ def test_listen_event_resolves_controller_methods_and_plain_fastapi_routes():
     assert routes["event-audit"].url_path("K1") == "/hooks/audit/K1"
 
 
-@pytest.mark.parametrize("bind, message", [
-    (lambda i: i.listen_event("t", "Nope.post_x"), "no bound controller 'Nope'"),
-    (lambda i: i.listen_event("bad topic!", "Nope.post_x"), "characters Kafka does not allow"),
-    (lambda i: (i.bind_controller("/s", S), i.listen_event("t", "S.get_by")), "must be a POST route"),
-    (lambda i: (i.bind_controller("/s", S), i.listen_event("t", "S.post_by")), None),
-    (lambda i: (i.bind_controller("/s", S), i.listen_event("t", "S.post_by"), i.listen_event("t", "S.post_by")),
-     "already has a listener"),
-    (lambda i: i.bind_controller("s", S), 'must start with "/"'),
-    (lambda i: i.bind_controller("/s", S()), "expects a class"),
-])
+@pytest.mark.parametrize(
+    "bind, message",
+    [
+        (lambda i: i.listen_event("t", "Nope.post_x"), "no bound controller 'Nope'"),
+        (lambda i: i.listen_event("bad topic!", "Nope.post_x"), "characters Kafka does not allow"),
+        (
+            lambda i: (i.bind_controller("/s", S), i.listen_event("t", "S.get_by")),
+            "must be a POST route",
+        ),
+        (lambda i: (i.bind_controller("/s", S), i.listen_event("t", "S.post_by")), None),
+        (
+            lambda i: (
+                i.bind_controller("/s", S),
+                i.listen_event("t", "S.post_by"),
+                i.listen_event("t", "S.post_by"),
+            ),
+            "already has a listener",
+        ),
+        (lambda i: i.bind_controller("s", S), 'must start with "/"'),
+        (lambda i: i.bind_controller("/s", S()), "expects a class"),
+    ],
+)
 def test_binding_mistakes_are_clear_errors(bind, message):
     if message is None:
         make_app(bind)
@@ -128,7 +156,9 @@ async def test_producer_without_kafka_config_explains_itself():
             return "sent"
 
     app = make_app(lambda i: i.bind_controller("/p", Pub))
-    with pytest.raises(freedom.PublishError, match="Kafka is not configured: create conf/infra/kafka.toml"):
+    with pytest.raises(
+        freedom.PublishError, match="Kafka is not configured: create conf/infra/kafka.toml"
+    ):
         await call(app, "GET", "/p")
 
 

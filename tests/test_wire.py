@@ -17,14 +17,19 @@ from typing import Any
 import pytest
 import uvicorn
 
-from freedom.wire import encoding as wire
-from freedom.wire.headers import REASON_HEADERS
-from freedom.kafka.consumer.delivery import (MAX_HEADER_BYTES, NOT_FORWARDED, EventRoute, request_headers)
+from freedom.kafka.consumer.delivery import (
+    MAX_HEADER_BYTES,
+    NOT_FORWARDED,
+    EventRoute,
+    request_headers,
+)
 from freedom.kafka.consumer.keys import EventId, record_key, where
 from freedom.kafka.transports.asgi import AsgiTransport
 from freedom.kafka.transports.http1 import Http1Transport
-from freedom.web.runtime import Request, Utf8Headers
 from freedom.testing import free_port, wait_until
+from freedom.web.runtime import Request, Utf8Headers
+from freedom.wire import encoding as wire
+from freedom.wire.headers import REASON_HEADERS
 from tests.services.asgi_parts import read_body, serve_lifespan
 
 ROUTE = EventRoute("t", "/store/event/{event_id}", "event_id")
@@ -33,9 +38,21 @@ ROUTE = EventRoute("t", "/store/event/{event_id}", "event_id")
 class Rec:
     """A consumed record's accessors (confluent_kafka.Message cannot be built in Python)."""
 
-    def __init__(self, key: bytes | None, topic: str = "T", partition: int = 0, offset: int = 0,
-                 headers: list[tuple[str, bytes | None]] | None = None) -> None:
-        self._key, self._topic, self._partition, self._offset, self._headers = key, topic, partition, offset, headers
+    def __init__(
+        self,
+        key: bytes | None,
+        topic: str = "T",
+        partition: int = 0,
+        offset: int = 0,
+        headers: list[tuple[str, bytes | None]] | None = None,
+    ) -> None:
+        self._key, self._topic, self._partition, self._offset, self._headers = (
+            key,
+            topic,
+            partition,
+            offset,
+            headers,
+        )
 
     def key(self) -> bytes | None:
         return self._key
@@ -54,10 +71,32 @@ class Rec:
 
 
 HOSTILE_KEYS: list[bytes] = [
-    b"plain", b"FFFE", b"\xff\xfe", b"~b64.__4", b"~", b"~pos.T.0.1", b"~sha256." + b"0" * 64,
-    b"crlf\r\nINJECTED", b"nul\x00", b"\x01", b"\x7f", b"\xc2\x85", "\u2028".encode(), b" lead", b"trail ",
-    b".", b"..", b"tenant/7", b"100%", b"a%2Fb", "购买".encode(), b"x" * wire.MAX_KEY_BYTES,
-    b"x" * (wire.MAX_KEY_BYTES + 1), b"y" * 100_000, b"\x00" * 10, bytes(range(256)),
+    b"plain",
+    b"FFFE",
+    b"\xff\xfe",
+    b"~b64.__4",
+    b"~",
+    b"~pos.T.0.1",
+    b"~sha256." + b"0" * 64,
+    b"crlf\r\nINJECTED",
+    b"nul\x00",
+    b"\x01",
+    b"\x7f",
+    b"\xc2\x85",
+    "\u2028".encode(),
+    b" lead",
+    b"trail ",
+    b".",
+    b"..",
+    b"tenant/7",
+    b"100%",
+    b"a%2Fb",
+    "购买".encode(),
+    b"x" * wire.MAX_KEY_BYTES,
+    b"x" * (wire.MAX_KEY_BYTES + 1),
+    b"y" * 100_000,
+    b"\x00" * 10,
+    bytes(range(256)),
 ]
 
 
@@ -73,7 +112,11 @@ def test_event_ids_are_injective_and_give_the_key_back():
     # A text key that spells another key's id is encoded itself.
     assert wire.key_id(b"~b64.__4") != wire.key_id(b"\xff\xfe") == "~b64.__4"
     for key, eid in zip(HOSTILE_KEYS, ids):
-        assert eid.isprintable() and eid.strip() == eid and len(eid.encode()) <= 4 * wire.MAX_KEY_BYTES // 3 + 10
+        assert (
+            eid.isprintable()
+            and eid.strip() == eid
+            and len(eid.encode()) <= 4 * wire.MAX_KEY_BYTES // 3 + 10
+        )
         full = None if wire.is_key_itself(eid) else wire.b64encode(key)
         assert wire.key_of(eid, full) == key
         if not eid.startswith(wire.DIGEST_ID_PREFIX):
@@ -89,8 +132,11 @@ def test_random_keys_never_collide_with_text_keys_or_each_other():
 
 
 def test_a_keyless_record_gets_its_position_and_cannot_choose_its_id_on_the_main_topic():
-    forged = [("x-freedom-original-topic", b"T"), ("x-freedom-original-partition", b"0"),
-              ("x-freedom-original-offset", b"1")]
+    forged = [
+        ("x-freedom-original-topic", b"T"),
+        ("x-freedom-original-partition", b"0"),
+        ("x-freedom-original-offset", b"1"),
+    ]
     main = record_key(Rec(None, "T", 0, 2, forged), from_retry_topic=False)
     victim = record_key(Rec(None, "T", 0, 1), from_retry_topic=False)
     assert main == "~pos.T.0.2" and victim == "~pos.T.0.1"
@@ -100,9 +146,13 @@ def test_a_keyless_record_gets_its_position_and_cannot_choose_its_id_on_the_main
     # A service listening on the dead-letter topic: written by the proxy too.
     dead = record_key(Rec(None, "fail-T", 0, 0, forged), False, dead_letter_prefix="fail-")
     assert dead == victim and dead.proxy_written
-    assert not record_key(Rec(None, "T", 0, 2, forged), False, dead_letter_prefix="fail-").proxy_written
+    assert not record_key(
+        Rec(None, "T", 0, 2, forged), False, dead_letter_prefix="fail-"
+    ).proxy_written
     # Malformed positions are not trusted: the retry record's own position.
-    bad = record_key(Rec(None, "retry-T", 0, 5, [("x-freedom-original-topic", b"a/b"), *forged[1:]]), True)
+    bad = record_key(
+        Rec(None, "retry-T", 0, 5, [("x-freedom-original-topic", b"a/b"), *forged[1:]]), True
+    )
     assert bad == "~pos.retry-T.0.5"
     # An empty key is no key either, but keeps its bytes for the handler.
     empty = record_key(Rec(b"", "T", 0, 3), False)
@@ -120,19 +170,48 @@ def test_a_keyed_retry_has_the_id_of_the_original():
 
 
 HOSTILE_HEADERS: list[tuple[str, bytes | None]] = [
-    ("x-plain", b"ok"), ("x-utf8", "购买".encode()), ("x-ctl", b"\x01\x7f"), ("x-crlf", b"a\r\nx-injected: 1"),
-    ("x-nul", b"\x00"), ("x-raw", b"\xff\xfe"), ("x-tab", b"a\tb"), ("x-space", b" lead"), ("x-empty", b""),
-    ("x-dup", b"1"), ("x-dup", b"\x002"), ("x-dup", b"3"), ("bad name", b"v"), ("", b"empty name"),
-    ("名前", b"jp"), ("x-colon:", b"c"), ("X-Upper", b"U"), ("x-freedom-hex-41", b"reserved prefix"),
-    ("x-freedom-hex-", b"reserved too"), ("x-huge", b"h" * 100_000),
+    ("x-plain", b"ok"),
+    ("x-utf8", "购买".encode()),
+    ("x-ctl", b"\x01\x7f"),
+    ("x-crlf", b"a\r\nx-injected: 1"),
+    ("x-nul", b"\x00"),
+    ("x-raw", b"\xff\xfe"),
+    ("x-tab", b"a\tb"),
+    ("x-space", b" lead"),
+    ("x-empty", b""),
+    ("x-dup", b"1"),
+    ("x-dup", b"\x002"),
+    ("x-dup", b"3"),
+    ("bad name", b"v"),
+    ("", b"empty name"),
+    ("名前", b"jp"),
+    ("x-colon:", b"c"),
+    ("X-Upper", b"U"),
+    ("x-freedom-hex-41", b"reserved prefix"),
+    ("x-freedom-hex-", b"reserved too"),
+    ("x-huge", b"h" * 100_000),
 ]
-NEVER_FORWARDED = [("expect", b"100-continue"), ("connection", b"close"), ("content-length", b"999"),
-                   ("transfer-encoding", b"chunked"), ("host", b"evil"), ("x-forwarded-for", b"6.6.6.6"),
-                   ("X-Forwarded-Proto", b"https"), ("forwarded", b"for=6.6.6.6"), ("x-real-ip", b"6.6.6.6"),
-                   ("upgrade", b"h2c"), ("te", b"trailers"), ("keep-alive", b"timeout=1"), ("via", b"1.1 evil"),
-                   ("proxy-authorization", b"Basic eA=="), ("x-freedom-secret", b"forged"),
-                   ("x-message-key", b"forged"), ("x-retry-count", b"7"), ("x-freedom-key", b"Zm9yZ2Vk"),
-                   ("x-freedom-encoded", b"x-plain")]
+NEVER_FORWARDED = [
+    ("expect", b"100-continue"),
+    ("connection", b"close"),
+    ("content-length", b"999"),
+    ("transfer-encoding", b"chunked"),
+    ("host", b"evil"),
+    ("x-forwarded-for", b"6.6.6.6"),
+    ("X-Forwarded-Proto", b"https"),
+    ("forwarded", b"for=6.6.6.6"),
+    ("x-real-ip", b"6.6.6.6"),
+    ("upgrade", b"h2c"),
+    ("te", b"trailers"),
+    ("keep-alive", b"timeout=1"),
+    ("via", b"1.1 evil"),
+    ("proxy-authorization", b"Basic eA=="),
+    ("x-freedom-secret", b"forged"),
+    ("x-message-key", b"forged"),
+    ("x-retry-count", b"7"),
+    ("x-freedom-key", b"Zm9yZ2Vk"),
+    ("x-freedom-encoded", b"x-plain"),
+]
 
 
 def _expected(headers: list[tuple[str, bytes | None]]) -> list[tuple[bytes, bytes]]:
@@ -145,9 +224,18 @@ def _expected(headers: list[tuple[str, bytes | None]]) -> list[tuple[bytes, byte
 
 
 def _record_part(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
-    added = {b"x-message-key", b"x-retry-count", b"x-freedom-key", b"content-length", b"host", b"x-freedom-secret",
-             b"accept", b"accept-encoding", b"user-agent",  # what HTTP clients add
-             b"content-type"}  # the proxy's default, application/json, for a record without one (payloads.py)
+    added = {
+        b"x-message-key",
+        b"x-retry-count",
+        b"x-freedom-key",
+        b"content-length",
+        b"host",
+        b"x-freedom-secret",
+        b"accept",
+        b"accept-encoding",
+        b"user-agent",  # what HTTP clients add
+        b"content-type",
+    }  # the proxy's default, application/json, for a record without one (payloads.py)
     return [(k, v) for k, v in Utf8Headers(raw=raw).record_raw() if k not in added]
 
 
@@ -163,7 +251,9 @@ def test_every_header_is_valid_http_and_decodes_to_the_record_header():
 
 def test_hop_by_hop_proxy_and_the_proxys_own_headers_are_never_forwarded():
     for from_retry in (False, True):
-        sent = request_headers(NEVER_FORWARDED + [("x-keep", b"1")], EventId("k", b"k", from_retry), 3)
+        sent = request_headers(
+            NEVER_FORWARDED + [("x-keep", b"1")], EventId("k", b"k", from_retry), 3
+        )
         names = [k for k, _ in sent]
         assert names == [b"x-keep", b"content-type", b"x-message-key", b"x-retry-count"], names
         assert dict(sent)[b"x-message-key"] == b"k" and dict(sent)[b"x-retry-count"] == b"3"
@@ -187,7 +277,9 @@ def test_the_key_travels_in_the_path_and_in_x_freedom_key_when_the_id_is_not_the
         assert sent[b"x-message-key"] == eid.encode()
         request = Request({"type": "http", "headers": list(sent.items())})
         assert request.message_key == key
-    keyless = Request({"type": "http", "headers": request_headers([], record_key(Rec(None), False), 0)})
+    keyless = Request(
+        {"type": "http", "headers": request_headers([], record_key(Rec(None), False), 0)}
+    )
     assert keyless.message_key is None
 
 
@@ -198,7 +290,9 @@ def test_a_record_too_large_for_a_request_is_a_permanent_failure_naming_the_caus
         request_headers([("x-big", b"z" * MAX_HEADER_BYTES)], EventId("k", b"k"), 0)
     result = caught.value.result()
     assert result.permanent and not result.ok
-    assert "cannot be sent as an HTTP request" in result.error and "x-message-key" not in result.error
+    assert (
+        "cannot be sent as an HTTP request" in result.error and "x-message-key" not in result.error
+    )
 
 
 def test_log_lines_escape_control_characters():
@@ -224,8 +318,14 @@ class _Recorder:
                 await serve_lifespan(receive, send)
             return
         body = await read_body(receive)
-        self.requests.append({"path": scope["path"], "headers": list(scope["headers"]), "body": body,
-                              "client": scope.get("client")})
+        self.requests.append(
+            {
+                "path": scope["path"],
+                "headers": list(scope["headers"]),
+                "body": body,
+                "client": scope.get("client"),
+            }
+        )
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
@@ -240,7 +340,9 @@ def _by_name(pairs: list[tuple[bytes, bytes]]) -> dict[bytes, list[bytes]]:
 
 def _serve_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
     port = free_port()
-    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
+    srv = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off")
+    )
     thread = threading.Thread(target=srv.run, daemon=True)
     thread.start()
     wait_until(lambda: srv.started, 10, what="uvicorn to start")
@@ -262,7 +364,9 @@ async def test_http1_h2c_and_inprocess_deliver_the_same_record():
     transport = Http1Transport(f"http://127.0.0.1:{port}")
     try:
         for key in keys:
-            assert (await transport.deliver(ROUTE, record_key(Rec(key), False), b"\x00body", headers, 0)).ok
+            assert (
+                await transport.deliver(ROUTE, record_key(Rec(key), False), b"\x00body", headers, 0)
+            ).ok
     finally:
         await transport.aclose()
         srv.should_exit = True
@@ -273,7 +377,9 @@ async def test_http1_h2c_and_inprocess_deliver_the_same_record():
     serving = asyncio.ensure_future(serve_granian(app, "127.0.0.1", port, shutdown))  # type: ignore[arg-type]
     h2 = HttpTransport(f"http://127.0.0.1:{port}")
     try:
-        assert await h2.wait_until_reachable(asyncio.get_running_loop().time() + 20, asyncio.Event())
+        assert await h2.wait_until_reachable(
+            asyncio.get_running_loop().time() + 20, asyncio.Event()
+        )
         for key in keys:
             result = await h2.deliver(ROUTE, record_key(Rec(key), False), b"\x00body", headers, 0)
             assert result.ok, result
@@ -286,7 +392,9 @@ async def test_http1_h2c_and_inprocess_deliver_the_same_record():
     app = _Recorder()
     inproc = AsgiTransport(app)
     for key in keys:
-        assert (await inproc.deliver(ROUTE, record_key(Rec(key), False), b"\x00body", headers, 0)).ok
+        assert (
+            await inproc.deliver(ROUTE, record_key(Rec(key), False), b"\x00body", headers, 0)
+        ).ok
     results["inprocess"] = app.requests
 
     expected = _by_name(_expected(HOSTILE_HEADERS))
@@ -330,8 +438,13 @@ class _RawServer:
         self.sock.close()
 
 
-@pytest.mark.parametrize("interim", [b"HTTP/1.1 100 Continue\r\n\r\n",
-                                     b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n"])
+@pytest.mark.parametrize(
+    "interim",
+    [
+        b"HTTP/1.1 100 Continue\r\n\r\n",
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n",
+    ],
+)
 async def test_an_interim_answer_is_not_the_final_one(interim):
     server = _RawServer(interim, b"HTTP/1.1 500 Internal Server Error\r\ncontent-length: 0\r\n\r\n")
     transport = Http1Transport(f"http://127.0.0.1:{server.port}")
@@ -344,7 +457,9 @@ async def test_an_interim_answer_is_not_the_final_one(interim):
 
 
 async def test_interim_then_200_is_success():
-    server = _RawServer(b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+    server = _RawServer(
+        b"HTTP/1.1 100 Continue\r\n\r\n", b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+    )
     transport = Http1Transport(f"http://127.0.0.1:{server.port}")
     try:
         result = await transport.deliver(ROUTE, "k", b"{}", [], 0)
@@ -372,8 +487,13 @@ async def test_a_record_header_expect_100_continue_gets_the_handlers_answer():
 
 def test_request_headers_give_back_what_a_hostile_http_client_sends_without_raising():
     """Utf8Headers decodes whatever a caller sends (malformed encodings are left as they came)."""
-    junk = [(b"x-freedom-encoded", b"x-a,x-freedom-hex-zz,,"), (b"x-a", b"not base64!"),
-            (b"x-freedom-hex-zz", b"AA"), (b"x-message-key", b"~b64.***"), (b"x-freedom-key", b"%%")]
+    junk = [
+        (b"x-freedom-encoded", b"x-a,x-freedom-hex-zz,,"),
+        (b"x-a", b"not base64!"),
+        (b"x-freedom-hex-zz", b"AA"),
+        (b"x-message-key", b"~b64.***"),
+        (b"x-freedom-key", b"%%"),
+    ]
     h = Utf8Headers(raw=junk)
     assert h["x-a"] == "not base64!" and "x-freedom-encoded" not in h and len(h.items()) == 4
     assert Request({"type": "http", "headers": junk}).message_key is None
@@ -398,8 +518,14 @@ def test_printable_is_used_for_refused_event_route_calls(caplog):
         return {"type": "http.request", "body": b""}
 
     caplog.set_level(logging.WARNING, "freedom.web.guard")
-    scope = {"type": "http", "method": "POST", "path": "/store/event/x\nCRITICAL forged", "root_path": "",
-             "headers": [], "client": ("127.0.0.1", 1)}
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/store/event/x\nCRITICAL forged",
+        "root_path": "",
+        "headers": [],
+        "client": ("127.0.0.1", 1),
+    }
     asyncio.run(guard(scope, receive, send))
     assert sent[0]["status"] == 401
     assert "\n" not in caplog.records[0].getMessage() and "x\\nCRITICAL forged" in caplog.text
@@ -414,20 +540,41 @@ def test_a_reason_with_line_breaks_stays_on_one_log_line():
 
 def test_random_headers_round_trip():
     """Any names and values (bytes of every class, in any mix) come back as the record had them."""
-    from freedom.kafka.consumer.delivery import NOT_FORWARDED_PREFIXES, PROXY_SET, UNTRUSTED_ON_MAIN_TOPIC
+    from freedom.kafka.consumer.delivery import (
+        NOT_FORWARDED_PREFIXES,
+        PROXY_SET,
+        UNTRUSTED_ON_MAIN_TOPIC,
+    )
 
     rng = random.Random(2026)
     alphabet = "aZ-_:; \t\r\n\x00\x7f\x85é购~!"
     for _ in range(300):
-        headers = [("".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 6))),
-                    bytes(rng.randrange(256) for _ in range(rng.randrange(0, 8))) if rng.random() < 0.5
-                    else rng.choice([b"ok", b"a b", b" ", b"", "购".encode()]))
-                   for _ in range(rng.randrange(1, 6))]
+        headers = [
+            (
+                "".join(rng.choice(alphabet) for _ in range(rng.randrange(0, 6))),
+                bytes(rng.randrange(256) for _ in range(rng.randrange(0, 8)))
+                if rng.random() < 0.5
+                else rng.choice([b"ok", b"a b", b" ", b"", "购".encode()]),
+            )
+            for _ in range(rng.randrange(1, 6))
+        ]
         sent = request_headers(headers, EventId("k", b"k"), 0)
         for name, value in sent:
-            assert re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9a-z]+", name) and wire.plain_value(value), (headers, name)
-        kept = [(k, v) for k, v in headers if not (
-            wire.plain_name(k.encode()) and (k.lower() in NOT_FORWARDED or k.lower() in PROXY_SET
-                                             or k.lower().startswith(NOT_FORWARDED_PREFIXES)
-                                             or k.lower() in UNTRUSTED_ON_MAIN_TOPIC))]
+            assert re.fullmatch(rb"[!#$%&'*+\-.^_`|~0-9a-z]+", name) and wire.plain_value(value), (
+                headers,
+                name,
+            )
+        kept = [
+            (k, v)
+            for k, v in headers
+            if not (
+                wire.plain_name(k.encode())
+                and (
+                    k.lower() in NOT_FORWARDED
+                    or k.lower() in PROXY_SET
+                    or k.lower().startswith(NOT_FORWARDED_PREFIXES)
+                    or k.lower() in UNTRUSTED_ON_MAIN_TOPIC
+                )
+            )
+        ]
         assert _record_part(sent) == _expected(kept), headers

@@ -6,5 +6,13 @@ its peers see the same machine load and their ratios hold on a noisy machine.
 
 from . import e2e, gopeer, latency, memory, metrics, publish, retry, scaling
 
-SCENARIOS = {"e2e": e2e, "latency": latency, "publish": publish, "retry": retry, "memory": memory,
-             "metrics": metrics, "scaling": scaling, "go": gopeer}
+SCENARIOS = {
+    "e2e": e2e,
+    "latency": latency,
+    "publish": publish,
+    "retry": retry,
+    "memory": memory,
+    "metrics": metrics,
+    "scaling": scaling,
+    "go": gopeer,
+}

@@ -11,18 +11,33 @@ proxy modes), HTTP/2 cleartext (`proxy_http2 = true`), and in-process (phase 2).
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import httpx
 
-from ..common import (BenchError, Case, Context, Skip, freedom_service, inprocess_unsupported, measure_throughput,
-                      new_group, peer_process)
+from ..common import (
+    BenchError,
+    Case,
+    Context,
+    Skip,
+    freedom_service,
+    inprocess_unsupported,
+    measure_throughput,
+    new_group,
+    peer_process,
+)
 
 SCENARIO = "e2e"
 HANDLERS = ("trivial", "slow")  # slow: the handler awaits 5 ms
 #: freedom's delivery transports x the consumer proxy's modes
-FREEDOM = [("http1", "sequential"), ("http1", "concurrent"), ("http2", "sequential"), ("http2", "concurrent"),
-           ("inprocess", "sequential"), ("inprocess", "concurrent")]
+FREEDOM = [
+    ("http1", "sequential"),
+    ("http1", "concurrent"),
+    ("http2", "sequential"),
+    ("http2", "concurrent"),
+    ("inprocess", "sequential"),
+    ("inprocess", "concurrent"),
+]
 SHORT_MODE = {"sequential": "seq", "concurrent": "conc"}
 
 
@@ -46,8 +61,17 @@ def _peer(kind: str, handler: str) -> Callable[[Context], dict[str, float]]:
         n = records(ctx, kind, handler)
         topic = ctx.preloaded("e2e", n)
         group = new_group(f"{kind}")
-        proc = peer_process(ctx, kind, f"e2e-{kind}-{handler}-{ctx.run_index}", topic, group, handler=handler, expect=n)
+        proc = peer_process(
+            ctx,
+            kind,
+            f"e2e-{kind}-{handler}-{ctx.run_index}",
+            topic,
+            group,
+            handler=handler,
+            expect=n,
+        )
         return measure_throughput(ctx, proc, group, topic, n)
+
     return run
 
 
@@ -69,18 +93,32 @@ def _freedom(transport: str, mode: str, handler: str) -> Callable[[Context], dic
         topic = ctx.preloaded("e2e", n)
         group = new_group("freedom")
         name = f"e2e-freedom-{transport}-{mode}-{handler}-{ctx.run_index}"
-        service = freedom_service(ctx, name, topic, group, handler=handler, mode=mode, expect=n,
-                                  http2=transport == "http2", inprocess=transport == "inprocess")
+        service = freedom_service(
+            ctx,
+            name,
+            topic,
+            group,
+            handler=handler,
+            mode=mode,
+            expect=n,
+            http2=transport == "http2",
+            inprocess=transport == "inprocess",
+        )
         if transport == "http2":
             try:
-                service.wait_probe(lambda s: s.get("count", 0) >= 1, 20, "the first delivery over HTTP/2")
+                service.wait_probe(
+                    lambda s: s.get("count", 0) >= 1, 20, "the first delivery over HTTP/2"
+                )
             except BenchError as exc:
-                if service.proc.poll() is not None:  # the service died: a failure, not a missing feature
+                if (
+                    service.proc.poll() is not None
+                ):  # the service died: a failure, not a missing feature
                     raise
                 reason = http2_unsupported(f"http://127.0.0.1:{service.port}")
                 service.stop()
                 raise Skip(reason or f"no delivery over HTTP/2 within 20 s: {exc}") from None
         return measure_throughput(ctx, service, group, topic, n)
+
     return run
 
 
@@ -89,5 +127,11 @@ def cases(ctx: Context) -> list[Case]:
     for handler in HANDLERS:
         out.append(Case(SCENARIO, case_name("faststream", handler), _peer("faststream", handler)))
         for transport, mode in FREEDOM:
-            out.append(Case(SCENARIO, case_name(f"freedom-{transport}", handler, mode), _freedom(transport, mode, handler)))
+            out.append(
+                Case(
+                    SCENARIO,
+                    case_name(f"freedom-{transport}", handler, mode),
+                    _freedom(transport, mode, handler),
+                )
+            )
     return out

@@ -37,11 +37,23 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
-from ..common import (ROOT, BenchError, Case, Consumer, Context, Skip, freedom_service, inprocess_unsupported,
-                      measure_throughput, new_group, spawn, tail)
+from ..common import (
+    ROOT,
+    BenchError,
+    Case,
+    Consumer,
+    Context,
+    Skip,
+    freedom_service,
+    inprocess_unsupported,
+    measure_throughput,
+    new_group,
+    spawn,
+    tail,
+)
 from ..report import Ratio, Target, per_run_ratio
 
 SCENARIO = "go"
@@ -49,8 +61,14 @@ PARTITIONS = 6
 SLOW_MS = 50
 PUBLISH_CLIENTS = 50
 #: freedom's delivery transports x the consumer proxy's modes (as the e2e scenario)
-FREEDOM = [("http1", "sequential"), ("http1", "concurrent"), ("http2", "sequential"), ("http2", "concurrent"),
-           ("inprocess", "sequential"), ("inprocess", "concurrent")]
+FREEDOM = [
+    ("http1", "sequential"),
+    ("http1", "concurrent"),
+    ("http2", "sequential"),
+    ("http2", "concurrent"),
+    ("inprocess", "sequential"),
+    ("inprocess", "concurrent"),
+]
 SHORT_MODE = {"sequential": "seq", "concurrent": "conc"}
 GO_PEER_SRC = ROOT / "bench" / "go_peer"
 GO_PEER_BIN = ROOT / ".cache" / "go-peer" / "gopeer"
@@ -65,13 +83,21 @@ def describe() -> str | None:
         return None
     if _built[0] is None:
         return f"not measured: {_built[1]}"
-    sarama = next((line.split()[-1] for line in (GO_PEER_SRC / "go.mod").read_text().splitlines()
-                   if line.strip().startswith("github.com/IBM/sarama ")), "?")
-    return (f"`bench/go_peer` built with {_go_version.removeprefix('go version ')}, IBM/sarama {sarama}; 500 delivery "
-            "goroutines, one keep-alive net/http client (500 idle connections) and the net/http handler in one "
-            "process; sarama tuned: auto-commit every 100 ms (default 1 s), fetch 4 MiB per partition (1 MiB), "
-            "channel buffer 4,096 (256), max processing time 1 s (100 ms), go-metrics off; publish route: "
-            "SyncProducer, acks=all, idempotent, lz4 (freedom's producer defaults)")
+    sarama = next(
+        (
+            line.split()[-1]
+            for line in (GO_PEER_SRC / "go.mod").read_text().splitlines()
+            if line.strip().startswith("github.com/IBM/sarama ")
+        ),
+        "?",
+    )
+    return (
+        f"`bench/go_peer` built with {_go_version.removeprefix('go version ')}, IBM/sarama {sarama}; 500 delivery "
+        "goroutines, one keep-alive net/http client (500 idle connections) and the net/http handler in one "
+        "process; sarama tuned: auto-commit every 100 ms (default 1 s), fetch 4 MiB per partition (1 MiB), "
+        "channel buffer 4,096 (256), max processing time 1 s (100 ms), go-metrics off; publish route: "
+        "SyncProducer, acks=all, idempotent, lz4 (freedom's producer defaults)"
+    )
 
 
 def build_go_peer() -> tuple[Path | None, str]:
@@ -82,18 +108,27 @@ def build_go_peer() -> tuple[Path | None, str]:
     go = shutil.which("go")
     if go is None:
         _built = (None, "Go is not installed (no `go` on PATH): the Go peer was not built")
-        print(f"bench: SKIPPING the Go peer: {_built[1]}; install Go >= 1.26 to measure it", flush=True)
+        print(
+            f"bench: SKIPPING the Go peer: {_built[1]}; install Go >= 1.26 to measure it",
+            flush=True,
+        )
         return _built
     GO_PEER_BIN.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     try:
         global _go_version
-        version = _go_version = subprocess.run([go, "version"], capture_output=True, text=True,
-                                               timeout=30).stdout.strip()
+        version = _go_version = subprocess.run(
+            [go, "version"], capture_output=True, text=True, timeout=30
+        ).stdout.strip()
         # GOTOOLCHAIN=local: never download another toolchain; -mod=readonly: go.sum as committed.
-        result = subprocess.run([go, "build", "-mod=readonly", "-trimpath", "-o", str(GO_PEER_BIN), "."],
-                                cwd=GO_PEER_SRC, capture_output=True, text=True, timeout=900,
-                                env={**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"})
+        result = subprocess.run(
+            [go, "build", "-mod=readonly", "-trimpath", "-o", str(GO_PEER_BIN), "."],
+            cwd=GO_PEER_SRC,
+            capture_output=True,
+            text=True,
+            timeout=900,
+            env={**os.environ, "GOTOOLCHAIN": "local", "CGO_ENABLED": "0"},
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         _built = (None, f"building the Go peer failed ({type(exc).__name__}: {exc})")
     else:
@@ -102,7 +137,10 @@ def build_go_peer() -> tuple[Path | None, str]:
             _built = (None, f"building the Go peer (bench/go_peer) failed: {last}")
         else:
             _built = (GO_PEER_BIN, "")
-            print(f"bench: built the Go peer (bench/go_peer, {version}) in {time.monotonic() - t0:.0f} s", flush=True)
+            print(
+                f"bench: built the Go peer (bench/go_peer, {version}) in {time.monotonic() - t0:.0f} s",
+                flush=True,
+            )
     if _built[0] is None:
         print(f"bench: SKIPPING the Go peer: {_built[1]}", flush=True)
     return _built
@@ -134,15 +172,36 @@ def _go_consume(handler: str) -> Callable[[Context], dict[str, float]]:
         binary = go_binary()
         topic, n = topic_for(ctx, handler)
         group = new_group("gopeer")
-        cmd = [str(binary), "consume", "-brokers", ctx.kafka.bootstrap, "-topic", topic, "-group", group,
-               "-expect", str(n), "-workers", "500", "-slow-ms", str(SLOW_MS if handler == "50ms" else 0)]
-        peer = spawn(f"go-peer-{handler}-{ctx.run_index}", cmd, ctx.workdir / f"go-peer-{handler}-{ctx.run_index}", {})
+        cmd = [
+            str(binary),
+            "consume",
+            "-brokers",
+            ctx.kafka.bootstrap,
+            "-topic",
+            topic,
+            "-group",
+            group,
+            "-expect",
+            str(n),
+            "-workers",
+            "500",
+            "-slow-ms",
+            str(SLOW_MS if handler == "50ms" else 0),
+        ]
+        peer = spawn(
+            f"go-peer-{handler}-{ctx.run_index}",
+            cmd,
+            ctx.workdir / f"go-peer-{handler}-{ctx.run_index}",
+            {},
+        )
         return measure_throughput(ctx, peer, group, topic, n)
+
     return run
 
 
-def _freedom_consume(transport: str, mode: str, handler: str, batch: int = 0,
-                     workers: int = 1) -> Callable[[Context], dict[str, float]]:
+def _freedom_consume(
+    transport: str, mode: str, handler: str, batch: int = 0, workers: int = 1
+) -> Callable[[Context], dict[str, float]]:
     def run(ctx: Context) -> dict[str, float]:
         if transport == "inprocess" and (reason := inprocess_unsupported()):
             raise Skip(reason)
@@ -150,7 +209,9 @@ def _freedom_consume(transport: str, mode: str, handler: str, batch: int = 0,
             import freedom
 
             if not hasattr(freedom, "BatchSettings"):
-                raise Skip("batch delivery (freedom.BatchSettings) does not exist in the measured code")
+                raise Skip(
+                    "batch delivery (freedom.BatchSettings) does not exist in the measured code"
+                )
         group = new_group("freedom")
         if workers > 1:
             # The records are produced once every worker holds partitions, so the span measured is
@@ -162,11 +223,23 @@ def _freedom_consume(transport: str, mode: str, handler: str, batch: int = 0,
         env = {"BENCH_SLOW_MS": str(SLOW_MS)} if handler == "50ms" else {}
         if batch:
             env["BENCH_BATCH"] = str(batch)
-        name = (f"go-freedom-{transport}-{mode}-{handler}{'-batch' if batch else ''}"
-                f"{f'-w{workers}' if workers > 1 else ''}-{ctx.run_index}")
-        service = freedom_service(ctx, name, topic, group, handler="slow" if handler == "50ms" else "trivial",
-                                  mode=mode, expect=n, http2=transport == "http2",
-                                  inprocess=transport == "inprocess", env=env, workers=workers)
+        name = (
+            f"go-freedom-{transport}-{mode}-{handler}{'-batch' if batch else ''}"
+            f"{f'-w{workers}' if workers > 1 else ''}-{ctx.run_index}"
+        )
+        service = freedom_service(
+            ctx,
+            name,
+            topic,
+            group,
+            handler="slow" if handler == "50ms" else "trivial",
+            mode=mode,
+            expect=n,
+            http2=transport == "http2",
+            inprocess=transport == "inprocess",
+            env=env,
+            workers=workers,
+        )
         if workers > 1:
             from .scaling import settle_then_produce
 
@@ -175,7 +248,9 @@ def _freedom_consume(transport: str, mode: str, handler: str, batch: int = 0,
             from .e2e import http2_unsupported
 
             try:
-                service.wait_probe(lambda s: s.get("count", 0) >= 1, 20, "the first delivery over HTTP/2")
+                service.wait_probe(
+                    lambda s: s.get("count", 0) >= 1, 20, "the first delivery over HTTP/2"
+                )
             except BenchError:
                 if service.proc.poll() is not None:
                     raise
@@ -183,6 +258,7 @@ def _freedom_consume(transport: str, mode: str, handler: str, batch: int = 0,
                 service.stop()
                 raise Skip(reason or "no delivery over HTTP/2 within 20 s") from None
         return measure_throughput(ctx, service, group, topic, n)
+
     return run
 
 
@@ -199,8 +275,10 @@ def _wait_listening(server: Consumer, port: int, timeout: float = 60.0) -> None:
             pass
         server.check_alive()
         if time.monotonic() > deadline:
-            raise BenchError(f"{server.name} is not listening on {port} after {timeout:.0f} s; log {server.log_path}:\n"
-                             f"{tail(server.log_path)}")
+            raise BenchError(
+                f"{server.name} is not listening on {port} after {timeout:.0f} s; log {server.log_path}:\n"
+                f"{tail(server.log_path)}"
+            )
         time.sleep(0.05)
 
 
@@ -215,36 +293,82 @@ def _publish(kind: str, workers: int = 1) -> Callable[[Context], dict[str, float
         name = f"go-publish-{kind}{f'-w{workers}' if workers > 1 else ''}-{ctx.run_index}"
         workdir = ctx.workdir / name
         if kind == "go":
-            cmd = [str(binary), "publish", "-brokers", ctx.kafka.bootstrap, "-topic", topic, "-addr", f"127.0.0.1:{port}"]
+            cmd = [
+                str(binary),
+                "publish",
+                "-brokers",
+                ctx.kafka.bootstrap,
+                "-topic",
+                topic,
+                "-addr",
+                f"127.0.0.1:{port}",
+            ]
         else:
-            conf = write_config(workdir / "conf", app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
-                                kafka={"producer": {"open": True},
-                                       "producer_clients": [{"servers": [ctx.kafka.bootstrap]}]})
-            cmd = [sys.executable, "-m", "freedom.cli.main", "run", "freedom_publish_app:app", "--config", str(conf)]
+            conf = write_config(
+                workdir / "conf",
+                app={"listen_addr": f"127.0.0.1:{port}", "log_level": "WARNING"},
+                kafka={
+                    "producer": {"open": True},
+                    "producer_clients": [{"servers": [ctx.kafka.bootstrap]}],
+                },
+            )
+            cmd = [
+                sys.executable,
+                "-m",
+                "freedom.cli.main",
+                "run",
+                "freedom_publish_app:app",
+                "--config",
+                str(conf),
+            ]
             if workers > 1:
                 cmd += ["--workers", str(workers)]
         server = spawn(name, cmd, workdir, {"BENCH_TOPIC": topic})
         try:
             _wait_listening(server, port)
             url = f"http://127.0.0.1:{port}/bench/publish"
-            warm = subprocess.run([str(binary), "load", "-url", url, "-clients", "1", "-requests", "1"],
-                                  capture_output=True, text=True, timeout=120)
+            warm = subprocess.run(
+                [str(binary), "load", "-url", url, "-clients", "1", "-requests", "1"],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             if warm.returncode != 0:
-                raise BenchError(f"{name}: the warm-up request failed: {warm.stderr.strip()}; log {server.log_path}:\n"
-                                 f"{tail(server.log_path)}")
+                raise BenchError(
+                    f"{name}: the warm-up request failed: {warm.stderr.strip()}; log {server.log_path}:\n"
+                    f"{tail(server.log_path)}"
+                )
             cpu0 = server.cpu_seconds()
-            result = subprocess.run([str(binary), "load", "-url", url, "-clients", str(PUBLISH_CLIENTS),
-                                     "-requests", str(n)], capture_output=True, text=True, timeout=600)
+            result = subprocess.run(
+                [
+                    str(binary),
+                    "load",
+                    "-url",
+                    url,
+                    "-clients",
+                    str(PUBLISH_CLIENTS),
+                    "-requests",
+                    str(n),
+                ],
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             cpu1 = server.cpu_seconds()
             server.check_alive()
             if result.returncode != 0:
-                raise BenchError(f"{name}: load failed: {result.stderr.strip()}; log {server.log_path}:\n"
-                                 f"{tail(server.log_path)}")
+                raise BenchError(
+                    f"{name}: load failed: {result.stderr.strip()}; log {server.log_path}:\n"
+                    f"{tail(server.log_path)}"
+                )
             out = json.loads(result.stdout.strip().splitlines()[-1])
-            return {"requests/s": out["requests"] / out["seconds"],
-                    "CPU µs/request": (cpu1 - cpu0) / max(1, out["requests"]) * 1e6}
+            return {
+                "requests/s": out["requests"] / out["seconds"],
+                "CPU µs/request": (cpu1 - cpu0) / max(1, out["requests"]) * 1e6,
+            }
         finally:
             server.stop()
+
     return run
 
 
@@ -266,15 +390,39 @@ def cases(ctx: Context) -> list[Case]:
     out: list[Case] = []
     for handler in ("trivial", "50ms"):
         out.append(Case(SCENARIO, f"go {handler}", _go_consume(handler)))
-        out += [Case(SCENARIO, freedom_case(t, m, handler), _freedom_consume(t, m, handler)) for t, m in FREEDOM]
-        out.append(Case(SCENARIO, freedom_case("http1", "concurrent", handler) + W,
-                        _freedom_consume("http1", "concurrent", handler, workers=WORKERS)))
+        out += [
+            Case(SCENARIO, freedom_case(t, m, handler), _freedom_consume(t, m, handler))
+            for t, m in FREEDOM
+        ]
+        out.append(
+            Case(
+                SCENARIO,
+                freedom_case("http1", "concurrent", handler) + W,
+                _freedom_consume("http1", "concurrent", handler, workers=WORKERS),
+            )
+        )
         if handler == "trivial":
-            out.append(Case(SCENARIO, freedom_case("inprocess", "concurrent", handler) + W,
-                            _freedom_consume("inprocess", "concurrent", handler, workers=WORKERS)))
-            out.append(Case(SCENARIO, BATCH_CASE, _freedom_consume("http1", "concurrent", "trivial", batch=100)))
-            out.append(Case(SCENARIO, BATCH_CASE + W,
-                            _freedom_consume("http1", "concurrent", "trivial", batch=100, workers=WORKERS)))
+            out.append(
+                Case(
+                    SCENARIO,
+                    freedom_case("inprocess", "concurrent", handler) + W,
+                    _freedom_consume("inprocess", "concurrent", handler, workers=WORKERS),
+                )
+            )
+            out.append(
+                Case(
+                    SCENARIO,
+                    BATCH_CASE,
+                    _freedom_consume("http1", "concurrent", "trivial", batch=100),
+                )
+            )
+            out.append(
+                Case(
+                    SCENARIO,
+                    BATCH_CASE + W,
+                    _freedom_consume("http1", "concurrent", "trivial", batch=100, workers=WORKERS),
+                )
+            )
     out.append(Case(SCENARIO, "go publish route", _publish("go")))
     out.append(Case(SCENARIO, "freedom publish route", _publish("freedom")))
     out.append(Case(SCENARIO, "freedom publish route" + W, _publish("freedom", workers=WORKERS)))
@@ -285,16 +433,24 @@ def ratios(ctx: Context) -> list[Ratio]:
     """freedom / Go, per run, for every freedom case of this scenario (the same handler)."""
     out: list[Ratio] = []
     rs = "records/s"
-    for (scenario, case, metric) in ctx.results:
+    for scenario, case, metric in ctx.results:
         if scenario != SCENARIO or metric != rs or not case.startswith("freedom-"):
             continue
         handler = case.split(" ")[1]
-        out.append(Ratio(f"go-peer {case} / go {handler}", per_run_ratio(ctx, (SCENARIO, case, rs),
-                                                                         (SCENARIO, f"go {handler}", rs))))
+        out.append(
+            Ratio(
+                f"go-peer {case} / go {handler}",
+                per_run_ratio(ctx, (SCENARIO, case, rs), (SCENARIO, f"go {handler}", rs)),
+            )
+        )
     req = "requests/s"
     for case in ("freedom publish route", "freedom publish route" + W):
-        out.append(Ratio(f"go-peer {case} / go publish route",
-                         per_run_ratio(ctx, (SCENARIO, case, req), (SCENARIO, "go publish route", req))))
+        out.append(
+            Ratio(
+                f"go-peer {case} / go publish route",
+                per_run_ratio(ctx, (SCENARIO, case, req), (SCENARIO, "go publish route", req)),
+            )
+        )
     return [r for r in out if r.values]
 
 
@@ -315,14 +471,34 @@ def targets(ctx: Context) -> list[Target]:
         return [case, case + W]
 
     rows = [
-        ("vs Go: HTTP/1.1 per record, concurrent, trivial", 1.0,
-         best(shapes("freedom-http1-conc trivial"), "go trivial")),
-        ("vs Go: in-process delivery, trivial (best mode)", 1.5,
-         best(["freedom-inprocess-seq trivial", *shapes("freedom-inprocess-conc trivial")], "go trivial")),
-        ("vs Go: batch delivery over HTTP/1.1 (100 per request)", 3.0, best(shapes(BATCH_CASE), "go trivial")),
-        ("vs Go: 50 ms handler, HTTP/1.1 concurrent", 1.0, best(shapes("freedom-http1-conc 50ms"), "go 50ms")),
-        ("vs Go: publish path (GET → publish, 50 clients)", 1.0,
-         best(shapes("freedom publish route"), "go publish route", "requests/s")),
+        (
+            "vs Go: HTTP/1.1 per record, concurrent, trivial",
+            1.0,
+            best(shapes("freedom-http1-conc trivial"), "go trivial"),
+        ),
+        (
+            "vs Go: in-process delivery, trivial (best mode)",
+            1.5,
+            best(
+                ["freedom-inprocess-seq trivial", *shapes("freedom-inprocess-conc trivial")],
+                "go trivial",
+            ),
+        ),
+        (
+            "vs Go: batch delivery over HTTP/1.1 (100 per request)",
+            3.0,
+            best(shapes(BATCH_CASE), "go trivial"),
+        ),
+        (
+            "vs Go: 50 ms handler, HTTP/1.1 concurrent",
+            1.0,
+            best(shapes("freedom-http1-conc 50ms"), "go 50ms"),
+        ),
+        (
+            "vs Go: publish path (GET → publish, 50 clients)",
+            1.0,
+            best(shapes("freedom publish route"), "go publish route", "requests/s"),
+        ),
     ]
     out: list[Target] = []
     for what, goal, found in rows:

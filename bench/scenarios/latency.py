@@ -11,12 +11,23 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import confluent_kafka
 
-from ..common import (PAD, BenchError, Case, Consumer, Context, Skip, freedom_service, inprocess_unsupported, new_group,
-                      peer_process, percentile)
+from ..common import (
+    PAD,
+    BenchError,
+    Case,
+    Consumer,
+    Context,
+    Skip,
+    freedom_service,
+    inprocess_unsupported,
+    new_group,
+    peer_process,
+    percentile,
+)
 from . import e2e
 
 SCENARIO = "latency"
@@ -37,7 +48,9 @@ def publish_at_rate(bootstrap: str, topic: str, rate: float, n: int) -> float:
     while sent < n:
         due = min(n, int((time.perf_counter() - t0) * rate) + 1)
         while sent < due:
-            producer.produce(topic, json.dumps({"t": time.time(), "pad": PAD}).encode(), key=f"k{sent}".encode())
+            producer.produce(
+                topic, json.dumps({"t": time.time(), "pad": PAD}).encode(), key=f"k{sent}".encode()
+            )
             sent += 1
         producer.poll(0)
         time.sleep(0.0005)
@@ -62,28 +75,37 @@ def warm_up(bootstrap: str, topic: str, consumer: Consumer, timeout: float = 120
                 raise
 
 
-def _measure(ctx: Context, consumer: Consumer, topic: str, rate: float, n: int, *,
-             http2: bool = False) -> dict[str, float]:
+def _measure(
+    ctx: Context, consumer: Consumer, topic: str, rate: float, n: int, *, http2: bool = False
+) -> dict[str, float]:
     try:
         try:
             warm_up(ctx.kafka.bootstrap, topic, consumer, timeout=20 if http2 else 120)
         except BenchError as exc:
-            if not http2 or consumer.proc.poll() is not None:  # a dead service is a failure, not a skip
+            if (
+                not http2 or consumer.proc.poll() is not None
+            ):  # a dead service is a failure, not a skip
                 raise
             reason = e2e.http2_unsupported(f"http://127.0.0.1:{consumer.port}")
             raise Skip(reason or f"no delivery over HTTP/2 within 20 s: {exc}") from None
         achieved = publish_at_rate(ctx.kafka.bootstrap, topic, rate, n)
-        state = consumer.wait_probe(lambda s: s.get("count", 0) >= n and s.get("t_last"), 60 + n / 50,
-                                    f"{n} timed records")
+        state = consumer.wait_probe(
+            lambda s: s.get("count", 0) >= n and s.get("t_last"), 60 + n / 50, f"{n} timed records"
+        )
         lat = [x * 1000 for x in state["latencies"]]
         return {"offered/s": achieved, "p50 ms": percentile(lat, 50), "p99 ms": percentile(lat, 99)}
     finally:
         consumer.stop()
 
 
-def _case(consumer_kind: str, handler: str, transport: str = "", mode: str = "") -> Callable[[Context], dict[str, float]]:
-    e2e_case = e2e.case_name(f"freedom-{transport}" if consumer_kind == "freedom" else consumer_kind, handler,
-                             mode or None)
+def _case(
+    consumer_kind: str, handler: str, transport: str = "", mode: str = ""
+) -> Callable[[Context], dict[str, float]]:
+    e2e_case = e2e.case_name(
+        f"freedom-{transport}" if consumer_kind == "freedom" else consumer_kind,
+        handler,
+        mode or None,
+    )
 
     def run(ctx: Context) -> dict[str, float]:
         if ("e2e", e2e_case) in ctx.skipped:
@@ -96,8 +118,17 @@ def _case(consumer_kind: str, handler: str, transport: str = "", mode: str = "")
         if consumer_kind == "freedom":
             if transport == "inprocess" and (reason := inprocess_unsupported()):
                 raise Skip(reason)
-            proc = freedom_service(ctx, name, topic, group, handler=handler, mode=mode, expect=n,
-                                   http2=transport == "http2", inprocess=transport == "inprocess")
+            proc = freedom_service(
+                ctx,
+                name,
+                topic,
+                group,
+                handler=handler,
+                mode=mode,
+                expect=n,
+                http2=transport == "http2",
+                inprocess=transport == "inprocess",
+            )
         else:
             proc = peer_process(ctx, consumer_kind, name, topic, group, handler=handler, expect=n)
         return _measure(ctx, proc, topic, rate, n, http2=transport == "http2")
@@ -108,8 +139,21 @@ def _case(consumer_kind: str, handler: str, transport: str = "", mode: str = "")
 def cases(ctx: Context) -> list[Case]:
     out = [Case(SCENARIO, e2e.case_name("bare", "trivial"), _case("bare", "trivial"), order=1)]
     for handler in e2e.HANDLERS:
-        out.append(Case(SCENARIO, e2e.case_name("faststream", handler), _case("faststream", handler), order=1))
+        out.append(
+            Case(
+                SCENARIO,
+                e2e.case_name("faststream", handler),
+                _case("faststream", handler),
+                order=1,
+            )
+        )
         for transport, mode in e2e.FREEDOM:
-            out.append(Case(SCENARIO, e2e.case_name(f"freedom-{transport}", handler, mode),
-                            _case("freedom", handler, transport, mode), order=1))
+            out.append(
+                Case(
+                    SCENARIO,
+                    e2e.case_name(f"freedom-{transport}", handler, mode),
+                    _case("freedom", handler, transport, mode),
+                    order=1,
+                )
+            )
     return out

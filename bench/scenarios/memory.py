@@ -9,14 +9,16 @@ many records the group had committed by the end (how far into the backlog it got
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from ..common import Case, Consumer, Context, freedom_service, new_group, peer_process
 
 SCENARIO = "memory"
 
 
-def _sample(ctx: Context, consumer: Consumer, group: str, topic: str, seconds: float) -> dict[str, float]:
+def _sample(
+    ctx: Context, consumer: Consumer, group: str, topic: str, seconds: float
+) -> dict[str, float]:
     peak = 0
     try:
         deadline = time.monotonic() + seconds
@@ -37,10 +39,13 @@ def _case(kind: str, mode: str = "") -> Callable[[Context], dict[str, float]]:
         group = new_group(f"mem-{kind}")
         name = f"memory-{kind}-{mode}-{ctx.run_index}"
         if kind == "freedom":
-            proc = freedom_service(ctx, name, topic, group, handler="slow", mode=mode, expect=backlog)
+            proc = freedom_service(
+                ctx, name, topic, group, handler="slow", mode=mode, expect=backlog
+            )
         else:
             proc = peer_process(ctx, kind, name, topic, group, handler="slow", expect=backlog)
         return _sample(ctx, proc, group, topic, ctx.size(30, 10))
+
     return run
 
 

@@ -9,9 +9,17 @@ in every run, one after the other, so the ratio on/off compares the same machine
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from ..common import Case, Context, Skip, freedom_service, inprocess_unsupported, measure_throughput, new_group
+from ..common import (
+    Case,
+    Context,
+    Skip,
+    freedom_service,
+    inprocess_unsupported,
+    measure_throughput,
+    new_group,
+)
 from . import e2e
 
 SCENARIO = "metrics"
@@ -25,10 +33,19 @@ def _case(transport: str, metrics: str) -> Callable[[Context], dict[str, float]]
         n = e2e.records(ctx, f"freedom-{transport}", "trivial", "concurrent")
         topic = ctx.preloaded("e2e", n)
         group = new_group("metrics")
-        service = freedom_service(ctx, f"metrics-{transport}-{metrics}-{ctx.run_index}", topic, group,
-                                  handler="trivial", mode="concurrent", expect=n, inprocess=transport == "inprocess",
-                                  env={"BENCH_METRICS": metrics})
+        service = freedom_service(
+            ctx,
+            f"metrics-{transport}-{metrics}-{ctx.run_index}",
+            topic,
+            group,
+            handler="trivial",
+            mode="concurrent",
+            expect=n,
+            inprocess=transport == "inprocess",
+            env={"BENCH_METRICS": metrics},
+        )
         return measure_throughput(ctx, service, group, topic, n)
+
     return run
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from ..common import SERVICES, BenchError, Case, Context, Skip, child_env, tail
 
@@ -36,8 +36,14 @@ def records(ctx: Context, kind: str) -> int:
 def _config(ctx: Context) -> str:
     from freedom.testing import write_config
 
-    conf = write_config(ctx.workdir / "publish" / "conf", app={"log_level": "WARNING"},
-                        kafka={"producer": {"open": True}, "producer_clients": [{"servers": [ctx.kafka.bootstrap]}]})
+    conf = write_config(
+        ctx.workdir / "publish" / "conf",
+        app={"log_level": "WARNING"},
+        kafka={
+            "producer": {"open": True},
+            "producer_clients": [{"servers": [ctx.kafka.bootstrap]}],
+        },
+    )
     return str(conf)
 
 
@@ -52,14 +58,27 @@ def _case(kind: str) -> Callable[[Context], dict[str, float]]:
         topic = ctx.kafka.new_topic("bench-publish")
         log = ctx.workdir / "publish" / f"{kind}-{ctx.run_index}.log"
         log.parent.mkdir(parents=True, exist_ok=True)
-        env = {"BENCH_BOOTSTRAP": ctx.kafka.bootstrap, "BENCH_TOPIC": topic, "BENCH_CONFIG": _config(ctx)}
+        env = {
+            "BENCH_BOOTSTRAP": ctx.kafka.bootstrap,
+            "BENCH_TOPIC": topic,
+            "BENCH_CONFIG": _config(ctx),
+        }
         with log.open("wb") as err:
-            result = subprocess.run([sys.executable, str(SERVICES / "publisher.py"), kind, str(n)], cwd=SERVICES,
-                                    env=child_env(env), stdout=subprocess.PIPE, stderr=err, timeout=600)
+            result = subprocess.run(
+                [sys.executable, str(SERVICES / "publisher.py"), kind, str(n)],
+                cwd=SERVICES,
+                env=child_env(env),
+                stdout=subprocess.PIPE,
+                stderr=err,
+                timeout=600,
+            )
         if result.returncode != 0:
-            raise BenchError(f"publisher {kind} failed (rc={result.returncode}); log {log}:\n{tail(log)}")
+            raise BenchError(
+                f"publisher {kind} failed (rc={result.returncode}); log {log}:\n{tail(log)}"
+            )
         out = json.loads(result.stdout.decode().strip().splitlines()[-1])
         return {"records/s": out["n"] / out["seconds"]}
+
     return run
 
 

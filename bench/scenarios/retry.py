@@ -10,7 +10,7 @@ Compare with `e2e`'s freedom-http1 trivial figures of the same run.
 from __future__ import annotations
 
 import uuid
-from typing import Callable
+from collections.abc import Callable
 
 from ..common import Case, Context, Skip, freedom_service, new_group, wait_committed
 from . import e2e
@@ -38,23 +38,42 @@ def _case(mode: str) -> Callable[[Context], dict[str, float]]:
         topic = ctx.preloaded("e2e", n)
         group = new_group("retry")
         tag = uuid.uuid4().hex[:6]
-        retry = {"retry_count": 1, "retry_interval_sec": 0, "retry_group_id": f"{group}-retry",
-                 "retry_prefix": f"r{tag}-", "retry_fail_prefix": f"f{tag}-"}
-        service = freedom_service(ctx, f"retry-{mode}-{ctx.run_index}", topic, group, handler="trivial", mode=mode,
-                                  expect=n, extra=retry, env={"BENCH_FAIL_EVERY": str(FAIL_EVERY)})
+        retry = {
+            "retry_count": 1,
+            "retry_interval_sec": 0,
+            "retry_group_id": f"{group}-retry",
+            "retry_prefix": f"r{tag}-",
+            "retry_fail_prefix": f"f{tag}-",
+        }
+        service = freedom_service(
+            ctx,
+            f"retry-{mode}-{ctx.run_index}",
+            topic,
+            group,
+            handler="trivial",
+            mode=mode,
+            expect=n,
+            extra=retry,
+            env={"BENCH_FAIL_EVERY": str(FAIL_EVERY)},
+        )
         try:
             first = service.wait_probe(lambda s: s.get("count", 0) >= 1, 120, "the first record")
             cpu0 = service.cpu_seconds()
-            done = service.wait_probe(lambda s: bool(s.get("t_last")), 120 + n / 20, f"all {n} records to succeed")
+            done = service.wait_probe(
+                lambda s: bool(s.get("t_last")), 120 + n / 20, f"all {n} records to succeed"
+            )
             t_commit = wait_committed(ctx, group, topic, n, 120, service)
             cpu1 = service.cpu_seconds()
             seconds = max(done["t_last"], t_commit) - first["t_first"]
             return {"records/s": n / seconds, "CPU µs/record": (cpu1 - cpu0) / n * 1e6}
         finally:
             service.stop()
+
     return run
 
 
 def cases(ctx: Context) -> list[Case]:
-    return [Case(SCENARIO, f"freedom-http1-{e2e.SHORT_MODE[m]} 10% fail once", _case(m))
-            for m in ("sequential", "concurrent")]
+    return [
+        Case(SCENARIO, f"freedom-http1-{e2e.SHORT_MODE[m]} 10% fail once", _case(m))
+        for m in ("sequential", "concurrent")
+    ]

@@ -15,10 +15,19 @@ through the rebalance that the second worker's join causes.
 from __future__ import annotations
 
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from ..common import (BenchError, Case, Consumer, Context, Skip, freedom_service, inprocess_unsupported,
-                      measure_throughput, new_group)
+from ..common import (
+    BenchError,
+    Case,
+    Consumer,
+    Context,
+    Skip,
+    freedom_service,
+    inprocess_unsupported,
+    measure_throughput,
+    new_group,
+)
 
 SCENARIO = "scaling"
 TRANSPORTS = ("http1", "inprocess")
@@ -35,7 +44,9 @@ def case_name(transport: str, label: str) -> str:
     return f"freedom-{transport}-conc trivial {label}"
 
 
-def _case(transport: str, label: str, workers: int, batch: int) -> Callable[[Context], dict[str, float]]:
+def _case(
+    transport: str, label: str, workers: int, batch: int
+) -> Callable[[Context], dict[str, float]]:
     def run(ctx: Context) -> dict[str, float]:
         if transport == "inprocess" and (reason := inprocess_unsupported()):
             raise Skip(reason)
@@ -43,15 +54,27 @@ def _case(transport: str, label: str, workers: int, batch: int) -> Callable[[Con
         topic = ctx.kafka.new_topic("bench-scaling", PARTITIONS)
         group = new_group("scaling")
         env = {"BENCH_BATCH": str(batch)} if batch else {}
-        service = freedom_service(ctx, f"scaling-{transport}-{label.replace(' ', '')}-{ctx.run_index}", topic, group,
-                                  handler="trivial", mode="concurrent", expect=n, inprocess=transport == "inprocess",
-                                  env=env, workers=workers)
+        service = freedom_service(
+            ctx,
+            f"scaling-{transport}-{label.replace(' ', '')}-{ctx.run_index}",
+            topic,
+            group,
+            handler="trivial",
+            mode="concurrent",
+            expect=n,
+            inprocess=transport == "inprocess",
+            env=env,
+            workers=workers,
+        )
         settle_then_produce(ctx, service, group, workers, topic, n)
         return measure_throughput(ctx, service, group, topic, n)
+
     return run
 
 
-def settle_then_produce(ctx: Context, service: Consumer, group: str, members: int, topic: str, n: int) -> None:
+def settle_then_produce(
+    ctx: Context, service: Consumer, group: str, members: int, topic: str, n: int
+) -> None:
     """Wait for `group` to settle with `members` members (stopping the service if it does not),
     then produce the `n` records at once: the span measured is not a member's join."""
     try:
@@ -62,7 +85,9 @@ def settle_then_produce(ctx: Context, service: Consumer, group: str, members: in
     ctx.kafka.preload(topic, n)
 
 
-def settled(ctx: Context, service: Consumer, group: str, members: int, timeout: float = 120.0) -> None:
+def settled(
+    ctx: Context, service: Consumer, group: str, members: int, timeout: float = 120.0
+) -> None:
     """Wait until `group` has `members` members holding every partition between them."""
     deadline = time.monotonic() + timeout
     while True:
@@ -75,9 +100,15 @@ def settled(ctx: Context, service: Consumer, group: str, members: int, timeout: 
             pass
         service.check_alive()
         if time.monotonic() > deadline:
-            raise BenchError(f"{service.name}: group {group} did not settle with {members} members in {timeout:.0f} s")
+            raise BenchError(
+                f"{service.name}: group {group} did not settle with {members} members in {timeout:.0f} s"
+            )
         time.sleep(0.2)
 
 
 def cases(ctx: Context) -> list[Case]:
-    return [Case(SCENARIO, case_name(t, label), _case(t, label, w, b)) for t in TRANSPORTS for label, w, b in SHAPES]
+    return [
+        Case(SCENARIO, case_name(t, label), _case(t, label, w, b))
+        for t in TRANSPORTS
+        for label, w, b in SHAPES
+    ]

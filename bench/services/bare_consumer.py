@@ -12,7 +12,6 @@ import signal
 import time
 
 import confluent_kafka
-
 from bench_probe import PROBE
 
 SLOW = os.environ.get("BENCH_HANDLER", "trivial") == "slow"
@@ -27,13 +26,15 @@ def main() -> None:
         stop = True
 
     signal.signal(signal.SIGTERM, on_term)
-    consumer = confluent_kafka.Consumer({
-        "bootstrap.servers": os.environ["BENCH_BOOTSTRAP"],
-        "group.id": os.environ["BENCH_GROUP"],
-        "auto.offset.reset": "earliest",
-        "enable.auto.commit": False,
-        "session.timeout.ms": 6000,
-    })
+    consumer = confluent_kafka.Consumer(
+        {
+            "bootstrap.servers": os.environ["BENCH_BOOTSTRAP"],
+            "group.id": os.environ["BENCH_GROUP"],
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+            "session.timeout.ms": 6000,
+        }
+    )
     consumer.subscribe([os.environ["BENCH_TOPIC"]])
     since_commit = 0
     while not stop:

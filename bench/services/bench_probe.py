@@ -51,8 +51,13 @@ class Probe:
     def _write(self) -> None:
         if not self.path:
             return
-        state = {"count": self.count, "warm": self.warm, "t_first": self.t_first,
-                 "t_last": self.t_last, "latencies": self.latencies if self.t_last else []}
+        state = {
+            "count": self.count,
+            "warm": self.warm,
+            "t_first": self.t_first,
+            "t_last": self.t_last,
+            "latencies": self.latencies if self.t_last else [],
+        }
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(state, fh)

@@ -12,10 +12,9 @@ import logging
 import os
 from typing import Any
 
+from bench_probe import PROBE
 from faststream import AckPolicy, FastStream
 from faststream.confluent import KafkaBroker
-
-from bench_probe import PROBE
 
 SLOW = os.environ.get("BENCH_HANDLER", "trivial") == "slow"
 

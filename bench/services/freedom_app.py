@@ -13,21 +13,25 @@ from __future__ import annotations
 import asyncio
 import os
 
+from bench_probe import PROBE
 from fastapi import HTTPException
 
 import freedom
-from bench_probe import PROBE
 
 TOPIC = os.environ["BENCH_TOPIC"]
 SLOW = os.environ.get("BENCH_HANDLER", "trivial") == "slow"
-SLOW_SECONDS = int(os.environ.get("BENCH_SLOW_MS", "5") or 5) / 1000  # the slow handler's wait (go scenario: 50)
+SLOW_SECONDS = (
+    int(os.environ.get("BENCH_SLOW_MS", "5") or 5) / 1000
+)  # the slow handler's wait (go scenario: 50)
 FAIL_EVERY = int(os.environ.get("BENCH_FAIL_EVERY", "0") or 0)
 BATCH = int(os.environ.get("BENCH_BATCH", "0") or 0)
 _seen: set[str] = set()
 
-if os.environ.get("BENCH_METRICS") == "off":  # the metrics scenario's baseline: the hot-path hooks as no-ops
-    from freedom.kafka.consumer import observer
+if (
+    os.environ.get("BENCH_METRICS") == "off"
+):  # the metrics scenario's baseline: the hot-path hooks as no-ops
     from freedom.kafka import producer
+    from freedom.kafka.consumer import observer
 
     observer.ProxyObserver.delivered = lambda *args, **kwargs: None  # type: ignore[method-assign]
     producer.count_sent = lambda *args: None  # type: ignore[assignment]
@@ -65,8 +69,11 @@ class BenchController:
 def _(initiator: freedom.Initiator) -> None:
     initiator.bind_controller("/bench", BenchController)
     if BATCH:
-        initiator.listen_event(TOPIC, "BenchController.post_batch",
-                               batch=freedom.BatchSettings(max_records=BATCH, max_wait_ms=5))
+        initiator.listen_event(
+            TOPIC,
+            "BenchController.post_batch",
+            batch=freedom.BatchSettings(max_records=BATCH, max_wait_ms=5),
+        )
     else:
         initiator.listen_event(TOPIC, "BenchController.post_event_by")
 

@@ -13,7 +13,9 @@ import freedom
 from freedom.infra import kafka
 
 TOPIC = os.environ["BENCH_TOPIC"]
-VALUE = b'{"pad":"' + b"x" * 90 + b'"}'  # 100 bytes, as bench/services/publisher.py and the Go peer send
+VALUE = (
+    b'{"pad":"' + b"x" * 90 + b'"}'
+)  # 100 bytes, as bench/services/publisher.py and the Go peer send
 assert len(VALUE) == 100
 
 

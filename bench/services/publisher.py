@@ -24,7 +24,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import confluent_kafka
 
@@ -58,7 +59,9 @@ async def freedom_kind(kind: str, n: int, topic: str) -> float:
             await _workers(n, lambda: producer.new_msg(topic, VALUE).publish())
         else:
             for i in range(0, n, BATCH):
-                result = await producer.publish_batch([producer.new_msg(topic, VALUE) for _ in range(min(BATCH, n - i))])
+                result = await producer.publish_batch(
+                    [producer.new_msg(topic, VALUE) for _ in range(min(BATCH, n - i))]
+                )
                 result.raise_for_failures()
         return time.perf_counter() - t0
     finally:
@@ -90,7 +93,9 @@ def bare_kind(n: int, topic: str) -> float:
         from freedom.kafka.producer import PRODUCER_DEFAULTS as settings
     except ImportError:
         settings = {"enable.idempotence": True, "acks": "all", "linger.ms": 5}
-    producer = confluent_kafka.Producer({"bootstrap.servers": os.environ["BENCH_BOOTSTRAP"], **settings})
+    producer = confluent_kafka.Producer(
+        {"bootstrap.servers": os.environ["BENCH_BOOTSTRAP"], **settings}
+    )
     producer.produce(topic, VALUE)  # warm-up: connected, metadata, producer id
     if producer.flush(30):
         raise SystemExit("bare producer: the warm-up record was not acknowledged within 30 s")

@@ -30,8 +30,14 @@ def main() -> int:
     except httpx.TransportError:
         pass
     freedom = Path(sys.executable).with_name("freedom")
-    proc = subprocess.Popen([str(freedom), "run", "example:app"], cwd=HERE, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        [str(freedom), "run", "example:app"],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     output: list[str] = []
 
     def pump() -> None:
@@ -61,7 +67,10 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while sum("消耗商品ID" in line for line in output) < len(GOODS):
             if time.monotonic() > deadline:
-                print("demo: the store handler did not log every purchase within 60 s", file=sys.stderr)
+                print(
+                    "demo: the store handler did not log every purchase within 60 s",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(0.1)
         print(f"demo: the store handled all {len(GOODS)} purchases", flush=True)
@@ -71,10 +80,16 @@ def main() -> int:
         deadline = time.monotonic() + 60
         while not any("Goods:Shopping 商品ID:1" in line for line in output):
             if time.monotonic() > deadline:
-                print("demo: the store did not log the Goods:Shopping domain event within 60 s", file=sys.stderr)
+                print(
+                    "demo: the store did not log the Goods:Shopping domain event within 60 s",
+                    file=sys.stderr,
+                )
                 return 1
             time.sleep(0.1)
-        print("demo: the store handled the Goods:Shopping domain event; stopping the service", flush=True)
+        print(
+            "demo: the store handled the Goods:Shopping domain event; stopping the service",
+            flush=True,
+        )
         return 0
     finally:
         if proc.poll() is None:

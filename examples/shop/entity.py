@@ -33,4 +33,6 @@ class Goods(Base, freedom.Entity):
     def shopping(self) -> None:
         """Buy one: less stock, and the `Goods:Shopping` event with the goods (the seed's objects.Goods)."""
         self.amount -= 1
-        self.domain_event(EVENT_SHOPPING, {"ID": self.id, "Amount": self.amount}, headers={"x-action": "购买"})
+        self.domain_event(
+            EVENT_SHOPPING, {"ID": self.id, "Amount": self.amount}, headers={"x-action": "购买"}
+        )

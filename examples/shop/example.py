@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import entity
+
 import freedom
 from freedom.infra import kafka
 
@@ -62,13 +63,17 @@ class StoreController:
     async def post_sell_goods_by(self, event_id: str) -> None:
         goods = Goods(**await self.runtime.request.json())
         action = self.runtime.request.headers.get("x-action")
-        self.runtime.logger.info("消耗商品ID:%d, %d件, 行为:%s, 消息key:%s", goods.ID, goods.Amount, action, event_id)
+        self.runtime.logger.info(
+            "消耗商品ID:%d, %d件, 行为:%s, 消息key:%s", goods.ID, goods.Amount, action, event_id
+        )
         # Raising, or answering other than 2xx, has the record delivered again.
 
     async def post_goods_shopping_by(self, goods_id: str) -> None:
         """The `Goods:Shopping` domain event; the message key is the goods' identity()."""
         goods = Goods(**await self.runtime.request.json())
-        self.runtime.logger.info("Goods:Shopping 商品ID:%d, 剩余%d件, 消息key:%s", goods.ID, goods.Amount, goods_id)
+        self.runtime.logger.info(
+            "Goods:Shopping 商品ID:%d, 剩余%d件, 消息key:%s", goods.ID, goods.Amount, goods_id
+        )
 
 
 @freedom.prepare
@@ -84,6 +89,10 @@ def _(initiator: freedom.Initiator) -> None:
 app = freedom.Application()
 # Domain events: published through Kafka, kept in the SQLite outbox until the broker has them.
 app.install_domain_event_infra(kafka.get_domain_event_infra())
-_database = freedom.Database(os.environ.get("SHOP_DATABASE_URL", f"sqlite+aiosqlite:///{Path(__file__).with_name('shop.db')}"))
+_database = freedom.Database(
+    os.environ.get(
+        "SHOP_DATABASE_URL", f"sqlite+aiosqlite:///{Path(__file__).with_name('shop.db')}"
+    )
+)
 _database.add_tables(entity.Base.metadata)
 app.install_database(_database)

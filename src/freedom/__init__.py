@@ -15,14 +15,14 @@ The distribution is `freedom-events` (`pip install freedom-events`); `freedom.__
 from importlib import metadata as _metadata
 from pathlib import Path as _Path
 
-from freedom.web.application import Application, StartupError
-from freedom.wire.batch import Batch, BatchRecord, BatchSettings
-from freedom.wire.context import Bus
 from freedom.domain import Database, DomainEventError, Entity, EventNameError, UnitOfWork
 from freedom.errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
+from freedom.web.application import Application, StartupError
 from freedom.web.initiator import Initiator, prepare
-from freedom.wire.outcomes import DeadLetter, Drop, Outcome, Retry
 from freedom.web.runtime import Request, Runtime, RuntimeDep, get_runtime
+from freedom.wire.batch import Batch, BatchRecord, BatchSettings
+from freedom.wire.context import Bus
+from freedom.wire.outcomes import DeadLetter, Drop, Outcome, Retry
 
 DISTRIBUTION = "freedom-events"
 

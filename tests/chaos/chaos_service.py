@@ -24,8 +24,11 @@ DEAD_EVERY = int(os.environ.get("DEAD_EVERY", "0"))
 BUSY = float(os.environ.get("BUSY_MS", "0")) / 1000
 ROUTES = {  # route name -> the topic it listens on
     name: os.environ[var]
-    for name, var in (("sequential", "CHAOS_SEQUENTIAL"), ("concurrent", "CHAOS_CONCURRENT"),
-                      ("key_ordered", "CHAOS_KEY_ORDERED"))
+    for name, var in (
+        ("sequential", "CHAOS_SEQUENTIAL"),
+        ("concurrent", "CHAOS_CONCURRENT"),
+        ("key_ordered", "CHAOS_KEY_ORDERED"),
+    )
     if os.environ.get(var)
 }
 if os.environ.get("PROXY_DEBUG"):  # the commit requests and answers, for a failure's post-mortem
@@ -35,14 +38,23 @@ _pid = os.getpid()
 
 
 def _line(ev: str, route: str, key: str, seq: int) -> None:
-    os.write(_fd, (json.dumps({"ev": ev, "route": route, "key": key, "seq": seq, "t": time.time(),
-                               "pid": _pid}) + "\n").encode())
+    os.write(
+        _fd,
+        (
+            json.dumps(
+                {"ev": ev, "route": route, "key": key, "seq": seq, "t": time.time(), "pid": _pid}
+            )
+            + "\n"
+        ).encode(),
+    )
 
 
 async def _handle(runtime: freedom.Runtime, route: str, key: str) -> str:
     seq = int(await runtime.request.body())
     _line("start", route, key, seq)
-    if BUSY:  # CPU work on the event loop (parsing, computing): saturates the loop the proxy runs on
+    if (
+        BUSY
+    ):  # CPU work on the event loop (parsing, computing): saturates the loop the proxy runs on
         until = time.perf_counter() + BUSY
         while time.perf_counter() < until:
             pass

@@ -15,12 +15,26 @@ from pathlib import Path
 HERE = Path(__file__).parent
 
 
-def start_service(config_dir: Path, record_file: Path, log: Path, **env: str) -> subprocess.Popen[bytes]:
+def start_service(
+    config_dir: Path, record_file: Path, log: Path, **env: str
+) -> subprocess.Popen[bytes]:
     """`freedom run chaos_service:app` in its own process group (so a kill takes all of it)."""
     environ = {**os.environ, "RECORD_FILE": str(record_file), **env}
     return subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli.main", "run", "chaos_service:app", "--config", str(config_dir)],
-        cwd=HERE, env=environ, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-m",
+            "freedom.cli.main",
+            "run",
+            "chaos_service:app",
+            "--config",
+            str(config_dir),
+        ],
+        cwd=HERE,
+        env=environ,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
 
 
@@ -75,12 +89,21 @@ class KillReport:
     held: int = 0  # finished, but behind a record of its partition that was not finished
     lagging: int = 0  # finished with every record before it, not yet committed (the commit lag)
     max_lag: float = 0.0  # the longest time one of those had been committable (s)
-    unexplained: list[tuple[int, int]] = field(default_factory=list)  # (partition, offset) beyond the bound
+    unexplained: list[tuple[int, int]] = field(
+        default_factory=list
+    )  # (partition, offset) beyond the bound
     seqs: set[int] = field(default_factory=set)  # the records to deliver again, within the bound
 
 
-def kill_report(at: float, events: list[dict], where: dict[int, tuple[int, int]], committed: list[int],
-                *, lag_bound: float, started_from: list[int] | None = None) -> KillReport:
+def kill_report(
+    at: float,
+    events: list[dict],
+    where: dict[int, tuple[int, int]],
+    committed: list[int],
+    *,
+    lag_bound: float,
+    started_from: list[int] | None = None,
+) -> KillReport:
     """Account for a kill at `at` of one route's records.
 
     `events` are the route's handler lines of the run that was killed (one process), `where` maps a
@@ -107,10 +130,14 @@ def kill_report(at: float, events: list[dict], where: dict[int, tuple[int, int]]
     for p, items in by_partition.items():
         items.sort()
         base = started_from[p] if started_from else 0
-        prefix_done: float | None = 0.0  # when every record from `base` to here had finished; None: not all
+        prefix_done: float | None = (
+            0.0  # when every record from `base` to here had finished; None: not all
+        )
         expected = base
         for o, seq in items:
-            if o != expected:  # a record of the range was never started: nothing above it was committable
+            if (
+                o != expected
+            ):  # a record of the range was never started: nothing above it was committable
                 prefix_done = None
             expected = o + 1
             if prefix_done is not None:
@@ -133,8 +160,11 @@ def kill_report(at: float, events: list[dict], where: dict[int, tuple[int, int]]
     return report
 
 
-def committable_since(events: list[dict], where: dict[int, tuple[int, int]],
-                      started_from: dict[int, int] | None = None) -> dict[int, list[float]]:
+def committable_since(
+    events: list[dict],
+    where: dict[int, tuple[int, int]],
+    started_from: dict[int, int] | None = None,
+) -> dict[int, list[float]]:
     """Per partition, for each offset from where the run started: when that record and every
     record before it had finished (inf: not all of them ever did)."""
     finish: dict[int, float] = {}
@@ -155,8 +185,11 @@ def committable_since(events: list[dict], where: dict[int, tuple[int, int]],
     return out
 
 
-def sampled_lag(samples: list[tuple[float, list[int]]], since: dict[int, list[float]],
-                started_from: dict[int, int] | None = None) -> float:
+def sampled_lag(
+    samples: list[tuple[float, list[int]]],
+    since: dict[int, list[float]],
+    started_from: dict[int, int] | None = None,
+) -> float:
     """The longest time a record had been committable (it and every record before it finished)
     without being committed, over `samples` of (time before reading, committed offsets): what a
     SIGKILL at that moment would have delivered again beyond the in-flight records."""

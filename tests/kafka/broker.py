@@ -77,11 +77,20 @@ def ensure_jars(directory: Path | None = None) -> Path:
     if mvn is None:
         raise KafkaBrokerError(f"no Kafka jars in {directory} and no 'mvn' on PATH to fetch them")
     cmd = [
-        mvn, "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
-        f"-DoutputDirectory={directory}", "-DincludeScope=runtime",
+        mvn,
+        "-q",
+        "-B",
+        "-f",
+        str(POM),
+        "dependency:copy-dependencies",
+        f"-DoutputDirectory={directory}",
+        "-DincludeScope=runtime",
     ]
-    print(f"[kafka] fetching broker jars into {directory} (one-off): {' '.join(cmd)}",
-          file=sys.stderr, flush=True)
+    print(
+        f"[kafka] fetching broker jars into {directory} (one-off): {' '.join(cmd)}",
+        file=sys.stderr,
+        flush=True,
+    )
     t0 = time.monotonic()
     result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if result.returncode != 0 or not any(directory.glob("kafka_2.13-*.jar")):
@@ -155,7 +164,8 @@ class ApacheKafka:
         self.log_path = self.work_dir / "broker.log"
         # Ports are fixed for the object's life, so restart() keeps the bootstrap address.
         self.ports: dict[str, int] = {
-            name: free_port() for name in ("PLAINTEXT", "CONTROLLER", *self.extra_listeners)}
+            name: free_port() for name in ("PLAINTEXT", "CONTROLLER", *self.extra_listeners)
+        }
         self.cluster_id = random_cluster_id()
         self.start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -237,26 +247,43 @@ class ApacheKafka:
         config = self._write_config()
         if not self._formatted:
             fmt = subprocess.run(
-                self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id,
-                           "-c", str(config), "--standalone", "--ignore-formatted",
-                           flags=("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")),
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                self._java(
+                    "kafka.tools.StorageTool",
+                    "format",
+                    "-t",
+                    self.cluster_id,
+                    "-c",
+                    str(config),
+                    "--standalone",
+                    "--ignore-formatted",
+                    flags=("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"),
+                ),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
             )
             if fmt.returncode != 0:
                 raise KafkaBrokerError(f"StorageTool format failed:\n{fmt.stdout[-4000:]}")
             self._formatted = True
         cmd = self._java(
-            "kafka.Kafka", str(config),
-            flags=(*self.jvm_flags,
-                   f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
-                   f"-Dkafka.logs.dir={self.work_dir}"),
+            "kafka.Kafka",
+            str(config),
+            flags=(
+                *self.jvm_flags,
+                f"-Dlog4j2.configurationFile={self.work_dir / 'log4j2.properties'}",
+                f"-Dkafka.logs.dir={self.work_dir}",
+            ),
         )
         with open(self.log_path, "ab") as log:
             log.write(f"\n=== starting {' '.join(cmd)}\n".encode())
             log.flush()
             self._proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.work_dir, start_new_session=True,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.work_dir,
+                start_new_session=True,
                 preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
         self._wait_ready(time.monotonic() + self.start_timeout)
@@ -271,7 +298,8 @@ class ApacheKafka:
             if self._proc.poll() is not None:
                 raise KafkaBrokerError(
                     f"Kafka exited with rc={self._proc.returncode} during start-up; "
-                    f"log {self.log_path}:\n{tail(self.log_path)}")
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.ports["PLAINTEXT"]), timeout=0.5):
                     pass
@@ -288,7 +316,8 @@ class ApacheKafka:
         self.stop()
         raise KafkaBrokerError(
             f"Kafka not ready within {self.start_timeout}s ({last}); log {self.log_path}:\n"
-            f"{tail(self.log_path)}")
+            f"{tail(self.log_path)}"
+        )
 
     def _signal(self, sig: int) -> None:
         if self._proc is not None and self._proc.poll() is None:
@@ -336,8 +365,12 @@ class ApacheKafka:
     def __enter__(self) -> ApacheKafka:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close(keep_log=exc is not None)
 
 
@@ -353,8 +386,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with ApacheKafka() as kafka:
         print(kafka.bootstrap, flush=True)
-        print(f"[kafka] started in {kafka.start_seconds:.1f}s, pid {kafka.pid}, "
-              f"log {kafka.log_path}; Ctrl-C stops it", file=sys.stderr, flush=True)
+        print(
+            f"[kafka] started in {kafka.start_seconds:.1f}s, pid {kafka.pid}, "
+            f"log {kafka.log_path}; Ctrl-C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while kafka.pid is not None:
                 time.sleep(0.5)

@@ -117,7 +117,8 @@ class KafkaCluster:
         self.work_dir = Path(tempfile.mkdtemp(prefix="freedom-kafka-cluster-")).resolve()
         self.cluster_id = random_cluster_id()
         self.nodes: dict[int, Node] = {
-            n: Node(n, self.work_dir / f"node{n}", free_port(), free_port()) for n in NODE_IDS}
+            n: Node(n, self.work_dir / f"node{n}", free_port(), free_port()) for n in NODE_IDS
+        }
         self.start_seconds: float | None = None
         self._admin: AdminClient | None = None
         atexit.register(self.stop)
@@ -223,21 +224,37 @@ class KafkaCluster:
             return
         config = self._write_config(node)
         fmt = subprocess.run(
-            self._java("kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(config),
-                       "--ignore-formatted", flags=("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC")),
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=120,
+            self._java(
+                "kafka.tools.StorageTool",
+                "format",
+                "-t",
+                self.cluster_id,
+                "-c",
+                str(config),
+                "--ignore-formatted",
+                flags=("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            timeout=120,
         )
         if fmt.returncode != 0:
-            raise KafkaClusterError(f"StorageTool format of node {node.node_id} failed:\n{fmt.stdout[-4000:]}")
+            raise KafkaClusterError(
+                f"StorageTool format of node {node.node_id} failed:\n{fmt.stdout[-4000:]}"
+            )
         node.formatted = True
 
     def _launch(self, node: Node) -> None:
         config = self._write_config(node)
         cmd = self._java(
-            "kafka.Kafka", str(config),
-            flags=(*self.jvm_flags,
-                   f"-Dlog4j2.configurationFile={node.work_dir / 'log4j2.properties'}",
-                   f"-Dkafka.logs.dir={node.work_dir}"),
+            "kafka.Kafka",
+            str(config),
+            flags=(
+                *self.jvm_flags,
+                f"-Dlog4j2.configurationFile={node.work_dir / 'log4j2.properties'}",
+                f"-Dkafka.logs.dir={node.work_dir}",
+            ),
         )
         with open(node.log_path, "ab") as log:
             log.write(f"\n=== starting {' '.join(cmd)}\n".encode())
@@ -246,13 +263,22 @@ class KafkaCluster:
             # spawned the JVM exits, and restart() may be called from a short-lived worker thread
             # (asyncio.to_thread), which would take the node down with it.
             node.proc = _LAUNCHER.submit(
-                subprocess.Popen, cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=node.work_dir, start_new_session=True, preexec_fn=_die_with_parent,
+                subprocess.Popen,
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=node.work_dir,
+                start_new_session=True,
+                preexec_fn=_die_with_parent,
             ).result()
 
     def _failure(self, what: str, nodes: Iterable[Node]) -> KafkaClusterError:
-        logs = "\n".join(f"--- node {n.node_id} ({'alive' if n.alive else 'not running'}), log {n.log_path}:\n"
-                         f"{tail(n.log_path, 25)}" for n in nodes)
+        logs = "\n".join(
+            f"--- node {n.node_id} ({'alive' if n.alive else 'not running'}), log {n.log_path}:\n"
+            f"{tail(n.log_path, 25)}"
+            for n in nodes
+        )
         return KafkaClusterError(f"{what}\n{logs}")
 
     def _wait_ready(self, deadline: float, nodes: Iterable[Node]) -> None:
@@ -268,7 +294,8 @@ class KafkaCluster:
                     assert node.proc is not None
                     raise self._failure(
                         f"Kafka node {node.node_id} exited with rc={node.proc.returncode} during start-up",
-                        self.nodes.values())
+                        self.nodes.values(),
+                    )
             try:
                 for node in nodes:
                     socket.create_connection(("127.0.0.1", node.port), timeout=0.5).close()
@@ -277,14 +304,19 @@ class KafkaCluster:
                 brokers = set(admin.list_topics(timeout=2.0).brokers)  # the unfenced ones
                 missing = {n.node_id for n in nodes} - brokers
                 if missing:
-                    raise KafkaClusterError(f"nodes {sorted(missing)} not registered yet (brokers: {sorted(brokers)})")
+                    raise KafkaClusterError(
+                        f"nodes {sorted(missing)} not registered yet (brokers: {sorted(brokers)})"
+                    )
                 # Creates __consumer_offsets (three replicas) now, so the first group does not wait.
                 admin.describe_consumer_groups(["_warmup"], request_timeout=5)["_warmup"].result(6)
                 return
             except Exception as exc:  # noqa: BLE001 - keep polling until the deadline
                 last = str(exc)
                 time.sleep(0.1)
-        raise self._failure(f"Kafka cluster not ready within {self.start_timeout:.0f} s ({last})", self.nodes.values())
+        raise self._failure(
+            f"Kafka cluster not ready within {self.start_timeout:.0f} s ({last})",
+            self.nodes.values(),
+        )
 
     def kill(self, node_id: int) -> None:
         """SIGKILL node ``node_id`` (a crash: no controlled shutdown, no leadership handed over)."""
@@ -339,13 +371,18 @@ class KafkaCluster:
     def __enter__(self) -> KafkaCluster:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close(keep_log=exc is not None)
 
     # -- topics and leaders -------------------------------------------
-    def create_topic(self, name: str, partitions: int = 1, *, leader: int | None = None,
-                     timeout: float = 60.0) -> str:
+    def create_topic(
+        self, name: str, partitions: int = 1, *, leader: int | None = None, timeout: float = 60.0
+    ) -> str:
         """Create ``name`` with three replicas, wait until every partition has all three in sync.
 
         With ``leader``, that node is the first (preferred) replica, so it leads every partition.
@@ -354,7 +391,9 @@ class KafkaCluster:
             topic = NewTopic(name, partitions, 3)
         else:
             others = [n for n in NODE_IDS if n != leader]
-            topic = NewTopic(name, partitions, replica_assignment=[[leader, *others] for _ in range(partitions)])
+            topic = NewTopic(
+                name, partitions, replica_assignment=[[leader, *others] for _ in range(partitions)]
+            )
         self.admin().create_topics([topic])[name].result(timeout)
         self.wait_in_sync([name], timeout=timeout)
         return name
@@ -374,7 +413,9 @@ class KafkaCluster:
         """Node id of the group coordinator (the leader of the one ``__consumer_offsets`` partition)."""
         return self.leader_of("__consumer_offsets", 0)
 
-    def wait_leader_moved(self, topic: str, partition: int, away_from: int, timeout: float = 60.0) -> int:
+    def wait_leader_moved(
+        self, topic: str, partition: int, away_from: int, timeout: float = 60.0
+    ) -> int:
         """Wait until the partition is led by a node other than ``away_from``; returns the new leader."""
         deadline = time.monotonic() + timeout
         while True:
@@ -385,8 +426,11 @@ class KafkaCluster:
             except Exception:  # noqa: BLE001 - metadata from a node that is going away
                 leader = -1
             if time.monotonic() > deadline:
-                raise self._failure(f"{topic}[{partition}] still led by {leader} {timeout:.0f} s after "
-                                    f"node {away_from} died", self.nodes.values())
+                raise self._failure(
+                    f"{topic}[{partition}] still led by {leader} {timeout:.0f} s after "
+                    f"node {away_from} died",
+                    self.nodes.values(),
+                )
             time.sleep(0.05)
 
     def elect_preferred(self, topic: str, timeout: float = 60.0) -> None:
@@ -399,12 +443,17 @@ class KafkaCluster:
         for tp, error in results.items():
             # "Election not needed": the preferred replica leads already.
             if error is not None and error.args[0].code() != KafkaError.ELECTION_NOT_NEEDED:
-                raise KafkaClusterError(f"preferred leader election of {tp.topic}[{tp.partition}] failed: {error}")
+                raise KafkaClusterError(
+                    f"preferred leader election of {tp.topic}[{tp.partition}] failed: {error}"
+                )
         deadline = time.monotonic() + timeout
         while {p: leader for p, (leader, _) in self.describe(topic).items()} != preferred:
             if time.monotonic() > deadline:
-                raise self._failure(f"{topic}: preferred leaders {preferred} not elected within {timeout:.0f} s "
-                                    f"({self.describe(topic)})", self.nodes.values())
+                raise self._failure(
+                    f"{topic}: preferred leaders {preferred} not elected within {timeout:.0f} s "
+                    f"({self.describe(topic)})",
+                    self.nodes.values(),
+                )
             time.sleep(0.05)
 
     def wait_in_sync(self, topics: Iterable[str], timeout: float = 60.0) -> None:
@@ -416,13 +465,18 @@ class KafkaCluster:
             try:
                 described = {t: self.describe(t) for t in topics}
                 state = described
-                if all(leader >= 0 and len(isr) == len(NODE_IDS)
-                       for parts in described.values() for leader, isr in parts.values()):
+                if all(
+                    leader >= 0 and len(isr) == len(NODE_IDS)
+                    for parts in described.values()
+                    for leader, isr in parts.values()
+                ):
                     return
             except Exception as exc:  # noqa: BLE001 - a topic being created, a node starting
                 state = str(exc)
             if time.monotonic() > deadline:
-                raise self._failure(f"replicas not in sync after {timeout:.0f} s: {state}", self.nodes.values())
+                raise self._failure(
+                    f"replicas not in sync after {timeout:.0f} s: {state}", self.nodes.values()
+                )
             time.sleep(0.1)
 
 
@@ -432,8 +486,12 @@ def main() -> None:
     signal.signal(signal.SIGTERM, signal.default_int_handler)
     with KafkaCluster() as cluster:
         print(cluster.bootstrap, flush=True)
-        print(f"[kafka] cluster started in {cluster.start_seconds:.1f}s, logs in {cluster.work_dir}; "
-              "Ctrl-C stops it", file=sys.stderr, flush=True)
+        print(
+            f"[kafka] cluster started in {cluster.start_seconds:.1f}s, logs in {cluster.work_dir}; "
+            "Ctrl-C stops it",
+            file=sys.stderr,
+            flush=True,
+        )
         try:
             while all(n.alive for n in cluster.nodes.values()):
                 time.sleep(0.5)

@@ -36,7 +36,9 @@ class Goods(Base, freedom.Entity):
 
     def shopping(self) -> None:
         self.amount -= 1
-        self.domain_event(self.event_name, {"ID": self.id, "Amount": self.amount}, headers={"x-action": "购买"})
+        self.domain_event(
+            self.event_name, {"ID": self.id, "Amount": self.amount}, headers={"x-action": "购买"}
+        )
 
     def numbered(self, n: int) -> None:
         """An event carrying a sequence number, for the ordering tests."""
@@ -71,9 +73,17 @@ async def get_or_add(uow: freedom.UnitOfWork, goods_id: int) -> Goods:
     return goods if goods is not None else uow.add(Goods(id=goods_id, amount=10))
 
 
-def shop_app(config_dir: Path, db_url: str, recorder: Recorder, event_name: str, *,
-             idempotent: bool = False, fail_after_commit: int = 0, kill_after_commit: bool = False,
-             **db_options: Any) -> freedom.Application:
+def shop_app(
+    config_dir: Path,
+    db_url: str,
+    recorder: Recorder,
+    event_name: str,
+    *,
+    idempotent: bool = False,
+    fail_after_commit: int = 0,
+    kill_after_commit: bool = False,
+    **db_options: Any,
+) -> freedom.Application:
     """GET /shop/shopping/{id} saves goods `id` and raises `event_name`; the store records deliveries.
 
     `idempotent`: the store handler writes a stock move per event, guarded by
@@ -106,13 +116,22 @@ def shop_app(config_dir: Path, db_url: str, recorder: Recorder, event_name: str,
         async def post_goods_shopping_by(self, event_id: str) -> Response:
             request = self.runtime.request
             body = await request.json()
-            status = recorder.record(Call(event_id=event_id, body=body, headers=dict(request.headers.items()),
-                                          bus=dict(self.runtime.bus), trace_id=self.runtime.trace_id))
+            status = recorder.record(
+                Call(
+                    event_id=event_id,
+                    body=body,
+                    headers=dict(request.headers.items()),
+                    bus=dict(self.runtime.bus),
+                    trace_id=self.runtime.trace_id,
+                )
+            )
             if idempotent:
                 async with self.uow as uow:
                     if await uow.already_processed():
                         return Response(status_code=200)
-                    uow.session.add(Stock(goods_id=body["ID"], event_id=request.headers["x-freedom-event-id"]))
+                    uow.session.add(
+                        Stock(goods_id=body["ID"], event_id=request.headers["x-freedom-event-id"])
+                    )
                 if state["failures"] < fail_after_commit:
                     state["failures"] += 1
                     return Response(status_code=500)

@@ -41,10 +41,16 @@ def postgres_server() -> str:
     """
     global _server
     if _server is None:
-        done = subprocess.run(["bash", str(SCRIPT), "start", str(os.getpid())], capture_output=True, text=True,
-                              timeout=900)
+        done = subprocess.run(
+            ["bash", str(SCRIPT), "start", str(os.getpid())],
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
         if done.returncode != 0:
-            raise RuntimeError(f"scripts/postgres.sh start failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"scripts/postgres.sh start failed ({done.returncode}):\n{done.stderr[-3000:]}"
+            )
         url, data_dir = done.stdout.strip().splitlines()[-1].split()
         _server = (url, data_dir)
         atexit.register(_stop_server)
@@ -84,12 +90,7 @@ def outbox_rows(url: str) -> list[Any]:
         engine.dispose()
 
 
-
-
-
-
 def unique_event(entity: str = "Goods", method: str = "Shopping") -> tuple[str, str]:
     """A fresh event name like "Goods3f2a...:Shopping" and its topic, so tests never share a topic."""
     name = f"{entity}{uuid.uuid4().hex[:10]}:{method}"
     return name, name.replace(":", ".")
-

@@ -55,8 +55,13 @@ class StoreController:
 
     async def post_goods_shopping_by(self, event_id: str) -> str:
         headers = self.runtime.request.headers
-        line = json.dumps({"key": event_id, "event_id": headers.get("x-freedom-event-id"),
-                           "body": await self.runtime.request.json()})
+        line = json.dumps(
+            {
+                "key": event_id,
+                "event_id": headers.get("x-freedom-event-id"),
+                "body": await self.runtime.request.json(),
+            }
+        )
         with open(os.environ["RECORD_FILE"], "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()

@@ -19,7 +19,9 @@ def env(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
     config_dir = tmp_path_factory.mktemp(f"semantics-{kind}")
     made: Env
     if kind == "apache":
-        made = ApacheEnv(request.getfixturevalue("apache_kafka").bootstrap, config_dir, INTERVALS[kind])
+        made = ApacheEnv(
+            request.getfixturevalue("apache_kafka").bootstrap, config_dir, INTERVALS[kind]
+        )
     else:
         made = MemoryEnv(config_dir, INTERVALS[kind])
     try:

@@ -14,22 +14,38 @@ import random
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import httpx
 from starlette.responses import Response
 
 import freedom
-from freedom.testing import ServiceThread, TestBroker, free_port, kafka_config, wait_until, write_config
-from tests.services.kafka_tools import create_topic, partitions_of, produce, read_partition
+from freedom.testing import (
+    ServiceThread,
+    TestBroker,
+    free_port,
+    kafka_config,
+    wait_until,
+    write_config,
+)
 from tests.services.kafka_tools import committed as kafka_committed
+from tests.services.kafka_tools import create_topic, partitions_of, produce, read_partition
 
 RETRY_COUNT = 2
 #: Scenario -> partitions of its topic. Each scenario's topic has a route /sem/<scenario>/{event_id}.
-SCENARIOS = {"headers": 1, "retry": 1, "exhaust": 1, "deadletter": 1, "drop": 1, "ordered": 3, "relay": 1,
-             "concurrent": 1}
+SCENARIOS = {
+    "headers": 1,
+    "retry": 1,
+    "exhaust": 1,
+    "deadletter": 1,
+    "drop": 1,
+    "ordered": 3,
+    "relay": 1,
+    "concurrent": 1,
+}
 #: Per-topic delivery modes (kafka.toml [consumer_clients.topics]); the others are sequential.
 MODES = {"ordered": "key-ordered", "concurrent": "concurrent"}
 
@@ -56,7 +72,9 @@ class Journal:
 
     def of(self, scenario: str, key: str | None = None) -> list[Call]:
         with self.lock:
-            return [c for c in self.calls if c.scenario == scenario and (key is None or c.key == key)]
+            return [
+                c for c in self.calls if c.scenario == scenario and (key is None or c.key == key)
+            ]
 
 
 @dataclass
@@ -82,7 +100,9 @@ def _behave(scenario: str, call: Call) -> int:
     return 200
 
 
-def semantics_app(config_dir: Path, journal: Journal, topics: dict[str, str], clock: Callable[[], float]) -> freedom.Application:
+def semantics_app(
+    config_dir: Path, journal: Journal, topics: dict[str, str], clock: Callable[[], float]
+) -> freedom.Application:
     """The service: POST /sem/<scenario>/{event_id} for each scenario's topic; GET /sem/publish/{n}?tenant=
     publishes `{"n": n}` to the relay topic with a header and the request's runtime (bus: the tenant)."""
     app: freedom.Application
@@ -93,7 +113,15 @@ def semantics_app(config_dir: Path, journal: Journal, topics: dict[str, str], cl
             body = await request.body()
             with journal.lock:
                 nth = sum(1 for c in journal.calls if c.scenario == scenario and c.key == event_id)
-                call = Call(scenario, event_id, body, dict(request.headers.items()), dict(runtime.bus), clock(), nth)
+                call = Call(
+                    scenario,
+                    event_id,
+                    body,
+                    dict(request.headers.items()),
+                    dict(runtime.bus),
+                    clock(),
+                    nth,
+                )
                 journal.calls.append(call)
             if scenario == "ordered":
                 await asyncio.sleep(random.uniform(0, 0.01))  # let records of other keys overtake
@@ -123,14 +151,26 @@ def semantics_app(config_dir: Path, journal: Journal, topics: dict[str, str], cl
     return app
 
 
-def _config(config_dir: Path, bootstrap: str | None, topics: dict[str, str], interval: float) -> None:
+def _config(
+    config_dir: Path, bootstrap: str | None, topics: dict[str, str], interval: float
+) -> None:
     port = free_port()
     group = f"sem-{uuid.uuid4().hex[:8]}"
-    write_config(config_dir, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka=kafka_config(bootstrap, port, group_id=group, delivery="inprocess", retry_group_id=f"r-{group}",
-                                    retry_count=RETRY_COUNT, retry_interval_sec=interval,
-                                    settings={"session.timeout.ms": 6000},
-                                    topics={topics[s]: {"mode": m} for s, m in MODES.items()}))
+    write_config(
+        config_dir,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap,
+            port,
+            group_id=group,
+            delivery="inprocess",
+            retry_group_id=f"r-{group}",
+            retry_count=RETRY_COUNT,
+            retry_interval_sec=interval,
+            settings={"session.timeout.ms": 6000},
+            topics={topics[s]: {"mode": m} for s, m in MODES.items()},
+        ),
+    )
 
 
 class Env:
@@ -186,7 +226,9 @@ class ApacheEnv(Env):
     def __init__(self, bootstrap: str, config_dir: Path, interval: float) -> None:
         self.bootstrap, self.interval = bootstrap, interval
         suffix = uuid.uuid4().hex[:8]
-        self.topics = {s: create_topic(bootstrap, f"sem-{s}-{suffix}", n) for s, n in SCENARIOS.items()}
+        self.topics = {
+            s: create_topic(bootstrap, f"sem-{s}-{suffix}", n) for s, n in SCENARIOS.items()
+        }
         self.journal = Journal()
         _config(config_dir, bootstrap, self.topics, interval)
         self.app = semantics_app(config_dir, self.journal, self.topics, time.time)
@@ -206,12 +248,21 @@ class ApacheEnv(Env):
         out = []
         for p in range(partitions_of(self.bootstrap, topic)):
             for r in read_partition(self.bootstrap, topic, p):
-                out.append(Rec(r.key(), r.value() or b"", {k: (v or b"").decode() for k, v in r.headers() or []},
-                               r.partition(), r.offset()))
+                out.append(
+                    Rec(
+                        r.key(),
+                        r.value() or b"",
+                        {k: (v or b"").decode() for k, v in r.headers() or []},
+                        r.partition(),
+                        r.offset(),
+                    )
+                )
         return out
 
     def committed(self, topic: str, partition: int = 0, *, retry_group: bool = False) -> int | None:
-        offset = kafka_committed(self.bootstrap, self.group(retry_group), topic, partition + 1)[partition]
+        offset = kafka_committed(self.bootstrap, self.group(retry_group), topic, partition + 1)[
+            partition
+        ]
         return offset if offset >= 0 else None
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
@@ -246,16 +297,23 @@ class MemoryEnv(Env):
 
     def produce(self, scenario: str, records: list[dict[str, Any]]) -> None:
         for r in records:
-            self.broker.publish(self.topics[scenario], r.get("value"), key=r.get("key"), headers=r.get("headers"),
-                                partition=r.get("partition"))
+            self.broker.publish(
+                self.topics[scenario],
+                r.get("value"),
+                key=r.get("key"),
+                headers=r.get("headers"),
+                partition=r.get("partition"),
+            )
 
     def settle(self, done: Callable[[], object], what: str) -> None:
         self.broker.settle()
         assert done(), f"settled, but not {what}"
 
     def records(self, topic: str) -> list[Rec]:
-        return [Rec(r.key(), r.value() or b"", r.headers_dict(), r.partition(), r.offset())
-                for r in self.broker.records(topic)]
+        return [
+            Rec(r.key(), r.value() or b"", r.headers_dict(), r.partition(), r.offset())
+            for r in self.broker.records(topic)
+        ]
 
     def committed(self, topic: str, partition: int = 0, *, retry_group: bool = False) -> int | None:
         return self.broker.committed(topic, partition, group=self.group(retry_group))

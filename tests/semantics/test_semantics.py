@@ -9,33 +9,52 @@ import time
 import zlib
 
 from freedom.testing import wait_until
-
 from tests.semantics.harness import RETRY_COUNT, Env
 
 
 def test_the_handler_gets_the_record_as_the_proxy_delivers_it(env: Env) -> None:
-    env.produce("headers", [
-        {"key": b"K-1", "value": '{"ID": 1}'.encode(), "headers": [("x-action", "购买".encode()), ("connection", b"close"),
-                                                                  ("x-forwarded-for", b"10.0.0.1"),
-                                                                  ("x-freedom-error", b"forged")]},
-        {"key": b"tenant/7", "value": b"plain", "headers": [("content-type", b"text/plain")]},
-    ])
+    env.produce(
+        "headers",
+        [
+            {
+                "key": b"K-1",
+                "value": b'{"ID": 1}',
+                "headers": [
+                    ("x-action", "购买".encode()),
+                    ("connection", b"close"),
+                    ("x-forwarded-for", b"10.0.0.1"),
+                    ("x-freedom-error", b"forged"),
+                ],
+            },
+            {"key": b"tenant/7", "value": b"plain", "headers": [("content-type", b"text/plain")]},
+        ],
+    )
     env.settle(lambda: len(env.journal.of("headers")) == 2, "two deliveries")
     first, second = env.journal.of("headers")
     assert (first.key, first.body) == ("K-1", b'{"ID": 1}')
     h = first.headers
     assert h["x-message-key"] == "K-1" and h["x-retry-count"] == "0" and h["x-action"] == "购买"
     assert h["content-type"] == "application/json"  # no content-type on the record: the default
-    assert not {"connection", "x-forwarded-for", "x-freedom-error"} & set(h)  # never forwarded from outside
-    assert (second.key, second.body) == ("tenant/7", b"plain")  # a key with a slash reaches its route
-    assert second.headers["content-type"] == "text/plain" and second.headers["x-message-key"] == "tenant/7"
+    assert not {"connection", "x-forwarded-for", "x-freedom-error"} & set(
+        h
+    )  # never forwarded from outside
+    assert (second.key, second.body) == (
+        "tenant/7",
+        b"plain",
+    )  # a key with a slash reaches its route
+    assert (
+        second.headers["content-type"] == "text/plain"
+        and second.headers["x-message-key"] == "tenant/7"
+    )
     assert env.committed(env.topics["headers"]) == 2
 
 
 def test_a_failing_handler_is_retried_through_the_retry_topic_after_the_interval(env: Env) -> None:
     env.produce("retry", [{"key": b"K-R", "value": b"r", "headers": [("x-action", b"buy")]}])
-    env.settle(lambda: len(env.journal.of("retry")) == 3 and env.committed(env.topics["retry"]) == 1,
-               "three deliveries, the original committed")
+    env.settle(
+        lambda: len(env.journal.of("retry")) == 3 and env.committed(env.topics["retry"]) == 1,
+        "three deliveries, the original committed",
+    )
     calls = env.journal.of("retry")
     assert [c.headers["x-retry-count"] for c in calls] == ["0", "1", "2"]
     assert all(c.key == "K-R" and c.body == b"r" and c.headers["x-action"] == "buy" for c in calls)
@@ -43,14 +62,26 @@ def test_a_failing_handler_is_retried_through_the_retry_topic_after_the_interval
     assert all(env.interval <= g <= env.interval + 3.0 for g in gaps), gaps
     retries = env.records(env.retry_topic("retry"))
     assert [r.headers["x-retry-count"] for r in retries] == ["1", "2"]
-    assert all(r.key == b"K-R" and r.value == b"r" and r.headers["x-freedom-status"] == "500" for r in retries)
+    assert all(
+        r.key == b"K-R" and r.value == b"r" and r.headers["x-freedom-status"] == "500"
+        for r in retries
+    )
     assert env.records(env.fail_topic("retry")) == []
 
 
-def test_a_handler_that_always_fails_ends_in_the_dead_letter_topic_with_the_reasons(env: Env) -> None:
-    env.produce("exhaust", [{"key": b"K-X", "value": b"\x00poison", "headers": [("x-trace", b"t1")]}])
-    env.settle(lambda: len(env.journal.of("exhaust")) == RETRY_COUNT + 1 and env.records(env.fail_topic("exhaust")),
-               "every retry used and the dead letter written")
+def test_a_handler_that_always_fails_ends_in_the_dead_letter_topic_with_the_reasons(
+    env: Env,
+) -> None:
+    env.produce(
+        "exhaust", [{"key": b"K-X", "value": b"\x00poison", "headers": [("x-trace", b"t1")]}]
+    )
+    env.settle(
+        lambda: (
+            len(env.journal.of("exhaust")) == RETRY_COUNT + 1
+            and env.records(env.fail_topic("exhaust"))
+        ),
+        "every retry used and the dead letter written",
+    )
     calls = env.journal.of("exhaust")
     assert [c.headers["x-retry-count"] for c in calls] == [str(n) for n in range(RETRY_COUNT + 1)]
     [dead] = env.records(env.fail_topic("exhaust"))
@@ -68,8 +99,12 @@ def test_a_handler_that_always_fails_ends_in_the_dead_letter_topic_with_the_reas
 def test_dead_letter_goes_straight_to_the_dead_letter_topic_and_drop_commits(env: Env) -> None:
     env.produce("deadletter", [{"key": b"K-D", "value": b"{}"}])
     env.produce("drop", [{"key": b"K-P", "value": b"{}"}])
-    env.settle(lambda: env.records(env.fail_topic("deadletter")) and env.committed(env.topics["drop"]) == 1,
-               "the dead letter written and the dropped record committed")
+    env.settle(
+        lambda: (
+            env.records(env.fail_topic("deadletter")) and env.committed(env.topics["drop"]) == 1
+        ),
+        "the dead letter written and the dropped record committed",
+    )
     assert [c.headers["x-retry-count"] for c in env.journal.of("deadletter")] == ["0"]
     [dead] = env.records(env.fail_topic("deadletter"))
     assert dead.key == b"K-D" and dead.headers["x-retry-count"] == "0"
@@ -82,20 +117,37 @@ def test_dead_letter_goes_straight_to_the_dead_letter_topic_and_drop_commits(env
 
 def test_records_of_one_key_are_delivered_in_order(env: Env) -> None:
     keys = [f"key-{i}" for i in range(6)]
-    env.produce("ordered", [{"key": k.encode(), "value": str(seq).encode()} for seq in range(5) for k in keys])
+    env.produce(
+        "ordered",
+        [{"key": k.encode(), "value": str(seq).encode()} for seq in range(5) for k in keys],
+    )
     env.settle(lambda: len(env.journal.of("ordered")) == 30, "30 deliveries")
     for k in keys:
-        assert [c.body for c in env.journal.of("ordered", k)] == [str(s).encode() for s in range(5)], k
+        assert [c.body for c in env.journal.of("ordered", k)] == [
+            str(s).encode() for s in range(5)
+        ], k
     records = env.records(env.topics["ordered"])
-    assert {r.key.decode(): r.partition for r in records} == {k: zlib.crc32(k.encode()) % 3 for k in keys}  # librdkafka's
+    assert {r.key.decode(): r.partition for r in records} == {
+        k: zlib.crc32(k.encode()) % 3 for k in keys
+    }  # librdkafka's
     per_partition = {p: len([r for r in records if r.partition == p]) for p in range(3)}
     assert all(env.committed(env.topics["ordered"], p) == n for p, n in per_partition.items() if n)
 
 
 def test_a_record_still_running_holds_back_the_commit_of_those_after_it(env: Env) -> None:
     gate = env.journal.gates["SLOW"] = threading.Event()
-    env.produce("concurrent", [{"key": b"SLOW", "value": b"0"}, *({"key": f"F{i}".encode(), "value": b"f"} for i in range(5))])
-    wait_until(lambda: len(env.journal.of("concurrent")) == 6, 30, what="six deliveries at once (concurrent mode)")
+    env.produce(
+        "concurrent",
+        [
+            {"key": b"SLOW", "value": b"0"},
+            *({"key": f"F{i}".encode(), "value": b"f"} for i in range(5)),
+        ],
+    )
+    wait_until(
+        lambda: len(env.journal.of("concurrent")) == 6,
+        30,
+        what="six deliveries at once (concurrent mode)",
+    )
     time.sleep(0.3)  # room for a commit that must not happen
     assert env.committed(env.topics["concurrent"]) == 0  # offset 0 is still being handled
     gate.set()

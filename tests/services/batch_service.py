@@ -20,8 +20,11 @@ _fd = os.open(os.environ["RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT,
 
 class BatchController:
     async def post_batch(self, batch: freedom.Batch) -> dict[str, object]:
-        lines = "".join(json.dumps({"key": (r.key or b"").decode(), "offset": r.offset, "pid": os.getpid()}) + "\n"
-                        for r in batch.records)
+        lines = "".join(
+            json.dumps({"key": (r.key or b"").decode(), "offset": r.offset, "pid": os.getpid()})
+            + "\n"
+            for r in batch.records
+        )
         os.write(_fd, lines.encode())
         if os.environ.get("HANG_AFTER_RECORD"):
             await asyncio.sleep(3600)
@@ -31,7 +34,11 @@ class BatchController:
 @freedom.prepare
 def _(initiator: freedom.Initiator) -> None:
     initiator.bind_controller("/store", BatchController)
-    initiator.listen_event(TOPIC, "BatchController.post_batch", batch=freedom.BatchSettings(max_records=10, max_wait_ms=50))
+    initiator.listen_event(
+        TOPIC,
+        "BatchController.post_batch",
+        batch=freedom.BatchSettings(max_records=10, max_wait_ms=50),
+    )
 
 
 app = freedom.Application()

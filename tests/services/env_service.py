@@ -17,7 +17,11 @@ class ShopController:
     producer: kafka.Producer
 
     async def get_by(self, id: str) -> str:
-        await self.producer.new_msg(TOPIC, json.dumps({"id": id}).encode()).set_key(f"K{id}").publish()
+        await (
+            self.producer.new_msg(TOPIC, json.dumps({"id": id}).encode())
+            .set_key(f"K{id}")
+            .publish()
+        )
         return "published"
 
 

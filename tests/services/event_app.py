@@ -10,9 +10,10 @@ import inspect
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from starlette.responses import Response
 
@@ -32,7 +33,9 @@ class Delivery:
     nth: int  # how many calls with this key and route came before
 
 
-Behaviour = Callable[[Delivery], Any]  # returns a status, a Response, None (200) or an awaitable of one
+Behaviour = Callable[
+    [Delivery], Any
+]  # returns a status, a Response, None (200) or an awaitable of one
 
 
 @dataclass
@@ -56,8 +59,13 @@ class Journal:
             return [c for c in self.calls if c.route == route and (key is None or c.key == key)]
 
 
-def event_app(config_dir: Path, journal: Journal, topic: str, behave: Behaviour | None = None,
-              fail_topic: str | None = None) -> freedom.Application:
+def event_app(
+    config_dir: Path,
+    journal: Journal,
+    topic: str,
+    behave: Behaviour | None = None,
+    fail_topic: str | None = None,
+) -> freedom.Application:
     """A service listening on `topic` (and on `fail_topic` when given); `behave(call)` answers each call."""
 
     class StoreController:
@@ -65,7 +73,9 @@ def event_app(config_dir: Path, journal: Journal, topic: str, behave: Behaviour 
 
         async def post_event_by(self, event_id: str) -> Response:
             request = self.runtime.request
-            call = journal.add("event", event_id, await request.body(), dict(request.headers.items()))
+            call = journal.add(
+                "event", event_id, await request.body(), dict(request.headers.items())
+            )
             answer = behave(call) if behave is not None else None  # may raise freedom.Retry & co.
             if inspect.isawaitable(answer):
                 answer = await answer
@@ -87,15 +97,29 @@ def event_app(config_dir: Path, journal: Journal, topic: str, behave: Behaviour 
     return freedom.Application(config_dir=config_dir, prepare=[prepare])
 
 
-def event_service(config_dir: Path, bootstrap: str, journal: Journal, topic: str, behave: Behaviour | None = None,
-                  *, fail_topic: str | None = None, group_id: str | None = None, delivery: str = "http",
-                  **consumer: Any) -> ServiceThread:
+def event_service(
+    config_dir: Path,
+    bootstrap: str,
+    journal: Journal,
+    topic: str,
+    behave: Behaviour | None = None,
+    *,
+    fail_topic: str | None = None,
+    group_id: str | None = None,
+    delivery: str = "http",
+    **consumer: Any,
+) -> ServiceThread:
     """A ServiceThread (not started) of `event_app` on `bootstrap`, with `consumer` keys for its client;
     `delivery` is "http" or "inprocess" (the `delivery` fixture)."""
     port = free_port()
     group = group_id or f"g-{uuid.uuid4().hex[:8]}"
     consumer.setdefault("retry_group_id", f"r-{group}")
     settings = {"session.timeout.ms": 6000, **consumer.pop("settings", {})}
-    write_config(config_dir, app={"listen_addr": f"127.0.0.1:{port}"},
-                 kafka=kafka_config(bootstrap, port, group_id=group, delivery=delivery, settings=settings, **consumer))
+    write_config(
+        config_dir,
+        app={"listen_addr": f"127.0.0.1:{port}"},
+        kafka=kafka_config(
+            bootstrap, port, group_id=group, delivery=delivery, settings=settings, **consumer
+        ),
+    )
     return ServiceThread(event_app(config_dir, journal, topic, behave, fail_topic))

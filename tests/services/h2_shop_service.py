@@ -20,7 +20,12 @@ class ShopController:
     async def get_by(self, id: int) -> str:
         self.runtime.bus["tenant"] = "acme"
         data = json.dumps({"ID": id, "Amount": 10}).encode()
-        await self.producer.new_msg(TOPIC, data).set_headers({"x-action": "购买"}).set_runtime(self.runtime).publish()
+        await (
+            self.producer.new_msg(TOPIC, data)
+            .set_headers({"x-action": "购买"})
+            .set_runtime(self.runtime)
+            .publish()
+        )
         return "ok"
 
 
@@ -29,14 +34,16 @@ class StoreController:
 
     async def post_sell_goods_by(self, event_id: str) -> str:
         request = self.runtime.request
-        line = json.dumps({
-            "event_id": event_id,
-            "body": (await request.json()),
-            "action": request.headers.get("x-action"),
-            "retry": request.headers.get("x-retry-count"),
-            "bus": dict(self.runtime.bus),
-            "http_version": request.scope.get("http_version"),
-        })
+        line = json.dumps(
+            {
+                "event_id": event_id,
+                "body": (await request.json()),
+                "action": request.headers.get("x-action"),
+                "retry": request.headers.get("x-retry-count"),
+                "bus": dict(self.runtime.bus),
+                "http_version": request.scope.get("http_version"),
+            }
+        )
         fd = os.open(os.environ["RECORD_FILE"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             os.write(fd, (line + "\n").encode())

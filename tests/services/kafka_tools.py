@@ -17,8 +17,12 @@ def create_topic(bootstrap: str, name: str, partitions: int = 1, timeout: float 
     deadline = time.monotonic() + timeout
     while True:
         md = admin.list_topics(name, timeout=5).topics.get(name)
-        if (md is not None and md.error is None and len(md.partitions) == partitions
-                and all(p.leader >= 0 for p in md.partitions.values())):
+        if (
+            md is not None
+            and md.error is None
+            and len(md.partitions) == partitions
+            and all(p.leader >= 0 for p in md.partitions.values())
+        ):
             return name
         if time.monotonic() > deadline:
             raise TimeoutError(f"topic {name} not ready after {timeout}s: {md}")
@@ -29,15 +33,25 @@ def topic_size(bootstrap: str, topic: str, partitions: int = 1) -> int:
     """How many records the topic holds (sum of high watermarks)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"size-{uuid.uuid4().hex[:6]}"})
     try:
-        return sum(c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1] for p in range(partitions))
+        return sum(
+            c.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+            for p in range(partitions)
+        )
     finally:
         c.close()
 
 
-def read_partition(bootstrap: str, topic: str, partition: int = 0, timeout: float = 30.0) -> list[Any]:
+def read_partition(
+    bootstrap: str, topic: str, partition: int = 0, timeout: float = 30.0
+) -> list[Any]:
     """Every record of one partition, from the start to its current end (high watermark)."""
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"read-{uuid.uuid4().hex[:6]}",
-                  "enable.auto.commit": False})
+    c = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"read-{uuid.uuid4().hex[:6]}",
+            "enable.auto.commit": False,
+        }
+    )
     try:
         end = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
         c.assign([TopicPartition(topic, partition, 0)])
@@ -79,11 +93,18 @@ def partitions_of(bootstrap: str, topic: str) -> int:
     return len(md.topics[topic].partitions)
 
 
-def read_topic(bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0, settle: float = 1.0) -> list[Any]:
+def read_topic(
+    bootstrap: str, topic: str, *, expect: int, timeout: float = 30.0, settle: float = 1.0
+) -> list[Any]:
     """Every record of `topic` from the start: waits for `expect` of them, then `settle` seconds more
     so that an unexpected extra one shows up too."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"check-{uuid.uuid4().hex[:8]}",
-                         "enable.auto.commit": False})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"check-{uuid.uuid4().hex[:8]}",
+            "enable.auto.commit": False,
+        }
+    )
     consumer.assign([TopicPartition(topic, p, 0) for p in range(partitions_of(bootstrap, topic))])
     out: list[Any] = []
     deadline = time.monotonic() + timeout
@@ -108,7 +129,10 @@ def committed(bootstrap: str, group: str, topic: str, partitions: int = 1) -> li
     """The group's committed offsets of `topic` (negative: none yet)."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
     try:
-        return [tp.offset for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)]
+        return [
+            tp.offset
+            for tp in c.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
+        ]
     finally:
         c.close()
 

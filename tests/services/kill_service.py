@@ -41,7 +41,13 @@ def _line(event: str, key: str, **extra: str | None) -> None:
 def _first_sight(key: str) -> bool:
     """True for the first call with `key` in any process (the marker file did not exist yet)."""
     try:
-        os.close(os.open(os.path.join(MARKER_DIR, key.encode().hex()), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        os.close(
+            os.open(
+                os.path.join(MARKER_DIR, key.encode().hex()),
+                os.O_WRONLY | os.O_CREAT | os.O_EXCL,
+                0o644,
+            )
+        )
     except FileExistsError:
         return False
     return True

@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import http.server
 import threading
-from typing import Any, Mapping
-
-from typing_extensions import Self
+from collections.abc import Mapping
+from typing import Any, Self
 
 
 class PlainService:
@@ -38,8 +37,12 @@ class PlainService:
         raise NotImplementedError
 
     @staticmethod
-    def answer(request: http.server.BaseHTTPRequestHandler, status: int,
-               headers: Mapping[str, str] | None = None, body: bytes = b"") -> None:
+    def answer(
+        request: http.server.BaseHTTPRequestHandler,
+        status: int,
+        headers: Mapping[str, str] | None = None,
+        body: bytes = b"",
+    ) -> None:
         request.send_response(status)
         for name, value in (headers or {}).items():
             request.send_header(name, value)

@@ -20,11 +20,13 @@ class StoreController:
     runtime: freedom.Runtime
 
     async def post_sell_goods_by(self, event_id: str) -> str:
-        line = json.dumps({
-            "event_id": event_id,
-            "body": (await self.runtime.request.body()).decode(),
-            "retry": self.runtime.request.headers.get("x-retry-count"),
-        })
+        line = json.dumps(
+            {
+                "event_id": event_id,
+                "body": (await self.runtime.request.body()).decode(),
+                "retry": self.runtime.request.headers.get("x-retry-count"),
+            }
+        )
         with open(os.environ["RECORD_FILE"], "a", encoding="utf-8") as fh:
             fh.write(line + "\n")
             fh.flush()

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from freedom.web.application import Application
 
 
-def load_app(target: str) -> "object":
+def load_app(target: str) -> object:
     """Import `module:attribute` (the attribute defaults to `app`)."""
     module_name, _, attr = target.partition(":")
     attr = attr or "app"
@@ -27,18 +27,24 @@ def load_app(target: str) -> "object":
         module = importlib.import_module(module_name)
     except ModuleNotFoundError as exc:
         if exc.name and module_name.startswith(exc.name):
-            raise FreedomError(f"cannot import {module_name!r}: no such module (run from the directory that contains it)") from None
+            raise FreedomError(
+                f"cannot import {module_name!r}: no such module (run from the directory that contains it)"
+            ) from None
         raise
-    except SyntaxError as exc:  # an edit that does not parse (freedom run --reload waits for the next one)
+    except (
+        SyntaxError
+    ) as exc:  # an edit that does not parse (freedom run --reload waits for the next one)
         where = f"{exc.filename}, line {exc.lineno}" if exc.filename else f"line {exc.lineno}"
         raise FreedomError(f"cannot import {module_name!r}: {exc.msg} ({where})") from None
     app = getattr(module, attr, None)
     if app is None:
-        raise FreedomError(f"module {module_name!r} has no attribute {attr!r} (write module:attribute, e.g. example:app)")
+        raise FreedomError(
+            f"module {module_name!r} has no attribute {attr!r} (write module:attribute, e.g. example:app)"
+        )
     return app
 
 
-def load_application(target: str, config_dir: str | None) -> "Application":
+def load_application(target: str, config_dir: str | None) -> Application:
     """The freedom Application `target` (module:attribute) names, not set up yet.
 
     `config_dir` (a command's `--config`) becomes $FREEDOM_PROJECT_CONFIG first, so the

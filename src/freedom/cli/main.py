@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
+from collections.abc import Sequence
 
 from freedom.errors import FreedomError
 
@@ -40,20 +40,32 @@ def _run(args: argparse.Namespace, run_parser: argparse.ArgumentParser) -> int:
         from freedom.runner.reload import child_arguments
         from freedom.runner.workers import supervise as run_workers
 
-        return run_workers(args.workers, child_arguments(run_parser, args), config=args.config, listen=args.listen,
-                           embedded_broker=args.embedded_broker)
+        return run_workers(
+            args.workers,
+            child_arguments(run_parser, args),
+            config=args.config,
+            listen=args.listen,
+            embedded_broker=args.embedded_broker,
+        )
     if args.reload:
         from freedom.runner.reload import child_arguments, supervise
 
-        return supervise(args.app, child_arguments(run_parser, args), config=args.config,
-                         embedded_broker=args.embedded_broker, reload_dirs=args.reload_dirs or ())
+        return supervise(
+            args.app,
+            child_arguments(run_parser, args),
+            config=args.config,
+            embedded_broker=args.embedded_broker,
+            reload_dirs=args.reload_dirs or (),
+        )
     app = load_application(args.app, args.config)
     if args.embedded_broker:
         app.embedded_broker = True
     if args.listen:
         app.listen_addr = args.listen  # before setup, so every use of listen_addr sees it
     app.setup()
-    logging.getLogger().setLevel(log_level or app.config.log_level)  # --log-level overrides app.toml
+    logging.getLogger().setLevel(
+        log_level or app.config.log_level
+    )  # --log-level overrides app.toml
     app.run()
     return 0
 
@@ -66,29 +78,56 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="serve module:app (HTTP server and consumer proxy)")
     run.add_argument("app", help="the application, as module:attribute (e.g. example:app)")
-    run.add_argument("--embedded-broker", action="store_true",
-                     help="run every Kafka client on an embedded broker (in memory) instead of kafka.toml's servers")
-    run.add_argument("--config", help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
+    run.add_argument(
+        "--embedded-broker",
+        action="store_true",
+        help="run every Kafka client on an embedded broker (in memory) instead of kafka.toml's servers",
+    )
+    run.add_argument(
+        "--config",
+        help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)",
+    )
     run.add_argument("--listen", help="host:port to serve on (default: listen_addr of app.toml)")
-    run.add_argument("--log-level", metavar="LEVEL",
-                     help="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case; overrides log_level of app.toml)")
-    run.add_argument("--reload", action="store_true",
-                     help="development: restart the service when its source or config changes (the embedded broker keeps running)")
-    run.add_argument("--workers", type=int, default=1, metavar="N",
-                     help="run N service processes sharing the listen address, each a member of the consumer "
-                          "groups (default 1; docs/scaling.md)")
-    run.add_argument("--reload-dir", dest="reload_dirs", action="append", metavar="DIR",
-                     help="with --reload: a directory to watch instead of the module's and the config's (repeatable)")
-    from freedom.cli.show_config import add_parser as add_config_parser, show as show_config
+    run.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (any case; overrides log_level of app.toml)",
+    )
+    run.add_argument(
+        "--reload",
+        action="store_true",
+        help="development: restart the service when its source or config changes (the embedded broker keeps running)",
+    )
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run N service processes sharing the listen address, each a member of the consumer "
+        "groups (default 1; docs/scaling.md)",
+    )
+    run.add_argument(
+        "--reload-dir",
+        dest="reload_dirs",
+        action="append",
+        metavar="DIR",
+        help="with --reload: a directory to watch instead of the module's and the config's (repeatable)",
+    )
+    from freedom.cli.show_config import add_parser as add_config_parser
+    from freedom.cli.show_config import show as show_config
 
     add_config_parser(sub)
-    from freedom.web.asyncapi import add_parser as add_asyncapi_parser, command as asyncapi_command
+    from freedom.web.asyncapi import add_parser as add_asyncapi_parser
+    from freedom.web.asyncapi import command as asyncapi_command
 
     add_asyncapi_parser(sub)
-    from freedom.ops.cli import COMMANDS as OPS_COMMANDS, add_parsers as add_ops_parsers, run as run_ops
+    from freedom.ops.cli import COMMANDS as OPS_COMMANDS
+    from freedom.ops.cli import add_parsers as add_ops_parsers
+    from freedom.ops.cli import run as run_ops
 
     add_ops_parsers(sub)  # status, dlq list|show|replay, offsets reset (docs/operations.md)
-    from freedom.standalone.proxy import add_parser as add_proxy_parser, command as proxy_command
+    from freedom.standalone.proxy import add_parser as add_proxy_parser
+    from freedom.standalone.proxy import command as proxy_command
 
     add_proxy_parser(sub)  # freedom proxy: the consumer proxy alone (docs/standalone-proxy.md)
     args = parser.parse_args(argv)

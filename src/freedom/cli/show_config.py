@@ -17,13 +17,24 @@ from typing import Any
 from freedom.config.loading import ConfigEntry, KafkaConfig
 
 
-def add_parser(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """The `config` subcommand of the `freedom` command."""
-    p = sub.add_parser("config", help="print the effective configuration of module:app, with each key's source")
+    p = sub.add_parser(
+        "config", help="print the effective configuration of module:app, with each key's source"
+    )
     p.add_argument("app", help="the application, as module:attribute (e.g. example:app)")
-    p.add_argument("--config", help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
-    p.add_argument("--listen", help="host:port, as `freedom run --listen` (shows what that run would use)")
-    p.add_argument("--json", action="store_true", help="print JSON: {\"app\": {key: {value, source, env}}, \"kafka\": ...}")
+    p.add_argument(
+        "--config",
+        help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)",
+    )
+    p.add_argument(
+        "--listen", help="host:port, as `freedom run --listen` (shows what that run would use)"
+    )
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help='print JSON: {"app": {key: {value, source, env}}, "kafka": ...}',
+    )
 
 
 def _table(entries: tuple[ConfigEntry, ...]) -> dict[str, dict[str, Any]]:
@@ -45,8 +56,12 @@ def _derived(kafka: KafkaConfig, app_entries: tuple[ConfigEntry, ...]) -> tuple[
     origin = "app.listen_addr" + (f" ({listen.source})" if listen is not None else "")
     if listen is not None and listen.source == "freedom run --listen":
         origin = "--listen"
-    return tuple(replace(e, value=kafka.proxy_addr, source=f"derived from {origin}") if e.key == "consumer.proxy_addr"
-                 else e for e in kafka.entries)
+    return tuple(
+        replace(e, value=kafka.proxy_addr, source=f"derived from {origin}")
+        if e.key == "consumer.proxy_addr"
+        else e
+        for e in kafka.entries
+    )
 
 
 def show(args: argparse.Namespace) -> None:
@@ -60,13 +75,26 @@ def show(args: argparse.Namespace) -> None:
     kafka = app.kafka_config
     kafka_entries = _derived(kafka, app.config.entries) if kafka else ()
     if args.json:
-        print(json.dumps({"config_dir": str(app.config_dir) if app.config_dir else None,
-                          "app": _table(app.config.entries),
-                          "kafka": _table(kafka_entries) if kafka else None}, indent=2, ensure_ascii=False))
+        print(
+            json.dumps(
+                {
+                    "config_dir": str(app.config_dir) if app.config_dir else None,
+                    "app": _table(app.config.entries),
+                    "kafka": _table(kafka_entries) if kafka else None,
+                },
+                indent=2,
+                ensure_ascii=False,
+            )
+        )
         return
-    out = [f"config directory: {app.config_dir or '(none)'}", *_lines("app.toml", app.config.entries)]
+    out = [
+        f"config directory: {app.config_dir or '(none)'}",
+        *_lines("app.toml", app.config.entries),
+    ]
     if kafka is None:
-        out.append("kafka.toml: not configured (no infra/kafka.toml and no FREEDOM_KAFKA__* variable): Kafka is off")
+        out.append(
+            "kafka.toml: not configured (no infra/kafka.toml and no FREEDOM_KAFKA__* variable): Kafka is off"
+        )
     else:
         out += _lines(f"kafka.toml ({kafka.file})", kafka_entries)
     print("\n".join(out))

@@ -25,8 +25,9 @@ import difflib
 import json
 import re
 import types
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Mapping, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
@@ -36,15 +37,21 @@ Root = Literal["app", "kafka"]
 PREFIXES: dict[Root, str] = {"app": "FREEDOM_APP__", "kafka": "FREEDOM_KAFKA__"}
 
 #: FREEDOM_* variables freedom (or its test harness) reads that are not keys of the files.
-NOT_KEYS = frozenset({
-    "FREEDOM_PROJECT_CONFIG",  # the config directory (find_config_dir)
-    "FREEDOM_PROXY_SECRET",  # the usual `secret_env` target
-    "FREEDOM_EMBEDDED_BOOTSTRAP",  # the embedded broker `freedom run --reload` keeps across restarts
-    "FREEDOM_KAFKA_JARS",  # the test broker's jar directory (tests/kafka/broker.py)
-})
+NOT_KEYS = frozenset(
+    {
+        "FREEDOM_PROJECT_CONFIG",  # the config directory (find_config_dir)
+        "FREEDOM_PROXY_SECRET",  # the usual `secret_env` target
+        "FREEDOM_EMBEDDED_BOOTSTRAP",  # the embedded broker `freedom run --reload` keeps across restarts
+        "FREEDOM_KAFKA_JARS",  # the test broker's jar directory (tests/kafka/broker.py)
+    }
+)
 
 #: A secret key and the key naming its environment variable: one replaces the other.
-ALTERNATES = {"secret": "secret_env", "sasl_password": "sasl_password_env", "ssl_key_password": "ssl_key_password_env"}
+ALTERNATES = {
+    "secret": "secret_env",
+    "sasl_password": "sasl_password_env",
+    "ssl_key_password": "ssl_key_password_env",
+}
 ALTERNATES.update({v: k for k, v in list(ALTERNATES.items())})
 
 #: The key naming a client entry, per list of clients.
@@ -169,7 +176,11 @@ def _natural(name: str) -> list[Any]:
 
 def _quote(text: str) -> str:
     shown = text if len(text) <= 80 else text[:80] + "..."
-    return json.dumps(shown, ensure_ascii=False).replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+    return (
+        json.dumps(shown, ensure_ascii=False)
+        .replace("\u2028", "\\u2028")
+        .replace("\u2029", "\\u2029")
+    )
 
 
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
@@ -202,7 +213,10 @@ def _json(var: str, text: str, want: type) -> Any:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise env_error(var, f"a table or list is given as JSON: not valid JSON ({exc.msg} at column {exc.colno})") from None
+        raise env_error(
+            var,
+            f"a table or list is given as JSON: not valid JSON ({exc.msg} at column {exc.colno})",
+        ) from None
     if not isinstance(value, want):
         raise env_error(var, f"must be a JSON {'object' if want is dict else 'array'}")
     return value
@@ -211,7 +225,13 @@ def _json(var: str, text: str, want: type) -> Any:
 class Overlay:
     """Applies the `FREEDOM_<ROOT>__*` variables to a file's data, recording each key's source."""
 
-    def __init__(self, root: Root, model: type[BaseModel], data: dict[str, Any], sources: dict[KeyPath, Source]) -> None:
+    def __init__(
+        self,
+        root: Root,
+        model: type[BaseModel],
+        data: dict[str, Any],
+        sources: dict[KeyPath, Source],
+    ) -> None:
         self.root, self.model, self.data, self.sources = root, model, data, sources
 
     def apply(self, environ: Mapping[str, str]) -> bool:
@@ -221,28 +241,42 @@ class Overlay:
         for var in names:
             try:
                 environ[var].encode("utf-8")
-            except UnicodeEncodeError:  # bytes that are not UTF-8 (Python keeps them as lone surrogates)
+            except (
+                UnicodeEncodeError
+            ):  # bytes that are not UTF-8 (Python keeps them as lone surrogates)
                 raise env_error(var, "is not valid UTF-8 text") from None
-            segs = var[len(prefix):].split("__")
+            segs = var[len(prefix) :].split("__")
             if not all(segs):
-                raise env_error(var, f"unknown variable: an empty segment (the rule: {prefix}KEY__KEY..., "
-                                     "segments joined by two underscores)")
+                raise env_error(
+                    var,
+                    f"unknown variable: an empty segment (the rule: {prefix}KEY__KEY..., "
+                    "segments joined by two underscores)",
+                )
             self._set(var, environ[var], self.model, self.data, segs, ())
         return bool(names)
 
-    def _unknown(self, var: str, model: type[BaseModel], segs: list[str], path: KeyPath) -> ConfigError:
+    def _unknown(
+        self, var: str, model: type[BaseModel], segs: list[str], path: KeyPath
+    ) -> ConfigError:
         where = "".join(f"[{s}]" if isinstance(s, int) else f".{s}" for s in path).lstrip(".")
         table = f"[{where}]" if where else f"the top level of {self.root}.toml"
         seg = segs[0]
         close = difflib.get_close_matches(seg.lower(), list(model.model_fields), n=1, cutoff=0.6)
         hint = ""
         if close:
-            done = var[:len(var) - len("__".join(segs))]  # the segments before this one
+            done = var[: len(var) - len("__".join(segs))]  # the segments before this one
             hint = f" (did you mean {'__'.join([done + close[0].upper(), *segs[1:]])}?)"
         return env_error(var, f'unknown variable: {table} has no key "{seg.lower()}"{hint}')
 
-    def _set(self, var: str, text: str, model: type[BaseModel], node: dict[str, Any], segs: list[str],
-             path: KeyPath) -> None:
+    def _set(
+        self,
+        var: str,
+        text: str,
+        model: type[BaseModel],
+        node: dict[str, Any],
+        segs: list[str],
+        path: KeyPath,
+    ) -> None:
         name, rest = segs[0].lower(), segs[1:]
         info = model.model_fields.get(name)
         if info is None:
@@ -251,11 +285,19 @@ class Overlay:
         p: KeyPath = (*path, name)
         if kind == "leaf":
             if rest:
-                raise env_error(var, f"unknown variable: {name} is a single value, with no keys under it")
-            node[name] = _convert(var, text, sub, secret=name in ALTERNATES and not name.endswith("_env"))
+                raise env_error(
+                    var, f"unknown variable: {name} is a single value, with no keys under it"
+                )
+            node[name] = _convert(
+                var, text, sub, secret=name in ALTERNATES and not name.endswith("_env")
+            )
             self._given(p, var)
             other = ALTERNATES.get(name)
-            if other and other in node and self.sources.get((*path, other), Source("default")).kind == "file":
+            if (
+                other
+                and other in node
+                and self.sources.get((*path, other), Source("default")).kind == "file"
+            ):
                 del node[other]  # the environment's secret replaces the file's other form of it
             return
         if not rest:  # the whole table or list, as JSON
@@ -268,7 +310,9 @@ class Overlay:
                 raise env_error(var, f"{name} is not a list in the file")
             index = self._entry(var, entries, rest[0], name, p)
             if not rest[1:]:
-                raise env_error(var, f"unknown variable: name a key of the entry, like {var}__SERVERS")
+                raise env_error(
+                    var, f"unknown variable: name a key of the entry, like {var}__SERVERS"
+                )
             self._set(var, text, sub, entries[index], rest[1:], (*p, index))
             return
         child = node.setdefault(name, {})
@@ -280,7 +324,9 @@ class Overlay:
             prop = "_".join(s.lower().replace("_", ".") for s in rest)
             child[prop] = text
             self._given((*p, prop), var)
-        elif kind == "model_dict":  # topics: matched by name, else a new one (matched to a topic at set-up)
+        elif (
+            kind == "model_dict"
+        ):  # topics: matched by name, else a new one (matched to a topic at set-up)
             topic = next((t for t in child if norm(t) == rest[0].upper()), rest[0].lower())
             entry = child.setdefault(topic, {})
             if not isinstance(entry, dict):
@@ -295,14 +341,21 @@ class Overlay:
         if seg.isdigit():
             index = int(seg)
             if index > len(entries):
-                raise env_error(var, f"there is no {name}[{index - 1}]: number new entries from "
-                                     f"{len(entries)} without gaps (or choose an entry by its {IDENTITY[name]})")
+                raise env_error(
+                    var,
+                    f"there is no {name}[{index - 1}]: number new entries from "
+                    f"{len(entries)} without gaps (or choose an entry by its {IDENTITY[name]})",
+                )
             if index == len(entries):
                 entries.append({})
         else:
             identity = IDENTITY[name]
             default = {"name": "", "group_id": "freedom"}.get(identity, "")
-            found = [i for i, e in enumerate(entries) if isinstance(e, dict) and norm(str(e.get(identity, default))) == seg]
+            found = [
+                i
+                for i, e in enumerate(entries)
+                if isinstance(e, dict) and norm(str(e.get(identity, default))) == seg
+            ]
             if found:
                 index = found[0]
             else:
@@ -319,7 +372,9 @@ class Overlay:
         self.sources[path] = Source("env", var)
 
 
-def file_sources(data: Any, file: str, path: KeyPath = (), out: dict[KeyPath, Source] | None = None) -> dict[KeyPath, Source]:
+def file_sources(
+    data: Any, file: str, path: KeyPath = (), out: dict[KeyPath, Source] | None = None
+) -> dict[KeyPath, Source]:
     """Every key the file gives, with the file as its source."""
     out = {} if out is None else out
     if path:
@@ -348,6 +403,9 @@ def check_stray(environ: Mapping[str, str], known: set[str], names: list[str]) -
             continue  # applied by the overlay (which refuses an unknown one)
         close = difflib.get_close_matches(var, [*names, *NOT_KEYS], n=1, cutoff=0.85)
         if close or "__" in var or var.startswith(("FREEDOM_APP", "FREEDOM_KAFKA")):
-            hint = f"did you mean {close[0]}?" if close else \
-                "the rule: FREEDOM_APP__<KEY> or FREEDOM_KAFKA__<TABLE>__<KEY>, see docs/configuration.md"
+            hint = (
+                f"did you mean {close[0]}?"
+                if close
+                else "the rule: FREEDOM_APP__<KEY> or FREEDOM_KAFKA__<TABLE>__<KEY>, see docs/configuration.md"
+            )
             raise env_error(var, f"unknown variable ({hint})")

@@ -13,23 +13,66 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from freedom.config.env import (PREFIXES, KeyPath, Overlay, Root, Source, check_stray, env_error, env_name,
-                         field_kind, field_order, file_sources, known_names, model_at, norm, one_line)
-from freedom.config.models import (CONSUME_MODES, LOG_LEVELS, MAX_SECONDS, SECRET_FIELDS, AppModel, ConsumerClient,
-                            KafkaModel, Problem, ProducerClient, Subscription, check_listen_addr, check_seconds,
-                            type_name)
+from freedom.config.env import (
+    PREFIXES,
+    KeyPath,
+    Overlay,
+    Root,
+    Source,
+    check_stray,
+    env_error,
+    env_name,
+    field_kind,
+    field_order,
+    file_sources,
+    known_names,
+    model_at,
+    norm,
+    one_line,
+)
+from freedom.config.models import (
+    CONSUME_MODES,
+    LOG_LEVELS,
+    MAX_SECONDS,
+    SECRET_FIELDS,
+    AppModel,
+    ConsumerClient,
+    KafkaModel,
+    Problem,
+    ProducerClient,
+    Subscription,
+    check_listen_addr,
+    check_seconds,
+    type_name,
+)
 from freedom.errors import ConfigError
 from freedom.wire.outcomes import DEAD_LETTER_STATUSES
 
-__all__ = ["AppConfig", "KafkaConfig", "ProducerClientConfig", "ConsumerClientConfig", "TopicConsumeConfig",
-           "ConfigEntry", "SubscriptionConfig", "CONSUME_MODES", "LOG_LEVELS", "MAX_SECONDS", "ConfigError", "check_seconds",
-           "find_config_dir", "load_app_config", "load_kafka_config", "check_topic_overrides"]
+__all__ = [
+    "AppConfig",
+    "KafkaConfig",
+    "ProducerClientConfig",
+    "ConsumerClientConfig",
+    "TopicConsumeConfig",
+    "ConfigEntry",
+    "SubscriptionConfig",
+    "CONSUME_MODES",
+    "LOG_LEVELS",
+    "MAX_SECONDS",
+    "ConfigError",
+    "check_seconds",
+    "find_config_dir",
+    "load_app_config",
+    "load_kafka_config",
+    "check_topic_overrides",
+]
 
 CONFIG_ENV = "FREEDOM_PROJECT_CONFIG"
 
@@ -57,9 +100,13 @@ def _load(path: Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(str(path), None, f"not valid TOML: {exc}") from None
     except UnicodeDecodeError as exc:  # tomllib decodes the whole file as UTF-8 first
-        line = exc.object[:exc.start].count(b"\n") + 1
-        raise ConfigError(str(path), None, f"not valid TOML: not UTF-8 (byte 0x{exc.object[exc.start]:02x} "
-                                           f"on line {line}); save the file as UTF-8") from None
+        line = exc.object[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            str(path),
+            None,
+            f"not valid TOML: not UTF-8 (byte 0x{exc.object[exc.start]:02x} "
+            f"on line {line}); save the file as UTF-8",
+        ) from None
     except OSError as exc:
         raise ConfigError(str(path), None, f"cannot be read: {exc.strerror}") from None
 
@@ -86,11 +133,15 @@ class AppConfig:
     log_level: str = "INFO"
     log_format: str = "text"  # "text" or "json" (json_logs.py)
     liveness_timeout_sec: float = 60.0  # /livez: the longest a heartbeat may be silent (health.py)
-    console_token: str | None = field(default=None, repr=False)  # the web console's token (a secret); None: off
+    console_token: str | None = field(
+        default=None, repr=False
+    )  # the web console's token (a secret); None: off
     console_path: str = "/_freedom/console"  # where the web console is served (console/)
     #: Where listen_addr came from, (file, key), for the error when it cannot be bound; for an
     #: environment variable ("environment FREEDOM_APP__LISTEN_ADDR", None).
-    listen_from: tuple[str, str | None] = field(default=("app.toml", "listen_addr"), compare=False, repr=False)
+    listen_from: tuple[str, str | None] = field(
+        default=("app.toml", "listen_addr"), compare=False, repr=False
+    )
     #: Every key with its value and source (`freedom config`).
     entries: tuple[ConfigEntry, ...] = field(default=(), compare=False, repr=False)
 
@@ -131,19 +182,30 @@ class ConsumerClientConfig:
     settings: dict[str, Any] = field(default_factory=dict, repr=False)  # may hold secrets
     mode: str = "sequential"  # how records of a topic are delivered: see CONSUME_MODES
     max_in_flight: int = 500  # records of one topic delivered at once (concurrent, key-ordered)
-    drain_timeout_sec: float = 10.0  # at a rebalance or stop: how long in-flight deliveries may finish
-    topics: dict[str, "TopicConsumeConfig"] = field(default_factory=dict)  # per-topic overrides
+    drain_timeout_sec: float = (
+        10.0  # at a rebalance or stop: how long in-flight deliveries may finish
+    )
+    topics: dict[str, TopicConsumeConfig] = field(default_factory=dict)  # per-topic overrides
     #: answer statuses that dead-letter a record at once, without retries (outcomes.DEAD_LETTER_STATUSES)
     dead_letter_statuses: frozenset[int] = frozenset(DEAD_LETTER_STATUSES)
-    retry_after_max_sec: float = 60.0  # the longest pause one Retry-After causes (infra/kafka/backpressure.py)
-    backpressure_max_sec: float = 300.0  # Retry-After pauses one record may take before it counts as failed (0: off)
+    retry_after_max_sec: float = (
+        60.0  # the longest pause one Retry-After causes (infra/kafka/backpressure.py)
+    )
+    backpressure_max_sec: float = (
+        300.0  # Retry-After pauses one record may take before it counts as failed (0: off)
+    )
     head_of_line_timeout_sec: float | None = None  # the head-of-line guard (proxy.py); None: off
 
-    def consume_config(self, topic: str) -> "TopicConsumeConfig":
+    def consume_config(self, topic: str) -> TopicConsumeConfig:
         """How `topic` is delivered: its `[consumer_clients.topics."T"]` entry, else the client's."""
         return self.topics.get(topic) or TopicConsumeConfig(
-            self.mode, self.max_in_flight, self.dead_letter_statuses, retry_after_max_sec=self.retry_after_max_sec,
-            backpressure_max_sec=self.backpressure_max_sec, head_of_line_timeout_sec=self.head_of_line_timeout_sec)
+            self.mode,
+            self.max_in_flight,
+            self.dead_letter_statuses,
+            retry_after_max_sec=self.retry_after_max_sec,
+            backpressure_max_sec=self.backpressure_max_sec,
+            head_of_line_timeout_sec=self.head_of_line_timeout_sec,
+        )
 
 
 @dataclass(frozen=True)
@@ -153,8 +215,12 @@ class TopicConsumeConfig:
     mode: str = "sequential"
     max_in_flight: int = 500
     dead_letter_statuses: frozenset[int] = frozenset(DEAD_LETTER_STATUSES)
-    rate_limit_per_sec: float | None = None  # deliveries started per second at most (backpressure.py); None: no limit
-    max_concurrency: int | None = None  # deliveries waiting for their answer at once at most; None: no limit
+    rate_limit_per_sec: float | None = (
+        None  # deliveries started per second at most (backpressure.py); None: no limit
+    )
+    max_concurrency: int | None = (
+        None  # deliveries waiting for their answer at once at most; None: no limit
+    )
     retry_after_max_sec: float = 60.0
     backpressure_max_sec: float = 300.0
     head_of_line_timeout_sec: float | None = None
@@ -195,7 +261,9 @@ class KafkaConfig:
     consumer_clients: tuple[ConsumerClientConfig, ...] = ()
     subscriptions: tuple[SubscriptionConfig, ...] = ()  # `freedom proxy` only (standalone.py)
     file: str = "kafka.toml"
-    proxy_secret: str | None = field(default=None, repr=False)  # [consumer] secret / secret_env (security.py)
+    proxy_secret: str | None = field(
+        default=None, repr=False
+    )  # [consumer] secret / secret_env (security.py)
     # False when proxy_addr was not given (file or environment): it then follows the listen address.
     proxy_addr_explicit: bool = False
     #: Every key with its value and source (`freedom config`), secrets masked.
@@ -206,11 +274,16 @@ class KafkaConfig:
     @property
     def needs_embedded_broker(self) -> bool:
         """True when no client names its servers: the seed's example then runs on the embedded broker."""
-        clients: list[ProducerClientConfig | ConsumerClientConfig] = [*self.producer_clients, *self.consumer_clients]
+        clients: list[ProducerClientConfig | ConsumerClientConfig] = [
+            *self.producer_clients,
+            *self.consumer_clients,
+        ]
         return all(c.servers is None for c in clients)
 
 
-ENVIRONMENT = "the environment"  # KafkaConfig.file when no kafka.toml exists: every key came from variables
+ENVIRONMENT = (
+    "the environment"  # KafkaConfig.file when no kafka.toml exists: every key came from variables
+)
 
 
 def dotted(path: KeyPath) -> str:
@@ -226,15 +299,25 @@ def dotted(path: KeyPath) -> str:
     return out
 
 
-_EXPECTED = {"string_type": "a string", "int_type": "an integer", "int_from_float": "an integer",
-             "float_type": "a number", "bool_type": "true or false", "list_type": "an array",
-             "dict_type": "a table", "model_type": "a table", "model_attributes_type": "a table"}
+_EXPECTED = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "an array",
+    "dict_type": "a table",
+    "model_type": "a table",
+    "model_attributes_type": "a table",
+}
 
 
 class _Loaded:
     """One file's data with the environment applied, and where each key came from."""
 
-    def __init__(self, root: Root, model: type[BaseModel], path: Path | None, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self, root: Root, model: type[BaseModel], path: Path | None, environ: Mapping[str, str]
+    ) -> None:
         self.root, self.model = root, model
         self.exists = path is not None and path.exists()
         self.file = str(path) if path is not None else f"{root}.toml"
@@ -257,7 +340,9 @@ class _Loaded:
         src = self.source(path)
         if src.kind == "env" or (src.kind == "default" and not self.exists):
             var = src.where if src.kind == "env" else env_name(self.root, path)
-            if src.kind == "env" and self.sources.get(path) != src:  # a table given whole (JSON): which key in it
+            if (
+                src.kind == "env" and self.sources.get(path) != src
+            ):  # a table given whole (JSON): which key in it
                 problem = f"{dotted(path)}: {problem}"
             return env_error(var, problem, dotted(path))
         return ConfigError(self.file, one_line(dotted(path)) or None, one_line(problem))
@@ -306,11 +391,19 @@ def _entries(loaded: _Loaded, model: BaseModel, path: KeyPath = ()) -> list[Conf
         elif kind == "settings" and value:
             for key, v in value.items():
                 shown = "***" if is_secret(key) else v
-                out.append(ConfigEntry(dotted((*p, key)), shown, str(loaded.source((*p, key))),
-                                       env_name(loaded.root, (*p, key))))
+                out.append(
+                    ConfigEntry(
+                        dotted((*p, key)),
+                        shown,
+                        str(loaded.source((*p, key))),
+                        env_name(loaded.root, (*p, key)),
+                    )
+                )
         elif value is not None:
             shown = "***" if name in SECRET_FIELDS else value
-            out.append(ConfigEntry(dotted(p), shown, str(loaded.source(p)), env_name(loaded.root, p)))
+            out.append(
+                ConfigEntry(dotted(p), shown, str(loaded.source(p)), env_name(loaded.root, p))
+            )
     return out
 
 
@@ -325,21 +418,34 @@ def load_app_config(config_dir: Path | None, *, listen_addr: str | None = None) 
     model: AppModel = loaded.validate()
     src = loaded.source(("listen_addr",))
     listen_from: tuple[str, str | None] = {
-        "env": (f"environment {src.where}", None), "file": (loaded.file, "listen_addr"),
+        "env": (f"environment {src.where}", None),
+        "file": (loaded.file, "listen_addr"),
     }.get(src.kind, (loaded.file, "listen_addr (not set: the default)"))
     entries = _entries(loaded, model)
     if listen_addr is not None:
+
         def error(p: str) -> ConfigError:
             return ConfigError("freedom run", "--listen", p)
 
         model.listen_addr = check_listen_addr(listen_addr, error)
         listen_from = ("freedom run", "--listen")
-        entries = [replace(e, value=model.listen_addr, source="freedom run --listen") if e.key == "listen_addr"
-                   else e for e in entries]
-    return AppConfig(listen_addr=model.listen_addr, service_name=model.service_name, log_level=model.log_level,
-                     log_format=model.log_format, liveness_timeout_sec=model.liveness_timeout_sec,
-                     console_token=model.console_token, console_path=model.console_path,
-                     listen_from=listen_from, entries=tuple(entries))
+        entries = [
+            replace(e, value=model.listen_addr, source="freedom run --listen")
+            if e.key == "listen_addr"
+            else e
+            for e in entries
+        ]
+    return AppConfig(
+        listen_addr=model.listen_addr,
+        service_name=model.service_name,
+        log_level=model.log_level,
+        log_format=model.log_format,
+        liveness_timeout_sec=model.liveness_timeout_sec,
+        console_token=model.console_token,
+        console_path=model.console_path,
+        listen_from=listen_from,
+        entries=tuple(entries),
+    )
 
 
 # ----------------------------------------------------------------------------- kafka.toml
@@ -352,20 +458,39 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
     variables a `*_env` key names are read when the file is loaded too.
     """
     environ = os.environ
-    loaded = _Loaded("kafka", KafkaModel, config_dir / "infra" / "kafka.toml" if config_dir else None, environ)
+    loaded = _Loaded(
+        "kafka", KafkaModel, config_dir / "infra" / "kafka.toml" if config_dir else None, environ
+    )
     model: KafkaModel | None = loaded.validate() if loaded.exists or loaded.from_env else None
     targets = set()
     if model is not None:  # variables named by a *_env key are the user's secrets, not typos
-        clients: list[Any] = [model.consumer, *model.producer_clients, *model.consumer_clients, *model.subscriptions]
-        targets = {v for c in clients for k in ("secret_env", "sasl_password_env", "ssl_key_password_env")
-                   if isinstance(v := getattr(c, k, None), str)}
-    check_stray(environ, targets, [*known_names("app", AppModel), *known_names("kafka", KafkaModel)])
+        clients: list[Any] = [
+            model.consumer,
+            *model.producer_clients,
+            *model.consumer_clients,
+            *model.subscriptions,
+        ]
+        targets = {
+            v
+            for c in clients
+            for k in ("secret_env", "sasl_password_env", "ssl_key_password_env")
+            if isinstance(v := getattr(c, k, None), str)
+        }
+    check_stray(
+        environ, targets, [*known_names("app", AppModel), *known_names("kafka", KafkaModel)]
+    )
     if model is None:
         return None
 
-    producer_clients = [ProducerClientConfig(
-        servers=tuple(p.servers) if p.servers is not None else None, name=p.name,
-        delivery_timeout_sec=p.delivery_timeout_sec, settings=p._librdkafka) for p in model.producer_clients]
+    producer_clients = [
+        ProducerClientConfig(
+            servers=tuple(p.servers) if p.servers is not None else None,
+            name=p.name,
+            delivery_timeout_sec=p.delivery_timeout_sec,
+            settings=p._librdkafka,
+        )
+        for p in model.producer_clients
+    ]
     consumer_clients = [_consumer_client(c) for c in model.consumer_clients]
     entries = _entries(loaded, model)
     if model.producer.open and not producer_clients:
@@ -376,44 +501,81 @@ def load_kafka_config(config_dir: Path | None) -> KafkaConfig | None:
         entries += _entries(loaded, ConsumerClient.model_construct(), ("consumer_clients", 0))
     consumer = loaded.data.get("consumer")
     return KafkaConfig(
-        consumer_open=model.consumer.open, proxy_addr=model.consumer.proxy_addr,
-        proxy_http2=model.consumer.proxy_http2, producer_open=model.producer.open,
-        producer_clients=tuple(producer_clients), consumer_clients=tuple(consumer_clients),
-        subscriptions=tuple(_subscription(s) for s in model.subscriptions), file=loaded.file,
+        consumer_open=model.consumer.open,
+        proxy_addr=model.consumer.proxy_addr,
+        proxy_http2=model.consumer.proxy_http2,
+        producer_open=model.producer.open,
+        producer_clients=tuple(producer_clients),
+        consumer_clients=tuple(consumer_clients),
+        subscriptions=tuple(_subscription(s) for s in model.subscriptions),
+        file=loaded.file,
         proxy_secret=model.consumer._secret,
         proxy_addr_explicit=isinstance(consumer, dict) and "proxy_addr" in consumer,
-        entries=tuple(entries), sources={dotted(k): v.where for k, v in loaded.sources.items()},
+        entries=tuple(entries),
+        sources={dotted(k): v.where for k, v in loaded.sources.items()},
     )
 
 
 def _subscription(s: Subscription) -> SubscriptionConfig:
     return SubscriptionConfig(
-        topic=s.topic, url=s.url, group_id=s.group_id, mode=s.mode, max_in_flight=s.max_in_flight,
-        timeout_sec=s.timeout_sec, http2=s.http2, secret=s._secret, retry_count=s.retry_count,
+        topic=s.topic,
+        url=s.url,
+        group_id=s.group_id,
+        mode=s.mode,
+        max_in_flight=s.max_in_flight,
+        timeout_sec=s.timeout_sec,
+        http2=s.http2,
+        secret=s._secret,
+        retry_count=s.retry_count,
         retry_interval_sec=s.retry_interval_sec,
-        dead_letter_statuses=frozenset(s.dead_letter_statuses) if s.dead_letter_statuses is not None else None,
-        rate_limit_per_sec=s.rate_limit_per_sec, max_concurrency=s.max_concurrency,
-        retry_after_max_sec=s.retry_after_max_sec, backpressure_max_sec=s.backpressure_max_sec,
-        head_of_line_timeout_sec=s.head_of_line_timeout_sec)
+        dead_letter_statuses=frozenset(s.dead_letter_statuses)
+        if s.dead_letter_statuses is not None
+        else None,
+        rate_limit_per_sec=s.rate_limit_per_sec,
+        max_concurrency=s.max_concurrency,
+        retry_after_max_sec=s.retry_after_max_sec,
+        backpressure_max_sec=s.backpressure_max_sec,
+        head_of_line_timeout_sec=s.head_of_line_timeout_sec,
+    )
 
 
 def _consumer_client(c: ConsumerClient) -> ConsumerClientConfig:
     return ConsumerClientConfig(
-        servers=tuple(c.servers) if c.servers is not None else None, group_id=c.group_id,
-        retry_count=c.retry_count, retry_group_id=c.retry_group_id, retry_prefix=c.retry_prefix,
-        retry_interval_sec=c.retry_interval_sec, retry_fail_prefix=c.retry_fail_prefix,
-        initial_offset=c.initial_offset, settings=c._librdkafka, mode=c.mode, max_in_flight=c.max_in_flight,
-        drain_timeout_sec=c.drain_timeout_sec, dead_letter_statuses=frozenset(c.dead_letter_statuses),
-        retry_after_max_sec=c.retry_after_max_sec, backpressure_max_sec=c.backpressure_max_sec,
+        servers=tuple(c.servers) if c.servers is not None else None,
+        group_id=c.group_id,
+        retry_count=c.retry_count,
+        retry_group_id=c.retry_group_id,
+        retry_prefix=c.retry_prefix,
+        retry_interval_sec=c.retry_interval_sec,
+        retry_fail_prefix=c.retry_fail_prefix,
+        initial_offset=c.initial_offset,
+        settings=c._librdkafka,
+        mode=c.mode,
+        max_in_flight=c.max_in_flight,
+        drain_timeout_sec=c.drain_timeout_sec,
+        dead_letter_statuses=frozenset(c.dead_letter_statuses),
+        retry_after_max_sec=c.retry_after_max_sec,
+        backpressure_max_sec=c.backpressure_max_sec,
         head_of_line_timeout_sec=c.head_of_line_timeout_sec,
-        topics={t: TopicConsumeConfig(
-            o.mode or c.mode, o.max_in_flight or c.max_in_flight,
-            frozenset(c.dead_letter_statuses if o.dead_letter_statuses is None else o.dead_letter_statuses),
-            rate_limit_per_sec=o.rate_limit_per_sec, max_concurrency=o.max_concurrency,
-            retry_after_max_sec=_given(o.retry_after_max_sec, c.retry_after_max_sec),
-            backpressure_max_sec=_given(o.backpressure_max_sec, c.backpressure_max_sec),
-            head_of_line_timeout_sec=_given(o.head_of_line_timeout_sec, c.head_of_line_timeout_sec))
-            for t, o in c.topics.items()},
+        topics={
+            t: TopicConsumeConfig(
+                o.mode or c.mode,
+                o.max_in_flight or c.max_in_flight,
+                frozenset(
+                    c.dead_letter_statuses
+                    if o.dead_letter_statuses is None
+                    else o.dead_letter_statuses
+                ),
+                rate_limit_per_sec=o.rate_limit_per_sec,
+                max_concurrency=o.max_concurrency,
+                retry_after_max_sec=_given(o.retry_after_max_sec, c.retry_after_max_sec),
+                backpressure_max_sec=_given(o.backpressure_max_sec, c.backpressure_max_sec),
+                head_of_line_timeout_sec=_given(
+                    o.head_of_line_timeout_sec, c.head_of_line_timeout_sec
+                ),
+            )
+            for t, o in c.topics.items()
+        },
     )
 
 
@@ -439,12 +601,21 @@ def check_topic_overrides(config: KafkaConfig, listened: Iterable[str]) -> None:
             var = config.sources.get(key, "")
             if var.startswith(PREFIXES["kafka"]):
                 spelled = [t for t in topics if norm(t) == norm(topic) and t not in client.topics]
-                if len(spelled) == 1:  # the dict is the config's own; it is re-keyed once, at set-up
+                if (
+                    len(spelled) == 1
+                ):  # the dict is the config's own; it is re-keyed once, at set-up
                     client.topics[spelled[0]] = client.topics.pop(topic)
                     new = f'consumer_clients[{i}].topics."{spelled[0]}"'
-                    object.__setattr__(config, "entries", tuple(  # what `freedom config` shows follows
-                        replace(e, key=new + e.key[len(key):]) if e.key.startswith(key + ".") else e
-                        for e in config.entries))
+                    object.__setattr__(
+                        config,
+                        "entries",
+                        tuple(  # what `freedom config` shows follows
+                            replace(e, key=new + e.key[len(key) :])
+                            if e.key.startswith(key + ".")
+                            else e
+                            for e in config.entries
+                        ),
+                    )
                     continue
             known = ", ".join(f'"{t}"' for t in topics) if topics else "none"
             problem = f"no event listens to this topic (the listened topics: {known})"

@@ -20,8 +20,15 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from freedom.config.env import NOT_KEYS, field_order
-from freedom.config.models import (AppModel, ConsumerClient, ConsumerSection, ProducerClient, ProducerSection,
-                            Subscription, TopicOverride)
+from freedom.config.models import (
+    AppModel,
+    ConsumerClient,
+    ConsumerSection,
+    ProducerClient,
+    ProducerSection,
+    Subscription,
+    TopicOverride,
+)
 from freedom.kafka.settings import REFUSED
 
 INTRO = """\
@@ -109,12 +116,19 @@ def _type(annotation: Any) -> str:
         annotation = next(a for a in get_args(annotation) if a is not type(None))
     origin, args = get_origin(annotation), get_args(annotation)
     if origin is list:
-        name = ("array of tables" if isinstance(args[0], type) and issubclass(args[0], BaseModel)
-                else "array of integers" if args[0] is int else "array of strings")
+        name = (
+            "array of tables"
+            if isinstance(args[0], type) and issubclass(args[0], BaseModel)
+            else "array of integers"
+            if args[0] is int
+            else "array of strings"
+        )
     elif origin is dict:
         name = "table"
     else:
-        name = {str: "string", int: "integer", float: "number", bool: "boolean"}.get(annotation, str(annotation))
+        name = {str: "string", int: "integer", float: "number", bool: "boolean"}.get(
+            annotation, str(annotation)
+        )
     return name + (" (optional)" if optional else "")
 
 
@@ -129,24 +143,42 @@ def _default(info: Any) -> str:
 
 def _section(title: str, model: type[BaseModel], env: str, skip: tuple[str, ...] = ()) -> list[str]:
     doc = (model.__doc__ or "").strip().splitlines()[0]
-    lines = [f"## {title}", "", doc, "", "| key | type | default | environment variable | |", "|---|---|---|---|---|"]
+    lines = [
+        f"## {title}",
+        "",
+        doc,
+        "",
+        "| key | type | default | environment variable | |",
+        "|---|---|---|---|---|",
+    ]
     for name in field_order(model):
         if name in skip:
             continue
         info = model.model_fields[name]
         desc = (info.description or "").replace("|", "\\|")
-        var = env + name.upper() + {"settings": "__<PROPERTY>", "topics": "__<T>__<KEY>"}.get(name, "")
-        lines.append(f"| `{name}` | {_type(info.annotation)} | {_default(info)} | `{var}` | {desc} |")
+        var = (
+            env
+            + name.upper()
+            + {"settings": "__<PROPERTY>", "topics": "__<T>__<KEY>"}.get(name, "")
+        )
+        lines.append(
+            f"| `{name}` | {_type(info.annotation)} | {_default(info)} | `{var}` | {desc} |"
+        )
     return [*lines, ""]
 
 
 def _refused() -> list[str]:
-    lines = ["## Refused `settings`", "",
-             "librdkafka checks every property of `settings` at start-up, without connecting. These are "
-             "refused, as freedom sets them itself or its guarantees depend on them; so are callbacks "
-             "(`*_cb`, `logger`, `on_delivery`, ...: set them in a `kafka.setting_config` hook), and a "
-             'producer\'s `acks` other than `"all"`.', "",
-             "| property | clients | why / instead |", "|---|---|---|"]
+    lines = [
+        "## Refused `settings`",
+        "",
+        "librdkafka checks every property of `settings` at start-up, without connecting. These are "
+        "refused, as freedom sets them itself or its guarantees depend on them; so are callbacks "
+        "(`*_cb`, `logger`, `on_delivery`, ...: set them in a `kafka.setting_config` hook), and a "
+        'producer\'s `acks` other than `"all"`.',
+        "",
+        "| property | clients | why / instead |",
+        "|---|---|---|",
+    ]
     for role, props in REFUSED.items():
         for prop, why in props.items():
             lines.append(f"| `{prop}` | {'all' if role == 'any' else role + 's'} | {why} |")
@@ -159,18 +191,37 @@ def reference() -> str:
     parts += _section("app.toml", AppModel, "FREEDOM_APP__")
     parts += _section("kafka.toml: [consumer]", ConsumerSection, "FREEDOM_KAFKA__CONSUMER__")
     parts += _section("kafka.toml: [producer]", ProducerSection, "FREEDOM_KAFKA__PRODUCER__")
-    parts += _section("kafka.toml: [[producer_clients]]", ProducerClient, "FREEDOM_KAFKA__PRODUCER_CLIENTS__<i or name>__")
-    parts += _section("kafka.toml: [[consumer_clients]]", ConsumerClient, "FREEDOM_KAFKA__CONSUMER_CLIENTS__<i or group_id>__")
-    parts += _section('kafka.toml: [consumer_clients.topics."T"]', TopicOverride,
-                      "FREEDOM_KAFKA__CONSUMER_CLIENTS__<i or group_id>__TOPICS__<T>__")
-    parts += _section("kafka.toml: [[subscriptions]]", Subscription, "FREEDOM_KAFKA__SUBSCRIPTIONS__<i or topic>__")
+    parts += _section(
+        "kafka.toml: [[producer_clients]]",
+        ProducerClient,
+        "FREEDOM_KAFKA__PRODUCER_CLIENTS__<i or name>__",
+    )
+    parts += _section(
+        "kafka.toml: [[consumer_clients]]",
+        ConsumerClient,
+        "FREEDOM_KAFKA__CONSUMER_CLIENTS__<i or group_id>__",
+    )
+    parts += _section(
+        'kafka.toml: [consumer_clients.topics."T"]',
+        TopicOverride,
+        "FREEDOM_KAFKA__CONSUMER_CLIENTS__<i or group_id>__TOPICS__<T>__",
+    )
+    parts += _section(
+        "kafka.toml: [[subscriptions]]",
+        Subscription,
+        "FREEDOM_KAFKA__SUBSCRIPTIONS__<i or topic>__",
+    )
     parts += _refused()
     return "\n".join(parts).rstrip() + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m freedom.config.reference", description=__doc__.splitlines()[0])
-    parser.add_argument("--write", metavar="PATH", help="write the reference to PATH instead of printing it")
+    parser = argparse.ArgumentParser(
+        prog="python -m freedom.config.reference", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--write", metavar="PATH", help="write the reference to PATH instead of printing it"
+    )
     args = parser.parse_args(argv)
     if args.write:
         Path(args.write).write_text(reference(), encoding="utf-8")

@@ -44,13 +44,19 @@ class Keys:
 
     def token_ok(self, presented: str) -> bool:
         """`presented` is the token (constant time: digests of equal length are compared)."""
-        return hmac.compare_digest(hashlib.sha256(presented.encode("utf-8", "replace")).digest(), self._digest)
+        return hmac.compare_digest(
+            hashlib.sha256(presented.encode("utf-8", "replace")).digest(), self._digest
+        )
 
     def mac(self, purpose: str, text: str) -> str:
-        return hmac.new(self._key, f"{purpose}\0{text}".encode("utf-8", "replace"), hashlib.sha256).hexdigest()
+        return hmac.new(
+            self._key, f"{purpose}\0{text}".encode("utf-8", "replace"), hashlib.sha256
+        ).hexdigest()
 
     def mac_ok(self, purpose: str, text: str, presented: str) -> bool:
-        return hmac.compare_digest(self.mac(purpose, text).encode(), presented.encode("utf-8", "replace"))
+        return hmac.compare_digest(
+            self.mac(purpose, text).encode(), presented.encode("utf-8", "replace")
+        )
 
     # ------------------------------------------------------------------ sessions
 

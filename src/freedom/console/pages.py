@@ -9,7 +9,7 @@ script (routes.py), so a value that slipped through would still show as text, no
 from __future__ import annotations
 
 import html
-from typing import Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from urllib.parse import urlencode
 
 from freedom.ops.dlq import DeadLetter, TopicDeadLetters
@@ -47,22 +47,36 @@ def _table(head: Iterable[str], rows: Iterable[Iterable[str]], cls: str = "") ->
     return f'<table class="{h(cls)}"><thead><tr>{ths}</tr></thead><tbody>{trs}</tbody></table>'
 
 
-def layout(base: str, title: str, body: str, *, csrf: str | None = None, service: str = "freedom",
-           nav: bool = True) -> str:
+def layout(
+    base: str,
+    title: str,
+    body: str,
+    *,
+    csrf: str | None = None,
+    service: str = "freedom",
+    nav: bool = True,
+) -> str:
     """A whole page: the navigation (`nav`; with the logout form when logged in with a session) and `body`."""
     links = ""
     if nav:
-        logout = (f'<form method="post" action="{h(base)}/logout" class="logout">'
-                  f'<input type="hidden" name="csrf" value="{h(csrf)}"><button>Log out</button></form>'
-                  if csrf is not None else "")
-        links = (f'<nav><a href="{h(base)}">Groups and lag</a> <a href="{h(base)}/dead-letters">Dead letters</a>'
-                 f"{logout}</nav>")
-    return (f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{h(title)} · {h(service)} console</title>"
-            f'<link rel="stylesheet" href="{h(base)}/console.css"></head>'
-            f'<body><header><strong>{h(service)}</strong> console</header>{links}'
-            f"<main><h1>{h(title)}</h1>{body}</main></body></html>")
+        logout = (
+            f'<form method="post" action="{h(base)}/logout" class="logout">'
+            f'<input type="hidden" name="csrf" value="{h(csrf)}"><button>Log out</button></form>'
+            if csrf is not None
+            else ""
+        )
+        links = (
+            f'<nav><a href="{h(base)}">Groups and lag</a> <a href="{h(base)}/dead-letters">Dead letters</a>'
+            f"{logout}</nav>"
+        )
+    return (
+        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{h(title)} · {h(service)} console</title>"
+        f'<link rel="stylesheet" href="{h(base)}/console.css"></head>'
+        f"<body><header><strong>{h(service)}</strong> console</header>{links}"
+        f"<main><h1>{h(title)}</h1>{body}</main></body></html>"
+    )
 
 
 def error_box(message: str) -> str:
@@ -78,8 +92,9 @@ def login(base: str, next_path: str, problem: str | None = None, service: str = 
         f'<input type="hidden" name="next" value="{h(next_path)}">'
         f'<label>Console token <input type="password" name="token" autocomplete="current-password" '
         f"required autofocus></label><button>Log in</button></form>"
-        "<p class=\"hint\">The token is app.toml's <code>console_token</code> "
-        "(or <code>FREEDOM_APP__CONSOLE_TOKEN</code>).</p>")
+        '<p class="hint">The token is app.toml\'s <code>console_token</code> '
+        "(or <code>FREEDOM_APP__CONSOLE_TOKEN</code>).</p>"
+    )
     return layout(base, "Log in", body, service=service, nav=False)
 
 
@@ -87,23 +102,57 @@ def login(base: str, next_path: str, problem: str | None = None, service: str = 
 
 
 def _client(base: str, c: ClientStatus) -> str:
-    out = [f"<section><h2>Consumer client {h(c.index)} <small>{h(c.servers)}</small></h2>",
-           f"<p>Topics: {h(', '.join(c.topics) or '(none found)')}</p>"]
+    out = [
+        f"<section><h2>Consumer client {h(c.index)} <small>{h(c.servers)}</small></h2>",
+        f"<p>Topics: {h(', '.join(c.topics) or '(none found)')}</p>",
+    ]
     for g in c.groups:
         members = "; ".join(f"{m.client_id} on {m.host.lstrip('/')}" for m in g.members) or "none"
-        out.append(f'<h3>Group <code>{h(g.group)}</code> <small>{h(g.kind)}, {h(g.state)}</small> '
-                   f'<span class="lag">lag {h(g.lag)}</span></h3><p>Members ({len(g.members)}): {h(members)}</p>')
+        out.append(
+            f"<h3>Group <code>{h(g.group)}</code> <small>{h(g.kind)}, {h(g.state)}</small> "
+            f'<span class="lag">lag {h(g.lag)}</span></h3><p>Members ({len(g.members)}): {h(members)}</p>'
+        )
         if g.partitions:
-            out.append(_table(["Topic", "Partition", "Committed", "End", "Lag", ""], [
-                [h(p.topic), h(p.partition), h("-" if p.committed is None else p.committed), h(p.end), h(p.lag),
-                 h(f"paused: next retry due {p.due_at}" if p.due_at else "")] for p in g.partitions], "partitions"))
+            out.append(
+                _table(
+                    ["Topic", "Partition", "Committed", "End", "Lag", ""],
+                    [
+                        [
+                            h(p.topic),
+                            h(p.partition),
+                            h("-" if p.committed is None else p.committed),
+                            h(p.end),
+                            h(p.lag),
+                            h(f"paused: next retry due {p.due_at}" if p.due_at else ""),
+                        ]
+                        for p in g.partitions
+                    ],
+                    "partitions",
+                )
+            )
     if c.retry_waiting:
-        out.append("<p>Waiting for a retry: " + h(", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting))
-                   + "</p>")
+        out.append(
+            "<p>Waiting for a retry: "
+            + h(", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting))
+            + "</p>"
+        )
     if c.dead_letters:
-        out.append("<h3>Dead letters</h3>" + _table(["Topic", "Of topic", "Records", "Not replayed"], [
-            [f'<a href="{q(base + "/dead-letters", {"topic": t.topic})}">{h(t.topic)}</a>', h(t.original_topic),
-             h(t.records), h(t.not_replayed)] for t in c.dead_letters], "dead"))
+        out.append(
+            "<h3>Dead letters</h3>"
+            + _table(
+                ["Topic", "Of topic", "Records", "Not replayed"],
+                [
+                    [
+                        f'<a href="{q(base + "/dead-letters", {"topic": t.topic})}">{h(t.topic)}</a>',
+                        h(t.original_topic),
+                        h(t.records),
+                        h(t.not_replayed),
+                    ]
+                    for t in c.dead_letters
+                ],
+                "dead",
+            )
+        )
     else:
         out.append("<p>Dead letters: none</p>")
     out.append("</section>")
@@ -111,77 +160,132 @@ def _client(base: str, c: ClientStatus) -> str:
 
 
 def status_page(base: str, report: StatusReport) -> str:
-    return f'<p class="at">As of {h(report.at)}</p>' + "".join(_client(base, c) for c in report.clients)
+    return f'<p class="at">As of {h(report.at)}</p>' + "".join(
+        _client(base, c) for c in report.clients
+    )
 
 
 # ----------------------------------------------------------------------------- dead letters
 
 
-def replay_form(base: str, csrf: str | None, topics: Iterable[str], values: Mapping[str, str]) -> str:
+def replay_form(
+    base: str, csrf: str | None, topics: Iterable[str], values: Mapping[str, str]
+) -> str:
     """The replay filter form; its button asks for the dry run."""
     chosen = values.get("topic", "")
     options = ['<option value="">every dead-letter topic</option>'] + [
-        f'<option value="{h(t)}"{" selected" if t == chosen else ""}>{h(t)}</option>' for t in topics]
-    fields = "".join(f'<label>{h(label)} <input name="{h(name)}" value="{h(values.get(name, ""))}" '
-                     f'placeholder="{h(hint)}"></label>' for name, label, hint in REPLAY_FIELDS)
-    return (f'<form method="post" action="{h(base)}/replay/preview" class="replay">'
-            f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
-            f'<label>Dead-letter topic <select name="topic">{"".join(options)}</select></label>{fields}'
-            f'<button name="preview" value="1">Preview replay (dry run)</button></form>')
+        f'<option value="{h(t)}"{" selected" if t == chosen else ""}>{h(t)}</option>'
+        for t in topics
+    ]
+    fields = "".join(
+        f'<label>{h(label)} <input name="{h(name)}" value="{h(values.get(name, ""))}" '
+        f'placeholder="{h(hint)}"></label>'
+        for name, label, hint in REPLAY_FIELDS
+    )
+    return (
+        f'<form method="post" action="{h(base)}/replay/preview" class="replay">'
+        f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
+        f'<label>Dead-letter topic <select name="topic">{"".join(options)}</select></label>{fields}'
+        f'<button name="preview" value="1">Preview replay (dry run)</button></form>'
+    )
 
 
 def dead_letters_page(base: str, topics: list[TopicDeadLetters], csrf: str | None) -> str:
     out = []
     for t in topics:
-        out.append(f'<section><h2>{h(t.topic)} <small>{h(t.records)} dead letter{"" if t.records == 1 else "s"}'
-                   f"</small></h2>")
+        out.append(
+            f"<section><h2>{h(t.topic)} <small>{h(t.records)} dead letter{'' if t.records == 1 else 's'}"
+            f"</small></h2>"
+        )
         if t.classes:
-            out.append(_table(["Count", "Status", "Original topic", "First", "Last", "Error class", ""], [
-                [h(c.count), h("-" if c.status is None else c.status), h(c.original_topic or "-"),
-                 f'<span class="t">{h(c.first or "-")}</span>', f'<span class="t">{h(c.last or "-")}</span>',
-                 f'<span class="err">{h(c.error_class)}</span>',
-                 f'<a class="records" href="{q(base + "/dead-letters/records", {"topic": t.topic, "class": c.error_class})}">'
-                 f"records</a>"] for c in t.classes], "classes"))
+            out.append(
+                _table(
+                    ["Count", "Status", "Original topic", "First", "Last", "Error class", ""],
+                    [
+                        [
+                            h(c.count),
+                            h("-" if c.status is None else c.status),
+                            h(c.original_topic or "-"),
+                            f'<span class="t">{h(c.first or "-")}</span>',
+                            f'<span class="t">{h(c.last or "-")}</span>',
+                            f'<span class="err">{h(c.error_class)}</span>',
+                            f'<a class="records" href="{q(base + "/dead-letters/records", {"topic": t.topic, "class": c.error_class})}">'
+                            f"records</a>",
+                        ]
+                        for c in t.classes
+                    ],
+                    "classes",
+                )
+            )
         out.append("</section>")
     if not topics:
         out.append("<p>No dead-letter topics.</p>")
-    out.append("<h2>Replay</h2><p>Pick what to redrive to each record's original topic; the dry run shows what "
-               "would move before anything does.</p>")
+    out.append(
+        "<h2>Replay</h2><p>Pick what to redrive to each record's original topic; the dry run shows what "
+        "would move before anything does.</p>"
+    )
     out.append(replay_form(base, csrf, [t.topic for t in topics], {}))
     return "".join(out)
 
 
 def record(d: DeadLetter) -> str:
     """One dead letter: where it came from, why it failed, its headers and value."""
-    origin = (f"{d.original_topic or '?'}[{'?' if d.original_partition is None else d.original_partition}]"
-              f"@{'?' if d.original_offset is None else d.original_offset}")
+    origin = (
+        f"{d.original_topic or '?'}[{'?' if d.original_partition is None else d.original_partition}]"
+        f"@{'?' if d.original_offset is None else d.original_offset}"
+    )
     facts = [
-        ("Key", d.key if d.key is not None else "(none)"), ("Dead-lettered", d.timestamp or "-"),
-        ("From", origin), ("First failure", d.first_failure_time or "-"),
-        ("Error", d.error or "-"), ("Status", "-" if d.status is None else d.status),
-        ("Retries", "-" if d.retry_count is None else d.retry_count), ("Replays", d.replay_count),
+        ("Key", d.key if d.key is not None else "(none)"),
+        ("Dead-lettered", d.timestamp or "-"),
+        ("From", origin),
+        ("First failure", d.first_failure_time or "-"),
+        ("Error", d.error or "-"),
+        ("Status", "-" if d.status is None else d.status),
+        ("Retries", "-" if d.retry_count is None else d.retry_count),
+        ("Replays", d.replay_count),
         ("Trace id", d.trace_id or "-"),
     ]
     dl = "".join(f"<dt>{h(k)}</dt><dd>{h(v)}</dd>" for k, v in facts)
-    headers = _table(["Header", "Value"], [[h(k), h(v)] for k, v in d.headers], "headers") if d.headers else \
-        "<p>No headers.</p>"
+    headers = (
+        _table(["Header", "Value"], [[h(k), h(v)] for k, v in d.headers], "headers")
+        if d.headers
+        else "<p>No headers.</p>"
+    )
     more = f" … ({d.value_size} bytes)" if d.value_size > len(d.value_preview.encode()) else ""
     omitted = " [value left out of the copy]" if d.value_omitted else ""
-    return (f'<article class="record" id="r-{h(d.partition)}-{h(d.offset)}">'
-            f"<h3>{h(d.topic)}[{h(d.partition)}]@{h(d.offset)}</h3><dl>{dl}</dl>{headers}"
-            f'<p>Value ({h(d.value_size)} bytes){h(more + omitted)}:</p><pre class="value">{h(d.value_preview)}</pre>'
-            "</article>")
+    return (
+        f'<article class="record" id="r-{h(d.partition)}-{h(d.offset)}">'
+        f"<h3>{h(d.topic)}[{h(d.partition)}]@{h(d.offset)}</h3><dl>{dl}</dl>{headers}"
+        f'<p>Value ({h(d.value_size)} bytes){h(more + omitted)}:</p><pre class="value">{h(d.value_preview)}</pre>'
+        "</article>"
+    )
 
 
-def records_page(base: str, topic: str, error_class: str | None, records: list[DeadLetter], limit: int,
-                 more: bool, csrf: str | None, grep: str) -> str:
-    head = (f"<p>Topic <code>{h(topic)}</code>" + (f", error class <span class=\"err\">{h(error_class)}</span>"
-                                                   if error_class else "")
-            + f": {len(records)} record{'' if len(records) == 1 else 's'}"
-            + (f" (the first {limit}; narrow the filter to see others)" if more else "") + "</p>")
+def records_page(
+    base: str,
+    topic: str,
+    error_class: str | None,
+    records: list[DeadLetter],
+    limit: int,
+    more: bool,
+    csrf: str | None,
+    grep: str,
+) -> str:
+    head = (
+        f"<p>Topic <code>{h(topic)}</code>"
+        + (f', error class <span class="err">{h(error_class)}</span>' if error_class else "")
+        + f": {len(records)} record{'' if len(records) == 1 else 's'}"
+        + (f" (the first {limit}; narrow the filter to see others)" if more else "")
+        + "</p>"
+    )
     body = "".join(record(d) for d in records) or "<p>No dead letters match.</p>"
-    return (head + "<details><summary>Replay these</summary>"
-            + replay_form(base, csrf, [topic], {"topic": topic, "grep": grep}) + "</details>" + body)
+    return (
+        head
+        + "<details><summary>Replay these</summary>"
+        + replay_form(base, csrf, [topic], {"topic": topic, "grep": grep})
+        + "</details>"
+        + body
+    )
 
 
 # ----------------------------------------------------------------------------- replay
@@ -192,19 +296,48 @@ def _report(report: ReplayReport) -> str:
     out = []
     for t in report.topics:
         to = ", ".join(f"{n} to {topic}" for topic, n in sorted(t.destinations.items()))
-        out.append(f'<section><h2>{h(t.topic)} <small>job {h(t.job)}</small></h2>'
-                   f'<p class="summary">{h(verb)} <strong class="moved">{h(t.moved)}</strong>'
-                   f"{h(' (' + to + ')' if to else '')}, parked {h(t.parked_count)}, not matching {h(t.skipped)}</p>")
+        out.append(
+            f"<section><h2>{h(t.topic)} <small>job {h(t.job)}</small></h2>"
+            f'<p class="summary">{h(verb)} <strong class="moved">{h(t.moved)}</strong>'
+            f"{h(' (' + to + ')' if to else '')}, parked {h(t.parked_count)}, not matching {h(t.skipped)}</p>"
+        )
         if t.moves:
-            out.append(_table(["Partition", "Offset", "Key", "To", "Replay", "Error class"], [
-                [h(m.partition), h(m.offset), h(m.key if m.key is not None else "(none)"), h(m.to_topic),
-                 h(m.replay_count), h(m.error_class)] for m in t.moves[:200]], "moves"))
+            out.append(
+                _table(
+                    ["Partition", "Offset", "Key", "To", "Replay", "Error class"],
+                    [
+                        [
+                            h(m.partition),
+                            h(m.offset),
+                            h(m.key if m.key is not None else "(none)"),
+                            h(m.to_topic),
+                            h(m.replay_count),
+                            h(m.error_class),
+                        ]
+                        for m in t.moves[:200]
+                    ],
+                    "moves",
+                )
+            )
             if t.moved > 200:
                 out.append(f"<p>… and {h(t.moved - 200)} more</p>")
         if t.parked:
-            out.append("<h3>Parked</h3>" + _table(["Partition", "Offset", "Key", "Why"], [
-                [h(p.partition), h(p.offset), h(p.key if p.key is not None else "(none)"), h(p.reason)]
-                for p in t.parked[:200]], "parked"))
+            out.append(
+                "<h3>Parked</h3>"
+                + _table(
+                    ["Partition", "Offset", "Key", "Why"],
+                    [
+                        [
+                            h(p.partition),
+                            h(p.offset),
+                            h(p.key if p.key is not None else "(none)"),
+                            h(p.reason),
+                        ]
+                        for p in t.parked[:200]
+                    ],
+                    "parked",
+                )
+            )
         out.append("</section>")
     if not report.topics:
         out.append("<p>No dead-letter topics.</p>")
@@ -212,18 +345,27 @@ def _report(report: ReplayReport) -> str:
     return "".join(out)
 
 
-def preview_page(base: str, report: ReplayReport, params: Mapping[str, str], signature: str,
-                 csrf: str | None) -> str:
+def preview_page(
+    base: str, report: ReplayReport, params: Mapping[str, str], signature: str, csrf: str | None
+) -> str:
     """The dry run's report, and the form that runs exactly this replay."""
-    hidden = "".join(f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in sorted(params.items()))
-    run = (f'<form method="post" action="{h(base)}/replay/run" class="run">{hidden}'
-           f'<input type="hidden" name="preview" value="{h(signature)}">'
-           f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
-           f'<button{" disabled" if not report.moved else ""}>Run this replay</button></form>')
+    hidden = "".join(
+        f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in sorted(params.items())
+    )
+    run = (
+        f'<form method="post" action="{h(base)}/replay/run" class="run">{hidden}'
+        f'<input type="hidden" name="preview" value="{h(signature)}">'
+        f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
+        f"<button{' disabled' if not report.moved else ''}>Run this replay</button></form>"
+    )
     filt = ", ".join(f"{k} = {v}" for k, v in sorted(params.items())) or "none"
-    return (f"<p>Dry run: nothing was moved. Filter: {h(filt)}.</p>" + _report(report) + run
-            + '<p class="hint">Records that arrive in the dead-letter topic after this preview are not part of it '
-              "unless they match too; the run reports exactly what it moved.</p>")
+    return (
+        f"<p>Dry run: nothing was moved. Filter: {h(filt)}.</p>"
+        + _report(report)
+        + run
+        + '<p class="hint">Records that arrive in the dead-letter topic after this preview are not part of it '
+        "unless they match too; the run reports exactly what it moved.</p>"
+    )
 
 
 def result_page(report: ReplayReport) -> str:

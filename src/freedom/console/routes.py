@@ -13,7 +13,8 @@ import dataclasses
 import json
 import logging
 import threading
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Mapping, TypeVar
+from collections.abc import Awaitable, Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import parse_qsl
 
 import anyio
@@ -21,14 +22,22 @@ import anyio.to_thread
 from starlette.requests import Request
 from starlette.responses import JSONResponse, RedirectResponse, Response
 
-from freedom.errors import FreedomError
-from freedom.ops.dlq import DeadLetter, Filter, fail_topics, list_dead_letters, parse_offsets, parse_time, scan
-from freedom.ops.replay import DEFAULT_MAX_REPLAYS, ReplayReport, audit_line, parse_rate, replay
-from freedom.ops.status import status
-from freedom.ops.target import OpsError, Target
 from freedom.console import pages
 from freedom.console.auth import COOKIE, SESSION_SECONDS, Caller, Keys
 from freedom.console.running import app_target
+from freedom.errors import FreedomError
+from freedom.ops.dlq import (
+    DeadLetter,
+    Filter,
+    fail_topics,
+    list_dead_letters,
+    parse_offsets,
+    parse_time,
+    scan,
+)
+from freedom.ops.replay import DEFAULT_MAX_REPLAYS, ReplayReport, audit_line, parse_rate, replay
+from freedom.ops.status import status
+from freedom.ops.target import OpsError, Target
 
 if TYPE_CHECKING:
     from freedom.web.application import Application
@@ -43,8 +52,10 @@ DEFAULT_RECORDS = 50
 FAILED_LOGIN_DELAY = 0.5  # seconds a wrong token waits for its answer (slows guessing)
 #: Every console page: no script, no frames, nothing sent elsewhere, nothing cached.
 SECURITY_HEADERS = {
-    "content-security-policy": ("default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-                                "frame-ancestors 'none'; base-uri 'none'"),
+    "content-security-policy": (
+        "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
+        "frame-ancestors 'none'; base-uri 'none'"
+    ),
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "referrer-policy": "same-origin",  # no-referrer would make the browser send `Origin: null`
@@ -66,7 +77,9 @@ class Refused(Exception):
 class ReplayArgs:
     """A replay request, parsed: what `freedom dlq replay` takes as options."""
 
-    params: dict[str, str]  # the fields given (stripped, empty ones left out): what the preview signs
+    params: dict[
+        str, str
+    ]  # the fields given (stripped, empty ones left out): what the preview signs
     topic: str | None
     flt: Filter
     rate: float | None
@@ -77,30 +90,44 @@ def replay_args(given: Mapping[str, str]) -> ReplayArgs:
     """The replay fields of a form or JSON body; OpsError (one line) for a value the CLI would refuse."""
     params = {k: given[k].strip() for k in REPLAY_PARAMS if given.get(k, "").strip()}
     partition = params.get("partition")
-    if partition is not None and not (partition.isascii() and partition.isdigit() and len(partition) < 10):
+    if partition is not None and not (
+        partition.isascii() and partition.isdigit() and len(partition) < 10
+    ):
         raise OpsError(f"partition: expected a number, got {partition!r}")
     max_replays = params.get("max_replays", str(DEFAULT_MAX_REPLAYS))
-    if not (max_replays.isascii() and max_replays.isdigit() and len(max_replays) < 10) or int(max_replays) < 1:
+    if (
+        not (max_replays.isascii() and max_replays.isdigit() and len(max_replays) < 10)
+        or int(max_replays) < 1
+    ):
         raise OpsError(f"max replays: expected a number, 1 or more, got {max_replays!r}")
-    flt = Filter(key=params.get("key"),
-                 since=parse_time(params["since"], "since") if "since" in params else None,
-                 until=parse_time(params["until"], "until") if "until" in params else None,
-                 grep=params.get("grep"), partition=int(partition) if partition is not None else None,
-                 offsets=parse_offsets(params["offsets"]) if "offsets" in params else None)
+    flt = Filter(
+        key=params.get("key"),
+        since=parse_time(params["since"], "since") if "since" in params else None,
+        until=parse_time(params["until"], "until") if "until" in params else None,
+        grep=params.get("grep"),
+        partition=int(partition) if partition is not None else None,
+        offsets=parse_offsets(params["offsets"]) if "offsets" in params else None,
+    )
     rate = parse_rate(params["rate"]) if "rate" in params else None
     return ReplayArgs(params, params.get("topic"), flt, rate, int(max_replays))
 
 
 def plain(value: Any) -> Any:
     """A report (dataclasses, tuples) as JSON-ready values."""
-    return json.loads(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value)
-                                 and not isinstance(value, type) else value, default=str))
+    return json.loads(
+        json.dumps(
+            dataclasses.asdict(value)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type)
+            else value,
+            default=str,
+        )
+    )
 
 
 class Console:
     """The console of one Application: its token's keys, its routes, its worker threads."""
 
-    def __init__(self, app: "Application", token: str, base: str) -> None:
+    def __init__(self, app: Application, token: str, base: str) -> None:
         self.app = app
         self.keys = Keys(token)
         self.base = base
@@ -128,13 +155,21 @@ class Console:
 
     def html(self, title: str, body: str, caller: Caller | None, status: int = 200) -> Response:
         csrf = self.keys.csrf(caller.session) if caller is not None and caller.session else None
-        text = pages.layout(self.base, title, body, csrf=csrf, service=self.service, nav=caller is not None)
-        return Response(text, status, headers=SECURITY_HEADERS, media_type="text/html; charset=utf-8")
+        text = pages.layout(
+            self.base, title, body, csrf=csrf, service=self.service, nav=caller is not None
+        )
+        return Response(
+            text, status, headers=SECURITY_HEADERS, media_type="text/html; charset=utf-8"
+        )
 
     def login_page(self, next_path: str, status: int, problem: str | None = None) -> Response:
         text = pages.login(self.base, next_path, problem, self.service)
-        return Response(text, status, headers={**SECURITY_HEADERS, "www-authenticate": 'Bearer realm="freedom console"'},
-                        media_type="text/html; charset=utf-8")
+        return Response(
+            text,
+            status,
+            headers={**SECURITY_HEADERS, "www-authenticate": 'Bearer realm="freedom console"'},
+            media_type="text/html; charset=utf-8",
+        )
 
     @staticmethod
     def json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
@@ -180,28 +215,46 @@ class Console:
     async def form(self, request: Request, caller: Caller | None) -> dict[str, str]:
         """A same-origin urlencoded form; a session's must carry its CSRF token."""
         self.same_origin(request)
-        if request.headers.get("content-type", "").split(";")[0].strip() != "application/x-www-form-urlencoded":
+        if (
+            request.headers.get("content-type", "").split(";")[0].strip()
+            != "application/x-www-form-urlencoded"
+        ):
             raise Refused(415, "expected a form (application/x-www-form-urlencoded)")
         try:
-            fields = dict(parse_qsl((await self.body(request)).decode("utf-8"), keep_blank_values=True,
-                                    max_num_fields=50, strict_parsing=False))
+            fields = dict(
+                parse_qsl(
+                    (await self.body(request)).decode("utf-8"),
+                    keep_blank_values=True,
+                    max_num_fields=50,
+                    strict_parsing=False,
+                )
+            )
         except (UnicodeDecodeError, ValueError):
             raise Refused(400, "unreadable form") from None
         if caller is not None and caller.session is not None:
             if not self.keys.mac_ok("csrf", caller.session, fields.get("csrf", "")):
-                raise Refused(403, "the form's CSRF token is missing or wrong: reload the page and try again")
+                raise Refused(
+                    403, "the form's CSRF token is missing or wrong: reload the page and try again"
+                )
         return fields
 
     def next_path(self, value: str | None) -> str:
         """Where to go after logging in: a console path, never another site."""
-        if value and (value == self.base or value.startswith(self.base + "/")) and "//" not in value \
-                and "\\" not in value and value.isprintable():
+        if (
+            value
+            and (value == self.base or value.startswith(self.base + "/"))
+            and "//" not in value
+            and "\\" not in value
+            and value.isprintable()
+        ):
             return value
         return self.base
 
     # ------------------------------------------------------------------ endpoints, wrapped
 
-    def page(self, fn: Callable[[Request, Caller], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def page(
+        self, fn: Callable[[Request, Caller], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         """An HTML endpoint: log-in page for a caller without credentials, errors as one line."""
 
         async def endpoint(request: Request) -> Response:
@@ -210,7 +263,9 @@ class Console:
                 caller = self.authenticate(request)
                 if caller is None:
                     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
-                    return self.login_page(self.next_path(here) if request.method == "GET" else self.base, 401)
+                    return self.login_page(
+                        self.next_path(here) if request.method == "GET" else self.base, 401
+                    )
                 return await fn(request, caller)
             except Refused as exc:
                 return self.html("Refused", pages.error_box(exc.message), caller, exc.status)
@@ -220,20 +275,31 @@ class Console:
                 return self.html("Cluster unavailable", pages.error_box(str(exc)), caller, 503)
             except Exception:  # noqa: BLE001 - a page, not a traceback
                 log.exception("console: %s %s failed", request.method, request.url.path)
-                return self.html("Error", pages.error_box("the console failed to answer; the service's log has "
-                                                          "the details"), caller, 500)
+                return self.html(
+                    "Error",
+                    pages.error_box(
+                        "the console failed to answer; the service's log has the details"
+                    ),
+                    caller,
+                    500,
+                )
 
         return endpoint
 
-    def api(self, fn: Callable[[Request, Caller], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+    def api(
+        self, fn: Callable[[Request, Caller], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
         """A JSON endpoint: 401 without credentials, errors as {"error": "..."}."""
 
         async def endpoint(request: Request) -> Response:
             try:
                 caller = self.authenticate(request)
                 if caller is None:
-                    return self.json({"error": "log in, or send Authorization: Bearer <console_token>"}, 401,
-                                     {"www-authenticate": 'Bearer realm="freedom console"'})
+                    return self.json(
+                        {"error": "log in, or send Authorization: Bearer <console_token>"},
+                        401,
+                        {"www-authenticate": 'Bearer realm="freedom console"'},
+                    )
                 return await fn(request, caller)
             except Refused as exc:
                 return self.json({"error": exc.message}, exc.status)
@@ -243,7 +309,10 @@ class Console:
                 return self.json({"error": str(exc)}, 503)
             except Exception:  # noqa: BLE001
                 log.exception("console: %s %s failed", request.method, request.url.path)
-                return self.json({"error": "the console failed to answer; the service's log has the details"}, 500)
+                return self.json(
+                    {"error": "the console failed to answer; the service's log has the details"},
+                    500,
+                )
 
         return endpoint
 
@@ -263,12 +332,24 @@ class Console:
         except Refused as exc:
             return self.login_page(self.base, exc.status, exc.message)
         if not self.keys.token_ok(fields.get("token", "")):
-            log.warning("console: a log-in with a wrong token from %s", request.client.host if request.client else "?")
+            log.warning(
+                "console: a log-in with a wrong token from %s",
+                request.client.host if request.client else "?",
+            )
             await asyncio.sleep(FAILED_LOGIN_DELAY)
             return self.login_page(self.next_path(fields.get("next")), 401, "wrong token")
-        response = RedirectResponse(self.next_path(fields.get("next")), 303, headers=SECURITY_HEADERS)
-        response.set_cookie(COOKIE, self.keys.new_session(), max_age=SESSION_SECONDS, path=self.base, httponly=True,
-                            samesite="strict", secure=request.url.scheme == "https")
+        response = RedirectResponse(
+            self.next_path(fields.get("next")), 303, headers=SECURITY_HEADERS
+        )
+        response.set_cookie(
+            COOKIE,
+            self.keys.new_session(),
+            max_age=SESSION_SECONDS,
+            path=self.base,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+        )
         return response
 
     async def logout(self, request: Request, caller: Caller) -> Response:
@@ -280,7 +361,11 @@ class Console:
         return response
 
     async def css(self, _request: Request) -> Response:
-        return Response(pages.CSS, headers={**SECURITY_HEADERS, "cache-control": "max-age=3600"}, media_type="text/css")
+        return Response(
+            pages.CSS,
+            headers={**SECURITY_HEADERS, "cache-control": "max-age=3600"},
+            media_type="text/css",
+        )
 
     # ------------------------------------------------------------------ pages
 
@@ -303,8 +388,9 @@ class Console:
             raise OpsError(f"limit: expected 1 to {MAX_RECORDS}, got {limit!r}")
         return topic, request.query_params.get("class"), request.query_params.get("key"), int(limit)
 
-    def find_records(self, topic: str, error_class: str | None, key: str | None,
-                     limit: int) -> tuple[list[DeadLetter], bool]:
+    def find_records(
+        self, topic: str, error_class: str | None, key: str | None, limit: int
+    ) -> tuple[list[DeadLetter], bool]:
         """The first `limit` dead letters of `topic` of `error_class` (with `key`); more than that?"""
         out: list[DeadLetter] = []
         for fail in fail_topics(self.target(), topic):
@@ -324,7 +410,9 @@ class Console:
         topic, error_class, key, limit = self._records(request)
         found, more = await self.work(lambda: self.find_records(topic, error_class, key, limit))
         grep = ""
-        if found and error_class is not None:  # a filter the replay form starts with: the status, or the text
+        if (
+            found and error_class is not None
+        ):  # a filter the replay form starts with: the status, or the text
             grep = str(found[0].status) if found[0].status is not None else found[0].error
         csrf = self.keys.csrf(caller.session) if caller.session else None
         body = pages.records_page(self.base, topic, error_class, found, limit, more, csrf, grep)
@@ -332,29 +420,51 @@ class Console:
 
     async def preview(self, request: Request, caller: Caller) -> Response:
         args = replay_args(await self.form(request, caller))
-        report = await self.work(lambda: replay(self.target(), args.topic, args.flt, dry_run=True, rate=args.rate,
-                                                max_replays=args.max_replays))
+        report = await self.work(
+            lambda: replay(
+                self.target(),
+                args.topic,
+                args.flt,
+                dry_run=True,
+                rate=args.rate,
+                max_replays=args.max_replays,
+            )
+        )
         signature = self.keys.mac("replay", json.dumps(args.params, sort_keys=True))
         csrf = self.keys.csrf(caller.session) if caller.session else None
-        return self.html("Replay preview", pages.preview_page(self.base, report, args.params, signature, csrf), caller)
+        return self.html(
+            "Replay preview",
+            pages.preview_page(self.base, report, args.params, signature, csrf),
+            caller,
+        )
 
     def run_replay(self, args: ReplayArgs, caller: Caller) -> ReplayReport:
         """One replay at a time (a second would be fenced by the first: the same job)."""
         if not self._replaying.acquire(blocking=False):
             raise OpsError("a replay started from the console is running; wait for it to finish")
         try:
-            audit_log.info("web console: dlq replay requested from %s (%s): topic %s, filter %s", caller.address,
-                           caller.how, args.topic or "(every dead-letter topic)",
-                           json.dumps(args.flt.describe(), sort_keys=True, ensure_ascii=False))
-            return replay(self.target(), args.topic, args.flt, rate=args.rate, max_replays=args.max_replays)
+            audit_log.info(
+                "web console: dlq replay requested from %s (%s): topic %s, filter %s",
+                caller.address,
+                caller.how,
+                args.topic or "(every dead-letter topic)",
+                json.dumps(args.flt.describe(), sort_keys=True, ensure_ascii=False),
+            )
+            return replay(
+                self.target(), args.topic, args.flt, rate=args.rate, max_replays=args.max_replays
+            )
         finally:
             self._replaying.release()
 
     async def run(self, request: Request, caller: Caller) -> Response:
         fields = await self.form(request, caller)
         args = replay_args(fields)
-        if not self.keys.mac_ok("replay", json.dumps(args.params, sort_keys=True), fields.get("preview", "")):
-            raise Refused(400, "run a replay from its preview (the dry run): this one was not previewed")
+        if not self.keys.mac_ok(
+            "replay", json.dumps(args.params, sort_keys=True), fields.get("preview", "")
+        ):
+            raise Refused(
+                400, "run a replay from its preview (the dry run): this one was not previewed"
+            )
         report = await self.work(lambda: self.run_replay(args, caller))
         return self.html("Replay done", pages.result_page(report), caller)
 
@@ -365,7 +475,9 @@ class Console:
 
     async def api_dead_letters(self, request: Request, _caller: Caller) -> Response:
         topic = request.query_params.get("topic") or None
-        return self.json([plain(t) for t in await self.work(lambda: list_dead_letters(self.target(), topic))])
+        return self.json(
+            [plain(t) for t in await self.work(lambda: list_dead_letters(self.target(), topic))]
+        )
 
     async def api_records(self, request: Request, _caller: Caller) -> Response:
         topic, error_class, key, limit = self._records(request)
@@ -375,8 +487,11 @@ class Console:
     async def api_replay(self, request: Request, caller: Caller) -> Response:
         """POST {"topic": ..., filters ..., "dry_run": true}; a run needs "dry_run": false and the bearer token."""
         if caller.how != "bearer":
-            raise Refused(403, "POST /api/replay takes Authorization: Bearer <console_token> (use the pages' forms "
-                               "when logged in)")
+            raise Refused(
+                403,
+                "POST /api/replay takes Authorization: Bearer <console_token> (use the pages' forms "
+                "when logged in)",
+            )
         try:
             given = json.loads(await self.body(request))
         except ValueError:
@@ -388,19 +503,29 @@ class Console:
             raise Refused(400, '"dry_run" must be true or false')
         unknown = sorted(set(given) - set(REPLAY_PARAMS))
         if unknown:
-            raise Refused(400, f"unknown field {unknown[0]!r} (fields: {', '.join(REPLAY_PARAMS)}, dry_run)")
+            raise Refused(
+                400, f"unknown field {unknown[0]!r} (fields: {', '.join(REPLAY_PARAMS)}, dry_run)"
+            )
         if any(not isinstance(v, (str, int)) or isinstance(v, bool) for v in given.values()):
             raise Refused(400, "every field but dry_run is a string (or a number)")
         args = replay_args({k: str(v) for k, v in given.items()})
         if dry_run:
-            report = await self.work(lambda: replay(self.target(), args.topic, args.flt, dry_run=True,
-                                                    rate=args.rate, max_replays=args.max_replays))
+            report = await self.work(
+                lambda: replay(
+                    self.target(),
+                    args.topic,
+                    args.flt,
+                    dry_run=True,
+                    rate=args.rate,
+                    max_replays=args.max_replays,
+                )
+            )
         else:
             report = await self.work(lambda: self.run_replay(args, caller))
         return self.json({**plain(report), "audit": audit_line(report)})
 
 
-def install(app: "Application") -> None:
+def install(app: Application) -> None:
     """Add the console's routes to `app` when app.toml sets `console_token` (else: nothing, 404)."""
     token = app.config.console_token
     if not token:

@@ -12,12 +12,14 @@ if TYPE_CHECKING:
     from freedom.web.application import Application
 
 
-def app_target(app: "Application") -> Target:
+def app_target(app: Application) -> Target:
     """The consumer clients of the set-up `app` (as `freedom status module:app` loads them)."""
     kafka = app.kafka_config
     if kafka is None or not kafka.consumer_clients:
-        raise OpsError("no consumer clients configured (infra/kafka.toml): there are no consumer groups or "
-                       "dead-letter topics to show")
+        raise OpsError(
+            "no consumer clients configured (infra/kafka.toml): there are no consumer groups or "
+            "dead-letter topics to show"
+        )
     topics = tuple(sorted(app.event_routes))
     clients = []
     for i, cc in enumerate(kafka.consumer_clients):

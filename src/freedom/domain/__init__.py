@@ -12,10 +12,10 @@ transactional outbox, and a relay publishes them through the installed infrastru
 
 from freedom.domain.database import Database
 from freedom.domain.entity import Entity
-from freedom.wire.headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
-from freedom.domain.events import DomainEvent, DomainEventError, EventNameError, event_topic
 from freedom.domain.event_infra import DomainEventInfra
+from freedom.domain.events import DomainEvent, DomainEventError, EventNameError, event_topic
 from freedom.domain.unit_of_work import UnitOfWork
+from freedom.wire.headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
 
 __all__ = [
     "Database",

@@ -23,28 +23,42 @@ if TYPE_CHECKING:
     from sqlalchemy import MetaData
     from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
 
-    from freedom.web.application import Application
     from freedom.domain.relay import OutboxRelay
+    from freedom.web.application import Application
 
 log = logging.getLogger("freedom.outbox")
 
-_DRIVERS = {"sqlite": "sqlite+aiosqlite", "postgresql": "postgresql+psycopg", "postgres": "postgresql+psycopg"}
+_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+psycopg",
+    "postgres": "postgresql+psycopg",
+}
 
 
 def async_url(url: str) -> str:
     """`url` with an async driver: sqlite -> sqlite+aiosqlite, postgresql -> postgresql+psycopg."""
     scheme, sep, rest = url.partition("://")
     if not sep:
-        raise DomainEventError(f"Database: {url!r} is not a database URL (e.g. sqlite+aiosqlite:///shop.db)")
+        raise DomainEventError(
+            f"Database: {url!r} is not a database URL (e.g. sqlite+aiosqlite:///shop.db)"
+        )
     return f"{_DRIVERS.get(scheme, scheme)}://{rest}"
 
 
 class Database:
     """A database for entities and their outbox; relays pending events while the app runs."""
 
-    def __init__(self, url: "str | AsyncEngine", *, create_tables: bool = True, relay_interval_sec: float = 1.0,
-                 relay_batch: int = 500, keep_published_sec: float = 3600.0, lease_ttl_sec: float = 30.0,
-                 **engine_options: Any) -> None:
+    def __init__(
+        self,
+        url: str | AsyncEngine,
+        *,
+        create_tables: bool = True,
+        relay_interval_sec: float = 1.0,
+        relay_batch: int = 500,
+        keep_published_sec: float = 3600.0,
+        lease_ttl_sec: float = 30.0,
+        **engine_options: Any,
+    ) -> None:
         """`url` or an AsyncEngine; `create_tables` creates the outbox tables at start-up;
         the relay looks for pending rows every `relay_interval_sec` and publishes up to
         `relay_batch` per round; published rows are deleted after `keep_published_sec`."""
@@ -68,7 +82,9 @@ class Database:
                     "outlive; use a file, e.g. sqlite+aiosqlite:///shop.db"
                 )
             _sqlite_transactions(self.engine, event)
-        self.sessionmaker: "async_sessionmaker[AsyncSession]" = async_sessionmaker(self.engine, expire_on_commit=False)
+        self.sessionmaker: async_sessionmaker[AsyncSession] = async_sessionmaker(
+            self.engine, expire_on_commit=False
+        )
         self.create_tables_at_start = create_tables
         self.relay_interval = relay_interval_sec
         self.relay_batch = relay_batch
@@ -82,19 +98,25 @@ class Database:
     def dialect(self) -> str:
         return str(self.engine.dialect.name)
 
-    def install(self, app: "Application") -> None:
+    def install(self, app: Application) -> None:
         """Make this the database of `app` (what `app.install_database(db)` does)."""
         if getattr(app, "database", None) is not None:
-            raise DomainEventError("install_database: the application already has a database installed")
+            raise DomainEventError(
+                "install_database: the application already has a database installed"
+            )
         if getattr(app, "_started", False):
-            raise DomainEventError("install_database: the application has already started; "
-                                   "install the database before it starts (at import time, next to Application())")
+            raise DomainEventError(
+                "install_database: the application has already started; "
+                "install the database before it starts (at import time, next to Application())"
+            )
         if self._app is not None and self._app is not app:
-            raise DomainEventError("install_database: this Database is already installed in another application")
+            raise DomainEventError(
+                "install_database: this Database is already installed in another application"
+            )
         self._app = app
         app.database = self
 
-    def add_tables(self, metadata: "MetaData") -> None:
+    def add_tables(self, metadata: MetaData) -> None:
         """Also create the tables of `metadata` (e.g. your ORM's `Base.metadata`) at start-up."""
         self._metadatas.append(metadata)
 
@@ -117,7 +139,7 @@ class Database:
         if self.relay is not None:
             self.relay.wake()
 
-    async def start(self, app: "Application") -> None:
+    async def start(self, app: Application) -> None:
         """Create the tables and start the relay (when a domain-event infrastructure is installed)."""
         from freedom.domain.relay import OutboxRelay
 
@@ -126,21 +148,37 @@ class Database:
                 await self.create_tables()
             except Exception as exc:
                 where = self.engine.url.render_as_string(hide_password=True)
-                why = "; ".join(line.strip() for line in str(getattr(exc, "orig", None) or exc).splitlines() if line.strip())
+                why = "; ".join(
+                    line.strip()
+                    for line in str(getattr(exc, "orig", None) or exc).splitlines()
+                    if line.strip()
+                )
                 raise DomainEventError(
                     f"cannot create the outbox tables in {where}: {why}; "
                     "check the Database URL and that the database server is running"
                 ) from exc
         infra = getattr(app, "domain_event_infra", None)
         if infra is None:
-            log.info("database installed without a domain-event infrastructure: the outbox relay does not run")
+            log.info(
+                "database installed without a domain-event infrastructure: the outbox relay does not run"
+            )
             return
         pending = await self.pending_count()
         if pending:
-            log.info("outbox: %d event(s) pending from before this start; the relay publishes them now", pending)
+            log.info(
+                "outbox: %d event(s) pending from before this start; the relay publishes them now",
+                pending,
+            )
         owner = f"{socket.gethostname()}:{app.config.listen_addr}:{app.config.service_name}"
-        self.relay = OutboxRelay(self.engine, infra.publish, owner=owner, interval=self.relay_interval,
-                                 batch=self.relay_batch, lease_ttl=self.lease_ttl, keep_published=self.keep_published)
+        self.relay = OutboxRelay(
+            self.engine,
+            infra.publish,
+            owner=owner,
+            interval=self.relay_interval,
+            batch=self.relay_batch,
+            lease_ttl=self.lease_ttl,
+            keep_published=self.keep_published,
+        )
         self.relay.start()
 
     async def stop(self) -> None:
@@ -151,7 +189,7 @@ class Database:
         await self.engine.dispose()
 
 
-def _sqlite_transactions(engine: "AsyncEngine", event: Any) -> None:
+def _sqlite_transactions(engine: AsyncEngine, event: Any) -> None:
     """SQLite: our own `BEGIN IMMEDIATE` (one writer at a time, queued by the busy timeout), WAL."""
 
     def _connect(dbapi_connection: Any, _record: Any) -> None:

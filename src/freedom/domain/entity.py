@@ -19,13 +19,21 @@ classes, dataclasses and SQLAlchemy mapped classes alike.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Mapping
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
-from freedom.domain.events import DomainEvent, DomainEventError, check_headers, event_topic, request_context, to_json
+from freedom.domain.events import (
+    DomainEvent,
+    DomainEventError,
+    check_headers,
+    event_topic,
+    request_context,
+    to_json,
+)
 
 if TYPE_CHECKING:
-    from freedom.web.runtime import Runtime
     from freedom.domain.unit_of_work import UnitOfWork
+    from freedom.web.runtime import Runtime
 
 _PENDING = "_freedom_pending_events"
 _UOW = "_freedom_unit_of_work"
@@ -41,7 +49,9 @@ class Entity:
             "it keys its domain events, so that they keep their order"
         )
 
-    def domain_event(self, name: str, obj: Any, headers: Mapping[str, str] | None = None) -> DomainEvent:
+    def domain_event(
+        self, name: str, obj: Any, headers: Mapping[str, str] | None = None
+    ) -> DomainEvent:
         """Raise event `name` (e.g. "Goods:Shopping") carrying `obj` as JSON, with optional headers.
 
         The event is published when the unit of work that handed out this entity completes.
@@ -71,12 +81,12 @@ class Entity:
         return list(self._freedom_pending())
 
     @property
-    def unit_of_work(self) -> "UnitOfWork | None":
+    def unit_of_work(self) -> UnitOfWork | None:
         """The unit of work that handed out this entity, if any."""
         return self.__dict__.get(_UOW)
 
     @property
-    def runtime(self) -> "Runtime | None":
+    def runtime(self) -> Runtime | None:
         """The runtime of the request this entity serves (from its unit of work), if any."""
         uow = self.unit_of_work
         return uow.runtime if uow is not None else None
@@ -90,7 +100,7 @@ class Entity:
             object.__setattr__(self, _PENDING, pending)
         return pending
 
-    def _freedom_bind(self, uow: "UnitOfWork") -> None:
+    def _freedom_bind(self, uow: UnitOfWork) -> None:
         object.__setattr__(self, _UOW, uow)
 
     def _freedom_take_events(self) -> list[DomainEvent]:

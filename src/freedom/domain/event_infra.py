@@ -21,14 +21,14 @@ INSTALL_HINT = "app.install_domain_event_infra(kafka.get_domain_event_infra())"
 class DomainEventInfra(Protocol):
     """Publishes domain events for one application."""
 
-    def attach(self, app: "Application") -> None:
+    def attach(self, app: Application) -> None:
         """Called once, by `install_domain_event_infra`, with the application it serves."""
 
     async def publish(self, event: DomainEvent) -> None:
         """Publish one event; return once the broker acknowledged it, raise if it could not."""
 
 
-def install(app: "Application", infra: DomainEventInfra) -> None:
+def install(app: Application, infra: DomainEventInfra) -> None:
     """Install `infra` as `app`'s one domain-event infrastructure (a second install is an error)."""
     if not isinstance(infra, DomainEventInfra):
         raise DomainEventError(
@@ -36,8 +36,10 @@ def install(app: "Application", infra: DomainEventInfra) -> None:
             f"(it needs attach(app) and async publish(event)); use {INSTALL_HINT}"
         )
     if getattr(app, "_started", False):
-        raise DomainEventError("install_domain_event_infra: the application has already started; "
-                               "install the infrastructure before it starts (at import time, next to Application())")
+        raise DomainEventError(
+            "install_domain_event_infra: the application has already started; "
+            "install the infrastructure before it starts (at import time, next to Application())"
+        )
     current = getattr(app, "domain_event_infra", None)
     if current is not None:
         raise DomainEventError(
@@ -48,7 +50,7 @@ def install(app: "Application", infra: DomainEventInfra) -> None:
     app.domain_event_infra = infra
 
 
-def installed(app: "Application", event_name: str) -> DomainEventInfra:
+def installed(app: Application, event_name: str) -> DomainEventInfra:
     """`app`'s infrastructure, or DomainEventError saying how to install one."""
     infra: DomainEventInfra | None = getattr(app, "domain_event_infra", None)
     if infra is None:

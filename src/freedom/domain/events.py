@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import itertools
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
-from freedom.wire import payloads
 from freedom.errors import FreedomError
 from freedom.kafka.topics import check_topic
+from freedom.wire import payloads
 from freedom.wire.headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
 
 if TYPE_CHECKING:
@@ -63,13 +64,17 @@ def to_json(obj: Any) -> bytes:
     dataclasses, dicts, lists and whatever else Pydantic serialises. A domain event is always
     JSON (SPEC §6), published with `content-type: application/json`."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
-        raise TypeError("a domain event carries an object serialised as JSON, not bytes: pass the object itself")
+        raise TypeError(
+            "a domain event carries an object serialised as JSON, not bytes: pass the object itself"
+        )
     if obj is None:
         return b"null"  # an event without data
     try:
         return payloads.to_json(obj)
     except payloads.Unserialisable as exc:
-        raise TypeError(f"cannot serialise the event object ({exc.type_name}) as JSON: {exc.why}") from None
+        raise TypeError(
+            f"cannot serialise the event object ({exc.type_name}) as JSON: {exc.why}"
+        ) from None
 
 
 def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
@@ -83,20 +88,28 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         return {}
     if isinstance(headers, Mapping) and any(not isinstance(v, str) for v in headers.values()):
         bad = next(k for k, v in headers.items() if not isinstance(v, str))
-        raise TypeError(f"event header {bad!r} must have a str value, got {type(headers[bad]).__name__}")
+        raise TypeError(
+            f"event header {bad!r} must have a str value, got {type(headers[bad]).__name__}"
+        )
     return {name: value.decode() for name, value in _check_headers(headers).items()}
 
 
-def request_context(runtime: "Runtime") -> dict[str, Any]:
+def request_context(runtime: Runtime) -> dict[str, Any]:
     """The bus, trace id and trace headers a runtime gives the events raised while serving it."""
-    from freedom.wire.context import BUS_HEADER, MAX_BUS_BYTES
     from freedom.observability.tracing import inject_trace
+    from freedom.wire.context import BUS_HEADER, MAX_BUS_BYTES
 
     size = len(runtime.bus.to_header())
     if size > MAX_BUS_BYTES:
-        raise ValueError(f"the runtime's bus is {size} bytes as JSON, over the {MAX_BUS_BYTES}-byte limit of the "
-                         f"{BUS_HEADER} header (receivers would ignore it): keep ids in the bus, not data")
-    return {"bus": dict(runtime.bus), "trace_id": runtime.trace_id, "trace_headers": inject_trace(runtime.trace)}
+        raise ValueError(
+            f"the runtime's bus is {size} bytes as JSON, over the {MAX_BUS_BYTES}-byte limit of the "
+            f"{BUS_HEADER} header (receivers would ignore it): keep ids in the bus, not data"
+        )
+    return {
+        "bus": dict(runtime.bus),
+        "trace_id": runtime.trace_id,
+        "trace_headers": inject_trace(runtime.trace),
+    }
 
 
 @dataclass(frozen=True)
@@ -110,7 +123,9 @@ class DomainEvent:
     headers: dict[str, str] = field(default_factory=dict)
     bus: dict[str, Any] | None = None  # the raising request's bus (None: not known yet)
     trace_id: str | None = None
-    trace_headers: dict[str, str] = field(default_factory=dict)  # traceparent (and the like) continuing its trace
+    trace_headers: dict[str, str] = field(
+        default_factory=dict
+    )  # traceparent (and the like) continuing its trace
     event_id: str = field(default_factory=new_event_id)
     seq: int = field(default_factory=lambda: next(_sequence), compare=False)
 
@@ -118,5 +133,9 @@ class DomainEvent:
         """`content-type: application/json` (unless the user's headers set one), the user's headers,
         and the event's name and id. Added here, when it is published, so outbox rows written
         before content types existed get it too."""
-        return {payloads.CONTENT_TYPE: payloads.JSON, **self.headers,
-                EVENT_NAME_HEADER: self.name, EVENT_ID_HEADER: self.event_id}
+        return {
+            payloads.CONTENT_TYPE: payloads.JSON,
+            **self.headers,
+            EVENT_NAME_HEADER: self.name,
+            EVENT_ID_HEADER: self.event_id,
+        }

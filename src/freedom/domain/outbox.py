@@ -15,18 +15,35 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from sqlalchemy import (BigInteger, Column, DateTime, Index, Integer, LargeBinary, MetaData, String, Table, Text,
-                        delete, select, text, update)
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    delete,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from freedom.wire.context import Bus
 from freedom.domain.events import DomainEvent
+from freedom.wire.context import Bus
 
 metadata = MetaData()
 
-_ID = BigInteger().with_variant(Integer(), "sqlite")  # SQLite autoincrements INTEGER PRIMARY KEY only
+_ID = BigInteger().with_variant(
+    Integer(), "sqlite"
+)  # SQLite autoincrements INTEGER PRIMARY KEY only
 
 outbox = Table(
     "freedom_outbox",
@@ -66,12 +83,12 @@ lease = Table(
 
 
 def now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _aware(value: dt.datetime) -> dt.datetime:
     """SQLite gives naive datetimes back: they were stored as UTC."""
-    return value if value.tzinfo is not None else value.replace(tzinfo=dt.timezone.utc)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
 
 
 def event_row(event: DomainEvent, created_at: dt.datetime) -> dict[str, Any]:
@@ -122,8 +139,10 @@ async def add_events(session: AsyncSession, events: Sequence[DomainEvent]) -> No
         return
     if session.get_bind().dialect.name == "postgresql":
         for key in sorted({e.key for e in events}):
-            await session.execute(text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))"),
-                                  {"space": _PG_LOCK_SPACE, "key": key})
+            await session.execute(
+                text("SELECT pg_advisory_xact_lock(:space, hashtext(:key))"),
+                {"space": _PG_LOCK_SPACE, "key": key},
+            )
     created = now()
     await session.execute(outbox.insert(), [event_row(e, created) for e in events])
 
@@ -139,26 +158,35 @@ async def pending(conn: AsyncConnection, limit: int) -> list[tuple[int, DomainEv
 async def count_pending(conn: AsyncConnection) -> int:
     from sqlalchemy import func
 
-    return int((await conn.execute(select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))))
-               .scalar_one())
+    return int(
+        (
+            await conn.execute(
+                select(func.count()).select_from(outbox).where(outbox.c.published_at.is_(None))
+            )
+        ).scalar_one()
+    )
 
 
 async def mark_published(conn: AsyncConnection, ids: Sequence[int]) -> None:
     stamp = now()
     for i in range(0, len(ids), 500):
-        chunk = list(ids[i:i + 500])
+        chunk = list(ids[i : i + 500])
         await conn.execute(update(outbox).where(outbox.c.id.in_(chunk)).values(published_at=stamp))
 
 
 async def mark_failed(conn: AsyncConnection, failures: dict[int, str]) -> None:
     for row_id, error in failures.items():
-        await conn.execute(update(outbox).where(outbox.c.id == row_id)
-                           .values(attempts=outbox.c.attempts + 1, last_error=error[:2000]))
+        await conn.execute(
+            update(outbox)
+            .where(outbox.c.id == row_id)
+            .values(attempts=outbox.c.attempts + 1, last_error=error[:2000])
+        )
 
 
 async def purge_published(conn: AsyncConnection, older_than: dt.datetime) -> int:
-    result = await conn.execute(delete(outbox).where(outbox.c.published_at.is_not(None),
-                                                     outbox.c.published_at < older_than))
+    result = await conn.execute(
+        delete(outbox).where(outbox.c.published_at.is_not(None), outbox.c.published_at < older_than)
+    )
     return int(result.rowcount or 0)
 
 
@@ -174,8 +202,12 @@ async def take_lease(conn: AsyncConnection, name: str, owner: str, ttl: float) -
     if row.owner != owner and _aware(row.expires_at) > stamp:
         return False
     result = await conn.execute(
-        update(lease).where(lease.c.name == name, lease.c.owner == row.owner, lease.c.expires_at == row.expires_at)
-        .values(owner=owner, expires_at=expires).returning(lease.c.name)
+        update(lease)
+        .where(
+            lease.c.name == name, lease.c.owner == row.owner, lease.c.expires_at == row.expires_at
+        )
+        .values(owner=owner, expires_at=expires)
+        .returning(lease.c.name)
     )
     return result.first() is not None
 
@@ -184,7 +216,9 @@ async def release_lease(conn: AsyncConnection, name: str, owner: str) -> None:
     await conn.execute(delete(lease).where(lease.c.name == name, lease.c.owner == owner))
 
 
-async def _insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, values: dict[str, Any]) -> int:
+async def _insert_ignore(
+    conn: AsyncConnection | AsyncSession, table: Table, values: dict[str, Any]
+) -> int:
     """INSERT that does nothing on a key conflict (SQLite and PostgreSQL); returns rows inserted.
 
     RETURNING tells, since some async drivers report no rowcount (-1) for INSERT ... ON CONFLICT.
@@ -206,5 +240,11 @@ async def _insert_ignore(conn: AsyncConnection | AsyncSession, table: Table, val
 
 async def record_processed(session: AsyncSession, consumer: str, message_id: str) -> bool:
     """Record that `consumer` processed `message_id` in the session's transaction; False if it had already."""
-    return await _insert_ignore(session, processed, {"consumer": consumer, "message_id": message_id,
-                                                     "processed_at": now()}) == 1
+    return (
+        await _insert_ignore(
+            session,
+            processed,
+            {"consumer": consumer, "message_id": message_id, "processed_at": now()},
+        )
+        == 1
+    )

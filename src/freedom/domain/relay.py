@@ -20,7 +20,8 @@ import asyncio
 import datetime as dt
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from freedom.domain import outbox
 from freedom.domain.events import DomainEvent
@@ -37,9 +38,18 @@ LEASE_NAME = "relay"
 class OutboxRelay:
     """Publishes the outbox of one database through one publish function."""
 
-    def __init__(self, engine: "AsyncEngine", publish: Publish, *, owner: str, interval: float = 1.0,
-                 batch: int = 500, lease_ttl: float = 30.0, keep_published: float = 3600.0,
-                 retry_backoff: float = 0.5) -> None:
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        publish: Publish,
+        *,
+        owner: str,
+        interval: float = 1.0,
+        batch: int = 500,
+        lease_ttl: float = 30.0,
+        keep_published: float = 3600.0,
+        retry_backoff: float = 0.5,
+    ) -> None:
         self.engine = engine
         self.publish = publish
         self.owner = owner
@@ -68,8 +78,10 @@ class OutboxRelay:
         if self._task is not None:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
-            except asyncio.TimeoutError:
-                log.warning("the outbox relay did not finish its round within %.0f s; stopping it", timeout)
+            except TimeoutError:
+                log.warning(
+                    "the outbox relay did not finish its round within %.0f s; stopping it", timeout
+                )
                 self._task.cancel()
                 try:
                     await self._task
@@ -95,11 +107,14 @@ class OutboxRelay:
                 continue  # more is pending: go on at once
             failed_rounds = failed_rounds + 1 if failed else 0
             # After failures, retry soon, then less often (at most every max(interval, 5 s)).
-            delay = (min(self.retry_backoff * 2 ** (failed_rounds - 1), max(self.interval, 5.0))
-                     if failed_rounds else self.interval)
+            delay = (
+                min(self.retry_backoff * 2 ** (failed_rounds - 1), max(self.interval, 5.0))
+                if failed_rounds
+                else self.interval
+            )
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def run_once(self) -> tuple[int, int, bool]:
@@ -136,7 +151,9 @@ class OutboxRelay:
                 await outbox.mark_failed(conn, failures)
         if failures:
             first = next(iter(failures.values()))
-            log.warning("outbox: %d event(s) not published yet (%s); retrying", len(failures), first)
+            log.warning(
+                "outbox: %d event(s) not published yet (%s); retrying", len(failures), first
+            )
         return len(done), len(failures), len(rows) == self.batch
 
     async def _purge(self) -> None:

@@ -24,25 +24,24 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from freedom.domain.entity import Entity
-from freedom.domain.events import DomainEvent, DomainEventError, request_context
 from freedom.domain.event_infra import DomainEventInfra, installed
+from freedom.domain.events import DomainEvent, DomainEventError, request_context
 from freedom.wire.headers import EVENT_ID_HEADER, MESSAGE_KEY_HEADER
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
 
+    from freedom.domain.database import Database
     from freedom.web.application import Application
     from freedom.web.runtime import Runtime
-    from freedom.domain.database import Database
 
 E = TypeVar("E", bound=Entity)
-
 
 
 class UnitOfWork:
     """A transaction plus the entities it tracks; use it as `async with uow:` (once at a time)."""
 
-    def __init__(self, app: "Application", runtime: "Runtime | None" = None) -> None:
+    def __init__(self, app: Application, runtime: Runtime | None = None) -> None:
         """`runtime` None (a script, a background task): events carry an empty bus and no trace."""
         self.app = app
         self.runtime = runtime
@@ -53,23 +52,27 @@ class UnitOfWork:
     # ------------------------------------------------------------------ the transaction
 
     @property
-    def database(self) -> "Database | None":
+    def database(self) -> Database | None:
         return getattr(self.app, "database", None)
 
     @property
-    def session(self) -> "AsyncSession":
+    def session(self) -> AsyncSession:
         """The SQLAlchemy AsyncSession of the transaction (inside `async with uow:` only)."""
         if self._session is None:
             if not self._active:
-                raise DomainEventError("UnitOfWork.session is only available inside `async with uow:`")
+                raise DomainEventError(
+                    "UnitOfWork.session is only available inside `async with uow:`"
+                )
             raise DomainEventError(
                 "UnitOfWork.session: no database is installed; call app.install_database(freedom.Database(url))"
             )
         return self._session
 
-    async def __aenter__(self) -> "UnitOfWork":
+    async def __aenter__(self) -> UnitOfWork:
         if self._active:
-            raise DomainEventError("this unit of work is already in progress (nested `async with uow:`)")
+            raise DomainEventError(
+                "this unit of work is already in progress (nested `async with uow:`)"
+            )
         self._active = True
         self._entities = []
         db = self.database
@@ -98,7 +101,7 @@ class UnitOfWork:
             self._entities = []
             self._active = False
 
-    async def _complete(self, session: "AsyncSession | None") -> None:
+    async def _complete(self, session: AsyncSession | None) -> None:
         events = self._take_events()
         if session is None:
             if events:
@@ -153,7 +156,9 @@ class UnitOfWork:
         if not isinstance(entity, Entity):
             raise TypeError(f"UnitOfWork: {type(entity).__name__} is not a freedom.Entity")
         if not self._active:
-            raise DomainEventError("UnitOfWork: hand out entities inside `async with uow:`, so that their events are saved")
+            raise DomainEventError(
+                "UnitOfWork: hand out entities inside `async with uow:`, so that their events are saved"
+            )
         if entity.pending_events:
             installed(self.app, entity.pending_events[0].name)
         entity._freedom_bind(self)
@@ -178,7 +183,9 @@ class UnitOfWork:
 
     # ------------------------------------------------------------------ idempotent handling
 
-    async def already_processed(self, message_id: str | None = None, *, consumer: str | None = None) -> bool:
+    async def already_processed(
+        self, message_id: str | None = None, *, consumer: str | None = None
+    ) -> bool:
         """Record, in this transaction, that this handler processed the message; True if it already had.
 
         `message_id` defaults to the delivered event's `x-freedom-event-id` header, else its
@@ -191,7 +198,9 @@ class UnitOfWork:
         request = self.runtime.request if self.runtime is not None else None
         if message_id is None:
             if request is not None:
-                message_id = request.headers.get(EVENT_ID_HEADER) or request.headers.get(MESSAGE_KEY_HEADER)
+                message_id = request.headers.get(EVENT_ID_HEADER) or request.headers.get(
+                    MESSAGE_KEY_HEADER
+                )
             if not message_id:
                 raise DomainEventError(
                     "already_processed(): this request carries no x-freedom-event-id or x-message-key header "
@@ -199,7 +208,9 @@ class UnitOfWork:
                 )
         if consumer is None:
             route = request.scope.get("route") if request is not None else None
-            consumer = getattr(route, "path", None) or (request.url.path if request is not None else "default")
+            consumer = getattr(route, "path", None) or (
+                request.url.path if request is not None else "default"
+            )
         return not await record_processed(self.session, consumer, message_id)
 
 

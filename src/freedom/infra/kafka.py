@@ -1,17 +1,36 @@
 """Kafka for freedom: the producer, the consumer proxy and the settings hook.
 
-    from freedom.infra import kafka
+from freedom.infra import kafka
 
-    class ShopController:
-        producer: kafka.Producer          # injected per request
+class ShopController:
+    producer: kafka.Producer          # injected per request
 """
 
 from freedom.kafka.consumer.delivery import EventRoute
-from freedom.kafka.producer import (BatchResult, Delivered, Msg, PendingBatch, Producer, ProducerClosedError, RecordTooLargeError,
-                       new_key)
-from freedom.kafka.settings import setting_config
 from freedom.kafka.domain_events import KafkaDomainEventInfra, get_domain_event_infra
+from freedom.kafka.producer import (
+    BatchResult,
+    Delivered,
+    Msg,
+    PendingBatch,
+    Producer,
+    ProducerClosedError,
+    RecordTooLargeError,
+    new_key,
+)
+from freedom.kafka.settings import setting_config
 
-__all__ = ["BatchResult", "PendingBatch", "ProducerClosedError", "RecordTooLargeError",
-           "Delivered", "EventRoute", "KafkaDomainEventInfra", "Msg", "Producer", "get_domain_event_infra", "new_key",
-           "setting_config"]
+__all__ = [
+    "BatchResult",
+    "PendingBatch",
+    "ProducerClosedError",
+    "RecordTooLargeError",
+    "Delivered",
+    "EventRoute",
+    "KafkaDomainEventInfra",
+    "Msg",
+    "Producer",
+    "get_domain_event_infra",
+    "new_key",
+    "setting_config",
+]

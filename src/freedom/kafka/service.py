@@ -13,8 +13,8 @@ from typing import Any
 from freedom.config.loading import ConsumerClientConfig, KafkaConfig
 from freedom.kafka.admin import check_reachable, ensure_topics
 from freedom.kafka.consumer.delivery import EventRoute, Transport, make_transport
-from freedom.kafka.producer import PRODUCER_DEFAULTS, Producer, ProducerClient
 from freedom.kafka.consumer.proxy import ConsumerProxy
+from freedom.kafka.producer import PRODUCER_DEFAULTS, Producer, ProducerClient
 from freedom.kafka.settings import client_settings
 
 log = logging.getLogger("freedom.kafka")
@@ -35,7 +35,10 @@ class AfterStartup:
         loop = asyncio.get_running_loop()
         window = deadline - loop.time()
         if not self.started.is_set():
-            waiters = {asyncio.ensure_future(self.started.wait()), asyncio.ensure_future(stop.wait())}
+            waiters = {
+                asyncio.ensure_future(self.started.wait()),
+                asyncio.ensure_future(stop.wait()),
+            }
             try:
                 await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
             finally:
@@ -71,16 +74,27 @@ class KafkaBackend:
     async def ensure_topics(self, settings: dict[str, Any], topics: list[str]) -> None:
         await asyncio.to_thread(ensure_topics, settings, topics)
 
-    def consumer_proxy(self, config: ConsumerClientConfig, settings: dict[str, Any], routes: dict[str, EventRoute],
-                       delivery: Transport) -> ConsumerProxy:
+    def consumer_proxy(
+        self,
+        config: ConsumerClientConfig,
+        settings: dict[str, Any],
+        routes: dict[str, EventRoute],
+        delivery: Transport,
+    ) -> ConsumerProxy:
         return ConsumerProxy(config, settings, routes, delivery)
 
 
 class KafkaInfra:
     """Producer and consumer proxies of one service, made from its `kafka.toml`."""
 
-    def __init__(self, config: KafkaConfig, *, embedded: bool = False, ready_timeout: float = 30.0,
-                 backend: "KafkaBackend | None" = None) -> None:
+    def __init__(
+        self,
+        config: KafkaConfig,
+        *,
+        embedded: bool = False,
+        ready_timeout: float = 30.0,
+        backend: KafkaBackend | None = None,
+    ) -> None:
         self.config = config
         self.backend = backend or KafkaBackend()
         self.use_embedded = (embedded or config.needs_embedded_broker) and self.backend.real
@@ -93,7 +107,7 @@ class KafkaInfra:
         # waits for it (AfterStartup), HTTP deliveries then also for the server to listen.
         self.app_started = asyncio.Event()
 
-    def use_backend(self, backend: "KafkaBackend") -> None:
+    def use_backend(self, backend: KafkaBackend) -> None:
         """Run the Kafka side on `backend` (before start): freedom.testing's in-memory broker."""
         self.backend = backend
         self.use_embedded = self.use_embedded and backend.real
@@ -101,7 +115,9 @@ class KafkaInfra:
     def _servers(self, servers: tuple[str, ...] | None) -> tuple[str, ...]:
         if self.use_embedded:
             return (self.embedded.bootstrap,)
-        if servers is None:  # only on a backend that needs none (freedom.testing's in-memory broker)
+        if (
+            servers is None
+        ):  # only on a backend that needs none (freedom.testing's in-memory broker)
             return ("memory",)
         return servers
 
@@ -114,31 +130,54 @@ class KafkaInfra:
             # `freedom run --reload` runs the broker in its supervisor, kept across reloads.
             self.embedded = shared_broker() or EmbeddedBroker()
             await asyncio.to_thread(self.embedded.start)
-            log.warning("using the embedded Kafka broker at %s: %s", self.embedded.bootstrap, self.embedded.lifetime)
+            log.warning(
+                "using the embedded Kafka broker at %s: %s",
+                self.embedded.bootstrap,
+                self.embedded.lifetime,
+            )
 
         if cfg.producer_open:
             clients = {}
             for i, c in enumerate(cfg.producer_clients):
-                base = {**PRODUCER_DEFAULTS, "message.timeout.ms": int(c.delivery_timeout_sec * 1000)}
-                settings = client_settings(self._servers(c.servers), "producer", c.name, base, c.settings)
+                base = {
+                    **PRODUCER_DEFAULTS,
+                    "message.timeout.ms": int(c.delivery_timeout_sec * 1000),
+                }
+                settings = client_settings(
+                    self._servers(c.servers), "producer", c.name, base, c.settings
+                )
                 await self.backend.check_reachable(settings, f"producer_clients[{i}] in {cfg.file}")
                 clients[c.name] = self.backend.producer_client(c.name, settings)
             unnamed = "" if "" in clients else None
             self.producer = Producer(clients, default=unnamed)
         else:
-            self.producer = Producer(disabled_reason=f"the Kafka producer is off: set [producer] open = true in {cfg.file}")
+            self.producer = Producer(
+                disabled_reason=f"the Kafka producer is off: set [producer] open = true in {cfg.file}"
+            )
 
         if cfg.consumer_open:
             if not routes:
-                log.warning("[consumer] open = true in %s, but no event is bound (initiator.listen_event)", cfg.file)
+                log.warning(
+                    "[consumer] open = true in %s, but no event is bound (initiator.listen_event)",
+                    cfg.file,
+                )
             else:
-                self.delivery = AfterStartup(make_transport(self.backend.proxy_addr(cfg.proxy_addr), http2=cfg.proxy_http2,
-                                                            secret=cfg.proxy_secret, app=app, ready=self.app_started),
-                                             self.app_started)
+                self.delivery = AfterStartup(
+                    make_transport(
+                        self.backend.proxy_addr(cfg.proxy_addr),
+                        http2=cfg.proxy_http2,
+                        secret=cfg.proxy_secret,
+                        app=app,
+                        ready=self.app_started,
+                    ),
+                    self.app_started,
+                )
                 for i, cc in enumerate(cfg.consumer_clients):
                     # Tansu holds a new group's join for half the session timeout: keep it short there.
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}
-                    settings = client_settings(self._servers(cc.servers), "consumer", cc.group_id, base, cc.settings)
+                    settings = client_settings(
+                        self._servers(cc.servers), "consumer", cc.group_id, base, cc.settings
+                    )
                     where = f"consumer_clients[{i}] in {cfg.file}"
                     await self.backend.check_reachable(settings, where)
                     await self.backend.ensure_topics(settings, list(routes))
@@ -151,9 +190,14 @@ class KafkaInfra:
         if not self.proxies:
             return
         try:
-            await asyncio.wait_for(asyncio.gather(*(p.assigned.wait() for p in self.proxies)), self.ready_timeout)
-        except asyncio.TimeoutError:
-            log.warning("consumer groups not assigned partitions within %.0f s; continuing", self.ready_timeout)
+            await asyncio.wait_for(
+                asyncio.gather(*(p.assigned.wait() for p in self.proxies)), self.ready_timeout
+            )
+        except TimeoutError:
+            log.warning(
+                "consumer groups not assigned partitions within %.0f s; continuing",
+                self.ready_timeout,
+            )
 
     async def stop(self) -> None:
         """Stop the proxies (drain, commit), then flush the producer, then the embedded broker."""

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, Literal, Protocol
+from typing import Any, Literal, Protocol
 
-from freedom.kafka.client_logs import LIBRDKAFKA_LOG  # `freedom.kafka.librdkafka`, repeated lines folded
+from freedom.kafka.client_logs import (
+    LIBRDKAFKA_LOG,  # `freedom.kafka.librdkafka`, repeated lines folded
+)
 
 Role = Literal["producer", "consumer", "admin"]
 SettingHook = Callable[[dict[str, Any], Role, str], None]
@@ -64,15 +67,23 @@ def clear_setting_hooks() -> None:
 
 
 def client_settings(
-    servers: tuple[str, ...], role: Role, name: str, base: dict[str, Any], configured: dict[str, Any]
+    servers: tuple[str, ...],
+    role: Role,
+    name: str,
+    base: dict[str, Any],
+    configured: dict[str, Any],
 ) -> dict[str, Any]:
     """The settings of one client: freedom's defaults, then kafka.toml's `settings`, then the hooks.
 
     librdkafka's own log lines (a broker it cannot reach, say) go to the `freedom.kafka.librdkafka`
     logger rather than straight to stderr, so they take the service's log format and level.
     """
-    settings: dict[str, Any] = {"bootstrap.servers": ",".join(servers), "logger": LIBRDKAFKA_LOG,
-                                **base, **configured}
+    settings: dict[str, Any] = {
+        "bootstrap.servers": ",".join(servers),
+        "logger": LIBRDKAFKA_LOG,
+        **base,
+        **configured,
+    }
     for hook in _hooks:
         hook(settings, role, name)
     if _hooks:
@@ -105,8 +116,10 @@ def _broken_by_hook(settings: dict[str, Any], role: Role) -> str | None:
 
 
 _SERVERS = "set by freedom from `servers` (or the embedded broker): list the brokers in servers"
-_ACKS = ("publish() reports success only once every in-sync replica has the record (acks = all); "
-         "with fewer, a broker failure can lose a published record")
+_ACKS = (
+    "publish() reports success only once every in-sync replica has the record (acks = all); "
+    "with fewer, a broker failure can lose a published record"
+)
 _TIMEOUT = "set by freedom from delivery_timeout_sec (how long publish() may take): use that key"
 
 #: Properties of `settings` freedom sets itself, per role, and why a user value is refused.
@@ -116,19 +129,19 @@ REFUSED: dict[str, dict[str, str]] = {
         "group.id": "set by freedom: use group_id (and retry_group_id for the retry group)",
         "auto.offset.reset": "set by freedom: use initial_offset (the retry group always starts at the earliest offset)",
         "enable.auto.commit": "the proxy commits an offset only once its record is settled (delivered, or on its "
-                              "retry or dead-letter topic); automatic commits would commit records still in "
-                              "flight, lost in a crash",
+        "retry or dead-letter topic); automatic commits would commit records still in "
+        "flight, lost in a crash",
         "auto.commit.enable": "an old name of enable.auto.commit, which the proxy must control (it commits an "
-                              "offset only once its record is settled)",
+        "offset only once its record is settled)",
         "enable.auto.offset.store": "the proxy stores an offset only once its record is settled (delivered, or on "
-                                    "its retry or dead-letter topic); storing offsets at fetch would commit "
-                                    "records still in flight, lost in a crash",
+        "its retry or dead-letter topic); storing offsets at fetch would commit "
+        "records still in flight, lost in a crash",
     },
     "producer": {
         "message.timeout.ms": _TIMEOUT,
         "delivery.timeout.ms": _TIMEOUT,
         "transactional.id": "freedom's producer does not use transactions: a transactional producer would "
-                            "refuse every publish",
+        "refuse every publish",
     },
 }
 _ACKS_KEYS = ("acks", "request.required.acks")
@@ -138,8 +151,10 @@ _CALLBACKS = ("logger", "on_delivery", "on_commit", "opaque")
 def refused_setting(name: str, value: Any, role: Role) -> str | None:
     """Why kafka.toml may not give librdkafka property `name` to a client of `role`; None when it may."""
     if name in _CALLBACKS or name.endswith("_cb"):
-        return ("is a callback, which kafka.toml cannot give: register a hook in code "
-                "(kafka.setting_config) to set it")
+        return (
+            "is a callback, which kafka.toml cannot give: register a hook in code "
+            "(kafka.setting_config) to set it"
+        )
     reason = REFUSED["any"].get(name) or REFUSED.get(role, {}).get(name)
     if reason:
         return reason
@@ -148,7 +163,9 @@ def refused_setting(name: str, value: Any, role: Role) -> str | None:
     return None
 
 
-_SILENT = logging.Logger("freedom.kafka.settings-check")  # not in the hierarchy, so never propagates
+_SILENT = logging.Logger(
+    "freedom.kafka.settings-check"
+)  # not in the hierarchy, so never propagates
 _SILENT.addHandler(logging.NullHandler())
 
 
@@ -180,7 +197,9 @@ def _refusal(settings: dict[str, Any], role: Role) -> str | None:
     return text
 
 
-def invalid_setting(settings: dict[str, Any], role: Role, base: dict[str, Any]) -> tuple[str, str] | None:
+def invalid_setting(
+    settings: dict[str, Any], role: Role, base: dict[str, Any]
+) -> tuple[str, str] | None:
     """The property of `settings` librdkafka refuses for a client of `role` (unknown, or a bad value),
     and librdkafka's reason, secrets scrubbed; None when it accepts each of them.
 
@@ -206,8 +225,11 @@ def connection_settings(settings: dict[str, Any]) -> dict[str, Any]:
     means nothing to a producer, and librdkafka warns about it).
     """
     keep = ("bootstrap.servers", "client.id", "client.rack", "broker.address.family", "logger")
-    return {k: v for k, v in settings.items()
-            if k in keep or k.startswith(("security.", "ssl.", "sasl.", "socket.", "enable.ssl."))}
+    return {
+        k: v
+        for k, v in settings.items()
+        if k in keep or k.startswith(("security.", "ssl.", "sasl.", "socket.", "enable.ssl."))
+    }
 
 
 def is_secret(name: str) -> bool:
@@ -253,7 +275,9 @@ def security_settings(t: KeySource) -> dict[str, Any]:
         env_key = f"{key}_env"
         env_name = t.get(env_key, str, None) if key in _SECRET_KEYS else None
         if value is not None and env_name is not None:
-            raise t.error(key, f"is given twice (as {key} and {env_key}); keep one, preferably {env_key}")
+            raise t.error(
+                key, f"is given twice (as {key} and {env_key}); keep one, preferably {env_key}"
+            )
         if env_name is not None:
             if not env_name:
                 raise t.error(env_key, "must name an environment variable")
@@ -270,24 +294,38 @@ def security_settings(t: KeySource) -> dict[str, Any]:
     protocol = values.get("security_protocol", "").upper()
     if protocol:
         if protocol not in SECURITY_PROTOCOLS:
-            raise t.error("security_protocol", f'must be one of {", ".join(SECURITY_PROTOCOLS)}, got "{values["security_protocol"]}"')
+            raise t.error(
+                "security_protocol",
+                f'must be one of {", ".join(SECURITY_PROTOCOLS)}, got "{values["security_protocol"]}"',
+            )
         values["security_protocol"] = protocol
     if "sasl_mechanism" in values:
         mech = values["sasl_mechanism"].upper()
         if mech not in SASL_MECHANISMS:
-            raise t.error("sasl_mechanism", f'must be one of {", ".join(SASL_MECHANISMS)}, got "{values["sasl_mechanism"]}"')
+            raise t.error(
+                "sasl_mechanism",
+                f'must be one of {", ".join(SASL_MECHANISMS)}, got "{values["sasl_mechanism"]}"',
+            )
         values["sasl_mechanism"] = mech
     uses_sasl = protocol.startswith("SASL_")
     uses_tls = protocol in ("SSL", "SASL_SSL")
     for key in values:
         if key.startswith("sasl_") and not uses_sasl:
-            raise t.error(key, f'is set but security_protocol is "{protocol or "PLAINTEXT"}": '
-                               'set security_protocol = "SASL_SSL" (or "SASL_PLAINTEXT")')
+            raise t.error(
+                key,
+                f'is set but security_protocol is "{protocol or "PLAINTEXT"}": '
+                'set security_protocol = "SASL_SSL" (or "SASL_PLAINTEXT")',
+            )
         if key.startswith("ssl_") and not uses_tls:
-            raise t.error(key, f'is set but security_protocol is "{protocol or "PLAINTEXT"}": '
-                               'set security_protocol = "SSL" or "SASL_SSL"')
+            raise t.error(
+                key,
+                f'is set but security_protocol is "{protocol or "PLAINTEXT"}": '
+                'set security_protocol = "SSL" or "SASL_SSL"',
+            )
     if check_hostname is not None and not uses_tls:
-        raise t.error("ssl_check_hostname", 'applies only with security_protocol = "SSL" or "SASL_SSL"')
+        raise t.error(
+            "ssl_check_hostname", 'applies only with security_protocol = "SSL" or "SASL_SSL"'
+        )
     for key in _FILE_KEYS:
         if key in values and not Path(values[key]).is_file():
             raise t.error(key, f'no such file: "{values[key]}"')

@@ -17,7 +17,9 @@ def check_topic(topic: object) -> str:
     if topic in (".", ".."):
         raise ValueError(f"topic name {topic!r} is not allowed by Kafka")
     if len(topic) > MAX_TOPIC_LENGTH:
-        raise ValueError(f"topic name is {len(topic)} characters long; Kafka allows at most {MAX_TOPIC_LENGTH}")
+        raise ValueError(
+            f"topic name is {len(topic)} characters long; Kafka allows at most {MAX_TOPIC_LENGTH}"
+        )
     if not _LEGAL.match(topic):
         bad = sorted({c for c in topic if not _LEGAL.match(c)})
         raise ValueError(

@@ -25,7 +25,7 @@ LIVEZ_PATH = "/livez"
 READYZ_PATH = "/readyz"
 
 
-def install(app: "Application") -> None:
+def install(app: Application) -> None:
     """Add the three endpoints to `app` and apply its log format (once, at set-up)."""
     use_log_format(app.config.log_format)
     tick = health.LoopTick()

@@ -38,7 +38,9 @@ class LoopTick:
     def start(self) -> None:
         if self._task is None:
             self.last = time.monotonic()
-            self._task = asyncio.get_running_loop().create_task(self._run(), name="freedom-loop-tick")
+            self._task = asyncio.get_running_loop().create_task(
+                self._run(), name="freedom-loop-tick"
+            )
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -69,7 +71,9 @@ def liveness(app: Any, tick: LoopTick, timeout: float) -> list[str]:
     now = time.monotonic()
     problems = []
     for group in _groups(app):
-        pump = getattr(group, "_task", None)  # the consumer thread's loop (None: no consumer thread)
+        pump = getattr(
+            group, "_task", None
+        )  # the consumer thread's loop (None: no consumer thread)
         if pump is None or group._stop.is_set():
             continue  # not started yet, stopping, or a stand-in without a consumer thread
         if pump.done():
@@ -77,11 +81,15 @@ def liveness(app: Any, tick: LoopTick, timeout: float) -> list[str]:
             continue
         silent = now - group.last_round
         if silent > timeout:
-            problems.append(f"consumer group {group.group_id!r}: the consumer thread made no progress "
-                            f"for {silent:.1f} s (liveness_timeout_sec = {timeout:g})")
+            problems.append(
+                f"consumer group {group.group_id!r}: the consumer thread made no progress "
+                f"for {silent:.1f} s (liveness_timeout_sec = {timeout:g})"
+            )
     if tick.running and now - tick.last > timeout:
-        problems.append(f"the event loop ran no tick for {now - tick.last:.1f} s "
-                        f"(liveness_timeout_sec = {timeout:g})")
+        problems.append(
+            f"the event loop ran no tick for {now - tick.last:.1f} s "
+            f"(liveness_timeout_sec = {timeout:g})"
+        )
     return problems
 
 
@@ -131,7 +139,9 @@ async def readiness(app: Any, producers: ProducerCheck) -> list[str]:
             if not group.assigned.is_set():
                 problems.append(f"consumer group {group.group_id!r}: no partition assignment yet")
         if not proxy._service_up.is_set():
-            problems.append(f"consumer group {proxy.config.group_id!r}: the service does not accept deliveries yet")
+            problems.append(
+                f"consumer group {proxy.config.group_id!r}: the service does not accept deliveries yet"
+            )
     if kafka.config.producer_open:
         problems += await producers.problems(kafka.producer)
     return problems

@@ -27,9 +27,17 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
@@ -41,8 +49,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("freedom.observability.metrics")
 
-__all__ = ["CONTENT_TYPE_LATEST", "DeliveryMetrics", "LagStats", "exposition", "count_sent", "count_sent_name",
-           "observe_send"]
+__all__ = [
+    "CONTENT_TYPE_LATEST",
+    "DeliveryMetrics",
+    "LagStats",
+    "exposition",
+    "count_sent",
+    "count_sent_name",
+    "observe_send",
+]
 
 SYSTEM = "kafka"
 
@@ -50,10 +65,31 @@ SYSTEM = "kafka"
 LAG_STATS_INTERVAL_MS = 5000
 
 #: Seconds: from 0.5 ms (an in-process call) to 30 s (the delivery timeout).
-DURATION_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+DURATION_BUCKETS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+    5.0,
+    10.0,
+    30.0,
+)
 
-_DELIVERY = ("messaging_system", "messaging_operation_name", "messaging_destination_name",
-             "messaging_destination_partition_id", "messaging_consumer_group_name")
+_DELIVERY = (
+    "messaging_system",
+    "messaging_operation_name",
+    "messaging_destination_name",
+    "messaging_destination_partition_id",
+    "messaging_consumer_group_name",
+)
 _GROUP = "messaging_consumer_group_name"
 _TOPIC = "messaging_destination_name"
 _PARTITION = "messaging_destination_partition_id"
@@ -61,30 +97,55 @@ _PARTITION = "messaging_destination_partition_id"
 PROCESS_DURATION = Histogram(
     "messaging_process_duration_seconds",
     "Duration of one delivery of a record to its handler (HTTP call or in-process call), by what happened next.",
-    [*_DELIVERY, "outcome", "error_type"], buckets=DURATION_BUCKETS)
+    [*_DELIVERY, "outcome", "error_type"],
+    buckets=DURATION_BUCKETS,
+)
 OPERATION_DURATION = Histogram(
     "messaging_client_operation_duration_seconds",
     "Duration of a send awaited on its own (msg.publish(), the proxy's retry and dead-letter produces), "
     "until the broker answered.",
-    ["messaging_system", "messaging_operation_name", _TOPIC, "error_type"], buckets=DURATION_BUCKETS)
+    ["messaging_system", "messaging_operation_name", _TOPIC, "error_type"],
+    buckets=DURATION_BUCKETS,
+)
 DEAD_LETTERS = Counter(
     "freedom_dead_letters",
     "Records the consumer proxy produced to a dead-letter topic (acknowledged by the broker).",
-    [_TOPIC, "source_topic", _GROUP, "error_type"])
-IN_FLIGHT = Gauge("freedom_deliveries_in_flight", "Deliveries started and not finished, per consumer group.",
-                  [_GROUP], registry=None)
-LAG = Gauge("freedom_consumer_lag_messages",
-            "High watermark minus committed offset, per assigned partition (librdkafka statistics, "
-            f"refreshed every {LAG_STATS_INTERVAL_MS // 1000} s).",
-            [_GROUP, _TOPIC, _PARTITION], registry=None)
-RETRY_WAITING = Gauge("freedom_retry_waiting_messages",
-                      "Records in a retry topic not handled yet (the retry group's lag over its partitions).",
-                      [_GROUP, _TOPIC, "source_topic"], registry=None)
-PAUSED = Gauge("freedom_paused_partitions", "Partitions the consumer proxy paused, by reason "
-               "(backlog, window: flow control; delay: a retry not due yet).", [_GROUP, "reason"], registry=None)
-OUTBOX_PENDING = Gauge("freedom_outbox_pending_rows", "Outbox rows not published yet.", registry=None)
-OUTBOX_AGE = Gauge("freedom_outbox_oldest_pending_age_seconds",
-                   "Age of the oldest outbox row not published yet (0 when none).", registry=None)
+    [_TOPIC, "source_topic", _GROUP, "error_type"],
+)
+IN_FLIGHT = Gauge(
+    "freedom_deliveries_in_flight",
+    "Deliveries started and not finished, per consumer group.",
+    [_GROUP],
+    registry=None,
+)
+LAG = Gauge(
+    "freedom_consumer_lag_messages",
+    "High watermark minus committed offset, per assigned partition (librdkafka statistics, "
+    f"refreshed every {LAG_STATS_INTERVAL_MS // 1000} s).",
+    [_GROUP, _TOPIC, _PARTITION],
+    registry=None,
+)
+RETRY_WAITING = Gauge(
+    "freedom_retry_waiting_messages",
+    "Records in a retry topic not handled yet (the retry group's lag over its partitions).",
+    [_GROUP, _TOPIC, "source_topic"],
+    registry=None,
+)
+PAUSED = Gauge(
+    "freedom_paused_partitions",
+    "Partitions the consumer proxy paused, by reason "
+    "(backlog, window: flow control; delay: a retry not due yet).",
+    [_GROUP, "reason"],
+    registry=None,
+)
+OUTBOX_PENDING = Gauge(
+    "freedom_outbox_pending_rows", "Outbox rows not published yet.", registry=None
+)
+OUTBOX_AGE = Gauge(
+    "freedom_outbox_oldest_pending_age_seconds",
+    "Age of the oldest outbox row not published yet (0 when none).",
+    registry=None,
+)
 #: The gauges of one application's live objects, set at each scrape (exposition()).
 _GAUGES = (IN_FLIGHT, LAG, RETRY_WAITING, PAUSED, OUTBOX_PENDING, OUTBOX_AGE)
 
@@ -122,17 +183,22 @@ def _sent_totals() -> dict[tuple[str, str], int]:
         dicts = list(_sent_by_thread)
     totals: dict[tuple[str, str], int] = {}
     for counts in dicts:
-        for key, n in counts.copy().items():  # copy(): one step under the GIL, while its thread counts on
+        for (
+            key,
+            n,
+        ) in counts.copy().items():  # copy(): one step under the GIL, while its thread counts on
             totals[key] = totals.get(key, 0) + n
     return totals
 
 
 class _SentCollector(Collector):
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily("messaging_client_sent_messages",
-                                     "Records sent to the broker (published, retried, dead-lettered) and answered, "
-                                     "by destination; error_type names the error of those it did not take.",
-                                     labels=["messaging_system", "messaging_operation_name", _TOPIC, "error_type"])
+        family = CounterMetricFamily(
+            "messaging_client_sent_messages",
+            "Records sent to the broker (published, retried, dead-lettered) and answered, "
+            "by destination; error_type names the error of those it did not take.",
+            labels=["messaging_system", "messaging_operation_name", _TOPIC, "error_type"],
+        )
         for (topic, error), n in sorted(_sent_totals().items()):
             family.add_metric([SYSTEM, "send", topic, error], n)
         yield family
@@ -146,9 +212,11 @@ class _ConsumedCollector(Collector):
     scrape time (a second counter per delivery would double the hot-path cost)."""
 
     def collect(self) -> Iterable[Metric]:
-        family = CounterMetricFamily("messaging_client_consumed_messages",
-                                     "Records delivered to a handler (each delivery attempt counts).",
-                                     labels=[*_DELIVERY, "error_type"])
+        family = CounterMetricFamily(
+            "messaging_client_consumed_messages",
+            "Records delivered to a handler (each delivery attempt counts).",
+            labels=[*_DELIVERY, "error_type"],
+        )
         counts: dict[tuple[str, ...], float] = {}
         for metric in PROCESS_DURATION.collect():
             for sample in metric.samples:
@@ -179,7 +247,7 @@ def observe_send(topic: str, seconds: float, error_type: str = "") -> None:
 # ----------------------------------------------------------------------------- deliveries
 
 
-def error_type(result: "DeliveryResult") -> str:
+def error_type(result: DeliveryResult) -> str:
     """A low-cardinality name of a delivery's failure ("" when it succeeded): the HTTP status, the
     handler's outcome, or the kind of transport error."""
     if result.ok:
@@ -197,7 +265,7 @@ def error_type(result: "DeliveryResult") -> str:
     return name if name.isidentifier() else "_OTHER"
 
 
-def outcome_of(result: "DeliveryResult", step: "Plan") -> str:
+def outcome_of(result: DeliveryResult, step: Plan) -> str:
     """What happened to the record after the delivery: ok, dropped, retry, dead_letter or redeliver."""
     if step.next == "done":
         return "dropped" if result.outcome == "drop" else "ok"
@@ -214,12 +282,15 @@ class DeliveryMetrics:
         self._ok: dict[tuple[str, int], Any] = {}  # (topic, partition) -> histogram child of "ok"
         self._other: dict[tuple[str, int, str, str], Any] = {}  # ... with outcome and error_type
 
-    def _child(self, topic: str, partition: int, plan: "TopicPlan", outcome: str, error: str) -> Any:
+    def _child(self, topic: str, partition: int, plan: TopicPlan, outcome: str, error: str) -> Any:
         group = (self.retry_group_id if topic != plan.source_topic else None) or self.group_id
-        return PROCESS_DURATION.labels(SYSTEM, "process", topic, str(partition), group, outcome, error)
+        return PROCESS_DURATION.labels(
+            SYSTEM, "process", topic, str(partition), group, outcome, error
+        )
 
-    def delivered(self, record: Any, plan: "TopicPlan", result: "DeliveryResult", step: "Plan",
-                  seconds: float) -> str | None:
+    def delivered(
+        self, record: Any, plan: TopicPlan, result: DeliveryResult, step: Plan, seconds: float
+    ) -> str | None:
         """One delivery of `record` took `seconds` and led to `step`; returns the outcome unless it
         is "ok" (the handler took the record)."""
         topic = record.topic()
@@ -236,12 +307,16 @@ class DeliveryMetrics:
         child = self._other.get(key)
         if child is None:
             child = self._child(topic, partition, plan, outcome, error)
-            if len(self._other) < 10_000:  # bounded: topics and partitions are few, errors are classes
+            if (
+                len(self._other) < 10_000
+            ):  # bounded: topics and partitions are few, errors are classes
                 self._other[key] = child
         child.observe(seconds)
         return outcome
 
-    def dead_lettered(self, topic: str, plan: "TopicPlan", result: "DeliveryResult", from_retry: bool) -> None:
+    def dead_lettered(
+        self, topic: str, plan: TopicPlan, result: DeliveryResult, from_retry: bool
+    ) -> None:
         """The broker acknowledged a dead letter of a record of `plan.source_topic` on `topic`."""
         group = (self.retry_group_id if from_retry else None) or self.group_id
         DEAD_LETTERS.labels(topic, plan.source_topic, group, error_type(result)).inc()
@@ -281,7 +356,7 @@ class LagStats:
             self._user(stats_json)
 
     @classmethod
-    def settings(cls, settings: dict[str, Any]) -> tuple[dict[str, Any], "LagStats"]:
+    def settings(cls, settings: dict[str, Any]) -> tuple[dict[str, Any], LagStats]:
         """`settings` with this callback (a user's own `stats_cb` is still called, and a user's
         `statistics.interval.ms` kept), and the callback."""
         stats = cls(settings.get("stats_cb"))
@@ -293,7 +368,7 @@ class LagStats:
 # ----------------------------------------------------------------------------- scrape
 
 
-def _group_gauges(groups: Iterable[tuple["GroupLoop", LagStats | None, dict[str, str]]]) -> None:
+def _group_gauges(groups: Iterable[tuple[GroupLoop, LagStats | None, dict[str, str]]]) -> None:
     """Set the gauges of live consumer groups; `retry_of` maps a retry topic to its source topic."""
     for group, stats, retry_of in groups:
         gid = group.group_id
@@ -329,8 +404,13 @@ async def _outbox_gauges(app: Any) -> bool:
 
     async def read() -> tuple[int, Any]:
         async with engine.connect() as conn:
-            row = (await conn.execute(select(func.count(), func.min(outbox.c.created_at))
-                                      .where(outbox.c.published_at.is_(None)))).one()
+            row = (
+                await conn.execute(
+                    select(func.count(), func.min(outbox.c.created_at)).where(
+                        outbox.c.published_at.is_(None)
+                    )
+                )
+            ).one()
             return int(row[0]), row[1]
 
     try:
@@ -343,12 +423,12 @@ async def _outbox_gauges(app: Any) -> bool:
         OUTBOX_AGE.set(0)
     else:
         if oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=dt.timezone.utc)
-        OUTBOX_AGE.set(max(0.0, (dt.datetime.now(dt.timezone.utc) - oldest).total_seconds()))
+            oldest = oldest.replace(tzinfo=dt.UTC)
+        OUTBOX_AGE.set(max(0.0, (dt.datetime.now(dt.UTC) - oldest).total_seconds()))
     return True
 
 
-def consumer_groups(app: Any) -> Iterator[tuple["GroupLoop", LagStats | None, dict[str, str]]]:
+def consumer_groups(app: Any) -> Iterator[tuple[GroupLoop, LagStats | None, dict[str, str]]]:
     """Every live consumer group of `app`, with its lag statistics and its retry topics."""
     kafka = getattr(app, "kafka", None)
     for proxy in list(getattr(kafka, "proxies", None) or ()):

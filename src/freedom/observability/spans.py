@@ -20,16 +20,23 @@ Without `opentelemetry-api` installed there are no spans at all.
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from freedom.wire.headers import FIRST_ATTEMPT_HEADER
 from freedom.observability.tracing import TRACEPARENT, carried_trace, parse_traceparent
+from freedom.wire.headers import FIRST_ATTEMPT_HEADER
 
 try:  # optional: OpenTelemetry's API (no SDK needed to import)
     from opentelemetry import context as otel_context
     from opentelemetry import propagate as otel_propagate
     from opentelemetry import trace as otel_trace
-    from opentelemetry.trace import Link, NoOpTracerProvider, ProxyTracerProvider, SpanKind, StatusCode
+    from opentelemetry.trace import (
+        Link,
+        NoOpTracerProvider,
+        ProxyTracerProvider,
+        SpanKind,
+        StatusCode,
+    )
 except ImportError:  # pragma: no cover - without the API there are no spans
     otel_trace = None  # type: ignore[assignment]
 
@@ -113,7 +120,10 @@ def _traceparent_of(span: Any) -> str:
 def _replace(headers: list[tuple[str, Any]], new: Mapping[str, str]) -> list[tuple[str, Any]]:
     """`headers` with the names in `new` replaced by its values (bytes)."""
     names = {k.lower() for k in new}
-    return [*(h for h in headers if h[0].lower() not in names), *((k, v.encode()) for k, v in new.items())]
+    return [
+        *(h for h in headers if h[0].lower() not in names),
+        *((k, v.encode()) for k, v in new.items()),
+    ]
 
 
 def _key_text(key: bytes | None) -> str | None:
@@ -135,7 +145,11 @@ def process_span(record: Any, group_id: str) -> tuple[Any, Any] | None:
     headers = list(record.headers() or [])
     carrier = _carrier(headers)
     carried = carried_trace(carrier)
-    parent = carried.otel if carried is not None and carried.otel is not None else otel_propagate.extract(carrier)
+    parent = (
+        carried.otel
+        if carried is not None and carried.otel is not None
+        else otel_propagate.extract(carrier)
+    )
     links = []
     created = otel_trace.get_current_span(parent).get_span_context()
     if created.is_valid and not (carried is not None and carried.go):
@@ -156,12 +170,19 @@ def process_span(record: Any, group_id: str) -> tuple[Any, Any] | None:
     key = _key_text(record.key())
     if key is not None:
         attributes["messaging.kafka.message.key"] = key
-    span = tr.start_span(f"process {topic}", context=parent, kind=SpanKind.CONSUMER, links=links,
-                         attributes=attributes)
+    span = tr.start_span(
+        f"process {topic}",
+        context=parent,
+        kind=SpanKind.CONSUMER,
+        links=links,
+        attributes=attributes,
+    )
     new = _inject(span)
     if first is None:
         new[FIRST_ATTEMPT_HEADER] = _traceparent_of(span)
-    set_headers = getattr(record, "set_headers", None)  # confluent-kafka's records; a stand-in may not have it
+    set_headers = getattr(
+        record, "set_headers", None
+    )  # confluent-kafka's records; a stand-in may not have it
     if set_headers is not None:
         set_headers(_replace(headers, new))
     token = otel_context.attach(otel_trace.set_span_in_context(span, parent))
@@ -175,7 +196,9 @@ def record_outcome(outcome: str, error_type: str) -> None:
     span = otel_trace.get_current_span()
     if not span.is_recording():
         return
-    if outcome == "redeliver":  # retry_count = 0: delivered again in place; a later attempt may succeed
+    if (
+        outcome == "redeliver"
+    ):  # retry_count = 0: delivered again in place; a later attempt may succeed
         span.add_event("delivery failed; delivering again", {"error.type": error_type})
         return
     span.set_attribute("freedom.outcome", outcome)
@@ -210,7 +233,9 @@ class _Send:
         """The trace headers that carry this span's context in the record."""
         return _inject(self.span)
 
-    def end(self, error_type: str = "", partition: int | None = None, offset: int | None = None) -> None:
+    def end(
+        self, error_type: str = "", partition: int | None = None, offset: int | None = None
+    ) -> None:
         if partition is not None:
             self.span.set_attribute("messaging.destination.partition.id", str(partition))
         if offset is not None:
@@ -221,8 +246,13 @@ class _Send:
         self.span.end()
 
 
-def send_span(topic: str, key: bytes | str | None, headers: Sequence[tuple[str, Any]] | Mapping[str, Any],
-              parent: Any = None, message_id: str | None = None) -> _Send | None:
+def send_span(
+    topic: str,
+    key: bytes | str | None,
+    headers: Sequence[tuple[str, Any]] | Mapping[str, Any],
+    parent: Any = None,
+    message_id: str | None = None,
+) -> _Send | None:
     """Start a `send T` span, None without a tracer. Its parent: `parent` (an OpenTelemetry
     Context, e.g. the request's), else the current span, else the context `headers` carry (an
     outbox row keeps the raising request's)."""
@@ -244,10 +274,15 @@ def send_span(topic: str, key: bytes | str | None, headers: Sequence[tuple[str, 
         attributes["messaging.kafka.message.key"] = text
     if message_id:
         attributes["messaging.message.id"] = message_id
-    return _Send(tr.start_span(f"send {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes))
+    return _Send(
+        tr.start_span(
+            f"send {topic}", context=parent, kind=SpanKind.PRODUCER, attributes=attributes
+        )
+    )
 
 
-def replace_headers(headers: list[tuple[str, Any]], new: Mapping[str, str]) -> list[tuple[str, Any]]:
+def replace_headers(
+    headers: list[tuple[str, Any]], new: Mapping[str, str]
+) -> list[tuple[str, Any]]:
     """`headers` (a record's list) with the trace headers `new` instead of their old values."""
     return _replace(headers, new)
-

@@ -14,8 +14,9 @@ from __future__ import annotations
 import json
 import re
 import secrets
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 from freedom.wire.headers import BUS_HEADER
 
@@ -111,8 +112,11 @@ def _carrier(headers: Headers) -> dict[str, str]:
     """Header names in lower case, values as text (bytes as Latin-1, which gives the bytes back);
     of a name given twice, the last value."""
     items = headers.items() if isinstance(headers, Mapping) else headers
-    return {k.lower(): v.decode("latin-1") if isinstance(v, bytes) else v
-            for k, v in items if isinstance(k, str) and v is not None}
+    return {
+        k.lower(): v.decode("latin-1") if isinstance(v, bytes) else v
+        for k, v in items
+        if isinstance(k, str) and v is not None
+    }
 
 
 def _bus_bytes(text: str | None) -> str | bytes | None:
@@ -149,8 +153,12 @@ def carried_trace(headers: Headers) -> TraceContext | None:
     if go is None:
         return None
     if ctx is not None:
-        stand_in = otel_trace.SpanContext(trace_id=int(go, 16), span_id=int(_new_span_id(), 16), is_remote=True,
-                                          trace_flags=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED))
+        stand_in = otel_trace.SpanContext(
+            trace_id=int(go, 16),
+            span_id=int(_new_span_id(), 16),
+            is_remote=True,
+            trace_flags=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED),
+        )
         ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(stand_in), ctx)
     return TraceContext(go, True, ctx, go=True)
 
@@ -188,12 +196,18 @@ def inject_trace(trace: TraceContext) -> dict[str, str]:
     if span.is_valid and format(span.trace_id, "032x") == trace.trace_id:
         ctx = current  # a span the service's instrumentation started in this trace is the parent
     else:
-        parent = otel_trace.get_current_span(trace.otel).get_span_context() if trace.otel is not None else None
+        parent = (
+            otel_trace.get_current_span(trace.otel).get_span_context()
+            if trace.otel is not None
+            else None
+        )
         span_context = otel_trace.SpanContext(
             trace_id=int(trace.trace_id, 16),
             span_id=int(_new_span_id(), 16),
             is_remote=False,
-            trace_flags=otel_trace.TraceFlags(otel_trace.TraceFlags.SAMPLED if trace.sampled else 0),
+            trace_flags=otel_trace.TraceFlags(
+                otel_trace.TraceFlags.SAMPLED if trace.sampled else 0
+            ),
             trace_state=parent.trace_state if parent is not None and parent.is_valid else None,
         )
         ctx = otel_trace.set_span_in_context(otel_trace.NonRecordingSpan(span_context), trace.otel)

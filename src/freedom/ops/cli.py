@@ -21,52 +21,99 @@ _CONFIG_HELP = "the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, 
 
 def _common(p: argparse.ArgumentParser, *, positional_app: bool = False) -> None:
     if positional_app:
-        p.add_argument("app", nargs="?", help="the application, as module:attribute (optional: its listened topics)")
-    p.add_argument("--app", dest="app_option", metavar="MODULE:APP",
-                   help="load the application (its topics, its setting_config hooks) instead of only its config")
+        p.add_argument(
+            "app",
+            nargs="?",
+            help="the application, as module:attribute (optional: its listened topics)",
+        )
+    p.add_argument(
+        "--app",
+        dest="app_option",
+        metavar="MODULE:APP",
+        help="load the application (its topics, its setting_config hooks) instead of only its config",
+    )
     p.add_argument("--config", "--conf", dest="config", metavar="DIR", help=_CONFIG_HELP)
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
 
 
 def _filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument("topic", nargs="?", help="a dead-letter topic (or the main topic whose dead letters); default: all")
+    p.add_argument(
+        "topic",
+        nargs="?",
+        help="a dead-letter topic (or the main topic whose dead letters); default: all",
+    )
     p.add_argument("--key", help="only the record with this key")
-    p.add_argument("--since", metavar="TIME", help="only those dead-lettered at or after TIME (ISO 8601, UTC by default)")
+    p.add_argument(
+        "--since",
+        metavar="TIME",
+        help="only those dead-lettered at or after TIME (ISO 8601, UTC by default)",
+    )
     p.add_argument("--until", metavar="TIME", help="only those dead-lettered before TIME")
-    p.add_argument("--grep", metavar="TEXT", help="only those whose error contains TEXT (any case), or whose status is TEXT")
-    p.add_argument("--partition", type=int, metavar="N", help="only partition N of the dead-letter topic")
-    p.add_argument("--offsets", metavar="A-B", help="only offsets A to B (both included; A-, -B, N) of the dead-letter topic")
+    p.add_argument(
+        "--grep",
+        metavar="TEXT",
+        help="only those whose error contains TEXT (any case), or whose status is TEXT",
+    )
+    p.add_argument(
+        "--partition", type=int, metavar="N", help="only partition N of the dead-letter topic"
+    )
+    p.add_argument(
+        "--offsets",
+        metavar="A-B",
+        help="only offsets A to B (both included; A-, -B, N) of the dead-letter topic",
+    )
 
 
-def add_parsers(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `status`, `dlq` and `offsets` to the `freedom` command."""
-    st = sub.add_parser("status", help="consumer groups, lag, retries waiting and dead letters of the service")
+    st = sub.add_parser(
+        "status", help="consumer groups, lag, retries waiting and dead letters of the service"
+    )
     _common(st, positional_app=True)
 
-    dlq = sub.add_parser("dlq", help="dead letters: list (by error), show (records), replay (back to their topics)")
+    dlq = sub.add_parser(
+        "dlq", help="dead letters: list (by error), show (records), replay (back to their topics)"
+    )
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
     ls = dsub.add_parser("list", help="dead letters grouped by error class, with counts and times")
     _filters(ls)
     _common(ls)
     show = dsub.add_parser("show", help="print dead letters: headers, value preview, trace id")
     _filters(show)
-    show.add_argument("--limit", type=int, default=20, help="at most this many records (default 20)")
+    show.add_argument(
+        "--limit", type=int, default=20, help="at most this many records (default 20)"
+    )
     _common(show)
-    rp = dsub.add_parser("replay", help="redrive dead letters to their original topics, exactly once")
+    rp = dsub.add_parser(
+        "replay", help="redrive dead letters to their original topics, exactly once"
+    )
     _filters(rp)
     rp.add_argument("--dry-run", action="store_true", help="say what would move; move nothing")
     rp.add_argument("--rate", metavar="N/s", help="at most N records per second")
-    rp.add_argument("--max-replays", type=int, default=3, metavar="N",
-                    help="park (do not replay) a record replayed N times already (default 3)")
+    rp.add_argument(
+        "--max-replays",
+        type=int,
+        default=3,
+        metavar="N",
+        help="park (do not replay) a record replayed N times already (default 3)",
+    )
     _common(rp)
 
     off = sub.add_parser("offsets", help="consumer group offsets")
     osub = off.add_subparsers(dest="offsets_command", required=True)
-    reset = osub.add_parser("reset", help="set a stopped group's offsets to earliest, latest or a time")
+    reset = osub.add_parser(
+        "reset", help="set a stopped group's offsets to earliest, latest or a time"
+    )
     reset.add_argument("--group", required=True, help="the consumer group (e.g. the retry group)")
-    reset.add_argument("--to", required=True, metavar="WHERE", help="earliest, latest, or an ISO 8601 time")
-    reset.add_argument("--topic", help="only this topic (default: every topic the group has offsets on)")
-    reset.add_argument("--dry-run", action="store_true", help="show the new offsets; change nothing")
+    reset.add_argument(
+        "--to", required=True, metavar="WHERE", help="earliest, latest, or an ISO 8601 time"
+    )
+    reset.add_argument(
+        "--topic", help="only this topic (default: every topic the group has offsets on)"
+    )
+    reset.add_argument(
+        "--dry-run", action="store_true", help="show the new offsets; change nothing"
+    )
     _common(reset)
 
 
@@ -81,9 +128,14 @@ def _target(args: argparse.Namespace) -> Target:
 def _filter(args: argparse.Namespace) -> Any:
     from freedom.ops.dlq import Filter, parse_offsets, parse_time
 
-    return Filter(key=args.key, since=parse_time(args.since, "--since") if args.since else None,
-                  until=parse_time(args.until, "--until") if args.until else None, grep=args.grep or None,
-                  partition=args.partition, offsets=parse_offsets(args.offsets) if args.offsets else None)
+    return Filter(
+        key=args.key,
+        since=parse_time(args.since, "--since") if args.since else None,
+        until=parse_time(args.until, "--until") if args.until else None,
+        grep=args.grep or None,
+        partition=args.partition,
+        offsets=parse_offsets(args.offsets) if args.offsets else None,
+    )
 
 
 def _json(value: Any) -> None:
@@ -92,14 +144,28 @@ def _json(value: Any) -> None:
             return dataclasses.asdict(v)
         return str(v)
 
-    print(json.dumps(dataclasses.asdict(value) if dataclasses.is_dataclass(value) and not isinstance(value, type)
-                     else value, default=plain, indent=2, ensure_ascii=False))
+    print(
+        json.dumps(
+            dataclasses.asdict(value)
+            if dataclasses.is_dataclass(value) and not isinstance(value, type)
+            else value,
+            default=plain,
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
 
 
 def _table(rows: list[list[str]], indent: str = "    ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [indent + "  ".join(c.ljust(w) if i == 0 else c.rjust(w) if i < 5 else c
-                               for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in rows]
+    return [
+        indent
+        + "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) if i < 5 else c
+            for i, (c, w) in enumerate(zip(r, widths))
+        ).rstrip()
+        for r in rows
+    ]
 
 
 # ----------------------------------------------------------------------------- commands
@@ -114,22 +180,44 @@ def _status(args: argparse.Namespace) -> int:
         return 0
     out = [f"freedom status at {report.at}"]
     for c in report.clients:
-        out.append(f"consumer client {c.index} ({c.servers}): topics {', '.join(c.topics) or '(none found)'}")
+        out.append(
+            f"consumer client {c.index} ({c.servers}): topics {', '.join(c.topics) or '(none found)'}"
+        )
         for g in c.groups:
             n = len(g.members)
             who = "; ".join(f"{m.client_id} on {m.host.lstrip('/')}" for m in g.members)
-            out.append(f"  group {g.group} ({g.kind}, {g.state}, {n} member{'' if n == 1 else 's'}"
-                       f"{': ' + who if who else ''}), lag {g.lag}")
+            out.append(
+                f"  group {g.group} ({g.kind}, {g.state}, {n} member{'' if n == 1 else 's'}"
+                f"{': ' + who if who else ''}), lag {g.lag}"
+            )
             if g.partitions:
                 rows = [["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", ""]]
                 for p in g.partitions:
-                    rows.append([p.topic, str(p.partition), "-" if p.committed is None else str(p.committed),
-                                 str(p.end), str(p.lag), f"paused: next retry due {p.due_at}" if p.due_at else ""])
+                    rows.append(
+                        [
+                            p.topic,
+                            str(p.partition),
+                            "-" if p.committed is None else str(p.committed),
+                            str(p.end),
+                            str(p.lag),
+                            f"paused: next retry due {p.due_at}" if p.due_at else "",
+                        ]
+                    )
                 out += _table(rows)
         if c.retry_waiting:
-            out.append("  waiting for a retry: " + ", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting))
-        out.append("  dead letters: " + (", ".join(f"{t.topic} {t.records} ({t.not_replayed} not replayed)"
-                                                    for t in c.dead_letters) or "none"))
+            out.append(
+                "  waiting for a retry: "
+                + ", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting)
+            )
+        out.append(
+            "  dead letters: "
+            + (
+                ", ".join(
+                    f"{t.topic} {t.records} ({t.not_replayed} not replayed)" for t in c.dead_letters
+                )
+                or "none"
+            )
+        )
     print("\n".join(out))
     return 0
 
@@ -147,8 +235,16 @@ def _dlq_list(args: argparse.Namespace) -> int:
         if t.classes:
             rows = [["COUNT", "STATUS", "ORIGINAL TOPIC", "FIRST", "LAST", "ERROR"]]
             for c in t.classes:
-                rows.append([str(c.count), "-" if c.status is None else str(c.status), c.original_topic or "-",
-                             c.first or "-", c.last or "-", c.error_class])
+                rows.append(
+                    [
+                        str(c.count),
+                        "-" if c.status is None else str(c.status),
+                        c.original_topic or "-",
+                        c.first or "-",
+                        c.last or "-",
+                        c.error_class,
+                    ]
+                )
             widths = [max(len(r[i]) for r in rows) for i in range(6)]
             out += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
     print("\n".join(out) if out else "no dead-letter topics")
@@ -164,17 +260,28 @@ def _dlq_show(args: argparse.Namespace) -> int:
         return 0
     out = []
     for d in records:
-        out.append(f"{d.topic}[{d.partition}]@{d.offset}  key {d.key if d.key is not None else '(none)'}  "
-                   f"dead-lettered {d.timestamp or '-'}")
-        out.append(f"  from {d.original_topic or '?'}[{'?' if d.original_partition is None else d.original_partition}]"
-                   f"@{'?' if d.original_offset is None else d.original_offset}, first failure "
-                   f"{d.first_failure_time or '-'}, retries {d.retry_count if d.retry_count is not None else '-'}, "
-                   f"replays {d.replay_count}, trace {d.trace_id or '-'}")
-        out.append(f"  error: {d.error or '-'}" + (f" (status {d.status})" if d.status is not None else ""))
+        out.append(
+            f"{d.topic}[{d.partition}]@{d.offset}  key {d.key if d.key is not None else '(none)'}  "
+            f"dead-lettered {d.timestamp or '-'}"
+        )
+        out.append(
+            f"  from {d.original_topic or '?'}[{'?' if d.original_partition is None else d.original_partition}]"
+            f"@{'?' if d.original_offset is None else d.original_offset}, first failure "
+            f"{d.first_failure_time or '-'}, retries {d.retry_count if d.retry_count is not None else '-'}, "
+            f"replays {d.replay_count}, trace {d.trace_id or '-'}"
+        )
+        out.append(
+            f"  error: {d.error or '-'}" + (f" (status {d.status})" if d.status is not None else "")
+        )
         for k, v in d.headers:
             out.append(f"  header {k}: {v}")
-        more = f" ... ({d.value_size} bytes)" if d.value_size > len(d.value_preview.encode()) else ""
-        out.append(f"  value: {d.value_preview}{more}" + (" [value left out of the copy]" if d.value_omitted else ""))
+        more = (
+            f" ... ({d.value_size} bytes)" if d.value_size > len(d.value_preview.encode()) else ""
+        )
+        out.append(
+            f"  value: {d.value_preview}{more}"
+            + (" [value left out of the copy]" if d.value_omitted else "")
+        )
     print("\n".join(out) if out else "no dead letters match")
     return 0
 
@@ -189,15 +296,27 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     target = _target(args)
 
     def progress(p: Progress) -> None:
-        print(f"  {p.topic}: read {p.read} of {p.total}, moved {p.moved}, parked {p.parked}", file=sys.stderr,
-              flush=True)
+        print(
+            f"  {p.topic}: read {p.read} of {p.total}, moved {p.moved}, parked {p.parked}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     try:
-        report = replay(target, args.topic, flt, dry_run=args.dry_run, rate=rate, max_replays=args.max_replays,
-                        progress=None if args.json else progress)
+        report = replay(
+            target,
+            args.topic,
+            flt,
+            dry_run=args.dry_run,
+            rate=rate,
+            max_replays=args.max_replays,
+            progress=None if args.json else progress,
+        )
     except KeyboardInterrupt:
-        print("freedom: interrupted: what was committed stays replayed; run the same command again to resume",
-              file=sys.stderr)
+        print(
+            "freedom: interrupted: what was committed stays replayed; run the same command again to resume",
+            file=sys.stderr,
+        )
         return 130
     if args.json:
         _json(report)
@@ -206,12 +325,16 @@ def _dlq_replay(args: argparse.Namespace) -> int:
     for t in report.topics:
         verb = "would move" if report.dry_run else "moved"
         to = ", ".join(f"{n} to {topic}" for topic, n in sorted(t.destinations.items()))
-        out.append(f"{t.topic} (job {t.job}): {verb} {t.moved}{' (' + to + ')' if to else ''}, "
-                   f"parked {t.parked_count}, not matching {t.skipped}")
+        out.append(
+            f"{t.topic} (job {t.job}): {verb} {t.moved}{' (' + to + ')' if to else ''}, "
+            f"parked {t.parked_count}, not matching {t.skipped}"
+        )
         if report.dry_run:
             for m in t.moves[:50]:
-                out.append(f"  would move {t.topic}[{m.partition}]@{m.offset} key {m.key} -> {m.to_topic} "
-                           f"(replay {m.replay_count}; {m.error_class})")
+                out.append(
+                    f"  would move {t.topic}[{m.partition}]@{m.offset} key {m.key} -> {m.to_topic} "
+                    f"(replay {m.replay_count}; {m.error_class})"
+                )
             if t.moved > 50:
                 out.append(f"  ... and {t.moved - 50} more")
         for pk in t.parked[:50]:
@@ -232,13 +355,21 @@ def _offsets_reset(args: argparse.Namespace) -> int:
     if args.json:
         _json(result)
         return 0
-    out = [f"group {result.group} to {result.to}" + (" (dry run: nothing changed)" if result.dry_run else ":")]
+    out = [
+        f"group {result.group} to {result.to}"
+        + (" (dry run: nothing changed)" if result.dry_run else ":")
+    ]
     rows = [["TOPIC", "PARTITION", "OLD", "NEW"]]
-    rows += [[c.topic, str(c.partition), "-" if c.old is None else str(c.old), str(c.new)] for c in result.changes]
+    rows += [
+        [c.topic, str(c.partition), "-" if c.old is None else str(c.old), str(c.new)]
+        for c in result.changes
+    ]
     out += _table(rows, "  ")
     if result.dry_run and result.members:
-        out.append(f"note: the group has {len(result.members)} live member(s): the reset itself would be refused "
-                   "until the service is stopped")
+        out.append(
+            f"note: the group has {len(result.members)} live member(s): the reset itself would be refused "
+            "until the service is stopped"
+        )
     out.append(f"audit: {audit_line(result)}")
     print("\n".join(out))
     return 0

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
@@ -53,7 +54,9 @@ class Cluster:
     def _fail(self, what: str, exc: BaseException) -> OpsError:
         err = exc.args[0] if exc.args else exc
         text = err.str() if isinstance(err, confluent_kafka.KafkaError) else str(err)
-        return OpsError(f"{what} on {self.settings.get('bootstrap.servers')}: {scrub(text, self.settings)}")
+        return OpsError(
+            f"{what} on {self.settings.get('bootstrap.servers')}: {scrub(text, self.settings)}"
+        )
 
     # ------------------------------------------------------------------ topics
 
@@ -64,15 +67,20 @@ class Cluster:
                 md = self.admin.list_topics(timeout=self.timeout)
             except confluent_kafka.KafkaException as exc:
                 raise self._fail("cannot list the topics", exc) from None
-            self._topics = {name: len(t.partitions) for name, t in md.topics.items()
-                            if not name.startswith("__") and t.error is None}
+            self._topics = {
+                name: len(t.partitions)
+                for name, t in md.topics.items()
+                if not name.startswith("__") and t.error is None
+            }
         return self._topics
 
     def partitions(self, topic: str) -> list[TP]:
         """The partitions of `topic`; OpsError when it does not exist."""
         count = self.topics().get(topic)
         if count is None:
-            raise OpsError(f"topic {topic!r} does not exist on {self.settings.get('bootstrap.servers')}")
+            raise OpsError(
+                f"topic {topic!r} does not exist on {self.settings.get('bootstrap.servers')}"
+            )
         return [(topic, p) for p in range(count)]
 
     # ------------------------------------------------------------------ offsets
@@ -80,11 +88,21 @@ class Cluster:
     def _list_offsets(self, tps: list[TP], spec: Any, committed: bool) -> dict[TP, int]:
         if not tps:
             return {}
-        level = confluent_kafka.IsolationLevel.READ_COMMITTED if committed else confluent_kafka.IsolationLevel.READ_UNCOMMITTED
+        level = (
+            confluent_kafka.IsolationLevel.READ_COMMITTED
+            if committed
+            else confluent_kafka.IsolationLevel.READ_UNCOMMITTED
+        )
         try:
-            futures = self.admin.list_offsets({TopicPartition(t, p): spec for t, p in tps}, isolation_level=level,
-                                              request_timeout=self.timeout)
-            return {(tp.topic, tp.partition): int(f.result(self.timeout).offset) for tp, f in futures.items()}
+            futures = self.admin.list_offsets(
+                {TopicPartition(t, p): spec for t, p in tps},
+                isolation_level=level,
+                request_timeout=self.timeout,
+            )
+            return {
+                (tp.topic, tp.partition): int(f.result(self.timeout).offset)
+                for tp, f in futures.items()
+            }
         except confluent_kafka.KafkaException as exc:
             raise self._fail("cannot list offsets", exc) from None
 
@@ -107,46 +125,69 @@ class Cluster:
         from confluent_kafka import ConsumerGroupTopicPartitions
 
         try:
-            future = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)],
-                                                            request_timeout=self.timeout)[group]
+            future = self.admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(group)], request_timeout=self.timeout
+            )[group]
             result = future.result(self.timeout)
         except confluent_kafka.KafkaException as exc:
             raise self._fail(f"cannot read the committed offsets of group {group!r}", exc) from None
-        return {(tp.topic, tp.partition): int(tp.offset) for tp in result.topic_partitions or [] if tp.offset >= 0}
+        return {
+            (tp.topic, tp.partition): int(tp.offset)
+            for tp in result.topic_partitions or []
+            if tp.offset >= 0
+        }
 
     def alter_committed(self, group: str, offsets: dict[TP, int]) -> None:
         """Set the committed offsets of `group` (which must have no live members)."""
         from confluent_kafka import ConsumerGroupTopicPartitions
 
-        request = ConsumerGroupTopicPartitions(group, [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())])
+        request = ConsumerGroupTopicPartitions(
+            group, [TopicPartition(t, p, o) for (t, p), o in sorted(offsets.items())]
+        )
         try:
-            result = self.admin.alter_consumer_group_offsets([request], request_timeout=self.timeout)[group]
+            result = self.admin.alter_consumer_group_offsets(
+                [request], request_timeout=self.timeout
+            )[group]
             done = result.result(self.timeout)
         except confluent_kafka.KafkaException as exc:
             raise self._fail(f"cannot set the offsets of group {group!r}", exc) from None
         for tp in done.topic_partitions or []:
             if tp.error is not None:
-                raise self._fail(f"cannot set the offset of {tp.topic}[{tp.partition}] for group {group!r}",
-                                 confluent_kafka.KafkaException(tp.error))
+                raise self._fail(
+                    f"cannot set the offset of {tp.topic}[{tp.partition}] for group {group!r}",
+                    confluent_kafka.KafkaException(tp.error),
+                )
 
     def describe(self, group: str) -> GroupInfo:
         """The state and live members of `group` ("DEAD" with no members when it does not exist)."""
         try:
-            desc = self.admin.describe_consumer_groups([group], request_timeout=self.timeout)[group].result(self.timeout)
+            desc = self.admin.describe_consumer_groups([group], request_timeout=self.timeout)[
+                group
+            ].result(self.timeout)
         except confluent_kafka.KafkaException as exc:
             err = exc.args[0]
-            if isinstance(err, confluent_kafka.KafkaError) and err.code() == confluent_kafka.KafkaError.GROUP_ID_NOT_FOUND:
+            if (
+                isinstance(err, confluent_kafka.KafkaError)
+                and err.code() == confluent_kafka.KafkaError.GROUP_ID_NOT_FOUND
+            ):
                 return GroupInfo(group, "DEAD", ())
             raise self._fail(f"cannot describe group {group!r}", exc) from None
-        members = tuple(Member(m.client_id, m.host, tuple(sorted((tp.topic, tp.partition)
-                                                               for tp in (m.assignment.topic_partitions or []))))
-                        for m in desc.members or [])
+        members = tuple(
+            Member(
+                m.client_id,
+                m.host,
+                tuple(
+                    sorted((tp.topic, tp.partition) for tp in (m.assignment.topic_partitions or []))
+                ),
+            )
+            for m in desc.members or []
+        )
         state = desc.state.name if hasattr(desc.state, "name") else str(desc.state)
         return GroupInfo(group, state, members)
 
     # ------------------------------------------------------------------ records
 
-    def reader(self) -> "Reader":
+    def reader(self) -> Reader:
         return Reader(self)
 
 
@@ -156,13 +197,21 @@ class Reader:
 
     def __init__(self, cluster: Cluster, group: str | None = None) -> None:
         self.cluster = cluster
-        self.consumer = confluent_kafka.Consumer({
-            **cluster.settings, "group.id": group or f"freedom-ops-reader-{uuid.uuid4().hex[:8]}",
-            "enable.auto.commit": False, "enable.auto.offset.store": False, "enable.partition.eof": True,
-            "auto.offset.reset": "earliest", "isolation.level": "read_committed",
-        })
+        self.consumer = confluent_kafka.Consumer(
+            {
+                **cluster.settings,
+                "group.id": group or f"freedom-ops-reader-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "enable.partition.eof": True,
+                "auto.offset.reset": "earliest",
+                "isolation.level": "read_committed",
+            }
+        )
 
-    def read(self, topic: str, partition: int, start: int, end: int, timeout: float = 30.0) -> Iterator[Any]:
+    def read(
+        self, topic: str, partition: int, start: int, end: int, timeout: float = 30.0
+    ) -> Iterator[Any]:
         """The records of `topic[partition]` with offsets in [start, end), in order."""
         if start >= end:
             return
@@ -173,8 +222,10 @@ class Reader:
                 msg = self.consumer.poll(0.5)
                 if msg is None:
                     if time.monotonic() > deadline:
-                        raise OpsError(f"reading {topic}[{partition}] stalled at offset {start} "
-                                       f"(no record within {timeout:.0f} s)")
+                        raise OpsError(
+                            f"reading {topic}[{partition}] stalled at offset {start} "
+                            f"(no record within {timeout:.0f} s)"
+                        )
                     continue
                 err = msg.error()
                 if err is not None:

@@ -12,17 +12,26 @@ from __future__ import annotations
 import base64
 import datetime
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
-from freedom.wire.headers import (ERROR_HEADER, FIRST_FAILURE_TIME_HEADER, OMISSION_HEADERS, ORIGINAL_OFFSET_HEADER,
-                       ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER, REPLAY_COUNT_HEADER, RETRY_COUNT_HEADER,
-                       STATUS_HEADER)
 from freedom.observability.tracing import record_trace_id
-from freedom.wire.encoding import printable
 from freedom.ops.cluster import TP, Cluster
 from freedom.ops.status import iso, main_topics
 from freedom.ops.target import ClientTarget, OpsError, Target
+from freedom.wire.encoding import printable
+from freedom.wire.headers import (
+    ERROR_HEADER,
+    FIRST_FAILURE_TIME_HEADER,
+    OMISSION_HEADERS,
+    ORIGINAL_OFFSET_HEADER,
+    ORIGINAL_PARTITION_HEADER,
+    ORIGINAL_TOPIC_HEADER,
+    REPLAY_COUNT_HEADER,
+    RETRY_COUNT_HEADER,
+    STATUS_HEADER,
+)
 
 PREVIEW_BYTES = 200
 HEADER_CHARS = 1000  # a header value longer than this is shown cut, with its length
@@ -52,7 +61,11 @@ def _last(headers: list[tuple[str, Any]], name: str) -> str | None:
 
 
 def _int(value: str | None) -> int | None:
-    return int(value) if value is not None and value.isascii() and value.isdigit() and len(value) < 19 else None
+    return (
+        int(value)
+        if value is not None and value.isascii() and value.isdigit() and len(value) < 19
+        else None
+    )
 
 
 @dataclass(frozen=True)
@@ -85,18 +98,21 @@ class DeadLetter:
         return error_class(self.error)
 
     @staticmethod
-    def of(msg: Any) -> "DeadLetter":
+    def of(msg: Any) -> DeadLetter:
         raw = list(msg.headers() or [])
         key = msg.key()
         value = msg.value() or b""
         kind, ms = msg.timestamp()
         return DeadLetter(
-            topic=msg.topic(), partition=msg.partition(), offset=msg.offset(),
+            topic=msg.topic(),
+            partition=msg.partition(),
+            offset=msg.offset(),
             timestamp=iso(ms / 1000.0) if kind else None,
             key=printable(_text(key)) if key is not None else None,
             key_base64=base64.b64encode(key).decode() if key is not None else None,
             headers=tuple((printable(k[:HEADER_CHARS]), _shown(_text(v))) for k, v in raw),
-            value_size=len(value), value_preview=printable(_text(value[:PREVIEW_BYTES])),
+            value_size=len(value),
+            value_preview=printable(_text(value[:PREVIEW_BYTES])),
             original_topic=_last(raw, ORIGINAL_TOPIC_HEADER),
             original_partition=_int(_last(raw, ORIGINAL_PARTITION_HEADER)),
             original_offset=_int(_last(raw, ORIGINAL_OFFSET_HEADER)),
@@ -112,9 +128,15 @@ class DeadLetter:
 
 
 _CLASS_RULES = (
-    (re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"), "<id>"),
+    (
+        re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"),
+        "<id>",
+    ),
     (re.compile(r"\b(?=[0-9a-fA-F]*[0-9])[0-9a-fA-F]{8,}\b"), "<id>"),  # hex ids, event ids
-    (re.compile(r"\b(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{16,}\b"), "<id>"),  # long tokens with digits
+    (
+        re.compile(r"\b(?=[A-Za-z0-9_-]*[0-9])[A-Za-z0-9_-]{16,}\b"),
+        "<id>",
+    ),  # long tokens with digits
     (re.compile(r"[0-9]+(?:[.:][0-9]+)*"), "<n>"),
     (re.compile(r"\s+"), " "),
 )
@@ -140,11 +162,15 @@ def error_class(error: str) -> str:
 def parse_time(value: str, option: str) -> float:
     """An ISO 8601 time (UTC when it names no zone) as a Unix time; OpsError naming `option`."""
     try:
-        parsed = datetime.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        parsed = datetime.datetime.fromisoformat(
+            value.strip().replace("Z", "+00:00").replace("z", "+00:00")
+        )
     except ValueError:
-        raise OpsError(f"{option}: not an ISO 8601 time: {value!r} (e.g. 2026-12-01T10:00:00Z)") from None
+        raise OpsError(
+            f"{option}: not an ISO 8601 time: {value!r} (e.g. 2026-12-01T10:00:00Z)"
+        ) from None
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+        parsed = parsed.replace(tzinfo=datetime.UTC)
     return parsed.timestamp()
 
 
@@ -200,7 +226,9 @@ class Filter:
         if self.partition is not None:
             out["partition"] = self.partition
         if self.offsets is not None:
-            out["offsets"] = f"{self.offsets[0]}-{'' if self.offsets[1] is None else self.offsets[1]}"
+            out["offsets"] = (
+                f"{self.offsets[0]}-{'' if self.offsets[1] is None else self.offsets[1]}"
+            )
         return out
 
     def bounds(self, partition: int, low: int, end: int) -> tuple[int, int]:
@@ -267,7 +295,9 @@ def fail_topics(target: Target, topic: str | None = None) -> list[FailTopic]:
             out.append(FailTopic(topic, client, cluster))
     if topic is not None and not out:
         listed = ", ".join(known) if known else "none yet"
-        raise OpsError(f"unknown dead-letter topic {topic!r} (the service's dead-letter topics: {listed})")
+        raise OpsError(
+            f"unknown dead-letter topic {topic!r} (the service's dead-letter topics: {listed})"
+        )
     seen: set[tuple[str, str]] = set()
     unique = []
     for f in out:  # two clients on one cluster with the same prefix share their dead-letter topics
@@ -284,8 +314,12 @@ def snapshot(fail: FailTopic) -> dict[TP, tuple[int, int]]:
     return {tp: (lows[tp], ends[tp]) for tp in tps}
 
 
-def scan(fail: FailTopic, flt: Filter, starts: dict[TP, int] | None = None,
-         ends: dict[TP, tuple[int, int]] | None = None) -> Iterator[tuple[DeadLetter, Any]]:
+def scan(
+    fail: FailTopic,
+    flt: Filter,
+    starts: dict[TP, int] | None = None,
+    ends: dict[TP, tuple[int, int]] | None = None,
+) -> Iterator[tuple[DeadLetter, Any]]:
     """The dead letters of `fail` matching `flt`, partition by partition, up to the end offsets at
     the start (`ends`, else now); `starts` overrides where each partition begins."""
     bounds = ends if ends is not None else snapshot(fail)
@@ -328,7 +362,9 @@ class TopicDeadLetters:
     classes: tuple[ErrorClass, ...]
 
 
-def list_dead_letters(target: Target, topic: str | None = None, flt: Filter = Filter()) -> list[TopicDeadLetters]:
+def list_dead_letters(
+    target: Target, topic: str | None = None, flt: Filter = Filter()
+) -> list[TopicDeadLetters]:
     """`freedom dlq list`: the dead letters of each dead-letter topic grouped by error class."""
     out = []
     for fail in fail_topics(target, topic):
@@ -340,16 +376,25 @@ def list_dead_letters(target: Target, topic: str | None = None, flt: Filter = Fi
         classes = []
         for (cls, status, original), items in groups.items():
             times = sorted(d.ts_ms for d in items if d.ts_ms)
-            classes.append(ErrorClass(cls, status, original, len(items),
-                                      iso(times[0] / 1000.0) if times else None,
-                                      iso(times[-1] / 1000.0) if times else None, items[-1].error))
+            classes.append(
+                ErrorClass(
+                    cls,
+                    status,
+                    original,
+                    len(items),
+                    iso(times[0] / 1000.0) if times else None,
+                    iso(times[-1] / 1000.0) if times else None,
+                    items[-1].error,
+                )
+            )
         classes.sort(key=lambda c: (-c.count, c.error_class))
         out.append(TopicDeadLetters(fail.topic, total, tuple(classes)))
     return out
 
 
-def show_dead_letters(target: Target, topic: str | None = None, flt: Filter = Filter(),
-                      limit: int | None = 20) -> list[DeadLetter]:
+def show_dead_letters(
+    target: Target, topic: str | None = None, flt: Filter = Filter(), limit: int | None = 20
+) -> list[DeadLetter]:
     """`freedom dlq show`: the dead letters matching `flt`, at most `limit` (None: all)."""
     if limit is not None and limit < 1:
         raise OpsError("--limit must be 1 or more")

@@ -31,14 +31,13 @@ import os
 import re
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from freedom.wire.headers import (OMISSION_HEADERS, REASON_HEADERS, REPLAY_COUNT_HEADER, REPLAY_OF_HEADER,
-                       RETRY_COUNT_HEADER)
 from freedom.kafka.producer import PRODUCER_DEFAULTS
 from freedom.kafka.settings import scrub
 from freedom.kafka.topics import check_topic
@@ -46,13 +45,28 @@ from freedom.ops.cluster import TP, Reader
 from freedom.ops.dlq import DeadLetter, FailTopic, Filter, error_class, fail_topics, snapshot
 from freedom.ops.status import JOB_PREFIX, iso
 from freedom.ops.target import OpsError, Target
+from freedom.wire.headers import (
+    OMISSION_HEADERS,
+    REASON_HEADERS,
+    REPLAY_COUNT_HEADER,
+    REPLAY_OF_HEADER,
+    RETRY_COUNT_HEADER,
+)
 
 log = logging.getLogger("freedom.ops.replay")
 audit_log = logging.getLogger("freedom.ops.audit")
 
 DEFAULT_MAX_REPLAYS = 3
-_DROPPED = frozenset(h.lower() for h in (*REASON_HEADERS, *OMISSION_HEADERS, RETRY_COUNT_HEADER,
-                                         REPLAY_COUNT_HEADER, REPLAY_OF_HEADER))
+_DROPPED = frozenset(
+    h.lower()
+    for h in (
+        *REASON_HEADERS,
+        *OMISSION_HEADERS,
+        RETRY_COUNT_HEADER,
+        REPLAY_COUNT_HEADER,
+        REPLAY_OF_HEADER,
+    )
+)
 _BATCH_RECORDS = 200  # a transaction is committed after this many records ...
 _BATCH_SECONDS = 0.5  # ... or this long after it began
 TRANSACTION_TIMEOUT_MS = 30000
@@ -113,13 +127,17 @@ class TopicReplay:
 
     topic: str
     job: str  # the consumer group holding the progress
-    ranges: tuple[tuple[int, int, int], ...]  # (partition, first offset read, end offset at the start)
+    ranges: tuple[
+        tuple[int, int, int], ...
+    ]  # (partition, first offset read, end offset at the start)
     moved: int
     skipped: int  # read but not matching the filter
     parked: tuple[Parked, ...]
     parked_count: int
     moves: tuple[Move, ...]  # the first _KEPT_DETAILS moves
-    destinations: dict[str, int] = field(default_factory=dict)  # original topic -> records moved there
+    destinations: dict[str, int] = field(
+        default_factory=dict
+    )  # original topic -> records moved there
 
 
 @dataclass(frozen=True)
@@ -164,18 +182,23 @@ def audit_line(report: ReplayReport) -> str:
     topics = ", ".join(f"{t.topic} (job {t.job})" for t in report.topics) or "none"
     what = "dry run" if report.dry_run else "replay"
     verb = "would move" if report.dry_run else "moved"
-    return (f"dlq {what} by {report.who} at {report.at}: topics {topics}; "
-            f"filter {json.dumps(report.filter, sort_keys=True, ensure_ascii=False)}; "
-            f"{verb} {report.moved}, parked {report.parked}, not matching {report.skipped}; "
-            f"max replays {report.max_replays}, rate {f'{report.rate:g}/s' if report.rate else 'unlimited'}; "
-            f"{report.seconds:.1f} s")
+    return (
+        f"dlq {what} by {report.who} at {report.at}: topics {topics}; "
+        f"filter {json.dumps(report.filter, sort_keys=True, ensure_ascii=False)}; "
+        f"{verb} {report.moved}, parked {report.parked}, not matching {report.skipped}; "
+        f"max replays {report.max_replays}, rate {f'{report.rate:g}/s' if report.rate else 'unlimited'}; "
+        f"{report.seconds:.1f} s"
+    )
 
 
 def replay_headers(msg: Any, count: int, fail_topic: str) -> list[tuple[str, str | bytes | None]]:
     """The headers of a replayed record: its own, without the proxy's reason headers, plus the
     replay count and the dead letter it is a replay of."""
-    out: list[tuple[str, str | bytes | None]] = [(k, v if v is not None else b"") for k, v in msg.headers() or []
-                                    if k.lower() not in _DROPPED]
+    out: list[tuple[str, str | bytes | None]] = [
+        (k, v if v is not None else b"")
+        for k, v in msg.headers() or []
+        if k.lower() not in _DROPPED
+    ]
     out.append((REPLAY_COUNT_HEADER, str(count).encode()))
     out.append((REPLAY_OF_HEADER, f"{fail_topic}/{msg.partition()}/{msg.offset()}".encode()))
     return out
@@ -226,12 +249,17 @@ class _Job:
     def __init__(self, fail: FailTopic, group: str, timeout: float) -> None:
         self.fail, self.group, self.timeout = fail, group, timeout
         settings = fail.cluster.settings
-        self.producer = confluent_kafka.Producer({
-            **settings, **PRODUCER_DEFAULTS, "transactional.id": group, "enable.idempotence": True,
-            # A killed run's open transaction holds back the read_committed consumers of the
-            # partitions it wrote to until it is aborted: by the next run, else after this long.
-            "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-        })
+        self.producer = confluent_kafka.Producer(
+            {
+                **settings,
+                **PRODUCER_DEFAULTS,
+                "transactional.id": group,
+                "enable.idempotence": True,
+                # A killed run's open transaction holds back the read_committed consumers of the
+                # partitions it wrote to until it is aborted: by the next run, else after this long.
+                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
+            }
+        )
         self.reader = Reader(fail.cluster, group)  # its group metadata goes into each transaction
         self.errors: list[str] = []
         self.in_txn = False
@@ -243,13 +271,19 @@ class _Job:
         except confluent_kafka.KafkaException as exc:
             err = exc.args[0]
             if isinstance(err, confluent_kafka.KafkaError) and err.code() in (
-                    confluent_kafka.KafkaError._FENCED, confluent_kafka.KafkaError.PRODUCER_FENCED,
-                    confluent_kafka.KafkaError.INVALID_PRODUCER_EPOCH):
-                raise OpsError(f"another run of replay job {self.group!r} took over (this one was fenced); "
-                               "let that one finish") from None
+                confluent_kafka.KafkaError._FENCED,
+                confluent_kafka.KafkaError.PRODUCER_FENCED,
+                confluent_kafka.KafkaError.INVALID_PRODUCER_EPOCH,
+            ):
+                raise OpsError(
+                    f"another run of replay job {self.group!r} took over (this one was fenced); "
+                    "let that one finish"
+                ) from None
             text = err.str() if isinstance(err, confluent_kafka.KafkaError) else str(err)
-            raise OpsError(f"replay of {self.fail.topic!r}: {scrub(text, self.fail.cluster.settings)}; "
-                           "nothing of the unfinished batch was committed: run the same command again") from None
+            raise OpsError(
+                f"replay of {self.fail.topic!r}: {scrub(text, self.fail.cluster.settings)}; "
+                "nothing of the unfinished batch was committed: run the same command again"
+            ) from None
 
     def begin(self) -> None:
         if not self.in_txn:
@@ -263,7 +297,9 @@ class _Job:
 
         while True:
             try:
-                self.producer.produce(topic, key=msg.key(), value=msg.value(), headers=headers, on_delivery=report)
+                self.producer.produce(
+                    topic, key=msg.key(), value=msg.value(), headers=headers, on_delivery=report
+                )
                 self.producer.poll(0)
                 return
             except BufferError:
@@ -276,8 +312,12 @@ class _Job:
         offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
         try:
             if offsets:
-                self._call(self.producer.send_offsets_to_transaction, offsets,
-                           self.reader.consumer.consumer_group_metadata(), self.timeout)
+                self._call(
+                    self.producer.send_offsets_to_transaction,
+                    offsets,
+                    self.reader.consumer.consumer_group_metadata(),
+                    self.timeout,
+                )
             self._call(self.producer.commit_transaction, self.timeout)
         except OpsError:
             self.abort()
@@ -299,8 +339,16 @@ class _Job:
         self.reader.close()
 
 
-def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: int, pacer: _Pacer,
-                  progress: Callable[[Progress], None] | None, timeout: float) -> TopicReplay:
+def _replay_topic(
+    fail: FailTopic,
+    flt: Filter,
+    *,
+    dry_run: bool,
+    max_replays: int,
+    pacer: _Pacer,
+    progress: Callable[[Progress], None] | None,
+    timeout: float,
+) -> TopicReplay:
     group = job_group(fail.topic, flt)
     # The job's producer first: its init_transactions aborts what a killed run left open (records
     # and offsets), so the offsets read next are the last ones committed for good.
@@ -358,15 +406,29 @@ def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: i
                 if moving:
                     assert d.original_topic is not None
                     if job is not None:
-                        job.produce(d.original_topic, msg, replay_headers(msg, d.replay_count + 1, fail.topic))
+                        job.produce(
+                            d.original_topic,
+                            msg,
+                            replay_headers(msg, d.replay_count + 1, fail.topic),
+                        )
                     moved += 1
                     destinations[d.original_topic] = destinations.get(d.original_topic, 0) + 1
                     if len(moves) < _KEPT_DETAILS:
-                        moves.append(Move(p, offset, d.key, d.original_topic, error_class(d.error),
-                                          d.replay_count + 1))
+                        moves.append(
+                            Move(
+                                p,
+                                offset,
+                                d.key,
+                                d.original_topic,
+                                error_class(d.error),
+                                d.replay_count + 1,
+                            )
+                        )
                 positions[tp] = offset + 1
                 in_batch += 1
-                if job is not None and (in_batch >= _BATCH_RECORDS or time.monotonic() - began >= _BATCH_SECONDS):
+                if job is not None and (
+                    in_batch >= _BATCH_RECORDS or time.monotonic() - began >= _BATCH_SECONDS
+                ):
                     job.commit(positions)
                     in_batch = 0
                 if progress is not None and time.monotonic() - last_progress >= 2.0:
@@ -381,15 +443,33 @@ def _replay_topic(fail: FailTopic, flt: Filter, *, dry_run: bool, max_replays: i
             job.close()
         else:
             reader.close()
-    return TopicReplay(fail.topic, group, tuple(ranges), moved, skipped, tuple(parked), parked_count,
-                       tuple(moves), destinations)
+    return TopicReplay(
+        fail.topic,
+        group,
+        tuple(ranges),
+        moved,
+        skipped,
+        tuple(parked),
+        parked_count,
+        tuple(moves),
+        destinations,
+    )
 
 
-def replay(target: Target, topic: str | None = None, flt: Filter = Filter(), *, dry_run: bool = False,
-           rate: float | None = None, max_replays: int = DEFAULT_MAX_REPLAYS,
-           progress: Callable[[Progress], None] | None = None, timeout: float = 30.0) -> ReplayReport:
+def replay(
+    target: Target,
+    topic: str | None = None,
+    flt: Filter | None = None,
+    *,
+    dry_run: bool = False,
+    rate: float | None = None,
+    max_replays: int = DEFAULT_MAX_REPLAYS,
+    progress: Callable[[Progress], None] | None = None,
+    timeout: float = 30.0,
+) -> ReplayReport:
     """Replay the dead letters of `topic` (a dead-letter topic, or the main topic whose dead letters;
     None: every dead-letter topic of the service) that match `flt`. See the module's docstring."""
+    flt = flt if flt is not None else Filter()
     if max_replays < 1:
         raise OpsError("--max-replays must be 1 or more")
     if rate is not None and rate <= 0:
@@ -400,17 +480,38 @@ def replay(target: Target, topic: str | None = None, flt: Filter = Filter(), *, 
     for f in fails:
         level = str(f.client.config.settings.get("isolation.level", "")).lower()
         if level == "read_uncommitted":
-            log.warning("%s sets isolation.level = read_uncommitted: its service may see records of a replay "
-                        "run that was killed and aborted (delivered twice); use read_committed", f.client.where)
+            log.warning(
+                "%s sets isolation.level = read_uncommitted: its service may see records of a replay "
+                "run that was killed and aborted (delivered twice); use read_committed",
+                f.client.where,
+            )
     pacer = _Pacer(rate)
     done = []
     try:
         for f in fails:
-            done.append(_replay_topic(f, flt, dry_run=dry_run, max_replays=max_replays, pacer=pacer,
-                                      progress=progress, timeout=timeout))
+            done.append(
+                _replay_topic(
+                    f,
+                    flt,
+                    dry_run=dry_run,
+                    max_replays=max_replays,
+                    pacer=pacer,
+                    progress=progress,
+                    timeout=timeout,
+                )
+            )
     finally:
-        report = ReplayReport(who(), at, dry_run, flt.describe(), rate, max_replays, tuple(done),
-                              time.monotonic() - started)
-        audit_log.info("%s%s", audit_line(report), "" if len(done) == len(fails) else " (stopped early)")
+        report = ReplayReport(
+            who(),
+            at,
+            dry_run,
+            flt.describe(),
+            rate,
+            max_replays,
+            tuple(done),
+            time.monotonic() - started,
+        )
+        audit_log.info(
+            "%s%s", audit_line(report), "" if len(done) == len(fails) else " (stopped early)"
+        )
     return report
-

@@ -48,18 +48,26 @@ class OffsetsReset:
 
 def audit_line(result: OffsetsReset) -> str:
     what = "dry run" if result.dry_run else "applied"
-    return (f"offsets reset ({what}) by {result.who} at {result.at}: group {result.group} to {result.to}: "
-            + ", ".join(f"{c.topic}[{c.partition}] {'-' if c.old is None else c.old} -> {c.new}" for c in result.changes))
+    return (
+        f"offsets reset ({what}) by {result.who} at {result.at}: group {result.group} to {result.to}: "
+        + ", ".join(
+            f"{c.topic}[{c.partition}] {'-' if c.old is None else c.old} -> {c.new}"
+            for c in result.changes
+        )
+    )
 
 
 def _members(info_members: tuple[Member, ...]) -> str:
-    shown = ", ".join(f"{m.client_id or '?'} on {m.host.lstrip('/') or '?'}" for m in info_members[:5])
+    shown = ", ".join(
+        f"{m.client_id or '?'} on {m.host.lstrip('/') or '?'}" for m in info_members[:5]
+    )
     more = f" and {len(info_members) - 5} more" if len(info_members) > 5 else ""
     return shown + more
 
 
-def reset_offsets(target: Target, group: str, to: str, topic: str | None = None, *,
-                  dry_run: bool = False) -> OffsetsReset:
+def reset_offsets(
+    target: Target, group: str, to: str, topic: str | None = None, *, dry_run: bool = False
+) -> OffsetsReset:
     """Set `group`'s committed offsets (on `topic`, else on every topic it has offsets on) to `to`:
     "earliest", "latest", or an ISO 8601 time."""
     if not group:
@@ -70,16 +78,20 @@ def reset_offsets(target: Target, group: str, to: str, topic: str | None = None,
         try:
             ms = int(parse_time(to, "--to") * 1000)
         except OpsError:
-            raise OpsError(f"--to: expected earliest, latest or an ISO 8601 time (e.g. 2026-12-01T10:00:00Z), "
-                           f"got {to!r}") from None
+            raise OpsError(
+                f"--to: expected earliest, latest or an ISO 8601 time (e.g. 2026-12-01T10:00:00Z), "
+                f"got {to!r}"
+            ) from None
         spec = iso(ms / 1000.0)
     client = target.client_for_group(group)
     cluster = Cluster(client.settings, client.where)
     info = cluster.describe(group)
     if info.members and not dry_run:
-        raise OpsError(f"group {group!r} has {len(info.members)} live member(s) ({_members(info.members)}): "
-                       "stop every instance of the service first (Kafka does not change the offsets of a group "
-                       "in use), then run this again")
+        raise OpsError(
+            f"group {group!r} has {len(info.members)} live member(s) ({_members(info.members)}): "
+            "stop every instance of the service first (Kafka does not change the offsets of a group "
+            "in use), then run this again"
+        )
     committed = cluster.committed(group)
     if topic is not None:
         tps: list[TP] = cluster.partitions(topic)
@@ -99,6 +111,8 @@ def reset_offsets(target: Target, group: str, to: str, topic: str | None = None,
     if not dry_run:
         cluster.alter_committed(group, {(c.topic, c.partition): c.new for c in changes})
         applied = True
-    result = OffsetsReset(group, spec, dry_run, applied, info.members, changes, who(), iso(time.time()))
+    result = OffsetsReset(
+        group, spec, dry_run, applied, info.members, changes, who(), iso(time.time())
+    )
     audit_log.info("%s", audit_line(result))
     return result

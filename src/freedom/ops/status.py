@@ -21,8 +21,11 @@ MARKER_CHECK = 3  # a lag up to this many offsets is counted in records (see _gr
 
 def iso(ts: float) -> str:
     """A UTC time as ISO 8601 with milliseconds and `Z`."""
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
+    return (
+        datetime.datetime.fromtimestamp(ts, datetime.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
+    )
 
 
 @dataclass(frozen=True)
@@ -72,7 +75,9 @@ class ClientStatus:
     servers: str
     topics: tuple[str, ...]  # the listened (main) topics
     groups: tuple[GroupStatus, ...]
-    retry_waiting: tuple[TopicCount, ...]  # per retry topic: records the retry group has not settled
+    retry_waiting: tuple[
+        TopicCount, ...
+    ]  # per retry topic: records the retry group has not settled
     dead_letters: tuple[TopicCount, ...]  # per dead-letter topic: records in it
 
 
@@ -91,13 +96,22 @@ def main_topics(client: ClientTarget, cluster: Cluster) -> list[str]:
     cc = client.config
     found = {t for t, _ in cluster.committed(cc.group_id)}
     if cc.retry_count > 0:
-        found |= {t[len(cc.retry_prefix):] for t, _ in cluster.committed(cc.retry_group_id)
-                  if t.startswith(cc.retry_prefix)}
+        found |= {
+            t[len(cc.retry_prefix) :]
+            for t, _ in cluster.committed(cc.retry_group_id)
+            if t.startswith(cc.retry_prefix)
+        }
     return sorted(found)
 
 
-def _group(cluster: Cluster, group: str, kind: str, topics: list[str], earliest_when_new: bool,
-           retry_intervals: dict[str, float] | None) -> GroupStatus:
+def _group(
+    cluster: Cluster,
+    group: str,
+    kind: str,
+    topics: list[str],
+    earliest_when_new: bool,
+    retry_intervals: dict[str, float] | None,
+) -> GroupStatus:
     """The members and partitions of `group` on `topics`; a retry group's `retry_intervals` (retry
     topic -> seconds) say when a partition's next record is due."""
     existing = cluster.topics()
@@ -155,9 +169,17 @@ def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
             tps = cluster.partitions(ft)
             ends, lows = cluster.latest(tps), cluster.earliest(tps)
             done = cluster.committed(f"{JOB_PREFIX}{ft}")
-            dead.append(TopicCount(ft, t, sum(max(0, ends[tp] - lows[tp]) for tp in tps),
-                                   sum(max(0, ends[tp] - max(lows[tp], done.get(tp, 0))) for tp in tps)))
-    return ClientStatus(client.index, client.servers, tuple(topics), tuple(groups), tuple(waiting), tuple(dead))
+            dead.append(
+                TopicCount(
+                    ft,
+                    t,
+                    sum(max(0, ends[tp] - lows[tp]) for tp in tps),
+                    sum(max(0, ends[tp] - max(lows[tp], done.get(tp, 0))) for tp in tps),
+                )
+            )
+    return ClientStatus(
+        client.index, client.servers, tuple(topics), tuple(groups), tuple(waiting), tuple(dead)
+    )
 
 
 def status(target: Target) -> StatusReport:

@@ -8,10 +8,17 @@ are found on the cluster (the group's committed offsets, the topic prefixes).
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any
 
-from freedom.config.loading import ConsumerClientConfig, KafkaConfig, SubscriptionConfig, find_config_dir, load_kafka_config
+from freedom.config.loading import (
+    ConsumerClientConfig,
+    KafkaConfig,
+    SubscriptionConfig,
+    find_config_dir,
+    load_kafka_config,
+)
 from freedom.errors import FreedomError
 from freedom.kafka.settings import client_settings, connection_settings
 
@@ -65,7 +72,9 @@ class Target:
         return self.clients[0]
 
 
-def servers_of(cc: ConsumerClientConfig, where: str, embedded: str | None = None) -> tuple[str, ...]:
+def servers_of(
+    cc: ConsumerClientConfig, where: str, embedded: str | None = None
+) -> tuple[str, ...]:
     """The bootstrap servers of the consumer client `cc` (`where` names it in errors): its own, else
     the embedded broker's (`embedded`, or the one this process shares); OpsError when neither."""
     if cc.servers is not None:
@@ -77,30 +86,49 @@ def servers_of(cc: ConsumerClientConfig, where: str, embedded: str | None = None
     shared = shared_broker()
     if shared is not None:
         return (shared.bootstrap,)
-    raise OpsError(f"{where} has no servers: the embedded broker lives inside the service's process, "
-                   "so there is no cluster to inspect from outside; set servers in kafka.toml")
+    raise OpsError(
+        f"{where} has no servers: the embedded broker lives inside the service's process, "
+        "so there is no cluster to inspect from outside; set servers in kafka.toml"
+    )
 
 
-def target_of(kafka: KafkaConfig | None, topics: Iterable[str] | None, config_dir: str | None = None, *,
-              embedded_bootstrap: str | None = None) -> Target:
+def target_of(
+    kafka: KafkaConfig | None,
+    topics: Iterable[str] | None,
+    config_dir: str | None = None,
+    *,
+    embedded_bootstrap: str | None = None,
+) -> Target:
     """The target of a loaded configuration (the web console: the running service's own, with
     its listened topics and, on the embedded broker, its address)."""
     if kafka is None or not kafka.consumer_clients:
-        raise OpsError(f"no consumer clients configured (infra/kafka.toml in {config_dir or 'the config directory'}): "
-                       "there are no consumer groups or dead-letter topics to inspect")
+        raise OpsError(
+            f"no consumer clients configured (infra/kafka.toml in {config_dir or 'the config directory'}): "
+            "there are no consumer groups or dead-letter topics to inspect"
+        )
     listened = tuple(sorted(topics)) if topics is not None else None
     clients = []
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
-        settings = client_settings(servers_of(cc, where, embedded_bootstrap), "consumer", cc.group_id, {}, cc.settings)
+        settings = client_settings(
+            servers_of(cc, where, embedded_bootstrap), "consumer", cc.group_id, {}, cc.settings
+        )
         client_topics, retries = listened, {}
-        if listened is None and kafka.subscriptions:  # a standalone proxy's: known without its commits
+        if (
+            listened is None and kafka.subscriptions
+        ):  # a standalone proxy's: known without its commits
             subs = _subscriptions_of(kafka, i)
             client_topics = tuple(sorted({s.topic for s in subs}))
-            retries = {s.topic: (cc.retry_count if s.retry_count is None else s.retry_count,
-                                 cc.retry_interval_sec if s.retry_interval_sec is None else s.retry_interval_sec)
-                       for s in subs}
-        clients.append(ClientTarget(i, cc, connection_settings(settings), client_topics, where, retries))
+            retries = {
+                s.topic: (
+                    cc.retry_count if s.retry_count is None else s.retry_count,
+                    cc.retry_interval_sec if s.retry_interval_sec is None else s.retry_interval_sec,
+                )
+                for s in subs
+            }
+        clients.append(
+            ClientTarget(i, cc, connection_settings(settings), client_topics, where, retries)
+        )
     return Target(tuple(clients), config_dir)
 
 
@@ -108,7 +136,11 @@ def _subscriptions_of(kafka: KafkaConfig, index: int) -> list[SubscriptionConfig
     """The `[[subscriptions]]` the consumer client `index` reads (no group_id: the first client's),
     as `freedom proxy` runs them (standalone.plan)."""
     group = kafka.consumer_clients[index].group_id
-    return [s for s in kafka.subscriptions if (s.group_id == group if s.group_id is not None else index == 0)]
+    return [
+        s
+        for s in kafka.subscriptions
+        if (s.group_id == group if s.group_id is not None else index == 0)
+    ]
 
 
 def load_target(app: str | None, config: str | None) -> Target:
@@ -125,8 +157,10 @@ def load_target(app: str | None, config: str | None) -> Target:
     else:
         directory = find_config_dir(config)
         if directory is None:
-            raise OpsError("no config directory: give module:app or --config DIR (default: "
-                           "$FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
+            raise OpsError(
+                "no config directory: give module:app or --config DIR (default: "
+                "$FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)"
+            )
         if not directory.is_dir():
             raise OpsError(f"--config {config}: no such directory")
         kafka = load_kafka_config(directory)

@@ -55,4 +55,8 @@ def proxy_addr_is_self(proxy_addr: str, listen_addr: str) -> bool:
     """True when `proxy_addr` is plain `http://` to this machine at the port the service listens on
     (no path): the proxy delivers to the service itself."""
     parts = urlsplit(proxy_addr)
-    return parts.scheme == "http" and parts.path in ("", "/") and _on_this_machine(proxy_addr, listen_addr)[1]
+    return (
+        parts.scheme == "http"
+        and parts.path in ("", "/")
+        and _on_this_machine(proxy_addr, listen_addr)[1]
+    )

@@ -26,9 +26,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from types import FrameType
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from freedom.errors import FreedomError
 
@@ -141,8 +142,14 @@ def _describe(changes: Iterable[tuple[object, str]]) -> str:
 class Supervisor:
     """Runs the service as a child process, restarting it on file changes; owns the embedded broker."""
 
-    def __init__(self, child_args: Sequence[str], dirs: Sequence[Path], *,
-                 broker_needed: Callable[[], bool], stop_timeout: float = STOP_TIMEOUT_SEC) -> None:
+    def __init__(
+        self,
+        child_args: Sequence[str],
+        dirs: Sequence[Path],
+        *,
+        broker_needed: Callable[[], bool],
+        stop_timeout: float = STOP_TIMEOUT_SEC,
+    ) -> None:
         self.child_args = list(child_args)
         self.dirs = list(dirs)
         self.broker_needed = broker_needed
@@ -159,8 +166,10 @@ class Supervisor:
         if self._stopping.is_set():
             self._kill_now = True
             return
-        log.info("stopping the service%s (signal again to stop at once)",
-                 " and the embedded broker" if self.broker is not None else "")
+        log.info(
+            "stopping the service%s (signal again to stop at once)",
+            " and the embedded broker" if self.broker is not None else "",
+        )
         self._stopping.set()
 
     # ------------------------------------------------------------------ broker
@@ -174,12 +183,18 @@ class Supervisor:
         if not self.broker_needed():
             return
         if self.broker is not None:
-            log.warning("the embedded Kafka broker had exited; starting a new one (its data is lost)")
+            log.warning(
+                "the embedded Kafka broker had exited; starting a new one (its data is lost)"
+            )
         broker = EmbeddedBroker()
         broker.start()
         self.broker = broker
-        log.warning("embedded Kafka broker at %s (pid %s), kept running across reloads: in memory only, "
-                    "everything is lost when freedom run stops", broker.bootstrap, broker.pid)
+        log.warning(
+            "embedded Kafka broker at %s (pid %s), kept running across reloads: in memory only, "
+            "everything is lost when freedom run stops",
+            broker.bootstrap,
+            broker.pid,
+        )
 
     def _stop_broker(self) -> None:
         if self.broker is not None:
@@ -199,7 +214,9 @@ class Supervisor:
         cmd = [sys.executable, "-m", "freedom.cli.main", "run", *self.child_args]
         # A session of its own: a Ctrl-C on the terminal reaches the supervisor only, which stops
         # the child with one SIGTERM (a second signal to the child would skip its drain).
-        self.child = spawn_dying_with_parent(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        self.child = spawn_dying_with_parent(
+            cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True
+        )
         self._reported = False
 
     def _stop_child(self) -> None:
@@ -224,7 +241,10 @@ class Supervisor:
         """Report, once, a child that exited by itself; the next change starts a new one."""
         if self.child is not None and not self._reported and self.child.poll() is not None:
             self._reported = True
-            log.error("the service %s; waiting for a change to restart it", exit_text(self.child.returncode))
+            log.error(
+                "the service %s; waiting for a change to restart it",
+                exit_text(self.child.returncode),
+            )
 
     # ------------------------------------------------------------------ main loop
 
@@ -234,14 +254,23 @@ class Supervisor:
             import watchfiles
         except ImportError:
             raise FreedomError("--reload needs watchfiles: pip install watchfiles") from None
-        logging.getLogger("watchfiles").setLevel(logging.WARNING)  # its "1 change detected" repeats ours
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        logging.getLogger("watchfiles").setLevel(
+            logging.WARNING
+        )  # its "1 change detected" repeats ours
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             log.info("watching %s for changes (--reload)", ", ".join(str(d) for d in self.dirs))
             self._start_child()
-            watch = watchfiles.watch(*self.dirs, watch_filter=watchfiles.PythonFilter(extra_extensions=EXTRA_EXTENSIONS),
-                                     stop_event=self._stopping, rust_timeout=200, yield_on_timeout=True,
-                                     raise_interrupt=False)
+            watch = watchfiles.watch(
+                *self.dirs,
+                watch_filter=watchfiles.PythonFilter(extra_extensions=EXTRA_EXTENSIONS),
+                stop_event=self._stopping,
+                rust_timeout=200,
+                yield_on_timeout=True,
+                raise_interrupt=False,
+            )
             for changes in watch:
                 if self._stopping.is_set():
                     break
@@ -263,8 +292,16 @@ class Supervisor:
         return 0
 
 
-def supervise(target: str, child_args: Sequence[str], *, config: str | None, embedded_broker: bool,
-              reload_dirs: Sequence[str] = ()) -> int:
+def supervise(
+    target: str,
+    child_args: Sequence[str],
+    *,
+    config: str | None,
+    embedded_broker: bool,
+    reload_dirs: Sequence[str] = (),
+) -> int:
     """`freedom run --reload`: run `freedom run child_args...` under a `Supervisor`."""
     dirs = watched_dirs(target, config, reload_dirs)
-    return Supervisor(child_args, dirs, broker_needed=lambda: needs_embedded_broker(config, embedded_broker)).run()
+    return Supervisor(
+        child_args, dirs, broker_needed=lambda: needs_embedded_broker(config, embedded_broker)
+    ).run()

@@ -18,7 +18,8 @@ import gc
 import importlib.util
 import logging
 import socket
-from typing import TYPE_CHECKING, Any, Coroutine
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -52,7 +53,7 @@ def freeze_startup_objects() -> None:
 
 
 class _Server(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: "Application") -> None:
+    def __init__(self, config: uvicorn.Config, app: Application) -> None:
         super().__init__(config)
         self._app = app
         self._draining = False
@@ -67,7 +68,9 @@ class _Server(uvicorn.Server):
             super().handle_exit(sig, frame)
             return
         self._draining = True
-        log.info("stopping: draining the consumer proxies, then the HTTP server (signal again to stop at once)")
+        log.info(
+            "stopping: draining the consumer proxies, then the HTTP server (signal again to stop at once)"
+        )
         self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._drain_then_exit()))
 
     async def _drain_then_exit(self) -> None:
@@ -85,7 +88,9 @@ _BIND_HINTS = {
 }
 
 
-def bind_listen_socket(app: "Application", host: str | None = None, port: int | None = None) -> socket.socket:
+def bind_listen_socket(
+    app: Application, host: str | None = None, port: int | None = None
+) -> socket.socket:
     """The service's listen socket, bound (not yet listening) before anything else starts.
 
     An address in use or not on this machine then stops start-up with one line naming where the
@@ -95,7 +100,9 @@ def bind_listen_socket(app: "Application", host: str | None = None, port: int | 
     file, key = app.config.listen_from
     if host is not None or port is not None:
         file, key = "Application.run()", "host, port"
-    return bind_address(host or app.config.host, port if port is not None else app.config.port, file, key)
+    return bind_address(
+        host or app.config.host, port if port is not None else app.config.port, file, key
+    )
 
 
 def bind_address(host: str, port: int, file: str, key: str | None) -> socket.socket:
@@ -105,8 +112,9 @@ def bind_address(host: str, port: int, file: str, key: str | None) -> socket.soc
 
     where = f"{host}:{port}"
     try:
-        family, kind, proto, _, addr = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM,
-                                                          flags=socket.AI_PASSIVE)[0]
+        family, kind, proto, _, addr = socket.getaddrinfo(
+            host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
         sock = socket.socket(family, kind, proto)
     except OSError as exc:  # socket.gaierror: a host name that does not resolve
         raise ConfigError(file, key, f"cannot listen on {where}: {exc.strerror or exc}") from None
@@ -116,11 +124,13 @@ def bind_address(host: str, port: int, file: str, key: str | None) -> socket.soc
     except OSError as exc:
         sock.close()
         hint = _BIND_HINTS.get(exc.errno or 0, "")
-        raise ConfigError(file, key, f"cannot listen on {where}: {exc.strerror or exc}{hint}") from None
+        raise ConfigError(
+            file, key, f"cannot listen on {where}: {exc.strerror or exc}{hint}"
+        ) from None
     return sock
 
 
-def own_delivery_socket(app: "Application") -> socket.socket | None:
+def own_delivery_socket(app: Application) -> socket.socket | None:
     """A worker's own loopback port for its consumer proxy's HTTP deliveries (`freedom run --workers`),
     or None when the proxy delivers elsewhere (a proxy_addr that is not the service's own listen
     address, or in-process) or there is no proxy.
@@ -134,7 +144,9 @@ def own_delivery_socket(app: "Application") -> socket.socket | None:
     cfg = app.kafka_config
     if cfg is None or not cfg.consumer_open or not app.event_routes:
         return None
-    if cfg.proxy_addr_explicit and not proxy_addr_is_self(cfg.proxy_addr, app.serving_addr or app.config.listen_addr):
+    if cfg.proxy_addr_explicit and not proxy_addr_is_self(
+        cfg.proxy_addr, app.serving_addr or app.config.listen_addr
+    ):
         return None
     own = bind_address("127.0.0.1", 0, "freedom run --workers", None)
     app.deliver_to(url := f"http://127.0.0.1:{own.getsockname()[1]}")
@@ -142,7 +154,7 @@ def own_delivery_socket(app: "Application") -> socket.socket | None:
     return own
 
 
-def serve(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
+def serve(app: Application, *, host: str | None = None, port: int | None = None) -> None:
     app.setup()
     if host is not None or port is not None:  # Application.run(host=, port=): proxy_addr follows it
         app.serve_on(f"{host or app.config.host}:{port if port is not None else app.config.port}")
@@ -181,7 +193,9 @@ def serve(app: "Application", *, host: str | None = None, port: int | None = Non
         freeze_startup_objects()
         log.info("serving HTTP on %s:%d", config.host, sock.getsockname()[1])
         try:
-            await server.serve(sockets=sockets)  # uvicorn listens on them, and closes them at the end
+            await server.serve(
+                sockets=sockets
+            )  # uvicorn listens on them, and closes them at the end
         finally:
             await app.stop()
 
@@ -198,24 +212,32 @@ def require_h2c_server() -> None:
     if importlib.util.find_spec("granian") is None:
         from freedom.errors import FreedomError
 
-        raise FreedomError("proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom-events[http2]'")
+        raise FreedomError(
+            "proxy_http2 = true needs granian to serve HTTP/2 cleartext: pip install 'freedom-events[http2]'"
+        )
 
 
 #: How long a stop waits for granian's open connections (as uvicorn's timeout_graceful_shutdown).
 GRANIAN_STOP_TIMEOUT_SEC = 15
 
 
-async def serve_granian(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
+async def serve_granian(app: Application, host: str, port: int, shutdown: asyncio.Event) -> None:
     """Serve `app` with granian embedded in this event loop (HTTP/1.1 and h2c on one port, the
     HTTP/2 framing in Rust) until `shutdown` is set."""
     from granian.constants import HTTPModes, Interfaces
     from granian.http import HTTP2Settings
     from granian.server.embed import Server
 
-    server = Server(app, address=host, port=port, interface=Interfaces.ASGI, http=HTTPModes.auto,
-                    # as many streams at once as the proxy sends (max_in_flight; granian's default is 200)
-                    http2_settings=HTTP2Settings(max_concurrent_streams=1000),
-                    log_enabled=False)  # log_enabled=False: leave the application's logging config alone
+    server = Server(
+        app,
+        address=host,
+        port=port,
+        interface=Interfaces.ASGI,
+        http=HTTPModes.auto,
+        # as many streams at once as the proxy sends (max_in_flight; granian's default is 200)
+        http2_settings=HTTP2Settings(max_concurrent_streams=1000),
+        log_enabled=False,
+    )  # log_enabled=False: leave the application's logging config alone
     serving = asyncio.ensure_future(server.serve())
     stopping = asyncio.ensure_future(shutdown.wait())
     try:
@@ -230,8 +252,10 @@ async def serve_granian(app: "Application", host: str, port: int, shutdown: asyn
                 # client never closes would otherwise hold the stop forever.
                 await asyncio.wait_for(asyncio.shield(serving), GRANIAN_STOP_TIMEOUT_SEC)
             except TimeoutError:
-                log.warning("granian: connections still open %s s after the stop; stopping without them",
-                            GRANIAN_STOP_TIMEOUT_SEC)
+                log.warning(
+                    "granian: connections still open %s s after the stop; stopping without them",
+                    GRANIAN_STOP_TIMEOUT_SEC,
+                )
                 serving.cancel()
         try:
             await serving
@@ -242,13 +266,13 @@ async def serve_granian(app: "Application", host: str, port: int, shutdown: asyn
         await asyncio.sleep(0.2)
 
 
-async def serve_http2(app: "Application", host: str, port: int, shutdown: asyncio.Event) -> None:
+async def serve_http2(app: Application, host: str, port: int, shutdown: asyncio.Event) -> None:
     """Serve `app` for h2c deliveries until `shutdown` is set, with granian (`pip install 'freedom-events[http2]'`)."""
     require_h2c_server()
     await serve_granian(app, host, port, shutdown)
 
 
-def serve_h2c(app: "Application", *, host: str | None = None, port: int | None = None) -> None:
+def serve_h2c(app: Application, *, host: str | None = None, port: int | None = None) -> None:
     """Like :func:`serve`, with an h2c server (:func:`serve_http2`): the first SIGINT/SIGTERM drains the proxies, then stops."""
     import signal
 
@@ -272,13 +296,20 @@ def serve_h2c(app: "Application", *, host: str | None = None, port: int | None =
             if draining:
                 shutdown.set()
                 return
-            log.info("stopping: draining the consumer proxies, then the HTTP server (signal again to stop at once)")
+            log.info(
+                "stopping: draining the consumer proxies, then the HTTP server (signal again to stop at once)"
+            )
             draining.append(asyncio.ensure_future(drain_then_exit()))
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal)
         try:
-            await serve_http2(app, host or app.config.host, port if port is not None else app.config.port, shutdown)
+            await serve_http2(
+                app,
+                host or app.config.host,
+                port if port is not None else app.config.port,
+                shutdown,
+            )
         finally:
             await app.stop()
 

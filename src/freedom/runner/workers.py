@@ -38,9 +38,10 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from types import FrameType
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from freedom.errors import FreedomError
 from freedom.runner.reload import exit_text
@@ -73,11 +74,15 @@ def inherited_socket() -> socket.socket | None:
     if not value:
         return None
     if not value.isdigit():
-        raise FreedomError(f"${LISTEN_FD_ENV}: must be a file descriptor number (set by freedom run --workers), got {value!r}")
+        raise FreedomError(
+            f"${LISTEN_FD_ENV}: must be a file descriptor number (set by freedom run --workers), got {value!r}"
+        )
     try:
         return socket.socket(fileno=int(value))
     except OSError as exc:
-        raise FreedomError(f"${LISTEN_FD_ENV}={value}: not an open socket ({exc.strerror or exc})") from None
+        raise FreedomError(
+            f"${LISTEN_FD_ENV}={value}: not an open socket ({exc.strerror or exc})"
+        ) from None
 
 
 def check_workers(value: int, *, reload: bool) -> None:
@@ -85,7 +90,9 @@ def check_workers(value: int, *, reload: bool) -> None:
     if not 1 <= value <= MAX_WORKERS:
         raise FreedomError(f"--workers: must be from 1 to {MAX_WORKERS}, got {value}")
     if reload and value > 1:
-        raise FreedomError("--workers and --reload cannot be combined (--reload runs one service, for development)")
+        raise FreedomError(
+            "--workers and --reload cannot be combined (--reload runs one service, for development)"
+        )
 
 
 def without_options(args: Sequence[str], options: dict[str, bool]) -> list[str]:
@@ -117,14 +124,25 @@ class _Worker:
 class WorkerSupervisor:
     """Runs N workers on one socket until SIGINT/SIGTERM; restarts those that die; owns the embedded broker."""
 
-    def __init__(self, count: int, child_args: Sequence[str], sock: socket.socket, *, broker_needed: bool,
-                 stop_timeout: float = STOP_TIMEOUT_SEC) -> None:
+    def __init__(
+        self,
+        count: int,
+        child_args: Sequence[str],
+        sock: socket.socket,
+        *,
+        broker_needed: bool,
+        stop_timeout: float = STOP_TIMEOUT_SEC,
+    ) -> None:
         self.count = count
         self.sock = sock
         host, port = sock.getsockname()[:2]
         self.listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         # Every worker serves the address bound here (also when the config says port 0).
-        self.child_args = [*without_options(child_args, {"--workers": True, "--listen": True}), "--listen", self.listen]
+        self.child_args = [
+            *without_options(child_args, {"--workers": True, "--listen": True}),
+            "--listen",
+            self.listen,
+        ]
         self.broker_needed = broker_needed
         self.stop_timeout = stop_timeout
         self.broker: EmbeddedBroker | None = None
@@ -137,8 +155,11 @@ class WorkerSupervisor:
         if self._stopping.is_set():
             self._kill_now = True
             return
-        log.info("stopping %d workers: each drains its consumer proxies, then its HTTP server "
-                 "(signal again to stop at once)", self.count)
+        log.info(
+            "stopping %d workers: each drains its consumer proxies, then its HTTP server "
+            "(signal again to stop at once)",
+            self.count,
+        )
         self._stopping.set()
 
     def _start_broker(self) -> None:
@@ -147,8 +168,13 @@ class WorkerSupervisor:
         broker = EmbeddedBroker()
         broker.start()
         self.broker = broker
-        log.warning("embedded Kafka broker at %s (pid %s), shared by the %d workers: in memory only, "
-                    "everything is lost when freedom run stops", broker.bootstrap, broker.pid, self.count)
+        log.warning(
+            "embedded Kafka broker at %s (pid %s), shared by the %d workers: in memory only, "
+            "everything is lost when freedom run stops",
+            broker.bootstrap,
+            broker.pid,
+            self.count,
+        )
 
     def _start(self, worker: _Worker) -> None:
         from freedom.kafka.embedded import BOOTSTRAP_ENV, spawn_dying_with_parent
@@ -162,8 +188,13 @@ class WorkerSupervisor:
         cmd = [sys.executable, "-m", "freedom.cli.main", "run", *self.child_args]
         # A session of its own: a Ctrl-C on the terminal reaches the parent only, which stops each
         # worker with one SIGTERM (a second signal to a worker would skip its drain).
-        worker.proc = spawn_dying_with_parent(cmd, env=env, stdin=subprocess.DEVNULL, start_new_session=True,
-                                              pass_fds=(self.sock.fileno(),))
+        worker.proc = spawn_dying_with_parent(
+            cmd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+            pass_fds=(self.sock.fileno(),),
+        )
         worker.started_at = time.monotonic()
         worker.restart_at = None
         log.info("worker %d started (pid %d)", worker.number, worker.proc.pid)
@@ -181,8 +212,11 @@ class WorkerSupervisor:
         code = proc.returncode
         if code == USAGE_EXIT:
             worker.reported = True
-            log.error("worker %d (pid %d) exited with code 2 (see its error above): stopping the service",
-                      worker.number, proc.pid)
+            log.error(
+                "worker %d (pid %d) exited with code 2 (see its error above): stopping the service",
+                worker.number,
+                proc.pid,
+            )
             self.exit_code = USAGE_EXIT
             self._stopping.set()
             return
@@ -190,8 +224,14 @@ class WorkerSupervisor:
         if ran >= HEALTHY_AFTER_SEC:
             worker.delay = 1.0
         delay, worker.delay = worker.delay, min(worker.delay * 2, MAX_RESTART_DELAY_SEC)
-        log.error("worker %d (pid %d) %s after %.0f s; its partitions go to the other workers, starting it again in %.0f s",
-                  worker.number, proc.pid, exit_text(code), ran, delay)
+        log.error(
+            "worker %d (pid %d) %s after %.0f s; its partitions go to the other workers, starting it again in %.0f s",
+            worker.number,
+            proc.pid,
+            exit_text(code),
+            ran,
+            delay,
+        )
         worker.restart_at = now + delay
 
     def _stop_all(self) -> None:
@@ -205,7 +245,11 @@ class WorkerSupervisor:
             time.sleep(0.05)
         if running:
             if not self._kill_now:
-                log.warning("%d workers did not stop within %.0f s: killing them", len(running), self.stop_timeout)
+                log.warning(
+                    "%d workers did not stop within %.0f s: killing them",
+                    len(running),
+                    self.stop_timeout,
+                )
             for proc in running:
                 proc.kill()
         for w in self.workers:
@@ -215,11 +259,15 @@ class WorkerSupervisor:
             if code != 0 and self.exit_code == 0:
                 self.exit_code = 1
             if code != 0 and w.restart_at is None and not w.reported:
-                log.warning("worker %d (pid %d) %s at the stop", w.number, w.proc.pid, exit_text(code))
+                log.warning(
+                    "worker %d (pid %d) %s at the stop", w.number, w.proc.pid, exit_text(code)
+                )
 
     def run(self) -> int:
         """Serve until SIGINT/SIGTERM (or a worker's user mistake); the exit code."""
-        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {
+            sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGINT, signal.SIGTERM)
+        }
         try:
             if self.broker_needed:
                 self._start_broker()
@@ -241,8 +289,14 @@ class WorkerSupervisor:
         return self.exit_code
 
 
-def supervise(count: int, child_args: Sequence[str], *, config: str | None, listen: str | None,
-              embedded_broker: bool) -> int:
+def supervise(
+    count: int,
+    child_args: Sequence[str],
+    *,
+    config: str | None,
+    listen: str | None,
+    embedded_broker: bool,
+) -> int:
     """`freedom run --workers N`: bind the listen address, then run N workers on it."""
     from freedom.config.loading import find_config_dir, load_app_config, load_kafka_config
     from freedom.runner.reload import needs_embedded_broker
@@ -252,10 +306,14 @@ def supervise(count: int, child_args: Sequence[str], *, config: str | None, list
     app_config = load_app_config(config_dir, listen_addr=listen)
     kafka = load_kafka_config(config_dir)
     if kafka is not None and kafka.proxy_http2:
-        raise FreedomError(f"--workers: proxy_http2 = true ({kafka.file}) serves with granian, which cannot share "
-                           "a listening socket; run one worker, or deliver over HTTP/1.1 or in-process")
+        raise FreedomError(
+            f"--workers: proxy_http2 = true ({kafka.file}) serves with granian, which cannot share "
+            "a listening socket; run one worker, or deliver over HTTP/1.1 or in-process"
+        )
     file, key = app_config.listen_from
     sock = bind_address(app_config.host, app_config.port, file, key)
     sock.listen(BACKLOG)
     sock.set_inheritable(True)
-    return WorkerSupervisor(count, child_args, sock, broker_needed=needs_embedded_broker(config, embedded_broker)).run()
+    return WorkerSupervisor(
+        count, child_args, sock, broker_needed=needs_embedded_broker(config, embedded_broker)
+    ).run()

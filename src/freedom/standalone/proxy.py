@@ -36,19 +36,36 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from freedom.observability import health, metrics
-from freedom.config.loading import (AppConfig, ConsumerClientConfig, KafkaConfig, SubscriptionConfig, TopicConsumeConfig,
-                     check_topic_overrides, find_config_dir, load_app_config, load_kafka_config)
+from freedom.config.loading import (
+    AppConfig,
+    ConsumerClientConfig,
+    KafkaConfig,
+    SubscriptionConfig,
+    TopicConsumeConfig,
+    check_topic_overrides,
+    find_config_dir,
+    load_app_config,
+    load_kafka_config,
+)
 from freedom.config.models import URL_KEY_PLACEHOLDER
 from freedom.errors import ConfigError, FreedomError
 from freedom.kafka.admin import check_reachable, ensure_topics
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, RecordHeaders, Transport
 from freedom.kafka.consumer.proxy import ConsumerProxy
 from freedom.kafka.settings import client_settings
+from freedom.observability import health, metrics
 
 log = logging.getLogger("freedom.proxy")
 
-__all__ = ["ProxyPlan", "StandaloneProxy", "SubscriptionTransport", "plan", "target_of", "add_parser", "command"]
+__all__ = [
+    "ProxyPlan",
+    "StandaloneProxy",
+    "SubscriptionTransport",
+    "plan",
+    "target_of",
+    "add_parser",
+    "command",
+]
 
 #: The most connections one subscription's HTTP/1.1 transport keeps to its endpoint.
 MAX_CONNECTIONS = 1000
@@ -76,7 +93,9 @@ def make_target_transport(sub: SubscriptionConfig, kafka: KafkaConfig) -> Transp
     from freedom.kafka.transports.http1 import Http1Transport
 
     bound = sub.max_in_flight or 100
-    return Http1Transport(base, timeout=sub.timeout_sec, secret=secret, max_connections=min(bound, MAX_CONNECTIONS))
+    return Http1Transport(
+        base, timeout=sub.timeout_sec, secret=secret, max_connections=min(bound, MAX_CONNECTIONS)
+    )
 
 
 class SubscriptionTransport:
@@ -89,11 +108,14 @@ class SubscriptionTransport:
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
         """True once every endpoint accepts connections; False at the deadline."""
-        results = await asyncio.gather(*(t.wait_until_reachable(deadline, stop) for t in self._unique))
+        results = await asyncio.gather(
+            *(t.wait_until_reachable(deadline, stop) for t in self._unique)
+        )
         return all(results)
 
-    async def deliver(self, route: EventRoute, key: str, value: bytes,
-                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+    async def deliver(
+        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+    ) -> DeliveryResult:
         return await self._targets[route.topic].deliver(route, key, value, headers, retry_count)
 
     async def aclose(self) -> None:
@@ -114,34 +136,58 @@ def plan(kafka: KafkaConfig) -> list[ProxyPlan]:
     """The ConsumerProxies that serve kafka.toml's subscriptions (ConfigError when there are none
     or no consumer client to read them)."""
     if not kafka.subscriptions:
-        raise ConfigError(kafka.file, "subscriptions", "no [[subscriptions]] entry: add one per topic, like "
-                          '[[subscriptions]] topic = "orders" url = "http://orders:8080/events/{key}" '
-                          "(docs/standalone-proxy.md)")
+        raise ConfigError(
+            kafka.file,
+            "subscriptions",
+            "no [[subscriptions]] entry: add one per topic, like "
+            '[[subscriptions]] topic = "orders" url = "http://orders:8080/events/{key}" '
+            "(docs/standalone-proxy.md)",
+        )
     if not kafka.consumer_clients:
-        raise ConfigError(kafka.file, "consumer_clients", "no [[consumer_clients]] entry: add one with the "
-                          "servers and group_id the proxy reads with")
-    check_topic_overrides(kafka, [s.topic for s in kafka.subscriptions])  # a table for a topic no one reads
+        raise ConfigError(
+            kafka.file,
+            "consumer_clients",
+            "no [[consumer_clients]] entry: add one with the "
+            "servers and group_id the proxy reads with",
+        )
+    check_topic_overrides(
+        kafka, [s.topic for s in kafka.subscriptions]
+    )  # a table for a topic no one reads
     by_group = {c.group_id: i for i, c in enumerate(kafka.consumer_clients)}
     groups: dict[tuple[int, int, float], list[SubscriptionConfig]] = {}
     for sub in kafka.subscriptions:
         index = by_group[sub.group_id] if sub.group_id is not None else 0
         client = kafka.consumer_clients[index]
         if client.servers is None:
-            raise ConfigError(kafka.file, f"consumer_clients[{index}].servers",
-                              "freedom proxy reads from a cluster: give its servers, like [\"kafka:9092\"]")
+            raise ConfigError(
+                kafka.file,
+                f"consumer_clients[{index}].servers",
+                'freedom proxy reads from a cluster: give its servers, like ["kafka:9092"]',
+            )
         retries = sub.retry_count if sub.retry_count is not None else client.retry_count
-        interval = sub.retry_interval_sec if sub.retry_interval_sec is not None else client.retry_interval_sec
+        interval = (
+            sub.retry_interval_sec
+            if sub.retry_interval_sec is not None
+            else client.retry_interval_sec
+        )
         groups.setdefault((index, retries, interval), []).append(sub)
     out = []
     for (index, retries, interval), subs in groups.items():
         client = kafka.consumer_clients[index]
         topics = {s.topic: _topic_config(s, client.consume_config(s.topic)) for s in subs}
         for i, s in enumerate(kafka.subscriptions):
-            if s in subs and topics[s.topic].head_of_line_timeout_sec is not None and not retries \
-                    and not client.retry_fail_prefix:
-                raise ConfigError(kafka.file, f"subscriptions[{i}].head_of_line_timeout_sec",
-                                  "the guard moves a stuck record to its retry or dead-letter topic: give "
-                                  "retry_count > 0 or the client a retry_fail_prefix, or remove it")
+            if (
+                s in subs
+                and topics[s.topic].head_of_line_timeout_sec is not None
+                and not retries
+                and not client.retry_fail_prefix
+            ):
+                raise ConfigError(
+                    kafka.file,
+                    f"subscriptions[{i}].head_of_line_timeout_sec",
+                    "the guard moves a stuck record to its retry or dead-letter topic: give "
+                    "retry_count > 0 or the client a retry_fail_prefix, or remove it",
+                )
         config = replace(client, retry_count=retries, retry_interval_sec=interval, topics=topics)
         out.append(ProxyPlan(index, config, tuple(subs)))
     return out
@@ -149,17 +195,22 @@ def plan(kafka: KafkaConfig) -> list[ProxyPlan]:
 
 def _topic_config(sub: SubscriptionConfig, client: TopicConsumeConfig) -> TopicConsumeConfig:
     """How a subscription's records are delivered: its own keys, else its client's for the topic."""
+
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
     return TopicConsumeConfig(
-        mode=sub.mode or client.mode, max_in_flight=sub.max_in_flight or client.max_in_flight,
+        mode=sub.mode or client.mode,
+        max_in_flight=sub.max_in_flight or client.max_in_flight,
         dead_letter_statuses=given(sub.dead_letter_statuses, client.dead_letter_statuses),
         rate_limit_per_sec=given(sub.rate_limit_per_sec, client.rate_limit_per_sec),
         max_concurrency=given(sub.max_concurrency, client.max_concurrency),
         retry_after_max_sec=given(sub.retry_after_max_sec, client.retry_after_max_sec),
         backpressure_max_sec=given(sub.backpressure_max_sec, client.backpressure_max_sec),
-        head_of_line_timeout_sec=given(sub.head_of_line_timeout_sec, client.head_of_line_timeout_sec))
+        head_of_line_timeout_sec=given(
+            sub.head_of_line_timeout_sec, client.head_of_line_timeout_sec
+        ),
+    )
 
 
 class StandaloneProxy:
@@ -178,7 +229,7 @@ class StandaloneProxy:
         self.draining = False
 
     @property
-    def kafka(self) -> "StandaloneProxy":
+    def kafka(self) -> StandaloneProxy:
         return self
 
     async def start(self) -> None:
@@ -187,7 +238,9 @@ class StandaloneProxy:
         try:
             for p in self.plans:
                 cc = p.config
-                settings = client_settings(cast(tuple[str, ...], cc.servers), "consumer", cc.group_id, {}, cc.settings)
+                settings = client_settings(
+                    cast(tuple[str, ...], cc.servers), "consumer", cc.group_id, {}, cc.settings
+                )
                 where = f"consumer_clients[{p.client_index}] in {self.kafka_config.file}"
                 await asyncio.to_thread(check_reachable, settings, where)
                 routes: dict[str, EventRoute] = {}
@@ -231,10 +284,14 @@ class StandaloneProxy:
         for proxy in self.proxies:
             for group in proxy.groups:
                 if not group.assigned.is_set():
-                    problems.append(f"consumer group {group.group_id!r}: no partition assignment yet")
+                    problems.append(
+                        f"consumer group {group.group_id!r}: no partition assignment yet"
+                    )
             if not proxy._service_up.is_set():
-                problems.append(f"consumer group {proxy.config.group_id!r}: waiting for "
-                                f"{proxy.delivery.proxy_addr} to accept connections")
+                problems.append(
+                    f"consumer group {proxy.config.group_id!r}: waiting for "
+                    f"{proxy.delivery.proxy_addr} to accept connections"
+                )
         return problems
 
 
@@ -250,7 +307,13 @@ def ops_app(proxy: StandaloneProxy, tick: health.LoopTick) -> Starlette:
     async def readyz(_request: Request) -> Response:
         return _answer(proxy.readiness(), "ready")
 
-    return Starlette(routes=[Route("/metrics", metrics_endpoint), Route("/livez", livez), Route("/readyz", readyz)])
+    return Starlette(
+        routes=[
+            Route("/metrics", metrics_endpoint),
+            Route("/livez", livez),
+            Route("/readyz", readyz),
+        ]
+    )
 
 
 def _answer(problems: list[str], good: str) -> Response:
@@ -291,10 +354,18 @@ def serve(proxy: StandaloneProxy) -> None:
     """Run `proxy` and its operations endpoints until SIGINT/SIGTERM."""
     from freedom.runner.server import bind_listen_socket, freeze_startup_objects, run
 
-    sock = bind_listen_socket(cast(Any, proxy))  # an address in use is a config error, before Kafka starts
+    sock = bind_listen_socket(
+        cast(Any, proxy)
+    )  # an address in use is a config error, before Kafka starts
     tick = health.LoopTick()
-    config = uvicorn.Config(ops_app(proxy, tick), host=proxy.config.host, port=proxy.config.port,
-                            log_config=None, lifespan="off", access_log=False)
+    config = uvicorn.Config(
+        ops_app(proxy, tick),
+        host=proxy.config.host,
+        port=proxy.config.port,
+        log_config=None,
+        lifespan="off",
+        access_log=False,
+    )
     server = _Server(config, proxy)
 
     async def main() -> None:
@@ -305,7 +376,9 @@ def serve(proxy: StandaloneProxy) -> None:
             raise
         tick.start()
         freeze_startup_objects()
-        log.info("serving /metrics, /livez and /readyz on %s:%d", config.host, sock.getsockname()[1])
+        log.info(
+            "serving /metrics, /livez and /readyz on %s:%d", config.host, sock.getsockname()[1]
+        )
         try:
             await server.serve(sockets=[sock])
         finally:
@@ -321,10 +394,22 @@ def serve(proxy: StandaloneProxy) -> None:
 def add_parser(sub: Any) -> argparse.ArgumentParser:
     """`freedom proxy`: the subcommand's arguments."""
     p: argparse.ArgumentParser = sub.add_parser(
-        "proxy", help="run only the consumer proxy: deliver kafka.toml's [[subscriptions]] to any HTTP service")
-    p.add_argument("--config", help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)")
-    p.add_argument("--listen", help="host:port of /metrics, /livez and /readyz (default: listen_addr of app.toml)")
-    p.add_argument("--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING, ERROR or CRITICAL (overrides app.toml)")
+        "proxy",
+        help="run only the consumer proxy: deliver kafka.toml's [[subscriptions]] to any HTTP service",
+    )
+    p.add_argument(
+        "--config",
+        help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)",
+    )
+    p.add_argument(
+        "--listen",
+        help="host:port of /metrics, /livez and /readyz (default: listen_addr of app.toml)",
+    )
+    p.add_argument(
+        "--log-level",
+        metavar="LEVEL",
+        help="DEBUG, INFO, WARNING, ERROR or CRITICAL (overrides app.toml)",
+    )
     return p
 
 
@@ -334,19 +419,26 @@ def command(args: argparse.Namespace) -> int:
     from freedom.observability.json_logs import use_log_format
 
     if args.log_level is not None and args.log_level.upper() not in LOG_LEVELS:
-        raise FreedomError(f'--log-level: must be one of {", ".join(LOG_LEVELS)}, got "{args.log_level}"')
+        raise FreedomError(
+            f'--log-level: must be one of {", ".join(LOG_LEVELS)}, got "{args.log_level}"'
+        )
     config_dir = find_config_dir(args.config)
     if config_dir is None or not config_dir.is_dir():
         shown = args.config or os.environ.get("FREEDOM_PROJECT_CONFIG") or "./conf"
         raise FreedomError(f"--config: {shown} is not a directory (it holds infra/kafka.toml)")
     kafka = load_kafka_config(Path(config_dir))
     if kafka is None:
-        raise ConfigError(str(Path(config_dir) / "infra" / "kafka.toml"), None,
-                          "not found: freedom proxy reads its [[consumer_clients]] and [[subscriptions]] there")
+        raise ConfigError(
+            str(Path(config_dir) / "infra" / "kafka.toml"),
+            None,
+            "not found: freedom proxy reads its [[consumer_clients]] and [[subscriptions]] there",
+        )
     if args.listen is not None:  # checked here, so that a mistake names this command's option
         from freedom.config.models import check_listen_addr
 
-        check_listen_addr(args.listen, lambda problem: ConfigError("freedom proxy", "--listen", problem))
+        check_listen_addr(
+            args.listen, lambda problem: ConfigError("freedom proxy", "--listen", problem)
+        )
     app = load_app_config(Path(config_dir), listen_addr=args.listen)
     if args.listen:  # bind errors name --listen, as `freedom run --listen` does
         app = replace(app, listen_from=("freedom proxy", "--listen"))

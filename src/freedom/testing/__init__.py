@@ -12,19 +12,28 @@ import asyncio
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import uvicorn
 
-from freedom.web.application import Application
 from freedom.runner.server import _Server, require_h2c_server, run, serve_http2
 from freedom.testing.broker import BlockingTestBroker, MemoryRecord, TestBroker
+from freedom.web.application import Application
 
 T = TypeVar("T")
 
-__all__ = ["BlockingTestBroker", "MemoryRecord", "ServiceThread", "TestBroker", "free_port", "kafka_config",
-           "wait_until", "write_config"]
+__all__ = [
+    "BlockingTestBroker",
+    "MemoryRecord",
+    "ServiceThread",
+    "TestBroker",
+    "free_port",
+    "kafka_config",
+    "wait_until",
+    "write_config",
+]
 
 
 def free_port() -> int:
@@ -34,7 +43,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> T:
+def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> T:
     """Poll `predicate` until it returns something truthy; AssertionError naming `what` at the deadline."""
     deadline = time.monotonic() + timeout
     while True:
@@ -46,7 +60,9 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: floa
         time.sleep(interval)
 
 
-def write_config(directory: str | Path, *, app: dict[str, Any] | None = None, kafka: dict[str, Any] | None = None) -> Path:
+def write_config(
+    directory: str | Path, *, app: dict[str, Any] | None = None, kafka: dict[str, Any] | None = None
+) -> Path:
     """Write `app.toml` and `infra/kafka.toml` from dicts into `directory`; returns the directory."""
     import tomli_w
 
@@ -59,8 +75,14 @@ def write_config(directory: str | Path, *, app: dict[str, Any] | None = None, ka
     return directory
 
 
-def kafka_config(bootstrap: str | None, port: int, *, group_id: str = "freedom", delivery: str = "http",
-                 **consumer: Any) -> dict[str, Any]:
+def kafka_config(
+    bootstrap: str | None,
+    port: int,
+    *,
+    group_id: str = "freedom",
+    delivery: str = "http",
+    **consumer: Any,
+) -> dict[str, Any]:
     """A `kafka.toml` dict for one cluster (`bootstrap` None: the embedded broker) serving on `port`.
 
     `delivery` is how the consumer proxy reaches the handlers: "http" (to the service on `port`) or
@@ -84,8 +106,14 @@ class ServiceThread:
     The server is uvicorn, or granian with `proxy_http2 = true` (as `freedom run` does).
     """
 
-    def __init__(self, app: Application, *, host: str = "127.0.0.1", port: int | None = None,
-                 start_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        app: Application,
+        *,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        start_timeout: float = 60.0,
+    ) -> None:
         self.app = app.setup()
         self.host = host
         self.port = port if port is not None else app.config.port
@@ -115,7 +143,9 @@ class ServiceThread:
                     self._shutdown = asyncio.Event()
                     await serve_http2(self.app, self.host, self.port, self._shutdown)
                 else:
-                    config = uvicorn.Config(self.app, host=self.host, port=self.port, log_config=None, lifespan="on")
+                    config = uvicorn.Config(
+                        self.app, host=self.host, port=self.port, log_config=None, lifespan="on"
+                    )
                     self._server = _Server(config, self.app)
                     await self._server.serve()
             finally:
@@ -128,12 +158,16 @@ class ServiceThread:
         finally:
             self._started.set()
 
-    def start(self) -> "ServiceThread":
+    def start(self) -> ServiceThread:
         if self.http2:
             require_h2c_server()  # the same clear error as `freedom run`, before anything starts
         self._thread = threading.Thread(target=self._main, name="freedom-service", daemon=True)
         self._thread.start()
-        wait_until(lambda: self._error or self._listening(), self.start_timeout, what="the service to start")
+        wait_until(
+            lambda: self._error or self._listening(),
+            self.start_timeout,
+            what="the service to start",
+        )
         if self._error:
             raise self._error
         return self
@@ -173,7 +207,7 @@ class ServiceThread:
             if self._thread.is_alive():
                 raise AssertionError(f"the service did not stop within {timeout} s")
 
-    def __enter__(self) -> "ServiceThread":
+    def __enter__(self) -> ServiceThread:
         return self.start()
 
     def __exit__(self, *exc: Any) -> None:

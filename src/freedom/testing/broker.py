@@ -35,8 +35,9 @@ import json
 import threading
 import time
 import zlib
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import confluent_kafka
 import httpx
@@ -45,10 +46,10 @@ from freedom.config.loading import ConsumerClientConfig, KafkaConfig, ProducerCl
 from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import INPROCESS, EventRoute, Transport
 from freedom.kafka.consumer.group import GroupLoop, wait_event
-from freedom.kafka.service import KafkaBackend
-from freedom.kafka.producer import DEFAULT_MAX_BYTES, ProducerClient
 from freedom.kafka.consumer.proxy import ConsumerProxy
+from freedom.kafka.producer import DEFAULT_MAX_BYTES, ProducerClient
 from freedom.kafka.retry import RETRY_PRODUCER_MAX_BYTES, RetryRouter, _Client
+from freedom.kafka.service import KafkaBackend
 
 if TYPE_CHECKING:
     from freedom.web.application import Application
@@ -69,8 +70,16 @@ class MemoryRecord:
 
     __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_ms")
 
-    def __init__(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                 headers: RawHeaders, ms: int) -> None:
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        headers: RawHeaders,
+        ms: int,
+    ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._key, self._value, self._headers, self._ms = key, value, headers, ms
 
@@ -115,17 +124,25 @@ class MemoryRecord:
         return json.loads(self._value or b"")
 
     def __repr__(self) -> str:
-        return (f"MemoryRecord({self._topic}[{self._partition}]@{self._offset}, key={self._key!r}, "
-                f"value={self._value!r:.80})")
+        return (
+            f"MemoryRecord({self._topic}[{self._partition}]@{self._offset}, key={self._key!r}, "
+            f"value={self._value!r:.80})"
+        )
 
 
-def _raw_headers(headers: Iterable[tuple[str, str | bytes | None]] | Mapping[str, str | bytes] | None) -> RawHeaders:
+def _raw_headers(
+    headers: Iterable[tuple[str, str | bytes | None]] | Mapping[str, str | bytes] | None,
+) -> RawHeaders:
     items = headers.items() if isinstance(headers, Mapping) else (headers or [])
     return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
 
 
 def _size(key: bytes | None, value: bytes | None, headers: RawHeaders) -> int:
-    return len(key or b"") + len(value or b"") + sum(len(k.encode()) + len(v or b"") for k, v in headers)
+    return (
+        len(key or b"")
+        + len(value or b"")
+        + sum(len(k.encode()) + len(v or b"") for k, v in headers)
+    )
 
 
 def _too_large(what: str) -> confluent_kafka.KafkaError:
@@ -136,12 +153,20 @@ class _MemoryProducer:
     """Stands in for a librdkafka `confluent_kafka.Producer`: `produce` appends to the broker and
     reports the delivery at once (the callers await the report as they would librdkafka's)."""
 
-    def __init__(self, broker: "TestBroker", max_bytes: int) -> None:
+    def __init__(self, broker: TestBroker, max_bytes: int) -> None:
         self.broker = broker
         self.max_bytes = max_bytes
 
-    def produce(self, topic: str, value: bytes | None = None, key: bytes | None = None, partition: int = -1,
-                on_delivery: Any = None, headers: Any = None, **_: Any) -> None:
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        partition: int = -1,
+        on_delivery: Any = None,
+        headers: Any = None,
+        **_: Any,
+    ) -> None:
         raw = _raw_headers(headers)
         if _size(key, value, raw) > self.max_bytes:  # librdkafka's local check (message.max.bytes)
             raise confluent_kafka.KafkaException(_too_large("Message size too large"))
@@ -179,7 +204,9 @@ class _MemoryRetryRouter(RetryRouter):
     """RetryRouter producing to the in-memory broker: its decisions, headers, copies and its
     `send` (acknowledgement awaited, refusals read) are RetryRouter's own."""
 
-    def __init__(self, broker: "TestBroker", config: ConsumerClientConfig, settings: dict[str, Any]) -> None:
+    def __init__(
+        self, broker: TestBroker, config: ConsumerClientConfig, settings: dict[str, Any]
+    ) -> None:
         super().__init__(config, settings)
         self._memory = _MemoryRetryClient(_MemoryProducer(broker, RETRY_PRODUCER_MAX_BYTES))
 
@@ -192,10 +219,19 @@ class _MemoryGroup(GroupLoop):
     offset tracking and drain, with the librdkafka consumer's part (fetch, pause/resume, commit)
     done against the broker on the event loop. One member: it owns every partition."""
 
-    def __init__(self, broker: "TestBroker", like: GroupLoop) -> None:
-        super().__init__(like.group_id, {}, like.plans, like.handle, initial_offset=like.initial_offset,
-                         delay_sec=like.delay_sec, drain_timeout=like.drain_timeout, fetch_batch=like.fetch_batch,
-                         sequential_backlog=like.sequential_backlog, poll_timeout=like.poll_timeout)
+    def __init__(self, broker: TestBroker, like: GroupLoop) -> None:
+        super().__init__(
+            like.group_id,
+            {},
+            like.plans,
+            like.handle,
+            initial_offset=like.initial_offset,
+            delay_sec=like.delay_sec,
+            drain_timeout=like.drain_timeout,
+            fetch_batch=like.fetch_batch,
+            sequential_backlog=like.sequential_backlog,
+            poll_timeout=like.poll_timeout,
+        )
         like._thread.shutdown(wait=False)  # never used: no consumer thread here
         self.broker = broker
         self._positions: dict[TP, int] = {}  # the next offset to fetch, per assigned partition
@@ -242,7 +278,9 @@ class _MemoryGroup(GroupLoop):
         self.broker._join(self)
         self._assign()
         self.assigned.set()
-        self._pump_task = asyncio.create_task(self._run_pump(), name=f"freedom-memory-group-{self.group_id}")
+        self._pump_task = asyncio.create_task(
+            self._run_pump(), name=f"freedom-memory-group-{self.group_id}"
+        )
 
     async def stop(self) -> None:
         self._stopping = True
@@ -322,7 +360,10 @@ class _MemoryGroup(GroupLoop):
                 continue
             at = self._due(part.pending[0]) if self.delay_sec is not None else now
             if at <= now:
-                return f"group {self.group_id!r}: records of {part.tp[0]}[{part.tp[1]}] to deliver", None
+                return (
+                    f"group {self.group_id!r}: records of {part.tp[0]}[{part.tp[1]}] to deliver",
+                    None,
+                )
             due = at if due is None else min(due, at)
         return None, due
 
@@ -330,8 +371,14 @@ class _MemoryGroup(GroupLoop):
 class _MemoryConsumerProxy(ConsumerProxy):
     """ConsumerProxy (its record handling untouched) whose groups and retry producer use the broker."""
 
-    def __init__(self, broker: "TestBroker", config: ConsumerClientConfig, settings: dict[str, Any],
-                 routes: dict[str, EventRoute], delivery: Transport) -> None:
+    def __init__(
+        self,
+        broker: TestBroker,
+        config: ConsumerClientConfig,
+        settings: dict[str, Any],
+        routes: dict[str, EventRoute],
+        delivery: Transport,
+    ) -> None:
         super().__init__(config, settings, routes, delivery)
         self._broker = broker
         self.router = _MemoryRetryRouter(broker, config, settings)
@@ -353,8 +400,14 @@ class TestBroker(KafkaBackend):
     __test__ = False  # not a test class for pytest
     real = False
 
-    def __init__(self, app: "Application | None" = None, *, partitions: int = 1,
-                 settle_timeout: float = 10.0, **consumer: Any) -> None:
+    def __init__(
+        self,
+        app: Application | None = None,
+        *,
+        partitions: int = 1,
+        settle_timeout: float = 10.0,
+        **consumer: Any,
+    ) -> None:
         self._lock = threading.RLock()
         self._topics: dict[str, list[list[MemoryRecord]]] = {}
         self._max_bytes: dict[str, int] = {}
@@ -375,33 +428,45 @@ class TestBroker(KafkaBackend):
 
     # ------------------------------------------------------------------ the application
 
-    def attach(self, app: "Application") -> None:
+    def attach(self, app: Application) -> None:
         """Run `app`'s Kafka side on this broker (before it starts; best before its set-up)."""
         if app._started:
-            raise FreedomError("TestBroker(app): the application has started already; make the TestBroker first")
+            raise FreedomError(
+                "TestBroker(app): the application has started already; make the TestBroker first"
+            )
         app.kafka_backend = self
         if app._is_set_up:
             if app.kafka is None:
-                raise FreedomError("TestBroker(app): the application was set up without Kafka (no kafka.toml); "
-                                   "make the TestBroker before anything sets the application up")
+                raise FreedomError(
+                    "TestBroker(app): the application was set up without Kafka (no kafka.toml); "
+                    "make the TestBroker before anything sets the application up"
+                )
             app.kafka.use_backend(self)
         self.app = app
 
-    def _configure(self, app: "Application") -> None:
+    def _configure(self, app: Application) -> None:
         app.setup()
         infra = app.kafka
         if infra is None:
             raise FreedomError("TestBroker(app): the application has no Kafka side")
         if self.consumer_overrides:
-            infra.config = replace(infra.config, consumer_clients=tuple(
-                replace(cc, **self.consumer_overrides) for cc in infra.config.consumer_clients))
+            infra.config = replace(
+                infra.config,
+                consumer_clients=tuple(
+                    replace(cc, **self.consumer_overrides) for cc in infra.config.consumer_clients
+                ),
+            )
             app.kafka_config = infra.config
 
     def default_config(self) -> KafkaConfig:
-        return KafkaConfig(consumer_open=True, producer_open=True, proxy_addr=INPROCESS,
-                           producer_clients=(ProducerClientConfig(servers=None),),
-                           consumer_clients=(ConsumerClientConfig(servers=None),),
-                           file="(no kafka.toml: freedom.testing.TestBroker's defaults)")
+        return KafkaConfig(
+            consumer_open=True,
+            producer_open=True,
+            proxy_addr=INPROCESS,
+            producer_clients=(ProducerClientConfig(servers=None),),
+            consumer_clients=(ConsumerClientConfig(servers=None),),
+            file="(no kafka.toml: freedom.testing.TestBroker's defaults)",
+        )
 
     # ------------------------------------------------------------------ KafkaBackend
 
@@ -418,13 +483,20 @@ class TestBroker(KafkaBackend):
     async def ensure_topics(self, settings: dict[str, Any], topics: list[str]) -> None:
         self.create_topics(topics)
 
-    def consumer_proxy(self, config: ConsumerClientConfig, settings: dict[str, Any], routes: dict[str, EventRoute],
-                       delivery: Transport) -> ConsumerProxy:
+    def consumer_proxy(
+        self,
+        config: ConsumerClientConfig,
+        settings: dict[str, Any],
+        routes: dict[str, EventRoute],
+        delivery: Transport,
+    ) -> ConsumerProxy:
         return _MemoryConsumerProxy(self, config, settings, routes, delivery)
 
     # ------------------------------------------------------------------ topics and records
 
-    def create_topic(self, topic: str, partitions: int | None = None, *, max_message_bytes: int = TOPIC_MAX_BYTES) -> None:
+    def create_topic(
+        self, topic: str, partitions: int | None = None, *, max_message_bytes: int = TOPIC_MAX_BYTES
+    ) -> None:
         """Create `topic` (nothing happens when it exists), with `partitions` (default: the broker's)."""
         with self._lock:
             if topic not in self._topics:
@@ -439,21 +511,30 @@ class TestBroker(KafkaBackend):
         """The broker's clock: `time.time()` plus what :meth:`advance` and :meth:`settle` added."""
         return time.time() + self._advanced
 
-    def _append(self, topic: str, key: bytes | None, value: bytes | None, headers: RawHeaders,
-                partition: int = -1) -> tuple[confluent_kafka.KafkaError | None, MemoryRecord]:
+    def _append(
+        self,
+        topic: str,
+        key: bytes | None,
+        value: bytes | None,
+        headers: RawHeaders,
+        partition: int = -1,
+    ) -> tuple[confluent_kafka.KafkaError | None, MemoryRecord]:
         with self._lock:
             self.create_topic(topic)
             parts = self._topics[topic]
             if partition is None or partition < 0:
                 partition = (zlib.crc32(key) if key else next(self._round_robin)) % len(parts)
             if partition >= len(parts):
-                err = confluent_kafka.KafkaError(confluent_kafka.KafkaError._UNKNOWN_PARTITION,
-                                                 f"{topic} has {len(parts)} partitions")
+                err = confluent_kafka.KafkaError(
+                    confluent_kafka.KafkaError._UNKNOWN_PARTITION,
+                    f"{topic} has {len(parts)} partitions",
+                )
                 return err, MemoryRecord(topic, partition, -1, key, value, headers, 0)
             ms = int(self.time() * 1000)
             if _size(key, value, headers) > self._max_bytes[topic]:
-                return _too_large("Broker: Message size too large"), MemoryRecord(topic, partition, -1, key, value,
-                                                                                 headers, ms)
+                return _too_large("Broker: Message size too large"), MemoryRecord(
+                    topic, partition, -1, key, value, headers, ms
+                )
             log = parts[partition]
             record = MemoryRecord(topic, partition, len(log), key, value, headers, ms)
             log.append(record)
@@ -462,14 +543,24 @@ class TestBroker(KafkaBackend):
             g.wake()
         return None, record
 
-    def publish(self, topic: str, value: bytes | str | None, *, key: bytes | str | None = None,
-                headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes | None]] | None = None,
-                partition: int | None = None) -> MemoryRecord:
+    def publish(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> MemoryRecord:
         """Put a record on `topic` as another service would (raw bytes, your headers, no freedom
         defaults); then `settle()` to have it delivered."""
-        err, record = self._append(topic, key.encode() if isinstance(key, str) else key,
-                                   value.encode() if isinstance(value, str) else value, _raw_headers(headers),
-                                   -1 if partition is None else partition)
+        err, record = self._append(
+            topic,
+            key.encode() if isinstance(key, str) else key,
+            value.encode() if isinstance(value, str) else value,
+            _raw_headers(headers),
+            -1 if partition is None else partition,
+        )
         if err is not None:
             raise FreedomError(f"cannot publish to {topic!r}: {err.str()}")
         return record
@@ -478,7 +569,7 @@ class TestBroker(KafkaBackend):
         """Every record of `topic` (of one partition, or of all in partition then offset order)."""
         with self._lock:
             parts = self._topics.get(topic, [])
-            chosen = parts if partition is None else parts[partition:partition + 1]
+            chosen = parts if partition is None else parts[partition : partition + 1]
             return [r for log in chosen for r in log]
 
     def published(self, topic: str) -> list[MemoryRecord]:
@@ -486,7 +577,9 @@ class TestBroker(KafkaBackend):
         return self.records(topic)
 
     def _prefixes(self, kind: str) -> list[str]:
-        clients = self.app.kafka_config.consumer_clients if self.app and self.app.kafka_config else ()
+        clients = (
+            self.app.kafka_config.consumer_clients if self.app and self.app.kafka_config else ()
+        )
         attr = "retry_prefix" if kind == "retry" else "retry_fail_prefix"
         found = list(dict.fromkeys(getattr(cc, attr) for cc in clients if getattr(cc, attr)))
         return found or (["retry-"] if kind == "retry" else ["fail-"])
@@ -502,7 +595,9 @@ class TestBroker(KafkaBackend):
     def committed(self, topic: str, partition: int = 0, *, group: str | None = None) -> int | None:
         """The offset `group` (default: the first consumer client's group_id) committed on a partition."""
         if group is None:
-            clients = self.app.kafka_config.consumer_clients if self.app and self.app.kafka_config else ()
+            clients = (
+                self.app.kafka_config.consumer_clients if self.app and self.app.kafka_config else ()
+            )
             group = clients[0].group_id if clients else "freedom"
         with self._lock:
             return self._committed.get((group, topic, partition))
@@ -518,17 +613,21 @@ class TestBroker(KafkaBackend):
 
     def _read(self, tp: TP, start: int, n: int) -> list[MemoryRecord]:
         with self._lock:
-            return self._topics[tp[0]][tp[1]][start:start + max(n, 0)]
+            return self._topics[tp[0]][tp[1]][start : start + max(n, 0)]
 
     def _partitions_of(self, topics: Iterable[str]) -> list[TP]:
         with self._lock:
-            return [(t, p) for t in topics if t in self._topics for p in range(len(self._topics[t]))]
+            return [
+                (t, p) for t in topics if t in self._topics for p in range(len(self._topics[t]))
+            ]
 
     def _join(self, group: _MemoryGroup) -> None:
         with self._lock:
             if any(g.group_id == group.group_id for g in self._groups):
-                raise FreedomError(f"TestBroker: consumer group {group.group_id!r} is running already "
-                                   "(one member per group here)")
+                raise FreedomError(
+                    f"TestBroker: consumer group {group.group_id!r} is running already "
+                    "(one member per group here)"
+                )
             self._groups.append(group)
 
     def _leave(self, group: _MemoryGroup) -> None:
@@ -562,9 +661,11 @@ class TestBroker(KafkaBackend):
             else:
                 quiet = 0
             if loop.time() > deadline:
-                raise AssertionError(f"TestBroker.settle: not settled within {limit:.1f} s: {busy or 'retries waiting'} "
-                                     "(a handler that keeps failing with retry_count = 0 is delivered again for "
-                                     "ever, as on Kafka)")
+                raise AssertionError(
+                    f"TestBroker.settle: not settled within {limit:.1f} s: {busy or 'retries waiting'} "
+                    "(a handler that keeps failing with retry_count = 0 is delivered again for "
+                    "ever, as on Kafka)"
+                )
 
     def _state(self) -> tuple[str | None, float | None]:
         with self._lock:
@@ -609,7 +710,9 @@ class TestBroker(KafkaBackend):
     def client(self) -> httpx.AsyncClient:
         """An HTTP client calling the application in-process (no network), while it runs."""
         if self._client is None:
-            raise FreedomError("TestBroker.client: the application runs only inside `async with TestBroker(app)`")
+            raise FreedomError(
+                "TestBroker.client: the application runs only inside `async with TestBroker(app)`"
+            )
         return self._client
 
     async def start(self) -> None:
@@ -617,7 +720,9 @@ class TestBroker(KafkaBackend):
             raise FreedomError("TestBroker: no application (TestBroker(app))")
         self._configure(self.app)
         await self.app.start()
-        self._client = httpx.AsyncClient(transport=httpx.ASGITransport(app=cast(Any, self.app)), base_url="http://testserver")
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=cast(Any, self.app)), base_url="http://testserver"
+        )
 
     async def stop(self) -> None:
         client, self._client = self._client, None
@@ -626,17 +731,19 @@ class TestBroker(KafkaBackend):
         if self.app is not None:
             await self.app.stop()
 
-    async def __aenter__(self) -> "TestBroker":
+    async def __aenter__(self) -> TestBroker:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
 
-    def __enter__(self) -> "BlockingTestBroker":
+    def __enter__(self) -> BlockingTestBroker:
         loop = asyncio.new_event_loop()
         self._thread_loop = loop
-        self._thread = threading.Thread(target=loop.run_forever, name="freedom-test-broker", daemon=True)
+        self._thread = threading.Thread(
+            target=loop.run_forever, name="freedom-test-broker", daemon=True
+        )
         self._thread.start()
         try:
             self._run(self.start())
@@ -684,7 +791,9 @@ class _LoopTransport(httpx.BaseTransport):
         async def call() -> httpx.Response:
             response = await self._asgi.handle_async_request(request)
             content = await response.aread()
-            return httpx.Response(response.status_code, headers=response.headers, content=content, request=request)
+            return httpx.Response(
+                response.status_code, headers=response.headers, content=content, request=request
+            )
 
         return asyncio.run_coroutine_threadsafe(call(), self._loop).result(self._timeout)
 
@@ -698,10 +807,15 @@ class BlockingTestBroker:
         self.broker = broker
         self.app = broker.app
         self.loop = loop
-        self.client = httpx.Client(transport=_LoopTransport(broker.app, loop), base_url="http://testserver")
+        self.client = httpx.Client(
+            transport=_LoopTransport(broker.app, loop), base_url="http://testserver"
+        )
 
     def settle(self, timeout: float | None = None, *, advance: bool = True) -> None:
-        self.broker._run(self.broker.settle(timeout, advance=advance), (timeout or self.broker.settle_timeout) + 30)
+        self.broker._run(
+            self.broker.settle(timeout, advance=advance),
+            (timeout or self.broker.settle_timeout) + 30,
+        )
 
     def advance(self, seconds: float) -> None:
         self.broker._run(self.broker.advance(seconds))
@@ -710,9 +824,15 @@ class BlockingTestBroker:
         """Run a coroutine on the application's loop (e.g. `app.producer.new_msg(...).publish()`)."""
         return self.broker._run(coro, timeout)
 
-    def publish(self, topic: str, value: bytes | str | None, *, key: bytes | str | None = None,
-                headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes | None]] | None = None,
-                partition: int | None = None) -> MemoryRecord:
+    def publish(
+        self,
+        topic: str,
+        value: bytes | str | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Mapping[str, str | bytes] | Iterable[tuple[str, str | bytes | None]] | None = None,
+        partition: int | None = None,
+    ) -> MemoryRecord:
         return self.broker.publish(topic, value, key=key, headers=headers, partition=partition)
 
     def records(self, topic: str, partition: int | None = None) -> list[MemoryRecord]:
@@ -730,7 +850,9 @@ class BlockingTestBroker:
     def committed(self, topic: str, partition: int = 0, *, group: str | None = None) -> int | None:
         return self.broker.committed(topic, partition, group=group)
 
-    def create_topic(self, topic: str, partitions: int | None = None, *, max_message_bytes: int = TOPIC_MAX_BYTES) -> None:
+    def create_topic(
+        self, topic: str, partitions: int | None = None, *, max_message_bytes: int = TOPIC_MAX_BYTES
+    ) -> None:
         self.broker.create_topic(topic, partitions, max_message_bytes=max_message_bytes)
 
     def time(self) -> float:

@@ -26,31 +26,46 @@ import inspect
 import logging
 import os
 import traceback
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, AsyncContextManager, AsyncIterator, Awaitable, Callable, Sequence, TypeVar, cast
+from typing import (
+    Any,
+    TypeVar,
+    cast,
+)
 
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
-from freedom.config.loading import (AppConfig, KafkaConfig, check_topic_overrides, find_config_dir, load_app_config,
-                     load_kafka_config)
-from freedom.web.controllers import Injectables
-from freedom.runner.addresses import port_of, proxy_addr_for, proxy_addr_mismatch
-from freedom.errors import FreedomError
-from freedom.web.telemetry import cache_telemetry_check
+from freedom.config.loading import (
+    AppConfig,
+    KafkaConfig,
+    check_topic_overrides,
+    find_config_dir,
+    load_app_config,
+    load_kafka_config,
+)
 from freedom.domain import Database, DomainEventInfra, UnitOfWork
 from freedom.domain import event_infra as domain_infra
-from freedom.web.initiator import Initiator, PrepareHook, registered_prepare_hooks, route_keys_with_slashes
+from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import EventRoute
-from freedom.kafka.service import KafkaBackend, KafkaInfra
 from freedom.kafka.producer import Producer
-from freedom.wire.outcomes import Outcome, handle_outcome
+from freedom.kafka.service import KafkaBackend, KafkaInfra
 from freedom.observability import endpoints as observability
-from freedom.web.route_order import move_event_routes_forward
+from freedom.runner.addresses import port_of, proxy_addr_for, proxy_addr_mismatch
+from freedom.web.controllers import Injectables
 from freedom.web.guard import secure_event_routes
+from freedom.web.initiator import (
+    Initiator,
+    PrepareHook,
+    registered_prepare_hooks,
+    route_keys_with_slashes,
+)
+from freedom.web.route_order import move_event_routes_forward
+from freedom.web.telemetry import cache_telemetry_check
+from freedom.wire.outcomes import Outcome, handle_outcome
 
 log = logging.getLogger("freedom")
 
@@ -60,7 +75,7 @@ HookT = TypeVar("HookT", bound=Callable[[], Any])
 #: `Application(lifespan=...)`: called with the Application, gives an async context manager whose
 #: entry is start-up code and whose exit is shutdown code (as FastAPI's `lifespan`). What it yields,
 #: when a mapping, is set on `app.fastapi.state` (`request.app.state.<name>` in a handler).
-Lifespan = Callable[["Application"], AsyncContextManager[Any]]
+Lifespan = Callable[["Application"], contextlib.AbstractAsyncContextManager[Any]]
 
 
 class StartupError(FreedomError):
@@ -68,7 +83,9 @@ class StartupError(FreedomError):
 
 
 def _name(fn: Any) -> str:
-    return f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', None) or repr(fn)}"
+    return (
+        f"{getattr(fn, '__module__', None) or '?'}.{getattr(fn, '__qualname__', None) or repr(fn)}"
+    )
 
 
 def _startup_error(what: str, exc: BaseException) -> StartupError:
@@ -110,14 +127,20 @@ class Application:
         self._config_dir_arg = config_dir
         self._prepare = list(prepare) if prepare is not None else None
         self.embedded_broker = embedded_broker
-        self.listen_addr: str | None = None  # overrides app.toml's listen_addr (freedom run --listen)
+        self.listen_addr: str | None = (
+            None  # overrides app.toml's listen_addr (freedom run --listen)
+        )
         self.fastapi = FastAPI(title=title or "freedom", lifespan=self._lifespan)
-        cache_telemetry_check(self.fastapi)  # FastAPI's per-request OpenTelemetry lookup (fastapi_telemetry.py)
+        cache_telemetry_check(
+            self.fastapi
+        )  # FastAPI's per-request OpenTelemetry lookup (fastapi_telemetry.py)
         self._title = title
         # Event handlers raise freedom.Retry / DeadLetter / Drop to choose their outcome (outcomes.py).
         self.fastapi.add_exception_handler(Outcome, handle_outcome)
         # The AsyncAPI document of the event bindings (asyncapi.py): GET /asyncapi.json.
-        self.fastapi.add_api_route("/asyncapi.json", self._asyncapi, methods=["GET"], include_in_schema=False)
+        self.fastapi.add_api_route(
+            "/asyncapi.json", self._asyncapi, methods=["GET"], include_in_schema=False
+        )
         #: What the Kafka side runs on: None for kafka.toml's clusters; freedom.testing.TestBroker sets
         #: its in-memory broker (before set-up).
         self.kafka_backend: KafkaBackend | None = None
@@ -134,11 +157,15 @@ class Application:
         self._is_set_up = False
         self._started = False
         if lifespan is not None and inspect.isasyncgenfunction(lifespan):
-            lifespan = contextlib.asynccontextmanager(lifespan)  # as Starlette: the decorator may be left out
+            lifespan = contextlib.asynccontextmanager(
+                lifespan
+            )  # as Starlette: the decorator may be left out
         self.lifespan = lifespan
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
-        self._user_code: contextlib.AsyncExitStack | None = None  # the lifespan entered, until shutdown
+        self._user_code: contextlib.AsyncExitStack | None = (
+            None  # the lifespan entered, until shutdown
+        )
         self._user_started = False  # every start-up function returned: shutdown code is owed
         self._draining: asyncio.Future[None] | None = None
         #: The address the service is served on: listen_addr, or Application.run()'s host and port.
@@ -162,7 +189,7 @@ class Application:
 
     # ------------------------------------------------------------------ set-up
 
-    def setup(self) -> "Application":
+    def setup(self) -> Application:
         """Read the config and run the prepare hooks (once). Raises ConfigError / RouteError."""
         if self._is_set_up:
             return self
@@ -174,11 +201,15 @@ class Application:
         self.serving_addr = self.config.listen_addr
         if self.kafka_config is not None:
             self.kafka_config = self._following(self.kafka_config, self.serving_addr)
-            self.kafka = KafkaInfra(self.kafka_config, embedded=self.embedded_broker, backend=self.kafka_backend)
+            self.kafka = KafkaInfra(
+                self.kafka_config, embedded=self.embedded_broker, backend=self.kafka_backend
+            )
             kafka = self.kafka
             self.injectables[Producer] = lambda _rt: kafka.producer
         else:
-            reason = "Kafka is not configured: create conf/infra/kafka.toml with [producer] open = true"
+            reason = (
+                "Kafka is not configured: create conf/infra/kafka.toml with [producer] open = true"
+            )
             disabled = Producer(disabled_reason=reason)
             self.injectables[Producer] = lambda _rt: disabled
         initiator = Initiator(self, self.fastapi, self.injectables)
@@ -186,13 +217,21 @@ class Application:
         for hook in hooks:
             hook(initiator)
         self.event_routes = initiator.event_routes()
-        if self.kafka_config is not None:  # a per-topic table for a topic nobody listens to is a mistake
+        if (
+            self.kafka_config is not None
+        ):  # a per-topic table for a topic nobody listens to is a mistake
             check_topic_overrides(self.kafka_config, self.event_routes)
         if self._title is None:
             self.fastapi.title = self.config.service_name
-        hide_event_routes(self.fastapi, self.event_routes)  # they are in the AsyncAPI document, not OpenAPI
-        secure_event_routes(self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr)
-        route_keys_with_slashes(self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None))
+        hide_event_routes(
+            self.fastapi, self.event_routes
+        )  # they are in the AsyncAPI document, not OpenAPI
+        secure_event_routes(
+            self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr
+        )
+        route_keys_with_slashes(
+            self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None)
+        )
         observability.install(self)  # GET /metrics, /livez, /readyz; app.toml's log_format
         from freedom.console import install as install_console
 
@@ -234,15 +273,26 @@ class Application:
         """One start-up warning when an explicit proxy_addr points at a port of this machine the
         service does not listen on (`--listen` changed the port, but kafka.toml still names the old one)."""
         cfg, listen = self.kafka_config, self.serving_addr or self.config.listen_addr
-        if cfg is None or not cfg.consumer_open or not self.event_routes or not cfg.proxy_addr_explicit:
+        if (
+            cfg is None
+            or not cfg.consumer_open
+            or not self.event_routes
+            or not cfg.proxy_addr_explicit
+        ):
             return
         if proxy_addr_mismatch(cfg.proxy_addr, listen):
             file, key = self.config.listen_from
             source = f"{file}: {key}" if key else file
-            log.warning("[consumer] proxy_addr = %s (%s) points at port %s of this machine, but the service "
-                        "listens on %s (%s): deliveries go to that other port; remove proxy_addr to follow "
-                        "the listen address, or ignore this if something there forwards to the service",
-                        cfg.proxy_addr, cfg.file, port_of(cfg.proxy_addr), listen, source)
+            log.warning(
+                "[consumer] proxy_addr = %s (%s) points at port %s of this machine, but the service "
+                "listens on %s (%s): deliveries go to that other port; remove proxy_addr to follow "
+                "the listen address, or ignore this if something there forwards to the service",
+                cfg.proxy_addr,
+                cfg.file,
+                port_of(cfg.proxy_addr),
+                listen,
+                source,
+            )
 
     def install_domain_event_infra(self, infra: DomainEventInfra) -> None:
         """Install the one infrastructure entities publish domain events through (SPEC §6)."""
@@ -263,7 +313,9 @@ class Application:
 
     # ------------------------------------------------------------------ running
 
-    async def __call__(self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]) -> None:
+    async def __call__(
+        self, scope: dict[str, Any], receive: Callable[..., Any], send: Callable[..., Any]
+    ) -> None:
         if not self._is_set_up:
             self.setup()
         await self.fastapi(scope, receive, send)
@@ -369,7 +421,9 @@ class Application:
         finally:
             try:
                 if self.database is not None:
-                    await self.database.stop()  # the relay before the producer: it publishes through it
+                    await (
+                        self.database.stop()
+                    )  # the relay before the producer: it publishes through it
             finally:
                 if self.kafka is not None:
                     await self.kafka.stop()

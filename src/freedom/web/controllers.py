@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import inspect
 import typing
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi import FastAPI
 from fastapi.encoders import jsonable_encoder
@@ -45,12 +46,16 @@ def to_response(result: Any) -> Response:
     return JSONResponse(jsonable_encoder(result))
 
 
-def _injections(controller: type, injectables: Injectables) -> list[tuple[str, Callable[[Runtime], Any]]]:
+def _injections(
+    controller: type, injectables: Injectables
+) -> list[tuple[str, Callable[[Runtime], Any]]]:
     """(attribute, provider) for every attribute annotated with `Runtime` or an installed type (or a subclass)."""
     try:
         hints = typing.get_type_hints(controller)
     except Exception as exc:  # a NameError in a string annotation, say
-        raise RouteError(f"{controller.__name__}: cannot read the attribute annotations: {exc}") from None
+        raise RouteError(
+            f"{controller.__name__}: cannot read the attribute annotations: {exc}"
+        ) from None
     providers: Injectables = {Runtime: lambda rt: rt, **injectables}
     out = []
     for attr, hint in hints.items():
@@ -62,13 +67,17 @@ def _injections(controller: type, injectables: Injectables) -> list[tuple[str, C
     return out
 
 
-def make_endpoint(controller: type, func: Callable[..., Any], injectables: Injectables) -> Callable[..., Any]:
+def make_endpoint(
+    controller: type, func: Callable[..., Any], injectables: Injectables
+) -> Callable[..., Any]:
     """An endpoint FastAPI can call: makes the controller, injects it, calls the method."""
     providers = _injections(controller, injectables)
     try:
         sig = inspect.signature(func, eval_str=True)
     except Exception as exc:
-        raise RouteError(f"{controller.__name__}.{func.__name__}: cannot read the annotations: {exc}") from None
+        raise RouteError(
+            f"{controller.__name__}.{func.__name__}: cannot read the annotations: {exc}"
+        ) from None
     params = [p for name, p in sig.parameters.items() if name != "self"]
     is_async = inspect.iscoroutinefunction(func)
 
@@ -83,9 +92,14 @@ def make_endpoint(controller: type, func: Callable[..., Any], injectables: Injec
             result = await run_in_threadpool(func, instance, **kwargs)
         return to_response(result)
 
-    request_param = inspect.Parameter("_freedom_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)
+    request_param = inspect.Parameter(
+        "_freedom_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
+    )
     endpoint.__signature__ = sig.replace(  # type: ignore[attr-defined]
-        parameters=[request_param, *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params]],
+        parameters=[
+            request_param,
+            *[p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in params],
+        ],
         return_annotation=inspect.Signature.empty,
     )
     endpoint.__name__ = f"{controller.__name__}.{func.__name__}"

@@ -19,13 +19,14 @@ import ipaddress
 import logging
 import os
 import re
-from typing import TYPE_CHECKING, Any, Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
+from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path, get_route_path  # type: ignore[attr-defined]  # Starlette's own import, not re-exported
 
-from freedom.wire.headers import SECRET_HEADER
 from freedom.wire.encoding import printable
+from freedom.wire.headers import SECRET_HEADER
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -42,7 +43,7 @@ _SECRET_HEADER_RAW = SECRET_HEADER.encode()
 ASGIApp = Callable[..., Any]
 
 
-def read_secret(t: "KeySource") -> str | None:
+def read_secret(t: KeySource) -> str | None:
     """The shared secret of `[consumer]`: from `secret_env` (an environment variable) or `secret`.
 
     Errors name the key and, for `secret_env`, the variable, never the value.
@@ -55,15 +56,24 @@ def read_secret(t: "KeySource") -> str | None:
     if env is not None:
         key = "secret_env"
         if not env:
-            raise t.error("secret_env", "must name an environment variable, like \"FREEDOM_PROXY_SECRET\"")
+            raise t.error(
+                "secret_env", 'must name an environment variable, like "FREEDOM_PROXY_SECRET"'
+            )
         secret = os.environ.get(env)
         if not secret:
             raise t.error("secret_env", f"the environment variable {env} is not set (or empty)")
     if secret is None:
         return None
-    if len(secret) < MIN_SECRET_LENGTH or not secret.isascii() or any(c in secret for c in "\r\n\0"):
-        raise t.error(key, f"the secret must be at least {MIN_SECRET_LENGTH} printable ASCII characters; "
-                           "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'")
+    if (
+        len(secret) < MIN_SECRET_LENGTH
+        or not secret.isascii()
+        or any(c in secret for c in "\r\n\0")
+    ):
+        raise t.error(
+            key,
+            f"the secret must be at least {MIN_SECRET_LENGTH} printable ASCII characters; "
+            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
+        )
     return secret
 
 
@@ -85,11 +95,18 @@ VERIFIED_SCOPE_KEY = "freedom.delivery_verified"
 
 def _refuse(scope: MutableMapping[str, Any], given: str) -> JSONResponse:
     client = scope.get("client") or ("unknown", 0)
-    log.warning("refused a POST to event route %s from %s: %s header %s", printable(get_route_path(scope)),
-                printable(str(client[0])), SECRET_HEADER, given)
+    log.warning(
+        "refused a POST to event route %s from %s: %s header %s",
+        printable(get_route_path(scope)),
+        printable(str(client[0])),
+        SECRET_HEADER,
+        given,
+    )
     return JSONResponse(
-        {"detail": f"event routes accept only deliveries from the consumer proxy "
-                   f"(missing or wrong {SECRET_HEADER} header)"},
+        {
+            "detail": f"event routes accept only deliveries from the consumer proxy "
+            f"(missing or wrong {SECRET_HEADER} header)"
+        },
         status_code=401,
     )
 
@@ -144,26 +161,32 @@ class RequireDelivery:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    async def __call__(self, scope: MutableMapping[str, Any], receive: ASGIApp, send: ASGIApp) -> None:
+    async def __call__(
+        self, scope: MutableMapping[str, Any], receive: ASGIApp, send: ASGIApp
+    ) -> None:
         if scope["type"] == "http" and scope.get(VERIFIED_SCOPE_KEY) is not True:
             await _refuse(scope, "missing or wrong")(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
 
-def secure_event_routes(api: "FastAPI", routes: "dict[str, EventRoute]", kafka: "KafkaConfig | None",
-                        listen_addr: str) -> None:
+def secure_event_routes(
+    api: FastAPI, routes: dict[str, EventRoute], kafka: KafkaConfig | None, listen_addr: str
+) -> None:
     """Install the guard on the event routes when a secret is configured; warn when they are open."""
     if not routes:
         return
     secret = getattr(kafka, "proxy_secret", None)
     if secret:
-        api.add_middleware(DeliveryGuard, secret=secret, paths=sorted({r.path for r in routes.values()}))
+        api.add_middleware(
+            DeliveryGuard, secret=secret, paths=sorted({r.path for r in routes.values()})
+        )
         return
     host = listen_addr.rpartition(":")[0]
     if not is_loopback(host):
         log.warning(
             "event routes (%s) are open: the service listens on %s and no shared secret is set, so anyone "
-            "who can reach it can forge events; set [consumer] secret_env = \"FREEDOM_PROXY_SECRET\" in kafka.toml",
-            ", ".join(sorted({r.path for r in routes.values()})), listen_addr,
+            'who can reach it can forge events; set [consumer] secret_env = "FREEDOM_PROXY_SECRET" in kafka.toml',
+            ", ".join(sorted({r.path for r in routes.values()})),
+            listen_addr,
         )

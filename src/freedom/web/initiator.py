@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import copy
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, cast
 
 from fastapi import FastAPI
 from fastapi.routing import APIRoute
 from starlette.routing import compile_path
 
-from freedom.wire.batch import BatchSettings
-from freedom.web.controllers import Injectables, add_controller
 from freedom.domain.events import event_topic
 from freedom.errors import RouteError
 from freedom.kafka.consumer.delivery import EventRoute
+from freedom.web.controllers import Injectables, add_controller
 from freedom.web.guard import RequireDelivery
+from freedom.wire.batch import BatchSettings
 
 if TYPE_CHECKING:
     from freedom.web.application import Application
@@ -41,12 +42,14 @@ def registered_prepare_hooks() -> list[PrepareHook]:
 class Initiator:
     """What a start-up hook uses to build the service."""
 
-    def __init__(self, app: "Application", api: FastAPI, injectables: Injectables) -> None:
+    def __init__(self, app: Application, api: FastAPI, injectables: Injectables) -> None:
         self.app = app
         self.fastapi = api  # add plain FastAPI routes here, or use app.fastapi
         self._injectables = injectables
         self._controllers: dict[str, type] = {}
-        self._method_routes: dict[Any, tuple[str, str, tuple[str, ...]]] = {}  # func -> (verb, path, params)
+        self._method_routes: dict[
+            Any, tuple[str, str, tuple[str, ...]]
+        ] = {}  # func -> (verb, path, params)
         self._events: list[tuple[str, Any]] = []
         self._batches: dict[str, BatchSettings] = {}  # topic -> listen_event(..., batch=)
 
@@ -60,8 +63,9 @@ class Initiator:
             self._method_routes[func] = (route.method, route.path, route.path_params)
         self._controllers[controller.__name__] = controller
 
-    def listen_event(self, topic: str, handler: str | Callable[..., Any], *,
-                     batch: BatchSettings | None = None) -> None:
+    def listen_event(
+        self, topic: str, handler: str | Callable[..., Any], *, batch: BatchSettings | None = None
+    ) -> None:
         """Deliver the records of `topic` to `handler`.
 
         `handler` is "Controller.method" (a bound controller's POST method), that method itself,
@@ -77,11 +81,15 @@ class Initiator:
             raise RouteError(f"listen_event: topic {check!r} already has a listener")
         if batch is not None:
             if not isinstance(batch, BatchSettings):
-                raise RouteError(f"listen_event({topic!r}): batch must be a freedom.BatchSettings, got {batch!r}")
+                raise RouteError(
+                    f"listen_event({topic!r}): batch must be a freedom.BatchSettings, got {batch!r}"
+                )
             self._batches[check] = batch
         self._events.append((check, handler))
 
-    def publishes(self, topic: str, payload: Any = bytes, *, description: str | None = None) -> None:
+    def publishes(
+        self, topic: str, payload: Any = bytes, *, description: str | None = None
+    ) -> None:
         """Declare that the service publishes to `topic` (an event name maps as in listen_event),
         with `payload` its content's type (a Pydantic model, a dataclass, `dict`, `list[...]`,
         `str`, `bytes`): the AsyncAPI document (asyncapi.py) lists it. Publishing does not check it."""
@@ -93,8 +101,10 @@ class Initiator:
             TypeAdapter(payload)
         except PydanticSchemaGenerationError:
             name = getattr(payload, "__qualname__", repr(payload))
-            raise RouteError(f"initiator.publishes({topic!r}, {name}): Pydantic cannot describe {name}; use a "
-                             "Pydantic model, a dataclass, dict, list[...], str or bytes") from None
+            raise RouteError(
+                f"initiator.publishes({topic!r}, {name}): Pydantic cannot describe {name}; use a "
+                "Pydantic model, a dataclass, dict, list[...], str or bytes"
+            ) from None
         self.app.declared_publishes[checked] = (payload, description)
 
     def event_routes(self) -> dict[str, EventRoute]:
@@ -109,17 +119,22 @@ class Initiator:
                 known = ", ".join(sorted(self._controllers)) or "none"
                 raise RouteError(
                     f"listen_event({topic!r}, {handler!r}): no bound controller {cls_name!r} "
-                    f"(write \"Controller.method\"; bound controllers: {known})"
+                    f'(write "Controller.method"; bound controllers: {known})'
                 )
             func = getattr(controller, method, None)
             if func is None:
-                raise RouteError(f"listen_event({topic!r}, {handler!r}): {cls_name} has no method {method!r}")
+                raise RouteError(
+                    f"listen_event({topic!r}, {handler!r}): {cls_name} has no method {method!r}"
+                )
             handler = func
         func = inspect.unwrap(cast("Callable[..., Any]", handler))  # a str was resolved above
         if func in self._method_routes:
             verb, path, params = self._method_routes[func]
         else:
-            api_route = next((r for r in self.fastapi.routes if isinstance(r, APIRoute) and r.endpoint is func), None)
+            api_route = next(
+                (r for r in self.fastapi.routes if isinstance(r, APIRoute) and r.endpoint is func),
+                None,
+            )
             if api_route is None:
                 raise RouteError(
                     f"listen_event({topic!r}, {getattr(func, '__qualname__', func)!r}): not a route of this app "
@@ -130,13 +145,19 @@ class Initiator:
             path = api_route.path
             params = tuple(api_route.param_convertors)
         if verb != "POST":
-            raise RouteError(f"listen_event({topic!r}): the handler must be a POST route (name it post_...), it is {verb} {path}")
+            raise RouteError(
+                f"listen_event({topic!r}): the handler must be a POST route (name it post_...), it is {verb} {path}"
+            )
         if len(params) > 1:
-            raise RouteError(f"listen_event({topic!r}): {path} has {len(params)} path parameters; an event route may have one, for the message key")
+            raise RouteError(
+                f"listen_event({topic!r}): {path} has {len(params)} path parameters; an event route may have one, for the message key"
+            )
         batch = self._batches.get(topic)
         if batch is not None and params:
-            raise RouteError(f"listen_event({topic!r}, batch=...): {path} has a path parameter; a batch route takes "
-                             "none (each record's key is in the batch)")
+            raise RouteError(
+                f"listen_event({topic!r}, batch=...): {path} has a path parameter; a batch route takes "
+                "none (each record's key is in the batch)"
+            )
         return EventRoute(topic, path, params[0] if params else None, batch)
 
 
@@ -148,7 +169,9 @@ def _checked_topic(topic: str) -> str:
         raise RouteError(f"listen_event: {exc}") from None
 
 
-def route_keys_with_slashes(api: FastAPI, routes: dict[str, EventRoute], secret: str | None) -> None:
+def route_keys_with_slashes(
+    api: FastAPI, routes: dict[str, EventRoute], secret: str | None
+) -> None:
     """Let a message key with a '/' in it reach its event route.
 
     The proxy puts the key, percent-encoded, in the path (`/store/sell/goods/tenant%2F7`), and the
@@ -160,8 +183,14 @@ def route_keys_with_slashes(api: FastAPI, routes: dict[str, EventRoute], secret:
     taken the secret out of the request, so application middleware never sees it).
     """
     for path, param in sorted({(r.path, r.param) for r in routes.values() if r.param}):
-        route = next((r for r in api.router.routes
-                      if isinstance(r, APIRoute) and r.path == path and "POST" in (r.methods or ())), None)
+        route = next(
+            (
+                r
+                for r in api.router.routes
+                if isinstance(r, APIRoute) and r.path == path and "POST" in (r.methods or ())
+            ),
+            None,
+        )
         if route is None:
             continue
         any_key = path.replace("{" + param + "}", "{" + param + ":path}")

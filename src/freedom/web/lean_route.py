@@ -19,7 +19,8 @@ exception handlers through Starlette's `ExceptionMiddleware`, as FastAPI's handl
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from fastapi.routing import APIRoute
 from starlette.convertors import StringConvertor
@@ -42,13 +43,19 @@ class LeanRoute(APIRoute):
         d = self.dependant
         if d.query_params or d.header_params or d.cookie_params or d.body_params or d.dependencies:
             return False
-        if getattr(self, "max_body_size", None) is not None or not inspect.iscoroutinefunction(self.endpoint):
+        if getattr(self, "max_body_size", None) is not None or not inspect.iscoroutinefunction(
+            self.endpoint
+        ):
             return False
         params = list(inspect.signature(self.endpoint).parameters.values())
         if not params or params[0].name != d.request_param_name:
             return False
         for p in params[1:]:
-            if p.kind is not p.KEYWORD_ONLY or p.default is not p.empty or p.annotation not in (str, p.empty):
+            if (
+                p.kind is not p.KEYWORD_ONLY
+                or p.default is not p.empty
+                or p.annotation not in (str, p.empty)
+            ):
                 return False
             if not isinstance(self.param_convertors.get(p.name), StringConvertor):
                 return False
@@ -57,7 +64,9 @@ class LeanRoute(APIRoute):
     async def _lean_app(self, scope: Scope, receive: Receive, send: Send) -> None:
         path_params = scope.get("path_params")
         if path_params is None or len(path_params) != len(self.param_convertors):
-            await self._full_app(scope, receive, send)  # not a request the fast path knows: FastAPI decides
+            await self._full_app(
+                scope, receive, send
+            )  # not a request the fast path knows: FastAPI decides
             return
         request = Request(scope, receive, send)
         response = await self.endpoint(request, **path_params)

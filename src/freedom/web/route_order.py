@@ -28,7 +28,7 @@ def move_event_routes_forward(api: FastAPI, paths: Collection[str]) -> None:
     """Move the POST routes on `paths` (the event routes) ahead of the routes before them that
     have methods disjoint from theirs; the order is otherwise kept."""
     routes = api.router.routes
-    for i, route in enumerate(list(routes)):
+    for route in list(routes):
         mine = _methods(route)
         if mine is None or getattr(route, "path", None) not in paths or "POST" not in mine:
             continue

@@ -9,8 +9,9 @@ parameter of the method as a path parameter. Methods not starting with a verb ar
 from __future__ import annotations
 
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from freedom.errors import RouteError
 
@@ -60,10 +61,14 @@ def route_of_method(prefix: str, name: str, func: Callable[..., Any]) -> Control
     return ControllerRoute(verb.upper(), path, name, tuple(path_params))
 
 
-def controller_routes(prefix: str, controller: type) -> list[tuple[ControllerRoute, Callable[..., Any]]]:
+def controller_routes(
+    prefix: str, controller: type
+) -> list[tuple[ControllerRoute, Callable[..., Any]]]:
     """Every route of a controller class, in definition order."""
     if not isinstance(controller, type):
-        raise RouteError(f"bind_controller expects a class, got {controller!r} (pass StoreController, not StoreController())")
+        raise RouteError(
+            f"bind_controller expects a class, got {controller!r} (pass StoreController, not StoreController())"
+        )
     members: dict[str, Any] = {}
     for klass in reversed(controller.__mro__[:-1]):  # base classes first, so subclasses override
         members.update(vars(klass))

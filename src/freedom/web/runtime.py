@@ -11,17 +11,18 @@ plain FastAPI routes ask for it with `runtime: freedom.RuntimeDep`.
 from __future__ import annotations
 
 import logging
+from collections.abc import MutableMapping
 from functools import cached_property
-from typing import Annotated, Any, MutableMapping
+from typing import Annotated, Any
 
 from fastapi import Depends
 from starlette.datastructures import Headers
 from starlette.requests import Request as _StarletteRequest
 
-from freedom.wire.context import BUS_HEADER, Bus
-from freedom.wire.headers import MESSAGE_KEY_HEADER
 from freedom.observability.tracing import TraceContext, extract_trace
+from freedom.wire.context import BUS_HEADER, Bus
 from freedom.wire.encoding import ENCODED_HEADER, KEY_HEADER, decode_headers, key_of
+from freedom.wire.headers import MESSAGE_KEY_HEADER
 
 _ENCODED_RAW = ENCODED_HEADER.encode()
 _KEY_RAW = KEY_HEADER.encode()
@@ -162,7 +163,9 @@ class Request(_StarletteRequest):
 class _TraceLogger(logging.LoggerAdapter):  # type: ignore[type-arg]
     """Adds the trace id to every record (as `record.trace_id`) and to the message."""
 
-    def process(self, msg: Any, kwargs: MutableMapping[str, Any]) -> tuple[Any, MutableMapping[str, Any]]:
+    def process(
+        self, msg: Any, kwargs: MutableMapping[str, Any]
+    ) -> tuple[Any, MutableMapping[str, Any]]:
         extra = kwargs.setdefault("extra", {})
         extra.setdefault("trace_id", self.extra["trace_id"])  # type: ignore[index]
         return f"[trace {self.extra['trace_id']}] {msg}", kwargs  # type: ignore[index]
@@ -176,7 +179,9 @@ class Runtime:
     """
 
     def __init__(self, request: _StarletteRequest, *, logger_name: str = "freedom") -> None:
-        self.request: Request = request if isinstance(request, Request) else Request(request.scope, request.receive)
+        self.request: Request = (
+            request if isinstance(request, Request) else Request(request.scope, request.receive)
+        )
         self.store: dict[str, Any] = {}
         self._logger_name = logger_name
 
@@ -204,7 +209,7 @@ class Runtime:
         return _TraceLogger(logging.getLogger(self._logger_name), {"trace_id": self.trace_id})
 
     @classmethod
-    def of(cls, request: _StarletteRequest) -> "Runtime":
+    def of(cls, request: _StarletteRequest) -> Runtime:
         """The runtime of a request, made once and then shared by everything serving it.
 
         Kept in the request's state (`request.state.freedom_runtime`), read as a plain dict.

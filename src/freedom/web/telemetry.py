@@ -13,7 +13,8 @@ only once). When FastAPI has no such check (another version), nothing changes.
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 #: How often, at most, FastAPI's telemetry check runs again while it said "off".
 RECHECK_SEC = 1.0

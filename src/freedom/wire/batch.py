@@ -56,9 +56,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from freedom.errors import RouteError
+from freedom.wire.encoding import decode_headers, key_of
 from freedom.wire.headers import BATCH_HEADER, KEY_HEADER
 from freedom.wire.payloads import decode as _decode
-from freedom.wire.encoding import decode_headers, key_of
 
 #: The statuses a batch answer may give a record.
 BatchStatus = Literal["ok", "retry", "dead-letter", "drop"]
@@ -87,11 +87,15 @@ class BatchSettings:
     record_type: Any = None
 
     def __post_init__(self) -> None:
-        for name, value, top in (("max_records", self.max_records, MAX_RECORDS_LIMIT),
-                                 ("max_wait_ms", self.max_wait_ms, MAX_WAIT_MS_LIMIT)):
+        for name, value, top in (
+            ("max_records", self.max_records, MAX_RECORDS_LIMIT),
+            ("max_wait_ms", self.max_wait_ms, MAX_WAIT_MS_LIMIT),
+        ):
             low = 1 if name == "max_records" else 0
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= top:
-                raise RouteError(f"BatchSettings: {name} must be a whole number from {low} to {top}, got {value!r}")
+                raise RouteError(
+                    f"BatchSettings: {name} must be a whole number from {low} to {top}, got {value!r}"
+                )
 
 
 class BatchRecord(BaseModel):
@@ -137,7 +141,9 @@ class BatchRecord(BaseModel):
     @property
     def record_headers(self) -> list[tuple[bytes, bytes]]:
         """The record's headers as (name, value) bytes, freedom's wire encoding undone."""
-        raw = [(k.encode("utf-8", "replace"), v.encode("utf-8", "replace")) for k, v in self.headers]
+        raw = [
+            (k.encode("utf-8", "replace"), v.encode("utf-8", "replace")) for k, v in self.headers
+        ]
         return decode_headers(raw) or raw
 
     def header(self, name: str) -> str | None:
@@ -194,4 +200,8 @@ class Batch(BaseModel):
 
     def answer(self) -> dict[str, Any]:
         """The answer's body: a status for every record, `ok` for those not marked."""
-        return {"statuses": [self._marks.get(r.id) or {"id": r.id, "status": "ok"} for r in self.records]}
+        return {
+            "statuses": [
+                self._marks.get(r.id) or {"id": r.id, "status": "ok"} for r in self.records
+            ]
+        }

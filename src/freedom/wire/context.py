@@ -93,8 +93,13 @@ def _parse(raw: bytes) -> dict[str, Any]:
     if _depth(text) > MAX_BUS_DEPTH:
         raise _Malformed(f"nested deeper than {MAX_BUS_DEPTH} levels")
     try:
-        value = json.loads(text, parse_constant=_constant, parse_float=_float, parse_int=_int,
-                           object_pairs_hook=_object)
+        value = json.loads(
+            text,
+            parse_constant=_constant,
+            parse_float=_float,
+            parse_int=_int,
+            object_pairs_hook=_object,
+        )
     except _Malformed:
         raise
     except (ValueError, RecursionError):
@@ -106,7 +111,9 @@ def _parse(raw: bytes) -> dict[str, Any]:
     except (ValueError, UnicodeError):  # an unpaired surrogate in a string
         raise _Malformed("a string is not valid Unicode (unpaired surrogate)") from None
     if len(again) > MAX_BUS_BYTES:
-        raise _Malformed(f"{len(again)} bytes once re-encoded is over the {MAX_BUS_BYTES}-byte limit")
+        raise _Malformed(
+            f"{len(again)} bytes once re-encoded is over the {MAX_BUS_BYTES}-byte limit"
+        )
     return value
 
 
@@ -118,7 +125,7 @@ class Bus(dict[str, Any]):
         return json.dumps(self, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
     @classmethod
-    def from_header(cls, raw: bytes | bytearray | memoryview | str | None) -> "Bus":
+    def from_header(cls, raw: bytes | bytearray | memoryview | str | None) -> Bus:
         """Parse an incoming header; never raises: anything malformed gives an empty bus and one warning.
 
         A str is taken as text (as `runtime.request.headers` decodes header values) and read as

@@ -133,7 +133,7 @@ def key_of(event_id: str | None, key_header: bytes | str | None) -> bytes | None
     if is_key_itself(event_id):
         return event_id.encode("utf-8", "surrogatepass")
     if event_id.startswith(ENCODED_ID_PREFIX):
-        return b64decode(event_id[len(ENCODED_ID_PREFIX):])
+        return b64decode(event_id[len(ENCODED_ID_PREFIX) :])
     return None
 
 
@@ -162,7 +162,7 @@ def decode_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]] 
                 v = value
             if k.startswith(_HEX_RAW):
                 try:
-                    k = bytes.fromhex(k[len(_HEX_RAW):].decode("latin-1"))
+                    k = bytes.fromhex(k[len(_HEX_RAW) :].decode("latin-1"))
                 except ValueError:
                     pass
         out.append((k, v))
@@ -183,13 +183,29 @@ def printable(text: str) -> str:
         if ch == "\\":
             out.append("\\\\")
         elif _CONTROL.match(ch):
-            out.append({"\r": "\\r", "\n": "\\n", "\t": "\\t"}.get(ch) or
-                       (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}"))
+            out.append(
+                {"\r": "\\r", "\n": "\\n", "\t": "\\t"}.get(ch)
+                or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
+            )
         else:
             out.append(ch)
     return "".join(out)
 
 
-__all__ = ["ENCODED_HEADER", "KEY_HEADER", "HEX_NAME_PREFIX", "MAX_KEY_BYTES", "b64encode", "b64decode",
-           "plain_value", "plain_name", "hex_name", "key_id", "position_id", "is_key_itself", "key_of",
-           "decode_headers", "printable"]
+__all__ = [
+    "ENCODED_HEADER",
+    "KEY_HEADER",
+    "HEX_NAME_PREFIX",
+    "MAX_KEY_BYTES",
+    "b64encode",
+    "b64decode",
+    "plain_value",
+    "plain_name",
+    "hex_name",
+    "key_id",
+    "position_id",
+    "is_key_itself",
+    "key_of",
+    "decode_headers",
+    "printable",
+]

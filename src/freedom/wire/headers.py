@@ -36,8 +36,14 @@ STATUS_HEADER = "x-freedom-status"  # the last HTTP status, when there was one
 
 #: The reason headers only the proxy writes (on retry and dead-letter records). On a record that
 #: arrives on a main topic they come from outside and are not trusted.
-REASON_HEADERS = (ORIGINAL_TOPIC_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_OFFSET_HEADER,
-                  FIRST_FAILURE_TIME_HEADER, ERROR_HEADER, STATUS_HEADER)
+REASON_HEADERS = (
+    ORIGINAL_TOPIC_HEADER,
+    ORIGINAL_PARTITION_HEADER,
+    ORIGINAL_OFFSET_HEADER,
+    FIRST_FAILURE_TIME_HEADER,
+    ERROR_HEADER,
+    STATUS_HEADER,
+)
 
 # --------------------------------------------------------------------------- on a dead-letter copy that left something out
 # A record too large even for the dead-letter topic goes there as a copy without its value (and,
@@ -45,12 +51,23 @@ REASON_HEADERS = (ORIGINAL_TOPIC_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_OFF
 VALUE_OMITTED_HEADER = "x-freedom-value-omitted"  # the size in bytes of the value left out
 KEY_OMITTED_HEADER = "x-freedom-key-omitted"  # the size in bytes of the key left out
 KEY_SHA256_HEADER = "x-freedom-key-sha256"  # hex SHA-256 of the key left out
-HEADERS_OMITTED_HEADER = "x-freedom-headers-omitted"  # how many of the record's own headers were left out
-OMISSION_HEADERS = (VALUE_OMITTED_HEADER, KEY_OMITTED_HEADER, KEY_SHA256_HEADER, HEADERS_OMITTED_HEADER)
+HEADERS_OMITTED_HEADER = (
+    "x-freedom-headers-omitted"  # how many of the record's own headers were left out
+)
+OMISSION_HEADERS = (
+    VALUE_OMITTED_HEADER,
+    KEY_OMITTED_HEADER,
+    KEY_SHA256_HEADER,
+    HEADERS_OMITTED_HEADER,
+)
 
 # --------------------------------------------------------------------------- written by `freedom dlq replay` (freedom/ops/replay.py)
-REPLAY_COUNT_HEADER = "x-freedom-replay-count"  # how many times the record was replayed from a dead-letter topic
-REPLAY_OF_HEADER = "x-freedom-replay-of"  # the dead letter it is a replay of: "<fail-topic>/<partition>/<offset>"
+REPLAY_COUNT_HEADER = (
+    "x-freedom-replay-count"  # how many times the record was replayed from a dead-letter topic
+)
+REPLAY_OF_HEADER = (
+    "x-freedom-replay-of"  # the dead letter it is a replay of: "<fail-topic>/<partition>/<offset>"
+)
 
 # --------------------------------------------------------------------------- written by the consumer proxy when tracing (spans.py)
 #: The `traceparent` of the `process` span of a record's first delivery; kept on its retry and

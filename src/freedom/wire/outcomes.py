@@ -25,6 +25,7 @@ from urllib.parse import quote, unquote
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
+
 from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER
 
 MAX_REASON = 500
@@ -36,8 +37,25 @@ MAX_DETAIL_BYTES = 1024  # failure_detail's longest result, in UTF-8 bytes
 #: secret or a route deployed with another method gives every record alike (configuration, fixed by
 #: fixing it; dead-lettering would empty whole topics), and 423, 424 and 425, which are temporary.
 #: 422 (Unprocessable Content: FastAPI's validation error) is the poison message's status.
-DEAD_LETTER_STATUSES: tuple[int, ...] = (400, 402, 406, 410, 411, 412, 413, 414, 415, 416, 417, 421, 422, 426,
-                                         428, 431, 451)
+DEAD_LETTER_STATUSES: tuple[int, ...] = (
+    400,
+    402,
+    406,
+    410,
+    411,
+    412,
+    413,
+    414,
+    415,
+    416,
+    417,
+    421,
+    422,
+    426,
+    428,
+    431,
+    451,
+)
 
 OutcomeName = Literal["retry", "dead-letter", "drop"]
 OUTCOMES: tuple[str, ...] = ("retry", "dead-letter", "drop")
@@ -89,7 +107,9 @@ def outcome_response(exc: Outcome) -> Response:
     headers: dict[str, str] = {OUTCOME_HEADER: exc.outcome}
     if exc.reason:
         headers[REASON_HEADER] = encode_reason(exc.reason)
-    return PlainTextResponse(exc.reason or exc.outcome, status_code=exc.status_code, headers=headers)
+    return PlainTextResponse(
+        exc.reason or exc.outcome, status_code=exc.status_code, headers=headers
+    )
 
 
 async def handle_outcome(_request: Request, exc: Exception) -> Response:
@@ -126,8 +146,12 @@ def failure_detail(body: bytes) -> str | None:
         if isinstance(detail, str):
             text = detail
         elif isinstance(detail, list):
-            parts = [f"{'.'.join(str(p) for p in e.get('loc') or ())}: {e.get('msg')}" if isinstance(e, dict)
-                     else str(e) for e in detail]
+            parts = [
+                f"{'.'.join(str(p) for p in e.get('loc') or ())}: {e.get('msg')}"
+                if isinstance(e, dict)
+                else str(e)
+                for e in detail
+            ]
             text = "; ".join(parts)
     if text is None:
         text = body.decode("utf-8", "replace")
@@ -150,4 +174,4 @@ def _json_text(raw: bytes) -> str:
 
 def _cut(text: str, limit: int) -> str:
     raw = text.encode("utf-8", "replace")
-    return raw[:limit - 3].decode("utf-8", "ignore") + "..." if len(raw) > limit else text
+    return raw[: limit - 3].decode("utf-8", "ignore") + "..." if len(raw) > limit else text

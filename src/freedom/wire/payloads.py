@@ -76,7 +76,9 @@ def _dataclass_adapter(cls: type) -> TypeAdapter[Any]:
 def type_name(obj: object) -> str:
     """`obj`'s type as error messages name it: `int`, `myapp.orders.Order`."""
     cls = type(obj)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    return (
+        cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    )
 
 
 class Unserialisable(TypeError):
@@ -95,10 +97,14 @@ def to_json(obj: object) -> bytes:
     cannot serialise.
     """
     if obj is None:
-        raise Unserialisable(obj, 'None is no content (publish b"" for an empty value, or b"null" for JSON null)')
+        raise Unserialisable(
+            obj, 'None is no content (publish b"" for an empty value, or b"null" for JSON null)'
+        )
     try:
         if isinstance(obj, BaseModel):
-            return obj.__pydantic_serializer__.to_json(obj)  # what model_dump_json does, without the str round trip
+            return obj.__pydantic_serializer__.to_json(
+                obj
+            )  # what model_dump_json does, without the str round trip
         if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
             return _dataclass_adapter(type(obj)).dump_json(obj)
         return _ANY.dump_json(obj)
@@ -124,8 +130,10 @@ def encode(payload: object) -> tuple[bytes, str | None]:
     try:
         return to_json(payload), JSON
     except Unserialisable as exc:
-        raise TypeError(f"cannot serialise a value of type {exc.type_name} as a message: {exc.why} (a message "
-                        "takes a Pydantic model, a dataclass, a dict or list (sent as JSON), str or bytes)") from None
+        raise TypeError(
+            f"cannot serialise a value of type {exc.type_name} as a message: {exc.why} (a message "
+            "takes a Pydantic model, a dataclass, a dict or list (sent as JSON), str or bytes)"
+        ) from None
 
 
 def is_json(content_type: str | None) -> bool:
@@ -134,7 +142,9 @@ def is_json(content_type: str | None) -> bool:
     if not content_type:
         return True
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/") and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 def decode(body: bytes, content_type: str | None = None, tp: Any = Any) -> Any:
@@ -154,13 +164,17 @@ def decode(body: bytes, content_type: str | None = None, tp: Any = Any) -> Any:
         if tp is Any:
             media = (content_type or "").split(";", 1)[0].strip().lower()
             return _text(body) if media.startswith("text/") else bytes(body)
-        raise PayloadError(f"the body is {content_type!r}, not JSON, so it cannot be read as {_name(tp)}")
+        raise PayloadError(
+            f"the body is {content_type!r}, not JSON, so it cannot be read as {_name(tp)}"
+        )
     try:
         if tp is Any:
             return json.loads(body)
         return adapter(tp).validate_json(body)
     except ValidationError as exc:
-        raise PayloadError(f"the body is not a valid {_name(tp)}: {exc.errors()[0].get('msg', exc)}") from None
+        raise PayloadError(
+            f"the body is not a valid {_name(tp)}: {exc.errors()[0].get('msg', exc)}"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise PayloadError(f"the body is not valid JSON: {exc}") from None
 

@@ -56,7 +56,7 @@ def parse_retry_after(value: str | bytes | None, now: float | None = None) -> fl
     except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when.tzinfo is None:  # asctime's form has no zone: HTTP dates are GMT
-        when = when.replace(tzinfo=datetime.timezone.utc)
+        when = when.replace(tzinfo=datetime.UTC)
     seconds = when.timestamp() - (time.time() if now is None else now)
     return min(max(seconds, 0.0), _MAX_READ_SEC)
 
@@ -64,8 +64,14 @@ def parse_retry_after(value: str | bytes | None, now: float | None = None) -> fl
 class Gate:
     """The pause, rate limit and concurrency limit of one topic's deliveries (loop side only)."""
 
-    def __init__(self, *, rate_per_sec: float | None = None, max_concurrency: int | None = None,
-                 retry_after_max_sec: float = 60.0, backpressure_max_sec: float = 300.0) -> None:
+    def __init__(
+        self,
+        *,
+        rate_per_sec: float | None = None,
+        max_concurrency: int | None = None,
+        retry_after_max_sec: float = 60.0,
+        backpressure_max_sec: float = 300.0,
+    ) -> None:
         self.rate_per_sec = rate_per_sec
         self.max_concurrency = max_concurrency
         self.retry_after_max_sec = retry_after_max_sec
@@ -178,5 +184,5 @@ async def _wait(event: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(event.wait(), seconds)
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return event.is_set()

@@ -24,13 +24,21 @@ import json
 import logging
 from typing import Any, Protocol, cast
 
-from freedom.wire.batch import STATUSES
 from freedom.errors import FreedomError
+from freedom.kafka.consumer.delivery import (
+    DeliveryResult,
+    RawAnswer,
+    RecordHeaders,
+    Transport,
+    UnsendableRecord,
+    request_headers,
+    result_of,
+)
+from freedom.kafka.consumer.group import TopicPlan
+from freedom.wire.batch import STATUSES
 from freedom.wire.headers import BATCH_HEADER, MESSAGE_KEY_HEADER
 from freedom.wire.outcomes import MAX_REASON
 from freedom.wire.payloads import CONTENT_TYPE, JSON
-from freedom.kafka.consumer.delivery import DeliveryResult, RawAnswer, RecordHeaders, Transport, UnsendableRecord, request_headers, result_of
-from freedom.kafka.consumer.group import TopicPlan
 
 log = logging.getLogger("freedom.kafka.batch")
 
@@ -50,8 +58,9 @@ _REQUEST_HEADERS = [(CONTENT_TYPE.encode(), JSON.encode())]
 class Poster(Protocol):
     """What a transport offers for batches (transports/http1.py, http.py, asgi.py: `post`)."""
 
-    async def __call__(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
-                       keep_body: int) -> RawAnswer | DeliveryResult: ...
+    async def __call__(
+        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_body: int
+    ) -> RawAnswer | DeliveryResult: ...
 
 
 def poster_of(transport: Transport) -> Poster:
@@ -59,12 +68,16 @@ def poster_of(transport: Transport) -> Poster:
     inner = getattr(transport, "inner", transport)
     post = getattr(inner, "post", None)
     if post is None:
-        raise FreedomError(f"batch delivery is not available with the {type(inner).__name__} transport "
-                           "(HTTP/1.1, HTTP/2 and in-process delivery have it)")
+        raise FreedomError(
+            f"batch delivery is not available with the {type(inner).__name__} transport "
+            "(HTTP/1.1, HTTP/2 and in-process delivery have it)"
+        )
     return cast(Poster, post)
 
 
-def envelope_record(record: Any, key: str, headers: RecordHeaders, retry_count: int) -> dict[str, Any]:
+def envelope_record(
+    record: Any, key: str, headers: RecordHeaders, retry_count: int
+) -> dict[str, Any]:
     """One record of the envelope (freedom/wire/batch.py); raises UnsendableRecord as a delivery would."""
     wire = request_headers(headers, key, retry_count)
     content_type = JSON
@@ -83,9 +96,18 @@ def envelope_record(record: Any, key: str, headers: RecordHeaders, retry_count: 
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(value).decode("ascii"), "base64"
     partition, offset = record.partition(), record.offset()
-    return {"id": f"{partition}-{offset}", "event_id": event_id, "topic": record.topic(), "partition": partition,
-            "offset": offset, "retry_count": retry_count, "content_type": content_type, "headers": out,
-            "value": text, "value_encoding": encoding}
+    return {
+        "id": f"{partition}-{offset}",
+        "event_id": event_id,
+        "topic": record.topic(),
+        "partition": partition,
+        "offset": offset,
+        "retry_count": retry_count,
+        "content_type": content_type,
+        "headers": out,
+        "value": text,
+        "value_encoding": encoding,
+    }
 
 
 class _Open:
@@ -112,8 +134,9 @@ class Batcher:
         self._sending: set[asyncio.Task[None]] = set()
         self._warned: set[str] = set()
 
-    async def deliver(self, record: Any, plan: TopicPlan, key: str, headers: RecordHeaders,
-                      retry_count: int) -> DeliveryResult:
+    async def deliver(
+        self, record: Any, plan: TopicPlan, key: str, headers: RecordHeaders, retry_count: int
+    ) -> DeliveryResult:
         """Deliver `record` in its topic's next batch; its own result, never raises for the
         service's or the network's faults."""
         settings = plan.route.batch
@@ -132,10 +155,20 @@ class Batcher:
                 batch.timer = loop.call_later(settings.max_wait_ms / 1000, self._flush, slot, batch)
             else:  # what is there now: the records whose deliveries start in this turn of the loop
                 batch.timer = loop.call_soon(self._flush, slot, batch)
-            if plan.mode != "sequential" and plan.max_in_flight < settings.max_records and topic not in self._warned:
+            if (
+                plan.mode != "sequential"
+                and plan.max_in_flight < settings.max_records
+                and topic not in self._warned
+            ):
                 self._warned.add(topic)
-                log.warning("%s: max_in_flight = %d is below the batch's max_records = %d: batches hold at most "
-                            "%d records", topic, plan.max_in_flight, settings.max_records, plan.max_in_flight)
+                log.warning(
+                    "%s: max_in_flight = %d is below the batch's max_records = %d: batches hold at most "
+                    "%d records",
+                    topic,
+                    plan.max_in_flight,
+                    settings.max_records,
+                    plan.max_in_flight,
+                )
         waiter: asyncio.Future[DeliveryResult] = asyncio.get_running_loop().create_future()
         batch.entries.append(entry)
         batch.waiters.append(waiter)
@@ -160,7 +193,9 @@ class Batcher:
             results = await self._exchange(batch)
         except Exception as exc:  # noqa: BLE001 - a bug here must not leave deliveries waiting forever
             log.exception("batch delivery to %s failed", batch.plan.route.path)
-            results = [DeliveryResult(error=f"batch delivery failed: {type(exc).__name__}: {exc}")] * len(batch.entries)
+            results = [
+                DeliveryResult(error=f"batch delivery failed: {type(exc).__name__}: {exc}")
+            ] * len(batch.entries)
         for waiter, result in zip(batch.waiters, results):
             if not waiter.done():  # cancelled: the partition went away meanwhile
                 waiter.set_result(result)
@@ -168,8 +203,11 @@ class Batcher:
     async def _exchange(self, batch: _Open) -> list[DeliveryResult]:
         if self._post is None:
             self._post = poster_of(self.transport)
-        body = json.dumps({"topic": batch.plan.source_topic, "records": batch.entries},
-                          ensure_ascii=False, separators=(",", ":")).encode("utf-8", "surrogatepass")
+        body = json.dumps(
+            {"topic": batch.plan.source_topic, "records": batch.entries},
+            ensure_ascii=False,
+            separators=(",", ":"),
+        ).encode("utf-8", "surrogatepass")
         headers = [*_REQUEST_HEADERS, (BATCH_HEADER.encode(), str(len(batch.entries)).encode())]
         answer = await self._post(batch.plan.route.path, headers, body, keep_body=MAX_ANSWER_BYTES)
         return results_of(answer, [e["id"] for e in batch.entries])
@@ -193,14 +231,18 @@ def results_of(answer: RawAnswer | DeliveryResult, ids: list[str]) -> list[Deliv
             raise ValueError('no "statuses" list')
     except (ValueError, KeyError) as exc:
         # Not a success: the error (no status) makes it a failure, retried as any other.
-        failed = DeliveryResult(error=f"HTTP {status}, but the batch answer is not {{\"statuses\": [...]}}: {exc}")
+        failed = DeliveryResult(
+            error=f'HTTP {status}, but the batch answer is not {{"statuses": [...]}}: {exc}'
+        )
         return [failed] * len(ids)
     given: dict[str, DeliveryResult] = {}
     for item in statuses:
         if not isinstance(item, dict) or not isinstance(item.get("id"), str):
             continue
         given[item["id"]] = _one(status, item)
-    missing = DeliveryResult(error=f"HTTP {status}, but the batch answer gave no status for this record")
+    missing = DeliveryResult(
+        error=f"HTTP {status}, but the batch answer gave no status for this record"
+    )
     return [given.get(i, missing) for i in ids]
 
 
@@ -213,5 +255,7 @@ def _one(status: int, item: dict[str, Any]) -> DeliveryResult:
     if what in STATUSES:  # the record's own outcome, not the request's status
         return DeliveryResult(error=BATCH_ANSWER, outcome=what, reason=reason)
     shown = repr(what)[:60]
-    return DeliveryResult(error=f"HTTP {status}, but the batch answer gave status {shown} for this record "
-                                f"(expected one of {', '.join(STATUSES)})")
+    return DeliveryResult(
+        error=f"HTTP {status}, but the batch answer gave status {shown} for this record "
+        f"(expected one of {', '.join(STATUSES)})"
+    )

@@ -20,14 +20,29 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from freedom.wire.batch import BatchSettings
 from freedom.errors import FreedomError
-from freedom.wire.headers import MESSAGE_KEY_HEADER, OUTCOME_HEADER, REASON_HEADERS, RETRY_COUNT_HEADER, SECRET_HEADER
-from freedom.wire.outcomes import OUTCOMES, decode_reason, failure_detail
-from freedom.wire.payloads import CONTENT_TYPE, DEFAULT_CONTENT_TYPE
-from freedom.wire.encoding import ENCODED_HEADER, KEY_HEADER, b64encode, hex_name, is_key_itself, plain_name, plain_value, printable
 from freedom.kafka.consumer.backpressure import RETRY_AFTER_STATUSES, parse_retry_after
 from freedom.kafka.consumer.keys import event_id
+from freedom.wire.batch import BatchSettings
+from freedom.wire.encoding import (
+    ENCODED_HEADER,
+    KEY_HEADER,
+    b64encode,
+    hex_name,
+    is_key_itself,
+    plain_name,
+    plain_value,
+    printable,
+)
+from freedom.wire.headers import (
+    MESSAGE_KEY_HEADER,
+    OUTCOME_HEADER,
+    REASON_HEADERS,
+    RETRY_COUNT_HEADER,
+    SECRET_HEADER,
+)
+from freedom.wire.outcomes import OUTCOMES, decode_reason, failure_detail
+from freedom.wire.payloads import CONTENT_TYPE, DEFAULT_CONTENT_TYPE
 
 log = logging.getLogger("freedom.kafka.delivery")
 
@@ -35,16 +50,36 @@ log = logging.getLogger("freedom.kafka.delivery")
 #: hop-by-hop headers and those that frame the request (they would corrupt it or change how the
 #: server reads it: `expect: 100-continue` makes it answer 100 first), and the proxy and client
 #: address headers (a server trusting them would take the record's word for the caller's address).
-NOT_FORWARDED = frozenset({
-    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "te", "trailer", "upgrade",
-    "http2-settings", "content-length", "host", "expect",
-    "forwarded", "via", "x-real-ip", "x-client-ip", "true-client-ip", "cf-connecting-ip",
-    "x-cluster-client-ip", "fastly-client-ip", "client-ip",
-})
+NOT_FORWARDED = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "te",
+        "trailer",
+        "upgrade",
+        "http2-settings",
+        "content-length",
+        "host",
+        "expect",
+        "forwarded",
+        "via",
+        "x-real-ip",
+        "x-client-ip",
+        "true-client-ip",
+        "cf-connecting-ip",
+        "x-cluster-client-ip",
+        "fastly-client-ip",
+        "client-ip",
+    }
+)
 #: ... nor any header with one of these prefixes (`proxy-authorization`, `x-forwarded-for`, ...).
 NOT_FORWARDED_PREFIXES = ("proxy-", "x-forwarded-")
 #: The headers the proxy itself sets on a delivery: a record's own value is dropped, always.
-PROXY_SET = frozenset({MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER, KEY_HEADER, ENCODED_HEADER})
+PROXY_SET = frozenset(
+    {MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER, KEY_HEADER, ENCODED_HEADER}
+)
 #: On a record read from a main topic the reason headers come from outside and are dropped too;
 #: on a record the proxy wrote (read from a retry or dead-letter topic) they are its own and are forwarded.
 UNTRUSTED_ON_MAIN_TOPIC = frozenset(REASON_HEADERS)
@@ -60,13 +95,19 @@ RecordHeaders = list[tuple[str, bytes | None]]
 class UnsendableRecord(Exception):
     """The record cannot be encoded as an HTTP request (the message names the cause)."""
 
-    def result(self) -> "DeliveryResult":
-        return DeliveryResult(error=f"the record cannot be sent as an HTTP request: {self}", permanent=True)
+    def result(self) -> DeliveryResult:
+        return DeliveryResult(
+            error=f"the record cannot be sent as an HTTP request: {self}", permanent=True
+        )
 
 
 def _dropped(name: str, from_retry_topic: bool) -> bool:
-    return (name in NOT_FORWARDED or name in PROXY_SET or name.startswith(NOT_FORWARDED_PREFIXES)
-            or (not from_retry_topic and name in UNTRUSTED_ON_MAIN_TOPIC))
+    return (
+        name in NOT_FORWARDED
+        or name in PROXY_SET
+        or name.startswith(NOT_FORWARDED_PREFIXES)
+        or (not from_retry_topic and name in UNTRUSTED_ON_MAIN_TOPIC)
+    )
 
 
 # What request_headers decided about a record header name: (name as bytes, lowercased, travels as
@@ -101,7 +142,9 @@ class EventRoute:
     topic: str
     path: str  # e.g. /store/sell/goods/{event_id}
     param: str | None  # the path parameter that receives the message key
-    batch: BatchSettings | None = None  # listen_event(..., batch=): records go in batches (infra/kafka/batching.py)
+    batch: BatchSettings | None = (
+        None  # listen_event(..., batch=): records go in batches (infra/kafka/batching.py)
+    )
 
     def url_path(self, key: str) -> str:
         """The path of a delivery: `key` (an event id, or a key as text) percent-encoded in the parameter."""
@@ -158,7 +201,9 @@ class RawAnswer:
     body: bytes
 
 
-def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -> list[tuple[bytes, bytes]]:
+def request_headers(
+    record_headers: RecordHeaders, key: str, retry_count: int
+) -> list[tuple[bytes, bytes]]:
     """The headers of one delivery, the one place where they are built, by the rule of
     `freedom.wire.encoding`: the record's headers (minus :data:`NOT_FORWARDED` and the proxy's own), each
     as it is when HTTP can carry it, else encoded and named in `x-freedom-encoded`; then
@@ -215,8 +260,10 @@ def request_headers(record_headers: RecordHeaders, key: str, retry_count: int) -
     out.append((RETRY_COUNT_HEADER.encode(), str(retry_count).encode()))
     size = sum(len(k) + len(v) + 4 for k, v in out) + len(eid)
     if size > MAX_HEADER_BYTES:
-        raise UnsendableRecord(f"its headers and key take {size} bytes as HTTP headers, over the "
-                               f"{MAX_HEADER_BYTES} a delivery may carry (delivery.MAX_HEADER_BYTES)")
+        raise UnsendableRecord(
+            f"its headers and key take {size} bytes as HTTP headers, over the "
+            f"{MAX_HEADER_BYTES} a delivery may carry (delivery.MAX_HEADER_BYTES)"
+        )
     return out
 
 
@@ -230,20 +277,39 @@ def keeps_body(status: int) -> bool:
     return status >= 400
 
 
-def result_of(status: int, outcome: str | None, reason: str | None, body: bytes | None = None,
-              retry_after: str | bytes | None = None) -> DeliveryResult:
+def result_of(
+    status: int,
+    outcome: str | None,
+    reason: str | None,
+    body: bytes | None = None,
+    retry_after: str | bytes | None = None,
+) -> DeliveryResult:
     """The result of an answer with `status`, the raw `x-freedom-outcome` / `x-freedom-reason`
     values, (for a 4xx/5xx answer) the start of its body, and its raw `Retry-After` (read on a
     429 or 503 answer only, backpressure.py)."""
     if outcome is not None:
         outcome = outcome.strip().lower()
         if outcome not in OUTCOMES:
-            log.warning("ignoring unknown %s: %r (expected one of %s)", OUTCOME_HEADER, outcome, ", ".join(OUTCOMES))
+            log.warning(
+                "ignoring unknown %s: %r (expected one of %s)",
+                OUTCOME_HEADER,
+                outcome,
+                ", ".join(OUTCOMES),
+            )
             outcome = None
     detail = failure_detail(body) if body and keeps_body(status) else None
-    wait = parse_retry_after(retry_after) if retry_after is not None and status in RETRY_AFTER_STATUSES else None
-    return DeliveryResult(status=status, outcome=outcome, reason=decode_reason(reason) if reason else None,
-                          detail=detail, retry_after=wait)
+    wait = (
+        parse_retry_after(retry_after)
+        if retry_after is not None and status in RETRY_AFTER_STATUSES
+        else None
+    )
+    return DeliveryResult(
+        status=status,
+        outcome=outcome,
+        reason=decode_reason(reason) if reason else None,
+        detail=detail,
+        retry_after=wait,
+    )
 
 
 class Transport(Protocol):
@@ -257,26 +323,34 @@ class Transport(Protocol):
         """Wait until the service can take deliveries; False at the loop time `deadline`."""
         ...
 
-    async def deliver(self, route: EventRoute, key: str, value: bytes,
-                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+    async def deliver(
+        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+    ) -> DeliveryResult:
         """Deliver one record; never raises for the service's or the network's faults."""
         ...
 
-    async def aclose(self) -> None:
-        ...
+    async def aclose(self) -> None: ...
 
 
 INPROCESS = "inprocess"  # proxy_addr value selecting in-process delivery
 
 
-def make_transport(proxy_addr: str, *, http2: bool = False, secret: str | None = None,
-                   app: Any = None, ready: asyncio.Event | None = None) -> Transport:
+def make_transport(
+    proxy_addr: str,
+    *,
+    http2: bool = False,
+    secret: str | None = None,
+    app: Any = None,
+    ready: asyncio.Event | None = None,
+) -> Transport:
     """The transport `proxy_addr` selects: `"inprocess"` calls `app` directly, else HTTP(S) to it."""
     if proxy_addr == INPROCESS:
         from freedom.kafka.transports.asgi import AsgiTransport
 
         if app is None:
-            raise FreedomError('proxy_addr = "inprocess" needs the application to call (KafkaInfra.start(app=...))')
+            raise FreedomError(
+                'proxy_addr = "inprocess" needs the application to call (KafkaInfra.start(app=...))'
+            )
         return AsgiTransport(app, secret=secret, ready=ready)
     from freedom.kafka.transports.http import make_http_transport
 

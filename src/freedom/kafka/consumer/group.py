@@ -50,14 +50,15 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any
 
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from freedom.kafka.consumer.delivery import EventRoute
 from freedom.kafka.consumer.commits import OffsetTracker
+from freedom.kafka.consumer.delivery import EventRoute
 
 log = logging.getLogger("freedom.kafka.proxy")
 
@@ -129,7 +130,7 @@ async def wait_event(event: asyncio.Event, seconds: float) -> bool:
     try:
         await asyncio.wait_for(event.wait(), seconds)
         return True
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return event.is_set()
 
 
@@ -197,8 +198,12 @@ class GroupLoop:
         self._lock = threading.Lock()  # guards the three above between the two threads
         self._backlog_paused: set[TP] = set()  # loop side; the consumer thread only reads its truth
         self._assigned: set[TP] = set()  # consumer thread; the loop only reads its size
-        self._room = threading.Event()  # set (loop side) when some partition's backlog has room again
-        self._running = 0  # deliveries started and not finished (loop side; the consumer thread reads it)
+        self._room = (
+            threading.Event()
+        )  # set (loop side) when some partition's backlog has room again
+        self._running = (
+            0  # deliveries started and not finished (loop side; the consumer thread reads it)
+        )
         self._handed = 0  # records handed to the loop (consumer thread) ...
         self._dispatched = 0  # ... and dispatched there (loop side): the difference is on its way
         # Commits in flight (consumer thread only): when each unanswered one was sent, oldest first.
@@ -221,7 +226,9 @@ class GroupLoop:
         self._consumer: confluent_kafka.Consumer | None = None
         self._task: asyncio.Future[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix=f"freedom-consumer-{group_id}")
+        self._thread = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"freedom-consumer-{group_id}"
+        )
 
     # ------------------------------------------------------------------ lifecycle (loop side)
 
@@ -263,8 +270,12 @@ class GroupLoop:
 
     def _busy(self) -> bool:
         """Records handed out and not committed yet: commits are due soon, poll in short slices."""
-        return bool(self._running or self._to_commit or self._handed != self._dispatched
-                    or any(len(p.tracker) for p in list(self._parts.values())))
+        return bool(
+            self._running
+            or self._to_commit
+            or self._handed != self._dispatched
+            or any(len(p.tracker) for p in list(self._parts.values()))
+        )
 
     def _pump(self) -> None:
         """The consumer thread's loop, until stop(): commit, pause/resume, fetch as room allows."""
@@ -288,7 +299,9 @@ class GroupLoop:
                 try:
                     action([TopicPartition(t, p) for t, p in tps])
                 except confluent_kafka.KafkaException as exc:  # e.g. revoked meanwhile
-                    log.debug("consumer group %r: %s %s: %s", self.group_id, action.__name__, tps, exc)
+                    log.debug(
+                        "consumer group %r: %s %s: %s", self.group_id, action.__name__, tps, exc
+                    )
         n = self._room_for()
         if n <= 0:
             # Every partition's backlog is full: wait for room, but poll now and then anyway (one
@@ -346,19 +359,28 @@ class GroupLoop:
         if self._commits_sent:
             self._commits_sent.popleft()
         failed = [tp for tp in partitions if err is not None or tp.error is not None]
-        log.debug("consumer group %r: commit answered (%s): %s", self.group_id, err,
-                  [(tp.topic, tp.partition, tp.offset, tp.error) for tp in partitions])
+        log.debug(
+            "consumer group %r: commit answered (%s): %s",
+            self.group_id,
+            err,
+            [(tp.topic, tp.partition, tp.offset, tp.error) for tp in partitions],
+        )
         if err is None:
             self._check_order(tp for tp in partitions if tp.error is None)
         if not failed:
             if self._commit_failures:
-                log.info("consumer group %r: commits succeed again (after %d failed)", self.group_id,
-                         self._commit_failures)
+                log.info(
+                    "consumer group %r: commits succeed again (after %d failed)",
+                    self.group_id,
+                    self._commit_failures,
+                )
                 self._commit_failures = 0
             return
         self._commit_failures += 1
         if self._commit_failures == 1:
-            reason = err.str() if err is not None else next(tp.error.str() for tp in failed if tp.error)
+            reason = (
+                err.str() if err is not None else next(tp.error.str() for tp in failed if tp.error)
+            )
             log.warning("consumer group %r: commit failed (%s); will retry", self.group_id, reason)
         with self._lock:
             for tp in failed:
@@ -389,8 +411,11 @@ class GroupLoop:
                 self._acked[key] = tp.offset
         if not rewound:
             return
-        log.debug("consumer group %r: older commits confirmed after newer ones; committing again: %s",
-                  self.group_id, rewound)
+        log.debug(
+            "consumer group %r: older commits confirmed after newer ones; committing again: %s",
+            self.group_id,
+            rewound,
+        )
         with self._lock:
             for key, newest in rewound.items():
                 if key in self._assigned and newest > self._to_commit.get(key, -1):
@@ -415,8 +440,12 @@ class GroupLoop:
 
     def _open(self) -> None:
         self._consumer = confluent_kafka.Consumer({**self.settings, "on_commit": self._on_commit})
-        self._consumer.subscribe(list(self.plans), on_assign=self._on_assign,
-                                 on_revoke=self._on_revoke, on_lost=self._on_revoke)
+        self._consumer.subscribe(
+            list(self.plans),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
 
     def _commit_pending(self, *, asynchronous: bool, only: set[TP] | None = None) -> None:
         with self._lock:
@@ -430,7 +459,12 @@ class GroupLoop:
             return
         offsets = [TopicPartition(t, p, o) for (t, p), o in pending.items()]
         self._newest_sent.update(pending)
-        log.debug("consumer group %r: commit%s %s", self.group_id, "" if asynchronous else " (waiting)", pending)
+        log.debug(
+            "consumer group %r: commit%s %s",
+            self.group_id,
+            "" if asynchronous else " (waiting)",
+            pending,
+        )
         if asynchronous:
             self._commit_sent_at = time.monotonic()
             self._commits_sent.append(self._commit_sent_at)
@@ -441,7 +475,11 @@ class GroupLoop:
                 self._commits_sent.pop()
             # Not committed means delivered again later: never a loss. Keep the offsets for the next
             # round, or (partitions revoked meanwhile) for when they come back.
-            log.warning("consumer group %r: commit failed (%s); will retry", self.group_id, exc.args[0].str())
+            log.warning(
+                "consumer group %r: commit failed (%s); will retry",
+                self.group_id,
+                exc.args[0].str(),
+            )
             with self._lock:
                 for tp, o in pending.items():
                     if tp in self._assigned:
@@ -449,7 +487,9 @@ class GroupLoop:
                     else:
                         self._unsaved[tp] = max(o, self._unsaved.get(tp, -1))
 
-    def _on_assign(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(
+        self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]
+    ) -> None:
         with self._lock:
             for tp in partitions:
                 unsaved = self._unsaved.pop((tp.topic, tp.partition), None)
@@ -463,12 +503,17 @@ class GroupLoop:
                 consumer.resume(partitions)
             except confluent_kafka.KafkaException as exc:
                 log.debug("consumer group %r: resume on assign: %s", self.group_id, exc)
-        log.info("consumer group %r assigned %s", self.group_id,
-                 ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "no partitions")
+        log.info(
+            "consumer group %r assigned %s",
+            self.group_id,
+            ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "no partitions",
+        )
         assert self._loop is not None
         self._loop.call_soon_threadsafe(self.assigned.set)
 
-    def _pin_new_partitions(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+    def _pin_new_partitions(
+        self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]
+    ) -> None:
         """Commit the start offset of partitions this group has never committed on, and the offsets
         finished here whose commit failed at the revocation (see `_finished_below`).
 
@@ -493,9 +538,15 @@ class GroupLoop:
             if pin:
                 consumer.commit(offsets=pin, asynchronous=False)
         except confluent_kafka.KafkaException as exc:
-            log.warning("consumer group %r: could not pin start offsets (%s)", self.group_id, exc.args[0].str())
+            log.warning(
+                "consumer group %r: could not pin start offsets (%s)",
+                self.group_id,
+                exc.args[0].str(),
+            )
 
-    def _on_revoke(self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_revoke(
+        self, consumer: confluent_kafka.Consumer, partitions: list[TopicPartition]
+    ) -> None:
         tps = {(tp.topic, tp.partition) for tp in partitions}
         self._assigned -= tps
         loop = self._loop
@@ -504,7 +555,9 @@ class GroupLoop:
             try:
                 future.result(self.drain_timeout + 5.0)
             except Exception:  # noqa: BLE001 - a late drain only means a redelivery
-                log.warning("consumer group %r: draining revoked partitions did not finish", self.group_id)
+                log.warning(
+                    "consumer group %r: draining revoked partitions did not finish", self.group_id
+                )
         self._resend_newest(tps)
         self._commit_pending(asynchronous=False, only=tps)
         self._forget_sent(tps)
@@ -514,7 +567,11 @@ class GroupLoop:
             for tp in tps:
                 self._finished_below.pop(tp, None)
         if tps:
-            log.info("consumer group %r revoked %s", self.group_id, ", ".join(f"{t}[{p}]" for t, p in sorted(tps)))
+            log.info(
+                "consumer group %r revoked %s",
+                self.group_id,
+                ", ".join(f"{t}[{p}]" for t, p in sorted(tps)),
+            )
 
     def _close(self) -> None:
         if self._consumer is None:
@@ -537,11 +594,15 @@ class GroupLoop:
         if part is None:
             plan = self.plans[tp[0]]
             if plan.mode == "sequential":  # a batch topic's partition holds at least one batch
-                bound = max(self.sequential_backlog, plan.route.batch.max_records if plan.route.batch else 0)
+                bound = max(
+                    self.sequential_backlog, plan.route.batch.max_records if plan.route.batch else 0
+                )
             else:
                 bound = max(plan.max_in_flight, 1)
             part = self._parts[tp] = _Partition(tp, plan, bound)
-            part.worker = asyncio.create_task(self._work(part), name=f"freedom-partition-{tp[0]}-{tp[1]}")
+            part.worker = asyncio.create_task(
+                self._work(part), name=f"freedom-partition-{tp[0]}-{tp[1]}"
+            )
         if self._finished_below and tp in self._finished_below:
             with self._lock:
                 below = self._finished_below.get(tp, -1)
@@ -561,7 +622,9 @@ class GroupLoop:
         if len(part.pending) >= part.backlog_bound + self.fetch_batch:
             self._pause(part, "backlog")  # overflowing despite the fetch gate (see the module doc)
         if len(part.tracker) >= UNCOMMITTED_WINDOW * part.backlog_bound:
-            self._pause(part, "window")  # a slow record holds the commit back: do not run far ahead of it
+            self._pause(
+                part, "window"
+            )  # a slow record holds the commit back: do not run far ahead of it
 
     def _pause(self, part: _Partition, reason: str) -> None:
         part.pause_reasons.add(reason)
@@ -615,8 +678,11 @@ class GroupLoop:
                 # (and due) records at once, all finished before the next ones start.
                 most = part.plan.route.batch.max_records if part.plan.route.batch is not None else 1
                 tasks = {self._start(part, self._taken(part), None, None)}
-                while (part.pending and len(tasks) < most
-                       and (self.delay_sec is None or self._due(part.pending[0]) <= self.now())):
+                while (
+                    part.pending
+                    and len(tasks) < most
+                    and (self.delay_sec is None or self._due(part.pending[0]) <= self.now())
+                ):
                     tasks.add(self._start(part, self._taken(part), None, None))
                 await asyncio.wait(tasks)  # not cancelled with the worker: they drain on their own
                 continue
@@ -626,7 +692,9 @@ class GroupLoop:
                 return
             record = self._taken(part)
             key = record.key() if mode == "key-ordered" else None
-            task = self._start(part, record, part.last_of_key.get(key) if key is not None else None, slots)
+            task = self._start(
+                part, record, part.last_of_key.get(key) if key is not None else None, slots
+            )
             if key is not None:
                 part.last_of_key[key] = task
 
@@ -644,8 +712,13 @@ class GroupLoop:
             return 0.0
         return float(ms) / 1000.0 + (self.delay_sec or 0.0)
 
-    def _start(self, part: _Partition, record: Any, after: asyncio.Task[bool] | None,
-               slots: asyncio.Semaphore | None) -> asyncio.Task[bool]:
+    def _start(
+        self,
+        part: _Partition,
+        record: Any,
+        after: asyncio.Task[bool] | None,
+        slots: asyncio.Semaphore | None,
+    ) -> asyncio.Task[bool]:
         task = asyncio.create_task(self._run_one(part, record, after, slots))
         self._running += 1
         part.inflight.add(task)
@@ -656,8 +729,13 @@ class GroupLoop:
     def _finished(self, _task: asyncio.Task[bool]) -> None:
         self._running -= 1
 
-    async def _run_one(self, part: _Partition, record: Any, after: asyncio.Task[bool] | None,
-                       slots: asyncio.Semaphore | None) -> bool:
+    async def _run_one(
+        self,
+        part: _Partition,
+        record: Any,
+        after: asyncio.Task[bool] | None,
+        slots: asyncio.Semaphore | None,
+    ) -> bool:
         """Handle one record (after the previous one of its key); True once it is finished."""
         finished = False
         try:
@@ -670,15 +748,23 @@ class GroupLoop:
             try:
                 finished = await self.handle(record, part.plan, part.lost)
             except Exception:  # a bug in the handling: leave it uncommitted, to be delivered again
-                log.exception("consumer group %r: handling %s[%d]@%d failed", self.group_id,
-                              record.topic(), record.partition(), record.offset())
+                log.exception(
+                    "consumer group %r: handling %s[%d]@%d failed",
+                    self.group_id,
+                    record.topic(),
+                    record.partition(),
+                    record.offset(),
+                )
                 finished = False
             if finished:
                 offset = part.tracker.finish(record.offset())
                 if offset is not None:  # also while draining: the revoke commits it
                     with self._lock:
                         self._to_commit[part.tp] = offset
-                    if "window" in part.pause_reasons and len(part.tracker) <= UNCOMMITTED_WINDOW * part.backlog_bound // 2:
+                    if (
+                        "window" in part.pause_reasons
+                        and len(part.tracker) <= UNCOMMITTED_WINDOW * part.backlog_bound // 2
+                    ):
                         self._unpause(part, "window")
         finally:
             if slots is not None:
@@ -705,7 +791,11 @@ class GroupLoop:
             for task in late:
                 task.cancel()
             if late:
-                log.warning("consumer group %r: abandoned %d in-flight deliveries at the drain deadline; "
-                            "they will be delivered again", self.group_id, len(late))
+                log.warning(
+                    "consumer group %r: abandoned %d in-flight deliveries at the drain deadline; "
+                    "they will be delivered again",
+                    self.group_id,
+                    len(late),
+                )
                 await asyncio.gather(*late, return_exceptions=True)
         await asyncio.gather(*workers, return_exceptions=True)

@@ -11,8 +11,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from freedom.wire.headers import ORIGINAL_OFFSET_HEADER, ORIGINAL_PARTITION_HEADER, ORIGINAL_TOPIC_HEADER
 from freedom.wire.encoding import key_id, position_id, printable
+from freedom.wire.headers import (
+    ORIGINAL_OFFSET_HEADER,
+    ORIGINAL_PARTITION_HEADER,
+    ORIGINAL_TOPIC_HEADER,
+)
 
 __all__ = ["EventId", "record_key", "event_id", "where", "printable"]
 
@@ -29,7 +33,7 @@ class EventId(str):
     key: bytes | None
     proxy_written: bool
 
-    def __new__(cls, text: str, key: bytes | None, proxy_written: bool = False) -> "EventId":
+    def __new__(cls, text: str, key: bytes | None, proxy_written: bool = False) -> EventId:
         self = super().__new__(cls, text)
         self.key = key
         self.proxy_written = proxy_written
@@ -54,7 +58,11 @@ def record_key(record: Any, from_retry_topic: bool, *, dead_letter_prefix: str =
     `x-freedom-original-*` headers the proxy wrote, so that a retry has the id of its first
     delivery; on a main topic those headers come from outside and are ignored.
     """
-    proxy_written = from_retry_topic or bool(dead_letter_prefix) and record.topic().startswith(dead_letter_prefix)
+    proxy_written = (
+        from_retry_topic
+        or bool(dead_letter_prefix)
+        and record.topic().startswith(dead_letter_prefix)
+    )
     key = record.key()
     if key:
         return EventId(key_id(key), key, proxy_written)

@@ -11,12 +11,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
-from freedom.observability import metrics, spans
 from freedom.errors import PublishError
-from freedom.wire.headers import EVENT_ID_HEADER
+from freedom.observability import metrics, spans
 from freedom.observability.tracing import record_trace_id
+from freedom.wire.headers import EVENT_ID_HEADER
 
 if TYPE_CHECKING:  # at run time this module imports none of them: producer.py imports it
     from freedom.config.loading import ConsumerClientConfig
@@ -29,31 +30,35 @@ if TYPE_CHECKING:  # at run time this module imports none of them: producer.py i
 class ProxyObserver:
     """Metrics, spans and log fields of one consumer proxy's records."""
 
-    def __init__(self, config: "ConsumerClientConfig") -> None:
+    def __init__(self, config: ConsumerClientConfig) -> None:
         retry_group = config.retry_group_id if config.retry_count > 0 else None
         self.metrics = metrics.DeliveryMetrics(config.group_id, retry_group)
         self.lag_stats: dict[str, metrics.LagStats] = {}
 
-    def attach(self, group: "GroupLoop") -> None:
+    def attach(self, group: GroupLoop) -> None:
         """Before the group starts: its lag statistics, and a `process` span around each record
         when a tracer records spans."""
         group.settings, self.lag_stats[group.group_id] = metrics.LagStats.settings(group.settings)
         if spans.tracer() is not None:
             group.handle = _traced(group.handle, group.group_id)
 
-    def delivered(self, record: Any, plan: "TopicPlan", result: "DeliveryResult", step: "Plan", seconds: float) -> None:
+    def delivered(
+        self, record: Any, plan: TopicPlan, result: DeliveryResult, step: Plan, seconds: float
+    ) -> None:
         """One delivery of `record` took `seconds` and led to `step`."""
         outcome = self.metrics.delivered(record, plan, result, step, seconds)
         if outcome is not None:
             spans.record_outcome(outcome, metrics.error_type(result))
 
-    def forwarded(self, record: Any, plan: "TopicPlan", kind: str, topic: str, result: "DeliveryResult") -> None:
+    def forwarded(
+        self, record: Any, plan: TopicPlan, kind: str, topic: str, result: DeliveryResult
+    ) -> None:
         """The broker acknowledged `record` on its retry or dead-letter `topic`."""
         if kind == "dead-letter":
             self.metrics.dead_lettered(topic, plan, result, record.topic() != plan.source_topic)
 
     @contextlib.contextmanager
-    def sending(self, topic: str, copy: "Copy") -> Iterator[None]:
+    def sending(self, topic: str, copy: Copy) -> Iterator[None]:
         """Around one produce of the proxy to a retry or dead-letter topic: its `send` span (whose
         context the copy carries), its duration and its count."""
         from freedom.kafka.retry import ProduceRefused
@@ -82,8 +87,13 @@ class ProxyObserver:
     def log_fields(record: Any, outcome: str) -> dict[str, Any]:
         """The fields of a log line about `record` (JSON logs): topic, partition, offset, outcome, and
         trace id (tracing.record_trace_id: `traceparent`, else a Go service's TRACE-ID)."""
-        return {"topic": record.topic(), "partition": record.partition(), "offset": record.offset(),
-                "outcome": outcome, "trace_id": record_trace_id(record.headers())}
+        return {
+            "topic": record.topic(),
+            "partition": record.partition(),
+            "offset": record.offset(),
+            "outcome": outcome,
+            "trace_id": record_trace_id(record.headers()),
+        }
 
 
 def _code_name(code: int) -> str:
@@ -95,17 +105,19 @@ def _code_name(code: int) -> str:
         return str(code)
 
 
-def _traced(handle: "Handler", group_id: str) -> "Handler":
+def _traced(handle: Handler, group_id: str) -> Handler:
     """`handle` inside the record's `process` span."""
 
-    async def traced(record: Any, plan: "TopicPlan", lost: asyncio.Event) -> bool:
+    async def traced(record: Any, plan: TopicPlan, lost: asyncio.Event) -> bool:
         started = spans.process_span(record, group_id)
         try:
             finished = await handle(record, plan, lost)
         except BaseException as exc:
             spans.end_process(started, exc)
             raise
-        if not finished and started is not None:  # the partition went away first: delivered again later
+        if (
+            not finished and started is not None
+        ):  # the partition went away first: delivered again later
             started[0].set_attribute("freedom.outcome", "abandoned")
         spans.end_process(started)
         return finished
@@ -113,17 +125,24 @@ def _traced(handle: "Handler", group_id: str) -> "Handler":
     return traced
 
 
-async def observed_publish(msg: "Msg", client: "ProducerClient") -> "Delivered":
+async def observed_publish(msg: Msg, client: ProducerClient) -> Delivered:
     """Send `msg` through `client` and wait for the broker's answer (an awaited `msg.publish()`),
     timed (messaging_client_operation_duration_seconds), in its `send` span when a tracer records
     (the record then carries the span's context)."""
     send = None
     if spans.tracer() is not None:
-        send = spans.send_span(msg.topic, msg.key, msg.headers,
-                               parent=msg.runtime.trace.otel if msg.runtime is not None else None,
-                               message_id=(msg.headers.get(EVENT_ID_HEADER) or b"").decode("utf-8", "replace") or None)
+        send = spans.send_span(
+            msg.topic,
+            msg.key,
+            msg.headers,
+            parent=msg.runtime.trace.otel if msg.runtime is not None else None,
+            message_id=(msg.headers.get(EVENT_ID_HEADER) or b"").decode("utf-8", "replace") or None,
+        )
         if send is not None:
-            msg.context_headers = {**msg.context_headers, **{k: v.encode() for k, v in send.headers().items()}}
+            msg.context_headers = {
+                **msg.context_headers,
+                **{k: v.encode() for k, v in send.headers().items()},
+            }
     started = time.perf_counter()
     try:
         delivered = await client.produce_for_loop(msg, asyncio.get_running_loop())

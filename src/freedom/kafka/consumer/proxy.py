@@ -36,15 +36,23 @@ import time
 from typing import Any
 
 from freedom.config.loading import ConsumerClientConfig
-from freedom.wire.headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 from freedom.kafka.admin import ensure_topics
 from freedom.kafka.consumer.backpressure import Gate
 from freedom.kafka.consumer.batching import Batcher
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
 from freedom.kafka.consumer.group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
-from freedom.kafka.consumer.keys import record_key, where as _where
+from freedom.kafka.consumer.keys import record_key
+from freedom.kafka.consumer.keys import where as _where
 from freedom.kafka.consumer.observer import ProxyObserver
-from freedom.kafka.retry import Copy, Plan, ProduceRefused, RetryRouter, header_value, retry_count_of
+from freedom.kafka.retry import (
+    Copy,
+    Plan,
+    ProduceRefused,
+    RetryRouter,
+    header_value,
+    retry_count_of,
+)
+from freedom.wire.headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 
 log = logging.getLogger("freedom.kafka.proxy")
 
@@ -81,20 +89,42 @@ class ConsumerProxy:
         for t, route in routes.items():
             c = config.consume_config(t)
             if route.batch is None:
-                self.gates[t] = Gate(rate_per_sec=c.rate_limit_per_sec, max_concurrency=c.max_concurrency,
-                                     retry_after_max_sec=c.retry_after_max_sec,
-                                     backpressure_max_sec=c.backpressure_max_sec)
+                self.gates[t] = Gate(
+                    rate_per_sec=c.rate_limit_per_sec,
+                    max_concurrency=c.max_concurrency,
+                    retry_after_max_sec=c.retry_after_max_sec,
+                    backpressure_max_sec=c.backpressure_max_sec,
+                )
                 if c.head_of_line_timeout_sec is not None:
                     self._guards[t] = c.head_of_line_timeout_sec
         main_plans = {t: self._plan(t, route) for t, route in routes.items()}
-        self.groups = [GroupLoop(config.group_id, settings, main_plans, self._handle,
-                                 initial_offset=config.initial_offset, drain_timeout=config.drain_timeout_sec,
-                                 fetch_batch=fetch_batch)]
+        self.groups = [
+            GroupLoop(
+                config.group_id,
+                settings,
+                main_plans,
+                self._handle,
+                initial_offset=config.initial_offset,
+                drain_timeout=config.drain_timeout_sec,
+                fetch_batch=fetch_batch,
+            )
+        ]
         if config.retry_count > 0:
-            retry_plans = {self.router.retry_topic(t): self._plan(t, route) for t, route in routes.items()}
-            self.groups.append(GroupLoop(config.retry_group_id, settings, retry_plans, self._handle,
-                                         initial_offset="earliest", delay_sec=config.retry_interval_sec,
-                                         drain_timeout=config.drain_timeout_sec, fetch_batch=fetch_batch))
+            retry_plans = {
+                self.router.retry_topic(t): self._plan(t, route) for t, route in routes.items()
+            }
+            self.groups.append(
+                GroupLoop(
+                    config.retry_group_id,
+                    settings,
+                    retry_plans,
+                    self._handle,
+                    initial_offset="earliest",
+                    delay_sec=config.retry_interval_sec,
+                    drain_timeout=config.drain_timeout_sec,
+                    fetch_batch=fetch_batch,
+                )
+            )
         self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
         self.batcher = Batcher(delivery)  # topics bound with listen_event(..., batch=): batching.py
         for group in self.groups:
@@ -106,7 +136,9 @@ class ConsumerProxy:
 
     def _plan(self, topic: str, route: EventRoute) -> TopicPlan:
         c = self.config.consume_config(topic)
-        return TopicPlan(route=route, source_topic=topic, mode=c.mode, max_in_flight=c.max_in_flight)
+        return TopicPlan(
+            route=route, source_topic=topic, mode=c.mode, max_in_flight=c.max_in_flight
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -126,7 +158,10 @@ class ConsumerProxy:
             for group in started:
                 await group.stop()
             raise
-        self._tasks = [asyncio.create_task(self._wait_for_service()), asyncio.create_task(self._wait_assigned())]
+        self._tasks = [
+            asyncio.create_task(self._wait_for_service()),
+            asyncio.create_task(self._wait_assigned()),
+        ]
 
     async def stop(self) -> None:
         """Stop every group (drain, commit), then flush the retry producer."""
@@ -146,9 +181,15 @@ class ConsumerProxy:
     async def _wait_for_service(self) -> None:
         """Hold deliveries until the service listens (it starts after the proxy), at most 60 s."""
         deadline = asyncio.get_running_loop().time() + SERVICE_WAIT_SEC
-        if not await self.delivery.wait_until_reachable(deadline, self._stop) and not self._stop.is_set():
-            log.error("the service at %s did not accept connections within %.0f s; delivering anyway",
-                      self.delivery.proxy_addr, SERVICE_WAIT_SEC)
+        if (
+            not await self.delivery.wait_until_reachable(deadline, self._stop)
+            and not self._stop.is_set()
+        ):
+            log.error(
+                "the service at %s did not accept connections within %.0f s; delivering anyway",
+                self.delivery.proxy_addr,
+                SERVICE_WAIT_SEC,
+            )
         self._service_up.set()
 
     # ------------------------------------------------------------------ one record
@@ -177,8 +218,17 @@ class ConsumerProxy:
         result, step, where = attempt
         return await self._forward(record, plan, step, n, result, lost, where, note=note)
 
-    async def _attempts(self, record: Any, plan: TopicPlan, lost: asyncio.Event, key: str, headers: Any, n: int,
-                        timer: asyncio.Timeout | None = None, guard: float = 0.0) -> bool | tuple[DeliveryResult, Plan, str]:
+    async def _attempts(
+        self,
+        record: Any,
+        plan: TopicPlan,
+        lost: asyncio.Event,
+        key: str,
+        headers: Any,
+        n: int,
+        timer: asyncio.Timeout | None = None,
+        guard: float = 0.0,
+    ) -> bool | tuple[DeliveryResult, Plan, str]:
         """Deliver `record` until it is done (True), given up (False: its partition went away), or
         goes to its retry or dead-letter topic: then the last result, the step and the record's name.
         `timer`: the head-of-line guard's, started (`guard` seconds) when the first delivery starts."""
@@ -193,18 +243,35 @@ class ConsumerProxy:
             started = time.perf_counter()
             if gate is not None:
                 try:
-                    result = await self.delivery.deliver(plan.route, key, record.value() or b"", headers, n)
+                    result = await self.delivery.deliver(
+                        plan.route, key, record.value() or b"", headers, n
+                    )
                 finally:
                     gate.leave()
-                if result.retry_after is not None and result.outcome is None and gate.backpressure_max_sec > 0:
-                    wait = gate.pause(result.retry_after)  # the whole topic waits, whatever this record does next
+                if (
+                    result.retry_after is not None
+                    and result.outcome is None
+                    and gate.backpressure_max_sec > 0
+                ):
+                    wait = gate.pause(
+                        result.retry_after
+                    )  # the whole topic waits, whatever this record does next
                     if held + wait <= gate.backpressure_max_sec:
                         held += wait
-                        self.observer.delivered(record, plan, result, _HELD, time.perf_counter() - started)
-                        log.info("%s answered %s with Retry-After: %s waits %.1f s, then it is delivered again "
-                                 "(not a failed attempt; %.0f of backpressure_max_sec = %g s used)",
-                                 plan.route.path, result.describe(), plan.source_topic, wait, held,
-                                 gate.backpressure_max_sec, extra=self.observer.log_fields(record, "backpressure"))
+                        self.observer.delivered(
+                            record, plan, result, _HELD, time.perf_counter() - started
+                        )
+                        log.info(
+                            "%s answered %s with Retry-After: %s waits %.1f s, then it is delivered again "
+                            "(not a failed attempt; %.0f of backpressure_max_sec = %g s used)",
+                            plan.route.path,
+                            result.describe(),
+                            plan.source_topic,
+                            wait,
+                            held,
+                            gate.backpressure_max_sec,
+                            extra=self.observer.log_fields(record, "backpressure"),
+                        )
                         continue
             else:  # a batch topic's record: in its topic's next batch; it settles on its own all the same
                 result = await self.batcher.deliver(record, plan, key, headers, n)
@@ -213,23 +280,40 @@ class ConsumerProxy:
             where = _where(record, key) if step.next != "done" or result.outcome == "drop" else ""
             if step.next == "done":
                 if result.outcome == "drop":
-                    log.warning("dropped %s at the handler's request: %s", where, result.describe(),
-                                extra=self.observer.log_fields(record, "dropped"))
+                    log.warning(
+                        "dropped %s at the handler's request: %s",
+                        where,
+                        result.describe(),
+                        extra=self.observer.log_fields(record, "dropped"),
+                    )
                 return True
             if step.next == "redeliver":
                 if lost.is_set():
                     return False
-                log.warning("delivery of %s to %s failed: %s; delivering again in %.1f s",
-                            where, plan.route.path, result.describe(), backoff,
-                            extra=self.observer.log_fields(record, "redeliver"))
+                log.warning(
+                    "delivery of %s to %s failed: %s; delivering again in %.1f s",
+                    where,
+                    plan.route.path,
+                    result.describe(),
+                    backoff,
+                    extra=self.observer.log_fields(record, "redeliver"),
+                )
                 if await wait_event(lost, backoff):
                     return False
                 backoff = min(backoff * 2, MAX_BACKOFF_SEC)
                 continue
             return result, step, where
 
-    async def _guarded(self, record: Any, plan: TopicPlan, lost: asyncio.Event, key: str, headers: Any, n: int,
-                       guard: float) -> bool | tuple[DeliveryResult, Plan, str]:
+    async def _guarded(
+        self,
+        record: Any,
+        plan: TopicPlan,
+        lost: asyncio.Event,
+        key: str,
+        headers: Any,
+        n: int,
+        guard: float,
+    ) -> bool | tuple[DeliveryResult, Plan, str]:
         """:meth:`_attempts` under the head-of-line guard: when the record is not settled `guard`
         seconds after its first delivery started, the delivery is cancelled and the record goes the
         retry path as a failure naming the guard (with `retry_count = 0`: to its dead-letter topic;
@@ -244,17 +328,28 @@ class ConsumerProxy:
                 raise
         if lost.is_set():
             return False
-        result = DeliveryResult(error=f"{HEAD_OF_LINE_ERROR}: not settled {guard:g} s after its first delivery "
-                                      "started (head_of_line_timeout_sec); the delivery was cancelled so that its "
-                                      "partition's commit can pass it")
+        result = DeliveryResult(
+            error=f"{HEAD_OF_LINE_ERROR}: not settled {guard:g} s after its first delivery "
+            "started (head_of_line_timeout_sec); the delivery was cancelled so that its "
+            "partition's commit can pass it"
+        )
         step = self.router.plan(plan.source_topic, n, result)
         if step.next == "redeliver":  # retry_count = 0: no retry topic
             fail = self.router.fail_topic(plan.source_topic)
-            if fail is None:  # config refuses this; should it happen, hold the record rather than lose it
-                log.error("%s: the head-of-line guard has no retry or dead-letter topic to move it to; "
-                          "delivering it again, holding its partition", _where(record, key))
+            if (
+                fail is None
+            ):  # config refuses this; should it happen, hold the record rather than lose it
+                log.error(
+                    "%s: the head-of-line guard has no retry or dead-letter topic to move it to; "
+                    "delivering it again, holding its partition",
+                    _where(record, key),
+                )
                 return await self._attempts(record, plan, lost, key, headers, n)
-            step = Plan("dead-letter", fail, not_retried="retry_count = 0: moved to the dead-letter topic by the guard")
+            step = Plan(
+                "dead-letter",
+                fail,
+                not_retried="retry_count = 0: moved to the dead-letter topic by the guard",
+            )
         self.observer.delivered(record, plan, result, step, time.perf_counter() - began)
         return result, step, _where(record, key)
 
@@ -274,8 +369,18 @@ class ConsumerProxy:
         log.warning("%s[%d]@%d: %s", record.topic(), record.partition(), record.offset(), note)
         return self.config.retry_count, note
 
-    async def _forward(self, record: Any, plan: TopicPlan, step: Plan, n: int, result: DeliveryResult,
-                       lost: asyncio.Event, where: str, *, note: str | None) -> bool:
+    async def _forward(
+        self,
+        record: Any,
+        plan: TopicPlan,
+        step: Plan,
+        n: int,
+        result: DeliveryResult,
+        lost: asyncio.Event,
+        where: str,
+        *,
+        note: str | None,
+    ) -> bool:
         """Produce the failed record to its retry or dead-letter topic: True once the broker
         acknowledged it (or, the last resort, every copy was refused for good), False when the
         partition went away first (the record stays uncommitted and is delivered again)."""
@@ -284,24 +389,46 @@ class ConsumerProxy:
         origin = self.router.origin(record, plan.source_topic)
         if kind == "dead-letter" and step.not_retried:
             note = _join(note, step.not_retried)
-        log.warning("delivery of %s to %s failed: %s; %s", where, plan.route.path, result.describe(),
-                    f"retry {n + 1} of {self.config.retry_count} via {topic}" if kind == "retry"
-                    else f"dead-lettered to {topic}", extra=self.observer.log_fields(record, kind.replace("-", "_")))
+        log.warning(
+            "delivery of %s to %s failed: %s; %s",
+            where,
+            plan.route.path,
+            result.describe(),
+            f"retry {n + 1} of {self.config.retry_count} via {topic}"
+            if kind == "retry"
+            else f"dead-lettered to {topic}",
+            extra=self.observer.log_fields(record, kind.replace("-", "_")),
+        )
         while True:
-            headers = self.router.headers_for(record, plan.source_topic, n + 1 if kind == "retry" else n, result,
-                                              origin=origin, note=note)
+            headers = self.router.headers_for(
+                record,
+                plan.source_topic,
+                n + 1 if kind == "retry" else n,
+                result,
+                origin=origin,
+                note=note,
+            )
             # A retry is the record itself or nothing; a dead letter may be a smaller copy.
-            copies = (RetryRouter.copies(record, headers) if kind == "dead-letter"
-                      else [Copy(record.key(), record.value() or b"", headers)])
+            copies = (
+                RetryRouter.copies(record, headers)
+                if kind == "dead-letter"
+                else [Copy(record.key(), record.value() or b"", headers)]
+            )
             refused: ProduceRefused | None = None
             for copy in copies:
                 outcome = await self._produce(topic, copy, lost, where)
                 if outcome is True:
                     self.observer.forwarded(record, plan, kind, topic, result)
                     if copy.kind != "full":
-                        log.error("%s: dead-lettered to %s as a copy without its %s (marked %s)", where, topic,
-                                  "value" if copy.kind == "value-omitted" else "value, key and own headers",
-                                  VALUE_OMITTED_HEADER)
+                        log.error(
+                            "%s: dead-lettered to %s as a copy without its %s (marked %s)",
+                            where,
+                            topic,
+                            "value"
+                            if copy.kind == "value-omitted"
+                            else "value, key and own headers",
+                            VALUE_OMITTED_HEADER,
+                        )
                     return True
                 if outcome is False:
                     return False
@@ -311,17 +438,26 @@ class ConsumerProxy:
             if kind == "retry":
                 # The retry topic can never take it: dead-letter it now, with the real cause.
                 fail = self.router.fail_topic(plan.source_topic)
-                assert fail is not None  # config: retry_fail_prefix is required when retry_count > 0
+                assert (
+                    fail is not None
+                )  # config: retry_fail_prefix is required when retry_count > 0
                 note = _join(note, f"not retried: {refused}")
                 kind, topic = "dead-letter", fail
                 log.error("%s: not retried, dead-lettering it to %s instead", where, fail)
                 continue
             # Not even the smallest copy fits: never hold the partition for good on a permanent error.
-            log.error("%s: %s refused every copy of the record, down to its reason headers (last: %s); committed "
-                      "without a copy, so this line is its only trace", where, topic, refused)
+            log.error(
+                "%s: %s refused every copy of the record, down to its reason headers (last: %s); committed "
+                "without a copy, so this line is its only trace",
+                where,
+                topic,
+                refused,
+            )
             return True
 
-    async def _produce(self, topic: str, copy: Copy, lost: asyncio.Event, where: str) -> bool | ProduceRefused:
+    async def _produce(
+        self, topic: str, copy: Copy, lost: asyncio.Event, where: str
+    ) -> bool | ProduceRefused:
         """Produce to a retry or dead-letter topic until the broker acknowledges it (True), or the
         partition goes away (False: the record stays uncommitted and is delivered again), or the
         broker refuses it for good (the ProduceRefused: trying again cannot help)."""
@@ -334,7 +470,12 @@ class ConsumerProxy:
             except ProduceRefused as exc:
                 if exc.permanent:
                     return exc
-                log.error("%s: %s; the record stays uncommitted, trying again in %.1f s", where, exc, backoff)
+                log.error(
+                    "%s: %s; the record stays uncommitted, trying again in %.1f s",
+                    where,
+                    exc,
+                    backoff,
+                )
             if await wait_event(lost, backoff):
                 return False
             backoff = min(backoff * 2, MAX_BACKOFF_SEC)

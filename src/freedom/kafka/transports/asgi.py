@@ -15,17 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote
 
-from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
+from freedom.kafka.consumer.delivery import (
+    MAX_FAILURE_BODY,
+    DeliveryResult,
+    EventRoute,
+    RawAnswer,
+    RecordHeaders,
+    UnsendableRecord,
+    keeps_body,
+    request_headers,
+    result_of,
+)
 from freedom.web.runtime import BODY_EXTENSION
-from freedom.kafka.consumer.delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
-                        keeps_body, request_headers, result_of)
+from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
 
 log = logging.getLogger("freedom.kafka.delivery")
 
-ASGIApp = Callable[[dict[str, Any], Callable[[], Awaitable[dict[str, Any]]], Callable[[dict[str, Any]], Awaitable[None]]], Awaitable[None]]
+ASGIApp = Callable[
+    [
+        dict[str, Any],
+        Callable[[], Awaitable[dict[str, Any]]],
+        Callable[[dict[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
@@ -36,12 +53,24 @@ _ASGI = {"version": "3.0", "spec_version": "2.3"}
 class _Exchange:
     """One request/response exchange with the application: what `receive` gives and `send` keeps."""
 
-    __slots__ = ("body", "status", "outcome", "reason", "complete", "_done", "answer", "keep", "retry_after")
+    __slots__ = (
+        "body",
+        "status",
+        "outcome",
+        "reason",
+        "complete",
+        "_done",
+        "answer",
+        "keep",
+        "retry_after",
+    )
 
     def __init__(self, body: bytes, keep: int = 0) -> None:
         self.body: bytes | None = body
         self.keep = keep  # keep this many bytes of any answer's body (a batch answer)
-        self.answer: bytearray | None = None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
+        self.answer: bytearray | None = (
+            None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
+        )
         self.status: int | None = None
         self.outcome: str | None = None
         self.reason: str | None = None
@@ -79,7 +108,7 @@ class _Exchange:
             kept = self.answer
             limit = self.keep or MAX_FAILURE_BODY
             if kept is not None and len(kept) < limit:
-                kept += message.get("body", b"")[:limit - len(kept)]
+                kept += message.get("body", b"")[: limit - len(kept)]
             if not message.get("more_body", False):
                 self.complete = True
                 if self._done is not None:
@@ -91,8 +120,14 @@ class AsgiTransport:
 
     proxy_addr = "inprocess"
 
-    def __init__(self, app: ASGIApp, *, timeout: float = 30.0, secret: str | None = None,
-                 ready: asyncio.Event | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        timeout: float = 30.0,
+        secret: str | None = None,
+        ready: asyncio.Event | None = None,
+    ) -> None:
         self.app = app
         self.timeout = timeout
         self.ready = ready  # set once the application has started (deliveries wait for it)
@@ -106,14 +141,19 @@ class AsgiTransport:
         loop = asyncio.get_running_loop()
         waiters = {asyncio.ensure_future(self.ready.wait()), asyncio.ensure_future(stop.wait())}
         try:
-            await asyncio.wait(waiters, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                waiters,
+                timeout=max(0.0, deadline - loop.time()),
+                return_when=asyncio.FIRST_COMPLETED,
+            )
         finally:
             for w in waiters:
                 w.cancel()
         return self.ready.is_set()
 
-    def scope(self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders,
-              retry_count: int) -> dict[str, Any]:
+    def scope(
+        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+    ) -> dict[str, Any]:
         """The ASGI scope of one delivery, as an HTTP server would make it from the HTTP request."""
         raw_path = route.url_path(key)
         # The same headers as over HTTP (freedom.wire.encoding's encoding included), lowercased as servers do.
@@ -134,11 +174,14 @@ class AsgiTransport:
             "client": None,
             "server": None,
             "state": {},
-            "extensions": {BODY_EXTENSION: value},  # read without streaming by freedom's Request.body
+            "extensions": {
+                BODY_EXTENSION: value
+            },  # read without streaming by freedom's Request.body
         }
 
-    async def deliver(self, route: EventRoute, key: str, value: bytes,
-                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+    async def deliver(
+        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+    ) -> DeliveryResult:
         """Call the application with the delivery's request; never raises for the handler's faults."""
         try:
             scope = self.scope(route, key, value, headers, retry_count)
@@ -149,28 +192,50 @@ class AsgiTransport:
         try:
             async with deadline:
                 await self.app(scope, exchange.receive, exchange.send)
-        except Exception:  # what an HTTP server does: log it, and the answer is a 500 unless one was sent
+        except (
+            Exception
+        ):  # what an HTTP server does: log it, and the answer is a 500 unless one was sent
             if deadline.expired():
                 return DeliveryResult(error="timed out waiting for the handler")
-            log.exception("the application raised while handling the delivery to %s", route.url_path(key))
+            log.exception(
+                "the application raised while handling the delivery to %s", route.url_path(key)
+            )
             if exchange.status is None:
                 return DeliveryResult(status=500)
         if exchange.status is None:
             return DeliveryResult(error="the application returned without answering")
-        return result_of(exchange.status, exchange.outcome, exchange.reason,
-                         bytes(exchange.answer) if exchange.answer else None, exchange.retry_after)
+        return result_of(
+            exchange.status,
+            exchange.outcome,
+            exchange.reason,
+            bytes(exchange.answer) if exchange.answer else None,
+            exchange.retry_after,
+        )
 
-    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
-                   keep_body: int) -> RawAnswer | DeliveryResult:
+    async def post(
+        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_body: int
+    ) -> RawAnswer | DeliveryResult:
         """Call the application with `POST path` (a batch, batching.py), keeping up to `keep_body`
         bytes of the answer; a DeliveryResult when it gave no answer."""
         out = [(k.lower(), v) for k, v in headers]
         out.append((b"content-length", str(len(body)).encode()))
         out.extend(self._extra)
-        scope = {"type": "http", "asgi": _ASGI, "http_version": "1.1", "method": "POST", "scheme": "http",
-                 "path": path, "raw_path": path.encode("ascii"), "query_string": b"", "root_path": "",
-                 "headers": out, "client": None, "server": None, "state": {},
-                 "extensions": {BODY_EXTENSION: body}}
+        scope = {
+            "type": "http",
+            "asgi": _ASGI,
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode("ascii"),
+            "query_string": b"",
+            "root_path": "",
+            "headers": out,
+            "client": None,
+            "server": None,
+            "state": {},
+            "extensions": {BODY_EXTENSION: body},
+        }
         exchange = _Exchange(body, keep_body)
         deadline = asyncio.timeout(self.timeout)
         try:
@@ -184,7 +249,9 @@ class AsgiTransport:
                 return DeliveryResult(status=500)
         if exchange.status is None:
             return DeliveryResult(error="the application returned without answering")
-        return RawAnswer(exchange.status, exchange.outcome, exchange.reason, bytes(exchange.answer or b""))
+        return RawAnswer(
+            exchange.status, exchange.outcome, exchange.reason, bytes(exchange.answer or b"")
+        )
 
     async def aclose(self) -> None:
         return None

@@ -16,14 +16,25 @@ from datetime import timedelta
 from typing import Any
 
 from freedom.errors import FreedomError
-from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
-from freedom.kafka.consumer.delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
-                        keeps_body, request_headers, result_of)
 from freedom.kafka.consumer.backpressure import RETRY_AFTER_STATUSES
+from freedom.kafka.consumer.delivery import (
+    MAX_FAILURE_BODY,
+    DeliveryResult,
+    EventRoute,
+    RawAnswer,
+    RecordHeaders,
+    UnsendableRecord,
+    keeps_body,
+    request_headers,
+    result_of,
+)
 from freedom.kafka.transports.http1 import Http1Transport, wait_until_listening
+from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
 
 
-def make_http_transport(proxy_addr: str, *, http2: bool = False, secret: str | None = None) -> HttpTransport | Http1Transport:
+def make_http_transport(
+    proxy_addr: str, *, http2: bool = False, secret: str | None = None
+) -> HttpTransport | Http1Transport:
     """The HTTP transport: HTTP/1.1 keep-alive connections (http1.py), pyreqwest for h2c."""
     if http2:
         return HttpTransport(proxy_addr, secret=secret)
@@ -42,10 +53,18 @@ class HttpTransport:
     HTTP can carry as it is UTF-8 text, and encodes the others (`freedom.wire.encoding`), as over HTTP/1.1.
     """
 
-    def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_in_flight: int = 1000,
-                 secret: str | None = None) -> None:
+    def __init__(
+        self,
+        proxy_addr: str,
+        *,
+        timeout: float = 30.0,
+        max_in_flight: int = 1000,
+        secret: str | None = None,
+    ) -> None:
         if importlib.util.find_spec("pyreqwest") is None:
-            raise FreedomError("proxy_http2 = true needs the pyreqwest package: pip install 'freedom-events[http2]'")
+            raise FreedomError(
+                "proxy_http2 = true needs the pyreqwest package: pip install 'freedom-events[http2]'"
+            )
         self.proxy_addr = proxy_addr.rstrip("/")
         self._timeout = timeout
         # Requests at once over the one multiplexed connection; above the proxy's own bound
@@ -57,21 +76,26 @@ class HttpTransport:
     def _open(self) -> Any:
         from pyreqwest.client import ClientBuilder
 
-        builder = (ClientBuilder()
-                   .http2_prior_knowledge()
-                   .timeout(timedelta(seconds=self._timeout))
-                   .connect_timeout(timedelta(seconds=5.0))
-                   .max_connections(self._max_in_flight))
+        builder = (
+            ClientBuilder()
+            .http2_prior_knowledge()
+            .timeout(timedelta(seconds=self._timeout))
+            .connect_timeout(timedelta(seconds=5.0))
+            .max_connections(self._max_in_flight)
+        )
         if self._secret:
-            builder = builder.default_headers({SECRET_HEADER: self._secret})  # sent with every delivery
+            builder = builder.default_headers(
+                {SECRET_HEADER: self._secret}
+            )  # sent with every delivery
         self._client = builder.build()
         return self._client
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
         return await wait_until_listening(self.proxy_addr, deadline, stop)
 
-    async def deliver(self, route: EventRoute, key: str, value: bytes,
-                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+    async def deliver(
+        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+    ) -> DeliveryResult:
         """POST one record; never raises for the service's or the network's faults."""
         from pyreqwest.exceptions import PyreqwestError
 
@@ -79,12 +103,24 @@ class HttpTransport:
         try:
             # Plain names are tokens and plain values UTF-8 without control characters; the rest
             # is base64url (freedom.wire.encoding): all of it is text pyreqwest sends as it is.
-            out = [(k.decode("ascii"), v.decode("utf-8")) for k, v in request_headers(headers, key, retry_count)]
-            request = client.post(self.proxy_addr + route.url_path(key)).headers(out).body_bytes(value).build()
+            out = [
+                (k.decode("ascii"), v.decode("utf-8"))
+                for k, v in request_headers(headers, key, retry_count)
+            ]
+            request = (
+                client.post(self.proxy_addr + route.url_path(key))
+                .headers(out)
+                .body_bytes(value)
+                .build()
+            )
         except UnsendableRecord as exc:
             return exc.result()
-        except ValueError as exc:  # pyreqwest refused what the encoding let through: a bug, not the record's
-            return DeliveryResult(error=f"the request could not be built for HTTP/2: {str(exc)!r}", permanent=True)
+        except (
+            ValueError
+        ) as exc:  # pyreqwest refused what the encoding let through: a bug, not the record's
+            return DeliveryResult(
+                error=f"the request could not be built for HTTP/2: {str(exc)!r}", permanent=True
+            )
         try:
             response = await request.send()  # build(): send() reads the whole answer
         except TimeoutError:  # pyreqwest's timeouts are TimeoutErrors
@@ -94,14 +130,24 @@ class HttpTransport:
         body = None
         if keeps_body(response.status):
             try:
-                body = bytes(memoryview(await response.bytes())[:MAX_FAILURE_BODY])  # read already (build())
+                body = bytes(
+                    memoryview(await response.bytes())[:MAX_FAILURE_BODY]
+                )  # read already (build())
             except PyreqwestError:
                 body = None
-        return result_of(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER),
-                         body, response.get_header(RETRY_AFTER_HEADER) if response.status in RETRY_AFTER_STATUSES else None)
+        return result_of(
+            response.status,
+            response.get_header(OUTCOME_HEADER),
+            response.get_header(REASON_HEADER),
+            body,
+            response.get_header(RETRY_AFTER_HEADER)
+            if response.status in RETRY_AFTER_STATUSES
+            else None,
+        )
 
-    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
-                   keep_body: int) -> RawAnswer | DeliveryResult:
+    async def post(
+        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_body: int
+    ) -> RawAnswer | DeliveryResult:
         """POST `body` to `path` (a batch, batching.py), keeping up to `keep_body` bytes of the answer."""
         from pyreqwest.exceptions import PyreqwestError
 
@@ -115,9 +161,13 @@ class HttpTransport:
             return DeliveryResult(error="timed out waiting for the handler")
         except PyreqwestError as exc:
             return DeliveryResult(error=f"{type(exc).__name__}: {exc}")
-        return RawAnswer(response.status, response.get_header(OUTCOME_HEADER), response.get_header(REASON_HEADER), data)
+        return RawAnswer(
+            response.status,
+            response.get_header(OUTCOME_HEADER),
+            response.get_header(REASON_HEADER),
+            data,
+        )
 
     async def aclose(self) -> None:
         if self._client is not None:
             await self._client.close()
-

@@ -23,9 +23,18 @@ from urllib.parse import urlsplit
 import httptools
 
 from freedom.errors import FreedomError
+from freedom.kafka.consumer.delivery import (
+    MAX_FAILURE_BODY,
+    DeliveryResult,
+    EventRoute,
+    RawAnswer,
+    RecordHeaders,
+    UnsendableRecord,
+    keeps_body,
+    request_headers,
+    result_of,
+)
 from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
-from freedom.kafka.consumer.delivery import (MAX_FAILURE_BODY, DeliveryResult, EventRoute, RawAnswer, RecordHeaders, UnsendableRecord,
-                        keeps_body, request_headers, result_of)
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
@@ -43,10 +52,10 @@ async def wait_until_listening(proxy_addr: str, deadline: float, stop: asyncio.E
             _, writer = await asyncio.wait_for(asyncio.open_connection(parts.hostname, port), 1.0)
             writer.close()
             return True
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             try:
                 await asyncio.wait_for(stop.wait(), 0.1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
     return False
 
@@ -62,7 +71,9 @@ class _Answer:
         self.reason: bytes | None = None
         self.retry_after: bytes | None = None
         self.keep_alive = True
-        self.body: bytearray | None = None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
+        self.body: bytearray | None = (
+            None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
+        )
 
 
 class _Connection(asyncio.Protocol):
@@ -76,7 +87,9 @@ class _Connection(asyncio.Protocol):
         self._answer = _Answer()
         self._headers_done = False
         self._waiter: asyncio.Future[_Answer] | None = None
-        self._keep = 0  # the current request keeps this many bytes of any answer's body (a batch answer)
+        self._keep = (
+            0  # the current request keeps this many bytes of any answer's body (a batch answer)
+        )
 
     # asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -110,7 +123,9 @@ class _Connection(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
         if status == 101:  # the server switched protocols, which the proxy never asks for
-            self._fail(ConnectionError("the service answered 101 Switching Protocols to a delivery"))
+            self._fail(
+                ConnectionError("the service answered 101 Switching Protocols to a delivery")
+            )
             self.close()
             return
         if 100 <= status < 200:
@@ -125,7 +140,7 @@ class _Connection(asyncio.Protocol):
         kept = self._answer.body
         limit = self._keep or MAX_FAILURE_BODY
         if kept is not None and len(kept) < limit:
-            kept += body[:limit - len(kept)]
+            kept += body[: limit - len(kept)]
 
     def on_message_complete(self) -> None:
         if not self._headers_done:
@@ -159,11 +174,19 @@ class _Connection(asyncio.Protocol):
 class Http1Transport:
     """POSTs records to the service over pooled HTTP/1.1 keep-alive connections."""
 
-    def __init__(self, proxy_addr: str, *, timeout: float = 30.0, max_connections: int | None = None,
-                 secret: str | None = None) -> None:
+    def __init__(
+        self,
+        proxy_addr: str,
+        *,
+        timeout: float = 30.0,
+        max_connections: int | None = None,
+        secret: str | None = None,
+    ) -> None:
         parts = urlsplit(proxy_addr)
         if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise FreedomError(f"proxy_addr {proxy_addr!r}: expected http://host:port or https://host:port")
+            raise FreedomError(
+                f"proxy_addr {proxy_addr!r}: expected http://host:port or https://host:port"
+            )
         self.proxy_addr = proxy_addr
         self._host = parts.hostname
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
@@ -175,7 +198,9 @@ class Http1Transport:
         try:
             self._fixed = b"Host: " + host.encode("ascii") + b"\r\n"
         except UnicodeEncodeError:
-            raise FreedomError(f"proxy_addr {proxy_addr!r}: write the host name in ASCII (punycode)") from None
+            raise FreedomError(
+                f"proxy_addr {proxy_addr!r}: write the host name in ASCII (punycode)"
+            ) from None
         if secret:
             self._fixed += SECRET_HEADER.encode() + b": " + secret.encode() + b"\r\n"
         self._idle: deque[_Connection] = deque()
@@ -185,13 +210,16 @@ class Http1Transport:
         # (freedom proxy: per subscription).
         self._slots = asyncio.Semaphore(max_connections) if max_connections is not None else None
         self._open: set[_Connection] = set()
-        self._starts: dict[str, bytes] = {}  # path -> b"POST <path> HTTP/1.1\r\n" + the fixed headers
+        self._starts: dict[
+            str, bytes
+        ] = {}  # path -> b"POST <path> HTTP/1.1\r\n" + the fixed headers
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
         return await wait_until_listening(self.proxy_addr, deadline, stop)
 
-    def _request(self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders,
-                 retry_count: int) -> bytes:
+    def _request(
+        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+    ) -> bytes:
         """The request's bytes (raises UnsendableRecord when the record cannot be a request)."""
         lines = [self._start(route.url_path(key))]
         for name, val in request_headers(headers, key, retry_count):
@@ -204,7 +232,9 @@ class Http1Transport:
         key in its path has one; a keyed path is remembered while few paths were seen)."""
         start = self._starts.get(path)
         if start is None:
-            start = b"POST " + (self._prefix + path).encode("ascii") + b" HTTP/1.1\r\n" + self._fixed
+            start = (
+                b"POST " + (self._prefix + path).encode("ascii") + b" HTTP/1.1\r\n" + self._fixed
+            )
             if len(self._starts) < 256:  # keyed paths are one per key: do not keep them all
                 self._starts[path] = start
         return start
@@ -212,7 +242,9 @@ class Http1Transport:
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(CONNECT_TIMEOUT_SEC):
-            _, conn = await loop.create_connection(_Connection, self._host, self._port, ssl=self._ssl)
+            _, conn = await loop.create_connection(
+                _Connection, self._host, self._port, ssl=self._ssl
+            )
         self._open.add(conn)
         return conn
 
@@ -229,8 +261,9 @@ class Http1Transport:
             conn.close()
             self._open.discard(conn)
 
-    async def deliver(self, route: EventRoute, key: str, value: bytes,
-                      headers: RecordHeaders, retry_count: int) -> DeliveryResult:
+    async def deliver(
+        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+    ) -> DeliveryResult:
         """POST one record; never raises for the service's or the network's faults."""
         try:
             request = self._request(route, key, value, headers, retry_count)
@@ -239,13 +272,17 @@ class Http1Transport:
         answer = await self._roundtrip(request)
         if isinstance(answer, DeliveryResult):
             return answer
-        return result_of(answer.status,
-                         answer.outcome.decode("latin-1") if answer.outcome is not None else None,
-                         answer.reason.decode("latin-1") if answer.reason is not None else None,
-                         bytes(answer.body) if answer.body else None, answer.retry_after)
+        return result_of(
+            answer.status,
+            answer.outcome.decode("latin-1") if answer.outcome is not None else None,
+            answer.reason.decode("latin-1") if answer.reason is not None else None,
+            bytes(answer.body) if answer.body else None,
+            answer.retry_after,
+        )
 
-    async def post(self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *,
-                   keep_body: int) -> RawAnswer | DeliveryResult:
+    async def post(
+        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_body: int
+    ) -> RawAnswer | DeliveryResult:
         """POST `body` to `path` (a batch, batching.py) and keep up to `keep_body` bytes of the answer;
         a DeliveryResult (the error) when no answer came."""
         lines = [self._start(path)]
@@ -255,13 +292,18 @@ class Http1Transport:
         answer = await self._roundtrip(b"".join(lines), keep_body)
         if isinstance(answer, DeliveryResult):
             return answer
-        return RawAnswer(answer.status, answer.outcome.decode("latin-1") if answer.outcome is not None else None,
-                         answer.reason.decode("latin-1") if answer.reason is not None else None,
-                         bytes(answer.body or b""))
+        return RawAnswer(
+            answer.status,
+            answer.outcome.decode("latin-1") if answer.outcome is not None else None,
+            answer.reason.decode("latin-1") if answer.reason is not None else None,
+            bytes(answer.body or b""),
+        )
 
     async def _roundtrip(self, request: bytes, keep: int = 0) -> _Answer | DeliveryResult:
         """Send `request` on a pooled connection and read its answer; a DeliveryResult on failure."""
-        slots = self._slots  # None (no cap of its own): no semaphore, and no coroutine more, per delivery
+        slots = (
+            self._slots
+        )  # None (no cap of its own): no semaphore, and no coroutine more, per delivery
         if slots is not None:
             await slots.acquire()
         conn: _Connection | None = None
