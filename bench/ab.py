@@ -67,9 +67,9 @@ def runner(name: str) -> Callable[[Context], dict[str, float]]:
 
 
 def _newest_child(after: set[int]) -> int | None:
-    """The pid of a `freedom.cli.main run` process started since `after` was taken."""
+    """The pid of a `python -m freedom run` process started since `after` was taken."""
     out = subprocess.run(
-        ["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE, text=True
+        ["pgrep", "-f", "-m freedom run"], stdout=subprocess.PIPE, text=True
     ).stdout.split()
     new = [int(p) for p in out if int(p) not in after]
     return max(new) if new else None
@@ -81,7 +81,7 @@ def profile(ctx: Context, name: str, seconds: float) -> None:
     before = set(
         int(p)
         for p in subprocess.run(
-            ["pgrep", "-f", "freedom.cli.main run"], stdout=subprocess.PIPE, text=True
+            ["pgrep", "-f", "-m freedom run"], stdout=subprocess.PIPE, text=True
         ).stdout.split()
     )
     done = threading.Event()

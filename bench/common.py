@@ -511,7 +511,7 @@ def freedom_service(
     cmd = [
         sys.executable,
         "-m",
-        "freedom.cli.main",
+        "freedom",
         "run",
         "freedom_app:app",
         "--config",

@@ -11,11 +11,11 @@ from __future__ import annotations
 import time
 import timeit
 
-from freedom.config.loading import ConsumerClientConfig
+from freedom.config.models import ConsumerClientConfig
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute
 from freedom.kafka.consumer.group import TopicPlan
 from freedom.kafka.consumer.observer import ProxyObserver
-from freedom.kafka.retry import Plan
+from freedom.kafka.consumer.retry import Plan
 from freedom.observability import metrics
 
 

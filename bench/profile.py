@@ -37,7 +37,7 @@ STAGES: list[tuple[str, str, tuple[str, ...] | None]] = [
     ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/group.py", None),
     ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/proxy.py", None),
     ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/commits.py", None),
-    ("dispatch (group/proxy/offsets)", "freedom/kafka/retry.py", None),
+    ("dispatch (group/proxy/offsets)", "freedom/kafka/consumer/retry.py", None),
     ("publish (producer)", "freedom/kafka/producer.py", None),
     ("HTTP client (freedom delivery.py)", "freedom/kafka/consumer/delivery.py", None),
     ("in-process call (freedom transports/asgi.py)", "freedom/kafka/transports/asgi.py", None),

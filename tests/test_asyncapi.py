@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from freedom.cli.main import main as freedom_main
 from freedom.infra import kafka
 from freedom.testing import write_config
 from freedom.web.asyncapi import document
+from tests.services.tools import require_command, require_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 VALIDATOR = ROOT / "tests" / "asyncapi_validate.js"
@@ -29,10 +29,14 @@ PARSER = ROOT / ".cache" / "npm" / "node_modules" / "@asyncapi" / "parser" / "pa
 def diagnostics(tmp_path_factory) -> dict[str, list[dict]]:
     """The parser's diagnostics of the typed service's document and of the seed example's (written
     by `freedom asyncapi`), from one Node run; the parser is installed first when missing."""
-    if shutil.which("node") is None:
-        pytest.skip("Node.js is not installed")
+    require_command("node", "install Node.js (apt-get install nodejs npm)")
     if not PARSER.exists():
         subprocess.run(["bash", str(ROOT / "scripts" / "npm-tools.sh")], check=True, timeout=300)
+    require_tool(
+        "the AsyncAPI parser (@asyncapi/parser)",
+        PARSER.exists(),
+        "bash scripts/npm-tools.sh installs it with npm into .cache/npm",
+    )
     tmp = tmp_path_factory.mktemp("asyncapi")
     typed = tmp / "typed.json"
     typed.write_text(json.dumps(document(typed_app(_typed_config(tmp)))))

@@ -27,7 +27,7 @@ from freedom.kafka.consumer.delivery import result_of
 from freedom.testing import TestBroker, wait_until, write_config
 from tests.services.asgi_parts import serve_lifespan
 from tests.services.event_app import Delivery, Journal, event_app
-from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.kafka_tools import committed, headers_of, produce, read_all, wait_drained
 from tests.services.plain_http import PlainService
 from tests.test_standalone_proxy import Proxy
 
@@ -192,13 +192,16 @@ def test_retry_after_rate_and_concurrency_limits_and_the_head_of_line_guard(
             "1",
         ]  # held once; the second 429 passed the 1.5 s limit
         assert l_calls[0].at - k_calls[1].at < 2.0 and l_calls[1].at - l_calls[0].at >= 1.0
-        retried = read_topic(bootstrap, f"retry-{bp}", expect=1, settle=0.5, timeout=20)
+        # K and L committed: every retry record of theirs (acknowledged first) is there now.
+        wait_drained(bootstrap, {group: [bp]}, 20, what="the backpressure topic committed")
+        retried = read_all(bootstrap, f"retry-{bp}")
         assert [m.key() for m in retried] == [b"L"]  # K never went there
         h = headers_of(retried[0])
         assert h["x-retry-count"] == "1" and h["x-freedom-status"] == "429"
 
         # Head-of-line: the record that is never answered is moved to retry-T after 2 s; the rest commits.
-        moved = read_topic(bootstrap, f"retry-{hol}", expect=1, settle=0.5, timeout=30)
+        wait_drained(bootstrap, {group: [hol]}, 30, what="the head-of-line topic committed")
+        moved = read_all(bootstrap, f"retry-{hol}")
         assert [m.key() for m in moved] == [b"STUCK"]
         h = headers_of(moved[0])
         assert h["x-freedom-error"].startswith(
@@ -363,7 +366,7 @@ async def test_the_gate_gives_back_what_waiters_that_left_had_reserved():
     waiting = [
         asyncio.ensure_future(gate.enter(lost)) for _ in range(20)
     ]  # would queue 2 s of turns
-    await asyncio.sleep(0.05)
+    await _until(lambda: gate.waiting == 20)  # all twenty queued for a place
     lost.set()
     assert await asyncio.gather(*waiting) == [False] * 20
     gate.leave()
@@ -371,13 +374,22 @@ async def test_the_gate_gives_back_what_waiters_that_left_had_reserved():
     assert await gate.enter(kept)  # one turn after the first two: ~0.1 s, not 2 s
     assert time.monotonic() - started < 0.5
     cancelled = asyncio.ensure_future(gate.enter(kept))  # no place left: waits ...
-    await asyncio.sleep(0.05)
+    await _until(lambda: gate.waiting == 1)
     cancelled.cancel()  # ... and is cancelled (the head-of-line guard)
     with pytest.raises(asyncio.CancelledError):
         await cancelled
+    assert gate.waiting == 0  # gone from the queue, holding nothing
     gate.leave()
     assert await asyncio.wait_for(gate.enter(kept), 1.0)
-    assert gate._calls == 2
+    assert gate.in_call == 2
+
+
+async def _until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
+    """Let the loop run until `condition` holds (AssertionError after `timeout` seconds)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0)
 
 
 def test_every_transport_reads_retry_after():

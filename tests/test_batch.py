@@ -17,7 +17,8 @@ import freedom
 from freedom.kafka.consumer.batching import results_of
 from freedom.kafka.consumer.delivery import DeliveryResult, RawAnswer
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
-from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.kafka_tools import committed, headers_of, produce, read_all, wait_drained
+from tests.services.scrape import in_flight
 
 
 class _Seen:
@@ -114,12 +115,14 @@ def _service(
 
 def test_batches_settle_each_record_on_its_own(apache_kafka, new_topic, tmp_path, delivery):
     bootstrap = apache_kafka.bootstrap
-    topic = new_topic(bootstrap)
+    topic = new_topic(bootstrap, 2)  # the records on partition 0; partition 1 for the sentinel
     seen, gate = _Seen(), threading.Event()
     group = f"g-{uuid.uuid4().hex[:8]}"
     plain = [f"K{i:02d}" for i in range(17)]
-    with _service(tmp_path, bootstrap, topic, seen, gate, delivery, group):
-        [slow] = produce(bootstrap, topic, [{"key": b"K-SLOW", "value": b'{"n": -1}'}])
+    with _service(tmp_path, bootstrap, topic, seen, gate, delivery, group) as svc:
+        [slow] = produce(
+            bootstrap, topic, [{"key": b"K-SLOW", "value": b'{"n": -1}', "partition": 0}]
+        )
         wait_until(
             lambda: any(r["key"] == "K-SLOW" for r in seen.records()),
             20,
@@ -130,7 +133,12 @@ def test_batches_settle_each_record_on_its_own(apache_kafka, new_topic, tmp_path
             bootstrap,
             topic,
             [
-                {"key": k.encode(), "value": b'{"n": 1}', "headers": [("x-action", b"buy")]}
+                {
+                    "key": k.encode(),
+                    "value": b'{"n": 1}',
+                    "headers": [("x-action", b"buy")],
+                    "partition": 0,
+                }
                 for k in keys
             ],
         )
@@ -143,19 +151,35 @@ def test_batches_settle_each_record_on_its_own(apache_kafka, new_topic, tmp_path
             30,
             what="every record, and K-RETRY again from the retry topic",
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.5)
-        # Every later record settled, but K-SLOW has not: the commit stays at it.
+        # Every later record settled (retried, dead-lettered, dropped or done), but K-SLOW has not;
+        # then a commit of the group went out (the sentinel's, on partition 1): it would have
+        # carried partition 0 past K-SLOW, but the commit stays at it.
+        wait_until(
+            lambda: in_flight(svc.base_url, group) == 1, 20, what="every record but K-SLOW settled"
+        )
+        produce(bootstrap, topic, [{"key": b"K-SENTINEL", "value": b'{"n": 1}', "partition": 1}])
+        wait_until(
+            lambda: committed(bootstrap, group, topic, 2)[1] == 1,
+            20,
+            what="the sentinel's commit",
+        )
         assert committed(bootstrap, group, topic) == [slow.offset()]
         gate.set()
         wait_until(
             lambda: committed(bootstrap, group, topic) == [end], 20, what="the commit to the end"
         )
-        retries = read_topic(bootstrap, f"retry-{topic}", expect=1, settle=0.5)
+        # Committed only once acknowledged on their topics: every retry record and dead letter
+        # there will be is there now.
+        wait_drained(
+            bootstrap, {f"r-{group}": [f"retry-{topic}"]}, 20, what="the retry record settled"
+        )
+        dead = read_all(bootstrap, f"fail-{topic}")
+        retries = read_all(bootstrap, f"retry-{topic}")
     batches = seen.batches
     assert all(1 <= len(b) <= 5 for b in batches), [len(b) for b in batches]
     assert any(len(b) > 1 for b in batches), "records were never batched"
     main = [(r["key"], r["retry"]) for r in seen.records() if r["topic"] == topic]
-    assert sorted(main) == sorted((k, 0) for k in ["K-SLOW", *keys]), (
+    assert sorted(main) == sorted((k, 0) for k in ["K-SLOW", *keys, "K-SENTINEL"]), (
         "each record once from the main topic"
     )
     again = [r for r in seen.records() if r["topic"] == f"retry-{topic}"]
@@ -314,7 +338,7 @@ def test_batches_over_http2_cleartext(apache_kafka, new_topic, tmp_path):
             30,
             what="the commits",
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.3)
+        dead = read_all(bootstrap, f"fail-{topic}")  # committed once acknowledged: there
     assert sorted(r["key"] for r in seen.records()) == sorted(keys)
     assert [d.key() for d in dead] == [b"K-DEAD"] and "amount must be positive" in headers_of(
         dead[0]
@@ -349,7 +373,7 @@ def test_a_batch_killed_before_its_answer_is_delivered_again(apache_kafka, new_t
             [
                 sys.executable,
                 "-m",
-                "freedom.cli.main",
+                "freedom",
                 "run",
                 "batch_service:app",
                 "--config",

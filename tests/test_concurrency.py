@@ -9,6 +9,7 @@ import time
 from freedom.testing import wait_until
 from tests.services.event_app import Delivery, Journal, event_service
 from tests.services.kafka_tools import committed, produce
+from tests.services.scrape import in_flight, paused
 
 
 class Gauge:
@@ -78,11 +79,25 @@ def _holding_service(
     return svc, svc.app.kafka_config.consumer_clients[0].group_id, release
 
 
+def _commit_goes_out(svc, bootstrap: str, topic: str, group: str, key: str) -> None:
+    """Wait until only HOLD is still running (every other record it got has finished), then for
+    the commit of a record put on partition 1 (keyed `key`): a commit of the group that went out
+    after they finished, carrying every offset the group may commit (partition 0's too)."""
+    wait_until(
+        lambda: in_flight(svc.base_url, group) == 1, 30, what="every record but HOLD finished"
+    )
+    before = committed(bootstrap, group, topic, 2)[1]
+    produce(bootstrap, topic, [{"key": key.encode(), "value": b"s", "partition": 1}])
+    wait_until(
+        lambda: committed(bootstrap, group, topic, 2)[1] > before, 30, what=f"{key}'s commit"
+    )
+
+
 def test_a_slow_record_holds_the_commit_but_not_the_others(
     apache_kafka, new_topic, tmp_path, delivery
 ):
     bootstrap = apache_kafka.bootstrap
-    topic = new_topic(bootstrap)
+    topic = new_topic(bootstrap, partitions=2)  # the records on 0; 1 for the sentinel
     journal = Journal()
     svc, group, release = _holding_service(tmp_path, bootstrap, topic, journal, 20, delivery)
     with svc:
@@ -90,11 +105,12 @@ def test_a_slow_record_holds_the_commit_but_not_the_others(
         produce(
             bootstrap,
             topic,
-            [{"key": b"HOLD", "value": b"h"}]
-            + [{"key": f"K{i}".encode(), "value": b"x"} for i in range(9)],
+            [{"key": b"HOLD", "value": b"h", "partition": 0}]
+            + [{"key": f"K{i}".encode(), "value": b"x", "partition": 0} for i in range(9)],
         )
         wait_until(lambda: len(journal.of()) == 10, 30, what="every record to reach the handler")
-        time.sleep(1.5)  # the nine later records are done: their commits would have gone out by now
+        # The nine later records finished, and a commit of the group went out after that.
+        _commit_goes_out(svc, bootstrap, topic, group, "SENTINEL")
         assert (
             committed(bootstrap, group, topic)[0] == before
         )  # not past the unfinished first record
@@ -176,13 +192,17 @@ def test_a_stuck_record_stops_fetching_after_a_bounded_window(
 ):
     """Later records may finish while one is stuck, but only a bounded number: the rest waits in Kafka."""
     bootstrap = apache_kafka.bootstrap
-    topic = new_topic(bootstrap)
+    topic = new_topic(bootstrap, partitions=2)  # the records on 0; 1 for the sentinels
     journal = Journal()
     svc, group, release = _holding_service(tmp_path, bootstrap, topic, journal, 5, delivery)
+
+    def ahead() -> int:  # records of partition 0 delivered after HOLD
+        return len([c for c in journal.of() if c.key.startswith("K")])
+
     with svc:
         assert svc.loop is not None
         try:
-            produce(bootstrap, topic, [{"key": b"HOLD", "value": b"h"}])
+            produce(bootstrap, topic, [{"key": b"HOLD", "value": b"h", "partition": 0}])
             wait_until(
                 lambda: journal.of(key="HOLD"), 20, what="the stuck record to reach the handler"
             )
@@ -190,18 +210,30 @@ def test_a_stuck_record_stops_fetching_after_a_bounded_window(
                 produce(
                     bootstrap,
                     topic,
-                    [{"key": f"K{chunk}-{i}".encode(), "value": b"x"} for i in range(10)],
+                    [
+                        {"key": f"K{chunk}-{i}".encode(), "value": b"x", "partition": 0}
+                        for i in range(10)
+                    ],
                 )
-            time.sleep(2.0)
-            ahead = len(journal.of()) - 1
-            time.sleep(1.0)
-            # Fetching stopped: nothing more is delivered while the stuck record holds the commit back.
+            # The partition paused for its window of uncommitted records; what was fetched before
+            # the pause took effect finished; the group fetched and committed a later record
+            # (sentinel 1): fetching went on, on partition 1 only.
+            wait_until(
+                lambda: paused(svc.base_url, group, "window") == 1,
+                30,
+                what="partition 0 paused for its window of uncommitted records",
+            )
+            _commit_goes_out(svc, bootstrap, topic, group, "SENTINEL-1")
+            seen = ahead()
+            # Fetching stopped: nothing more is delivered while the stuck record holds the commit
+            # back, however many rounds the group makes (sentinel 2).
+            _commit_goes_out(svc, bootstrap, topic, group, "SENTINEL-2")
+            assert ahead() == seen
             # The window is 4 x max_in_flight uncommitted records, plus what the last fetches brought in.
-            assert len(journal.of()) - 1 == ahead
-            assert 5 <= ahead < 150, ahead
+            assert 5 <= seen < 150, seen
         finally:
             svc.loop.call_soon_threadsafe(release.set)
-        wait_until(lambda: len(journal.of()) == 201, 30, what="all 201 records after the release")
+        wait_until(lambda: ahead() == 200, 30, what="all 201 records after the release")
         wait_until(
             lambda: committed(bootstrap, group, topic)[0] == 201, 20, what="the commit of all"
         )

@@ -41,7 +41,7 @@ retry_fail_prefix = "fail-"
 
 def test_the_seeds_kafka_toml_loads(tmp_path):
     cfg = load_kafka_config(kafka_toml(tmp_path, SEED))
-    assert cfg is not None and cfg.consumer_open and cfg.producer_open
+    assert cfg is not None and cfg.consumer.open and cfg.producer.open
     assert cfg.producer_clients[0].servers == ("127.0.0.1:9092",)
     c = cfg.consumer_clients[0]
     assert (
@@ -162,7 +162,7 @@ def test_freedom_run_with_bad_config_exits_with_one_line(tmp_path, text, expecte
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "recording_service:app",
             "--config",
@@ -190,7 +190,7 @@ def test_unreachable_cluster_stops_start_up_with_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "recording_service:app",
             "--config",
@@ -221,7 +221,7 @@ def test_freedom_run_with_a_bad_listen_flag_exits_with_one_line(tmp_path):
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "recording_service:app",
             "--config",
@@ -286,7 +286,7 @@ def _run_freedom(config_dir: Path, *args: str) -> subprocess.CompletedProcess[st
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "recording_service:app",
             "--config",
@@ -429,7 +429,9 @@ def test_settings_a_hook_completes_are_left_to_librdkafka_at_start(tmp_path):
         'settings = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "PLAIN" }',
     )
     cfg = load_kafka_config(kafka_toml(tmp_path, text))
-    assert cfg is not None and cfg.consumer_clients[0].settings["sasl.mechanism"] == "PLAIN"
+    assert (
+        cfg is not None and cfg.consumer_clients[0].librdkafka_settings["sasl.mechanism"] == "PLAIN"
+    )
 
 
 @pytest.mark.parametrize(
@@ -513,8 +515,11 @@ def test_settings_that_keep_the_guarantees_are_accepted(tmp_path):
         'settings = { "acks" = "all", "enable.idempotence" = false, "linger.ms" = 5 }\n[[consumer',
     )
     cfg = load_kafka_config(kafka_toml(tmp_path, text))
-    assert cfg is not None and cfg.producer_clients[0].settings["enable.idempotence"] is False
-    assert cfg.consumer_clients[0].settings["isolation.level"] == "read_uncommitted"
+    assert (
+        cfg is not None
+        and cfg.producer_clients[0].librdkafka_settings["enable.idempotence"] is False
+    )
+    assert cfg.consumer_clients[0].librdkafka_settings["isolation.level"] == "read_uncommitted"
 
 
 @pytest.mark.parametrize(

@@ -90,10 +90,11 @@ def test_an_app_key_and_a_consumer_key_override_the_files(tmp_path, setenv):
     kafka = load_kafka_config(d)
     assert (
         kafka is not None
-        and kafka.proxy_addr == "http://svc.internal:8300"
-        and kafka.proxy_addr_explicit
+        and kafka.consumer.proxy_addr == "http://svc.internal:8300"
+        and kafka.consumer.proxy_addr_explicit
     )
-    assert kafka.proxy_secret == SECRET  # the file's keys the environment leaves alone still apply
+    # the file's keys the environment leaves alone still apply
+    assert kafka.consumer.shared_secret == SECRET
 
 
 def test_clients_by_index_and_by_name_and_a_settings_entry(tmp_path, setenv):
@@ -113,7 +114,7 @@ def test_clients_by_index_and_by_name_and_a_settings_entry(tmp_path, setenv):
     assert kafka is not None
     north, south = kafka.producer_clients
     assert north.name == "north" and north.servers == ("k1:9092", "k2:9093")
-    assert north.settings == {
+    assert north.librdkafka_settings == {
         "linger.ms": "5",
         "log_level": "6",
     }  # librdkafka takes either spelling of a number
@@ -138,8 +139,8 @@ def test_secrets_from_the_environment_replace_the_files_other_form(tmp_path, set
     monkeypatch.delenv("FREEDOM_TEST_FILE_SECRET", raising=False)
     setenv(env)
     kafka = load_kafka_config(conf(tmp_path))
-    assert kafka is not None and kafka.proxy_secret == SECRET
-    assert kafka.producer_clients[0].settings["sasl.password"] == "pw-From-The-Env"
+    assert kafka is not None and kafka.consumer.shared_secret == SECRET
+    assert kafka.producer_clients[0].librdkafka_settings["sasl.password"] == "pw-From-The-Env"
     assert "pw-From-The-Env" not in repr(kafka) and SECRET not in repr(kafka)
     shown = {e.key: e for e in kafka.entries}
     assert (
@@ -163,8 +164,8 @@ def test_the_environment_alone_configures_kafka(setenv):
     kafka = load_kafka_config(None)
     assert (
         kafka is not None
-        and kafka.producer_open
-        and kafka.consumer_open
+        and kafka.producer.open
+        and kafka.consumer.open
         and kafka.file == "the environment"
     )
     assert (
@@ -172,7 +173,7 @@ def test_the_environment_alone_configures_kafka(setenv):
         == ("127.0.0.1:9092",)
         == kafka.consumer_clients[0].servers
     )
-    assert kafka.consumer_clients[0].settings == {"fetch.wait.max.ms": 50}
+    assert kafka.consumer_clients[0].librdkafka_settings == {"fetch.wait.max.ms": 50}
 
 
 @pytest.mark.parametrize(
@@ -271,7 +272,7 @@ def run_freedom(
     *args: str, cwd: Path = SERVICES, env: dict[str, str] | None = None, timeout: float = 60
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "freedom.cli.main", *args],
+        [sys.executable, "-m", "freedom", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -408,7 +409,7 @@ def test_a_service_configured_only_through_the_environment_runs(apache_kafka, ne
     env.pop("FREEDOM_PROJECT_CONFIG", None)
     log = tmp_path / "service.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli.main", "run", "env_service:app"],
+        [sys.executable, "-m", "freedom", "run", "env_service:app"],
         cwd=tmp_path,
         env=env,
         stdout=log.open("ab"),

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 from starlette.responses import Response
 
 import freedom
@@ -34,6 +33,7 @@ from freedom.testing import ServiceThread, free_port, wait_until, write_config
 from freedom.wire.headers import REPLAY_COUNT_HEADER
 from tests.services.event_app import Journal, event_service
 from tests.services.kafka_tools import committed, create_topic, produce, topic_size
+from tests.services.tools import require_module, require_tool
 
 CHROMIUM = "/usr/bin/chromium"
 TOKEN = "console-Token-for-tests-7f3a9c"
@@ -44,13 +44,14 @@ HOSTILE_HEADER = "<script>alert('header')</script>"
 HOSTILE_ERROR = '<script>alert("error")</script>'
 HOSTILE_VALUE = '<script>alert("value")</script><img src=x onerror=alert(1)>'
 
-playwright = pytest.importorskip(
-    "playwright.sync_api", reason="playwright (the test extra) is not installed"
+playwright = require_module(
+    "playwright.sync_api", "playwright is in the test extra: bash scripts/setup.sh installs it"
 )
-if not os.path.exists(CHROMIUM):
-    pytest.skip(
-        f"no {CHROMIUM}: scripts/chromium.sh installs Debian's chromium", allow_module_level=True
-    )
+require_tool(
+    f"Chromium ({CHROMIUM})",
+    os.path.exists(CHROMIUM),
+    "bash scripts/chromium.sh installs Debian's chromium",
+)
 
 
 def replays(journal: Journal) -> list[Any]:

@@ -1,4 +1,4 @@
-"""Context propagation (SPEC §5): bus and trace from an HTTP request through A -> B -> C, and untrusted input."""
+"""Context propagation (docs/contract.md, "The bus and the trace"): bus and trace from an HTTP request through A -> B -> C, and untrusted input."""
 
 from __future__ import annotations
 

@@ -25,7 +25,7 @@ def start_service(
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "recording_service:app",
             "--config",

@@ -37,7 +37,7 @@ def test_example_goods_shopping_is_saved_published_and_logged_by_the_store(
     )
     log = tmp_path / "service.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli.main", "run", "example:app", "--config", str(config)],
+        [sys.executable, "-m", "freedom", "run", "example:app", "--config", str(config)],
         cwd=EXAMPLE,
         env={**os.environ, "SHOP_DATABASE_URL": db_url},
         stdout=log.open("ab"),

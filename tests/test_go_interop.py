@@ -36,7 +36,7 @@ from freedom.observability import spans
 from freedom.observability.json_logs import JsonFormatter
 from freedom.observability.tracing import TraceContext, inject_trace
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
-from tests.services.kafka_tools import create_topic, headers_of, produce, read_topic
+from tests.services.kafka_tools import create_topic, headers_of, produce, read_all, wait_drained
 
 ACTION = "购买".encode()  # the Go example's x-action ("buy"), raw UTF-8
 
@@ -68,6 +68,7 @@ class Service:
     fail: dict[str, int]  # key -> how many deliveries fail before one succeeds
     exporter: InMemorySpanExporter  # the spans of the service's consumer proxy
     logs: io.StringIO  # the proxy's log lines, as JSON
+    reads: dict[str, list[str]]  # its groups and the topics they read (kafka_tools.wait_drained)
 
     def json_lines(self, key: bytes) -> list[dict[str, Any]]:
         """The proxy's JSON log lines about the records whose key is `key`."""
@@ -158,7 +159,8 @@ def service(
         ),
     )
     with ServiceThread(freedom.Application(config_dir=config, prepare=[prepare])):
-        yield Service(topic, bootstrap, seen, fail, *tracing)
+        reads = {group: [topic], f"r-{group}": [f"retry-{topic}"]}
+        yield Service(topic, bootstrap, seen, fail, *tracing, reads)
 
 
 def _valid_http_value(value: bytes) -> bool:
@@ -225,12 +227,10 @@ def test_a_go_record_is_delivered_with_its_trace_id_and_its_python_retry_record_
     first_process = next(s for s in processed if s.name == f"process {service.topic}")
     assert first_process.links == ()  # the Go side has no span to link to: its parent is a stand-in
 
-    # The retry record the Python proxy wrote, as the Go retry consumer reads it (retry.go).
-    [record] = [
-        r
-        for r in read_topic(service.bootstrap, f"retry-{service.topic}", expect=1, settle=0.5)
-        if r.key() == key
-    ]
+    # The retry record the Python proxy wrote, as the Go retry consumer reads it (retry.go); once
+    # the record and its retry are committed, no other retry record of it can still come.
+    wait_drained(service.bootstrap, service.reads, 30, what="the record and its retry settled")
+    [record] = [r for r in read_all(service.bootstrap, f"retry-{service.topic}") if r.key() == key]
     assert record.topic() == "retry-" + service.topic  # the topic is the prefix trimmed off
     assert record.value() == b'{"goodsId":1,"num":2}'  # key and value as they were
     raw = record.headers()
@@ -270,13 +270,10 @@ def test_a_go_retry_record_is_delivered_by_the_retry_group_and_dead_lettered_wit
             }
         ],
     )
-    [dead] = [
-        r
-        for r in read_topic(
-            service.bootstrap, f"fail-{service.topic}", expect=1, settle=0.5, timeout=30
-        )
-        if r.key() == key
-    ]
+    # Committed once its dead letter was acknowledged: every dead letter of it is there now.
+    wait_until(lambda: [s for s in service.seen if s.key == key.decode()], 30, what="the delivery")
+    wait_drained(service.bootstrap, service.reads, 30, what="the retry record settled")
+    [dead] = [r for r in read_all(service.bootstrap, f"fail-{service.topic}") if r.key() == key]
     [call] = [s for s in service.seen if s.key == key.decode()]
     assert (
         call.headers["x-retry-count"] == "2"

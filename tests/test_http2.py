@@ -51,7 +51,7 @@ def test_the_seed_example_over_h2c(apache_kafka, new_topic, tmp_path):
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "h2_shop_service:app",
             "--config",

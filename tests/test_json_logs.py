@@ -14,7 +14,7 @@ from starlette.responses import Response
 
 import freedom
 from freedom.testing import ServiceThread, free_port, kafka_config, write_config
-from tests.services.kafka_tools import produce, read_topic
+from tests.services.kafka_tools import produce, wait_drained
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 
@@ -81,7 +81,13 @@ def test_json_lines_carry_the_record_and_the_trace(apache_kafka, new_topic, tmp_
                 }
             ],
         )
-        read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.2)
+        # The record and its retry committed: it is dead-lettered, every line about it written.
+        wait_drained(
+            bootstrap,
+            {group: [topic], f"r-{group}": [f"retry-{topic}"]},
+            30,
+            what="the record dead-lettered",
+        )
     lines = [line for line in log_output.getvalue().splitlines() if line]
     records = [json.loads(line) for line in lines]  # every line is one JSON object
     assert all({"time", "level", "logger", "message"} <= r.keys() for r in records)

@@ -65,7 +65,7 @@ def test_a_service_against_an_unreachable_cluster_says_so_in_a_few_lines(tmp_pat
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "kill_service:app",
             "--config",

@@ -23,11 +23,13 @@ import pytest
 
 import freedom
 from freedom.errors import PublishError
-from freedom.kafka.consumer.delivery import make_transport
 from freedom.kafka.service import AfterStartup
+from freedom.kafka.transports import make_transport
+from freedom.observability import metrics
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
 from freedom.web.application import StartupError
-from tests.services.kafka_tools import produce, read_topic
+from tests.services.kafka_tools import produce, read_all
+from tests.services.scrape import samples_of, value
 
 
 def lifespan_app(
@@ -75,7 +77,12 @@ def lifespan_app(
         events.append(f"lifespan enter, kafka ready={ready}")
         await app.producer.new_msg(topic, b"from start-up").set_key("STARTUP").publish()
         # Start-up work that takes a while: a delivery that did not wait for start-up would come now.
-        await asyncio.sleep(1.0)
+        # It goes on once the proxy holds the record (a delivery in flight that has not reached the
+        # handler), or once the record reached the handler (wrongly: `events` then shows it).
+        deadline = asyncio.get_running_loop().time() + 30
+        while "delivery STARTUP" not in events and not await _deliveries_in_flight(app):
+            assert asyncio.get_running_loop().time() < deadline, "the proxy never got the record"
+            await asyncio.sleep(0.02)
         close = kafka.producer.close
 
         def closing(timeout: float = 10.0) -> Any:  # when the producer closes, relative to the rest
@@ -120,8 +127,15 @@ EXPECTED = [
 ]
 
 
+async def _deliveries_in_flight(app: freedom.Application) -> int:
+    """freedom_deliveries_in_flight of `app`'s consumer groups, as GET /metrics would show them."""
+    samples = samples_of((await metrics.exposition(app)).decode())
+    return int(value(samples, "freedom_deliveries_in_flight"))
+
+
 def _published_keys(bootstrap: str, topic: str) -> list[str]:
-    return [m.key().decode() for m in read_topic(bootstrap, topic, expect=4, settle=0.5)]
+    """The keys on the topic once the service stopped (its producer flushed and closed)."""
+    return [m.key().decode() for m in read_all(bootstrap, topic)]
 
 
 @pytest.mark.parametrize("mode", ["http", "h2c", "inprocess"])
@@ -180,16 +194,33 @@ def test_http_deliveries_wait_for_startup_even_when_the_port_already_listens():
         server.listen()
         started, stop = asyncio.Event(), asyncio.Event()
 
+        class Asked:
+            """The real transport, noting when its own wait was asked for, and until when."""
+
+            def __init__(self, inner: Any) -> None:
+                self.inner, self.proxy_addr = inner, inner.proxy_addr
+                self.deliver, self.aclose = inner.deliver, inner.aclose
+                self.asked: list[tuple[float, float]] = []  # (loop time, deadline)
+
+            async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
+                self.asked.append((asyncio.get_running_loop().time(), deadline))
+                return bool(await self.inner.wait_until_reachable(deadline, stop))
+
         async def main() -> None:
-            transport = AfterStartup(
-                make_transport(f"http://127.0.0.1:{server.getsockname()[1]}"), started
-            )
+            inner = Asked(make_transport(f"http://127.0.0.1:{server.getsockname()[1]}"))
+            transport = AfterStartup(inner, started)  # type: ignore[arg-type]
             loop = asyncio.get_running_loop()
             waiting = asyncio.ensure_future(transport.wait_until_reachable(loop.time() + 0.5, stop))
-            await asyncio.sleep(1.0)  # start-up still running, past the 0.5 s window
-            assert not waiting.done(), "the transport did not wait for start-up"
+            await asyncio.sleep(1.0)  # the stimulus: start-up still running, past the 0.5 s window
+            # The port listens, yet the service's own wait was not even asked for: start-up first.
+            assert inner.asked == [] and not waiting.done(), (
+                "the transport did not wait for start-up"
+            )
             started.set()
             assert await asyncio.wait_for(waiting, 10) is True
+            # ... and then with its usual window, counted from the end of start-up.
+            [(asked_at, deadline)] = inner.asked
+            assert deadline - asked_at > 0.4, deadline - asked_at
             await transport.aclose()
 
         asyncio.run(main())
@@ -241,7 +272,7 @@ def test_freedom_run_reports_a_failing_startup_function_in_one_line(tmp_path):
     )
     write_config(tmp_path / "conf", app={"listen_addr": f"127.0.0.1:{free_port()}"})
     proc = subprocess.run(
-        [sys.executable, "-m", "freedom.cli.main", "run", "failing:app", "--config", "conf"],
+        [sys.executable, "-m", "freedom", "run", "failing:app", "--config", "conf"],
         cwd=tmp_path,
         capture_output=True,
         text=True,

@@ -69,7 +69,7 @@ def test_memory_stays_bounded_with_a_large_backlog(apache_kafka, new_topic, tmp_
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "kill_service:app",
             "--config",

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from freedom.observability import metrics
 from freedom.testing import ServiceThread, wait_until
 from tests.services.event_app import Journal, event_service
-from tests.services.kafka_tools import read_topic
+from tests.services.kafka_tools import wait_drained
 
 
 def scrape(base_url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -95,7 +95,12 @@ def test_metrics_after_seven_ok_and_three_dead_letters(
             what="the first record held 1.2 s",
         )
         hold.set()
-        read_topic(bootstrap, f"fail-{topic}", expect=3, settle=0.5)
+        wait_drained(
+            bootstrap,
+            {group: [topic], retry_group: [f"retry-{topic}"]},
+            30,
+            what="the records and their retries settled",
+        )
 
         def settled():
             s = scrape(svc.base_url)

@@ -18,7 +18,7 @@ from freedom.ops.dlq import Filter, list_dead_letters, show_dead_letters
 from freedom.ops.replay import replay
 from freedom.ops.reset import reset_offsets
 from freedom.ops.status import status
-from freedom.ops.target import OpsError, load_target
+from freedom.ops.target import OpsError, config_target
 from freedom.testing import kafka_config, wait_until, write_config
 from freedom.wire.headers import (
     ERROR_HEADER,
@@ -37,7 +37,7 @@ from tests.services.kafka_tools import (
     headers_of,
     partitions_of,
     produce,
-    read_topic,
+    read_all,
     topic_size,
 )
 
@@ -47,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def freedom(*args: str, cwd: Path, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
     """Run the `freedom` command; its exit status and output."""
     return subprocess.run(
-        [sys.executable, "-m", "freedom.cli.main", *args],
+        [sys.executable, "-m", "freedom", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -190,7 +190,7 @@ def test_status_list_dry_run_and_replay_deliver_each_dead_letter_exactly_once(
             and f"dead letters: fail-{topic} 6 (6 not replayed)" in human.stdout
         ), human.stdout
 
-        target = load_target(None, str(tmp_path))
+        target = config_target(str(tmp_path))
         [listed] = list_dead_letters(target, f"fail-{topic}")
         assert listed.records == 6
         [cls] = listed.classes
@@ -297,7 +297,7 @@ def test_a_replay_killed_midway_and_run_again_delivers_each_exactly_once(apache_
             [
                 sys.executable,
                 "-m",
-                "freedom.cli.main",
+                "freedom",
                 "dlq",
                 "replay",
                 f"fail-{topic}",
@@ -348,7 +348,7 @@ def test_a_record_failing_again_after_a_replay_comes_back_counted_and_is_then_pa
     create_topic(bootstrap, f"fail-{topic}", partitions=2)
     svc, journal, _ = failing_service(tmp_path, bootstrap, topic, ["P1", "P2"])  # never fixed
     try:
-        target = load_target(None, str(tmp_path))
+        target = config_target(str(tmp_path))
         assert replay(target, topic, max_replays=1).moved == 2
         wait_until(
             lambda: topic_size(bootstrap, f"fail-{topic}", 2) == 4,
@@ -367,9 +367,8 @@ def test_a_record_failing_again_after_a_replay_comes_back_counted_and_is_then_pa
         assert (capped.moved, capped.parked) == (0, 2)
         assert sorted(p.key for p in capped.topics[0].parked) == ["P1", "P2"]
         assert "replayed 1 times already (limit 1" in capped.topics[0].parked[0].reason
-        assert (
-            len(read_topic(bootstrap, topic, expect=4, settle=0.5)) == 4
-        )  # two records, two replays, no more
+        # replay() returns once its transaction committed: what it moved is on the topic.
+        assert len(read_all(bootstrap, topic)) == 4  # two records, two replays, no more
         assert len(journal.of()) == calls
     finally:
         svc.__exit__(None, None, None)
@@ -425,7 +424,7 @@ def test_replay_routes_by_the_reason_headers_and_parks_what_it_must_not_replay(
             dead(b"SECOND", (REPLAY_COUNT_HEADER, b"1")),
         ],
     )
-    target = load_target(None, str(tmp_path))
+    target = config_target(str(tmp_path))
     # Not named, the dead-letter topics are the service's (its groups' topics), not every fail-* topic
     # of the cluster (the other tests' are there): this service has read nothing yet.
     assert replay(target, dry_run=True).topics == ()
@@ -437,7 +436,7 @@ def test_replay_routes_by_the_reason_headers_and_parks_what_it_must_not_replay(
     assert report.seconds >= 0.6
     assert {(p.key, p.offset) for p in t.parked} == {("TIRED", 1), ("CUT", 2), ("GONE", 3)}
     assert "limit 3" in t.parked[0].reason and "does not exist" in t.parked[2].reason
-    moved = read_topic(bootstrap, topic, expect=2, settle=0.5)
+    moved = read_all(bootstrap, topic)  # replay() returns once its transaction committed
     assert [(m.key(), m.value()) for m in moved] == [(b"OK", b"v-OK"), (b"SECOND", b"v-SECOND")]
     h = headers_of(moved[1])
     assert (
@@ -451,7 +450,7 @@ def test_replay_routes_by_the_reason_headers_and_parks_what_it_must_not_replay(
     again = replay(target, fail, Filter(key="TIRED"), max_replays=5)
     assert (again.moved, again.topics[0].job.startswith(f"freedom-replay.{fail}.")) == (1, True)
     assert replay(target, fail, Filter(key="TIRED"), max_replays=5).moved == 0
-    assert len(read_topic(bootstrap, topic, expect=3, settle=0.5)) == 3
+    assert len(read_all(bootstrap, topic)) == 3
 
 
 def test_user_mistakes_are_one_line_and_exit_2(apache_kafka, tmp_path):
@@ -472,7 +471,7 @@ def test_user_mistakes_are_one_line_and_exit_2(apache_kafka, tmp_path):
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "status",
             "recording_service:app",
             "--config",
@@ -488,14 +487,14 @@ def test_user_mistakes_are_one_line_and_exit_2(apache_kafka, tmp_path):
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout)["clients"][0]["topics"] == [topic]
 
-    target = load_target(None, str(tmp_path))
+    target = config_target(str(tmp_path))
     embedded = write_config(tmp_path / "embedded", kafka=kafka_config(None, 1))
     for call, message in [
         (
-            lambda: load_target(None, str(embedded)),
+            lambda: config_target(str(embedded)),
             "has no servers: the embedded broker lives inside",
         ),
-        (lambda: load_target(None, str(tmp_path / "nowhere")), "no such directory"),
+        (lambda: config_target(str(tmp_path / "nowhere")), "no such directory"),
         (lambda: replay(target, None, rate=0), "--rate must be more than 0"),
         (
             lambda: reset_offsets(target, "g", "tomorrow"),

@@ -6,6 +6,7 @@ import json
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -295,11 +296,45 @@ async def test_a_later_event_of_an_aggregate_never_commits_before_an_earlier_one
     orders them): the second cannot commit its outbox row while the first is still committing."""
     import asyncio
 
+    from sqlalchemy import event, text
+
     from tests.outbox.apps import PlainGoods
 
     app, db, _ = _db_app(tmp_path, db_url)
     await db.create_tables()
     order: list[str] = []
+    committing = asyncio.Event()
+    begun: list[str] = []  # connections taken since the first started committing
+
+    def taking(what: str) -> Callable[..., None]:
+        def note(*_: object) -> None:
+            if committing.is_set():
+                begun.append(what)
+
+        return note
+
+    # Before freedom's own listeners, which on SQLite set the journal mode on a new connection and
+    # run BEGIN IMMEDIATE: where a second writer waits for the first's write lock.
+    sync_engine = db.engine.sync_engine
+    event.listen(sync_engine, "connect", taking("connect"), insert=True)
+    event.listen(sync_engine, "checkout", taking("checkout"), insert=True)
+    event.listen(sync_engine, "begin", taking("begin"), insert=True)
+
+    async def second_waits() -> bool:
+        """The second transaction is behind the first: on PostgreSQL waiting for the aggregate's
+        advisory lock; on SQLite taking a connection (the first holds the write lock since its
+        BEGIN IMMEDIATE: the second cannot write before the first commits)."""
+        if db.engine.dialect.name != "postgresql":
+            return bool(begun)
+        async with db.engine.connect() as conn:
+            waiting = await conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                    "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+                )
+            )
+            return bool(waiting.scalar_one())
+
     try:
         first = freedom.UnitOfWork(app)
         await first.__aenter__()
@@ -307,13 +342,20 @@ async def test_a_later_event_of_an_aggregate_never_commits_before_an_earlier_one
         commit = first.session.commit
 
         async def slow_commit() -> None:
-            await asyncio.sleep(0.5)
+            committing.set()
+            # Hold the commit until the second transaction is seen waiting for it (or, wrongly,
+            # has committed already): its chance to overtake, proven taken.
+            deadline = time.monotonic() + 30
+            while "second committed" not in order and not await second_waits():
+                assert time.monotonic() < deadline, "the second transaction never came"
+                await asyncio.sleep(0.01)
             order.append("first committed")
             await commit()
 
         first.session.commit = slow_commit  # type: ignore[method-assign]
         finishing = asyncio.create_task(first.__aexit__(None, None, None))
-        await asyncio.sleep(0.1)  # the first has written its row and is committing
+        # The first has written its row and is committing.
+        await asyncio.wait_for(committing.wait(), 30)
 
         async def second() -> None:
             async with freedom.UnitOfWork(app) as uow:

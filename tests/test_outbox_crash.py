@@ -34,7 +34,7 @@ def start_service(
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "service:app",
             "--config",

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import time
-
 from starlette.responses import Response
 
 import freedom
 from freedom.testing import wait_until
-from tests.services.event_app import Delivery, Journal, event_service
-from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.event_app import Delivery, Journal, event_service, reads_of
+from tests.services.kafka_tools import committed, headers_of, produce, read_all, wait_drained
 
 
 def _dead_letter(call: Delivery) -> None:
@@ -41,7 +39,12 @@ def test_dead_letter_now_is_called_once_and_a_service_can_listen_on_the_fail_top
         dead_call = wait_until(
             lambda: journal.of("dead"), 30, what="the dead-letter listener to get the record"
         )[0]
-        dead = read_topic(broker.bootstrap, f"fail-{topic}", expect=1, settle=1.0)
+        # Every record of the topic, its retry topic and the fail topic (which the service listens
+        # on too) committed: no second delivery or dead letter can still come.
+        reads = reads_of(svc.app, topic)
+        reads[next(iter(reads))].append(f"fail-{topic}")
+        wait_drained(broker.bootstrap, reads, 30, what="the record and its dead letter settled")
+        dead = read_all(broker.bootstrap, f"fail-{topic}")
     assert len(journal.of("event")) == 1
     assert len(dead) == 1
     h = headers_of(dead[0])
@@ -90,11 +93,12 @@ def test_retry_and_drop_outcomes(apache_kafka, new_topic, tmp_path, delivery):
         wait_until(
             lambda: committed(bootstrap, group, topic)[0] == 2, 20, what="both originals committed"
         )
-        time.sleep(1.0)  # a dropped record must not come back
+        # The retry record committed too: a dropped record that came back would have come by now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 20, what="the retry record committed")
     assert [c.headers["x-retry-count"] for c in journal.of(key="K-RETRY")] == ["0", "1"]
     assert len(journal.of(key="K-DROP")) == 1
-    assert read_topic(bootstrap, f"fail-{topic}", expect=0, settle=0.5) == []
-    retried = read_topic(bootstrap, f"retry-{topic}", expect=1, settle=0.5)
+    assert read_all(bootstrap, f"fail-{topic}") == []
+    retried = read_all(bootstrap, f"retry-{topic}")
     assert [r.key() for r in retried] == [b"K-RETRY"]
     assert (
         headers_of(retried[0])["x-freedom-error"]
@@ -121,6 +125,8 @@ def test_the_outcome_header_on_the_wire_decides_over_the_status(
     )
     with svc:
         produce(bootstrap, topic, [{"key": b"K-WIRE", "value": b"w"}])
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.5)
+        wait_until(lambda: journal.of(), 30, what="the delivery")
+        wait_drained(bootstrap, reads_of(svc.app, topic), 30, what="the record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
     assert [d.key() for d in dead] == [b"K-WIRE"]
     assert len(journal.of()) == 1

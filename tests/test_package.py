@@ -31,12 +31,13 @@ import pytest
 
 import freedom
 from freedom.testing import free_port, wait_until
+from tests.services.tools import require_module, require_tool
 
 ROOT = Path(__file__).parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["project"]
 VERSION = PYPROJECT["version"]
 PYTHONS = ("3.11", "3.12", "3.13")
-USER_EXTRAS = {"embedded", "http2", "db", "postgres", "otel", "fast", "all"}
+USER_EXTRAS = {"embedded", "http2", "db", "postgres", "otel", "fast", "testing", "all"}
 
 pytestmark = pytest.mark.skipif(
     not sys.platform.startswith("linux"), reason="the venv layout and the embedded broker: Linux"
@@ -84,7 +85,7 @@ def readme_service() -> str:
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """`python -m build` on a copy of the working tree: {"wheel": ..., "sdist": ...}."""
-    pytest.importorskip("build", reason="`build` is in the dev extra: pip install -e '.[dev]'")
+    require_module("build", "`build` is in the dev extra: bash scripts/setup.sh installs it")
     src, out = tmp_path_factory.mktemp("source"), tmp_path_factory.mktemp("dist")
     listed = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -155,6 +156,12 @@ def test_the_wheel_metadata_names_the_distribution_its_license_and_pythons(dist)
         c.startswith("License ::") for c in classifiers
     )  # PEP 639: the expression, not both
     assert USER_EXTRAS <= set(meta.get_all("Provides-Extra") or ())
+    requires = meta.get_all("Requires-Dist") or []
+    runtime = {re.match(r"[\w.-]+", r)[0].lower() for r in requires if "extra ==" not in r}
+    assert "itsdangerous" in runtime  # the web console's signed cookies
+    # httpx is the `testing` extra (TestBroker.client); sniffio is nobody's import in freedom.
+    assert not {"httpx", "sniffio"} & runtime, sorted(runtime)
+    assert any(r.startswith("httpx") and 'extra == "testing"' in r for r in requires), requires
     assert re.search(r"^freedom = freedom\.cli:main$", entry_points, re.M)
     assert "freedom/py.typed" in names and "freedom/__init__.py" in names
     assert not [n for n in names if n.startswith(("tests/", "examples/", "bench/"))]
@@ -188,11 +195,12 @@ def venv(
 ) -> Iterator[Path]:
     """A venv on that Python with only the wheel (and the `embedded` extra) installed; its bin/."""
     python = find_python(request.param)
-    if python is None:
-        pytest.skip(
-            f"Python {request.param} is not on this machine (~/.pyenv/versions/{request.param}.* "
-            f"or python{request.param} on PATH)"
-        )
+    require_tool(
+        f"Python {request.param}",
+        python is not None,
+        f"install it as ~/.pyenv/versions/{request.param}.* or python{request.param} on PATH",
+    )
+    assert python is not None
     root = tmp_path_factory.mktemp(f"venv{request.param}")
     subprocess.run([python, "-m", "venv", "--without-pip", str(root)], check=True, timeout=120)
     bin_dir = root / "bin"
@@ -327,7 +335,7 @@ def test_user_code_type_checks_against_the_installed_wheel(venv, tmp_path, reque
     not in the source tree. Once, on the newest Python: the wheel is the same for all."""
     if request.node.callspec.params["venv"] != PYTHONS[-1]:
         pytest.skip(f"run once, on Python {PYTHONS[-1]}")
-    pytest.importorskip("mypy", reason="mypy is in the `typing` extra")
+    require_module("mypy", "mypy is in the `typing` extra: bash scripts/setup.sh installs it")
     (tmp_path / "example.py").write_text(readme_service(), encoding="utf-8")
     proc = subprocess.run(
         [

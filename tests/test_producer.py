@@ -5,22 +5,21 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 import uuid
 
 import pytest
-from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 import freedom
+from freedom.config.librdkafka import PRODUCER_DEFAULTS
 from freedom.infra import kafka
 from freedom.kafka.producer import (
-    PRODUCER_DEFAULTS,
     ProducerClient,
     ProducerClosedError,
     RecordTooLargeError,
 )
 from freedom.testing import ServiceThread, free_port, wait_until, write_config
+from tests.services.kafka_tools import read_partition
 
 N = 10_000
 
@@ -39,28 +38,6 @@ def producer_service(tmp_path, bootstrap: str, **client) -> ServiceThread:
     return ServiceThread(freedom.Application(config_dir=tmp_path, prepare=[]))
 
 
-def read_all(bootstrap: str, topic: str, expected: int, timeout: float = 60.0) -> list:
-    """Every record of partition 0 of `topic`, read from the start until `expected` were seen or the deadline."""
-    c = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"check-{uuid.uuid4().hex[:6]}",
-            "enable.auto.commit": False,
-        }
-    )
-    c.assign([TopicPartition(topic, 0, 0)])
-    records: list = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(records) < expected and time.monotonic() < deadline:
-            records += [m for m in c.consume(1000, 0.5) if m.error() is None]
-        # Anything beyond `expected` (a duplicate) would show up now.
-        records += [m for m in c.consume(1000, 0.5) if m.error() is None]
-    finally:
-        c.close()
-    return records
-
-
 def test_batch_of_10000_all_arrive_with_a_result_each(apache_kafka, new_topic, tmp_path):
     topic = new_topic(apache_kafka.bootstrap)
     with producer_service(tmp_path, apache_kafka.bootstrap) as svc:
@@ -71,7 +48,7 @@ def test_batch_of_10000_all_arrive_with_a_result_each(apache_kafka, new_topic, t
     assert len(result.results) == N
     assert [d.key for d in result.delivered] == [m.key for m in msgs]
     assert sorted(d.offset for d in result.delivered) == list(range(N))
-    records = read_all(apache_kafka.bootstrap, topic, N)
+    records = read_partition(apache_kafka.bootstrap, topic)
     assert len(records) == N
     assert {r.key().decode() for r in records} == {m.key for m in msgs}
 
@@ -87,7 +64,7 @@ def test_stopping_right_after_accepting_a_batch_loses_none(apache_kafka, new_top
     svc.stop()  # flushes at shutdown
     result = pending.result(timeout=5)
     assert result.ok, result.failed[:3]
-    records = read_all(apache_kafka.bootstrap, topic, N)
+    records = read_partition(apache_kafka.bootstrap, topic)
     assert len(records) == N
     assert [r.value().decode() for r in records] == [
         f"record {i}" for i in range(N)
@@ -110,7 +87,7 @@ def test_publish_sync_from_a_script_and_not_on_the_loop(apache_kafka, new_topic,
             match=r"publish_sync\(\) would block the event loop: .*await msg.publish\(\)",
         ):
             svc.run(on_the_loop())
-    records = read_all(apache_kafka.bootstrap, topic, 1)
+    records = read_partition(apache_kafka.bootstrap, topic)
     assert [(r.key(), r.value()) for r in records] == [(b"K1", b"from a script")]
 
 
@@ -194,7 +171,7 @@ def test_utf8_header_values_are_fine(running, apache_kafka, new_topic):
     running.app.producer.new_msg(topic, b"x").set_headers(
         {"x-action": "购买", "x-raw": b"\xff"}
     ).publish_sync(timeout=30)
-    (record,) = read_all(apache_kafka.bootstrap, topic, 1)
+    (record,) = read_partition(apache_kafka.bootstrap, topic)
     assert dict(record.headers()) == {"x-action": "购买".encode(), "x-raw": b"\xff"}
 
 
@@ -250,7 +227,7 @@ def test_publish_after_shutdown_raises(apache_kafka, new_topic, tmp_path):
         asyncio.run(kept.new_msg(topic, b"late").publish())
     result = kept.accept_batch([kept.new_msg(topic, b"late")]).result(5)
     assert isinstance(result.failed[0][1], ProducerClosedError)
-    assert read_all(apache_kafka.bootstrap, topic, 1, timeout=3) == []
+    assert read_partition(apache_kafka.bootstrap, topic) == []
 
 
 def test_bus_over_the_limit_raises_at_set_runtime(running):
@@ -336,7 +313,7 @@ def test_a_script_starts_the_app_publishes_synchronously_and_stops(
     finally:
         asyncio.run(app.stop())
     assert results.ok and single.offset == 3
-    assert [r.value() for r in read_all(apache_kafka.bootstrap, topic, 4)] == [
+    assert [r.value() for r in read_partition(apache_kafka.bootstrap, topic)] == [
         b"s0",
         b"s1",
         b"s2",
@@ -359,7 +336,7 @@ def test_many_awaited_publishes_in_flight_each_get_their_own_answer(
     delivered = running.run(publish_all(), timeout=60)
     assert [d.key for d in delivered] == [m.key for m in msgs]
     assert sorted(d.offset for d in delivered) == list(range(len(msgs)))
-    by_offset = {r.offset(): r for r in read_all(apache_kafka.bootstrap, topic, len(msgs))}
+    by_offset = {r.offset(): r for r in read_partition(apache_kafka.bootstrap, topic)}
     assert all(by_offset[d.offset].key().decode() == d.key for d in delivered)
 
 

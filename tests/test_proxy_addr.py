@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 import freedom
-from freedom.testing import free_port, wait_until, write_config
+from freedom.testing import TestBroker, free_port, wait_until, write_config
 from tests.services.kafka_tools import produce
 
 SERVICES = Path(__file__).parent / "services"
@@ -30,6 +30,7 @@ def _app(
     *,
     listen: str | None = None,
     servers: str = "127.0.0.1:9",
+    setup: bool = True,
 ) -> freedom.Application:
     write_config(
         config_dir,
@@ -58,7 +59,7 @@ def _app(
 
     app = freedom.Application(config_dir=config_dir, prepare=[prepare])
     app.listen_addr = listen  # what `freedom run --listen` sets
-    return app.setup()
+    return app.setup() if setup else app
 
 
 @pytest.mark.parametrize(
@@ -79,9 +80,9 @@ def _app(
 )
 def test_proxy_addr_follows_the_listen_address(tmp_path, listen_addr, listen, expected):
     app = _app(tmp_path, listen_addr, {}, listen=listen)
-    assert app.kafka_config is not None and app.kafka_config.proxy_addr == expected
+    assert app.kafka_config is not None and app.kafka_config.consumer.proxy_addr == expected
     assert (
-        app.kafka is not None and app.kafka.config.proxy_addr == expected
+        app.kafka is not None and app.kafka.config.consumer.proxy_addr == expected
     )  # what the proxy is made from
 
 
@@ -94,14 +95,14 @@ def test_an_explicit_proxy_addr_is_kept(tmp_path):
     )
     assert (
         app.kafka_config is not None
-        and app.kafka_config.proxy_addr == "http://gateway.internal:9000"
+        and app.kafka_config.consumer.proxy_addr == "http://gateway.internal:9000"
     )
 
 
 def test_application_run_host_and_port_move_proxy_addr(tmp_path):
     app = _app(tmp_path, "127.0.0.1:8000", {})
     app.serve_on("127.0.0.1:8300")  # what serve() does for Application.run(host=..., port=...)
-    assert app.kafka is not None and app.kafka.config.proxy_addr == "http://127.0.0.1:8300"
+    assert app.kafka is not None and app.kafka.config.consumer.proxy_addr == "http://127.0.0.1:8300"
 
 
 def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -145,12 +146,32 @@ def test_an_explicit_proxy_addr_on_another_local_port_is_one_startup_warning(
         "https://events.example.com",
     ],
 )
-def test_no_warning_when_proxy_addr_is_the_service_or_elsewhere(tmp_path, caplog, proxy_addr):
+async def test_no_warning_when_proxy_addr_is_the_service_or_elsewhere(tmp_path, caplog, proxy_addr):
     port = free_port()
-    app = _app(tmp_path, f"127.0.0.1:{port}", {"proxy_addr": proxy_addr.format(port=port)})
+    app = _app(
+        tmp_path, f"127.0.0.1:{port}", {"proxy_addr": proxy_addr.format(port=port)}, setup=False
+    )
     with caplog.at_level(logging.WARNING, logger="freedom"):
-        app._warn_proxy_addr()  # what start() calls first (the warning case above goes through start())
+        async with TestBroker(app):  # app.start() and stop(), on the in-memory broker
+            pass
     assert _warnings(caplog) == []
+
+
+async def test_the_startup_warning_also_comes_on_the_test_broker(tmp_path, caplog):
+    """The check the test above relies on runs on the in-memory broker too."""
+    port, other = free_port(), free_port()
+    app = _app(
+        tmp_path,
+        "127.0.0.1:8000",
+        {"proxy_addr": f"http://127.0.0.1:{other}"},
+        listen=f"127.0.0.1:{port}",
+        setup=False,
+    )
+    with caplog.at_level(logging.WARNING, logger="freedom"):
+        async with TestBroker(app):
+            pass
+    [warning] = _warnings(caplog)
+    assert f"proxy_addr = http://127.0.0.1:{other}" in warning
 
 
 def test_freedom_run_listen_without_proxy_addr_receives_its_deliveries(
@@ -186,7 +207,7 @@ def test_freedom_run_listen_without_proxy_addr_receives_its_deliveries(
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "recording_service:app",
             "--config",
@@ -247,7 +268,7 @@ def test_freedom_config_shows_the_proxy_addr_the_service_uses_and_where_it_comes
             [
                 sys.executable,
                 "-m",
-                "freedom.cli.main",
+                "freedom",
                 "config",
                 "recording_service:app",
                 "--config",

@@ -86,7 +86,7 @@ class Reloading:
             [
                 sys.executable,
                 "-m",
-                "freedom.cli.main",
+                "freedom",
                 "run",
                 "app:app",
                 "--reload",
@@ -130,9 +130,7 @@ class Reloading:
         return url.removeprefix("tcp://")
 
     def service(self) -> psutil.Process:
-        services = [
-            c for c in psutil.Process(self.proc.pid).children() if "freedom.cli.main" in c.cmdline()
-        ]
+        services = [c for c in psutil.Process(self.proc.pid).children() if "freedom" in c.cmdline()]
         assert len(services) == 1, services
         return services[0]
 
@@ -263,7 +261,7 @@ def test_log_level_overrides_app_toml(tmp_path, file_level, flag, shown, hidden)
     )
     log = tmp_path / "out.log"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "freedom.cli.main", "run", "ping_app:app", "--log-level", flag],
+        [sys.executable, "-m", "freedom", "run", "ping_app:app", "--log-level", flag],
         cwd=tmp_path,
         stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
@@ -291,7 +289,7 @@ def test_log_level_overrides_app_toml(tmp_path, file_level, flag, shown, hidden)
 )
 def test_a_bad_log_level_is_one_line_and_exit_2(tmp_path, args):
     proc = subprocess.run(
-        [sys.executable, "-m", "freedom.cli.main", "run", "nowhere:app", *args],
+        [sys.executable, "-m", "freedom", "run", "nowhere:app", *args],
         cwd=tmp_path,
         capture_output=True,
         text=True,
@@ -308,7 +306,7 @@ def test_a_reload_dir_that_is_not_a_directory_is_one_line_and_exit_2(tmp_path):
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "app:app",
             "--reload",
@@ -335,7 +333,7 @@ def test_a_bad_embedded_bootstrap_variable_is_one_line_and_exit_2(tmp_path):
     )
     env = {**os.environ, "FREEDOM_EMBEDDED_BOOTSTRAP": "10.0.0.1:9092"}
     proc = subprocess.run(
-        [sys.executable, "-m", "freedom.cli.main", "run", "app:app"],
+        [sys.executable, "-m", "freedom", "run", "app:app"],
         cwd=tmp_path,
         env=env,
         capture_output=True,

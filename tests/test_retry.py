@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import logging
 import time
 
 import pytest
@@ -15,8 +16,8 @@ from confluent_kafka.admin import (
 )
 
 from freedom.testing import wait_until
-from tests.services.event_app import Journal, event_service
-from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.event_app import Journal, event_service, reads_of
+from tests.services.kafka_tools import committed, headers_of, produce, read_all, wait_drained
 
 
 def test_failing_twice_is_delivered_three_times_with_the_retry_interval(
@@ -41,9 +42,13 @@ def test_failing_twice_is_delivered_three_times_with_the_retry_interval(
             [{"key": b"K-RETRY", "value": b'{"ID": 1}', "headers": [("x-action", b"buy")]}],
         )
         wait_until(lambda: len(journal.of()) >= 3, 40, what="three deliveries")
-        time.sleep(
-            2.5
-        )  # room for an unexpected fourth delivery (the next retry would be due by now)
+        # The original and both retry records committed: no fourth delivery can still come.
+        wait_drained(
+            broker.bootstrap,
+            reads_of(svc.app, topic),
+            30,
+            what="the record and its retries settled",
+        )
     calls = journal.of()
     assert [c.headers["x-retry-count"] for c in calls] == ["0", "1", "2"]
     assert all(
@@ -82,7 +87,14 @@ def test_always_failing_lands_in_the_dead_letter_topic_once_with_the_reasons(
             ],
         )
         wait_until(lambda: len(journal.of()) >= 4, 40, what="four failed deliveries")
-        dead = read_topic(broker.bootstrap, f"fail-{topic}", expect=1, settle=2.0)
+        # Committed once its dead letter was acknowledged: every dead letter there will be is there.
+        wait_drained(
+            broker.bootstrap,
+            reads_of(svc.app, topic),
+            30,
+            what="the record and its retries settled",
+        )
+        dead = read_all(broker.bootstrap, f"fail-{topic}")
     calls = journal.of()
     assert [c.headers["x-retry-count"] for c in calls] == ["0", "1", "2", "3"]
     assert len(dead) == 1, [headers_of(d) for d in dead]
@@ -181,7 +193,7 @@ def _partition_holding(bootstrap: str, topic: str) -> list[int]:
 
 
 def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(
-    apache_kafka, new_topic, tmp_path, delivery
+    apache_kafka, new_topic, tmp_path, delivery, caplog
 ):
     """A refusal that is not about the record is retried: here INVALID_TIMESTAMP (the topic takes no
     record older than 0 ms; the retry producer stamps its own time, so a clock or topic-config matter).
@@ -207,13 +219,18 @@ def test_a_retry_record_the_broker_refuses_keeps_the_original_uncommitted(
     )
     group = svc.app.kafka_config.consumer_clients[0].group_id
     big = bytes(range(256)) * 4
+    caplog.set_level(logging.ERROR, logger="freedom.kafka.proxy")
+
+    def refusals() -> int:
+        return sum("the record stays uncommitted, trying again" in m for m in caplog.messages)
+
     with svc:
         before = committed(bootstrap, group, topic)[0]
         produce(bootstrap, topic, [{"key": b"K-BIG", "value": big}])
         wait_until(lambda: journal.of(), 20, what="the first delivery")
-        time.sleep(
-            3.0
-        )  # the proxy keeps trying to produce the retry record, and must not commit meanwhile
+        # The proxy keeps trying to produce the retry record (0.5 s, 1 s, 2 s apart), and must not
+        # commit meanwhile: three refused tries are well past any commit of the first refusal.
+        wait_until(lambda: refusals() >= 3, 30, what="three refused tries of the retry record")
         assert committed(bootstrap, group, topic)[0] == before
         assert len(journal.of()) == 1
         # The broker accepts it again: the retry goes through, then the original is committed.

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from freedom.testing import ServiceThread, free_port, wait_until, write_config
 from tests.services.event_app import Journal, event_app
-from tests.services.kafka_tools import headers_of, produce, read_topic
+from tests.services.kafka_tools import headers_of, produce, read_all, wait_drained
 
 
 def test_two_clusters_each_with_its_own_group_and_retry_settings(
@@ -51,6 +50,8 @@ def test_two_clusters_each_with_its_own_group_and_retry_settings(
     journal = Journal()
     app = event_app(tmp_path, journal, topic, lambda c: 500 if c.key.startswith("BAD") else 200)
     with ServiceThread(app):
+        assert app.kafka_config is not None
+        apache, embedded = app.kafka_config.consumer_clients
         produce(
             apache_kafka.bootstrap,
             topic,
@@ -61,10 +62,21 @@ def test_two_clusters_each_with_its_own_group_and_retry_settings(
             topic,
             [{"key": b"OK-E", "value": b"e"}, {"key": b"BAD-E", "value": b"e"}],
         )
-        dead_a = read_topic(apache_kafka.bootstrap, f"dead-{topic}", expect=1, settle=0.5)
-        dead_e = read_topic(embedded_kafka.bootstrap, f"fail-{topic}", expect=1, settle=0.5)
         wait_until(lambda: len(journal.of(key="BAD-E")) == 3, 20, what="three deliveries of BAD-E")
-        time.sleep(0.5)
+        # On each cluster, every record and retry record committed: no delivery or dead letter
+        # of them can still come.
+        for bootstrap, client in (
+            (apache_kafka.bootstrap, apache),
+            (embedded_kafka.bootstrap, embedded),
+        ):
+            wait_drained(
+                bootstrap,
+                {client.group_id: [topic], client.retry_group_id: [client.retry_prefix + topic]},
+                30,
+                what=f"the records on {bootstrap} settled",
+            )
+        dead_a = read_all(apache_kafka.bootstrap, f"dead-{topic}")
+        dead_e = read_all(embedded_kafka.bootstrap, f"fail-{topic}")
     assert len(journal.of(key="OK-A")) == 1 and len(journal.of(key="OK-E")) == 1
     # Apache's client: one retry through again-T, then dead-T; the embedded one: two retries, then fail-T.
     assert [c.headers["x-retry-count"] for c in journal.of(key="BAD-A")] == ["0", "1"]

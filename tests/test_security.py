@@ -1,4 +1,4 @@
-"""Secure delivery (SPEC §8): with a shared secret, event routes accept only the consumer proxy's calls."""
+"""Secure delivery (docs/contract.md, "The delivery secret"): with a shared secret, event routes accept only the consumer proxy's calls."""
 
 from __future__ import annotations
 
@@ -136,5 +136,5 @@ def test_the_secret_is_not_in_the_config_repr(tmp_path, monkeypatch):
     secret = secrets.token_urlsafe(32)
     write_config(tmp_path, kafka={"consumer": {"secret": secret}})
     cfg = load_kafka_config(tmp_path)
-    assert cfg is not None and cfg.proxy_secret == secret
+    assert cfg is not None and cfg.consumer.shared_secret == secret
     assert secret not in repr(cfg)

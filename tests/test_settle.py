@@ -1,6 +1,6 @@
 """Every record settles: what can never be retried is dead-lettered at once (too large for the retry
 topic, too large even for the dead-letter topic, a permanent delivery failure), and the dead letter's
-reason headers are the proxy's own (SPEC §9; issue 10, findings 1 and 6)."""
+reason headers are the proxy's own (docs/contract.md, "Every record settles"; issue 10, findings 1 and 6)."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from confluent_kafka.admin import AdminClient, NewTopic
 import freedom.kafka.service as kafka_infra
 from freedom.kafka.consumer.delivery import DeliveryResult
 from freedom.testing import wait_until
-from tests.services.event_app import Journal, event_service
-from tests.services.kafka_tools import committed, headers_of, produce, read_topic
+from tests.services.event_app import Journal, event_service, reads_of
+from tests.services.kafka_tools import committed, headers_of, produce, read_all, wait_drained
 
 # Topic-level limits (max.message.bytes) small enough that the records stay small and the tests fast.
 RETRY_LIMIT = 1000
@@ -78,7 +78,9 @@ def test_a_record_too_large_for_the_retry_topic_is_dead_lettered_and_the_partiti
             [{"key": b"BIG", "value": big, "headers": [("x-action", b"buy")]}]
             + [{"key": f"N{i}".encode(), "value": b"n"} for i in range(3)],
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=1.0, timeout=40)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 40, what="every record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
         wait_until(lambda: len(journal.of()) >= 4, 30, what="the records after BIG")
         wait_until(
             lambda: committed(bootstrap, group, topic)[0] == 4, 30, what="every offset committed"
@@ -97,7 +99,7 @@ def test_a_record_too_large_for_the_retry_topic_is_dead_lettered_and_the_partiti
     assert h["x-freedom-error"].startswith("HTTP 500; not retried: could not produce to 'retry-")
     assert "too large" in h["x-freedom-error"] and "MSG_SIZE_TOO_LARGE" in h["x-freedom-error"]
     assert "x-freedom-value-omitted" not in h
-    assert read_topic(bootstrap, f"retry-{topic}", expect=0, settle=0.2) == []
+    assert read_all(bootstrap, f"retry-{topic}") == []
 
 
 def test_a_record_too_large_even_for_the_dead_letter_topic_leaves_a_copy_without_its_value(
@@ -136,7 +138,9 @@ def test_a_record_too_large_even_for_the_dead_letter_topic_leaves_a_copy_without
                 {"key": b"OK", "value": b"ok"},
             ],
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=2, settle=1.0, timeout=40)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 40, what="every record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
         wait_until(
             lambda: committed(bootstrap, group, topic)[0] == 3, 30, what="every offset committed"
         )
@@ -225,7 +229,9 @@ def test_a_permanent_failure_is_dead_lettered_at_once_with_retry_count_0(
         produce(
             bootstrap, topic, [{"key": b"PERM", "value": b"p"}, {"key": b"NEXT", "value": b"n"}]
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=1.5, timeout=30)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 30, what="every record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
         wait_until(
             lambda: committed(bootstrap, group, topic)[0] == 2, 30, what="both offsets committed"
         )
@@ -255,7 +261,9 @@ def test_a_record_that_cannot_be_a_request_is_dead_lettered_at_once_with_retry_c
                 {"key": b"NEXT", "value": b"n"},
             ],
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=1.0, timeout=30)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 30, what="every record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
         wait_until(
             lambda: committed(bootstrap, group, topic)[0] == 2, 30, what="both offsets committed"
         )
@@ -301,7 +309,9 @@ def test_reason_headers_from_outside_are_replaced_by_the_records_real_position(
         [original] = produce(
             bootstrap, topic, [{"key": b"K-FORGED", "value": b"v", "headers": forged}]
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=1.0, timeout=40)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 40, what="every record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
     assert len(dead) == 1
     record = dead[0]
     assert record.value() == b"v"
@@ -351,7 +361,9 @@ def test_a_go_style_retry_record_gets_no_invented_position(
                 }
             ],
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=1.0, timeout=40)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 40, what="every record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
     assert [c.headers["x-retry-count"] for c in journal.of(key="K-GO")] == ["1"]
     assert len(dead) == 1
     h = headers_of(dead[0])
@@ -383,7 +395,9 @@ def test_a_malformed_retry_count_is_read_as_the_last_retry(
             f"retry-{topic}",
             [{"key": b"K-BAD-COUNT", "value": b"b", "headers": headers}],
         )
-        dead = read_topic(bootstrap, f"fail-{topic}", expect=1, settle=1.0, timeout=40)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(bootstrap, reads_of(svc.app, topic), 40, what="every record settled")
+        dead = read_all(bootstrap, f"fail-{topic}")
     assert [c.headers["x-retry-count"] for c in journal.of()] == [
         "2"
     ]  # delivered once, as the last retry
@@ -420,13 +434,14 @@ def test_the_headroom_the_proxy_needs_under_the_size_limit(apache_kafka, new_top
     svc = event_service(
         tmp_path, bootstrap, journal, topic, behave, retry_count=1, retry_interval_sec=60
     )
+    group = svc.app.kafka_config.consumer_clients[0].group_id
     with svc:
         produce(
             bootstrap, topic, [{"key": b"LONG", "value": b"v"}, {"key": b"PLAIN", "value": b"v"}]
         )
-        retried = {
-            r.key(): r for r in read_topic(bootstrap, f"retry-{topic}", expect=2, settle=0.2)
-        }
+        # Both committed once their retry records were acknowledged (due only in 60 s).
+        wait_drained(bootstrap, {group: [topic]}, 30, what="both records sent to the retry topic")
+        retried = {r.key(): r for r in read_all(bootstrap, f"retry-{topic}")}
 
     def encoded(record: Any) -> int:  # the header bytes in Kafka's record format (v2)
         return sum(

@@ -27,7 +27,14 @@ from confluent_kafka.admin import AdminClient
 
 from freedom.testing import free_port, wait_until, write_config
 from tests.services.asgi_parts import read_body, serve_lifespan
-from tests.services.kafka_tools import committed, create_topic, headers_of, produce, read_topic
+from tests.services.kafka_tools import (
+    committed,
+    create_topic,
+    headers_of,
+    produce,
+    read_all,
+    wait_drained,
+)
 from tests.services.plain_http import PlainService
 
 SECRET = "s3cret-for-the-endpoint-0123"
@@ -73,7 +80,7 @@ class Proxy:
             [
                 sys.executable,
                 "-m",
-                "freedom.cli.main",
+                "freedom",
                 "proxy",
                 "--config",
                 str(config),
@@ -215,7 +222,14 @@ def test_delivers_to_a_plain_http_service_with_retries_dead_letters_and_the_secr
             and go.headers["content-type"] == "application/json"
         )
 
-        dead = read_topic(bootstrap, f"fail-{payments}", expect=1, settle=1.0, timeout=30)
+        # Committed once its dead letter was acknowledged: every dead letter is there now.
+        wait_drained(
+            bootstrap,
+            {group: [payments], f"r-{group}": [f"retry-{payments}"]},
+            30,
+            what="the failing payment settled",
+        )
+        dead = read_all(bootstrap, f"fail-{payments}")
         fails = endpoint.of("/fail/")
         assert [c.headers["x-retry-count"] for c in fails] == [
             "0",
@@ -242,7 +256,7 @@ def test_delivers_to_a_plain_http_service_with_retries_dead_letters_and_the_secr
         assert proxy.get("/livez")[0] == 200
         assert json.loads(proxy.get("/readyz")[1]) == {"status": "ready"}
         report = subprocess.run(
-            [sys.executable, "-m", "freedom.cli.main", "status", "--config", str(config)],
+            [sys.executable, "-m", "freedom", "status", "--config", str(config)],
             capture_output=True,
             text=True,
             timeout=60,
@@ -262,7 +276,7 @@ def test_status_shows_the_subscriptions_topics_and_a_subscriptions_retry_group_b
     before the proxy committed anything, and the retry group shows (with the records waiting in
     the retry topic) although only a subscription, not its client, sets retry_count."""
     from freedom.ops.status import status
-    from freedom.ops.target import load_target
+    from freedom.ops.target import config_target
 
     bootstrap = apache_kafka.bootstrap
     orders, payments = new_topic(bootstrap), new_topic(bootstrap)
@@ -286,7 +300,7 @@ def test_status_shows_the_subscriptions_topics_and_a_subscriptions_retry_group_b
         ],
         retry_count=0,
     )
-    [client] = status(load_target(None, str(config))).clients
+    [client] = status(config_target(str(config))).clients
     assert client.topics == tuple(sorted([orders, payments]))
     main, retry_group = client.groups
     assert (main.kind, main.group, sorted({p.topic for p in main.partitions})) == (
@@ -380,7 +394,7 @@ def test_each_subscription_reaches_its_own_url_over_h2c_or_http1(tmp_path):
     transport; the server is granian (h2c and HTTP/1.1 on one port) with a bare ASGI app."""
     import asyncio
 
-    from freedom.config.loading import KafkaConfig, SubscriptionConfig
+    from freedom.config.models import KafkaConfig, SubscriptionConfig
     from freedom.runner.server import serve_granian
     from freedom.standalone.proxy import SubscriptionTransport, make_target_transport, target_of
 

@@ -7,6 +7,9 @@ and the mistakes it reports."""
 from __future__ import annotations
 
 import asyncio
+import re
+import subprocess
+import sys
 import time
 
 import pytest
@@ -154,6 +157,27 @@ async def test_mistakes_are_one_clear_error(tmp_path):
             AssertionError, match="not settled within 0.2 s: group 'freedom': 1 deliveries running"
         ):
             await broker.settle(timeout=0.2)
+
+
+async def test_without_httpx_only_the_client_fails_and_names_the_extra(tmp_path, monkeypatch):
+    """httpx is the `testing` extra: `import freedom` and `freedom.testing` work without it, so does
+    a TestBroker used without its client; `broker.client` is one error naming the fix."""
+    blocked = (
+        "import sys; sys.modules['httpx'] = None; import freedom, freedom.testing; print('ok')"
+    )
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+    monkeypatch.setitem(sys.modules, "httpx", None)  # `import httpx` fails, as when not installed
+    monkeypatch.delitem(sys.modules, "freedom.testing.asgi_client", raising=False)
+    calls: list = []
+    async with TestBroker(typed_app(tmp_path, calls)) as broker:
+        broker.publish(TOPIC, b'{"id": 1, "amount": 1}')
+        await broker.settle()
+        assert len(calls) == 1
+        with pytest.raises(
+            freedom.FreedomError, match=re.escape("pip install 'freedom-events[testing]'")
+        ):
+            _ = broker.client
 
 
 SEED_ON_TEST_BROKER = """

@@ -1,4 +1,4 @@
-"""TLS and SASL to the cluster (SPEC §2, §8), against a real Apache Kafka with TLS and SASL listeners.
+"""TLS and SASL to the cluster (docs/security.md, "TLS and SASL to Kafka"), against a real Apache Kafka with TLS and SASL listeners.
 
 The broker here is its own instance (module-scoped), so the shared one stays plain. Its
 certificates come from a throw-away CA that the set-up makes with `trustme`.
@@ -325,7 +325,7 @@ def test_security_keys_map_to_librdkafka_and_stay_out_of_repr(tmp_path, monkeypa
     )
     cfg = load_kafka_config(tmp_path)
     assert cfg is not None
-    assert cfg.consumer_clients[0].settings == {
+    assert cfg.consumer_clients[0].librdkafka_settings == {
         "security.protocol": "SASL_SSL",
         "sasl.mechanism": "SCRAM-SHA-512",
         "sasl.username": "bob",

@@ -25,7 +25,7 @@ from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, 
 from tests.apps import Recorder
 from tests.outbox.apps import shop_app
 from tests.outbox.db import outbox_rows, unique_event
-from tests.services.kafka_tools import produce, read_topic
+from tests.services.kafka_tools import produce, wait_drained
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 REQUEST_SPAN = "00f067aa0ba902b7"
@@ -231,7 +231,8 @@ def test_a_replayed_dead_letter_is_linked_to_its_first_attempt(
     )
     with ServiceThread(freedom.Application(config_dir=conf, prepare=[prepare])):
         produce(bootstrap, topic, [{"key": b"K-1", "value": b"{}"}])
-        read_topic(bootstrap, f"fail-{topic}", expect=1, settle=0.2)
+        # Committed once its dead letter was acknowledged: the dead letter is there to replay.
+        wait_drained(bootstrap, {group: [topic]}, 30, what="the record dead-lettered")
         report = replay(target_of(load_kafka_config(conf), [topic], str(conf)), topic)
         assert report.moved == 1, report
         wait_until(lambda: len(replays) == 2, 30, what="the replayed record's delivery")

@@ -38,7 +38,8 @@ from freedom.testing import (
     write_config,
 )
 from freedom.wire import payloads
-from tests.services.kafka_tools import create_topic, headers_of, produce, read_topic
+from tests.services.event_app import reads_of
+from tests.services.kafka_tools import create_topic, headers_of, produce, read_all, wait_drained
 
 
 class OrderCreated(BaseModel):
@@ -411,9 +412,14 @@ def run_typed_service(tmp_path: Path, bootstrap: str, transport: str, mode: str)
             raise AssertionError(
                 f"{exc}; handled: {sorted((r, k) for r, k, *_ in seen.calls)}"
             ) from None
-        dead = read_topic(bootstrap, f"fail-{t['created']}", expect=1, settle=0.5)
-        dead_lenient = read_topic(bootstrap, f"fail-{t['lenient']}", expect=1, settle=0.3)
-        retried = read_topic(bootstrap, f"retry-{t['created']}", expect=1, settle=0.3)
+        # Every record and retry record committed, so every retry record and dead letter
+        # (acknowledged before the commit) is there now.
+        wait_drained(
+            bootstrap, reads_of(app, *t.values()), 30, what=f"every record settled ({transport})"
+        )
+        dead = read_all(bootstrap, f"fail-{t['created']}")
+        dead_lenient = read_all(bootstrap, f"fail-{t['lenient']}")
+        retried = read_all(bootstrap, f"retry-{t['created']}")
     check_typed(seen, paid_event, dead, dead_lenient, retried)
 
 

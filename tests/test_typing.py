@@ -12,13 +12,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from tests.services.tools import require_module
 
 ROOT = Path(__file__).parent.parent
 CACHE = ROOT / ".cache" / "mypy"
 MYPY = [sys.executable, "-m", "mypy", "--strict", "--cache-dir", str(CACHE)]
 
-pytest.importorskip("mypy", reason="mypy is in the `typing` extra: pip install -e '.[dev]'")
+require_module("mypy", "mypy is in the `typing` extra: bash scripts/setup.sh installs it")
 
 
 def readme_python() -> str:

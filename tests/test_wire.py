@@ -31,8 +31,11 @@ from freedom.web.runtime import Request, Utf8Headers
 from freedom.wire import encoding as wire
 from freedom.wire.headers import REASON_HEADERS
 from tests.services.asgi_parts import read_body, serve_lifespan
+from tests.services.tools import require_module
 
 ROUTE = EventRoute("t", "/store/event/{event_id}", "event_id")
+#: How to get the h2c libraries (granian, pyreqwest) a test needs.
+HTTP2_EXTRA = "the http2 extra: bash scripts/setup.sh installs it"
 
 
 class Rec:
@@ -350,8 +353,8 @@ def _serve_uvicorn(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
 
 
 async def test_http1_h2c_and_inprocess_deliver_the_same_record():
-    pytest.importorskip("granian")
-    pytest.importorskip("pyreqwest")
+    require_module("granian", HTTP2_EXTRA)
+    require_module("pyreqwest", HTTP2_EXTRA)
     from freedom.kafka.transports.http import HttpTransport
     from freedom.runner.server import serve_granian
 

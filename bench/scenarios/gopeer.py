@@ -315,7 +315,7 @@ def _publish(kind: str, workers: int = 1) -> Callable[[Context], dict[str, float
             cmd = [
                 sys.executable,
                 "-m",
-                "freedom.cli.main",
+                "freedom",
                 "run",
                 "freedom_publish_app:app",
                 "--config",

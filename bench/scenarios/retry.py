@@ -21,9 +21,9 @@ FAIL_EVERY = 10
 
 def supported() -> str | None:
     """None when kafka.toml accepts the retry keys (issue 3), else why not."""
-    from freedom.config.loading import ConsumerClientConfig
+    from freedom.config.models import ConsumerClientConfig
 
-    fields = getattr(ConsumerClientConfig, "__dataclass_fields__", {})
+    fields = ConsumerClientConfig.model_fields
     if "retry_count" not in fields or "retry_interval_sec" not in fields:
         return "retry topics are not supported by this build (issue 3)"
     return None

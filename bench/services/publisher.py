@@ -90,7 +90,7 @@ async def faststream_kind(kind: str, n: int, topic: str) -> float:
 
 def bare_kind(n: int, topic: str) -> float:
     try:  # the measured freedom's defaults (acks=all, idempotence, linger, compression): same settings
-        from freedom.kafka.producer import PRODUCER_DEFAULTS as settings
+        from freedom.config.librdkafka import PRODUCER_DEFAULTS as settings
     except ImportError:
         settings = {"enable.idempotence": True, "acks": "all", "linger.ms": 5}
     producer = confluent_kafka.Producer(

@@ -10,67 +10,76 @@
     app = freedom.Application()
 
 The distribution is `freedom-events` (`pip install freedom-events`); `freedom.__version__` is its version.
+
+`__all__` is the public API, listed with where each name is explained in docs/api.md; every
+other module (`freedom.web`, `freedom.kafka`, `freedom.config`, ...) is internal and may change.
+`freedom.infra.kafka` is the seed-shaped facade (`from freedom.infra import kafka`): its
+`Producer`, `Msg`, ... are these same objects.
 """
 
-from importlib import metadata as _metadata
-from pathlib import Path as _Path
-
+from freedom._version import DISTRIBUTION as DISTRIBUTION
+from freedom._version import __version__ as __version__
 from freedom.domain import Database, DomainEventError, Entity, EventNameError, UnitOfWork
 from freedom.errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
+from freedom.kafka.domain_events import get_domain_event_infra
+from freedom.kafka.producer import (
+    BatchResult,
+    Delivered,
+    Msg,
+    PendingBatch,
+    Producer,
+    ProducerClosedError,
+    RecordTooLargeError,
+)
+from freedom.kafka.settings import setting_config
 from freedom.web.application import Application, StartupError
 from freedom.web.initiator import Initiator, prepare
-from freedom.web.runtime import Request, Runtime, RuntimeDep, get_runtime
+from freedom.web.runtime import Request, Runtime, RuntimeDep
+from freedom.web.runtime import get_runtime as get_runtime  # importable; not in __all__
 from freedom.wire.batch import Batch, BatchRecord, BatchSettings
 from freedom.wire.context import Bus
 from freedom.wire.outcomes import DeadLetter, Drop, Outcome, Retry
 
-DISTRIBUTION = "freedom-events"
-
-
-def _version() -> str:
-    """The installed distribution's version; in a source tree that is not installed, pyproject's."""
-    try:
-        return _metadata.version(DISTRIBUTION)
-    except _metadata.PackageNotFoundError:
-        import tomllib
-
-        try:
-            with open(_Path(__file__).resolve().parents[2] / "pyproject.toml", "rb") as f:
-                project = tomllib.load(f)["project"]
-            if project["name"] == DISTRIBUTION:
-                return str(project["version"])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        return "0+unknown"
-
-
-__version__ = _version()
-
 __all__ = [
+    # application and routing
     "Application",
+    "StartupError",
+    "Initiator",
+    "prepare",
+    # the request
+    "Runtime",
+    "RuntimeDep",
+    "Request",
+    "Bus",
+    # publishing
+    "Producer",
+    "Msg",
+    "Delivered",
+    "BatchResult",
+    "PendingBatch",
+    "setting_config",
+    # outcomes
+    "Outcome",
+    "Retry",
+    "DeadLetter",
+    "Drop",
+    # batches
     "Batch",
     "BatchRecord",
     "BatchSettings",
-    "Bus",
-    "Database",
-    "DomainEventError",
+    # domain events
     "Entity",
-    "EventNameError",
     "UnitOfWork",
-    "DeadLetter",
-    "Drop",
-    "ConfigError",
+    "Database",
+    "get_domain_event_infra",
+    "DomainEventError",
+    "EventNameError",
+    # errors
     "FreedomError",
-    "Initiator",
-    "Outcome",
-    "PublishError",
-    "Request",
-    "Retry",
+    "ConfigError",
     "RouteError",
-    "Runtime",
-    "RuntimeDep",
-    "StartupError",
     "UnknownClientError",
-    "get_runtime",
-    "prepare",
+    "PublishError",
+    "ProducerClosedError",
+    "RecordTooLargeError",
 ]

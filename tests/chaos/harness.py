@@ -24,7 +24,7 @@ def start_service(
         [
             sys.executable,
             "-m",
-            "freedom.cli.main",
+            "freedom",
             "run",
             "chaos_service:app",
             "--config",

@@ -32,7 +32,14 @@ from freedom.testing import (
     write_config,
 )
 from tests.services.kafka_tools import committed as kafka_committed
-from tests.services.kafka_tools import create_topic, partitions_of, produce, read_partition
+from tests.services.kafka_tools import (
+    create_topic,
+    partitions_of,
+    produce,
+    read_partition,
+    wait_drained,
+)
+from tests.services.scrape import in_flight, samples_of
 
 RETRY_COUNT = 2
 #: Scenario -> partitions of its topic. Each scenario's topic has a route /sem/<scenario>/{event_id}.
@@ -45,6 +52,7 @@ SCENARIOS = {
     "ordered": 3,
     "relay": 1,
     "concurrent": 1,
+    "sentinel": 1,  # records put there only to see a commit of the group go out (commits_caught_up)
 }
 #: Per-topic delivery modes (kafka.toml [consumer_clients.topics]); the others are sequential.
 MODES = {"ordered": "key-ordered", "concurrent": "concurrent"}
@@ -203,6 +211,29 @@ class Env:
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         raise NotImplementedError
 
+    def in_flight(self) -> int:
+        """Deliveries of the main group started and not finished (GET /metrics)."""
+        answer = self.get("/metrics")
+        assert answer.status_code == 200, answer.text
+        return in_flight(samples_of(answer.text), self.group())
+
+    def commits_caught_up(self, running: int) -> None:
+        """The moment to assert that a commit did not happen: once only `running` deliveries of the
+        main group are still running (every other record it got has finished), a record put on
+        the sentinel topic is committed. That commit went out after they finished, and a commit
+        of the group carries every offset the group may commit."""
+        wait_until(
+            lambda: self.in_flight() == running,
+            30,
+            what=f"{running} deliveries still running, every other one finished",
+        )
+        sentinel = self.topics["sentinel"]
+        before = self.committed(sentinel) or 0
+        self.produce("sentinel", [{"key": b"SENTINEL", "value": b"s"}])
+        wait_until(
+            lambda: (self.committed(sentinel) or 0) > before, 30, what="the sentinel's commit"
+        )
+
     def retry_topic(self, scenario: str) -> str:
         return f"retry-{self.topics[scenario]}"
 
@@ -242,7 +273,17 @@ class ApacheEnv(Env):
 
     def settle(self, done: Callable[[], object], what: str) -> None:
         wait_until(done, 60, what=what)
-        time.sleep(0.5)  # room for a delivery that should not come
+        # Every record of every scenario topic and retry topic committed: no delivery, retry or
+        # dead letter of what was produced can still come (a record is committed once finished).
+        wait_drained(
+            self.bootstrap,
+            {
+                self.group(): list(self.topics.values()),
+                self.group(True): [self.retry_topic(s) for s in self.topics],
+            },
+            60,
+            what=f"{what}, and every record committed",
+        )
 
     def records(self, topic: str) -> list[Rec]:
         out = []

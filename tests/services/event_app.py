@@ -123,3 +123,14 @@ def event_service(
         ),
     )
     return ServiceThread(event_app(config_dir, journal, topic, behave, fail_topic))
+
+
+def reads_of(app: freedom.Application, *topics: str) -> dict[str, list[str]]:
+    """What the groups of `app`'s first consumer client read, for kafka_tools.wait_drained: its
+    group reads `topics`, its retry group their retry topics."""
+    assert app.kafka_config is not None
+    client = app.kafka_config.consumer_clients[0]
+    return {
+        client.group_id: list(topics),
+        client.retry_group_id: [client.retry_prefix + t for t in topics],
+    }

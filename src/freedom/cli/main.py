@@ -72,7 +72,7 @@ def _run(args: argparse.Namespace, run_parser: argparse.ArgumentParser) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="freedom", description="Run a freedom service.")
-    from freedom import DISTRIBUTION, __version__
+    from freedom._version import DISTRIBUTION, __version__
 
     parser.add_argument("--version", action="version", version=f"{DISTRIBUTION} {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,13 +117,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     from freedom.cli.show_config import show as show_config
 
     add_config_parser(sub)
-    from freedom.web.asyncapi import add_parser as add_asyncapi_parser
-    from freedom.web.asyncapi import command as asyncapi_command
+    from freedom.cli.asyncapi import add_parser as add_asyncapi_parser
+    from freedom.cli.asyncapi import command as asyncapi_command
 
     add_asyncapi_parser(sub)
-    from freedom.ops.cli import COMMANDS as OPS_COMMANDS
-    from freedom.ops.cli import add_parsers as add_ops_parsers
-    from freedom.ops.cli import run as run_ops
+    from freedom.cli.ops import COMMANDS as OPS_COMMANDS
+    from freedom.cli.ops import add_parsers as add_ops_parsers
+    from freedom.cli.ops import run as run_ops
 
     add_ops_parsers(sub)  # status, dlq list|show|replay, offsets reset (docs/operations.md)
     from freedom.standalone.proxy import add_parser as add_proxy_parser
@@ -150,7 +150,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -14,7 +14,7 @@ import json
 from dataclasses import replace
 from typing import Any
 
-from freedom.config.loading import ConfigEntry, KafkaConfig
+from freedom.config.models import ConfigEntry, KafkaConfig
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -50,14 +50,14 @@ def _lines(title: str, entries: tuple[ConfigEntry, ...]) -> list[str]:
 def _derived(kafka: KafkaConfig, app_entries: tuple[ConfigEntry, ...]) -> tuple[ConfigEntry, ...]:
     """kafka.toml's entries with a `consumer.proxy_addr` not set explicitly shown as the value the
     service uses (it follows the listen address), its source naming where that address came from."""
-    if kafka.proxy_addr_explicit:
+    if kafka.consumer.proxy_addr_explicit:
         return kafka.entries
     listen = next((e for e in app_entries if e.key == "listen_addr"), None)
     origin = "app.listen_addr" + (f" ({listen.source})" if listen is not None else "")
     if listen is not None and listen.source == "freedom run --listen":
         origin = "--listen"
     return tuple(
-        replace(e, value=kafka.proxy_addr, source=f"derived from {origin}")
+        replace(e, value=kafka.consumer.proxy_addr, source=f"derived from {origin}")
         if e.key == "consumer.proxy_addr"
         else e
         for e in kafka.entries

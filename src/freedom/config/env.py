@@ -17,6 +17,24 @@ are text: `true`/`false` (also 1/0, yes/no, on/off), numbers, `servers` comma-se
 that holds a table or a list (`SETTINGS`, `TOPICS`, `CONSUMER_CLIENTS`, ...) may also be given
 whole, as JSON. An environment variable wins over the file; for a secret it also replaces the
 file's other form (`FREEDOM_KAFKA__CONSUMER__SECRET` replaces `secret_env`, and the reverse).
+
+Why this overlay is hand-written rather than pydantic-settings (measured with pydantic-settings
+2.16.3 on pydantic 2.14, a `BaseSettings` with `env_prefix="FREEDOM_KAFKA__"`,
+`env_nested_delimiter="__"` and `extra="forbid"`, over models shaped like these):
+
+- list entries cannot be addressed: `FREEDOM_KAFKA__CONSUMER_CLIENTS__0__SERVERS=a:9092` and
+  `FREEDOM_KAFKA__CONSUMER_CLIENTS__ORDERS__SERVERS=a:9092` both failed validation with
+  "consumer_clients: Input should be a valid list" (the input became `{"0": {...}}` and
+  `{"orders": {...}}`); only the whole list as JSON (`FREEDOM_KAFKA__CONSUMER_CLIENTS=[...]`) works;
+- a misspelt table, `FREEDOM_KAFKA__CONSUMR__OPEN=true`, and a misspelt prefix,
+  `FREEDOM_KAFKAA__CONSUMER__OPEN=true`, were silently ignored (the defaults applied);
+- a misspelt key in a known table, `FREEDOM_KAFKA__CONSUMER__OPNE=true`, failed as
+  "consumer.opne: Extra inputs are not permitted": the key, not the variable, and no hint;
+- its errors never name the variable, and it does not tell which source gave each key, which
+  `freedom config` shows and every error message needs.
+
+So the rule is applied here, on the file's data before validation, and the models stay the one
+description of the keys (their fields are the variable names).
 """
 
 from __future__ import annotations
@@ -24,13 +42,13 @@ from __future__ import annotations
 import difflib
 import json
 import re
-import types
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Union, get_args, get_origin
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
+from freedom.config.schema import KeyPath, field_kind
 from freedom.errors import ConfigError
 
 Root = Literal["app", "kafka"]
@@ -56,8 +74,6 @@ ALTERNATES.update({v: k for k, v in list(ALTERNATES.items())})
 
 #: The key naming a client entry, per list of clients.
 IDENTITY = {"producer_clients": "name", "consumer_clients": "group_id", "subscriptions": "topic"}
-
-KeyPath = tuple[str | int, ...]  # a key's place in a file: ("consumer_clients", 0, "group_id")
 
 
 @dataclass(frozen=True)
@@ -102,53 +118,7 @@ def env_name(root: Root, path: KeyPath) -> str:
     return PREFIXES[root] + "__".join(parts)
 
 
-# ----------------------------------------------------------------------------- the schema, as the rule walks it
-
-Kind = Literal["leaf", "model", "model_list", "model_dict", "settings"]
-
-
-def field_kind(annotation: Any) -> tuple[Kind, Any]:
-    """What a model field holds, for the naming rule: (kind, the leaf type or the sub-model)."""
-    if get_origin(annotation) in (Union, types.UnionType):
-        annotation = next(a for a in get_args(annotation) if a is not type(None))
-    origin, args = get_origin(annotation), get_args(annotation)
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return "model", annotation
-    if origin is list:
-        if isinstance(args[0], type) and issubclass(args[0], BaseModel):
-            return "model_list", args[0]
-        return "leaf", list
-    if origin is dict:
-        if isinstance(args[1], type) and issubclass(args[1], BaseModel):
-            return "model_dict", args[1]
-        return "settings", dict
-    return "leaf", annotation
-
-
-def field_order(model: type[BaseModel]) -> list[str]:
-    """The model's keys as the docs and `freedom config` list them: `servers` first, then the model's
-    own keys, then those of its base (the TLS/SASL keys and `settings` every client has)."""
-    own = model.__dict__.get("__annotations__", {})
-    names = list(model.model_fields)
-    order = [n for n in names if n in own] + [n for n in names if n not in own]
-    return sorted(order, key=lambda n: n != "servers")
-
-
-def model_at(model: type[BaseModel], path: KeyPath) -> type[BaseModel] | None:
-    """The model class of the table at `path`, or None when `path` is not a table of the schema."""
-    for i, seg in enumerate(path):
-        if isinstance(seg, int):
-            continue
-        if i and path[i - 1] == "topics":
-            continue
-        info = model.model_fields.get(str(seg))
-        if info is None:
-            return None
-        kind, sub = field_kind(info.annotation)
-        if kind not in ("model", "model_list", "model_dict"):
-            return None
-        model = sub
-    return model
+# ----------------------------------------------------------------------------- the variables' names
 
 
 def known_names(root: Root, model: type[BaseModel], path: KeyPath = ()) -> list[str]:

@@ -232,7 +232,7 @@ class Console:
         except (UnicodeDecodeError, ValueError):
             raise Refused(400, "unreadable form") from None
         if caller is not None and caller.session is not None:
-            if not self.keys.mac_ok("csrf", caller.session, fields.get("csrf", "")):
+            if not self.keys.csrf_ok(caller.session, fields.get("csrf", "")):
                 raise Refused(
                     403, "the form's CSRF token is missing or wrong: reload the page and try again"
                 )
@@ -418,9 +418,9 @@ class Console:
         body = pages.records_page(self.base, topic, error_class, found, limit, more, csrf, grep)
         return self.html("Dead letters", body, caller)
 
-    async def preview(self, request: Request, caller: Caller) -> Response:
-        args = replay_args(await self.form(request, caller))
-        report = await self.work(
+    async def dry_run(self, args: ReplayArgs) -> ReplayReport:
+        """What a replay with these arguments would do (the preview, and the API's dry run)."""
+        return await self.work(
             lambda: replay(
                 self.target(),
                 args.topic,
@@ -430,7 +430,11 @@ class Console:
                 max_replays=args.max_replays,
             )
         )
-        signature = self.keys.mac("replay", json.dumps(args.params, sort_keys=True))
+
+    async def preview(self, request: Request, caller: Caller) -> Response:
+        args = replay_args(await self.form(request, caller))
+        report = await self.dry_run(args)
+        signature = self.keys.replay_signature(args.params)
         csrf = self.keys.csrf(caller.session) if caller.session else None
         return self.html(
             "Replay preview",
@@ -459,9 +463,7 @@ class Console:
     async def run(self, request: Request, caller: Caller) -> Response:
         fields = await self.form(request, caller)
         args = replay_args(fields)
-        if not self.keys.mac_ok(
-            "replay", json.dumps(args.params, sort_keys=True), fields.get("preview", "")
-        ):
+        if not self.keys.replay_ok(args.params, fields.get("preview", "")):
             raise Refused(
                 400, "run a replay from its preview (the dry run): this one was not previewed"
             )
@@ -510,16 +512,7 @@ class Console:
             raise Refused(400, "every field but dry_run is a string (or a number)")
         args = replay_args({k: str(v) for k, v in given.items()})
         if dry_run:
-            report = await self.work(
-                lambda: replay(
-                    self.target(),
-                    args.topic,
-                    args.flt,
-                    dry_run=True,
-                    rate=args.rate,
-                    max_replays=args.max_replays,
-                )
-            )
+            report = await self.dry_run(args)
         else:
             report = await self.work(lambda: self.run_replay(args, caller))
         return self.json({**plain(report), "audit": audit_line(report)})

@@ -24,7 +24,9 @@ def app_target(app: Application) -> Target:
     clients = []
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
-        settings = client_settings(servers_of(cc, where), "consumer", cc.group_id, {}, cc.settings)
+        settings = client_settings(
+            servers_of(cc, where), "consumer", cc.group_id, {}, cc.librdkafka_settings
+        )
         clients.append(ClientTarget(i, cc, connection_settings(settings), topics, where))
     config_dir = app.config_dir
     return Target(tuple(clients), str(config_dir) if config_dir else None)

@@ -1,5 +1,6 @@
-"""Domain events (SPEC §6): entities raise them, a unit of work saves them with the entity in a
-transactional outbox, and a relay publishes them through the installed infrastructure.
+"""Domain events (docs/domain-events.md; their records: docs/contract.md, "Domain events on the
+wire"): entities raise them, a unit of work saves them with the entity in a transactional
+outbox, and a relay publishes them through the installed infrastructure.
 
     class Goods(freedom.Entity):
         def identity(self) -> str: ...

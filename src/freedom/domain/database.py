@@ -135,6 +135,18 @@ class Database:
         async with self.engine.connect() as conn:
             return await count_pending(conn)
 
+    async def pending_summary(self) -> tuple[int, Any]:
+        """How many events wait in the outbox, and when the oldest of them was written (None
+        when none waits): what `/metrics` shows as the outbox gauges."""
+        from sqlalchemy import func, select
+
+        from freedom.domain.outbox import outbox
+
+        async with self.engine.connect() as conn:
+            query = select(func.count(), func.min(outbox.c.created_at))
+            row = (await conn.execute(query.where(outbox.c.published_at.is_(None)))).one()
+            return int(row[0]), row[1]
+
     def wake_relay(self) -> None:
         if self.relay is not None:
             self.relay.wake()

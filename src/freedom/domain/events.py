@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from freedom.errors import FreedomError
 from freedom.kafka.topics import check_topic
 from freedom.wire import payloads
-from freedom.wire.headers import EVENT_ID_HEADER, EVENT_NAME_HEADER
+from freedom.wire.headers import EVENT_ID_HEADER, EVENT_NAME_HEADER, check_message_headers
 
 if TYPE_CHECKING:
     from freedom.web.runtime import Runtime
@@ -62,7 +62,8 @@ def new_event_id() -> str:
 def to_json(obj: Any) -> bytes:
     """`obj` as compact UTF-8 JSON, serialised by Pydantic (freedom.wire.payloads): Pydantic models,
     dataclasses, dicts, lists and whatever else Pydantic serialises. A domain event is always
-    JSON (SPEC §6), published with `content-type: application/json`."""
+    JSON (docs/contract.md, "Domain events on the wire"), published with
+    `content-type: application/json`."""
     if isinstance(obj, (bytes, bytearray, memoryview)):
         raise TypeError(
             "a domain event carries an object serialised as JSON, not bytes: pass the object itself"
@@ -82,7 +83,6 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
 
     Checked when the event is raised, so that the outbox never holds an event that can not be sent.
     """
-    from freedom.kafka.producer import _check_headers
 
     if headers is None:
         return {}
@@ -91,7 +91,7 @@ def check_headers(headers: Mapping[str, str] | None) -> dict[str, str]:
         raise TypeError(
             f"event header {bad!r} must have a str value, got {type(headers[bad]).__name__}"
         )
-    return {name: value.decode() for name, value in _check_headers(headers).items()}
+    return {name: value.decode() for name, value in check_message_headers(headers).items()}
 
 
 def request_context(runtime: Runtime) -> dict[str, Any]:

@@ -4,9 +4,13 @@ from freedom.infra import kafka
 
 class ShopController:
     producer: kafka.Producer          # injected per request
+
+The seed-shaped facade: `Producer`, `Msg`, ... are the objects `freedom` exports
+(`kafka.Producer is freedom.Producer`); docs/api.md lists them. `EventRoute` stays importable
+here for compatibility but is internal (not in `__all__`).
 """
 
-from freedom.kafka.consumer.delivery import EventRoute
+from freedom.kafka.consumer.delivery import EventRoute as EventRoute  # internal; not in __all__
 from freedom.kafka.domain_events import KafkaDomainEventInfra, get_domain_event_infra
 from freedom.kafka.producer import (
     BatchResult,
@@ -26,7 +30,6 @@ __all__ = [
     "ProducerClosedError",
     "RecordTooLargeError",
     "Delivered",
-    "EventRoute",
     "KafkaDomainEventInfra",
     "Msg",
     "Producer",

@@ -10,9 +10,10 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]  # there at run time; not in its __all__
 
+from freedom.config.librdkafka import scrub
 from freedom.errors import FreedomError
 from freedom.kafka.client_logs import FOLD
-from freedom.kafka.settings import connection_settings, scrub
+from freedom.kafka.settings import connection_settings
 
 log = logging.getLogger("freedom.kafka.admin")
 

@@ -20,7 +20,6 @@ import concurrent.futures
 import functools
 import logging
 import os
-import re
 import threading
 import time
 import types
@@ -30,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
+from freedom.config.librdkafka import scrub
 from freedom.errors import ConfigError, PublishError, UnknownClientError
-from freedom.kafka.consumer.observer import observed_publish
-from freedom.kafka.settings import scrub
+from freedom.kafka.send_observer import observed_publish
 from freedom.kafka.topics import check_topic
 from freedom.observability.metrics import count_sent
 from freedom.observability.tracing import inject_trace
 from freedom.wire.context import BUS_HEADER, MAX_BUS_BYTES
+from freedom.wire.headers import check_message_headers
 from freedom.wire.payloads import CONTENT_TYPE, JSON, encode
 
 if TYPE_CHECKING:
@@ -44,36 +44,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("freedom.kafka.producer")
 
-PRODUCER_DEFAULTS: dict[str, Any] = {
-    "enable.idempotence": True,
-    "acks": "all",
-    "linger.ms": 2,
-    "compression.type": "lz4",
-}
 DEFAULT_MAX_BYTES = 1_000_000  # librdkafka's message.max.bytes default
 _NO_HEADERS: Mapping[str, bytes] = types.MappingProxyType({})
 _JSON_TYPE = JSON.encode()  # the content-type header value of objects sent as JSON
 _GOOD_TOPICS_KEPT = (
     10_000  # topic names a Producer remembers as checked (bounded for generated names)
 )
-
-# RFC 9110 token: what an HTTP header name may contain (record headers become HTTP headers).
-_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-# Names the consumer proxy sets itself, or does not forward: a record header with one of them
-# would never reach the handler as given.
-_PROXY_HEADERS = {"x-message-key", "x-retry-count", "x-freedom-secret"}
-_HOP_BY_HOP = {
-    "content-length",
-    "transfer-encoding",
-    "host",
-    "connection",
-    "upgrade",
-    "keep-alive",
-    "te",
-    "trailer",
-    "http2-settings",
-    "proxy-connection",
-}
 
 
 class ProducerClosedError(PublishError):
@@ -93,7 +69,8 @@ os.register_at_fork(after_in_child=_key_pool.clear)
 
 
 def new_key() -> str:
-    """The default message key: a new unique id, 32 upper-case hex characters (SPEC §3)."""
+    """The default message key: a new unique id, 32 upper-case hex characters (docs/contract.md,
+    "The published record")."""
     try:
         return _key_pool.popleft()
     except IndexError:
@@ -534,44 +511,6 @@ class Producer:
         return failures
 
 
-def _check_headers(headers: Any) -> dict[str, bytes]:
-    if not isinstance(headers, Mapping):
-        raise TypeError(f"headers must be a mapping of str to str, got {type(headers).__name__}")
-    out: dict[str, bytes] = {}
-    for name, value in headers.items():
-        if not isinstance(name, str):
-            raise TypeError(f"header names must be str, got {type(name).__name__} ({name!r})")
-        if not _HEADER_NAME.match(name):
-            raise ValueError(
-                f"header name {name!r} is not a valid HTTP header name (the consumer proxy delivers headers "
-                "over HTTP): use ASCII letters, digits and - _ . ! # $ % & ' * + ^ ` | ~, no spaces"
-            )
-        if name.lower() in _PROXY_HEADERS:
-            raise ValueError(
-                f"header {name!r} is set by the consumer proxy when it delivers the record, "
-                "so the handler would never see this value: use another name"
-            )
-        if name.lower() in _HOP_BY_HOP:
-            raise ValueError(
-                f"header {name!r} is an HTTP connection header, which the consumer proxy does not "
-                "forward to the handler: use another name"
-            )
-        if isinstance(value, str):
-            raw = value.encode()
-        elif isinstance(value, (bytes, bytearray, memoryview)):
-            raw = bytes(value)
-        else:
-            raise TypeError(
-                f"header {name!r} must have a str or bytes value, got {type(value).__name__} ({value!r})"
-            )
-        if b"\r" in raw or b"\n" in raw or b"\0" in raw:
-            raise ValueError(
-                f"header {name!r} has a line break or NUL in its value, which HTTP does not allow"
-            )
-        out[name.lower()] = raw
-    return out
-
-
 class Msg:
     """A message being built; every setter returns the message, so calls chain."""
 
@@ -598,7 +537,7 @@ class Msg:
 
     def set_headers(self, headers: Mapping[str, str | bytes]) -> Msg:
         """Add headers to the record (values str, sent as UTF-8, or bytes); names are HTTP header names."""
-        self.headers = {**self.headers, **_check_headers(headers)}
+        self.headers = {**self.headers, **check_message_headers(headers)}
         return self
 
     def set_runtime(self, runtime: Runtime) -> Msg:

@@ -10,12 +10,14 @@ import asyncio
 import logging
 from typing import Any
 
-from freedom.config.loading import ConsumerClientConfig, KafkaConfig
+from freedom.config.librdkafka import PRODUCER_DEFAULTS
+from freedom.config.models import ConsumerClientConfig, KafkaConfig
 from freedom.kafka.admin import check_reachable, ensure_topics
-from freedom.kafka.consumer.delivery import EventRoute, Transport, make_transport
+from freedom.kafka.consumer.delivery import EventRoute, Transport
 from freedom.kafka.consumer.proxy import ConsumerProxy
-from freedom.kafka.producer import PRODUCER_DEFAULTS, Producer, ProducerClient
+from freedom.kafka.producer import Producer, ProducerClient
 from freedom.kafka.settings import client_settings
+from freedom.kafka.transports import make_transport
 
 log = logging.getLogger("freedom.kafka")
 
@@ -136,7 +138,7 @@ class KafkaInfra:
                 self.embedded.lifetime,
             )
 
-        if cfg.producer_open:
+        if cfg.producer.open:
             clients = {}
             for i, c in enumerate(cfg.producer_clients):
                 base = {
@@ -144,7 +146,7 @@ class KafkaInfra:
                     "message.timeout.ms": int(c.delivery_timeout_sec * 1000),
                 }
                 settings = client_settings(
-                    self._servers(c.servers), "producer", c.name, base, c.settings
+                    self._servers(c.servers), "producer", c.name, base, c.librdkafka_settings
                 )
                 await self.backend.check_reachable(settings, f"producer_clients[{i}] in {cfg.file}")
                 clients[c.name] = self.backend.producer_client(c.name, settings)
@@ -155,7 +157,7 @@ class KafkaInfra:
                 disabled_reason=f"the Kafka producer is off: set [producer] open = true in {cfg.file}"
             )
 
-        if cfg.consumer_open:
+        if cfg.consumer.open:
             if not routes:
                 log.warning(
                     "[consumer] open = true in %s, but no event is bound (initiator.listen_event)",
@@ -164,9 +166,9 @@ class KafkaInfra:
             else:
                 self.delivery = AfterStartup(
                     make_transport(
-                        self.backend.proxy_addr(cfg.proxy_addr),
-                        http2=cfg.proxy_http2,
-                        secret=cfg.proxy_secret,
+                        self.backend.proxy_addr(cfg.consumer.proxy_addr),
+                        http2=cfg.consumer.proxy_http2,
+                        secret=cfg.consumer.shared_secret,
                         app=app,
                         ready=self.app_started,
                     ),
@@ -176,7 +178,11 @@ class KafkaInfra:
                     # Tansu holds a new group's join for half the session timeout: keep it short there.
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}
                     settings = client_settings(
-                        self._servers(cc.servers), "consumer", cc.group_id, base, cc.settings
+                        self._servers(cc.servers),
+                        "consumer",
+                        cc.group_id,
+                        base,
+                        cc.librdkafka_settings,
                     )
                     where = f"consumer_clients[{i}] in {cfg.file}"
                     await self.backend.check_reachable(settings, where)

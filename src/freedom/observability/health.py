@@ -142,6 +142,6 @@ async def readiness(app: Any, producers: ProducerCheck) -> list[str]:
             problems.append(
                 f"consumer group {proxy.config.group_id!r}: the service does not accept deliveries yet"
             )
-    if kafka.config.producer_open:
+    if kafka.config.producer.open:
         problems += await producers.problems(kafka.producer)
     return problems

@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from freedom.kafka.consumer.delivery import DeliveryResult
     from freedom.kafka.consumer.group import GroupLoop, TopicPlan
-    from freedom.kafka.retry import Plan
+    from freedom.kafka.consumer.retry import Plan
 
 log = logging.getLogger("freedom.observability.metrics")
 
@@ -391,30 +391,14 @@ def _group_gauges(groups: Iterable[tuple[GroupLoop, LagStats | None, dict[str, s
 
 async def _outbox_gauges(app: Any) -> bool:
     """Set the outbox gauges of `app`'s database; False when it has none."""
-    database = getattr(app, "database", None)
-    engine = getattr(database, "engine", None)
-    if engine is None:
+    database: Any = getattr(app, "database", None)
+    if getattr(database, "engine", None) is None:
         return False
     import asyncio
     import datetime as dt
 
-    from sqlalchemy import func, select
-
-    from freedom.domain.outbox import outbox
-
-    async def read() -> tuple[int, Any]:
-        async with engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    select(func.count(), func.min(outbox.c.created_at)).where(
-                        outbox.c.published_at.is_(None)
-                    )
-                )
-            ).one()
-            return int(row[0]), row[1]
-
     try:
-        pending, oldest = await asyncio.wait_for(read(), 2.0)
+        pending, oldest = await asyncio.wait_for(database.pending_summary(), 2.0)
     except Exception:  # noqa: BLE001 - the scrape still answers, without the outbox gauges
         log.warning("metrics: could not read the outbox", exc_info=True)
         return False

@@ -1,6 +1,6 @@
 """Operations tooling: `freedom status`, `freedom dlq list|show|replay`, `freedom offsets reset`.
 
 Each command is a plain function returning dataclasses (the web console calls the same ones);
-:mod:`freedom.ops.cli` parses the arguments and prints the results. The cluster is reached with
+:mod:`freedom.cli.ops` parses the arguments and prints the results. The cluster is reached with
 the service's own configuration (`module:app` or its config directory), as `freedom run` does.
 """

@@ -13,8 +13,8 @@ import confluent_kafka
 from confluent_kafka import TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec  # type: ignore[attr-defined]  # there at run time
 
+from freedom.config.librdkafka import scrub
 from freedom.kafka.admin import check_reachable
-from freedom.kafka.settings import scrub
 from freedom.ops.target import OpsError
 
 TP = tuple[str, int]

@@ -1,6 +1,7 @@
 """`freedom dlq list` and `freedom dlq show`: the records of the dead-letter topics, with the
-reasons the proxy wrote (SPEC §3: original topic, partition, offset, first failure time, the last
-error and status), grouped by error class or one by one, filtered.
+reasons the proxy wrote (docs/contract.md, "Retries and dead letters": original topic, partition,
+offset, first failure time, the last error and status), grouped by error class or one by one,
+filtered.
 
 An error class is the error text with what differs from record to record taken out (numbers, ids,
 UUIDs, hex), so that "timeout after 3012 ms for order 81f3..." and "timeout after 2977 ms for order

@@ -38,8 +38,7 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
-from freedom.kafka.producer import PRODUCER_DEFAULTS
-from freedom.kafka.settings import scrub
+from freedom.config.librdkafka import PRODUCER_DEFAULTS, scrub
 from freedom.kafka.topics import check_topic
 from freedom.ops.cluster import TP, Reader
 from freedom.ops.dlq import DeadLetter, FailTopic, Filter, error_class, fail_topics, snapshot

@@ -1,8 +1,9 @@
 """`freedom status`: every consumer group of the service, its members and lag; records waiting in
 the retry topics (and whether the retry group is waiting for one's due time); dead letters.
 
-The retry group delivers a record no earlier than its timestamp + `retry_interval_sec` (SPEC §3),
-so a retry partition whose next record is not due yet is paused: `due_at` says until when.
+The retry group delivers a record no earlier than its timestamp + `retry_interval_sec`
+(docs/contract.md, "Retries and dead letters"), so a retry partition whose next record is not
+due yet is paused: `due_at` says until when.
 """
 
 from __future__ import annotations

@@ -12,13 +12,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from freedom.config.loading import (
-    ConsumerClientConfig,
-    KafkaConfig,
-    SubscriptionConfig,
-    find_config_dir,
-    load_kafka_config,
-)
+from freedom.config.loading import find_config_dir, load_kafka_config
+from freedom.config.models import ConsumerClientConfig, KafkaConfig, SubscriptionConfig
 from freedom.errors import FreedomError
 from freedom.kafka.settings import client_settings, connection_settings
 
@@ -111,7 +106,11 @@ def target_of(
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
         settings = client_settings(
-            servers_of(cc, where, embedded_bootstrap), "consumer", cc.group_id, {}, cc.settings
+            servers_of(cc, where, embedded_bootstrap),
+            "consumer",
+            cc.group_id,
+            {},
+            cc.librdkafka_settings,
         )
         client_topics, retries = listened, {}
         if (
@@ -143,26 +142,20 @@ def _subscriptions_of(kafka: KafkaConfig, index: int) -> list[SubscriptionConfig
     ]
 
 
-def load_target(app: str | None, config: str | None) -> Target:
-    """The consumer clients of `app` (module:attribute) or of the config directory `config`."""
-    topics: list[str] | None = None
-    if app:
-        from freedom.cli.loader import load_application
+def application_target(app: Any) -> Target:
+    """The consumer clients of a loaded (set up) application: its kafka.toml, its listened topics."""
+    config_dir = str(app.config_dir) if app.config_dir else None
+    return target_of(app.kafka_config, sorted(app.event_routes), config_dir)
 
-        loaded = load_application(app, config)
-        loaded.setup()
-        kafka = loaded.kafka_config
-        topics = sorted(loaded.event_routes)
-        config_dir = str(loaded.config_dir) if loaded.config_dir else None
-    else:
-        directory = find_config_dir(config)
-        if directory is None:
-            raise OpsError(
-                "no config directory: give module:app or --config DIR (default: "
-                "$FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)"
-            )
-        if not directory.is_dir():
-            raise OpsError(f"--config {config}: no such directory")
-        kafka = load_kafka_config(directory)
-        config_dir = str(directory)
-    return target_of(kafka, topics, config_dir)
+
+def config_target(config: str | None) -> Target:
+    """The consumer clients of the config directory `config` (None: the default directory)."""
+    directory = find_config_dir(config)
+    if directory is None:
+        raise OpsError(
+            "no config directory: give module:app or --config DIR (default: "
+            "$FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)"
+        )
+    if not directory.is_dir():
+        raise OpsError(f"--config {config}: no such directory")
+    return target_of(load_kafka_config(directory), None, str(directory))

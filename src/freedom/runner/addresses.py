@@ -7,7 +7,16 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from freedom.web.guard import is_loopback
+
+def is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost"."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def proxy_addr_for(listen_addr: str) -> str:

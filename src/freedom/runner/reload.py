@@ -211,7 +211,7 @@ class Supervisor:
         env.pop(BOOTSTRAP_ENV, None)  # only the broker this supervisor runs
         if self.broker is not None:
             env[BOOTSTRAP_ENV] = self.broker.bootstrap
-        cmd = [sys.executable, "-m", "freedom.cli.main", "run", *self.child_args]
+        cmd = [sys.executable, "-m", "freedom", "run", *self.child_args]
         # A session of its own: a Ctrl-C on the terminal reaches the supervisor only, which stops
         # the child with one SIGTERM (a second signal to the child would skip its drain).
         self.child = spawn_dying_with_parent(

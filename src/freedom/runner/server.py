@@ -17,18 +17,41 @@ import errno
 import gc
 import importlib.util
 import logging
+import os
 import socket
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
+from freedom.errors import FreedomError
 from freedom.runner.addresses import proxy_addr_is_self
 
 if TYPE_CHECKING:
     from freedom.web.application import Application
 
 log = logging.getLogger("freedom.runner.server")
+
+
+#: The listening socket's file descriptor a `freedom run --workers` parent passes to each worker.
+LISTEN_FD_ENV = "FREEDOM_LISTEN_FD"
+
+
+def inherited_socket() -> socket.socket | None:
+    """The listening socket the parent passed (a worker of `freedom run --workers`), or None."""
+    value = os.environ.pop(LISTEN_FD_ENV, "")
+    if not value:
+        return None
+    if not value.isdigit():
+        raise FreedomError(
+            f"${LISTEN_FD_ENV}: must be a file descriptor number (set by freedom run --workers), got {value!r}"
+        )
+    try:
+        return socket.socket(fileno=int(value))
+    except OSError as exc:
+        raise FreedomError(
+            f"${LISTEN_FD_ENV}={value}: not an open socket ({exc.strerror or exc})"
+        ) from None
 
 
 def run(main: Coroutine[Any, Any, None]) -> None:
@@ -142,10 +165,10 @@ def own_delivery_socket(app: Application) -> socket.socket | None:
     application, as one process does; HTTP clients still use the shared port.
     """
     cfg = app.kafka_config
-    if cfg is None or not cfg.consumer_open or not app.event_routes:
+    if cfg is None or not cfg.consumer.open or not app.event_routes:
         return None
-    if cfg.proxy_addr_explicit and not proxy_addr_is_self(
-        cfg.proxy_addr, app.serving_addr or app.config.listen_addr
+    if cfg.consumer.proxy_addr_explicit and not proxy_addr_is_self(
+        cfg.consumer.proxy_addr, app.serving_addr or app.config.listen_addr
     ):
         return None
     own = bind_address("127.0.0.1", 0, "freedom run --workers", None)
@@ -160,11 +183,9 @@ def serve(app: Application, *, host: str | None = None, port: int | None = None)
         app.serve_on(f"{host or app.config.host}:{port if port is not None else app.config.port}")
     # Bound first: a listen address that cannot be bound is a config error, before Kafka starts.
     # A worker of `freedom run --workers` serves on the socket its parent bound (workers.py).
-    from freedom.runner.workers import inherited_socket
-
     inherited = inherited_socket()
     sock = inherited or bind_listen_socket(app, host, port)
-    if app.kafka_config is not None and app.kafka_config.proxy_http2:
+    if app.kafka_config is not None and app.kafka_config.consumer.proxy_http2:
         sock.close()  # granian binds by itself (it takes no socket); the check above is what matters
         serve_h2c(app, host=host, port=port)
         return

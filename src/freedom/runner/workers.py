@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from freedom.errors import FreedomError
 from freedom.runner.reload import exit_text
+from freedom.runner.server import LISTEN_FD_ENV
 
 if TYPE_CHECKING:
     from freedom.kafka.embedded import EmbeddedBroker
@@ -52,7 +53,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("freedom.runner.workers")
 
 #: The file descriptor of the listening socket a worker inherits from its parent.
-LISTEN_FD_ENV = "FREEDOM_LISTEN_FD"
 #: A worker's number (1..N), for its logs and its health checks.
 WORKER_ENV = "FREEDOM_WORKER"
 #: How long a stop waits for the workers (drain, then the HTTP server's graceful stop) before killing them.
@@ -66,23 +66,6 @@ MAX_WORKERS = 256
 BACKLOG = 2048
 #: The exit code of a user mistake (cli.py): a worker exiting with it is not started again.
 USAGE_EXIT = 2
-
-
-def inherited_socket() -> socket.socket | None:
-    """The listening socket the parent passed (a worker of `freedom run --workers`), or None."""
-    value = os.environ.pop(LISTEN_FD_ENV, "")
-    if not value:
-        return None
-    if not value.isdigit():
-        raise FreedomError(
-            f"${LISTEN_FD_ENV}: must be a file descriptor number (set by freedom run --workers), got {value!r}"
-        )
-    try:
-        return socket.socket(fileno=int(value))
-    except OSError as exc:
-        raise FreedomError(
-            f"${LISTEN_FD_ENV}={value}: not an open socket ({exc.strerror or exc})"
-        ) from None
 
 
 def check_workers(value: int, *, reload: bool) -> None:
@@ -185,7 +168,7 @@ class WorkerSupervisor:
             env[BOOTSTRAP_ENV] = self.broker.bootstrap
         env[LISTEN_FD_ENV] = str(self.sock.fileno())
         env[WORKER_ENV] = str(worker.number)
-        cmd = [sys.executable, "-m", "freedom.cli.main", "run", *self.child_args]
+        cmd = [sys.executable, "-m", "freedom", "run", *self.child_args]
         # A session of its own: a Ctrl-C on the terminal reaches the parent only, which stops each
         # worker with one SIGTERM (a second signal to a worker would skip its drain).
         worker.proc = spawn_dying_with_parent(
@@ -305,7 +288,7 @@ def supervise(
     config_dir = find_config_dir(config)
     app_config = load_app_config(config_dir, listen_addr=listen)
     kafka = load_kafka_config(config_dir)
-    if kafka is not None and kafka.proxy_http2:
+    if kafka is not None and kafka.consumer.proxy_http2:
         raise FreedomError(
             f"--workers: proxy_http2 = true ({kafka.file}) serves with granian, which cannot share "
             "a listening socket; run one worker, or deliver over HTTP/1.1 or in-process"

@@ -25,7 +25,7 @@ import argparse
 import asyncio
 import logging
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import urlsplit
@@ -37,17 +37,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from freedom.config.loading import (
-    AppConfig,
-    ConsumerClientConfig,
-    KafkaConfig,
-    SubscriptionConfig,
-    TopicConsumeConfig,
     check_topic_overrides,
     find_config_dir,
     load_app_config,
     load_kafka_config,
 )
-from freedom.config.models import URL_KEY_PLACEHOLDER
+from freedom.config.models import (
+    URL_KEY_PLACEHOLDER,
+    AppConfig,
+    ConsumerClientConfig,
+    KafkaConfig,
+    SubscriptionConfig,
+    TopicConsumeConfig,
+)
 from freedom.errors import ConfigError, FreedomError
 from freedom.kafka.admin import check_reachable, ensure_topics
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, RecordHeaders, Transport
@@ -84,8 +86,8 @@ def make_target_transport(sub: SubscriptionConfig, kafka: KafkaConfig) -> Transp
     """The transport of one subscription: HTTP/1.1, or h2c (`http2`, else `[consumer] proxy_http2`),
     with its timeout and its secret (else `[consumer]`'s)."""
     base, _ = target_of(sub)
-    http2 = sub.http2 if sub.http2 is not None else kafka.proxy_http2
-    secret = sub.secret if sub.secret is not None else kafka.proxy_secret
+    http2 = sub.http2 if sub.http2 is not None else kafka.consumer.proxy_http2
+    secret = sub.shared_secret if sub.shared_secret is not None else kafka.consumer.shared_secret
     if http2:
         from freedom.kafka.transports.http import HttpTransport
 
@@ -188,7 +190,9 @@ def plan(kafka: KafkaConfig) -> list[ProxyPlan]:
                     "the guard moves a stuck record to its retry or dead-letter topic: give "
                     "retry_count > 0 or the client a retry_fail_prefix, or remove it",
                 )
-        config = replace(client, retry_count=retries, retry_interval_sec=interval, topics=topics)
+        config = client.model_copy(
+            update={"retry_count": retries, "retry_interval_sec": interval, "topics": topics}
+        )
         out.append(ProxyPlan(index, config, tuple(subs)))
     return out
 
@@ -199,17 +203,19 @@ def _topic_config(sub: SubscriptionConfig, client: TopicConsumeConfig) -> TopicC
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
-    return TopicConsumeConfig(
-        mode=sub.mode or client.mode,
-        max_in_flight=sub.max_in_flight or client.max_in_flight,
-        dead_letter_statuses=given(sub.dead_letter_statuses, client.dead_letter_statuses),
-        rate_limit_per_sec=given(sub.rate_limit_per_sec, client.rate_limit_per_sec),
-        max_concurrency=given(sub.max_concurrency, client.max_concurrency),
-        retry_after_max_sec=given(sub.retry_after_max_sec, client.retry_after_max_sec),
-        backpressure_max_sec=given(sub.backpressure_max_sec, client.backpressure_max_sec),
-        head_of_line_timeout_sec=given(
-            sub.head_of_line_timeout_sec, client.head_of_line_timeout_sec
-        ),
+    return client.model_copy(
+        update={
+            "mode": sub.mode or client.mode,
+            "max_in_flight": sub.max_in_flight or client.max_in_flight,
+            "dead_letter_statuses": given(sub.dead_letter_statuses, client.dead_letter_statuses),
+            "rate_limit_per_sec": given(sub.rate_limit_per_sec, client.rate_limit_per_sec),
+            "max_concurrency": given(sub.max_concurrency, client.max_concurrency),
+            "retry_after_max_sec": given(sub.retry_after_max_sec, client.retry_after_max_sec),
+            "backpressure_max_sec": given(sub.backpressure_max_sec, client.backpressure_max_sec),
+            "head_of_line_timeout_sec": given(
+                sub.head_of_line_timeout_sec, client.head_of_line_timeout_sec
+            ),
+        }
     )
 
 
@@ -239,7 +245,11 @@ class StandaloneProxy:
             for p in self.plans:
                 cc = p.config
                 settings = client_settings(
-                    cast(tuple[str, ...], cc.servers), "consumer", cc.group_id, {}, cc.settings
+                    cast(tuple[str, ...], cc.servers),
+                    "consumer",
+                    cc.group_id,
+                    {},
+                    cc.librdkafka_settings,
                 )
                 where = f"consumer_clients[{p.client_index}] in {self.kafka_config.file}"
                 await asyncio.to_thread(check_reachable, settings, where)
@@ -441,7 +451,7 @@ def command(args: argparse.Namespace) -> int:
         )
     app = load_app_config(Path(config_dir), listen_addr=args.listen)
     if args.listen:  # bind errors name --listen, as `freedom run --listen` does
-        app = replace(app, listen_from=("freedom proxy", "--listen"))
+        app = app.listening_as(("freedom proxy", "--listen"))
     use_log_format(app.log_format)
     logging.getLogger().setLevel(args.log_level.upper() if args.log_level else app.log_level)
     serve(StandaloneProxy(kafka, app))

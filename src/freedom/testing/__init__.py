@@ -132,7 +132,7 @@ class ServiceThread:
     @property
     def http2(self) -> bool:
         """True when the service is served by granian (h2c), as `freedom run` does with `proxy_http2 = true`."""
-        return self.app.kafka_config is not None and self.app.kafka_config.proxy_http2
+        return self.app.kafka_config is not None and self.app.kafka_config.consumer.proxy_http2
 
     def _main(self) -> None:
         async def main() -> None:

@@ -36,22 +36,28 @@ import threading
 import time
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, cast
 
 import confluent_kafka
-import httpx
 
-from freedom.config.loading import ConsumerClientConfig, KafkaConfig, ProducerClientConfig
+from freedom.config.models import (
+    ConsumerClientConfig,
+    ConsumerSection,
+    KafkaConfig,
+    ProducerClientConfig,
+    ProducerSection,
+)
 from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import INPROCESS, EventRoute, Transport
 from freedom.kafka.consumer.group import GroupLoop, wait_event
 from freedom.kafka.consumer.proxy import ConsumerProxy
+from freedom.kafka.consumer.retry import RETRY_PRODUCER_MAX_BYTES, RetryRouter, _Client
 from freedom.kafka.producer import DEFAULT_MAX_BYTES, ProducerClient
-from freedom.kafka.retry import RETRY_PRODUCER_MAX_BYTES, RetryRouter, _Client
 from freedom.kafka.service import KafkaBackend
 
 if TYPE_CHECKING:
+    import httpx
+
     from freedom.web.application import Application
 
 __all__ = ["TestBroker", "BlockingTestBroker", "MemoryRecord"]
@@ -61,6 +67,18 @@ TOPIC_MAX_BYTES = 1_048_588
 
 TP = tuple[str, int]
 RawHeaders = list[tuple[str, bytes | None]]
+
+
+def _require_httpx(what: str) -> None:
+    """FreedomError naming the fix when httpx (the `testing` extra), which `what` needs, is missing."""
+    try:
+        import httpx  # noqa: F401
+    except ModuleNotFoundError as exc:
+        if exc.name != "httpx":
+            raise  # httpx is there, but broken: its own error says what is wrong
+        raise FreedomError(
+            f"{what} needs httpx, which is not installed: pip install 'freedom-events[testing]'"
+        ) from None
 
 
 class MemoryRecord:
@@ -419,6 +437,7 @@ class TestBroker(KafkaBackend):
         self.settle_timeout = settle_timeout
         self.consumer_overrides = consumer
         self.app: Application | None = None
+        self._running = False
         self._client: httpx.AsyncClient | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -450,23 +469,30 @@ class TestBroker(KafkaBackend):
         if infra is None:
             raise FreedomError("TestBroker(app): the application has no Kafka side")
         if self.consumer_overrides:
-            infra.config = replace(
-                infra.config,
-                consumer_clients=tuple(
-                    replace(cc, **self.consumer_overrides) for cc in infra.config.consumer_clients
-                ),
+            unknown = sorted(set(self.consumer_overrides) - set(ConsumerClientConfig.model_fields))
+            if unknown:
+                raise TypeError(f"TestBroker: not keys of a consumer client: {', '.join(unknown)}")
+            infra.config = infra.config.model_copy(
+                update={
+                    "consumer_clients": [
+                        cc.model_copy(update=self.consumer_overrides)
+                        for cc in infra.config.consumer_clients
+                    ]
+                }
             )
             app.kafka_config = infra.config
 
     def default_config(self) -> KafkaConfig:
-        return KafkaConfig(
-            consumer_open=True,
-            producer_open=True,
-            proxy_addr=INPROCESS,
-            producer_clients=(ProducerClientConfig(servers=None),),
-            consumer_clients=(ConsumerClientConfig(servers=None),),
-            file="(no kafka.toml: freedom.testing.TestBroker's defaults)",
+        # Built, not validated: the defaults need no check (proxy_addr stays not given, so it
+        # follows the listen address as with a kafka.toml that leaves it out).
+        config = KafkaConfig.model_construct(
+            consumer=ConsumerSection.model_construct(open=True, proxy_addr=INPROCESS),
+            producer=ProducerSection.model_construct(open=True),
+            producer_clients=[ProducerClientConfig.model_construct()],
+            consumer_clients=[ConsumerClientConfig.model_construct()],
         )
+        config._file = "(no kafka.toml: freedom.testing.TestBroker's defaults)"
+        return config
 
     # ------------------------------------------------------------------ KafkaBackend
 
@@ -708,11 +734,17 @@ class TestBroker(KafkaBackend):
 
     @property
     def client(self) -> httpx.AsyncClient:
-        """An HTTP client calling the application in-process (no network), while it runs."""
-        if self._client is None:
+        """An HTTP client calling the application in-process (no network), while it runs: an
+        `httpx.AsyncClient`, made on first use (httpx is the `testing` extra)."""
+        if not self._running or self.app is None:
             raise FreedomError(
                 "TestBroker.client: the application runs only inside `async with TestBroker(app)`"
             )
+        if self._client is None:
+            _require_httpx("TestBroker.client")
+            from freedom.testing.asgi_client import async_client
+
+            self._client = async_client(self.app)
         return self._client
 
     async def start(self) -> None:
@@ -720,11 +752,10 @@ class TestBroker(KafkaBackend):
             raise FreedomError("TestBroker: no application (TestBroker(app))")
         self._configure(self.app)
         await self.app.start()
-        self._client = httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=cast(Any, self.app)), base_url="http://testserver"
-        )
+        self._running = True
 
     async def stop(self) -> None:
+        self._running = False
         client, self._client = self._client, None
         if client is not None:
             await client.aclose()
@@ -756,7 +787,7 @@ class TestBroker(KafkaBackend):
     def __exit__(self, *exc: Any) -> None:
         try:
             if self._blocking is not None:
-                self._blocking.client.close()
+                self._blocking._close_client()
                 self._blocking = None
             self._run(self.stop())
         finally:
@@ -777,27 +808,6 @@ class TestBroker(KafkaBackend):
         self._thread_loop = self._thread = None
 
 
-class _LoopTransport(httpx.BaseTransport):
-    """httpx's ASGI transport for synchronous code: each request runs on the broker's loop thread."""
-
-    def __init__(self, app: Any, loop: asyncio.AbstractEventLoop, timeout: float = 60.0) -> None:
-        self._asgi = httpx.ASGITransport(app=app)
-        self._loop = loop
-        self._timeout = timeout
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.read()
-
-        async def call() -> httpx.Response:
-            response = await self._asgi.handle_async_request(request)
-            content = await response.aread()
-            return httpx.Response(
-                response.status_code, headers=response.headers, content=content, request=request
-            )
-
-        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(self._timeout)
-
-
 class BlockingTestBroker:
     """What `with TestBroker(app)` gives: the same broker for synchronous tests. The application
     runs on a loop in a background thread; `settle` and `advance` block; `client` is an
@@ -807,9 +817,29 @@ class BlockingTestBroker:
         self.broker = broker
         self.app = broker.app
         self.loop = loop
-        self.client = httpx.Client(
-            transport=_LoopTransport(broker.app, loop), base_url="http://testserver"
-        )
+        self._client: httpx.Client | None = None
+        self._closed = False
+
+    @property
+    def client(self) -> httpx.Client:
+        """An `httpx.Client` calling the application in-process (each request on the broker's
+        loop thread), made on first use (httpx is the `testing` extra)."""
+        if self._closed:
+            raise FreedomError(
+                "TestBroker.client: the application runs only inside `with TestBroker(app)`"
+            )
+        if self._client is None:
+            _require_httpx("TestBroker.client")
+            from freedom.testing.asgi_client import blocking_client
+
+            self._client = blocking_client(self.app, self.loop)
+        return self._client
+
+    def _close_client(self) -> None:
+        self._closed = True
+        client, self._client = self._client, None
+        if client is not None:
+            client.close()
 
     def settle(self, timeout: float | None = None, *, advance: bool = True) -> None:
         self.broker._run(

@@ -27,7 +27,6 @@ import logging
 import os
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import (
     Any,
@@ -40,13 +39,12 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 
 from freedom.config.loading import (
-    AppConfig,
-    KafkaConfig,
     check_topic_overrides,
     find_config_dir,
     load_app_config,
     load_kafka_config,
 )
+from freedom.config.models import AppConfig, KafkaConfig
 from freedom.domain import Database, DomainEventInfra, UnitOfWork
 from freedom.domain import event_infra as domain_infra
 from freedom.errors import FreedomError
@@ -230,7 +228,9 @@ class Application:
             self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr
         )
         route_keys_with_slashes(
-            self.fastapi, self.event_routes, getattr(self.kafka_config, "proxy_secret", None)
+            self.fastapi,
+            self.event_routes,
+            self.kafka_config.consumer.shared_secret if self.kafka_config is not None else None,
         )
         observability.install(self)  # GET /metrics, /livez, /readyz; app.toml's log_format
         from freedom.console import install as install_console
@@ -244,9 +244,9 @@ class Application:
     @staticmethod
     def _following(config: KafkaConfig, listen_addr: str) -> KafkaConfig:
         """`config` with proxy_addr following `listen_addr` when kafka.toml does not set it."""
-        if config.proxy_addr_explicit:
+        if config.consumer.proxy_addr_explicit:
             return config
-        return replace(config, proxy_addr=proxy_addr_for(listen_addr))
+        return config.delivering_to(proxy_addr_for(listen_addr))
 
     def serve_on(self, listen_addr: str) -> None:
         """Record that the service is served on `listen_addr` (Application.run's host and port, after
@@ -261,7 +261,7 @@ class Application:
         leaving the listen address as it is. Before start()."""
         self.setup()
         if self.kafka_config is not None:
-            self._use_kafka_config(replace(self.kafka_config, proxy_addr=base_url))
+            self._use_kafka_config(self.kafka_config.delivering_to(base_url))
 
     def _use_kafka_config(self, config: KafkaConfig) -> None:
         """`config` for the Kafka side from now on (set up, not started yet)."""
@@ -275,27 +275,28 @@ class Application:
         cfg, listen = self.kafka_config, self.serving_addr or self.config.listen_addr
         if (
             cfg is None
-            or not cfg.consumer_open
+            or not cfg.consumer.open
             or not self.event_routes
-            or not cfg.proxy_addr_explicit
+            or not cfg.consumer.proxy_addr_explicit
         ):
             return
-        if proxy_addr_mismatch(cfg.proxy_addr, listen):
+        if proxy_addr_mismatch(cfg.consumer.proxy_addr, listen):
             file, key = self.config.listen_from
             source = f"{file}: {key}" if key else file
             log.warning(
                 "[consumer] proxy_addr = %s (%s) points at port %s of this machine, but the service "
                 "listens on %s (%s): deliveries go to that other port; remove proxy_addr to follow "
                 "the listen address, or ignore this if something there forwards to the service",
-                cfg.proxy_addr,
+                cfg.consumer.proxy_addr,
                 cfg.file,
-                port_of(cfg.proxy_addr),
+                port_of(cfg.consumer.proxy_addr),
                 listen,
                 source,
             )
 
     def install_domain_event_infra(self, infra: DomainEventInfra) -> None:
-        """Install the one infrastructure entities publish domain events through (SPEC §6)."""
+        """Install the one infrastructure entities publish domain events through
+        (docs/contract.md, "Domain events on the wire")."""
         domain_infra.install(self, infra)
 
     def install_database(self, database: Database) -> None:

@@ -14,8 +14,8 @@ What it lists:
 - per consumer client, the topics the proxy adds: `{retry_prefix}T` (a `send` by the proxy and a
   `receive` by `retry_group_id`, when `retry_count > 0`) and `{retry_fail_prefix}T` (a `send`);
 - a channel and a `send` operation per topic declared with `initiator.publishes(topic, Model)`;
-- the record headers of the wire contract (SPEC §3, headers.py) on each kind of topic, and the
-  HTTP headers of a delivery (components.schemas.DeliveryHeaders);
+- the record headers of the wire contract (docs/contract.md, "Header ownership"; headers.py) on
+  each kind of topic, and the HTTP headers of a delivery (components.schemas.DeliveryHeaders);
 - the Kafka servers of kafka.toml (one per cluster; the embedded broker when a client has none).
 
 Building it sets the application up (config, prepare hooks) and starts nothing.
@@ -23,18 +23,14 @@ Building it sets the application up (config, prepare hooks) and starts nothing.
 
 from __future__ import annotations
 
-import argparse
-import json
 import re
-import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi.routing import APIRoute
 from pydantic import TypeAdapter
 
-from freedom.config.loading import ConsumerClientConfig, KafkaConfig
-from freedom.errors import FreedomError
+from freedom.config.models import ConsumerClientConfig, KafkaConfig
 from freedom.kafka.consumer.delivery import EventRoute
 from freedom.observability.tracing import TRACEPARENT
 from freedom.wire.batch import STATUSES, BatchSettings
@@ -373,12 +369,12 @@ def _servers(config: KafkaConfig | None) -> dict[str, Any]:
     secure: dict[tuple[str, ...] | None, bool] = {}
     for c in config.producer_clients:
         clusters.setdefault(c.servers, []).append(f"producer client {c.name or '(default)'}")
-        secure[c.servers] = secure.get(c.servers, False) or _secure(c.settings)
+        secure[c.servers] = secure.get(c.servers, False) or _secure(c.librdkafka_settings)
     for cc in config.consumer_clients:
         clusters.setdefault(cc.servers, []).append(
             f"consumer groups {cc.group_id}, {cc.retry_group_id}"
         )
-        secure[cc.servers] = secure.get(cc.servers, False) or _secure(cc.settings)
+        secure[cc.servers] = secure.get(cc.servers, False) or _secure(cc.librdkafka_settings)
     out: dict[str, Any] = {}
     for i, (servers, users) in enumerate(clusters.items()):
         name = "kafka" if len(clusters) == 1 else f"kafka-{i + 1}"
@@ -441,8 +437,8 @@ def document(app: Application) -> dict[str, Any]:
     """The AsyncAPI 3.0 document of `app` (set up here if it was not)."""
     app.setup()
     config = app.kafka_config
-    consumers: tuple[ConsumerClientConfig, ...] = (
-        config.consumer_clients if config and config.consumer_open else ()
+    consumers: list[ConsumerClientConfig] = (
+        config.consumer_clients if config and config.consumer.open else []
     )
     ids = _Ids()
     listened = {topic: (event, _route(app, event)) for topic, event in app.event_routes.items()}
@@ -632,35 +628,3 @@ def document(app: Application) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- freedom asyncapi
-
-
-def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """The `asyncapi` subcommand of the `freedom` command."""
-    p = sub.add_parser(
-        "asyncapi",
-        help="write the AsyncAPI 3.0 document of module:app (its topics, payloads, headers)",
-    )
-    p.add_argument("app", help="the application, as module:attribute (e.g. example:app)")
-    p.add_argument(
-        "-o", "--output", metavar="FILE", help="write it to FILE (default: standard output)"
-    )
-    p.add_argument(
-        "--config",
-        help="the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)",
-    )
-
-
-def command(args: argparse.Namespace) -> None:
-    """Load the application (as `freedom run` does, starting nothing) and write its document."""
-    from freedom.cli.loader import load_application
-
-    app = load_application(args.app, args.config)
-    text = json.dumps(document(app), indent=2, ensure_ascii=False) + "\n"
-    if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8") as f:
-                f.write(text)
-        except OSError as exc:
-            raise FreedomError(f"-o {args.output}: cannot write it: {exc.strerror}") from None
-    else:
-        sys.stdout.write(text)

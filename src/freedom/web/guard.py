@@ -1,4 +1,5 @@
-"""Secure delivery: event routes accept only calls from the consumer proxy (SPEC §8).
+"""Secure delivery: event routes accept only calls from the consumer proxy (docs/contract.md, "The
+delivery secret").
 
 Event routes are ordinary HTTP routes, so anyone who can reach the service could forge an event.
 With a shared secret configured (`[consumer] secret_env = "FREEDOM_PROXY_SECRET"` or
@@ -15,9 +16,7 @@ routes are then open to anyone on the network.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
-import os
 import re
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING, Any
@@ -25,67 +24,21 @@ from typing import TYPE_CHECKING, Any
 from starlette.responses import JSONResponse
 from starlette.routing import compile_path, get_route_path  # type: ignore[attr-defined]  # Starlette's own import, not re-exported
 
+from freedom.runner.addresses import is_loopback
 from freedom.wire.encoding import printable
 from freedom.wire.headers import SECRET_HEADER
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from freedom.config.loading import KafkaConfig
+    from freedom.config.models import KafkaConfig
     from freedom.kafka.consumer.delivery import EventRoute
-    from freedom.kafka.settings import KeySource
 
 log = logging.getLogger("freedom.web.guard")
 
-MIN_SECRET_LENGTH = 16
 _SECRET_HEADER_RAW = SECRET_HEADER.encode()
 
 ASGIApp = Callable[..., Any]
-
-
-def read_secret(t: KeySource) -> str | None:
-    """The shared secret of `[consumer]`: from `secret_env` (an environment variable) or `secret`.
-
-    Errors name the key and, for `secret_env`, the variable, never the value.
-    """
-    secret: str | None = t.get("secret", str, None)
-    env = t.get("secret_env", str, None)
-    if secret is not None and env is not None:
-        raise t.error("secret", "is given twice (as secret and secret_env); keep secret_env")
-    key = "secret"
-    if env is not None:
-        key = "secret_env"
-        if not env:
-            raise t.error(
-                "secret_env", 'must name an environment variable, like "FREEDOM_PROXY_SECRET"'
-            )
-        secret = os.environ.get(env)
-        if not secret:
-            raise t.error("secret_env", f"the environment variable {env} is not set (or empty)")
-    if secret is None:
-        return None
-    if (
-        len(secret) < MIN_SECRET_LENGTH
-        or not secret.isascii()
-        or any(c in secret for c in "\r\n\0")
-    ):
-        raise t.error(
-            key,
-            f"the secret must be at least {MIN_SECRET_LENGTH} printable ASCII characters; "
-            "make one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'",
-        )
-    return secret
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and "localhost"."""
-    host = host.strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 #: Where DeliveryGuard leaves its verdict for the route-level check (:class:`RequireDelivery`).
@@ -176,7 +129,7 @@ def secure_event_routes(
     """Install the guard on the event routes when a secret is configured; warn when they are open."""
     if not routes:
         return
-    secret = getattr(kafka, "proxy_secret", None)
+    secret = kafka.consumer.shared_secret if kafka is not None else None
     if secret:
         api.add_middleware(
             DeliveryGuard, secret=secret, paths=sorted({r.path for r in routes.values()})

@@ -22,7 +22,7 @@ from starlette.requests import Request as _StarletteRequest
 from freedom.observability.tracing import TraceContext, extract_trace
 from freedom.wire.context import BUS_HEADER, Bus
 from freedom.wire.encoding import ENCODED_HEADER, KEY_HEADER, decode_headers, key_of
-from freedom.wire.headers import MESSAGE_KEY_HEADER
+from freedom.wire.headers import BODY_EXTENSION, MESSAGE_KEY_HEADER
 
 _ENCODED_RAW = ENCODED_HEADER.encode()
 _KEY_RAW = KEY_HEADER.encode()
@@ -118,10 +118,6 @@ class Utf8Headers(Headers):
             return [decode_header(v) for _, _, v in self._record]
         return [decode_header(v) for _, v in self._list]
 
-
-#: The ASGI scope extension through which in-process delivery (transports/asgi.py) hands over the
-#: whole body it is about to send through `receive`, so that reading it costs no streaming.
-BODY_EXTENSION = "freedom.body"
 
 _BUS_RAW = BUS_HEADER.encode()
 

@@ -1,4 +1,5 @@
-"""How a record's key and headers travel in an HTTP request, and back (SPEC §3, §9).
+"""How a record's key and headers travel in an HTTP request, and back (docs/contract.md,
+"Keys and header values HTTP cannot carry").
 
 Record keys and header values are bytes; HTTP cannot carry every byte. This leaf module holds
 the one rule, used by every transport (HTTP/1.1, h2c, in-process) to encode and by freedom's

@@ -1,4 +1,5 @@
-"""Every header name of freedom's wire contract, in one leaf module (SPEC §3, §5, §8, §9).
+"""Every header name of freedom's wire contract, in one leaf module
+(docs/contract.md, "Header ownership").
 
 The `x-freedom-` prefix belongs to freedom. Modules at every layer (the web layer, the consumer
 proxy, the retry logic, the transports) import the names from here, so none of them has to import
@@ -6,6 +7,10 @@ another layer just to spell a header.
 """
 
 from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
 
 # --------------------------------------------------------------------------- set by the publisher
 BUS_HEADER = "x-freedom-bus"  # JSON map propagated with the request (bus.py)
@@ -80,3 +85,67 @@ BATCH_HEADER = "x-freedom-batch"  # on a batch request: how many records its JSO
 # --------------------------------------------------------------------------- read from an answer (infra/kafka/backpressure.py)
 #: On a 429 or 503 answer: how long the endpoint asks the proxy to wait (seconds or an HTTP date).
 RETRY_AFTER_HEADER = "retry-after"
+
+#: The ASGI request extension by which in-process delivery hands the record's value to the
+#: application without an HTTP body stream (read by freedom's `Request`).
+BODY_EXTENSION = "freedom.body"
+
+
+# RFC 9110 token: what an HTTP header name may contain (record headers become HTTP headers).
+_HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+# Names the consumer proxy sets itself, or does not forward: a record header with one of them
+# would never reach the handler as given.
+_PROXY_HEADERS = {"x-message-key", "x-retry-count", "x-freedom-secret"}
+_HOP_BY_HOP = {
+    "content-length",
+    "transfer-encoding",
+    "host",
+    "connection",
+    "upgrade",
+    "keep-alive",
+    "te",
+    "trailer",
+    "http2-settings",
+    "proxy-connection",
+}
+
+
+def check_message_headers(headers: Any) -> dict[str, bytes]:
+    """The headers a user gives a message (`msg.set_headers`, a domain event's), checked and
+    lowered: names that are HTTP tokens and that the consumer proxy forwards, values str or bytes
+    without line breaks or NUL. A TypeError or ValueError names the header and the fix."""
+    if not isinstance(headers, Mapping):
+        raise TypeError(f"headers must be a mapping of str to str, got {type(headers).__name__}")
+    out: dict[str, bytes] = {}
+    for name, value in headers.items():
+        if not isinstance(name, str):
+            raise TypeError(f"header names must be str, got {type(name).__name__} ({name!r})")
+        if not _HEADER_NAME.match(name):
+            raise ValueError(
+                f"header name {name!r} is not a valid HTTP header name (the consumer proxy delivers headers "
+                "over HTTP): use ASCII letters, digits and - _ . ! # $ % & ' * + ^ ` | ~, no spaces"
+            )
+        if name.lower() in _PROXY_HEADERS:
+            raise ValueError(
+                f"header {name!r} is set by the consumer proxy when it delivers the record, "
+                "so the handler would never see this value: use another name"
+            )
+        if name.lower() in _HOP_BY_HOP:
+            raise ValueError(
+                f"header {name!r} is an HTTP connection header, which the consumer proxy does not "
+                "forward to the handler: use another name"
+            )
+        if isinstance(value, str):
+            raw = value.encode()
+        elif isinstance(value, (bytes, bytearray, memoryview)):
+            raw = bytes(value)
+        else:
+            raise TypeError(
+                f"header {name!r} must have a str or bytes value, got {type(value).__name__} ({value!r})"
+            )
+        if b"\r" in raw or b"\n" in raw or b"\0" in raw:
+            raise ValueError(
+                f"header {name!r} has a line break or NUL in its value, which HTTP does not allow"
+            )
+        out[name.lower()] = raw
+    return out

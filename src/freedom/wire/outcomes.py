@@ -12,8 +12,9 @@ these headers; the proxy reads the header first, then the status (2xx success, e
 
 Without the header, a status that can never succeed on a retry (:data:`DEAD_LETTER_STATUSES`,
 configurable per consumer client and per topic as `dead_letter_statuses`) sends the record to the
-dead-letter topic at once; a 422 (the body failed validation) is one. The first line of what the
-answer's body says (:func:`failure_detail`) goes with it into `x-freedom-error`.
+dead-letter topic at once; a 422 (the body failed validation) is one. What the answer's body says,
+folded into one line of at most 1 KiB (:func:`failure_detail`), goes with it into
+`x-freedom-error` when the answer gave no `x-freedom-reason`.
 """
 
 from __future__ import annotations

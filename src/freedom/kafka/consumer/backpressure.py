@@ -83,6 +83,17 @@ class Gate:
         self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
         self._limited = bool(rate_per_sec or max_concurrency)
 
+    @property
+    def in_call(self) -> int:
+        """Deliveries that entered and did not leave yet (counted only with max_concurrency);
+        read-only, for tests and diagnostics."""
+        return self._calls
+
+    @property
+    def waiting(self) -> int:
+        """Deliveries waiting for a concurrency place now; read-only, for tests and diagnostics."""
+        return len(self._waiters)
+
     def free(self) -> bool:
         """True when a delivery may start now without waiting or counting (the common case)."""
         return not self._limited and self._paused_until <= time.monotonic()

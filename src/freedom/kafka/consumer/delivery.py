@@ -17,10 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 from urllib.parse import quote
 
-from freedom.errors import FreedomError
 from freedom.kafka.consumer.backpressure import RETRY_AFTER_STATUSES, parse_retry_after
 from freedom.kafka.consumer.keys import event_id
 from freedom.wire.batch import BatchSettings
@@ -46,10 +45,11 @@ from freedom.wire.payloads import CONTENT_TYPE, DEFAULT_CONTENT_TYPE
 
 log = logging.getLogger("freedom.kafka.delivery")
 
-#: Record headers never forwarded to a delivery (SPEC §9), whatever topic the record came from:
-#: hop-by-hop headers and those that frame the request (they would corrupt it or change how the
-#: server reads it: `expect: 100-continue` makes it answer 100 first), and the proxy and client
-#: address headers (a server trusting them would take the record's word for the caller's address).
+#: Record headers never forwarded to a delivery (docs/contract.md, "Header ownership"), whatever
+#: topic the record came from: hop-by-hop headers and those that frame the request (they would
+#: corrupt it or change how the server reads it: `expect: 100-continue` makes it answer 100 first),
+#: and the proxy and client address headers (a server trusting them would take the record's word
+#: for the caller's address).
 NOT_FORWARDED = frozenset(
     {
         "connection",
@@ -166,7 +166,8 @@ class DeliveryResult:
     detail: str | None = None
     # True when the same delivery can never succeed however often it is tried (the record cannot
     # be encoded as a request, the handler refused the body as invalid, ...): the proxy then
-    # dead-letters it at once, whatever retry_count says (SPEC §9 "Every record settles").
+    # dead-letters it at once, whatever retry_count says (docs/contract.md, "Every record
+    # settles").
     permanent: bool = False
     #: Seconds a 429/503 answer's `Retry-After` asked to wait (backpressure.py), None without one.
     retry_after: float | None = None
@@ -333,25 +334,3 @@ class Transport(Protocol):
 
 
 INPROCESS = "inprocess"  # proxy_addr value selecting in-process delivery
-
-
-def make_transport(
-    proxy_addr: str,
-    *,
-    http2: bool = False,
-    secret: str | None = None,
-    app: Any = None,
-    ready: asyncio.Event | None = None,
-) -> Transport:
-    """The transport `proxy_addr` selects: `"inprocess"` calls `app` directly, else HTTP(S) to it."""
-    if proxy_addr == INPROCESS:
-        from freedom.kafka.transports.asgi import AsgiTransport
-
-        if app is None:
-            raise FreedomError(
-                'proxy_addr = "inprocess" needs the application to call (KafkaInfra.start(app=...))'
-            )
-        return AsgiTransport(app, secret=secret, ready=ready)
-    from freedom.kafka.transports.http import make_http_transport
-
-    return make_http_transport(proxy_addr, http2=http2, secret=secret)

@@ -57,22 +57,13 @@ from typing import Any
 import confluent_kafka
 from confluent_kafka import TopicPartition
 
+from freedom.config.librdkafka import CONSUMER_DEFAULTS
 from freedom.kafka.consumer.commits import OffsetTracker
 from freedom.kafka.consumer.delivery import EventRoute
 
 log = logging.getLogger("freedom.kafka.proxy")
 
 TP = tuple[str, int]
-
-CONSUMER_DEFAULTS: dict[str, Any] = {
-    "enable.auto.commit": False,
-    "enable.auto.offset.store": False,
-    "enable.partition.eof": False,
-    "session.timeout.ms": 30000,
-    "max.poll.interval.ms": 300000,
-    # librdkafka's prefetch queue (default 64 MB) counts towards the proxy's memory: keep it modest.
-    "queued.max.messages.kbytes": 16384,
-}
 
 
 #: A partition stops fetching when this many times its backlog bound of records are uncommitted

@@ -14,17 +14,14 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from freedom.errors import PublishError
 from freedom.observability import metrics, spans
 from freedom.observability.tracing import record_trace_id
-from freedom.wire.headers import EVENT_ID_HEADER
 
-if TYPE_CHECKING:  # at run time this module imports none of them: producer.py imports it
-    from freedom.config.loading import ConsumerClientConfig
+if TYPE_CHECKING:
+    from freedom.config.models import ConsumerClientConfig
     from freedom.kafka.consumer.delivery import DeliveryResult
     from freedom.kafka.consumer.group import GroupLoop, Handler, TopicPlan
-    from freedom.kafka.producer import Delivered, Msg, ProducerClient
-    from freedom.kafka.retry import Copy, Plan
+    from freedom.kafka.consumer.retry import Copy, Plan
 
 
 class ProxyObserver:
@@ -61,7 +58,7 @@ class ProxyObserver:
     def sending(self, topic: str, copy: Copy) -> Iterator[None]:
         """Around one produce of the proxy to a retry or dead-letter topic: its `send` span (whose
         context the copy carries), its duration and its count."""
-        from freedom.kafka.retry import ProduceRefused
+        from freedom.kafka.consumer.retry import ProduceRefused
 
         send = spans.send_span(topic, copy.key, copy.headers)
         if send is not None:
@@ -123,35 +120,3 @@ def _traced(handle: Handler, group_id: str) -> Handler:
         return finished
 
     return traced
-
-
-async def observed_publish(msg: Msg, client: ProducerClient) -> Delivered:
-    """Send `msg` through `client` and wait for the broker's answer (an awaited `msg.publish()`),
-    timed (messaging_client_operation_duration_seconds), in its `send` span when a tracer records
-    (the record then carries the span's context)."""
-    send = None
-    if spans.tracer() is not None:
-        send = spans.send_span(
-            msg.topic,
-            msg.key,
-            msg.headers,
-            parent=msg.runtime.trace.otel if msg.runtime is not None else None,
-            message_id=(msg.headers.get(EVENT_ID_HEADER) or b"").decode("utf-8", "replace") or None,
-        )
-        if send is not None:
-            msg.context_headers = {
-                **msg.context_headers,
-                **{k: v.encode() for k, v in send.headers().items()},
-            }
-    started = time.perf_counter()
-    try:
-        delivered = await client.produce_for_loop(msg, asyncio.get_running_loop())
-    except PublishError as exc:
-        metrics.observe_send(msg.topic, time.perf_counter() - started, type(exc).__name__)
-        if send is not None:
-            send.end(type(exc).__name__)
-        raise
-    metrics.observe_send(msg.topic, time.perf_counter() - started)
-    if send is not None:
-        send.end("", delivered.partition, delivered.offset)
-    return delivered

@@ -1,5 +1,6 @@
 """The consumer proxy of one `[[consumer_clients]]` entry: its main group, its retry group, and
-what happens to each record (SPEC §3, §4).
+what happens to each record (docs/contract.md: "The answer", "Retries and dead letters", "The
+commit rule").
 
 - The main group (`group_id`) reads every listened topic T; the retry group (`retry_group_id`,
   earliest offset when new, only when `retry_count > 0`) reads `{retry_prefix}T` and delivers a
@@ -13,7 +14,8 @@ what happens to each record (SPEC §3, §4).
   by the broker on its retry or dead-letter topic. A produce that failed for a fault of the moment
   is retried with backoff; the record stays uncommitted meanwhile. A produce refused for the
   record itself (too large, ...) is not retried: the record goes to the dead-letter topic instead,
-  as a smaller copy when it must (RetryRouter.copies), so that every record settles (SPEC §9).
+  as a smaller copy when it must (RetryRouter.copies), so that every record settles
+  (docs/contract.md, "Every record settles").
 
 - Backpressure (backpressure.py): every delivery of a topic passes its Gate (a Retry-After pause,
   `rate_limit_per_sec`, `max_concurrency`). A 429/503 answer with `Retry-After` pauses the topic
@@ -35,16 +37,17 @@ import logging
 import time
 from typing import Any
 
-from freedom.config.loading import ConsumerClientConfig
+from freedom.config.librdkafka import CONSUMER_DEFAULTS
+from freedom.config.models import ConsumerClientConfig
 from freedom.kafka.admin import ensure_topics
 from freedom.kafka.consumer.backpressure import Gate
 from freedom.kafka.consumer.batching import Batcher
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
-from freedom.kafka.consumer.group import CONSUMER_DEFAULTS, GroupLoop, TopicPlan, wait_event
+from freedom.kafka.consumer.group import GroupLoop, TopicPlan, wait_event
 from freedom.kafka.consumer.keys import record_key
 from freedom.kafka.consumer.keys import where as _where
 from freedom.kafka.consumer.observer import ProxyObserver
-from freedom.kafka.retry import (
+from freedom.kafka.consumer.retry import (
     Copy,
     Plan,
     ProduceRefused,

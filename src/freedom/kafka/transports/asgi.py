@@ -30,8 +30,13 @@ from freedom.kafka.consumer.delivery import (
     request_headers,
     result_of,
 )
-from freedom.web.runtime import BODY_EXTENSION
-from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
+from freedom.wire.headers import (
+    BODY_EXTENSION,
+    OUTCOME_HEADER,
+    REASON_HEADER,
+    RETRY_AFTER_HEADER,
+    SECRET_HEADER,
+)
 
 log = logging.getLogger("freedom.kafka.delivery")
 

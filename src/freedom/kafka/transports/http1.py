@@ -217,6 +217,12 @@ class Http1Transport:
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
         return await wait_until_listening(self.proxy_addr, deadline, stop)
 
+    @property
+    def idle_connections(self) -> int:
+        """Kept-alive connections waiting for the next delivery that the service has not closed;
+        read-only, for tests and diagnostics."""
+        return sum(1 for conn in self._idle if not conn.closed)
+
     def _request(
         self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
     ) -> bytes:

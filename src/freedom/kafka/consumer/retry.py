@@ -1,16 +1,17 @@
 """Retry and dead-letter routing: where a record that was not handled goes next, and why.
 
-SPEC §3: a record of topic T that fails goes to `{retry_prefix}T` with `x-retry-count` n + 1;
-the one that fails with `x-retry-count` = `retry_count` goes to `{retry_fail_prefix}T`, the
-dead-letter topic. Both keep the key, the value and the headers, and carry the reason headers
-(set at the first failure and kept, except the error, which is the last one). Producing waits
-for the broker's acknowledgement: only then may the original offset be committed.
+docs/contract.md, "Retries and dead letters": a record of topic T that fails goes to
+`{retry_prefix}T` with `x-retry-count` n + 1; the one that fails with `x-retry-count` =
+`retry_count` goes to `{retry_fail_prefix}T`, the dead-letter topic. Both keep the key, the value
+and the headers, and carry the reason headers (set at the first failure and kept, except the error,
+which is the last one). Producing waits for the broker's acknowledgement: only then may the original
+offset be committed.
 
-SPEC §9 "Every record settles": a failure that can never succeed as it is (DeliveryResult.permanent)
-goes to the dead-letter topic at once; so does a record its retry topic refuses as too large. A
-record too large even for the dead-letter topic goes there as a copy without its value (then
-without its key and own headers too): see :meth:`RetryRouter.copies`. Produce errors are
-permanent only when they are about the record itself (PERMANENT_PRODUCE_ERRORS); the rest
+docs/contract.md, "Every record settles": a failure that can never succeed as it is
+(DeliveryResult.permanent) goes to the dead-letter topic at once; so does a record its retry topic
+refuses as too large. A record too large even for the dead-letter topic goes there as a copy without
+its value (then without its key and own headers too): see :meth:`RetryRouter.copies`. Produce errors
+are permanent only when they are about the record itself (PERMANENT_PRODUCE_ERRORS); the rest
 (broker down, timeouts, authorization, unknown topic) are held and retried, never a loss.
 
 The reason headers are the proxy's own: on a record that arrives on a main topic they came from
@@ -30,10 +31,10 @@ from typing import Any, Literal
 
 import confluent_kafka
 
-from freedom.config.loading import ConsumerClientConfig
+from freedom.config.librdkafka import PRODUCER_DEFAULTS
+from freedom.config.models import ConsumerClientConfig
 from freedom.errors import PublishError
 from freedom.kafka.consumer.delivery import DeliveryResult
-from freedom.kafka.producer import PRODUCER_DEFAULTS
 from freedom.kafka.settings import connection_settings
 from freedom.wire.headers import (
     ERROR_HEADER,
@@ -51,7 +52,7 @@ from freedom.wire.headers import (
     VALUE_OMITTED_HEADER,
 )
 
-log = logging.getLogger("freedom.kafka.retry")
+log = logging.getLogger("freedom.kafka.consumer.retry")
 
 _REPLACED = (RETRY_COUNT_HEADER, ERROR_HEADER, STATUS_HEADER)
 #: Written only by the proxy: on a record from a main topic they came from outside (not trusted).
@@ -61,7 +62,8 @@ _MINIMAL_KEPT = frozenset((RETRY_COUNT_HEADER, *REASON_HEADERS))
 _MINIMAL_VALUE_BYTES = 256
 _ERROR_BYTES = 1000  # x-freedom-error is cut to this many bytes
 
-#: Produce errors about the record itself: trying the same record again can never succeed (SPEC §9).
+#: Produce errors about the record itself: trying the same record again can never succeed
+#: (docs/contract.md, "Every record settles").
 #: MSG_SIZE_TOO_LARGE: over the topic's max.message.bytes (broker) or message.max.bytes (librdkafka,
 #: locally); RECORD_LIST_TOO_LARGE: over the broker's segment size; INVALID_RECORD: the broker's
 #: validation refused it (e.g. no key on a compacted topic). Everything else is held and retried:

@@ -1,5 +1,6 @@
 """The `freedom status`, `freedom dlq list|show|replay` and `freedom offsets reset` subcommands:
-argument parsing and printing only; the work is done by the functions of :mod:`freedom.ops`.
+argument parsing and printing only; the work is done by the functions of :mod:`freedom.ops`
+(a library: this thin command line is its only user outside the console).
 
 A user mistake (unknown topic, a bad filter, a group in use) is one line on stderr and exit 2
 (raised as OpsError, printed by `freedom`'s main).
@@ -13,7 +14,8 @@ import json
 import sys
 from typing import Any
 
-from freedom.ops.target import OpsError, Target, load_target
+from freedom.cli.loader import load_application
+from freedom.ops.target import OpsError, Target, application_target, config_target
 
 COMMANDS = ("status", "dlq", "offsets")
 _CONFIG_HELP = "the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)"
@@ -123,6 +125,16 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 def _target(args: argparse.Namespace) -> Target:
     app = getattr(args, "app", None) or args.app_option
     return load_target(app, args.config)
+
+
+def load_target(app: str | None, config: str | None) -> Target:
+    """The consumer clients of `app` (module:attribute, loaded as `freedom run` does) or of the
+    config directory `config`."""
+    if not app:
+        return config_target(config)
+    loaded = load_application(app, config)
+    loaded.setup()
+    return application_target(loaded)
 
 
 def _filter(args: argparse.Namespace) -> Any:
