@@ -6,7 +6,8 @@
 #   bash scripts/postgres.sh install             # only install the server if missing
 #
 # `start` installs Debian's postgresql package when the machine has no server binaries (as root,
-# with apt-get), creates a new cluster under .cache/pg/ (trust auth, user and database "freedom"),
+# with apt-get, waiting up to 10 minutes for the dpkg lock another apt or dpkg holds), creates a
+# new cluster under .cache/pg/ (trust auth, user and database "freedom"),
 # and starts it on a free 127.0.0.1 port. Run as root, the server runs as the `postgres` user,
 # since PostgreSQL refuses to run as root. Each `start` makes its own cluster, so test sessions
 # running at the same time do not share one. A cluster whose owner process (OWNER_PID, by default
@@ -35,8 +36,8 @@ install_server() {
   fi
   echo "postgres.sh: installing PostgreSQL (apt-get install postgresql)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -q >&2
-  apt-get install -y -q --no-install-recommends postgresql >&2
+  apt-get -o DPkg::Lock::Timeout=600 update -q >&2
+  apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends postgresql >&2
 }
 
 as_server_user() {

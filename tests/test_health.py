@@ -1,17 +1,22 @@
 """GET /readyz and /livez over real HTTP, on Apache Kafka: not ready while the consumer group waits
-for its assignment (another member holds the rebalance), ready once it has it; not live while the
-consumer thread is stuck (blocked inside its round), live again once it goes on."""
+for its assignment (another member holds the rebalance), ready once it has it; not ready while a
+consumer-only service's broker is down, ready again once it is back; not live while the consumer
+thread is stuck (blocked inside its round), live again once it goes on."""
 
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+from collections.abc import Iterator
 
 import httpx
+import pytest
 from confluent_kafka import Consumer
 
-from freedom.observability import metrics
+from freedom.observability import health, metrics
 from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from tests.kafka.broker import ApacheKafka
 from tests.services.event_app import Journal, event_app
 
 
@@ -71,6 +76,75 @@ def test_readyz_is_503_until_the_group_has_its_assignment(apache_kafka, new_topi
             assert answer.json() == {"status": "ready"}
     finally:
         holder.close()
+
+
+@pytest.fixture
+def own_kafka() -> Iterator[ApacheKafka]:
+    """A broker of its own: this test stops it, which would disturb the others' session broker."""
+    kafka = ApacheKafka().start()
+    try:
+        yield kafka
+    finally:
+        kafka.close()
+
+
+@pytest.mark.serial
+def test_readyz_of_a_consumer_only_service_is_503_while_its_broker_is_down(
+    own_kafka, new_topic, tmp_path
+):
+    """No producer client (`[producer] open = false`): the consumer's own connections tell /readyz
+    that the cluster is gone, within the documented bound (the statistics interval + 10 s)."""
+    bootstrap = own_kafka.bootstrap
+    topic = new_topic(bootstrap)
+    group = f"g-down-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    kafka = kafka_config(
+        bootstrap,
+        port,
+        group_id=group,
+        retry_count=1,
+        retry_group_id=f"r-{group}",
+        settings={"session.timeout.ms": 6000},
+    )
+    kafka["producer"] = {"open": False}
+    del kafka["producer_clients"]
+    conf = write_config(tmp_path, app={"listen_addr": f"127.0.0.1:{port}"}, kafka=kafka)
+    bound = metrics.LAG_STATS_INTERVAL_MS / 1000 + health.CONSUMER_UNREACHABLE_SEC
+    assert bound == 15  # what docs/observability.md promises
+    with ServiceThread(event_app(conf, Journal(), topic)) as svc:
+        assert svc.app.kafka is not None and not svc.app.kafka.config.producer.open
+        wait_until(lambda: get(svc, "/readyz").status_code == 200, 30, what="/readyz 200")
+
+        own_kafka.kill()
+        down = time.monotonic()
+        groups = [group, f"r-{group}"]  # the main group and the retry group: each one's consumer
+
+        def unreachable() -> list[str] | None:
+            answer = get(svc, "/readyz")
+            problems: list[str] = answer.json().get("problems", [])
+            named = sorted(p.partition(":")[0] for p in problems)
+            if answer.status_code == 503 and named == [f"consumer group {g!r}" for g in groups]:
+                return problems
+            return None
+
+        problems = wait_until(
+            unreachable,
+            bound + 10,  # the bound, and room for a loaded machine
+            what="/readyz 503 for both groups while the broker is down",
+        )
+        # Not before the statistics showed no connection for CONSUMER_UNREACHABLE_SEC.
+        assert time.monotonic() - down >= health.CONSUMER_UNREACHABLE_SEC
+        assert all(
+            ": no broker of its cluster reachable (no connection up for " in p for p in problems
+        )
+        assert get(svc, "/livez").status_code == 200  # a restart would not bring the broker back
+
+        own_kafka.start()
+        wait_until(
+            lambda: get(svc, "/readyz").status_code == 200,
+            60,
+            what="/readyz 200 once the broker is back",
+        )
 
 
 def test_livez_is_503_while_the_consumer_thread_is_stuck(

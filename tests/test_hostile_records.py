@@ -163,11 +163,12 @@ def _expected_headers(
 
     def dropped(name: str) -> bool:
         n = name.lower()
+        folded = n.replace("_", "-")  # what a WSGI server makes of the name
         return wire.plain_name(name.encode()) and (
-            n in NOT_FORWARDED
-            or n in PROXY_SET
-            or n.startswith(NOT_FORWARDED_PREFIXES)
-            or (not from_retry and n in UNTRUSTED_ON_MAIN_TOPIC)
+            folded in NOT_FORWARDED
+            or folded in PROXY_SET
+            or folded.startswith(NOT_FORWARDED_PREFIXES)
+            or (folded in UNTRUSTED_ON_MAIN_TOPIC and (not from_retry or folded != n))
         )
 
     return _by_name(_expected([(k, v) for k, v in headers if not dropped(k)]))
@@ -177,6 +178,7 @@ _ADDED = {
     b"x-message-key",
     b"x-retry-count",
     b"x-freedom-key",
+    b"x-freedom-timeout-ms",
     b"content-length",
     b"host",
     b"accept",

@@ -79,15 +79,16 @@ def test_a_service_against_an_unreachable_cluster_says_so_in_a_few_lines(tmp_pat
     err = proc.stderr.decode(errors="replace").splitlines()
     assert proc.returncode == 2, err[-20:]
     assert err[-1].startswith("freedom: error: cannot reach Kafka at 127.0.0.1:"), err[-5:]
-    # The start-up check waits 15 s; librdkafka tries to connect about 20 times a second (~290
-    # raw lines before): now its first line, and the count before freedom's error.
+    # librdkafka tries to connect about 20 times a second (~290 raw lines in the 15 s the start-up
+    # check waited before it stopped waiting for refused connections, ~10 in its half second now):
+    # its first line, and the count before freedom's error.
     librdkafka = [line for line in err if "rdkafka#" in line]
     assert len(librdkafka) <= 4, "\n".join(librdkafka)
     assert all("freedom.kafka.librdkafka" in line for line in librdkafka), (
         librdkafka
     )  # not raw stderr
     counts = [int(m.group(1)) for line in librdkafka if (m := COUNT.search(line))]
-    assert counts and sum(counts) >= 20, librdkafka  # the repeats are counted, not lost
+    assert counts and sum(counts) >= 5, librdkafka  # the repeats are counted, not lost
 
 
 @pytest.fixture

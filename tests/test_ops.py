@@ -492,7 +492,7 @@ def test_user_mistakes_are_one_line_and_exit_2(apache_kafka, tmp_path):
     for call, message in [
         (
             lambda: config_target(str(embedded)),
-            "has no servers: the embedded broker lives inside",
+            "has no servers, and no embedded broker is running for",
         ),
         (lambda: config_target(str(tmp_path / "nowhere")), "no such directory"),
         (lambda: replay(target, None, rate=0), "--rate must be more than 0"),

@@ -343,7 +343,7 @@ def test_a_bad_embedded_bootstrap_variable_is_one_line_and_exit_2(tmp_path):
     assert proc.returncode == 2, proc
     errors = [line for line in proc.stderr.splitlines() if line.startswith("freedom: error:")]
     assert errors == [
-        "freedom: error: $FREEDOM_EMBEDDED_BOOTSTRAP: must be 127.0.0.1:PORT "
-        "(set by freedom run --reload), got '10.0.0.1:9092'"
+        "freedom: error: $FREEDOM_EMBEDDED_BOOTSTRAP: must be 127.0.0.1:PORT (the address "
+        "freedom broker prints, or set by freedom run --reload or --workers), got '10.0.0.1:9092'"
     ], proc.stderr
     assert "Traceback" not in proc.stderr

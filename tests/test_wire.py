@@ -29,7 +29,7 @@ from freedom.kafka.transports.http1 import Http1Transport
 from freedom.testing import free_port, wait_until
 from freedom.web.runtime import Request, Utf8Headers
 from freedom.wire import encoding as wire
-from freedom.wire.headers import REASON_HEADERS
+from freedom.wire.headers import CONTROL_HEADERS, REASON_HEADERS, REPLAY_HEADERS
 from tests.services.asgi_parts import read_body, serve_lifespan
 from tests.services.tools import require_module
 
@@ -192,6 +192,7 @@ HOSTILE_HEADERS: list[tuple[str, bytes | None]] = [
     ("X-Upper", b"U"),
     ("x-freedom-hex-41", b"reserved prefix"),
     ("x-freedom-hex-", b"reserved too"),
+    ("x_freedom_hex_41", b"reserved when _ is read as -"),
     ("x-huge", b"h" * 100_000),
 ]
 NEVER_FORWARDED = [
@@ -214,6 +215,20 @@ NEVER_FORWARDED = [
     ("x-retry-count", b"7"),
     ("x-freedom-key", b"Zm9yZ2Vk"),
     ("x-freedom-encoded", b"x-plain"),
+    # The same names spelled with `_`: a WSGI server reads `x_forwarded_for` as x-forwarded-for
+    # (HTTP_X_FORWARDED_FOR), so they are never forwarded either; nor is another spelling of a
+    # control header (freedom writes them with `-`), from any topic.
+    ("x_forwarded_for", b"6.6.6.6"),
+    ("X_Real_IP", b"6.6.6.6"),
+    ("proxy_authorization", b"Basic eA=="),
+    ("content_length", b"999"),
+    ("transfer_encoding", b"chunked"),
+    ("x_freedom_secret", b"forged"),
+    ("x_message_key", b"forged"),
+    ("x_retry_count", b"7"),
+    ("x_freedom_encoded", b"x-plain"),
+    ("x_freedom_original_topic", b"victim"),
+    ("x_freedom_replay_count", b"3"),
 ]
 
 
@@ -234,6 +249,7 @@ def _record_part(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
         b"content-length",
         b"host",
         b"x-freedom-secret",
+        b"x-freedom-timeout-ms",  # the deadline the proxy sends
         b"accept",
         b"accept-encoding",
         b"user-agent",  # what HTTP clients add
@@ -269,6 +285,22 @@ def test_reason_headers_are_forwarded_only_from_a_retry_topic():
     retry = request_headers(reasons, EventId("k", b"k", proxy_written=True), 1)
     assert not {k.decode() for k, _ in main} & set(REASON_HEADERS)
     assert {k.decode() for k, _ in retry} >= set(REASON_HEADERS)
+
+
+def test_control_headers_travel_only_from_topics_freedom_writes_or_on_a_checked_replay():
+    forged = [(h, b"evil") for h in CONTROL_HEADERS] + [("x-freedom-bus", b"{}"), ("x-a", b"1")]
+    main = request_headers(forged, EventId("k", b"k"), 0)
+    assert [k for k, _ in main][:2] == [b"x-freedom-bus", b"x-a"]
+    assert not {k.decode() for k, _ in main} & set(CONTROL_HEADERS)
+    written = request_headers(forged, EventId("k", b"k", proxy_written=True), 1)
+    assert {k.decode() for k, _ in written} >= set(CONTROL_HEADERS)
+    replay = EventId("k", b"k")
+    replay.verified_replay = True  # the proxy checked its replay headers (replays.py)
+    kept = {k.decode() for k, _ in request_headers(forged, replay, 0)} & set(CONTROL_HEADERS)
+    assert kept == set(REPLAY_HEADERS)
+    # A name in freedom's hex-name space once `_` is read as `-` travels hex-encoded, as that does.
+    assert not wire.plain_name(b"x_freedom_hex_41") and not wire.plain_name(b"X_FREEDOM_HEX_")
+    assert wire.plain_name(b"x_freedom_hexagon")
 
 
 def test_the_key_travels_in_the_path_and_in_x_freedom_key_when_the_id_is_not_the_key():

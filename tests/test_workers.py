@@ -404,3 +404,57 @@ def test_two_workers_share_one_embedded_broker_and_deliver_in_process(tmp_path):
     wait_until(
         lambda: not _alive(broker_pid), 30, what="the embedded broker stopped with the parent"
     )
+
+
+def test_two_workers_delivering_over_http_to_their_own_ports_do_not_warn_about_proxy_addr(
+    tmp_path,
+):
+    """kafka.toml's proxy_addr names the service's own listen address; with `--workers 2` each
+    worker's proxy delivers to a port of its own instead (on purpose): no worker warns that
+    proxy_addr points at a port the service does not listen on (issue 20, point 9b), and the
+    records are delivered."""
+    port = free_port()
+    config = write_config(
+        tmp_path / "conf",
+        app={"listen_addr": f"127.0.0.1:{port}", "log_level": "INFO"},
+        kafka=kafka_config(
+            None,  # the embedded broker, started once by the parent
+            port,  # proxy_addr = "http://127.0.0.1:<port>": the service itself
+            group_id=f"w-{uuid.uuid4().hex[:8]}",
+            mode="concurrent",
+            initial_offset="earliest",
+        ),
+    )
+    records, log = tmp_path / "records.jsonl", tmp_path / "service.log"
+    topic = "event-workers-own-port"
+    env = {**os.environ, "RECORD_FILE": str(records), "EVENT_TOPIC": topic, "MAX_LATENCY_MS": "20"}
+    proc = _run_workers(config, env, log)
+    try:
+        found = wait_until(
+            lambda: re.search(r"embedded Kafka broker at (\S+) \(pid \d+\)", log.read_text()),
+            90,
+            what=f"the shared embedded broker (log: {log})",
+        )
+        wait_until(
+            lambda: log.read_text().count("serving HTTP on") == 2,
+            90,
+            what=f"both workers serving (log: {log})",
+        )
+        assert log.read_text().count("consumer proxy delivers to its own port") == 2
+        bootstrap = found.group(1)
+        parts = partitions_of(bootstrap, topic)
+        keys = [f"P{i:02d}" for i in range(8)]
+        produce(
+            bootstrap,
+            topic,
+            [
+                {"key": k.encode(), "value": b"v", "partition": i % parts}
+                for i, k in enumerate(keys)
+            ],
+        )
+        wait_until(lambda: set(_ended(records)) >= set(keys), 60, what=f"the records (log: {log})")
+    finally:
+        code = _stop(proc)
+    assert code == 0, f"SIGTERM should stop every worker cleanly (log: {log})"
+    text = log.read_text()
+    assert "proxy_addr" not in text and "points at port" not in text, text

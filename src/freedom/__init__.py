@@ -32,6 +32,7 @@ from freedom.kafka.producer import (
     RecordTooLargeError,
 )
 from freedom.kafka.settings import setting_config
+from freedom.observability import log_text as _log_text
 from freedom.web.application import Application, StartupError
 from freedom.web.initiator import Initiator, prepare
 from freedom.web.runtime import Request, Runtime, RuntimeDep
@@ -39,6 +40,10 @@ from freedom.web.runtime import get_runtime as get_runtime  # importable; not in
 from freedom.wire.batch import Batch, BatchRecord, BatchSettings
 from freedom.wire.context import Bus
 from freedom.wire.outcomes import DeadLetter, Drop, Outcome, Retry
+
+# Control and bidirectional characters in the arguments of freedom's log lines are escaped
+# (docs/observability.md): every `freedom.*` import runs this package's __init__ first.
+_log_text.escape_log_arguments()
 
 __all__ = [
     # application and routing

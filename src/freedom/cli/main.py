@@ -130,10 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     from freedom.standalone.proxy import command as proxy_command
 
     add_proxy_parser(sub)  # freedom proxy: the consumer proxy alone (docs/standalone-proxy.md)
+    from freedom.cli.broker import add_parser as add_broker_parser
+    from freedom.cli.broker import command as broker_command
+
+    add_broker_parser(sub)  # freedom broker: the embedded broker alone (README.md)
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    from freedom.observability.log_text import TextFormatter, escape_lines
+
+    handler = logging.StreamHandler()
+    handler.setFormatter(TextFormatter(LOG_FORMAT))  # control characters escaped
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per delivery is noise
     try:
+        from freedom.cli.loader import check_config_option
+
+        check_config_option(getattr(args, "config", None))  # every command's --config
         if args.command == "run":
             return _run(args, run)
         if args.command == "config":
@@ -144,8 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_ops(args)
         if args.command == "proxy":
             return proxy_command(args)
+        if args.command == "broker":
+            return broker_command(args)
     except FreedomError as exc:
-        print(f"freedom: error: {exc}", file=sys.stderr)
+        print(escape_lines(f"freedom: error: {exc}"), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -1,69 +1,35 @@
-"""The `freedom status`, `freedom dlq list|show|replay` and `freedom offsets reset` subcommands:
+"""The `freedom status`, `freedom dlq list|show|replay|purge` and `freedom offsets reset` subcommands:
 argument parsing and printing only; the work is done by the functions of :mod:`freedom.ops`
 (a library: this thin command line is its only user outside the console).
 
 A user mistake (unknown topic, a bad filter, a group in use) is one line on stderr and exit 2
 (raised as OpsError, printed by `freedom`'s main).
+
+Everything printed follows the rule of :func:`freedom.wire.encoding.printable` (docs/operations.md,
+"Control and bidirectional characters"): each text read from a record or reported by a broker
+goes through `printable`, every output line through `escape_controls`, and `--json` is written by
+`printable_json`, so no control or bidirectional character reaches the terminal raw.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
-from typing import Any
 
-from freedom.cli.loader import load_application
-from freedom.ops.target import OpsError, Target, application_target, config_target
+from freedom.cli.ops_common import common as _common
+from freedom.cli.ops_common import filter_of as _filter
+from freedom.cli.ops_common import filters as _filters
+from freedom.cli.ops_common import print_json as _json
+from freedom.cli.ops_common import print_lines as _print
+from freedom.cli.ops_common import table as _table
+from freedom.cli.ops_common import target as _target
+from freedom.cli.purge import add_parser as add_purge_parser
+from freedom.cli.purge import command as purge_command
+from freedom.ops.target import OpsError
+from freedom.wire.encoding import printable
 
 COMMANDS = ("status", "dlq", "offsets")
-_CONFIG_HELP = "the config directory (default: $FREEDOM_PROJECT_CONFIG, ./conf, ./server/conf)"
-
-
-def _common(p: argparse.ArgumentParser, *, positional_app: bool = False) -> None:
-    if positional_app:
-        p.add_argument(
-            "app",
-            nargs="?",
-            help="the application, as module:attribute (optional: its listened topics)",
-        )
-    p.add_argument(
-        "--app",
-        dest="app_option",
-        metavar="MODULE:APP",
-        help="load the application (its topics, its setting_config hooks) instead of only its config",
-    )
-    p.add_argument("--config", "--conf", dest="config", metavar="DIR", help=_CONFIG_HELP)
-    p.add_argument("--json", action="store_true", help="print JSON for scripts")
-
-
-def _filters(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "topic",
-        nargs="?",
-        help="a dead-letter topic (or the main topic whose dead letters); default: all",
-    )
-    p.add_argument("--key", help="only the record with this key")
-    p.add_argument(
-        "--since",
-        metavar="TIME",
-        help="only those dead-lettered at or after TIME (ISO 8601, UTC by default)",
-    )
-    p.add_argument("--until", metavar="TIME", help="only those dead-lettered before TIME")
-    p.add_argument(
-        "--grep",
-        metavar="TEXT",
-        help="only those whose error contains TEXT (any case), or whose status is TEXT",
-    )
-    p.add_argument(
-        "--partition", type=int, metavar="N", help="only partition N of the dead-letter topic"
-    )
-    p.add_argument(
-        "--offsets",
-        metavar="A-B",
-        help="only offsets A to B (both included; A-, -B, N) of the dead-letter topic",
-    )
 
 
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -74,7 +40,8 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _common(st, positional_app=True)
 
     dlq = sub.add_parser(
-        "dlq", help="dead letters: list (by error), show (records), replay (back to their topics)"
+        "dlq",
+        help="dead letters: list (by error), show (records), replay (back to their topics), purge",
     )
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
     ls = dsub.add_parser("list", help="dead letters grouped by error class, with counts and times")
@@ -100,6 +67,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="park (do not replay) a record replayed N times already (default 3)",
     )
     _common(rp)
+    add_purge_parser(dsub)
 
     off = sub.add_parser("offsets", help="consumer group offsets")
     osub = off.add_subparsers(dest="offsets_command", required=True)
@@ -119,67 +87,6 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     _common(reset)
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def _target(args: argparse.Namespace) -> Target:
-    app = getattr(args, "app", None) or args.app_option
-    return load_target(app, args.config)
-
-
-def load_target(app: str | None, config: str | None) -> Target:
-    """The consumer clients of `app` (module:attribute, loaded as `freedom run` does) or of the
-    config directory `config`."""
-    if not app:
-        return config_target(config)
-    loaded = load_application(app, config)
-    loaded.setup()
-    return application_target(loaded)
-
-
-def _filter(args: argparse.Namespace) -> Any:
-    from freedom.ops.dlq import Filter, parse_offsets, parse_time
-
-    return Filter(
-        key=args.key,
-        since=parse_time(args.since, "--since") if args.since else None,
-        until=parse_time(args.until, "--until") if args.until else None,
-        grep=args.grep or None,
-        partition=args.partition,
-        offsets=parse_offsets(args.offsets) if args.offsets else None,
-    )
-
-
-def _json(value: Any) -> None:
-    def plain(v: Any) -> Any:
-        if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return dataclasses.asdict(v)
-        return str(v)
-
-    print(
-        json.dumps(
-            dataclasses.asdict(value)
-            if dataclasses.is_dataclass(value) and not isinstance(value, type)
-            else value,
-            default=plain,
-            indent=2,
-            ensure_ascii=False,
-        )
-    )
-
-
-def _table(rows: list[list[str]], indent: str = "    ") -> list[str]:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return [
-        indent
-        + "  ".join(
-            c.ljust(w) if i == 0 else c.rjust(w) if i < 5 else c
-            for i, (c, w) in enumerate(zip(r, widths))
-        ).rstrip()
-        for r in rows
-    ]
-
-
 # ----------------------------------------------------------------------------- commands
 
 
@@ -197,11 +104,16 @@ def _status(args: argparse.Namespace) -> int:
         )
         for g in c.groups:
             n = len(g.members)
-            who = "; ".join(f"{m.client_id} on {m.host.lstrip('/')}" for m in g.members)
+            who = "; ".join(
+                f"{printable(m.client_id) or '?'} on {printable(m.host.lstrip('/')) or '?'}"
+                for m in g.members
+            )
             out.append(
-                f"  group {g.group} ({g.kind}, {g.state}, {n} member{'' if n == 1 else 's'}"
+                f"  group {printable(g.group)} ({g.kind}, {printable(g.state)}, {n} member{'' if n == 1 else 's'}"
                 f"{': ' + who if who else ''}), lag {g.lag}"
             )
+            if g.note:
+                out.append(f"    note: {g.note}")
             if g.partitions:
                 rows = [["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", ""]]
                 for p in g.partitions:
@@ -230,7 +142,7 @@ def _status(args: argparse.Namespace) -> int:
                 or "none"
             )
         )
-    print("\n".join(out))
+    _print(out)
     return 0
 
 
@@ -243,7 +155,10 @@ def _dlq_list(args: argparse.Namespace) -> int:
         return 0
     out = []
     for t in topics:
-        out.append(f"{t.topic}: {t.records} dead letter{'' if t.records == 1 else 's'}")
+        out.append(
+            f"{t.topic}: {t.records} dead letter{'' if t.records == 1 else 's'}"
+            + (f" ({t.purged} purged: not listed)" if t.purged else "")
+        )
         if t.classes:
             rows = [["COUNT", "STATUS", "ORIGINAL TOPIC", "FIRST", "LAST", "ERROR"]]
             for c in t.classes:
@@ -251,15 +166,15 @@ def _dlq_list(args: argparse.Namespace) -> int:
                     [
                         str(c.count),
                         "-" if c.status is None else str(c.status),
-                        c.original_topic or "-",
+                        printable(c.original_topic) if c.original_topic else "-",
                         c.first or "-",
                         c.last or "-",
-                        c.error_class,
+                        printable(c.error_class),
                     ]
                 )
             widths = [max(len(r[i]) for r in rows) for i in range(6)]
             out += ["  " + "  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
-    print("\n".join(out) if out else "no dead-letter topics")
+    _print(out or ["no dead-letter topics"])
     return 0
 
 
@@ -277,13 +192,15 @@ def _dlq_show(args: argparse.Namespace) -> int:
             f"dead-lettered {d.timestamp or '-'}"
         )
         out.append(
-            f"  from {d.original_topic or '?'}[{'?' if d.original_partition is None else d.original_partition}]"
+            f"  from {printable(d.original_topic) if d.original_topic else '?'}"
+            f"[{'?' if d.original_partition is None else d.original_partition}]"
             f"@{'?' if d.original_offset is None else d.original_offset}, first failure "
-            f"{d.first_failure_time or '-'}, retries {d.retry_count if d.retry_count is not None else '-'}, "
+            f"{printable(d.first_failure_time) if d.first_failure_time else '-'}, retries {d.retry_count if d.retry_count is not None else '-'}, "
             f"replays {d.replay_count}, trace {d.trace_id or '-'}"
         )
         out.append(
-            f"  error: {d.error or '-'}" + (f" (status {d.status})" if d.status is not None else "")
+            f"  error: {printable(d.error) if d.error else '-'}"
+            + (f" (status {d.status})" if d.status is not None else "")
         )
         for k, v in d.headers:
             out.append(f"  header {k}: {v}")
@@ -294,7 +211,7 @@ def _dlq_show(args: argparse.Namespace) -> int:
             f"  value: {d.value_preview}{more}"
             + (" [value left out of the copy]" if d.value_omitted else "")
         )
-    print("\n".join(out) if out else "no dead letters match")
+    _print(out or ["no dead letters match"])
     return 0
 
 
@@ -340,12 +257,13 @@ def _dlq_replay(args: argparse.Namespace) -> int:
         out.append(
             f"{t.topic} (job {t.job}): {verb} {t.moved}{' (' + to + ')' if to else ''}, "
             f"parked {t.parked_count}, not matching {t.skipped}"
+            + (f", already purged {t.purged}" if t.purged else "")
         )
         if report.dry_run:
             for m in t.moves[:50]:
                 out.append(
-                    f"  would move {t.topic}[{m.partition}]@{m.offset} key {m.key} -> {m.to_topic} "
-                    f"(replay {m.replay_count}; {m.error_class})"
+                    f"  would move {t.topic}[{m.partition}]@{m.offset} key {m.key} -> "
+                    f"{printable(m.to_topic)} (replay {m.replay_count}; {printable(m.error_class)})"
                 )
             if t.moved > 50:
                 out.append(f"  ... and {t.moved - 50} more")
@@ -355,8 +273,10 @@ def _dlq_replay(args: argparse.Namespace) -> int:
             out.append(f"  ... and {t.parked_count - 50} more parked")
     if not report.topics:
         out.append("no dead-letter topics")
+    if report.note:
+        out.append(f"note: {report.note}")
     out.append(f"audit: {audit_line(report)}")
-    print("\n".join(out))
+    _print(out)
     return 0
 
 
@@ -377,13 +297,12 @@ def _offsets_reset(args: argparse.Namespace) -> int:
         for c in result.changes
     ]
     out += _table(rows, "  ")
-    if result.dry_run and result.members:
-        out.append(
-            f"note: the group has {len(result.members)} live member(s): the reset itself would be refused "
-            "until the service is stopped"
-        )
+    if result.dry_run and result.refusal:
+        out.append(f"note: the reset itself would be refused: {result.refusal}")
+    elif result.dry_run:
+        out.append("note: the group has no live member: the reset itself would be applied")
     out.append(f"audit: {audit_line(result)}")
-    print("\n".join(out))
+    _print(out)
     return 0
 
 
@@ -392,5 +311,10 @@ def run(args: argparse.Namespace) -> int:
     if args.command == "status":
         return _status(args)
     if args.command == "dlq":
-        return {"list": _dlq_list, "show": _dlq_show, "replay": _dlq_replay}[args.dlq_command](args)
+        return {
+            "list": _dlq_list,
+            "show": _dlq_show,
+            "replay": _dlq_replay,
+            "purge": purge_command,
+        }[args.dlq_command](args)
     return _offsets_reset(args)

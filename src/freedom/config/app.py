@@ -65,6 +65,16 @@ class AppConfig(ConfigModel):
             "topic, partition, offset and outcome on the consumer proxy's lines: docs/observability.md)."
         ),
     )
+    error_detail: bool = Field(
+        default=True,
+        description=(
+            "When an event handler raises, its route answers 500 naming the exception's type and "
+            "message (`ValueError: amount must be positive`), which the consumer proxy writes into "
+            "`x-freedom-error` of the retry and dead-letter records and into its log lines. `false`: "
+            "the type alone (`ValueError`), for services whose exception messages may hold personal "
+            "data; the traceback the service logs still has the message (docs/consumer-proxy.md)."
+        ),
+    )
     liveness_timeout_sec: float = Field(
         default=60.0,
         description=(
@@ -85,6 +95,15 @@ class AppConfig(ConfigModel):
     console_path: str = Field(
         default="/_freedom/console",
         description=('Where the web console is served, a path like "/_freedom/console".'),
+    )
+    console_token_label: str = Field(
+        default="console",
+        description=(
+            "Who the console token stands for, in the audit line of a replay started from the web "
+            'console (`dlq replay by console token "<label>" ...`), where the commands name the '
+            'login name: a team or a person, e.g. "oncall-payments" (1 to 64 printable characters, '
+            "no spaces around)."
+        ),
     )
     #: Where listen_addr came from, for the error when it cannot be bound (set by the loader).
     _listen_from: tuple[str, str | None] = PrivateAttr(("app.toml", "listen_addr"))
@@ -110,6 +129,12 @@ class AppConfig(ConfigModel):
                     "without spaces around; make one with: "
                     "python -c 'import secrets; print(secrets.token_urlsafe(32))'",
                 )
+        label = self.console_token_label
+        if not 1 <= len(label) <= 64 or not label.isprintable() or label != label.strip():
+            raise Problem(
+                "console_token_label",
+                f"must be 1 to 64 printable characters without spaces around, got {label!r}",
+            )
         self.listen_addr = check_listen_addr(self.listen_addr, lambda p: Problem("listen_addr", p))
         if self.log_format not in LOG_FORMATS:
             raise Problem(

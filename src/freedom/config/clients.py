@@ -23,6 +23,7 @@ from freedom.config.librdkafka import (
 )
 from freedom.config.rules import (
     BACKPRESSURE_MAX,
+    DELIVERY_TIMEOUT,
     HEAD_OF_LINE,
     MAX_CONCURRENCY,
     RATE_LIMIT,
@@ -32,6 +33,7 @@ from freedom.config.rules import (
     check_consume,
     check_prefix,
     check_pressure,
+    check_retry_count,
     inherited,
     is_port,
     seconds,
@@ -220,6 +222,9 @@ class TopicConsumeConfig(ConfigModel):
 
     mode: str = inherited("sequential", "As the client's `mode`, for this topic.")
     max_in_flight: int = inherited(500, "As the client's `max_in_flight`, for this topic.")
+    delivery_timeout_sec: float = inherited(
+        30.0, "As the client's `delivery_timeout_sec`, for this topic."
+    )
     dead_letter_statuses: frozenset[int] = inherited(
         frozenset(DEAD_LETTER_STATUSES),
         "As the client's `dead_letter_statuses`, for this topic (replaces the client's list).",
@@ -276,7 +281,9 @@ class ConsumerClientConfig(ClientConfig):
     retry_count: int = Field(
         default=0,
         description=(
-            "Retries of a record whose delivery fails (0: none; the record goes to the dead-letter topic)."
+            "Retries through the retry topic of a record whose delivery fails, at most 100; then "
+            "the record goes to the dead-letter topic. 0: no retry topic; a failed record is "
+            "delivered again in place with backoff, holding its partition."
         ),
     )
     retry_group_id: str = Field(
@@ -301,8 +308,10 @@ class ConsumerClientConfig(ClientConfig):
         ),
     )
     max_in_flight: int = Field(
-        default=500, description="Records of one topic delivered at once (concurrent, key-ordered)."
+        default=500,
+        description="Records of one topic delivered at once (concurrent, key-ordered); at most 100000.",
     )
+    delivery_timeout_sec: float = Field(default=30.0, description=DELIVERY_TIMEOUT)
     drain_timeout_sec: float = Field(
         default=10.0,
         description=("At a rebalance or stop: how long in-flight deliveries may finish."),
@@ -322,9 +331,10 @@ class ConsumerClientConfig(ClientConfig):
     topics: dict[str, TopicConsumeConfig] = Field(
         default_factory=dict,
         description=(
-            '`[consumer_clients.topics."T"]`: `mode`, `max_in_flight`, `dead_letter_statuses`, '
-            "`rate_limit_per_sec`, `max_concurrency`, `retry_after_max_sec`, `backpressure_max_sec` and "
-            "`head_of_line_timeout_sec` of topic T (a topic some event listens to)."
+            '`[consumer_clients.topics."T"]`: `mode`, `max_in_flight`, `delivery_timeout_sec`, '
+            "`dead_letter_statuses`, `rate_limit_per_sec`, `max_concurrency`, `retry_after_max_sec`, "
+            "`backpressure_max_sec` and `head_of_line_timeout_sec` of topic T (a topic some event "
+            "listens to)."
         ),
     )
 
@@ -355,8 +365,7 @@ class ConsumerClientConfig(ClientConfig):
             raise Problem("retry_fail_prefix", "must differ from retry_prefix")
         if not self.group_id:
             raise Problem("group_id", "must not be empty")
-        if self.retry_count < 0:
-            raise Problem("retry_count", "must be 0 (no retries) or more")
+        check_retry_count(self.retry_count)
         if self.initial_offset not in ("latest", "earliest"):
             raise Problem(
                 "initial_offset", f'must be "latest" or "earliest", got "{self.initial_offset}"'

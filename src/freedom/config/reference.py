@@ -62,8 +62,10 @@ freedom: error: environment FREEDOM_KAFKA__CONSUMER_CLIENTS__0__RETRY_COUNT: mus
 
 Besides types, start-up checks: the files are UTF-8 TOML; every `*_sec` duration is a finite
 number (no `inf`/`nan`) of at most 2147483 s (~24.8 days, librdkafka's 32-bit milliseconds);
-`delivery_timeout_sec` is at least 0.001; ports are 1–65535 (`servers`, `proxy_addr`,
-`listen_addr`); retry and dead-letter prefixes hold only characters topic names allow; a
+a producer client's `delivery_timeout_sec` is at least 0.001, a consumer client's (and a
+subscription's `timeout_sec`) at most 3600; `retry_count` is at most 100 and `max_in_flight` at
+most 100000; ports are 1–65535 (`servers`, `proxy_addr`, `listen_addr`); retry and dead-letter
+prefixes hold only characters topic names allow; a
 `[consumer_clients.topics."T"]` table names a topic some event listens to; each `settings`
 property is one librdkafka knows, with a value it takes (see [Refused `settings`](#refused-settings));
 `listen_addr` (or `--listen`) can be bound, before Kafka starts; and every configured cluster

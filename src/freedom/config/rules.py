@@ -30,6 +30,19 @@ SECRET_FIELDS = frozenset({"secret", "sasl_password", "ssl_key_password", "conso
 #: The highest rate_limit_per_sec accepted (a delivery per microsecond).
 MAX_RATE_PER_SEC = 1_000_000
 
+#: The longest `delivery_timeout_sec` (and a subscription's `timeout_sec`): one hour. A delivery is
+#: one HTTP request; a handler that needs longer should hand the work on and answer at once.
+MAX_DELIVERY_TIMEOUT_SEC = 3600
+
+#: The most retries `retry_count` may ask for: each waits `retry_interval_sec` on the retry topic
+#: (45 s by default: 100 retries are over an hour); a record that fails that often goes to the
+#: dead-letter topic.
+MAX_RETRY_COUNT = 100
+
+#: The highest `max_in_flight`: each record in flight is a task and, over HTTP/1.1, a connection
+#: (an open file) to the service; the fetched records waiting to start are bounded by it too.
+MAX_IN_FLIGHT = 100_000
+
 
 class Problem(ValueError):
     """A value a check refuses: `key` (a path below the model that raised it) and what is wrong."""
@@ -133,6 +146,36 @@ def check_consume(mode: str | None, bound: int | None) -> None:
         )
     if bound is not None and bound < 1:
         raise Problem("max_in_flight", f"must be 1 or more, got {bound}")
+    if bound is not None and bound > MAX_IN_FLIGHT:
+        raise Problem(
+            "max_in_flight",
+            f"must be at most {MAX_IN_FLIGHT} (each record in flight holds a connection to the "
+            f"service), got {bound}",
+        )
+
+
+def check_retry_count(count: int | None) -> None:
+    """A `retry_count` (None: not given): 0 to :data:`MAX_RETRY_COUNT`."""
+    if count is not None and count < 0:
+        raise Problem("retry_count", "must be 0 (no retries) or more")
+    if count is not None and count > MAX_RETRY_COUNT:
+        raise Problem(
+            "retry_count",
+            f"must be at most {MAX_RETRY_COUNT} (each retry waits retry_interval_sec), got {count}",
+        )
+
+
+def delivery_timeout(name: str, value: float) -> float:
+    """A delivery timeout (`delivery_timeout_sec`, a subscription's `timeout_sec`) as float
+    seconds: finite, greater than 0, at most :data:`MAX_DELIVERY_TIMEOUT_SEC`."""
+    value = seconds(name, value)
+    if value > MAX_DELIVERY_TIMEOUT_SEC:
+        raise Problem(
+            name,
+            f"must be at most {MAX_DELIVERY_TIMEOUT_SEC} seconds (one hour; a handler that needs "
+            f"longer should hand the work on and answer at once), got {value:g}",
+        )
+    return value
 
 
 def check_prefix(name: str, prefix: str) -> None:
@@ -147,8 +190,8 @@ def check_prefix(name: str, prefix: str) -> None:
 
 
 def check_pressure(m: Any) -> None:
-    """The backpressure and head-of-line keys of a consumer client, a topic table or a subscription
-    (those it has; None: not given), durations made float seconds."""
+    """The backpressure, delivery timeout and head-of-line keys of a consumer client, a topic table
+    or a subscription (those it has; None: not given), durations made float seconds."""
     rate = getattr(m, "rate_limit_per_sec", None)
     if rate is not None and (not math.isfinite(rate) or not 0 < rate <= MAX_RATE_PER_SEC):
         raise Problem(
@@ -159,12 +202,20 @@ def check_pressure(m: Any) -> None:
     bound = getattr(m, "max_concurrency", None)
     if bound is not None and bound < 1:
         raise Problem("max_concurrency", f"must be 1 or more, got {bound}")
+    timeout = getattr(m, "delivery_timeout_sec", None)
+    if timeout is not None:
+        m.delivery_timeout_sec = delivery_timeout("delivery_timeout_sec", timeout)
     for name in ("retry_after_max_sec", "backpressure_max_sec", "head_of_line_timeout_sec"):
         value = getattr(m, name, None)
         if value is not None:
             setattr(m, name, seconds(name, value, zero_ok=name == "backpressure_max_sec"))
 
 
+DELIVERY_TIMEOUT = (
+    "How long one delivery may take: the handler's deadline, sent as `x-freedom-timeout-ms`; "
+    "freedom's event routes cancel the handler then and answer 504, and the proxy counts a "
+    "delivery without an answer 1 s later as failed (docs/consumer-proxy.md#timeouts). At most 3600."
+)
 RATE_LIMIT = (
     "At most this many deliveries of the topic start per second, evenly spaced, per process "
     "(docs/consumer-proxy.md#backpressure). Not given: no limit."

@@ -16,6 +16,8 @@ from freedom.config.rules import (
     Problem,
     check_consume,
     check_pressure,
+    check_retry_count,
+    delivery_timeout,
     seconds,
     statuses,
 )
@@ -90,8 +92,13 @@ class SubscriptionConfig(ConfigModel):
     max_in_flight: int | None = Field(
         default=None, description="As the client's `max_in_flight`, for this subscription."
     )
-    timeout_sec: float = Field(
-        default=30.0, description="How long one delivery may take before it counts as failed."
+    timeout_sec: float | None = Field(
+        default=None,
+        description=(
+            "How long one delivery may take: the deadline sent as `x-freedom-timeout-ms` (a freedom "
+            "service cancels its handler then), and 1 s later the delivery counts as failed; at most "
+            "3600. Not given: the client's `delivery_timeout_sec` for the topic (30 s by default)."
+        ),
     )
     http2: bool | None = Field(
         default=None,
@@ -159,13 +166,13 @@ class SubscriptionConfig(ConfigModel):
             )
         self.url = _target_url(self.url, self.http2)
         check_consume(self.mode, self.max_in_flight)
-        self.timeout_sec = seconds("timeout_sec", self.timeout_sec)
+        if self.timeout_sec is not None:
+            self.timeout_sec = delivery_timeout("timeout_sec", self.timeout_sec)
         if self.retry_interval_sec is not None:
             self.retry_interval_sec = seconds(
                 "retry_interval_sec", self.retry_interval_sec, zero_ok=True
             )
-        if self.retry_count is not None and self.retry_count < 0:
-            raise Problem("retry_count", "must be 0 (no retries) or more")
+        check_retry_count(self.retry_count)
         check_pressure(self)
         self._secret = read_secret(Keys(self, ("secret", "secret_env"), Problem))
         return self

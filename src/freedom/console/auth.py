@@ -1,7 +1,8 @@
 """Who may use the web console: the token (app.toml `console_token`), a session cookie a login
 with it sets, and the CSRF tokens its forms carry.
 
-- **Bearer** (scripts): `Authorization: Bearer <token>`, compared in constant time.
+- **Bearer** (scripts): `Authorization: Bearer <token>`, compared in constant time. Wrong
+  tokens, bearer and log-in alike, are slowed per client address (throttle.py).
 - **Session** (browsers): logging in with the token sets an HttpOnly, SameSite=Strict cookie: a
   random nonce signed with itsdangerous (`URLSafeTimedSerializer`, its timestamp and `max_age`
   give the 12-hour expiry), under a key derived from the token: nothing is stored, a new token

@@ -4,6 +4,11 @@ Everything shown comes from outside — record keys, headers, values, error text
 names — so every value goes through :func:`h` (HTML escaping, quotes too) or :func:`q` (a query
 string, then escaped); the pages are also served with a Content-Security-Policy that allows no
 script (routes.py), so a value that slipped through would still show as text, not run.
+
+Control and bidirectional characters are shown escaped (`\\x1b`, `\\u202e`), as `freedom dlq`
+shows them (docs/operations.md, "Control and bidirectional characters"): texts read from a record
+or reported by a broker go through :func:`printable` (:func:`shown` below), and :func:`h` escapes
+any such character still left, so a right-to-left override cannot reorder what the page shows.
 """
 
 from __future__ import annotations
@@ -14,24 +19,43 @@ from urllib.parse import urlencode
 
 from freedom.ops.dlq import DeadLetter, TopicDeadLetters
 from freedom.ops.replay import ReplayReport, audit_line
-from freedom.ops.status import ClientStatus, StatusReport
+from freedom.ops.status import (
+    ClientStatus,
+    GroupStatus,
+    PartitionStatus,
+    StatusReport,
+    TopicCount,
+)
+from freedom.wire.encoding import escape_controls, printable
 
-#: The replay form's fields (text inputs), in the order shown, with their labels and hints.
-REPLAY_FIELDS: tuple[tuple[str, str, str], ...] = (
+#: The filters of the replay and purge forms (text inputs), in the order shown, with their labels
+#: and hints.
+FILTER_FIELDS: tuple[tuple[str, str, str], ...] = (
     ("key", "Key", "only the record with this key"),
     ("since", "Since", "ISO 8601, e.g. 2026-12-01T10:00:00Z"),
     ("until", "Until", "ISO 8601"),
     ("grep", "Error contains", "text in the error, or the status"),
     ("partition", "Partition", "of the dead-letter topic"),
     ("offsets", "Offsets", "A-B, A-, -B or N"),
+)
+#: The replay form's fields: the filters, the rate and the limit.
+REPLAY_FIELDS: tuple[tuple[str, str, str], ...] = (
+    *FILTER_FIELDS,
     ("rate", "Rate", "records per second, e.g. 50/s"),
     ("max_replays", "Max replays", "park a record replayed this often (default 3)"),
 )
 
 
 def h(value: object) -> str:
-    """`value` as HTML text: `<`, `>`, `&` and both quotes escaped."""
-    return html.escape("" if value is None else str(value), quote=True)
+    """`value` as HTML text: control and bidirectional characters escaped (`\\u202e`), then `<`,
+    `>`, `&` and both quotes."""
+    return html.escape(escape_controls("" if value is None else str(value)), quote=True)
+
+
+def shown(text: str | None, missing: str = "-") -> str:
+    """A text read from a record or reported by a broker, by the rule of `freedom dlq`
+    (`printable`: the backslash doubled too); `missing` for none."""
+    return printable(text) if text else missing
 
 
 def q(base: str, params: Mapping[str, object]) -> str:
@@ -55,8 +79,10 @@ def layout(
     csrf: str | None = None,
     service: str = "freedom",
     nav: bool = True,
+    refresh: int | None = None,
 ) -> str:
-    """A whole page: the navigation (`nav`; with the logout form when logged in with a session) and `body`."""
+    """A whole page: the navigation (`nav`; with the logout form when logged in with a session) and
+    `body`; reloaded by the browser every `refresh` seconds when given (a meta refresh: no script)."""
     links = ""
     if nav:
         logout = (
@@ -70,9 +96,10 @@ def layout(
             f"{logout}</nav>"
         )
     return (
-        f'<!doctype html><html lang="en"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{h(title)} · {h(service)} console</title>"
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        + (f'<meta http-equiv="refresh" content="{int(refresh)}">' if refresh else "")
+        + f"<title>{h(title)} · {h(service)} console</title>"
         f'<link rel="stylesheet" href="{h(base)}/console.css"></head>'
         f"<body><header><strong>{h(service)}</strong> console</header>{links}"
         f"<main><h1>{h(title)}</h1>{body}</main></body></html>"
@@ -101,41 +128,61 @@ def login(base: str, next_path: str, problem: str | None = None, service: str = 
 # ----------------------------------------------------------------------------- groups and lag
 
 
+#: The interval the overview's auto-refresh link offers (`?refresh=30`; docs/console.md).
+REFRESH_SECONDS = 30
+
+
+def _partition_rows(parts: Iterable[PartitionStatus]) -> list[list[str]]:
+    return [
+        [
+            h(p.topic),
+            h(p.partition),
+            h("-" if p.committed is None else p.committed),
+            h(p.end),
+            h(p.lag),
+            h(f"paused: next retry due {p.due_at}" if p.due_at else ""),
+        ]
+        for p in parts
+    ]
+
+
+_PARTITION_HEAD = ["Topic", "Partition", "Committed", "End", "Lag", ""]
+
+
+def _group(g: GroupStatus) -> str:
+    """A group: its heading and members, its partitions with lag, then those without, folded."""
+    members = (
+        "; ".join(f"{shown(m.client_id)} on {shown(m.host.lstrip('/')) or '?'}" for m in g.members)
+        or "none"
+    )
+    if g.note:
+        members += f" (note: {shown(g.note)})"
+    out = [
+        f"<h3>Group <code>{h(shown(g.group))}</code> <small>{h(g.kind)}, {h(shown(g.state))}</small> "
+        f'<span class="lag">lag {h(g.lag)}</span></h3><p>Members ({len(g.members)}): {h(members)}</p>'
+    ]
+    lagging = [p for p in g.partitions if p.lag]
+    idle = [p for p in g.partitions if not p.lag]
+    if lagging:
+        out.append(_table(_PARTITION_HEAD, _partition_rows(lagging), "partitions lagging"))
+    if idle:
+        n = len(idle)
+        out.append(
+            f'<details class="idle"><summary>{h(n)} partition{"" if n == 1 else "s"} with no lag'
+            "</summary>"
+            + _table(_PARTITION_HEAD, _partition_rows(idle), "partitions idle")
+            + "</details>"
+        )
+    return "".join(out)
+
+
 def _client(base: str, c: ClientStatus) -> str:
+    """A consumer client: its dead letters and retry backlog first, then its groups (partitions
+    with lag listed, those without folded)."""
     out = [
         f"<section><h2>Consumer client {h(c.index)} <small>{h(c.servers)}</small></h2>",
         f"<p>Topics: {h(', '.join(c.topics) or '(none found)')}</p>",
     ]
-    for g in c.groups:
-        members = "; ".join(f"{m.client_id} on {m.host.lstrip('/')}" for m in g.members) or "none"
-        out.append(
-            f"<h3>Group <code>{h(g.group)}</code> <small>{h(g.kind)}, {h(g.state)}</small> "
-            f'<span class="lag">lag {h(g.lag)}</span></h3><p>Members ({len(g.members)}): {h(members)}</p>'
-        )
-        if g.partitions:
-            out.append(
-                _table(
-                    ["Topic", "Partition", "Committed", "End", "Lag", ""],
-                    [
-                        [
-                            h(p.topic),
-                            h(p.partition),
-                            h("-" if p.committed is None else p.committed),
-                            h(p.end),
-                            h(p.lag),
-                            h(f"paused: next retry due {p.due_at}" if p.due_at else ""),
-                        ]
-                        for p in g.partitions
-                    ],
-                    "partitions",
-                )
-            )
-    if c.retry_waiting:
-        out.append(
-            "<p>Waiting for a retry: "
-            + h(", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting))
-            + "</p>"
-        )
     if c.dead_letters:
         out.append(
             "<h3>Dead letters</h3>"
@@ -155,13 +202,114 @@ def _client(base: str, c: ClientStatus) -> str:
         )
     else:
         out.append("<p>Dead letters: none</p>")
+    if c.retry_waiting:
+        out.append(
+            "<p>Waiting for a retry: "
+            + h(", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting))
+            + "</p>"
+        )
+    out.extend(_group(g) for g in c.groups)
     out.append("</section>")
     return "".join(out)
 
 
-def status_page(base: str, report: StatusReport) -> str:
-    return f'<p class="at">As of {h(report.at)}</p>' + "".join(
-        _client(base, c) for c in report.clients
+def _waiting(t: TopicCount) -> int:
+    """The dead letters of a topic no replay has moved yet (all of them when that is not known)."""
+    return t.records if t.not_replayed is None else t.not_replayed
+
+
+def _overdue(g: GroupStatus) -> int:
+    """A group's lag that is not records waiting for a retry that is not due yet."""
+    return sum(p.lag for p in g.partitions if p.due_at is None)
+
+
+def summary(base: str, report: StatusReport) -> str:
+    """The top of the overview: whether anything needs attention, the groups with lag and the dead
+    letters by topic, over every consumer client."""
+    groups = [(c, g) for c in report.clients for g in c.groups if g.lag]
+    dead = [(c, t) for c in report.clients for t in c.dead_letters if t.records]
+    needs = [
+        f"{_waiting(t)} dead letter{'' if _waiting(t) == 1 else 's'} not replayed in {t.topic}"
+        for _, t in dead
+        if _waiting(t)
+    ] + [
+        f"group {shown(g.group)} ({g.kind}) has lag {_overdue(g)}" for _, g in groups if _overdue(g)
+    ]
+    if needs:
+        verdict = (
+            '<div class="attention needs" role="status"><strong>Needs attention</strong><ul>'
+            + "".join(f"<li>{h(n)}</li>" for n in needs)
+            + "</ul></div>"
+        )
+    else:
+        verdict = (
+            '<div class="attention ok" role="status"><strong>Nothing needs attention</strong>: '
+            "no group has lag (other than retries not due yet), no dead letter waits for a replay."
+            "</div>"
+        )
+    lag = (
+        _table(
+            ["Group", "Kind", "Client", "Lag", ""],
+            [
+                [
+                    f"<code>{h(shown(g.group))}</code>",
+                    h(g.kind),
+                    h(c.index),
+                    h(g.lag),
+                    h("" if _overdue(g) else "retries not due yet"),
+                ]
+                for c, g in groups
+            ],
+            "summary-lag",
+        )
+        if groups
+        else "<p>No group has lag.</p>"
+    )
+    letters = (
+        _table(
+            ["Dead-letter topic", "Of topic", "Dead letters", "Not replayed"],
+            [
+                [
+                    f'<a href="{q(base + "/dead-letters", {"topic": t.topic})}">{h(t.topic)}</a>',
+                    h(t.original_topic),
+                    h(t.records),
+                    h(t.not_replayed),
+                ]
+                for _, t in dead
+            ],
+            "summary-dead",
+        )
+        if dead
+        else "<p>No dead letters.</p>"
+    )
+    return (
+        '<section class="summary"><h2>Summary</h2>'
+        f"{verdict}<h3>Groups with lag</h3>{lag}<h3>Dead letters by topic</h3>{letters}</section>"
+    )
+
+
+def refresh_controls(base: str, refresh: int | None) -> str:
+    """Reload now (keeping the auto-refresh), and turn the auto-refresh on or off."""
+    now = q(base, {"refresh": refresh})
+    if refresh:
+        auto = (
+            f'<span class="auto-on">Reloads every {h(refresh)} s</span> '
+            f'<a class="auto-off" href="{h(base)}">Turn auto-refresh off</a>'
+        )
+    else:
+        auto = (
+            f'<a class="auto-on" href="{q(base, {"refresh": REFRESH_SECONDS})}">'
+            f"Auto-refresh every {REFRESH_SECONDS} s</a>"
+        )
+    return f'<a class="refresh" href="{now}">Refresh</a> {auto}'
+
+
+def status_page(base: str, report: StatusReport, refresh: int | None = None) -> str:
+    """The overview: the summary first, then each consumer client."""
+    return (
+        f'<p class="at">As of {h(report.at)} {refresh_controls(base, refresh)}</p>'
+        + summary(base, report)
+        + "".join(_client(base, c) for c in report.clients)
     )
 
 
@@ -169,24 +317,31 @@ def status_page(base: str, report: StatusReport) -> str:
 
 
 def replay_form(
-    base: str, csrf: str | None, topics: Iterable[str], values: Mapping[str, str]
+    base: str,
+    csrf: str | None,
+    topics: Iterable[str],
+    values: Mapping[str, str],
+    *,
+    action: str = "replay",
+    fields: tuple[tuple[str, str, str], ...] = REPLAY_FIELDS,
 ) -> str:
-    """The replay filter form; its button asks for the dry run."""
+    """The replay (or, `action="purge"`, the purge) filter form; its button asks for the dry run."""
     chosen = values.get("topic", "")
     options = ['<option value="">every dead-letter topic</option>'] + [
         f'<option value="{h(t)}"{" selected" if t == chosen else ""}>{h(t)}</option>'
         for t in topics
     ]
-    fields = "".join(
+    inputs = "".join(
         f'<label>{h(label)} <input name="{h(name)}" value="{h(values.get(name, ""))}" '
         f'placeholder="{h(hint)}"></label>'
-        for name, label, hint in REPLAY_FIELDS
+        for name, label, hint in fields
     )
     return (
-        f'<form method="post" action="{h(base)}/replay/preview" class="replay">'
+        f'<form method="post" action="{h(base)}/{h(action)}/preview" '
+        f'class="{"replay" if action == "replay" else "replay " + h(action)}">'
         f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
-        f'<label>Dead-letter topic <select name="topic">{"".join(options)}</select></label>{fields}'
-        f'<button name="preview" value="1">Preview replay (dry run)</button></form>'
+        f'<label>Dead-letter topic <select name="topic">{"".join(options)}</select></label>{inputs}'
+        f'<button name="preview" value="1">Preview {h(action)} (dry run)</button></form>'
     )
 
 
@@ -195,7 +350,7 @@ def dead_letters_page(base: str, topics: list[TopicDeadLetters], csrf: str | Non
     for t in topics:
         out.append(
             f"<section><h2>{h(t.topic)} <small>{h(t.records)} dead letter{'' if t.records == 1 else 's'}"
-            f"</small></h2>"
+            f"{h(f' ({t.purged} purged: not listed)' if t.purged else '')}</small></h2>"
         )
         if t.classes:
             out.append(
@@ -205,10 +360,10 @@ def dead_letters_page(base: str, topics: list[TopicDeadLetters], csrf: str | Non
                         [
                             h(c.count),
                             h("-" if c.status is None else c.status),
-                            h(c.original_topic or "-"),
+                            h(shown(c.original_topic)),
                             f'<span class="t">{h(c.first or "-")}</span>',
                             f'<span class="t">{h(c.last or "-")}</span>',
-                            f'<span class="err">{h(c.error_class)}</span>',
+                            f'<span class="err">{h(shown(c.error_class))}</span>',
                             f'<a class="records" href="{q(base + "/dead-letters/records", {"topic": t.topic, "class": c.error_class})}">'
                             f"records</a>",
                         ]
@@ -231,15 +386,15 @@ def dead_letters_page(base: str, topics: list[TopicDeadLetters], csrf: str | Non
 def record(d: DeadLetter) -> str:
     """One dead letter: where it came from, why it failed, its headers and value."""
     origin = (
-        f"{d.original_topic or '?'}[{'?' if d.original_partition is None else d.original_partition}]"
+        f"{shown(d.original_topic, '?')}[{'?' if d.original_partition is None else d.original_partition}]"
         f"@{'?' if d.original_offset is None else d.original_offset}"
     )
     facts = [
         ("Key", d.key if d.key is not None else "(none)"),
         ("Dead-lettered", d.timestamp or "-"),
         ("From", origin),
-        ("First failure", d.first_failure_time or "-"),
-        ("Error", d.error or "-"),
+        ("First failure", shown(d.first_failure_time)),
+        ("Error", shown(d.error)),
         ("Status", "-" if d.status is None else d.status),
         ("Retries", "-" if d.retry_count is None else d.retry_count),
         ("Replays", d.replay_count),
@@ -270,10 +425,12 @@ def records_page(
     more: bool,
     csrf: str | None,
     grep: str,
+    extra: str = "",
 ) -> str:
+    """The records of one class, after the replay form (and `extra`: the purge's) prefilled for them."""
     head = (
         f"<p>Topic <code>{h(topic)}</code>"
-        + (f', error class <span class="err">{h(error_class)}</span>' if error_class else "")
+        + (f', error class <span class="err">{h(shown(error_class))}</span>' if error_class else "")
         + f": {len(records)} record{'' if len(records) == 1 else 's'}"
         + (f" (the first {limit}; narrow the filter to see others)" if more else "")
         + "</p>"
@@ -284,6 +441,7 @@ def records_page(
         + "<details><summary>Replay these</summary>"
         + replay_form(base, csrf, [topic], {"topic": topic, "grep": grep})
         + "</details>"
+        + extra
         + body
     )
 
@@ -299,7 +457,8 @@ def _report(report: ReplayReport) -> str:
         out.append(
             f"<section><h2>{h(t.topic)} <small>job {h(t.job)}</small></h2>"
             f'<p class="summary">{h(verb)} <strong class="moved">{h(t.moved)}</strong>'
-            f"{h(' (' + to + ')' if to else '')}, parked {h(t.parked_count)}, not matching {h(t.skipped)}</p>"
+            f"{h(' (' + to + ')' if to else '')}, parked {h(t.parked_count)}, not matching {h(t.skipped)}"
+            f"{h(f', already purged {t.purged}' if t.purged else '')}</p>"
         )
         if t.moves:
             out.append(
@@ -310,9 +469,9 @@ def _report(report: ReplayReport) -> str:
                             h(m.partition),
                             h(m.offset),
                             h(m.key if m.key is not None else "(none)"),
-                            h(m.to_topic),
+                            h(shown(m.to_topic)),
                             h(m.replay_count),
-                            h(m.error_class),
+                            h(shown(m.error_class)),
                         ]
                         for m in t.moves[:200]
                     ],
@@ -401,5 +560,11 @@ form label{display:flex;flex-direction:column;font-size:.9em;color:#3b4450}
 input,select,button{font:inherit;padding:.3em}
 button{background:#1f3a5f;color:#fff;border:0;border-radius:.3em;padding:.4em 1em;cursor:pointer}
 button[disabled]{background:#9aa5b1}
+.summary{background:#fff;border:1px solid #ccd3dc;padding:.2em 1em .6em;margin:.8em 0}
+.attention{padding:.5em .8em;border-radius:.3em;margin:.6em 0}.attention ul{margin:.3em 0}
+.attention.needs{background:#fde2e1;border:1px solid #e0a3a0}
+.attention.ok{background:#e3f4e1;border:1px solid #9ccc95}
+p.at{display:flex;gap:1em;align-items:center;flex-wrap:wrap}
+a.refresh{background:#1f3a5f;color:#fff;border-radius:.3em;padding:.3em 1em;text-decoration:none}
 code.audit{display:block;background:#fff;border:1px solid #ccd3dc;padding:.5em;overflow-wrap:anywhere}
 """

@@ -1,14 +1,14 @@
 """The web console's routes: groups and lag, dead letters by error class with their records, and
-replay with a dry-run preview first; the same as JSON under `<path>/api/` for scripts.
+replay (and purge: console/purge.py) with a dry-run preview first; the same as JSON under
+`<path>/api/` for scripts.
 
 The work is done by :mod:`freedom.ops` (the functions behind `freedom status` and `freedom dlq`),
 in worker threads: their Kafka admin calls and reads block, and must not hold up the event loop
-that serves the handlers. One replay runs at a time.
+that serves the handlers. One replay or purge runs at a time.
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import json
 import logging
@@ -20,24 +20,21 @@ from urllib.parse import parse_qsl
 import anyio
 import anyio.to_thread
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import RedirectResponse, Response
 
 from freedom.console import pages
 from freedom.console.auth import COOKIE, SESSION_SECONDS, Caller, Keys
+from freedom.console.forms import REPLAY_PARAMS, Refused, ReplayArgs, json_fields, replay_args
+from freedom.console.purge import Purging, purge_details, purge_section
 from freedom.console.running import app_target
+from freedom.console.throttle import Busy, GuessThrottle
 from freedom.errors import FreedomError
-from freedom.ops.dlq import (
-    DeadLetter,
-    Filter,
-    fail_topics,
-    list_dead_letters,
-    parse_offsets,
-    parse_time,
-    scan,
-)
-from freedom.ops.replay import DEFAULT_MAX_REPLAYS, ReplayReport, audit_line, parse_rate, replay
+from freedom.observability.metrics import CONSOLE_AUTH_FAILURES, CONSOLE_AUTH_THROTTLED
+from freedom.ops.dlq import DeadLetter, Filter, fail_topics, list_dead_letters, scan
+from freedom.ops.replay import ReplayReport, audit_line, replay
 from freedom.ops.status import status
 from freedom.ops.target import OpsError, Target
+from freedom.wire.encoding import printable, printable_json
 
 if TYPE_CHECKING:
     from freedom.web.application import Application
@@ -49,7 +46,8 @@ T = TypeVar("T")
 MAX_BODY = 64 * 1024
 MAX_RECORDS = 500
 DEFAULT_RECORDS = 50
-FAILED_LOGIN_DELAY = 0.5  # seconds a wrong token waits for its answer (slows guessing)
+#: The bounds of the overview's auto-refresh, `?refresh=N` seconds (pages.REFRESH_SECONDS offered).
+MIN_REFRESH, MAX_REFRESH = 5, 3600
 #: Every console page: no script, no frames, nothing sent elsewhere, nothing cached.
 SECURITY_HEADERS = {
     "content-security-policy": (
@@ -61,55 +59,16 @@ SECURITY_HEADERS = {
     "referrer-policy": "same-origin",  # no-referrer would make the browser send `Origin: null`
     "cache-control": "no-store",
 }
-REPLAY_PARAMS = ("topic", *(name for name, _, _ in pages.REPLAY_FIELDS))
 
 
-class Refused(Exception):
-    """A request the console answers with `status` and `message` (no traceback, one line)."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
-
-@dataclasses.dataclass(frozen=True)
-class ReplayArgs:
-    """A replay request, parsed: what `freedom dlq replay` takes as options."""
-
-    params: dict[
-        str, str
-    ]  # the fields given (stripped, empty ones left out): what the preview signs
-    topic: str | None
-    flt: Filter
-    rate: float | None
-    max_replays: int
-
-
-def replay_args(given: Mapping[str, str]) -> ReplayArgs:
-    """The replay fields of a form or JSON body; OpsError (one line) for a value the CLI would refuse."""
-    params = {k: given[k].strip() for k in REPLAY_PARAMS if given.get(k, "").strip()}
-    partition = params.get("partition")
-    if partition is not None and not (
-        partition.isascii() and partition.isdigit() and len(partition) < 10
-    ):
-        raise OpsError(f"partition: expected a number, got {partition!r}")
-    max_replays = params.get("max_replays", str(DEFAULT_MAX_REPLAYS))
-    if (
-        not (max_replays.isascii() and max_replays.isdigit() and len(max_replays) < 10)
-        or int(max_replays) < 1
-    ):
-        raise OpsError(f"max replays: expected a number, 1 or more, got {max_replays!r}")
-    flt = Filter(
-        key=params.get("key"),
-        since=parse_time(params["since"], "since") if "since" in params else None,
-        until=parse_time(params["until"], "until") if "until" in params else None,
-        grep=params.get("grep"),
-        partition=int(partition) if partition is not None else None,
-        offsets=parse_offsets(params["offsets"]) if "offsets" in params else None,
-    )
-    rate = parse_rate(params["rate"]) if "rate" in params else None
-    return ReplayArgs(params, params.get("topic"), flt, rate, int(max_replays))
+def auto_refresh(value: str | None) -> int | None:
+    """The overview's `?refresh=N`: reload the page every N seconds (MIN_REFRESH to MAX_REFRESH);
+    None (no `refresh`, or empty): no auto-refresh."""
+    if not value:
+        return None
+    if not (value.isascii() and value.isdigit() and MIN_REFRESH <= int(value[:6]) <= MAX_REFRESH):
+        raise OpsError(f"refresh: expected {MIN_REFRESH} to {MAX_REFRESH} seconds, got {value!r}")
+    return int(value)
 
 
 def plain(value: Any) -> Any:
@@ -131,9 +90,17 @@ class Console:
         self.app = app
         self.keys = Keys(token)
         self.base = base
+        #: Who the token stands for in a console replay's audit line (app.toml `console_token_label`).
+        self.label = app.config.console_token_label
         self._target: Target | None = None
-        self._replaying = threading.Lock()
+        #: One replay or purge started from the console at a time.
+        self.one_job = threading.Lock()
         self._limiter: anyio.CapacityLimiter | None = None
+        #: Wrong tokens (bearer and log-in alike) slowed per client address (throttle.py).
+        self.guesses = GuessThrottle()
+        for kind in ("bearer", "login"):  # both series in /metrics from the start, at 0
+            CONSOLE_AUTH_FAILURES.labels(kind)
+            CONSOLE_AUTH_THROTTLED.labels(kind)
 
     # ------------------------------------------------------------------ plumbing
 
@@ -153,10 +120,24 @@ class Console:
             self._limiter = anyio.CapacityLimiter(4)
         return await anyio.to_thread.run_sync(fn, limiter=self._limiter)
 
-    def html(self, title: str, body: str, caller: Caller | None, status: int = 200) -> Response:
+    def html(
+        self,
+        title: str,
+        body: str,
+        caller: Caller | None,
+        status: int = 200,
+        *,
+        refresh: int | None = None,
+    ) -> Response:
         csrf = self.keys.csrf(caller.session) if caller is not None and caller.session else None
         text = pages.layout(
-            self.base, title, body, csrf=csrf, service=self.service, nav=caller is not None
+            self.base,
+            title,
+            body,
+            csrf=csrf,
+            service=self.service,
+            nav=caller is not None,
+            refresh=refresh,
         )
         return Response(
             text, status, headers=SECURITY_HEADERS, media_type="text/html; charset=utf-8"
@@ -173,15 +154,47 @@ class Console:
 
     @staticmethod
     def json(value: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> Response:
-        return JSONResponse(value, status, headers={**SECURITY_HEADERS, **(headers or {})})
+        """JSON as Starlette's JSONResponse writes it, control and bidirectional characters as
+        JSON escapes (`\\u202e`), as `freedom ... --json` prints them."""
+        return Response(
+            printable_json(value, allow_nan=False, separators=(",", ":")),
+            status,
+            headers={**SECURITY_HEADERS, **(headers or {})},
+            media_type="application/json",
+        )
 
-    def authenticate(self, request: Request) -> Caller | None:
-        """The caller, None without credentials; Refused(403) for a wrong bearer token."""
+    async def token_checked(self, request: Request, token: str | None, kind: str) -> bool:
+        """`token` is the console token, checked under the guessing rule (throttle.py): a right one
+        at once; a wrong one (None: not a bearer token at all) counted, and answered once the rule
+        allows; Refused(429), unchecked, while too many answers of the address wait."""
+        address = request.client.host if request.client else "unknown"
+
+        def wrong() -> None:
+            CONSOLE_AUTH_FAILURES.labels(kind).inc()
+            if kind == "login":
+                log.warning("console: a log-in with a wrong token from %s", address)
+
+        try:
+            return await self.guesses.check(
+                address, lambda: token is not None and self.keys.token_ok(token), wrong
+            )
+        except Busy as busy:
+            CONSOLE_AUTH_THROTTLED.labels(kind).inc()
+            raise Refused(
+                429,
+                f"too many wrong console tokens from this address: try again in {busy.retry_after} s",
+                {"retry-after": str(busy.retry_after)},
+            ) from None
+
+    async def authenticate(self, request: Request) -> Caller | None:
+        """The caller, None without credentials; Refused(403) for a wrong bearer token (once the
+        guessing rule allows the answer), Refused(429) while too many of its address's wait."""
         address = request.client.host if request.client else "unknown"
         auth = request.headers.get("authorization")
         if auth is not None:
             scheme, _, token = auth.partition(" ")
-            if scheme.lower() != "bearer" or not self.keys.token_ok(token.strip()):
+            presented = token.strip() if scheme.lower() == "bearer" else None
+            if not await self.token_checked(request, presented, "bearer"):
                 raise Refused(403, "wrong console token (Authorization: Bearer <console_token>)")
             return Caller("bearer", None, address)
         session = request.cookies.get(COOKIE)
@@ -260,7 +273,7 @@ class Console:
         async def endpoint(request: Request) -> Response:
             caller: Caller | None = None
             try:
-                caller = self.authenticate(request)
+                caller = await self.authenticate(request)
                 if caller is None:
                     here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
                     return self.login_page(
@@ -268,7 +281,9 @@ class Console:
                     )
                 return await fn(request, caller)
             except Refused as exc:
-                return self.html("Refused", pages.error_box(exc.message), caller, exc.status)
+                refused = self.html("Refused", pages.error_box(exc.message), caller, exc.status)
+                refused.headers.update(exc.headers)
+                return refused
             except OpsError as exc:
                 return self.html("Not possible", pages.error_box(str(exc)), caller, 400)
             except FreedomError as exc:
@@ -293,7 +308,7 @@ class Console:
 
         async def endpoint(request: Request) -> Response:
             try:
-                caller = self.authenticate(request)
+                caller = await self.authenticate(request)
                 if caller is None:
                     return self.json(
                         {"error": "log in, or send Authorization: Bearer <console_token>"},
@@ -302,7 +317,7 @@ class Console:
                     )
                 return await fn(request, caller)
             except Refused as exc:
-                return self.json({"error": exc.message}, exc.status)
+                return self.json({"error": exc.message}, exc.status, exc.headers)
             except OpsError as exc:
                 return self.json({"error": str(exc)}, 400)
             except FreedomError as exc:
@@ -319,28 +334,34 @@ class Console:
     # ------------------------------------------------------------------ log in and out
 
     async def login_form(self, request: Request) -> Response:
+        next_path = self.next_path(request.query_params.get("next"))
         try:
-            if self.authenticate(request) is not None:
-                return RedirectResponse(self.next_path(request.query_params.get("next")), 303)
-        except Refused:
-            pass
-        return self.login_page(self.next_path(request.query_params.get("next")), 200)
+            if await self.authenticate(request) is not None:
+                return RedirectResponse(next_path, 303)
+        except Refused as exc:  # a wrong bearer token (slowed as anywhere): the form
+            if exc.status == 429:
+                return self.refused_login(next_path, exc)
+        return self.login_page(next_path, 200)
+
+    def refused_login(self, next_path: str, exc: Refused) -> Response:
+        """The log-in page answering `exc` (a 429: too many wrong tokens wait)."""
+        page = self.login_page(next_path, exc.status, exc.message)
+        page.headers.update(exc.headers)
+        return page
 
     async def login(self, request: Request) -> Response:
         try:
             fields = await self.form(request, None)
         except Refused as exc:
             return self.login_page(self.base, exc.status, exc.message)
-        if not self.keys.token_ok(fields.get("token", "")):
-            log.warning(
-                "console: a log-in with a wrong token from %s",
-                request.client.host if request.client else "?",
-            )
-            await asyncio.sleep(FAILED_LOGIN_DELAY)
-            return self.login_page(self.next_path(fields.get("next")), 401, "wrong token")
-        response = RedirectResponse(
-            self.next_path(fields.get("next")), 303, headers=SECURITY_HEADERS
-        )
+        next_path = self.next_path(fields.get("next"))
+        try:
+            right = await self.token_checked(request, fields.get("token", ""), "login")
+        except Refused as exc:
+            return self.refused_login(next_path, exc)
+        if not right:
+            return self.login_page(next_path, 401, "wrong token")
+        response = RedirectResponse(next_path, 303, headers=SECURITY_HEADERS)
         response.set_cookie(
             COOKIE,
             self.keys.new_session(),
@@ -369,15 +390,20 @@ class Console:
 
     # ------------------------------------------------------------------ pages
 
-    async def overview(self, _request: Request, caller: Caller) -> Response:
+    async def overview(self, request: Request, caller: Caller) -> Response:
+        refresh = auto_refresh(request.query_params.get("refresh"))
         report = await self.work(lambda: status(self.target()))
-        return self.html("Groups and lag", pages.status_page(self.base, report), caller)
+        return self.html(
+            "Groups and lag", pages.status_page(self.base, report, refresh), caller, refresh=refresh
+        )
 
     async def dead_letters(self, request: Request, caller: Caller) -> Response:
         topic = request.query_params.get("topic") or None
         topics = await self.work(lambda: list_dead_letters(self.target(), topic))
         csrf = self.keys.csrf(caller.session) if caller.session else None
-        return self.html("Dead letters", pages.dead_letters_page(self.base, topics, csrf), caller)
+        body = pages.dead_letters_page(self.base, topics, csrf)
+        body += purge_section(self.base, csrf, [t.topic for t in topics])
+        return self.html("Dead letters", body, caller)
 
     def _records(self, request: Request) -> tuple[str, str | None, str | None, int]:
         topic = request.query_params.get("topic")
@@ -415,10 +441,18 @@ class Console:
         ):  # a filter the replay form starts with: the status, or the text
             grep = str(found[0].status) if found[0].status is not None else found[0].error
         csrf = self.keys.csrf(caller.session) if caller.session else None
-        body = pages.records_page(self.base, topic, error_class, found, limit, more, csrf, grep)
+        purging = purge_details(self.base, csrf, topic, grep)
+        body = pages.records_page(
+            self.base, topic, error_class, found, limit, more, csrf, grep, purging
+        )
         return self.html("Dead letters", body, caller)
 
-    async def dry_run(self, args: ReplayArgs) -> ReplayReport:
+    def operator(self, caller: Caller) -> str:
+        """Who a console replay's audit line names: the token's label (not the service's OS user),
+        how it came and from where."""
+        return f'console token "{self.label}" ({caller.how} from {printable(caller.address)})'
+
+    async def dry_run(self, args: ReplayArgs, caller: Caller) -> ReplayReport:
         """What a replay with these arguments would do (the preview, and the API's dry run)."""
         return await self.work(
             lambda: replay(
@@ -428,12 +462,13 @@ class Console:
                 dry_run=True,
                 rate=args.rate,
                 max_replays=args.max_replays,
+                operator=self.operator(caller),
             )
         )
 
     async def preview(self, request: Request, caller: Caller) -> Response:
         args = replay_args(await self.form(request, caller))
-        report = await self.dry_run(args)
+        report = await self.dry_run(args, caller)
         signature = self.keys.replay_signature(args.params)
         csrf = self.keys.csrf(caller.session) if caller.session else None
         return self.html(
@@ -444,8 +479,8 @@ class Console:
 
     def run_replay(self, args: ReplayArgs, caller: Caller) -> ReplayReport:
         """One replay at a time (a second would be fenced by the first: the same job)."""
-        if not self._replaying.acquire(blocking=False):
-            raise OpsError("a replay started from the console is running; wait for it to finish")
+        if not self.one_job.acquire(blocking=False):
+            raise OpsError("a replay or purge started from the console is running; wait for it")
         try:
             audit_log.info(
                 "web console: dlq replay requested from %s (%s): topic %s, filter %s",
@@ -455,10 +490,15 @@ class Console:
                 json.dumps(args.flt.describe(), sort_keys=True, ensure_ascii=False),
             )
             return replay(
-                self.target(), args.topic, args.flt, rate=args.rate, max_replays=args.max_replays
+                self.target(),
+                args.topic,
+                args.flt,
+                rate=args.rate,
+                max_replays=args.max_replays,
+                operator=self.operator(caller),
             )
         finally:
-            self._replaying.release()
+            self.one_job.release()
 
     async def run(self, request: Request, caller: Caller) -> Response:
         fields = await self.form(request, caller)
@@ -498,21 +538,10 @@ class Console:
             given = json.loads(await self.body(request))
         except ValueError:
             raise Refused(400, "expected a JSON object") from None
-        if not isinstance(given, dict):
-            raise Refused(400, "expected a JSON object")
-        dry_run = given.pop("dry_run", True)
-        if not isinstance(dry_run, bool):
-            raise Refused(400, '"dry_run" must be true or false')
-        unknown = sorted(set(given) - set(REPLAY_PARAMS))
-        if unknown:
-            raise Refused(
-                400, f"unknown field {unknown[0]!r} (fields: {', '.join(REPLAY_PARAMS)}, dry_run)"
-            )
-        if any(not isinstance(v, (str, int)) or isinstance(v, bool) for v in given.values()):
-            raise Refused(400, "every field but dry_run is a string (or a number)")
-        args = replay_args({k: str(v) for k, v in given.items()})
+        fields, dry_run = json_fields(given, REPLAY_PARAMS)
+        args = replay_args(fields)
         if dry_run:
-            report = await self.dry_run(args)
+            report = await self.dry_run(args, caller)
         else:
             report = await self.work(lambda: self.run_replay(args, caller))
         return self.json({**plain(report), "audit": audit_line(report)})
@@ -525,6 +554,7 @@ def install(app: Application) -> None:
         return
     base = app.config.console_path
     c = Console(app, token, base)
+    p = Purging(c)
     api = app.fastapi
     routes: list[tuple[str, Callable[[Request], Awaitable[Response]], str]] = [
         ("", c.page(c.overview), "GET"),
@@ -536,10 +566,13 @@ def install(app: Application) -> None:
         ("/dead-letters/records", c.page(c.records), "GET"),
         ("/replay/preview", c.page(c.preview), "POST"),
         ("/replay/run", c.page(c.run), "POST"),
+        ("/purge/preview", c.page(p.preview), "POST"),
+        ("/purge/run", c.page(p.run), "POST"),
         ("/api/status", c.api(c.api_status), "GET"),
         ("/api/dead-letters", c.api(c.api_dead_letters), "GET"),
         ("/api/dead-letters/records", c.api(c.api_records), "GET"),
         ("/api/replay", c.api(c.api_replay), "POST"),
+        ("/api/purge", c.api(p.api), "POST"),
     ]
     for path, endpoint, method in routes:
         api.add_route(base + path, endpoint, methods=[method], include_in_schema=False)

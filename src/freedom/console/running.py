@@ -21,12 +21,18 @@ def app_target(app: Application) -> Target:
             "dead-letter topics to show"
         )
     topics = tuple(sorted(app.event_routes))
+    config_dir = app.config_dir
+    # On the embedded broker, every client is on the one this service runs on (or shares).
+    infra = app.kafka
+    embedded = (
+        infra.embedded.bootstrap
+        if infra is not None and infra.use_embedded and infra.embedded is not None
+        else None
+    )
     clients = []
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
-        settings = client_settings(
-            servers_of(cc, where), "consumer", cc.group_id, {}, cc.librdkafka_settings
-        )
+        servers = (embedded,) if embedded else servers_of(cc, where, None, config_dir)
+        settings = client_settings(servers, "consumer", cc.group_id, {}, cc.librdkafka_settings)
         clients.append(ClientTarget(i, cc, connection_settings(settings), topics, where))
-    config_dir = app.config_dir
     return Target(tuple(clients), str(config_dir) if config_dir else None)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+import socket
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import confluent_kafka
@@ -28,11 +29,59 @@ def _admin(settings: dict[str, Any], **extra: Any) -> AdminClient:
     return AdminClient({**connection_settings(settings), **extra})
 
 
+#: How long every bootstrap address must keep refusing connections before the check gives up.
+REFUSED_FOR = 0.5
+
+
+def _addresses(servers: str) -> list[tuple[str, int]]:
+    """(host, port) of each entry of `bootstrap.servers` ("host:port,[::1]:9092,proto://h:p")."""
+    out = []
+    for entry in servers.split(","):
+        entry = entry.strip().rpartition("://")[2]
+        if not entry:
+            continue
+        host, colon, port = entry.rpartition(":")
+        if not colon or not port.isdigit() or (host.count(":") and not host.startswith("[")):
+            host, port = entry, "9092"  # no port (librdkafka's default), or a bare IPv6 address
+        out.append((host.strip("[]"), int(port)))
+    return out
+
+
+def all_refused(servers: Any, timeout: float = 0.5) -> bool:
+    """True when a TCP connection to every address of every bootstrap server is refused: nothing
+    listens there, so waiting for the broker is pointless. A name that does not resolve, a timeout,
+    an unreachable network or a connection that opens is False (the caller waits, as for a broker
+    that may still come up)."""
+    if not isinstance(servers, str):
+        return False
+    addresses = _addresses(servers)
+    if not addresses:
+        return False
+    for host, port in addresses:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except (OSError, UnicodeError):
+            return False
+        for family, kind, proto, _, addr in infos:
+            try:
+                with socket.socket(family, kind, proto) as sock:
+                    sock.settimeout(timeout)
+                    sock.connect(addr)
+            except ConnectionRefusedError:
+                continue
+            except OSError:
+                return False
+            return False  # something listens there
+    return True
+
+
 def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0) -> None:
     """Raise ClusterUnreachable naming `where` (the config entry) when no broker answers in `timeout`.
 
     Authentication and TLS failures (wrong SASL credentials, an untrusted certificate) are not
-    worth waiting for: they are reported as soon as librdkafka sees them, secrets scrubbed.
+    worth waiting for: they are reported as soon as librdkafka sees them, secrets scrubbed. Nor is
+    a cluster where nothing listens: when every bootstrap address has refused TCP connections for
+    REFUSED_FOR seconds (`all_refused`), the check stops within about a second instead of `timeout`.
     """
     fatal: list[confluent_kafka.KafkaError] = []
     fatal_codes = (confluent_kafka.KafkaError._AUTHENTICATION, confluent_kafka.KafkaError._SSL)
@@ -49,15 +98,25 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
             f"invalid Kafka client settings ({where}): {scrub(str(exc), settings)}"
         ) from None
     deadline = time.monotonic() + timeout
+    refused_since: float | None = None  # every address has refused since then
+    probing = True  # until an address answers otherwise: then wait as for any broker down
+    wait = 0.25  # a reachable broker's first answer; then 1 s, or 0.25 s while refused
     while True:
         try:
-            admin.list_topics(timeout=min(1.0, max(0.1, deadline - time.monotonic())))
+            admin.list_topics(timeout=min(wait, max(0.1, deadline - time.monotonic())))
             return
         except confluent_kafka.KafkaException as exc:
             last = exc.args[0].str()
         admin.poll(0)  # serves error_cb and hands librdkafka's log lines to the logger
-        timed_out = time.monotonic() >= deadline
-        if fatal or timed_out:
+        now = time.monotonic()
+        if probing and all_refused(servers):
+            refused_since = now if refused_since is None else refused_since
+            wait = 0.25
+        else:
+            refused_since, probing, wait = None, False, 1.0
+        refused = refused_since is not None and now - refused_since >= REFUSED_FOR
+        timed_out = now >= deadline
+        if fatal or timed_out or refused:
             del (
                 admin
             )  # the raised error's traceback would keep the client (and its reconnects) alive
@@ -71,6 +130,11 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
                 f"cannot connect to Kafka at {servers} ({where}): {what}: {scrub(err.str(), settings)}; "
                 "check the SASL username/password and the TLS settings (ssl_ca_location, security_protocol)"
             )
+        if refused:
+            raise ClusterUnreachable(
+                f"cannot reach Kafka at {servers} ({where}): connection refused, nothing listens "
+                "there; check `servers`, and that the broker is running"
+            )
         if timed_out:
             raise ClusterUnreachable(
                 f"cannot reach Kafka at {servers} ({where}) within {timeout:.0f} s: "
@@ -79,28 +143,61 @@ def check_reachable(settings: dict[str, Any], where: str, timeout: float = 15.0)
 
 
 def ensure_topics(
-    settings: dict[str, Any], topics: Iterable[str], timeout: float = 15.0
+    settings: dict[str, Any],
+    topics: Iterable[str],
+    timeout: float = 15.0,
+    *,
+    like: Mapping[str, str] | None = None,
 ) -> list[str]:
-    """Create whichever of `topics` do not exist yet (broker's default partitions); returns the created ones.
+    """Create whichever of `topics` do not exist yet; returns the created ones.
+
+    A topic `like` maps to another (a retry or dead-letter topic to its main topic) gets that
+    topic's partition count; the others the broker's default. An existing one with fewer
+    partitions than its `like` topic is left as it is, with a warning.
 
     The consumer proxy does this before subscribing so that a record published right after
     start-up is not missed by a group that starts at the end of a new topic.
     """
     admin = _admin(settings)
     try:
-        return _create_missing(admin, topics, timeout)
+        return _create_missing(admin, topics, timeout, like or {})
     finally:
         admin.poll(0)  # hands librdkafka's log lines of this client to the logger
 
 
-def _create_missing(admin: AdminClient, topics: Iterable[str], timeout: float) -> list[str]:
-    existing = set(admin.list_topics(timeout=timeout).topics)
+def _partitions(metadata: Any, topic: str | None) -> int:
+    """How many partitions `topic` has in `metadata` (-1: unknown, the broker's default applies)."""
+    found = metadata.get(topic) if topic is not None else None
+    if found is None or found.error is not None or not found.partitions:
+        return -1
+    return len(found.partitions)
+
+
+def _create_missing(
+    admin: AdminClient, topics: Iterable[str], timeout: float, like: Mapping[str, str]
+) -> list[str]:
+    topics = list(topics)
+    existing = admin.list_topics(timeout=timeout).topics
     missing = [t for t in topics if t not in existing]
+    for t in topics:
+        have, want = _partitions(existing, t), _partitions(existing, like.get(t))
+        if t in existing and 0 < have < want:
+            log.warning(
+                "%s has %d partition(s) and %s has %d: its records are handled by at most %d "
+                "consumer(s) at once; add partitions to it (kafka-topics.sh --alter --partitions %d)",
+                t,
+                have,
+                like[t],
+                want,
+                have,
+                want,
+            )
     if not missing:
         return []
     created = []
+    wanted = {t: _partitions(existing, like.get(t)) for t in missing}
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=-1, replication_factor=-1) for t in missing],
+        [NewTopic(t, num_partitions=wanted[t], replication_factor=-1) for t in missing],
         operation_timeout=timeout,
         request_timeout=timeout,
     )
@@ -117,8 +214,10 @@ def _create_missing(admin: AdminClient, topics: Iterable[str], timeout: float) -
                 confluent_kafka.KafkaError.INVALID_REPLICATION_FACTOR,
                 confluent_kafka.KafkaError.UNSUPPORTED_VERSION,
             ):
-                # Brokers without KIP-464 defaults: one partition, one replica.
-                admin.create_topics([NewTopic(topic, 1, 1)])[topic].result(timeout)
+                # Brokers without KIP-464 defaults: one replica (and one partition unless known).
+                admin.create_topics([NewTopic(topic, max(1, wanted[topic]), 1)])[topic].result(
+                    timeout
+                )
                 created.append(topic)
                 continue
             raise

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 from freedom.config.librdkafka import PRODUCER_DEFAULTS
@@ -96,8 +97,11 @@ class KafkaInfra:
         embedded: bool = False,
         ready_timeout: float = 30.0,
         backend: KafkaBackend | None = None,
+        config_dir: Path | None = None,
     ) -> None:
         self.config = config
+        #: Where the embedded broker is recorded for the operations commands (broker_state.py).
+        self.config_dir = config_dir
         self.backend = backend or KafkaBackend()
         self.use_embedded = (embedded or config.needs_embedded_broker) and self.backend.real
         self.ready_timeout = ready_timeout
@@ -127,16 +131,22 @@ class KafkaInfra:
         """Start the clients; `app` is the ASGI application in-process delivery calls."""
         cfg = self.config
         if self.use_embedded:
-            from freedom.kafka.embedded import EmbeddedBroker, shared_broker
+            from freedom.kafka.embedded import broker_for
 
-            # `freedom run --reload` runs the broker in its supervisor, kept across reloads.
-            self.embedded = shared_broker() or EmbeddedBroker()
+            # `freedom run --reload` runs the broker in its supervisor, kept across reloads;
+            # `freedom broker` runs one for the config directories it is recorded in.
+            self.embedded = broker_for(self.config_dir)
             await asyncio.to_thread(self.embedded.start)
             log.warning(
                 "using the embedded Kafka broker at %s: %s",
                 self.embedded.bootstrap,
                 self.embedded.lifetime,
             )
+            for path in getattr(self.embedded, "recorded", ()):
+                log.info(
+                    "recorded the embedded broker in %s: freedom status, dlq and offsets reach it",
+                    path,
+                )
 
         if cfg.producer.open:
             clients = {}

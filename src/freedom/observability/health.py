@@ -8,9 +8,16 @@ must not look healthy. (A rebalance may hold the consumer thread for `drain_time
 and pinning new partitions up to 20 s: keep the timeout above that.)
 
 Ready (`/readyz`): the application has started (its start-up code included), every consumer group
-got its partition assignment, the consumer proxies found the service accepting deliveries, and
-every producer client reaches its cluster (a metadata request answered within 2 s, checked at most
-every 10 s).
+got its partition assignment and its consumer has a broker connection up, the consumer proxies
+found the service accepting deliveries, and every producer client reaches its cluster (a metadata
+request answered within 2 s, checked at most every 10 s).
+
+A consumer group's connections are read from librdkafka's statistics (metrics.LagStats, every
+`statistics.interval.ms`, 5 s by default, on the consumer thread: no request of its own): once they
+have shown no broker connection up for CONSUMER_UNREACHABLE_SEC, the group's cluster counts as
+unreachable, so /readyz turns 503 within the statistics interval plus CONSUMER_UNREACHABLE_SEC
+(15 s by default) of a broker outage, and 200 again at the first statistics after librdkafka
+reconnected. A consumer-only service (no producer client) has no other view of its cluster.
 """
 
 from __future__ import annotations
@@ -19,13 +26,17 @@ import asyncio
 import time
 from typing import Any
 
-__all__ = ["LoopTick", "liveness", "readiness", "TICK_SEC"]
+__all__ = ["LoopTick", "consumer_problems", "liveness", "readiness", "TICK_SEC"]
 
 #: How often the event loop's tick runs.
 TICK_SEC = 1.0
 #: How long a producer client's answered metadata request counts as "reaches its cluster".
 PRODUCER_CHECK_TTL_SEC = 10.0
 PRODUCER_CHECK_TIMEOUT_SEC = 2.0
+#: How long a consumer group's statistics must show no broker connection up before /readyz says
+#: its cluster is unreachable (a broker restart that another broker covers within that time, or a
+#: single reconnect, does not flap the probe).
+CONSUMER_UNREACHABLE_SEC = 10.0
 
 
 class LoopTick:
@@ -124,6 +135,23 @@ def _metadata_problem(producer: Any, label: str) -> str | None:
         return f"producer client {label}: no answer from the cluster within {PRODUCER_CHECK_TIMEOUT_SEC:g} s ({text})"
 
 
+def consumer_problems(proxies: Any) -> list[str]:
+    """The consumer groups of `proxies` whose consumer has had no broker connection up for
+    CONSUMER_UNREACHABLE_SEC, per librdkafka's statistics (one line each)."""
+    now = time.monotonic()
+    out = []
+    for proxy in list(proxies):
+        stats_of = getattr(getattr(proxy, "observer", None), "lag_stats", None) or {}
+        for group in proxy.groups:
+            since = getattr(stats_of.get(group.group_id), "down_since", None)
+            if since is not None and now - since >= CONSUMER_UNREACHABLE_SEC:
+                out.append(
+                    f"consumer group {group.group_id!r}: no broker of its cluster reachable "
+                    f"(no connection up for {now - since:.0f} s)"
+                )
+    return out
+
+
 async def readiness(app: Any, producers: ProducerCheck) -> list[str]:
     """What keeps the service from being ready: one line per part (empty: ready)."""
     kafka = getattr(app, "kafka", None)
@@ -142,6 +170,7 @@ async def readiness(app: Any, producers: ProducerCheck) -> list[str]:
             problems.append(
                 f"consumer group {proxy.config.group_id!r}: the service does not accept deliveries yet"
             )
+    problems += consumer_problems(kafka.proxies)
     if kafka.config.producer.open:
         problems += await producers.problems(kafka.producer)
     return problems

@@ -5,14 +5,17 @@ is about a request or a record (a handler's `runtime.logger`, the consumer proxy
 record's is tracing.record_trace_id's: its `traceparent`, else a Go service's TRACE-ID); the
 consumer proxy's lines about a record add `topic`, `partition`, `offset` and `outcome`; any other
 `extra=` field of the call is kept; an exception is in `exception` (its traceback as text).
+Control and bidirectional characters are written as JSON escapes (`\\u001b`, `\\u202e`: the rule of
+docs/operations.md, "Control and bidirectional characters").
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
 from typing import Any
+
+from freedom.wire.encoding import printable_json
 
 __all__ = ["JsonFormatter", "use_log_format"]
 
@@ -47,7 +50,7 @@ class JsonFormatter(logging.Formatter):
             out["exception"] = record.exc_text
         if record.stack_info:
             out["stack"] = self.formatStack(record.stack_info)
-        return json.dumps(out, ensure_ascii=False)
+        return printable_json(out)
 
 
 #: Handlers whose formatter freedom sets: the standard library's own (a test framework's capture

@@ -13,7 +13,8 @@ Prometheus style (dots become underscores, the unit and `_total` are suffixes):
 
 Beyond the conventions, with a `freedom_` prefix: consumer lag per partition, deliveries in flight,
 records waiting in retry topics, dead letters produced, paused partitions, outbox rows pending and
-the age of the oldest.
+the age of the oldest; and the web console's wrong tokens, and its requests refused while those
+are slowed (console/throttle.py).
 
 The hot path pays one histogram observation per delivery (children cached per label set; the
 consumed counter is summed from it at scrape time), and a dictionary increment per produced
@@ -111,6 +112,18 @@ DEAD_LETTERS = Counter(
     "freedom_dead_letters",
     "Records the consumer proxy produced to a dead-letter topic (acknowledged by the broker).",
     [_TOPIC, "source_topic", _GROUP, "error_type"],
+)
+CONSOLE_AUTH_FAILURES = Counter(
+    "freedom_console_auth_failures",
+    "Wrong tokens presented to the web console, by kind "
+    "(bearer: the API's Authorization header; login: the log-in form).",
+    ["kind"],
+)
+CONSOLE_AUTH_THROTTLED = Counter(
+    "freedom_console_auth_throttled",
+    "Web console requests refused (429) without their token checked: too many answers to wrong "
+    "tokens of their address were waiting.",
+    ["kind"],
 )
 IN_FLIGHT = Gauge(
     "freedom_deliveries_in_flight",
@@ -326,7 +339,9 @@ class DeliveryMetrics:
 
 
 class LagStats:
-    """librdkafka's statistics callback of one consumer group: keeps the lag of its assigned partitions.
+    """librdkafka's statistics callback of one consumer group: keeps the lag of its assigned
+    partitions, and since when no broker connection of the group's consumer is up (/readyz,
+    health.py).
 
     librdkafka calls it on the consumer thread (inside `consume()`), every LAG_STATS_INTERVAL_MS.
     """
@@ -334,11 +349,19 @@ class LagStats:
     def __init__(self, user_callback: Callable[[str], None] | None = None) -> None:
         self.lag: dict[tuple[str, int], int] = {}
         self.at = 0.0  # time.time() of the last statistics
+        #: time.monotonic() of the first statistics of the current run that showed no broker
+        #: connection up (state "UP"); None while one is up (or before the first statistics).
+        self.down_since: float | None = None
         self._user = user_callback
 
     def __call__(self, stats_json: str) -> None:
         try:
             stats = json.loads(stats_json)
+            brokers = (stats.get("brokers") or {}).values()
+            if any(b.get("state") == "UP" and b.get("source") != "internal" for b in brokers):
+                self.down_since = None
+            elif self.down_since is None:
+                self.down_since = time.monotonic()
             lag: dict[tuple[str, int], int] = {}
             for topic, t in (stats.get("topics") or {}).items():
                 for p, part in (t.get("partitions") or {}).items():

@@ -18,6 +18,13 @@ from freedom.kafka.admin import check_reachable
 from freedom.ops.target import OpsError
 
 TP = tuple[str, int]
+_IN_USE = frozenset(
+    {
+        confluent_kafka.KafkaError.UNKNOWN_MEMBER_ID,
+        confluent_kafka.KafkaError.REBALANCE_IN_PROGRESS,
+        confluent_kafka.KafkaError.ILLEGAL_GENERATION,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -29,6 +36,10 @@ class Member:
     partitions: tuple[TP, ...]
 
 
+#: Group states without live members (librdkafka's names).
+IDLE_STATES = frozenset({"EMPTY", "DEAD", "UNKNOWN"})
+
+
 @dataclass(frozen=True)
 class GroupInfo:
     """A consumer group as the coordinator describes it."""
@@ -36,6 +47,17 @@ class GroupInfo:
     group: str
     state: str  # "STABLE", "EMPTY", "DEAD" (unknown group), "PREPARING_REBALANCE", ...
     members: tuple[Member, ...]
+    #: What the broker did not tell (the embedded broker names members, not hosts or partitions).
+    note: str | None = None
+
+    @property
+    def in_use(self) -> bool:
+        """Live members, or a state only a group with members has."""
+        return bool(self.members) or self.state not in IDLE_STATES
+
+
+class GroupInUse(OpsError):
+    """The broker refused to change the offsets of a group because it has live members."""
 
 
 class Cluster:
@@ -48,6 +70,7 @@ class Cluster:
         check_reachable(settings, where, timeout)  # ClusterUnreachable: one line
         self.admin = AdminClient(dict(settings))
         self._topics: dict[str, int] | None = None
+        self._tansu: bool | None = None
 
     # ------------------------------------------------------------------ errors
 
@@ -112,7 +135,57 @@ class Cluster:
 
     def latest(self, tps: list[TP]) -> dict[TP, int]:
         """The end of each partition as a read_committed consumer sees it (the last stable offset)."""
-        return self._list_offsets(tps, OffsetSpec.latest(), True)  # type: ignore[no-untyped-call]
+        found = self._list_offsets(tps, OffsetSpec.latest(), True)  # type: ignore[no-untyped-call]
+        return self._tansu_ends(found) if found and self.on_tansu() else found
+
+    def on_tansu(self) -> bool:
+        """Whether the cluster is the embedded broker (Tansu, by its cluster id)."""
+        if self._tansu is None:
+            from freedom.kafka.embedded import TANSU_CLUSTER_ID
+
+            try:
+                md = self.admin.list_topics(timeout=self.timeout)
+            except confluent_kafka.KafkaException as exc:
+                raise self._fail("cannot list the topics", exc) from None
+            self._tansu = md.cluster_id == TANSU_CLUSTER_ID
+        return self._tansu
+
+    def _tansu_ends(self, found: dict[TP, int]) -> dict[TP, int]:
+        """The true ends on Tansu 0.6, whose ListOffsets answers the base offset of a partition's
+        last record batch + 1 (a batch of 3 records at 0-2 gives 1): read that last batch, up to
+        the end of the partition librdkafka reports once it has fetched it."""
+        lows = self.earliest(list(found))
+        todo = {tp: max(lows[tp], end - 1) for tp, end in found.items() if end > lows[tp]}
+        if not todo:
+            return found
+        out = dict(found)
+        consumer = confluent_kafka.Consumer(
+            {
+                **self.settings,
+                "group.id": f"freedom-ops-ends-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "enable.partition.eof": True,
+                "isolation.level": "read_committed",
+            }
+        )
+        try:
+            consumer.assign([TopicPartition(t, p, o) for (t, p), o in todo.items()])
+            pending = set(todo)
+            deadline = time.monotonic() + self.timeout
+            while pending and time.monotonic() < deadline:
+                msg = consumer.poll(0.2)
+                if msg is None:
+                    continue
+                tp = (str(msg.topic()), int(msg.partition() or 0))
+                err = msg.error()
+                if err is None:
+                    out[tp] = max(out[tp], int(msg.offset() or 0) + 1)
+                elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                    out[tp] = max(out[tp], int(msg.offset() or 0))
+                    pending.discard(tp)
+        finally:
+            consumer.close()
+        return out
 
     def at_time(self, tps: list[TP], ms: int) -> dict[TP, int]:
         """The first offset of each partition with a timestamp at or after `ms`; the end when none."""
@@ -152,6 +225,8 @@ class Cluster:
         except confluent_kafka.KafkaException as exc:
             raise self._fail(f"cannot set the offsets of group {group!r}", exc) from None
         for tp in done.topic_partitions or []:
+            if tp.error is not None and tp.error.code() in _IN_USE:
+                raise GroupInUse(tp.error.str())
             if tp.error is not None:
                 raise self._fail(
                     f"cannot set the offset of {tp.topic}[{tp.partition}] for group {group!r}",
@@ -183,7 +258,43 @@ class Cluster:
             for m in desc.members or []
         )
         state = desc.state.name if hasattr(desc.state, "name") else str(desc.state)
-        return GroupInfo(group, state, members)
+        if members or state in IDLE_STATES:
+            return GroupInfo(group, state, members)
+        return self._describe_classic(group, state)
+
+    def _describe_classic(self, group: str, state: str) -> GroupInfo:
+        """A live group the broker named no member of (the embedded broker answers librdkafka's
+        ConsumerGroupDescribe so): its members from the classic DescribeGroups request, asked of
+        the one plaintext broker; else the group as it is, saying that its members are unknown."""
+        servers = str(self.settings.get("bootstrap.servers", ""))
+        security = str(self.settings.get("security.protocol", "plaintext")).lower()
+        unknown = GroupInfo(
+            group,
+            state,
+            (),
+            f"the broker says the group is {state} but names no member: its members are unknown",
+        )
+        if "," in servers or security != "plaintext":
+            return unknown
+        from freedom.kafka.classic_groups import describe_classic_group
+
+        try:
+            classic = describe_classic_group(servers.rpartition("://")[2], group, self.timeout)
+        except (OSError, ValueError):
+            return unknown
+        if classic.error_code or not classic.members:
+            return unknown
+        members = tuple(Member(m.client_id, m.host, m.partitions) for m in classic.members)
+        told = [
+            what
+            for what, known in (
+                ("hosts", any(m.host for m in members)),
+                ("partitions", any(m.partitions for m in members)),
+            )
+            if not known
+        ]
+        note = f"the broker names the members but not their {' or '.join(told)}" if told else None
+        return GroupInfo(group, state, members, note)
 
     # ------------------------------------------------------------------ records
 

@@ -18,31 +18,41 @@
 - **Capped**: a dead letter with `x-freedom-replay-count` >= the limit is parked (left where it
   is, reported), as is one that cannot be replayed as it was (its value was left out, no original
   topic, the original topic is gone). The job's offset moves past parked and non-matching records.
+  The count is trusted because only the proxy writes dead letters and it copies a main-topic
+  record's replay headers only when the dead letter `x-freedom-replay-of` names proves them (same
+  key and value, from that topic, one replay fewer: freedom/kafka/consumer/replays.py); forged
+  ones are dropped, so a record that was never replayed is replayed, not parked.
+- **Purged ones left out**: a dead letter `freedom dlq purge` purged is passed over, counted
+  (`already purged`), never re-published (freedom/ops/purged.py).
 - **Audited**: each run logs one line (who, when, topic, filter, counts) to `freedom.ops.audit`.
+- **At least once on the embedded broker** (Tansu 0.6): it does not hide the records of an aborted
+  transaction, so a run killed between re-publishing a batch and committing it has that batch
+  delivered, and the next run re-publishes it. The report says so (`note`, :data:`AT_LEAST_ONCE`,
+  and the audit line); the job's offsets are committed plainly there too, after each transaction,
+  and read back (freedom/ops/jobs.py).
+
+The job machinery (transactions, batches, the rate) is shared with the purge: freedom/ops/jobs.py.
 """
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import json
 import logging
-import os
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import confluent_kafka
-from confluent_kafka import TopicPartition
-
-from freedom.config.librdkafka import PRODUCER_DEFAULTS, scrub
 from freedom.kafka.topics import check_topic
-from freedom.ops.cluster import TP, Reader
-from freedom.ops.dlq import DeadLetter, FailTopic, Filter, error_class, fail_topics, snapshot
-from freedom.ops.status import JOB_PREFIX, iso
+from freedom.ops.common import JOB_PREFIX, iso
+from freedom.ops.dlq import FailTopic, fail_topics
+from freedom.ops.jobs import KEPT_DETAILS, Pacer, Produce, run_job
+from freedom.ops.jobs import TRANSACTION_TIMEOUT_MS as TRANSACTION_TIMEOUT_MS
+from freedom.ops.jobs import who as who
+from freedom.ops.purged import Purges, purges_of
+from freedom.ops.records import DeadLetter, Filter, error_class
 from freedom.ops.target import OpsError, Target
 from freedom.wire.headers import (
     OMISSION_HEADERS,
@@ -50,12 +60,19 @@ from freedom.wire.headers import (
     REPLAY_COUNT_HEADER,
     REPLAY_OF_HEADER,
     RETRY_COUNT_HEADER,
+    header_key,
 )
 
 log = logging.getLogger("freedom.ops.replay")
 audit_log = logging.getLogger("freedom.ops.audit")
 
 DEFAULT_MAX_REPLAYS = 3
+#: The report's note on the embedded broker (docs/operations.md, "On the embedded broker").
+AT_LEAST_ONCE = (
+    "on the embedded broker a replay is at least once, not exactly once: a run killed between "
+    "re-publishing a batch and committing it has that batch delivered, and the next run "
+    "re-publishes it (the broker does not hide the records of an aborted transaction)"
+)
 _DROPPED = frozenset(
     h.lower()
     for h in (
@@ -66,10 +83,6 @@ _DROPPED = frozenset(
         REPLAY_OF_HEADER,
     )
 )
-_BATCH_RECORDS = 200  # a transaction is committed after this many records ...
-_BATCH_SECONDS = 0.5  # ... or this long after it began
-TRANSACTION_TIMEOUT_MS = 30000
-_KEPT_DETAILS = 1000  # parked records / planned moves listed in a report (the counts are complete)
 
 
 def parse_rate(value: str) -> float:
@@ -87,15 +100,6 @@ def job_group(fail_topic: str, flt: Filter) -> str:
         return f"{JOB_PREFIX}{fail_topic}"
     digest = hashlib.sha256(json.dumps(flt.describe(), sort_keys=True).encode()).hexdigest()[:10]
     return f"{JOB_PREFIX}{fail_topic}.{digest}"
-
-
-def who() -> str:
-    """The operator for the audit line: the login name and host."""
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no login name (containers): the environment, else unknown
-        user = os.environ.get("USER") or os.environ.get("USERNAME") or "unknown"
-    return f"{user}@{socket.gethostname()}"
 
 
 @dataclass(frozen=True)
@@ -133,10 +137,11 @@ class TopicReplay:
     skipped: int  # read but not matching the filter
     parked: tuple[Parked, ...]
     parked_count: int
-    moves: tuple[Move, ...]  # the first _KEPT_DETAILS moves
+    moves: tuple[Move, ...]  # the first KEPT_DETAILS moves
     destinations: dict[str, int] = field(
         default_factory=dict
     )  # original topic -> records moved there
+    purged: int = 0  # matching, but purged by `freedom dlq purge`: left out
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,8 @@ class ReplayReport:
     max_replays: int
     topics: tuple[TopicReplay, ...]
     seconds: float
+    #: On the embedded broker: :data:`AT_LEAST_ONCE` (exactly once does not hold there).
+    note: str | None = None
 
     @property
     def moved(self) -> int:
@@ -163,6 +170,10 @@ class ReplayReport:
     @property
     def skipped(self) -> int:
         return sum(t.skipped for t in self.topics)
+
+    @property
+    def purged(self) -> int:
+        return sum(t.purged for t in self.topics)
 
 
 @dataclass(frozen=True)
@@ -184,19 +195,21 @@ def audit_line(report: ReplayReport) -> str:
     return (
         f"dlq {what} by {report.who} at {report.at}: topics {topics}; "
         f"filter {json.dumps(report.filter, sort_keys=True, ensure_ascii=False)}; "
-        f"{verb} {report.moved}, parked {report.parked}, not matching {report.skipped}; "
+        f"{verb} {report.moved}, parked {report.parked}, not matching {report.skipped}"
+        f"{f', already purged {report.purged}' if report.purged else ''}; "
         f"max replays {report.max_replays}, rate {f'{report.rate:g}/s' if report.rate else 'unlimited'}; "
         f"{report.seconds:.1f} s"
+        f"{'; at least once (the embedded broker)' if report.note else ''}"
     )
 
 
 def replay_headers(msg: Any, count: int, fail_topic: str) -> list[tuple[str, str | bytes | None]]:
-    """The headers of a replayed record: its own, without the proxy's reason headers, plus the
-    replay count and the dead letter it is a replay of."""
+    """The headers of a replayed record: its own, without the proxy's reason headers (in any
+    spelling: `_` read as `-`), plus the replay count and the dead letter it is a replay of."""
     out: list[tuple[str, str | bytes | None]] = [
         (k, v if v is not None else b"")
         for k, v in msg.headers() or []
-        if k.lower() not in _DROPPED
+        if header_key(k) not in _DROPPED
     ]
     out.append((REPLAY_COUNT_HEADER, str(count).encode()))
     out.append((REPLAY_OF_HEADER, f"{fail_topic}/{msg.partition()}/{msg.offset()}".encode()))
@@ -222,236 +235,86 @@ def _decide(d: DeadLetter, existing: dict[str, int], max_replays: int) -> str | 
     return None
 
 
-class _Pacer:
-    """At most `rate` records per second."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.interval = 1.0 / rate if rate else 0.0
-        self.next = time.monotonic()
-
-    def delay(self) -> float:
-        """Seconds until the next record may go."""
-        return max(0.0, self.next - time.monotonic()) if self.interval else 0.0
-
-    def wait(self) -> None:
-        if not self.interval:
-            return
-        now = time.monotonic()
-        if self.next > now:
-            time.sleep(self.next - now)
-        self.next = max(self.next, now) + self.interval
-
-
-class _Job:
-    """The transactional producer and the job group's consumer of one dead-letter topic."""
-
-    def __init__(self, fail: FailTopic, group: str, timeout: float) -> None:
-        self.fail, self.group, self.timeout = fail, group, timeout
-        settings = fail.cluster.settings
-        self.producer = confluent_kafka.Producer(
-            {
-                **settings,
-                **PRODUCER_DEFAULTS,
-                "transactional.id": group,
-                "enable.idempotence": True,
-                # A killed run's open transaction holds back the read_committed consumers of the
-                # partitions it wrote to until it is aborted: by the next run, else after this long.
-                "transaction.timeout.ms": TRANSACTION_TIMEOUT_MS,
-            }
-        )
-        self.reader = Reader(fail.cluster, group)  # its group metadata goes into each transaction
-        self.errors: list[str] = []
-        self.in_txn = False
-        self._call(self.producer.init_transactions, timeout)  # aborts what a killed run left open
-
-    def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        try:
-            return fn(*args)
-        except confluent_kafka.KafkaException as exc:
-            err = exc.args[0]
-            if isinstance(err, confluent_kafka.KafkaError) and err.code() in (
-                confluent_kafka.KafkaError._FENCED,
-                confluent_kafka.KafkaError.PRODUCER_FENCED,
-                confluent_kafka.KafkaError.INVALID_PRODUCER_EPOCH,
-            ):
-                raise OpsError(
-                    f"another run of replay job {self.group!r} took over (this one was fenced); "
-                    "let that one finish"
-                ) from None
-            text = err.str() if isinstance(err, confluent_kafka.KafkaError) else str(err)
-            raise OpsError(
-                f"replay of {self.fail.topic!r}: {scrub(text, self.fail.cluster.settings)}; "
-                "nothing of the unfinished batch was committed: run the same command again"
-            ) from None
-
-    def begin(self) -> None:
-        if not self.in_txn:
-            self._call(self.producer.begin_transaction)
-            self.in_txn = True
-
-    def produce(self, topic: str, msg: Any, headers: list[tuple[str, str | bytes | None]]) -> None:
-        def report(err: Any, _m: Any) -> None:
-            if err is not None:
-                self.errors.append(f"{topic}: {err.str()}")
-
-        while True:
-            try:
-                self.producer.produce(
-                    topic, key=msg.key(), value=msg.value(), headers=headers, on_delivery=report
-                )
-                self.producer.poll(0)
-                return
-            except BufferError:
-                self.producer.poll(0.05)
-
-    def commit(self, positions: dict[TP, int]) -> None:
-        """Commit the open transaction: the records produced in it and the job's offsets, or neither."""
-        if not self.in_txn:
-            return
-        offsets = [TopicPartition(t, p, o) for (t, p), o in sorted(positions.items())]
-        try:
-            if offsets:
-                self._call(
-                    self.producer.send_offsets_to_transaction,
-                    offsets,
-                    self.reader.consumer.consumer_group_metadata(),
-                    self.timeout,
-                )
-            self._call(self.producer.commit_transaction, self.timeout)
-        except OpsError:
-            self.abort()
-            raise
-        self.in_txn = False
-        if self.errors:  # commit_transaction fails when a record was not acknowledged; never here
-            raise OpsError(f"replay of {self.fail.topic!r}: {self.errors[0]}")
-
-    def abort(self) -> None:
-        if self.in_txn:
-            try:
-                self.producer.abort_transaction(self.timeout)
-            except confluent_kafka.KafkaException:
-                pass  # the next run's init_transactions aborts it
-            self.in_txn = False
-
-    def close(self) -> None:
-        self.abort()
-        self.reader.close()
-
-
 def _replay_topic(
     fail: FailTopic,
     flt: Filter,
     *,
     dry_run: bool,
     max_replays: int,
-    pacer: _Pacer,
+    pacer: Pacer,
     progress: Callable[[Progress], None] | None,
     timeout: float,
 ) -> TopicReplay:
     group = job_group(fail.topic, flt)
-    # The job's producer first: its init_transactions aborts what a killed run left open (records
-    # and offsets), so the offsets read next are the last ones committed for good.
-    job = None if dry_run else _Job(fail, group, timeout)
-    try:
-        ends = snapshot(fail)
-        committed = fail.cluster.committed(group)
-        existing = fail.cluster.topics(refresh=True)
-    except BaseException:
-        if job is not None:
-            job.close()
-        raise
-    ranges = []
-    for (t, p), (low, end) in sorted(ends.items()):
-        start, stop = flt.bounds(p, low, end)
-        start = max(start, committed.get((t, p), start))
-        ranges.append((p, start, max(start, stop)))
-    total = sum(stop - start for _, start, stop in ranges)
-    moved = skipped = parked_count = read = 0
+    moved = skipped = parked_count = purged = 0
     parked: list[Parked] = []
     moves: list[Move] = []
     destinations: dict[str, int] = {}
-    reader = job.reader if job is not None else Reader(fail.cluster)
-    last_progress = time.monotonic()
-    try:
-        for p, start, stop in ranges:
-            if start >= stop:
-                continue
-            tp = (fail.topic, p)
-            positions: dict[TP, int] = {}
-            began = time.monotonic()
-            in_batch = 0
-            for msg in reader.read(fail.topic, p, start, stop):
-                read += 1
-                offset = int(msg.offset() or 0)
-                d = DeadLetter.of(msg)
-                why: str | None = None
-                matching = flt.matches(d)
-                if not matching:
-                    skipped += 1
-                elif (why := _decide(d, existing, max_replays)) is not None:
-                    parked_count += 1
-                    if len(parked) < _KEPT_DETAILS:
-                        parked.append(Parked(p, offset, d.key, why))
-                moving = matching and why is None
-                if job is not None:
-                    if moving:
-                        if job.in_txn and pacer.delay() > _BATCH_SECONDS:
-                            job.commit(positions)  # never hold a transaction open while waiting
-                            in_batch = 0
-                        pacer.wait()
-                    if not job.in_txn:
-                        job.begin()
-                        began = time.monotonic()
-                if moving:
-                    assert d.original_topic is not None
-                    if job is not None:
-                        job.produce(
-                            d.original_topic,
-                            msg,
-                            replay_headers(msg, d.replay_count + 1, fail.topic),
-                        )
-                    moved += 1
-                    destinations[d.original_topic] = destinations.get(d.original_topic, 0) + 1
-                    if len(moves) < _KEPT_DETAILS:
-                        moves.append(
-                            Move(
-                                p,
-                                offset,
-                                d.key,
-                                d.original_topic,
-                                error_class(d.error),
-                                d.replay_count + 1,
-                            )
-                        )
-                positions[tp] = offset + 1
-                in_batch += 1
-                if job is not None and (
-                    in_batch >= _BATCH_RECORDS or time.monotonic() - began >= _BATCH_SECONDS
-                ):
-                    job.commit(positions)
-                    in_batch = 0
-                if progress is not None and time.monotonic() - last_progress >= 2.0:
-                    last_progress = time.monotonic()
-                    progress(Progress(fail.topic, read, total, moved, parked_count))
-            if job is not None:
-                positions[tp] = stop  # past transaction markers, up to the end taken at the start
-                job.begin()
-                job.commit(positions)
-    finally:
-        if job is not None:
-            job.close()
-        else:
-            reader.close()
+    existing: dict[str, int] = {}
+    purges = Purges(fail.topic)
+
+    def prepare() -> None:
+        nonlocal existing, purges
+        existing = fail.cluster.topics(refresh=True)
+        purges = purges_of(fail.cluster, fail.topic)
+
+    def act(msg: Any, d: DeadLetter) -> Produce | None:
+        nonlocal moved, skipped, parked_count, purged
+        if not flt.matches(d):
+            skipped += 1
+            return None
+        if purges.covers(d):
+            purged += 1
+            return None
+        why = _decide(d, existing, max_replays)
+        if why is not None:
+            parked_count += 1
+            if len(parked) < KEPT_DETAILS:
+                parked.append(Parked(d.partition, d.offset, d.key, why))
+            return None
+        assert d.original_topic is not None
+        moved += 1
+        destinations[d.original_topic] = destinations.get(d.original_topic, 0) + 1
+        if len(moves) < KEPT_DETAILS:
+            moves.append(
+                Move(
+                    d.partition,
+                    d.offset,
+                    d.key,
+                    d.original_topic,
+                    error_class(d.error),
+                    d.replay_count + 1,
+                )
+            )
+        return d.original_topic, replay_headers(msg, d.replay_count + 1, fail.topic)
+
+    def tick(read: int, total: int) -> None:
+        if progress is not None:
+            progress(Progress(fail.topic, read, total, moved, parked_count))
+
+    ranges = run_job(
+        fail,
+        group,
+        flt,
+        act,
+        dry_run=dry_run,
+        timeout=timeout,
+        what="replay",
+        prepare=prepare,
+        pacer=pacer,
+        tick=tick,
+    )
     return TopicReplay(
         fail.topic,
         group,
-        tuple(ranges),
+        ranges,
         moved,
         skipped,
         tuple(parked),
         parked_count,
         tuple(moves),
         destinations,
+        purged,
     )
 
 
@@ -465,9 +328,11 @@ def replay(
     max_replays: int = DEFAULT_MAX_REPLAYS,
     progress: Callable[[Progress], None] | None = None,
     timeout: float = 30.0,
+    operator: str | None = None,
 ) -> ReplayReport:
     """Replay the dead letters of `topic` (a dead-letter topic, or the main topic whose dead letters;
-    None: every dead-letter topic of the service) that match `flt`. See the module's docstring."""
+    None: every dead-letter topic of the service) that match `flt`. See the module's docstring.
+    `operator` is who the audit line names (the web console's token label); None: :func:`who`."""
     flt = flt if flt is not None else Filter()
     if max_replays < 1:
         raise OpsError("--max-replays must be 1 or more")
@@ -484,7 +349,8 @@ def replay(
                 "run that was killed and aborted (delivered twice); use read_committed",
                 f.client.where,
             )
-    pacer = _Pacer(rate)
+    note = AT_LEAST_ONCE if any(f.cluster.on_tansu() for f in fails) else None
+    pacer = Pacer(rate)
     done = []
     try:
         for f in fails:
@@ -501,7 +367,7 @@ def replay(
             )
     finally:
         report = ReplayReport(
-            who(),
+            operator if operator is not None else who(),
             at,
             dry_run,
             flt.describe(),
@@ -509,6 +375,7 @@ def replay(
             max_replays,
             tuple(done),
             time.monotonic() - started,
+            note,
         )
         audit_log.info(
             "%s%s", audit_line(report), "" if len(done) == len(fails) else " (stopped early)"

@@ -4,7 +4,10 @@ step, e.g. to skip or re-read the retry topics).
 
 Kafka refuses to change the offsets of a group with live members (their next commit would undo
 it anyway): the command says so before trying, naming the members, so the service is stopped
-first. A dry run shows the new offsets and changes nothing.
+first. A group is live when the broker names members, or when its state is one only a group with
+members has (the embedded broker may name none: ops/cluster.py); a refusal from the broker itself
+(a member joined meanwhile) gets the same message. A dry run shows the new offsets, changes
+nothing, and says whether the reset itself would be refused.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import logging
 import time
 from dataclasses import dataclass
 
-from freedom.ops.cluster import TP, Cluster, Member
+from freedom.ops.cluster import TP, Cluster, GroupInfo, GroupInUse, Member
 from freedom.ops.dlq import parse_time
 from freedom.ops.replay import who
 from freedom.ops.status import iso
@@ -44,6 +47,8 @@ class OffsetsReset:
     changes: tuple[OffsetChange, ...]
     who: str
     at: str
+    #: Why the reset itself is (or, for a dry run, would be) refused; None: it can be applied.
+    refusal: str | None = None
 
 
 def audit_line(result: OffsetsReset) -> str:
@@ -63,6 +68,27 @@ def _members(info_members: tuple[Member, ...]) -> str:
     )
     more = f" and {len(info_members) - 5} more" if len(info_members) > 5 else ""
     return shown + more
+
+
+_STOP_FIRST = (
+    "stop every instance of the service first (Kafka does not change the offsets of a group in "
+    "use), then run this again"
+)
+
+
+def refusal_of(info: GroupInfo) -> str | None:
+    """The one-line refusal of a reset of the group `info` describes; None when it has no live member."""
+    if info.members:
+        return (
+            f"group {info.group!r} has {len(info.members)} live member(s) "
+            f"({_members(info.members)}): {_STOP_FIRST}"
+        )
+    if info.in_use:
+        return (
+            f"group {info.group!r} is in use (state {info.state}, though the broker names no "
+            f"member): {_STOP_FIRST}"
+        )
+    return None
 
 
 def reset_offsets(
@@ -86,12 +112,9 @@ def reset_offsets(
     client = target.client_for_group(group)
     cluster = Cluster(client.settings, client.where)
     info = cluster.describe(group)
-    if info.members and not dry_run:
-        raise OpsError(
-            f"group {group!r} has {len(info.members)} live member(s) ({_members(info.members)}): "
-            "stop every instance of the service first (Kafka does not change the offsets of a group "
-            "in use), then run this again"
-        )
+    refusal = refusal_of(info)
+    if refusal and not dry_run:
+        raise OpsError(refusal)
     committed = cluster.committed(group)
     if topic is not None:
         tps: list[TP] = cluster.partitions(topic)
@@ -109,10 +132,15 @@ def reset_offsets(
     changes = tuple(OffsetChange(t, p, committed.get((t, p)), new[(t, p)]) for t, p in tps)
     applied = False
     if not dry_run:
-        cluster.alter_committed(group, {(c.topic, c.partition): c.new for c in changes})
+        try:
+            cluster.alter_committed(group, {(c.topic, c.partition): c.new for c in changes})
+        except GroupInUse as exc:  # a member joined since describe()
+            raise OpsError(
+                f"group {group!r} is in use (the broker refused the reset: {exc}): {_STOP_FIRST}"
+            ) from None
         applied = True
     result = OffsetsReset(
-        group, spec, dry_run, applied, info.members, changes, who(), iso(time.time())
+        group, spec, dry_run, applied, info.members, changes, who(), iso(time.time()), refusal
     )
     audit_log.info("%s", audit_line(result))
     return result

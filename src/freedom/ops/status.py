@@ -8,25 +8,17 @@ due yet is paused: `due_at` says until when.
 
 from __future__ import annotations
 
-import datetime
 import time
 from dataclasses import dataclass, field
 
 from freedom.ops.cluster import TP, Cluster, Member
+from freedom.ops.common import JOB_PREFIX as JOB_PREFIX
+from freedom.ops.common import iso as iso
+from freedom.ops.common import main_topics as main_topics
+from freedom.ops.purged import waiting as still_waiting
 from freedom.ops.target import ClientTarget, Target
 
-#: The consumer groups of `freedom dlq replay` jobs: `freedom-replay.<fail-topic>[.<filter hash>]`.
-JOB_PREFIX = "freedom-replay."
 MARKER_CHECK = 3  # a lag up to this many offsets is counted in records (see _group)
-
-
-def iso(ts: float) -> str:
-    """A UTC time as ISO 8601 with milliseconds and `Z`."""
-    return (
-        datetime.datetime.fromtimestamp(ts, datetime.UTC)
-        .isoformat(timespec="milliseconds")
-        .replace("+00:00", "Z")
-    )
 
 
 @dataclass(frozen=True)
@@ -50,6 +42,8 @@ class GroupStatus:
     state: str
     members: tuple[Member, ...]
     partitions: tuple[PartitionStatus, ...]
+    #: What the broker did not tell about the members (the embedded broker: hosts, partitions).
+    note: str | None = None
 
     @property
     def lag(self) -> int:
@@ -64,7 +58,7 @@ class TopicCount:
     original_topic: str
     records: int
     #: dead-letter topics: records after the offsets of the unfiltered replay job
-    #: (`freedom-replay.<topic>`): not replayed yet (None for retry topics)
+    #: (`freedom-replay.<topic>`) that no purge purged: not replayed yet (None for retry topics)
     not_replayed: int | None = None
 
 
@@ -88,21 +82,6 @@ class StatusReport:
 
     at: str
     clients: tuple[ClientStatus, ...] = field(default=())
-
-
-def main_topics(client: ClientTarget, cluster: Cluster) -> list[str]:
-    """The listened topics: the application's, else those the groups have committed offsets on."""
-    if client.topics is not None:
-        return list(client.topics)
-    cc = client.config
-    found = {t for t, _ in cluster.committed(cc.group_id)}
-    if cc.retry_count > 0:
-        found |= {
-            t[len(cc.retry_prefix) :]
-            for t, _ in cluster.committed(cc.retry_group_id)
-            if t.startswith(cc.retry_prefix)
-        }
-    return sorted(found)
 
 
 def _group(
@@ -145,7 +124,7 @@ def _group(
             parts.append(PartitionStatus(tp[0], tp[1], c, ends[tp], lag, due_at))
     finally:
         reader.close()
-    return GroupStatus(group, kind, info.state, info.members, tuple(parts))
+    return GroupStatus(group, kind, info.state, info.members, tuple(parts), info.note)
 
 
 def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
@@ -175,7 +154,7 @@ def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
                     ft,
                     t,
                     sum(max(0, ends[tp] - lows[tp]) for tp in tps),
-                    sum(max(0, ends[tp] - max(lows[tp], done.get(tp, 0))) for tp in tps),
+                    still_waiting(cluster, ft, {tp: (lows[tp], ends[tp]) for tp in tps}, done),
                 )
             )
     return ClientStatus(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from freedom.config.loading import find_config_dir, load_kafka_config
@@ -68,22 +69,30 @@ class Target:
 
 
 def servers_of(
-    cc: ConsumerClientConfig, where: str, embedded: str | None = None
+    cc: ConsumerClientConfig,
+    where: str,
+    embedded: str | None = None,
+    config_dir: str | Path | None = None,
 ) -> tuple[str, ...]:
     """The bootstrap servers of the consumer client `cc` (`where` names it in errors): its own, else
-    the embedded broker's (`embedded`, or the one this process shares); OpsError when neither."""
+    the embedded broker's: `embedded`, else the one $FREEDOM_EMBEDDED_BOOTSTRAP names, else the one
+    recorded in `config_dir` (by the service running on it, the `freedom run --reload`/`--workers`
+    parent or `freedom broker`: kafka/broker_state.py); OpsError when there is none."""
     if cc.servers is not None:
         return cc.servers
     if embedded:
         return (embedded,)
-    from freedom.kafka.embedded import shared_broker
+    from freedom.kafka.embedded import EmbeddedBrokerError, locate
 
-    shared = shared_broker()
-    if shared is not None:
-        return (shared.bootstrap,)
+    try:
+        found = locate(Path(config_dir) if config_dir is not None else None)
+    except EmbeddedBrokerError as exc:
+        raise OpsError(str(exc)) from None
+    if found.bootstrap is not None:
+        return (found.bootstrap,)
     raise OpsError(
-        f"{where} has no servers: the embedded broker lives inside the service's process, "
-        "so there is no cluster to inspect from outside; set servers in kafka.toml"
+        f"{where} has no servers, and {found.problem}: start the service (freedom run) or "
+        "freedom broker with this config directory, or set servers in kafka.toml"
     )
 
 
@@ -106,7 +115,7 @@ def target_of(
     for i, cc in enumerate(kafka.consumer_clients):
         where = f"consumer_clients[{i}] in {kafka.file}"
         settings = client_settings(
-            servers_of(cc, where, embedded_bootstrap),
+            servers_of(cc, where, embedded_bootstrap, config_dir),
             "consumer",
             cc.group_id,
             {},

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING
 from freedom.errors import FreedomError
 
 if TYPE_CHECKING:
-    from freedom.kafka.embedded import EmbeddedBroker
+    from freedom.kafka.embedded import EmbeddedBroker, SharedBroker
 
 log = logging.getLogger("freedom.runner.reload")
 
@@ -149,13 +149,15 @@ class Supervisor:
         *,
         broker_needed: Callable[[], bool],
         stop_timeout: float = STOP_TIMEOUT_SEC,
+        config_dir: Path | None = None,
     ) -> None:
         self.child_args = list(child_args)
         self.dirs = list(dirs)
         self.broker_needed = broker_needed
         self.stop_timeout = stop_timeout
+        self.config_dir = config_dir  # where the broker is recorded (kafka/broker_state.py)
         self.child: subprocess.Popen[bytes] | None = None
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | SharedBroker | None = None
         self._stopping = threading.Event()  # SIGINT/SIGTERM: watchfiles checks it every step
         self._kill_now = False  # a second signal: do not wait for the drain
         self._reported = False  # the current child's exit was logged
@@ -175,8 +177,9 @@ class Supervisor:
     # ------------------------------------------------------------------ broker
 
     def _ensure_broker(self) -> None:
-        """Start the embedded broker if the config now needs it and it is not running."""
-        from freedom.kafka.embedded import EmbeddedBroker
+        """Start the embedded broker if the config now needs it and it is not running (or use the
+        one `freedom broker` runs for the config directory)."""
+        from freedom.kafka.embedded import EmbeddedBroker, broker_for
 
         if self.broker is not None and self.broker.running:
             return
@@ -186,9 +189,14 @@ class Supervisor:
             log.warning(
                 "the embedded Kafka broker had exited; starting a new one (its data is lost)"
             )
-        broker = EmbeddedBroker()
+        broker = broker_for(self.config_dir, owner="freedom run --reload")
         broker.start()
         self.broker = broker
+        if not isinstance(broker, EmbeddedBroker):
+            log.warning(
+                "using the embedded Kafka broker at %s: %s", broker.bootstrap, broker.lifetime
+            )
+            return
         log.warning(
             "embedded Kafka broker at %s (pid %s), kept running across reloads: in memory only, "
             "everything is lost when freedom run stops",
@@ -301,7 +309,16 @@ def supervise(
     reload_dirs: Sequence[str] = (),
 ) -> int:
     """`freedom run --reload`: run `freedom run child_args...` under a `Supervisor`."""
+    from freedom.config.loading import find_config_dir
+
     dirs = watched_dirs(target, config, reload_dirs)
+    try:
+        config_dir = find_config_dir(config)
+    except FreedomError:
+        config_dir = None  # the service reports it
     return Supervisor(
-        child_args, dirs, broker_needed=lambda: needs_embedded_broker(config, embedded_broker)
+        child_args,
+        dirs,
+        broker_needed=lambda: needs_embedded_broker(config, embedded_broker),
+        config_dir=config_dir,
     ).run()

@@ -69,7 +69,7 @@ def run(main: Coroutine[Any, Any, None]) -> None:
 def freeze_startup_objects() -> None:
     """Keep what start-up made (modules, routes, clients: ~50,000 objects) out of the cyclic
     collector's full passes (`gc.freeze`). A full pass over them took ~20 ms, a stall every
-    delivery in flight waited out (the p99 latency, docs/perf-log.md); they live as long as the
+    delivery in flight waited out (the p99 latency, bench/perf-log.md); they live as long as the
     process anyway."""
     gc.collect()
     gc.freeze()
@@ -160,7 +160,7 @@ def own_delivery_socket(app: Application) -> socket.socket | None:
 
     A worker's proxy posting to the shared port would reach any worker: each delivery would then
     wake two processes and cross between them. Measured (`python -m bench.ab`, two workers,
-    HTTP/1.1, trivial handler): 6,889 → 8,731 records/s (docs/perf-log.md, row 22).
+    HTTP/1.1, trivial handler): 6,889 → 8,731 records/s (bench/perf-log.md, row 22).
     So a worker also listens on 127.0.0.1:<free port> and its proxy delivers there, to its own
     application, as one process does; HTTP clients still use the shared port.
     """

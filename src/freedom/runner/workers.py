@@ -48,7 +48,9 @@ from freedom.runner.reload import exit_text
 from freedom.runner.server import LISTEN_FD_ENV
 
 if TYPE_CHECKING:
-    from freedom.kafka.embedded import EmbeddedBroker
+    from pathlib import Path
+
+    from freedom.kafka.embedded import EmbeddedBroker, SharedBroker
 
 log = logging.getLogger("freedom.runner.workers")
 
@@ -115,6 +117,7 @@ class WorkerSupervisor:
         *,
         broker_needed: bool,
         stop_timeout: float = STOP_TIMEOUT_SEC,
+        config_dir: Path | None = None,
     ) -> None:
         self.count = count
         self.sock = sock
@@ -128,7 +131,8 @@ class WorkerSupervisor:
         ]
         self.broker_needed = broker_needed
         self.stop_timeout = stop_timeout
-        self.broker: EmbeddedBroker | None = None
+        self.broker: EmbeddedBroker | SharedBroker | None = None
+        self.config_dir = config_dir  # where the broker is recorded (kafka/broker_state.py)
         self.workers = [_Worker(i + 1) for i in range(count)]
         self._stopping = threading.Event()
         self._kill_now = False
@@ -146,11 +150,16 @@ class WorkerSupervisor:
         self._stopping.set()
 
     def _start_broker(self) -> None:
-        from freedom.kafka.embedded import EmbeddedBroker
+        from freedom.kafka.embedded import EmbeddedBroker, broker_for
 
-        broker = EmbeddedBroker()
+        broker = broker_for(self.config_dir, owner="freedom run --workers")
         broker.start()
         self.broker = broker
+        if not isinstance(broker, EmbeddedBroker):  # freedom broker's, for this config directory
+            log.warning(
+                "using the embedded Kafka broker at %s: %s", broker.bootstrap, broker.lifetime
+            )
+            return
         log.warning(
             "embedded Kafka broker at %s (pid %s), shared by the %d workers: in memory only, "
             "everything is lost when freedom run stops",
@@ -298,5 +307,9 @@ def supervise(
     sock.listen(BACKLOG)
     sock.set_inheritable(True)
     return WorkerSupervisor(
-        count, child_args, sock, broker_needed=needs_embedded_broker(config, embedded_broker)
+        count,
+        child_args,
+        sock,
+        broker_needed=needs_embedded_broker(config, embedded_broker),
+        config_dir=config_dir,
     ).run()

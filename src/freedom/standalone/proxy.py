@@ -54,6 +54,7 @@ from freedom.errors import ConfigError, FreedomError
 from freedom.kafka.admin import check_reachable, ensure_topics
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, RecordHeaders, Transport
 from freedom.kafka.consumer.proxy import ConsumerProxy
+from freedom.kafka.embedded import Located, locate
 from freedom.kafka.settings import client_settings
 from freedom.observability import health, metrics
 
@@ -84,20 +85,19 @@ def target_of(sub: SubscriptionConfig) -> tuple[str, EventRoute]:
 
 def make_target_transport(sub: SubscriptionConfig, kafka: KafkaConfig) -> Transport:
     """The transport of one subscription: HTTP/1.1, or h2c (`http2`, else `[consumer] proxy_http2`),
-    with its timeout and its secret (else `[consumer]`'s)."""
+    with its secret (else `[consumer]`'s). Its timeout is the route's (`timeout_sec`, else the
+    client's `delivery_timeout_sec`: :func:`_topic_config`, which the ConsumerProxy puts on the route)."""
     base, _ = target_of(sub)
     http2 = sub.http2 if sub.http2 is not None else kafka.consumer.proxy_http2
     secret = sub.shared_secret if sub.shared_secret is not None else kafka.consumer.shared_secret
     if http2:
         from freedom.kafka.transports.http import HttpTransport
 
-        return HttpTransport(base, timeout=sub.timeout_sec, secret=secret)
+        return HttpTransport(base, secret=secret)
     from freedom.kafka.transports.http1 import Http1Transport
 
     bound = sub.max_in_flight or 100
-    return Http1Transport(
-        base, timeout=sub.timeout_sec, secret=secret, max_connections=min(bound, MAX_CONNECTIONS)
-    )
+    return Http1Transport(base, secret=secret, max_connections=min(bound, MAX_CONNECTIONS))
 
 
 class SubscriptionTransport:
@@ -134,9 +134,10 @@ class ProxyPlan:
     subscriptions: tuple[SubscriptionConfig, ...]
 
 
-def plan(kafka: KafkaConfig) -> list[ProxyPlan]:
+def plan(kafka: KafkaConfig, embedded: Located | None = None) -> list[ProxyPlan]:
     """The ConsumerProxies that serve kafka.toml's subscriptions (ConfigError when there are none
-    or no consumer client to read them)."""
+    or no consumer client to read them). A client without servers reads from the embedded broker
+    `embedded` found for the config directory (`freedom broker`'s, a service's)."""
     if not kafka.subscriptions:
         raise ConfigError(
             kafka.file,
@@ -160,11 +161,13 @@ def plan(kafka: KafkaConfig) -> list[ProxyPlan]:
     for sub in kafka.subscriptions:
         index = by_group[sub.group_id] if sub.group_id is not None else 0
         client = kafka.consumer_clients[index]
-        if client.servers is None:
+        if client.servers is None and (embedded is None or embedded.bootstrap is None):
+            why = f" ({embedded.problem})" if embedded is not None and embedded.problem else ""
             raise ConfigError(
                 kafka.file,
                 f"consumer_clients[{index}].servers",
-                'freedom proxy reads from a cluster: give its servers, like ["kafka:9092"]',
+                'freedom proxy reads from a cluster: give its servers, like ["kafka:9092"], or '
+                f"run freedom broker for this config directory{why}",
             )
         retries = sub.retry_count if sub.retry_count is not None else client.retry_count
         interval = (
@@ -207,6 +210,7 @@ def _topic_config(sub: SubscriptionConfig, client: TopicConsumeConfig) -> TopicC
         update={
             "mode": sub.mode or client.mode,
             "max_in_flight": sub.max_in_flight or client.max_in_flight,
+            "delivery_timeout_sec": given(sub.timeout_sec, client.delivery_timeout_sec),
             "dead_letter_statuses": given(sub.dead_letter_statuses, client.dead_letter_statuses),
             "rate_limit_per_sec": given(sub.rate_limit_per_sec, client.rate_limit_per_sec),
             "max_concurrency": given(sub.max_concurrency, client.max_concurrency),
@@ -225,10 +229,14 @@ class StandaloneProxy:
     freedom.observability.metrics and freedom.observability.health read a service's groups from `app.kafka.proxies`: this
     object is its own `kafka`, so they read it the same way."""
 
-    def __init__(self, kafka: KafkaConfig, app: AppConfig | None = None) -> None:
+    def __init__(
+        self, kafka: KafkaConfig, app: AppConfig | None = None, embedded: Located | None = None
+    ) -> None:
         self.kafka_config = kafka
         self.config = app or AppConfig()
-        self.plans = plan(kafka)
+        self.plans = plan(kafka, embedded)
+        #: The embedded broker the clients without servers read from.
+        self.embedded = embedded.bootstrap if embedded is not None else None
         self.proxies: list[ConsumerProxy] = []
         self.transports: list[Transport] = []
         self._started = False
@@ -244,11 +252,13 @@ class StandaloneProxy:
         try:
             for p in self.plans:
                 cc = p.config
+                on_embedded = cc.servers is None
                 settings = client_settings(
-                    cast(tuple[str, ...], cc.servers),
+                    cc.servers or (cast(str, self.embedded),),
                     "consumer",
                     cc.group_id,
-                    {},
+                    # The embedded broker holds a new group's join for half the session timeout.
+                    {"session.timeout.ms": 6000} if on_embedded else {},
                     cc.librdkafka_settings,
                 )
                 where = f"consumer_clients[{p.client_index}] in {self.kafka_config.file}"
@@ -302,7 +312,7 @@ class StandaloneProxy:
                     f"consumer group {proxy.config.group_id!r}: waiting for "
                     f"{proxy.delivery.proxy_addr} to accept connections"
                 )
-        return problems
+        return problems + health.consumer_problems(self.proxies)
 
 
 def ops_app(proxy: StandaloneProxy, tick: health.LoopTick) -> Starlette:
@@ -454,5 +464,12 @@ def command(args: argparse.Namespace) -> int:
         app = app.listening_as(("freedom proxy", "--listen"))
     use_log_format(app.log_format)
     logging.getLogger().setLevel(args.log_level.upper() if args.log_level else app.log_level)
-    serve(StandaloneProxy(kafka, app))
+    embedded = None
+    if any(c.servers is None for c in kafka.consumer_clients):  # the embedded broker's, if running
+        embedded = locate(Path(config_dir))
+        if embedded.bootstrap is not None:
+            log.info(
+                "reading from the embedded broker at %s (%s)", embedded.bootstrap, embedded.source
+            )
+    serve(StandaloneProxy(kafka, app, embedded))
     return 0

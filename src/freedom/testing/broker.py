@@ -32,14 +32,19 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
+import os
+import sys
 import threading
 import time
 import zlib
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
 import confluent_kafka
 
+from freedom.config.loading import CONFIG_ENV, find_config_dir
 from freedom.config.models import (
     ConsumerClientConfig,
     ConsumerSection,
@@ -51,6 +56,7 @@ from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import INPROCESS, EventRoute, Transport
 from freedom.kafka.consumer.group import GroupLoop, wait_event
 from freedom.kafka.consumer.proxy import ConsumerProxy
+from freedom.kafka.consumer.replays import ReplayCheck
 from freedom.kafka.consumer.retry import RETRY_PRODUCER_MAX_BYTES, RetryRouter, _Client
 from freedom.kafka.producer import DEFAULT_MAX_BYTES, ProducerClient
 from freedom.kafka.service import KafkaBackend
@@ -62,11 +68,59 @@ if TYPE_CHECKING:
 
 __all__ = ["TestBroker", "BlockingTestBroker", "MemoryRecord"]
 
+log = logging.getLogger("freedom.testing")
+
 #: A topic's max.message.bytes when not given (Apache Kafka's default message.max.bytes).
 TOPIC_MAX_BYTES = 1_048_588
 
 TP = tuple[str, int]
 RawHeaders = list[tuple[str, bytes | None]]
+
+
+def _module_dirs(module_name: str) -> list[Path]:
+    """The directory of module `module_name`'s file, then each one above it up to the directory its
+    top package is imported from (`a.b.c` in /r/a/b/c.py: /r/a/b, /r/a, /r); [] without a file."""
+    file = getattr(sys.modules.get(module_name), "__file__", None)
+    if not file:
+        return []
+    path = Path(file).resolve()
+    levels = 0 if module_name == "__main__" else module_name.count(".")
+    levels += path.stem == "__init__"  # a package's own module: its directory is one more level
+    dirs = [path.parent]
+    for _ in range(levels):
+        dirs.append(dirs[-1].parent)
+    return dirs
+
+
+def service_config_dir(app: Application) -> tuple[Path | None, str]:
+    """The configuration directory of `app` as `freedom run` would find it from the directory of
+    the app's module, whatever the working directory, and how it was found (for the log).
+
+    In order: the application's `config_dir` (it must be a directory), `$FREEDOM_PROJECT_CONFIG`,
+    `conf/` then `server/conf/` in the directory of the module the Application was made in (or
+    in one above it, up to the directory its top package is imported from), else the working
+    directory's `conf/`, `server/conf/`. None: no configuration, the test broker's defaults."""
+    explicit = app._config_dir_arg
+    if explicit is not None:
+        if not Path(explicit).is_dir():
+            raise FreedomError(
+                f"TestBroker(app): the application's config_dir {explicit} is not a directory; "
+                "give the directory holding app.toml and infra/kafka.toml, or leave config_dir out "
+                "to use the conf/ next to the application's module"
+            )
+        return Path(explicit), "the application's config_dir"
+    if os.environ.get(CONFIG_ENV):
+        return find_config_dir(), f"${CONFIG_ENV}"
+    dirs = _module_dirs(app.module_name)
+    for base in dirs:
+        for candidate in (base / "conf", base / "server" / "conf"):
+            if candidate.is_dir():
+                return candidate, f"next to module {app.module_name}"
+    found = find_config_dir()
+    if found is not None:
+        return found.resolve(), "in the working directory"
+    looked = ", ".join(str(d) for d in [*dirs, Path.cwd()])
+    return None, f"no conf/ or server/conf/ in {looked}"
 
 
 def _require_httpx(what: str) -> None:
@@ -386,6 +440,19 @@ class _MemoryGroup(GroupLoop):
         return None, due
 
 
+class _MemoryDeadLetters:
+    """The dead letters a replay check reads (replays.DeadLetterSource), from the broker."""
+
+    def __init__(self, broker: TestBroker) -> None:
+        self._broker = broker
+
+    def read(self, topic: str, partition: int, offset: int, count: int) -> list[MemoryRecord]:
+        return self._broker.records(topic, partition)[offset : offset + count]
+
+    def close(self) -> None:
+        return None
+
+
 class _MemoryConsumerProxy(ConsumerProxy):
     """ConsumerProxy (its record handling untouched) whose groups and retry producer use the broker."""
 
@@ -400,6 +467,7 @@ class _MemoryConsumerProxy(ConsumerProxy):
         super().__init__(config, settings, routes, delivery)
         self._broker = broker
         self.router = _MemoryRetryRouter(broker, config, settings)
+        self.replays = ReplayCheck(_MemoryDeadLetters(broker))
         self.groups = [_MemoryGroup(broker, g) for g in self.groups]
 
     async def _create_topics(self, topics: list[str]) -> None:
@@ -413,6 +481,8 @@ class TestBroker(KafkaBackend):
     :meth:`create_topic` makes others. `consumer`: keys replacing those of every
     `[[consumer_clients]]` entry (`retry_count=3, retry_interval_sec=45, mode="concurrent"`, ...).
     An application without kafka.toml gets one producer and one consumer client (seed defaults).
+    Its configuration is found as `freedom run` would find it from its module's directory, whatever
+    the working directory (:func:`service_config_dir`); :attr:`config_dir` is the one used.
     """
 
     __test__ = False  # not a test class for pytest
@@ -437,6 +507,8 @@ class TestBroker(KafkaBackend):
         self.settle_timeout = settle_timeout
         self.consumer_overrides = consumer
         self.app: Application | None = None
+        #: The configuration directory the application uses (None: none, the defaults).
+        self.config_dir: Path | None = None
         self._running = False
         self._client: httpx.AsyncClient | None = None
         self._thread_loop: asyncio.AbstractEventLoop | None = None
@@ -454,6 +526,17 @@ class TestBroker(KafkaBackend):
                 "TestBroker(app): the application has started already; make the TestBroker first"
             )
         app.kafka_backend = self
+        if not app._is_set_up:  # its configuration, wherever the tests run from
+            self.config_dir, how = service_config_dir(app)
+            app._config_dir_arg = self.config_dir
+            log.info(
+                "TestBroker: the configuration of the Application made in %s: %s (%s)",
+                app.module_name,
+                self.config_dir or "none, the test broker's defaults",
+                how,
+            )
+        else:
+            self.config_dir = app.config_dir
         if app._is_set_up:
             if app.kafka is None:
                 raise FreedomError(

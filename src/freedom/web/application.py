@@ -28,6 +28,7 @@ import os
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import (
     Any,
     TypeVar,
@@ -47,17 +48,21 @@ from freedom.config.loading import (
 from freedom.config.models import AppConfig, KafkaConfig
 from freedom.domain import Database, DomainEventInfra, UnitOfWork
 from freedom.domain import event_infra as domain_infra
-from freedom.errors import FreedomError
+from freedom.errors import FreedomError, RouteError
 from freedom.kafka.consumer.delivery import EventRoute
 from freedom.kafka.producer import Producer
 from freedom.kafka.service import KafkaBackend, KafkaInfra
 from freedom.observability import endpoints as observability
 from freedom.runner.addresses import port_of, proxy_addr_for, proxy_addr_mismatch
 from freedom.web.controllers import Injectables
+from freedom.web.deadline import enforce_deadlines
+from freedom.web.failures import FailureAnswers
 from freedom.web.guard import secure_event_routes
 from freedom.web.initiator import (
     Initiator,
     PrepareHook,
+    calling_module,
+    prepare_modules,
     registered_prepare_hooks,
     route_keys_with_slashes,
 )
@@ -113,17 +118,31 @@ class Application:
         self,
         *,
         config_dir: str | os.PathLike[str] | None = None,
-        prepare: Sequence[PrepareHook] | None = None,
+        prepare: Sequence[PrepareHook | ModuleType] | None = None,
         embedded_broker: bool = False,
         title: str | None = None,
         lifespan: Lifespan | None = None,
     ) -> None:
-        """`config_dir` overrides the config lookup; `prepare` replaces the `@freedom.prepare` hooks;
+        """`config_dir` overrides the config lookup; `prepare` lists the start-up hooks (functions
+        taking the Initiator, or modules: the `@freedom.prepare` hooks each registered) instead of
+        the `@freedom.prepare` hooks of the module this Application is made in;
         `embedded_broker` forces the embedded broker for every Kafka client; `lifespan(app)` is an
         async context manager run around the service's life, once the Kafka side is up (as FastAPI's);
         `title` is the OpenAPI document's title (default: app.toml's `service_name`)."""
         self._config_dir_arg = config_dir
+        #: The module this Application was made in (its `__name__`): its `@freedom.prepare` hooks
+        #: are this application's, and the test broker looks for its conf/ next to it.
+        self.module_name = calling_module()
+        if prepare is not None:
+            for item in prepare:
+                if not (isinstance(item, ModuleType) or callable(item)):
+                    raise RouteError(
+                        f"Application(prepare=[...]): {item!r} is neither a function taking the "
+                        "Initiator nor a module; list start-up hooks, or modules whose "
+                        "@freedom.prepare hooks to run"
+                    )
         self._prepare = list(prepare) if prepare is not None else None
+        self._app_hooks: list[PrepareHook] = []  # @app.prepare
         self.embedded_broker = embedded_broker
         self.listen_addr: str | None = (
             None  # overrides app.toml's listen_addr (freedom run --listen)
@@ -168,6 +187,8 @@ class Application:
         self._draining: asyncio.Future[None] | None = None
         #: The address the service is served on: listen_addr, or Application.run()'s host and port.
         self.serving_addr: str | None = None
+        #: A worker's own delivery port (deliver_to), where its consumer proxy posts instead.
+        self._own_delivery: str | None = None
 
     # ------------------------------------------------------------------ start-up and shutdown code
 
@@ -187,6 +208,49 @@ class Application:
 
     # ------------------------------------------------------------------ set-up
 
+    def prepare(self, hook: PrepareHook) -> PrepareHook:
+        """Decorator: a start-up hook of this application only, `hook(initiator)`, run at set-up
+        after the `@freedom.prepare` (or `prepare=[...]`) hooks, in the order registered."""
+        if self._is_set_up:
+            raise RouteError(
+                f"app.prepare({_name(hook)}): the application is set up already; register "
+                "start-up hooks before it starts (at import time, or in make_app())"
+            )
+        self._app_hooks.append(hook)
+        return hook
+
+    def prepare_hooks(self) -> list[PrepareHook]:
+        """The start-up hooks set-up runs, in order: `prepare=[...]` (a module in it: the hooks it
+        registered), else the `@freedom.prepare` hooks of the module the application was made in;
+        then the `@app.prepare` hooks."""
+        if self._prepare is None:
+            hooks = registered_prepare_hooks(self.module_name)
+            others = [m for m in prepare_modules() if m != self.module_name]
+            if not hooks and not self._app_hooks and others:
+                log.warning(
+                    "the Application made in %s runs no start-up hook: a @freedom.prepare hook "
+                    "belongs to the module that registers it, and %s registered some; to run them "
+                    "here, name them: freedom.Application(prepare=[%s])",
+                    self.module_name,
+                    ", ".join(others),
+                    ", ".join(others),
+                )
+            return hooks + self._app_hooks
+        listed: list[PrepareHook] = []
+        for item in self._prepare:
+            if not isinstance(item, ModuleType):
+                listed.append(item)
+                continue
+            found = registered_prepare_hooks(item.__name__)
+            if not found:
+                raise RouteError(
+                    f"Application(prepare=[{item.__name__}]): module {item.__name__} registered "
+                    "no @freedom.prepare hook; list its start-up functions instead, or decorate "
+                    "them with @freedom.prepare"
+                )
+            listed.extend(found)
+        return listed + self._app_hooks
+
     def setup(self) -> Application:
         """Read the config and run the prepare hooks (once). Raises ConfigError / RouteError."""
         if self._is_set_up:
@@ -200,7 +264,10 @@ class Application:
         if self.kafka_config is not None:
             self.kafka_config = self._following(self.kafka_config, self.serving_addr)
             self.kafka = KafkaInfra(
-                self.kafka_config, embedded=self.embedded_broker, backend=self.kafka_backend
+                self.kafka_config,
+                embedded=self.embedded_broker,
+                backend=self.kafka_backend,
+                config_dir=config_dir,
             )
             kafka = self.kafka
             self.injectables[Producer] = lambda _rt: kafka.producer
@@ -211,8 +278,7 @@ class Application:
             disabled = Producer(disabled_reason=reason)
             self.injectables[Producer] = lambda _rt: disabled
         initiator = Initiator(self, self.fastapi, self.injectables)
-        hooks = self._prepare if self._prepare is not None else registered_prepare_hooks()
-        for hook in hooks:
+        for hook in self.prepare_hooks():
             hook(initiator)
         self.event_routes = initiator.event_routes()
         if (
@@ -226,6 +292,13 @@ class Application:
         )  # they are in the AsyncAPI document, not OpenAPI
         secure_event_routes(
             self.fastapi, self.event_routes, self.kafka_config, self.config.listen_addr
+        )
+        # A handler running past its delivery's x-freedom-timeout-ms is cancelled (deadline.py);
+        # one that raises is answered 500 naming the exception (failures.py).
+        enforce_deadlines(
+            self.fastapi,
+            {r.path for r in self.event_routes.values()},
+            FailureAnswers(detail=self.config.error_detail),
         )
         route_keys_with_slashes(
             self.fastapi,
@@ -260,6 +333,7 @@ class Application:
         """Point the consumer proxy's HTTP deliveries at `base_url` (a worker's own port, server.py),
         leaving the listen address as it is. Before start()."""
         self.setup()
+        self._own_delivery = base_url
         if self.kafka_config is not None:
             self._use_kafka_config(self.kafka_config.delivering_to(base_url))
 
@@ -271,10 +345,13 @@ class Application:
 
     def _warn_proxy_addr(self) -> None:
         """One start-up warning when an explicit proxy_addr points at a port of this machine the
-        service does not listen on (`--listen` changed the port, but kafka.toml still names the old one)."""
+        service does not listen on (`--listen` changed the port, but kafka.toml still names the old one).
+        None for a worker of `freedom run --workers` delivering to its own port (deliver_to): its
+        proxy_addr named the service's own address, and freedom moved it there on purpose."""
         cfg, listen = self.kafka_config, self.serving_addr or self.config.listen_addr
         if (
-            cfg is None
+            self._own_delivery is not None
+            or cfg is None
             or not cfg.consumer.open
             or not self.event_routes
             or not cfg.consumer.proxy_addr_explicit

@@ -37,6 +37,7 @@ from freedom.wire.batch import STATUSES, BatchSettings
 from freedom.wire.headers import (
     BATCH_HEADER,
     BUS_HEADER,
+    DEADLINE_HEADER,
     ENCODED_HEADER,
     ERROR_HEADER,
     EVENT_ID_HEADER,
@@ -136,6 +137,11 @@ DELIVERY_HEADERS: dict[str, dict[str, Any]] = {
     ),
     SECRET_HEADER: _h(
         "The shared secret of [consumer] secret, when configured (taken out before the handler)."
+    ),
+    DEADLINE_HEADER: _h(
+        "How long the handler has, in milliseconds from when the request arrives (the topic's "
+        "delivery_timeout_sec); freedom's event routes cancel it then and answer 504.",
+        pattern="^[0-9]{1,10}$",
     ),
 }
 #: The answer's headers the proxy reads (freedom.Retry / DeadLetter / Drop set them).

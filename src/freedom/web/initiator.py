@@ -1,7 +1,11 @@
 """`@freedom.prepare` and the `Initiator` it hands to start-up hooks.
 
 As in the seed, modules register start-up functions at import time; the application calls
-them once, with an `Initiator`, when it is set up.
+them once, with an `Initiator`, when it is set up. A hook belongs to the module that registered it
+(the module whose code ran the decorator): an `Application` runs the hooks of the module it was
+made in, so two services in one process (two test modules, each with its `make_app()`) do not run
+each other's hooks. `Application(prepare=[hook, module, ...])` names others (a module: every hook
+that module registered); `@app.prepare` registers a hook on one application.
 """
 
 from __future__ import annotations
@@ -26,17 +30,43 @@ if TYPE_CHECKING:
     from freedom.web.application import Application
 
 PrepareHook = Callable[["Initiator"], Any]
-_prepare_hooks: list[PrepareHook] = []
+#: (the registering module's name, the hook), in the order registered.
+_prepare_hooks: list[tuple[str, PrepareHook]] = []
+
+
+def calling_module() -> str:
+    """The name (`__name__`) of the nearest module up the call stack that is not freedom's own:
+    whose code called `freedom.prepare` or `freedom.Application(...)` (a user's Application
+    subclass is in the user's module). "__main__" for a script."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            name = frame.f_globals.get("__name__")
+            if isinstance(name, str) and name != "freedom" and not name.startswith("freedom."):
+                return name
+            frame = frame.f_back
+        return "__main__"
+    finally:
+        del frame  # a frame kept in a local would keep every local of the stack alive
 
 
 def prepare(hook: PrepareHook) -> PrepareHook:
-    """Register a start-up hook (decorator): `hook(initiator)` binds controllers and events."""
-    _prepare_hooks.append(hook)
+    """Register a start-up hook (decorator): `hook(initiator)` binds controllers and events.
+
+    It belongs to the module that registers it: an Application made in that module runs it
+    (others name the module: `Application(prepare=[module])`)."""
+    _prepare_hooks.append((calling_module(), hook))
     return hook
 
 
-def registered_prepare_hooks() -> list[PrepareHook]:
-    return list(_prepare_hooks)
+def registered_prepare_hooks(module: str | None = None) -> list[PrepareHook]:
+    """The `@freedom.prepare` hooks `module` (a module's `__name__`) registered; None: every one."""
+    return [hook for owner, hook in _prepare_hooks if module is None or owner == module]
+
+
+def prepare_modules() -> list[str]:
+    """The names of the modules that registered `@freedom.prepare` hooks, in order."""
+    return list(dict.fromkeys(owner for owner, _ in _prepare_hooks))
 
 
 class Initiator:

@@ -4,7 +4,7 @@ dependency solving.
 Event handlers are controller methods like `post_sell_goods_by(self, event_id: str)`: the only
 inputs are the request (read through the injected `Runtime`) and string path parameters. For such
 an endpoint FastAPI's request handler (dependency solving, parameter validation, its exit stacks)
-was most of the web layer's CPU per delivery (`docs/perf-log.md`), yet it computes nothing that
+was most of the web layer's CPU per delivery (`bench/perf-log.md`), yet it computes nothing that
 the path match has not already given: a string path parameter is the matched text.
 
 So a route is *lean* when its endpoint takes only the request and path parameters annotated

@@ -223,3 +223,4 @@ def get_runtime(request: _StarletteRequest) -> Runtime:
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
+"""The request's `Runtime` in a plain FastAPI route (`runtime: freedom.RuntimeDep`)."""

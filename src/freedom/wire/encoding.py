@@ -9,9 +9,10 @@ the one rule, used by every transport (HTTP/1.1, h2c, in-process) to encode and 
   without a leading or trailing space travels as it is. Any other value travels base64url
   (no padding), and its header name is listed in `x-freedom-encoded` (comma-separated). When one
   value of a name is encoded, every value of that name is.
-- **Header names.** A name that is not an HTTP token (or that starts with `x-freedom-hex-`)
-  travels as `x-freedom-hex-<lowercase hex of its bytes>`, its value base64url, and is listed in
-  `x-freedom-encoded` too. HTTP header names are case-insensitive: token names arrive lowercased.
+- **Header names.** A name that is not an HTTP token (or that starts with `x-freedom-hex-`, `_`
+  read as `-`) travels as `x-freedom-hex-<lowercase hex of its bytes>`, its value base64url, and is
+  listed in `x-freedom-encoded` too. HTTP header names are case-insensitive: token names arrive
+  lowercased.
 - **The event id** (the route's path parameter and `x-message-key`): the key itself when it is
   *plain text*: UTF-8, 1 to :data:`MAX_KEY_BYTES` bytes, no control characters, no leading or
   trailing space, not `.` or `..`, and not starting with `~`. Every other id starts with `~`:
@@ -21,6 +22,11 @@ the one rule, used by every transport (HTTP/1.1, h2c, in-process) to encode and 
   records never share an id (up to SHA-256 collisions for keys over `MAX_KEY_BYTES`).
 - **The full key**: whenever the id is not the key itself and the record has a key,
   `x-freedom-key` carries it, base64url.
+
+It also holds the rule for showing such text to a person (:func:`printable`, :func:`escape_controls`,
+:func:`printable_json`: control and bidirectional characters escaped; docs/operations.md, "Control
+and bidirectional characters"), which is not the wire's: a plain key may hold a bidirectional
+control and still travel as it is.
 """
 
 from __future__ import annotations
@@ -28,7 +34,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 import re
+from typing import Any
 
 from freedom.wire.headers import ENCODED_HEADER, HEX_NAME_PREFIX, KEY_HEADER
 
@@ -89,8 +97,11 @@ def plain_value(value: bytes) -> bool:
 
 
 def plain_name(name: bytes) -> bool:
-    """True when a header name travels as it is: an HTTP token not in freedom's hex-name space."""
-    return bool(_TOKEN.fullmatch(name)) and not name.lower().startswith(_HEX_RAW)
+    """True when a header name travels as it is: an HTTP token not in freedom's hex-name space
+    (`x_freedom_hex_...` is in it too: WSGI servers read `_` as `-`, headers.header_key)."""
+    return bool(_TOKEN.fullmatch(name)) and not name.lower().replace(b"_", b"-").startswith(
+        _HEX_RAW
+    )
 
 
 def hex_name(name: bytes) -> bytes:
@@ -170,27 +181,67 @@ def decode_headers(raw: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]] 
     return out
 
 
-# --------------------------------------------------------------------------- log lines
+# --------------------------------------------------------------------------- text a person reads
+#
+# THE rule for every text from outside (record keys, header values, error texts, topic, group and
+# client names a broker reports) shown to a person: the `freedom status` / `freedom dlq` output,
+# their JSON, the web console and the service's log lines (docs/operations.md, "Control and
+# bidirectional characters"). These characters are never shown as they are: C0 controls (tab, CR
+# and LF included), DEL, C1 controls, the Unicode line and paragraph separators, and the
+# bidirectional controls, which reorder what a terminal or a browser shows ("order-\u202e1337\u202c"
+# would read "order-7331"). A terminal takes ESC and the C1 controls as commands (clear the
+# screen, write the clipboard: OSC 52), CR and LF start a forged line.
+
+_NOT_C0_ESCAPED = (
+    r"\x7f-\x9f"  # DEL, C1 controls (CSI, OSC, NEL, ...)
+    r"\u061c\u200e\u200f"  # ARABIC LETTER MARK, LEFT-TO-RIGHT MARK, RIGHT-TO-LEFT MARK
+    r"\u2028\u2029"  # LINE SEPARATOR, PARAGRAPH SEPARATOR
+    r"\u202a-\u202e"  # LRE, RLE, PDF, LRO, RLO: embeddings and overrides
+    r"\u2066-\u2069"  # LRI, RLI, FSI, PDI: isolates
+)
+#: The characters shown escaped, as the body of a regular-expression character class.
+SHOWN_ESCAPED = r"\x00-\x1f" + _NOT_C0_ESCAPED  # C0 controls (TAB, LF, CR, ESC too), then the rest
+_ESCAPED = re.compile(f"[{SHOWN_ESCAPED}]")
+_ESCAPED_OR_BACKSLASH = re.compile(f"[{SHOWN_ESCAPED}\\\\]")
+_NOT_C0 = re.compile(f"[{_NOT_C0_ESCAPED}]")  # json.dumps escapes C0 in strings itself
+_SHORT = {"\r": "\\r", "\n": "\\n", "\t": "\\t"}
+
+
+def _escape(ch: str) -> str:
+    """One character as its escape: `\\r`, `\\n`, `\\t`, else `\\xNN` (below U+0100) or `\\uNNNN`."""
+    return _SHORT.get(ch) or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
 
 
 def printable(text: str) -> str:
-    """`text` safe for one log line: control characters (CR, LF, NUL, ESC, DEL, C1, U+2028/9) and
-    the backslash are escaped (`\\r`, `\\x1b`, `\\u2028`, `\\\\`), so a key or a header value cannot
-    start a forged log line or hide what it is. Anything else is kept."""
-    if not _CONTROL.search(text) and "\\" not in text:
+    """`text` as a person is shown it: each character of :data:`SHOWN_ESCAPED` as an escape
+    (`\\r`, `\\n`, `\\t`, `\\x1b`, `\\x85`, `\\u202e`) and the backslash doubled (`\\\\`), so that
+    what is shown is unambiguous, copy-pasteable (Python's and JSON's escapes) and one line; a key
+    or header value cannot start a forged log line, drive the terminal or hide what it is.
+    Anything else (any other letter, `购买`) is kept."""
+    if not _ESCAPED.search(text) and "\\" not in text:
         return text
-    out = []
-    for ch in text:
-        if ch == "\\":
-            out.append("\\\\")
-        elif _CONTROL.match(ch):
-            out.append(
-                {"\r": "\\r", "\n": "\\n", "\t": "\\t"}.get(ch)
-                or (f"\\x{ord(ch):02x}" if ord(ch) < 0x100 else f"\\u{ord(ch):04x}")
-            )
-        else:
-            out.append(ch)
-    return "".join(out)
+    return _ESCAPED_OR_BACKSLASH.sub(
+        lambda m: "\\\\" if m.group() == "\\" else _escape(m.group()), text
+    )
+
+
+def escape_controls(text: str) -> str:
+    """The same rule for text composed of :func:`printable` parts (a whole output line, a page cell,
+    a log line's argument): the characters of :data:`SHOWN_ESCAPED` still in it are escaped, and
+    backslashes are left alone, so the printable parts are not escaped twice. The safety net under
+    every output; text from outside goes through :func:`printable` first."""
+    if not _ESCAPED.search(text):
+        return text
+    return _ESCAPED.sub(lambda m: _escape(m.group()), text)
+
+
+def printable_json(value: Any, **kwargs: Any) -> str:
+    """`json.dumps(value, ensure_ascii=False, **kwargs)` with every character of
+    :data:`SHOWN_ESCAPED` as a JSON escape (`\\u001b`, `\\u202e`): `ensure_ascii=False` alone leaves
+    DEL, the C1, separator and bidirectional characters raw. Other text stays as it is (`购买`),
+    and the value reads back unchanged (`json.loads`)."""
+    text = json.dumps(value, ensure_ascii=False, **kwargs)  # C0 in strings: escaped by json
+    return _NOT_C0.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 __all__ = [
@@ -208,5 +259,8 @@ __all__ = [
     "is_key_itself",
     "key_of",
     "decode_headers",
+    "SHOWN_ESCAPED",
     "printable",
+    "escape_controls",
+    "printable_json",
 ]

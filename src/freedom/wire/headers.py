@@ -21,6 +21,10 @@ EVENT_ID_HEADER = "x-freedom-event-id"  # a unique id per domain event
 MESSAGE_KEY_HEADER = "x-message-key"  # the record key (the event id), seed's name
 RETRY_COUNT_HEADER = "x-retry-count"  # 0 from the main topic, n on the n-th retry (seed's name)
 SECRET_HEADER = "x-freedom-secret"  # the shared secret authenticating deliveries (security.py)
+#: How long the handler has, in milliseconds from when the request arrives (a relative budget, as
+#: gRPC's `grpc-timeout`, so the clocks need not agree): the topic's `delivery_timeout_sec`. freedom's
+#: event routes cancel the handler when it runs out and answer 504 (freedom/web/deadline.py).
+DEADLINE_HEADER = "x-freedom-timeout-ms"
 
 # The wire encoding of keys and headers HTTP cannot carry as they are (wire.py)
 ENCODED_HEADER = "x-freedom-encoded"  # the names of the headers whose values are base64url
@@ -30,6 +34,10 @@ HEX_NAME_PREFIX = "x-freedom-hex-"  # a header name HTTP cannot carry: this + he
 # --------------------------------------------------------------------------- answered by the handler
 OUTCOME_HEADER = "x-freedom-outcome"  # retry | dead-letter | drop (outcomes.py)
 REASON_HEADER = "x-freedom-reason"  # why, percent-encoded
+#: On the 500 answer of freedom's event route whose handler raised: the id under which the service
+#: holds the exception's traceback for the consumer proxy of its own process, which logs it once per
+#: record, at the dead letter (freedom/observability/failures.py, web/failures.py).
+FAILURE_HEADER = "x-freedom-failure-id"
 
 # --------------------------------------------------------------------------- written by the proxy on retry / dead-letter records
 ORIGINAL_TOPIC_HEADER = "x-freedom-original-topic"
@@ -90,12 +98,39 @@ RETRY_AFTER_HEADER = "retry-after"
 #: application without an HTTP body stream (read by freedom's `Request`).
 BODY_EXTENSION = "freedom.body"
 
+# --------------------------------------------------------------------------- who may write what (docs/contract.md, "Header ownership")
+#: The replay headers: on a main-topic record they are kept only when the consumer proxy checked
+#: them against the dead letter they name (freedom/kafka/consumer/replays.py).
+REPLAY_HEADERS = (REPLAY_COUNT_HEADER, REPLAY_OF_HEADER)
+#: The control headers: freedom writes them on retry, dead-letter and replayed records (or on
+#: requests and answers), never a publisher. On a record read from a main topic they came from
+#: outside: dropped from its delivery and from its retry and dead-letter records (the replay
+#: headers of a checked replay aside). Publishers' own `x-freedom-` headers (`x-freedom-bus`,
+#: `x-freedom-event`, `x-freedom-event-id`) and the trace link `x-freedom-first-attempt` are not
+#: among them.
+CONTROL_HEADERS = (
+    *REASON_HEADERS,
+    *OMISSION_HEADERS,
+    *REPLAY_HEADERS,
+    OUTCOME_HEADER,
+    REASON_HEADER,
+    FAILURE_HEADER,
+    BATCH_HEADER,
+)
+
+
+def header_key(name: str) -> str:
+    """The name header rules compare: lowercased, and `_` read as `-`. WSGI and CGI servers fold
+    the two (`x_forwarded_for` reaches a WSGI application as `HTTP_X_FORWARDED_FOR`, as
+    `x-forwarded-for` does), so a rule about a name holds for each of its spellings."""
+    return name.lower().replace("_", "-")
+
 
 # RFC 9110 token: what an HTTP header name may contain (record headers become HTTP headers).
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Names the consumer proxy sets itself, or does not forward: a record header with one of them
 # would never reach the handler as given.
-_PROXY_HEADERS = {"x-message-key", "x-retry-count", "x-freedom-secret"}
+_PROXY_HEADERS = {MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER, DEADLINE_HEADER}
 _HOP_BY_HOP = {
     "content-length",
     "transfer-encoding",
@@ -125,15 +160,24 @@ def check_message_headers(headers: Any) -> dict[str, bytes]:
                 f"header name {name!r} is not a valid HTTP header name (the consumer proxy delivers headers "
                 "over HTTP): use ASCII letters, digits and - _ . ! # $ % & ' * + ^ ` | ~, no spaces"
             )
-        if name.lower() in _PROXY_HEADERS:
+        key = header_key(name)
+        # `x_retry_count` is `x-retry-count` to a WSGI server: refused as that name is.
+        spelled = f" (read as {key!r}: WSGI servers take _ for -)" if key != name.lower() else ""
+        if key in _PROXY_HEADERS:
             raise ValueError(
-                f"header {name!r} is set by the consumer proxy when it delivers the record, "
+                f"header {name!r}{spelled} is set by the consumer proxy when it delivers the record, "
                 "so the handler would never see this value: use another name"
             )
-        if name.lower() in _HOP_BY_HOP:
+        if key in _HOP_BY_HOP:
             raise ValueError(
-                f"header {name!r} is an HTTP connection header, which the consumer proxy does not "
-                "forward to the handler: use another name"
+                f"header {name!r}{spelled} is an HTTP connection header, which the consumer proxy "
+                "does not forward to the handler: use another name"
+            )
+        if key in CONTROL_HEADERS:
+            raise ValueError(
+                f"header {name!r}{spelled} is a control header only freedom writes (on retry, "
+                "dead-letter and replayed records), which the consumer proxy drops from a published "
+                "record: use another name"
             )
         if isinstance(value, str):
             raw = value.encode()

@@ -15,6 +15,9 @@ configurable per consumer client and per topic as `dead_letter_statuses`) sends 
 dead-letter topic at once; a 422 (the body failed validation) is one. What the answer's body says,
 folded into one line of at most 1 KiB (:func:`failure_detail`), goes with it into
 `x-freedom-error` when the answer gave no `x-freedom-reason`.
+
+freedom's event routes answer a handler's uncaught exception with `500` and
+:func:`exception_summary` as the reason (`ValueError: amount must be positive`: web/failures.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,9 @@ from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER
 
 MAX_REASON = 500
 MAX_DETAIL_BYTES = 1024  # failure_detail's longest result, in UTF-8 bytes
+#: The longest :func:`exception_summary`, in UTF-8 bytes: within the MAX_REASON characters of
+#: `x-freedom-reason` that the consumer proxy keeps.
+MAX_SUMMARY_BYTES = 500
 
 #: The statuses that dead-letter a record at once (no retries): the request as sent can never
 #: succeed, however often it is repeated. Knative Eventing's rule is the anchor (4xx is not retried,
@@ -117,6 +123,28 @@ async def handle_outcome(_request: Request, exc: Exception) -> Response:
     """Exception handler the Application registers for :class:`Outcome`."""
     assert isinstance(exc, Outcome)
     return outcome_response(exc)
+
+
+def exception_summary(exc: BaseException, *, message: bool = True) -> str:
+    """What freedom's event route answers for a handler that raised `exc` (web/failures.py), in
+    `x-freedom-reason` and the body's `detail`: `ValueError: amount must be positive`, the type
+    named as Python's traceback names it (with its module unless it is a built-in or `__main__`'s),
+    at most :data:`MAX_SUMMARY_BYTES`. `message=False` (app.toml `error_detail = false`): the type
+    alone, for services whose exception messages may hold personal data. Control characters are
+    kept: the header is percent-encoded, and whoever shows the text escapes them
+    (`DeliveryResult.describe`)."""
+    cls = type(exc)
+    name = cls.__qualname__
+    if cls.__module__ not in ("builtins", "__main__"):
+        name = f"{cls.__module__}.{name}"
+    if message:
+        try:
+            text = str(exc)
+        except Exception:  # noqa: BLE001 - a broken __str__ must not break the answer
+            text = "<exception str() failed>"
+        if text:
+            name = f"{name}: {text}"
+    return _cut(name, MAX_SUMMARY_BYTES)
 
 
 # `"loc": [...], "msg": "..."` of one FastAPI/Pydantic validation error, found even in a body

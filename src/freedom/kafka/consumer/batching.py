@@ -22,6 +22,7 @@ import asyncio
 import base64
 import json
 import logging
+from dataclasses import replace
 from typing import Any, Protocol, cast
 
 from freedom.errors import FreedomError
@@ -31,12 +32,14 @@ from freedom.kafka.consumer.delivery import (
     RecordHeaders,
     Transport,
     UnsendableRecord,
+    deadline_of,
+    proxy_wait,
     request_headers,
     result_of,
 )
 from freedom.kafka.consumer.group import TopicPlan
 from freedom.wire.batch import STATUSES
-from freedom.wire.headers import BATCH_HEADER, MESSAGE_KEY_HEADER
+from freedom.wire.headers import BATCH_HEADER, DEADLINE_HEADER, MESSAGE_KEY_HEADER
 from freedom.wire.outcomes import MAX_REASON
 from freedom.wire.payloads import CONTENT_TYPE, JSON
 
@@ -59,7 +62,13 @@ class Poster(Protocol):
     """What a transport offers for batches (transports/http1.py, http.py, asgi.py: `post`)."""
 
     async def __call__(
-        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_body: int
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_body: int,
+        wait: float | None = None,
     ) -> RawAnswer | DeliveryResult: ...
 
 
@@ -208,8 +217,19 @@ class Batcher:
             ensure_ascii=False,
             separators=(",", ":"),
         ).encode("utf-8", "surrogatepass")
-        headers = [*_REQUEST_HEADERS, (BATCH_HEADER.encode(), str(len(batch.entries)).encode())]
-        answer = await self._post(batch.plan.route.path, headers, body, keep_body=MAX_ANSWER_BYTES)
+        deadline = deadline_of(batch.plan.route)  # the batch's: the topic's delivery_timeout_sec
+        headers = [
+            *_REQUEST_HEADERS,
+            (BATCH_HEADER.encode(), str(len(batch.entries)).encode()),
+            (DEADLINE_HEADER.encode(), str(max(1, round(deadline * 1000))).encode()),
+        ]
+        answer = await self._post(
+            batch.plan.route.path,
+            headers,
+            body,
+            keep_body=MAX_ANSWER_BYTES,
+            wait=proxy_wait(deadline),
+        )
         return results_of(answer, [e["id"] for e in batch.entries])
 
 
@@ -219,8 +239,13 @@ def results_of(answer: RawAnswer | DeliveryResult, ids: list[str]) -> list[Deliv
         return [answer] * len(ids)
     status = answer.status
     if answer.outcome is not None or not 200 <= status < 300:
-        whole = result_of(status, answer.outcome, answer.reason, answer.body or None)
-        return [whole] * len(ids)
+        whole = result_of(
+            status, answer.outcome, answer.reason, answer.body or None, failure=answer.failure
+        )
+        if whole.trace is None or len(ids) < 2:
+            return [whole] * len(ids)
+        # The handler's traceback is the batch's: logged with its first record only (proxy.py).
+        return [whole, *[replace(whole, trace=None)] * (len(ids) - 1)]
     text = answer.body.strip()
     if not text or text == b"null":
         return [DeliveryResult(status=status)] * len(ids)

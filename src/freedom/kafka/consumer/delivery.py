@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 from freedom.kafka.consumer.backpressure import RETRY_AFTER_STATUSES, parse_retry_after
 from freedom.kafka.consumer.keys import event_id
+from freedom.observability.failures import take as take_failure
 from freedom.wire.batch import BatchSettings
 from freedom.wire.encoding import (
     ENCODED_HEADER,
@@ -34,11 +35,14 @@ from freedom.wire.encoding import (
     printable,
 )
 from freedom.wire.headers import (
+    CONTROL_HEADERS,
+    DEADLINE_HEADER,
     MESSAGE_KEY_HEADER,
     OUTCOME_HEADER,
-    REASON_HEADERS,
+    REPLAY_HEADERS,
     RETRY_COUNT_HEADER,
     SECRET_HEADER,
+    header_key,
 )
 from freedom.wire.outcomes import OUTCOMES, decode_reason, failure_detail
 from freedom.wire.payloads import CONTENT_TYPE, DEFAULT_CONTENT_TYPE
@@ -78,11 +82,21 @@ NOT_FORWARDED = frozenset(
 NOT_FORWARDED_PREFIXES = ("proxy-", "x-forwarded-")
 #: The headers the proxy itself sets on a delivery: a record's own value is dropped, always.
 PROXY_SET = frozenset(
-    {MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER, KEY_HEADER, ENCODED_HEADER}
+    {
+        MESSAGE_KEY_HEADER,
+        RETRY_COUNT_HEADER,
+        SECRET_HEADER,
+        KEY_HEADER,
+        ENCODED_HEADER,
+        DEADLINE_HEADER,
+    }
 )
-#: On a record read from a main topic the reason headers come from outside and are dropped too;
-#: on a record the proxy wrote (read from a retry or dead-letter topic) they are its own and are forwarded.
-UNTRUSTED_ON_MAIN_TOPIC = frozenset(REASON_HEADERS)
+#: On a record read from a main topic the control headers (the reason, omission and replay headers,
+#: `x-freedom-outcome`, ...: wire.headers.CONTROL_HEADERS) come from outside and are dropped too; on
+#: a record the proxy wrote (read from a retry or dead-letter topic) they are its own and are
+#: forwarded. So are the replay headers of a main-topic replay the proxy checked (replays.py).
+UNTRUSTED_ON_MAIN_TOPIC = frozenset(CONTROL_HEADERS)
+KEPT_ON_A_REPLAY = frozenset(REPLAY_HEADERS)
 
 #: The most bytes a delivery's headers may take (names, values and the event id in the path,
 #: after encoding). Every server freedom runs on takes more (uvicorn with httptools has no limit,
@@ -90,6 +104,24 @@ UNTRUSTED_ON_MAIN_TOPIC = frozenset(REASON_HEADERS)
 MAX_HEADER_BYTES = 256 * 1024
 
 RecordHeaders = list[tuple[str, bytes | None]]
+
+#: A delivery's timeout when its route gives none (`delivery_timeout_sec`'s default).
+DEFAULT_TIMEOUT_SEC = 30.0
+#: How much longer than the deadline it sends (`x-freedom-timeout-ms`) the proxy waits for the
+#: answer: a freedom service cancels the handler at the deadline and answers 504, and that answer
+#: normally arrives first, so the proxy never gives up on a handler that is still running.
+DEADLINE_GRACE_SEC = 1.0
+
+
+def deadline_of(route: EventRoute, default: float = DEFAULT_TIMEOUT_SEC) -> float:
+    """The deadline of a delivery on `route`, in seconds: the route's `timeout_sec`, else `default`."""
+    return route.timeout_sec if route.timeout_sec is not None else default
+
+
+def proxy_wait(deadline: float) -> float:
+    """How long the proxy waits for the answer to a delivery with `deadline` before it counts as
+    failed ("timed out waiting for the handler"): the deadline plus :data:`DEADLINE_GRACE_SEC`."""
+    return deadline + DEADLINE_GRACE_SEC
 
 
 class UnsendableRecord(Exception):
@@ -101,24 +133,35 @@ class UnsendableRecord(Exception):
         )
 
 
-def _dropped(name: str, from_retry_topic: bool) -> bool:
-    return (
-        name in NOT_FORWARDED
-        or name in PROXY_SET
-        or name.startswith(NOT_FORWARDED_PREFIXES)
-        or (not from_retry_topic and name in UNTRUSTED_ON_MAIN_TOPIC)
-    )
+# Where a record was read from, for the rules below (the index of its verdict in a _NameRule).
+_MAIN, _WRITTEN, _REPLAY = 3, 4, 5  # a main topic; a topic the proxy writes; a checked replay
+
+
+def _dropped(name: str, source: int) -> bool:
+    """Whether a record header `name` (lowercased) read from `source` stays out of the delivery.
+    Every rule holds for each spelling of a name (`x_forwarded_for` is `x-forwarded-for`:
+    headers.header_key); freedom writes its control headers with `-` only, so another spelling of
+    one is never its own."""
+    key = header_key(name)
+    if key in NOT_FORWARDED or key in PROXY_SET or key.startswith(NOT_FORWARDED_PREFIXES):
+        return True
+    if key not in UNTRUSTED_ON_MAIN_TOPIC:
+        return False
+    if key != name or source == _MAIN:
+        return True
+    return source == _REPLAY and name not in KEPT_ON_A_REPLAY
 
 
 # What request_headers decided about a record header name: (name as bytes, lowercased, travels as
-# it is, dropped from a main-topic record, dropped from a retry-topic record). Names repeat from
-# record to record; the cache is bounded because hostile records can carry any names.
-_NameRule = tuple[bytes, bytes, bool, bool, bool]
+# it is, dropped from a main-topic record, from a retry-topic record, from a checked replay). Names
+# repeat from record to record; the cache is bounded because hostile records can carry any names.
+_NameRule = tuple[bytes, bytes, bool, bool, bool, bool]
 _NAMES: dict[str | bytes, _NameRule] = {}
 _NAMES_MAX = 4096
 _CONTENT_TYPE = CONTENT_TYPE.encode()
-_CONTENT_TYPE_RULE: _NameRule = (_CONTENT_TYPE, _CONTENT_TYPE, True, False, False)
+_CONTENT_TYPE_RULE: _NameRule = (_CONTENT_TYPE, _CONTENT_TYPE, True, False, False, False)
 _DEFAULT_CONTENT_TYPE = DEFAULT_CONTENT_TYPE.encode()
+_DEADLINE = DEADLINE_HEADER.encode()
 
 
 def _name_rule(k: str | bytes) -> _NameRule:
@@ -128,7 +171,14 @@ def _name_rule(k: str | bytes) -> _NameRule:
         lower = name.lower()
         plain = plain_name(name)
         text = lower.decode("latin-1")
-        rule = (name, lower, plain, plain and _dropped(text, False), plain and _dropped(text, True))
+        rule = (
+            name,
+            lower,
+            plain,
+            plain and _dropped(text, _MAIN),
+            plain and _dropped(text, _WRITTEN),
+            plain and _dropped(text, _REPLAY),
+        )
         if len(_NAMES) >= _NAMES_MAX:
             _NAMES.clear()
         _NAMES[k] = rule
@@ -145,6 +195,9 @@ class EventRoute:
     batch: BatchSettings | None = (
         None  # listen_event(..., batch=): records go in batches (infra/kafka/batching.py)
     )
+    #: How long one delivery may take (the topic's `delivery_timeout_sec`, put here by the consumer
+    #: proxy); None: the transport's default.
+    timeout_sec: float | None = None
 
     def url_path(self, key: str) -> str:
         """The path of a delivery: `key` (an event id, or a key as text) percent-encoded in the parameter."""
@@ -171,6 +224,10 @@ class DeliveryResult:
     permanent: bool = False
     #: Seconds a 429/503 answer's `Retry-After` asked to wait (backpressure.py), None without one.
     retry_after: float | None = None
+    #: The traceback of the handler's exception, when freedom's event route in this process held it
+    #: for this answer (`x-freedom-failure-id`, observability/failures.py): logged once per record,
+    #: at its dead letter (proxy.py). Not part of `describe()`.
+    trace: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -200,16 +257,17 @@ class RawAnswer:
     outcome: str | None
     reason: str | None
     body: bytes
+    failure: str | None = None  # the raw x-freedom-failure-id
 
 
 def request_headers(
-    record_headers: RecordHeaders, key: str, retry_count: int
+    record_headers: RecordHeaders, key: str, retry_count: int, deadline: float | None = None
 ) -> list[tuple[bytes, bytes]]:
     """The headers of one delivery, the one place where they are built, by the rule of
     `freedom.wire.encoding`: the record's headers (minus :data:`NOT_FORWARDED` and the proxy's own), each
     as it is when HTTP can carry it, else encoded and named in `x-freedom-encoded`; then
-    `x-message-key` (the event id), `x-freedom-key` (the key, when the id is not the key itself)
-    and `x-retry-count`.
+    `x-message-key` (the event id), `x-freedom-key` (the key, when the id is not the key itself),
+    `x-retry-count`, and with a `deadline` (seconds) `x-freedom-timeout-ms`.
 
     Every delivery has one `content-type` (freedom.wire.payloads): the record's (its last non-empty
     one), else `application/json`, so that typed handler parameters parse the body.
@@ -218,13 +276,13 @@ def request_headers(
     :class:`UnsendableRecord` when the result would exceed :data:`MAX_HEADER_BYTES`.
     """
     eid = event_id(key)
-    retry = eid.proxy_written
+    source = _WRITTEN if eid.proxy_written else _REPLAY if eid.verified_replay else _MAIN
     kept: list[tuple[_NameRule, bytes]] = []
     encoded: set[bytes] = set()  # lowercased names of which some value cannot travel as it is
     typed: int | None = None  # where in `kept` the record's content-type is
     for k, v in record_headers:
         rule = _name_rule(k)
-        if rule[4] if retry else rule[3]:
+        if rule[source]:
             continue
         v = v or b""
         if rule[1] == _CONTENT_TYPE:  # one per delivery: the record's last non-empty one
@@ -244,7 +302,7 @@ def request_headers(
     # One value of a name that HTTP cannot carry as it is: every value of that name is encoded.
     out: list[tuple[bytes, bytes]] = []
     listed: list[bytes] = []
-    for (name, lower, plain, _, _), v in kept:
+    for (name, lower, plain, *_), v in kept:
         if encoded and lower in encoded:
             if not plain:
                 lower = hex_name(name)
@@ -259,6 +317,8 @@ def request_headers(
     if eid.key is not None and not is_key_itself(eid):
         out.append((KEY_HEADER.encode(), b64encode(eid.key)))
     out.append((RETRY_COUNT_HEADER.encode(), str(retry_count).encode()))
+    if deadline is not None:
+        out.append((_DEADLINE, str(max(1, round(deadline * 1000))).encode()))
     size = sum(len(k) + len(v) + 4 for k, v in out) + len(eid)
     if size > MAX_HEADER_BYTES:
         raise UnsendableRecord(
@@ -284,10 +344,12 @@ def result_of(
     reason: str | None,
     body: bytes | None = None,
     retry_after: str | bytes | None = None,
+    failure: str | bytes | None = None,
 ) -> DeliveryResult:
     """The result of an answer with `status`, the raw `x-freedom-outcome` / `x-freedom-reason`
-    values, (for a 4xx/5xx answer) the start of its body, and its raw `Retry-After` (read on a
-    429 or 503 answer only, backpressure.py)."""
+    values, (for a 4xx/5xx answer) the start of its body, its raw `Retry-After` (read on a
+    429 or 503 answer only, backpressure.py) and its raw `x-freedom-failure-id` (the traceback
+    freedom's event route holds for it in this process is taken: DeliveryResult.trace)."""
     if outcome is not None:
         outcome = outcome.strip().lower()
         if outcome not in OUTCOMES:
@@ -310,6 +372,7 @@ def result_of(
         reason=decode_reason(reason) if reason else None,
         detail=detail,
         retry_after=wait,
+        trace=take_failure(failure) if failure is not None else None,
     )
 
 

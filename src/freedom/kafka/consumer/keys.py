@@ -32,11 +32,15 @@ class EventId(str):
 
     key: bytes | None
     proxy_written: bool
+    #: A main-topic record whose replay headers the proxy checked against the dead letter they
+    #: name (replays.py): those are freedom's own and travel on; set by the proxy.
+    verified_replay: bool
 
     def __new__(cls, text: str, key: bytes | None, proxy_written: bool = False) -> EventId:
         self = super().__new__(cls, text)
         self.key = key
         self.proxy_written = proxy_written
+        self.verified_replay = False
         return self
 
 

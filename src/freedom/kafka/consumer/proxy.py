@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from freedom.config.librdkafka import CONSUMER_DEFAULTS
@@ -47,6 +48,7 @@ from freedom.kafka.consumer.group import GroupLoop, TopicPlan, wait_event
 from freedom.kafka.consumer.keys import record_key
 from freedom.kafka.consumer.keys import where as _where
 from freedom.kafka.consumer.observer import ProxyObserver
+from freedom.kafka.consumer.replays import KafkaDeadLetters, ReplayCheck, claim_of
 from freedom.kafka.consumer.retry import (
     Copy,
     Plan,
@@ -55,6 +57,7 @@ from freedom.kafka.consumer.retry import (
     header_value,
     retry_count_of,
 )
+from freedom.observability.failures import log_with_traceback
 from freedom.wire.headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 
 log = logging.getLogger("freedom.kafka.proxy")
@@ -86,6 +89,8 @@ class ConsumerProxy:
         self.delivery = delivery
         self.settings = settings
         self.router = RetryRouter(config, settings)
+        # Replay headers on main-topic records are kept only when their dead letter proves them.
+        self.replays = ReplayCheck(KafkaDeadLetters(settings))
         # Per topic (batch topics aside, batching.py): its backpressure gate and its head-of-line guard.
         self.gates: dict[str, Gate] = {}
         self._guards: dict[str, float] = {}
@@ -140,15 +145,22 @@ class ConsumerProxy:
     def _plan(self, topic: str, route: EventRoute) -> TopicPlan:
         c = self.config.consume_config(topic)
         return TopicPlan(
-            route=route, source_topic=topic, mode=c.mode, max_in_flight=c.max_in_flight
+            # The route carries the topic's deadline to the transport (x-freedom-timeout-ms).
+            route=replace(route, timeout_sec=c.delivery_timeout_sec),
+            source_topic=topic,
+            mode=c.mode,
+            max_in_flight=c.max_in_flight,
         )
 
     # ------------------------------------------------------------------ lifecycle
 
     async def _create_topics(self, topics: list[str]) -> None:
-        """Create the retry and dead-letter topics the routes need (the test broker makes its own)."""
+        """Create the retry and dead-letter topics the routes need, each with as many partitions as
+        its main topic, so that retries run as much in parallel as first deliveries (the test
+        broker makes its own)."""
         if topics:
-            await asyncio.to_thread(ensure_topics, self.settings, topics)
+            like = {made: t for t in self.routes for made in self.router.topics_to_create([t])}
+            await asyncio.to_thread(ensure_topics, self.settings, topics, like=like)
 
     async def start(self) -> None:
         await self._create_topics(self.router.topics_to_create(list(self.routes)))
@@ -176,6 +188,7 @@ class ConsumerProxy:
             if isinstance(result, BaseException):
                 log.error("stopping consumer group %r failed: %r", group.group_id, result)
         await asyncio.to_thread(self.router.close)
+        await asyncio.to_thread(self.replays.close)
 
     async def _wait_assigned(self) -> None:
         await asyncio.gather(*(g.assigned.wait() for g in self.groups))
@@ -211,6 +224,10 @@ class ConsumerProxy:
         n, note = self._retry_count(record) if from_retry_topic else (0, None)
         key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
         headers = record.headers() or []
+        if not key.proxy_written:  # a main topic's: its replay headers count only when proven
+            claim = claim_of(headers, self.router.fail_topic(plan.source_topic))
+            if claim is not None:
+                key.verified_replay = await self.replays.verified(record, claim, plan.source_topic)
         guard = self._guards.get(plan.source_topic)
         if guard is None:
             attempt = await self._attempts(record, plan, lost, key, headers, n)
@@ -219,7 +236,9 @@ class ConsumerProxy:
         if isinstance(attempt, bool):
             return attempt
         result, step, where = attempt
-        return await self._forward(record, plan, step, n, result, lost, where, note=note)
+        return await self._forward(
+            record, plan, step, n, result, lost, where, note=note, replay=key.verified_replay
+        )
 
     async def _attempts(
         self,
@@ -238,6 +257,7 @@ class ConsumerProxy:
         gate = self.gates.get(plan.source_topic)
         held = 0.0  # the Retry-After pauses this record's own answers asked for
         backoff = 0.5
+        traced = False  # a handler's traceback was logged (redelivered in place: the first only)
         while True:
             if gate is not None and not gate.free() and not await gate.enter(lost):
                 return False
@@ -293,7 +313,14 @@ class ConsumerProxy:
             if step.next == "redeliver":
                 if lost.is_set():
                     return False
-                log.warning(
+                # No dead letter may ever come (retry_count = 0): the handler's traceback goes
+                # with the first failed attempt that has one, never again for this record.
+                trace = None if traced else result.trace
+                traced = traced or trace is not None
+                log_with_traceback(
+                    log,
+                    logging.WARNING,
+                    trace,
                     "delivery of %s to %s failed: %s; delivering again in %.1f s",
                     where,
                     plan.route.path,
@@ -383,16 +410,23 @@ class ConsumerProxy:
         where: str,
         *,
         note: str | None,
+        replay: bool = False,
     ) -> bool:
         """Produce the failed record to its retry or dead-letter topic: True once the broker
         acknowledged it (or, the last resort, every copy was refused for good), False when the
-        partition went away first (the record stays uncommitted and is delivered again)."""
+        partition went away first (the record stays uncommitted and is delivered again).
+        `replay`: its replay headers were checked (replays.py) and go with it."""
         assert step.topic is not None
         kind, topic = step.next, step.topic
         origin = self.router.origin(record, plan.source_topic)
         if kind == "dead-letter" and step.not_retried:
             note = _join(note, step.not_retried)
-        log.warning(
+        # One line per failed attempt; the handler's traceback (held by freedom's event route in
+        # this process) once per record, with the line about its dead letter.
+        log_with_traceback(
+            log,
+            logging.WARNING,
+            result.trace if kind == "dead-letter" else None,
             "delivery of %s to %s failed: %s; %s",
             where,
             plan.route.path,
@@ -410,6 +444,7 @@ class ConsumerProxy:
                 result,
                 origin=origin,
                 note=note,
+                replay=replay,
             )
             # A retry is the record itself or nothing; a dead letter may be a smaller copy.
             copies = (
@@ -446,7 +481,14 @@ class ConsumerProxy:
                 )  # config: retry_fail_prefix is required when retry_count > 0
                 note = _join(note, f"not retried: {refused}")
                 kind, topic = "dead-letter", fail
-                log.error("%s: not retried, dead-lettering it to %s instead", where, fail)
+                log_with_traceback(
+                    log,
+                    logging.ERROR,
+                    result.trace,
+                    "%s: not retried, dead-lettering it to %s instead",
+                    where,
+                    fail,
+                )
                 continue
             # Not even the smallest copy fits: never hold the partition for good on a permanent error.
             log.error(

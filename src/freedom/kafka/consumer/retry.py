@@ -37,26 +37,29 @@ from freedom.errors import PublishError
 from freedom.kafka.consumer.delivery import DeliveryResult
 from freedom.kafka.settings import connection_settings
 from freedom.wire.headers import (
+    CONTROL_HEADERS,
     ERROR_HEADER,
     FIRST_FAILURE_TIME_HEADER,
     HEADERS_OMITTED_HEADER,
     KEY_OMITTED_HEADER,
     KEY_SHA256_HEADER,
-    OMISSION_HEADERS,
     ORIGINAL_OFFSET_HEADER,
     ORIGINAL_PARTITION_HEADER,
     ORIGINAL_TOPIC_HEADER,
     REASON_HEADERS,
+    REPLAY_HEADERS,
     RETRY_COUNT_HEADER,
     STATUS_HEADER,
     VALUE_OMITTED_HEADER,
+    header_key,
 )
 
 log = logging.getLogger("freedom.kafka.consumer.retry")
 
 _REPLACED = (RETRY_COUNT_HEADER, ERROR_HEADER, STATUS_HEADER)
-#: Written only by the proxy: on a record from a main topic they came from outside (not trusted).
-_PROXY_OWNED = frozenset((*REASON_HEADERS, *OMISSION_HEADERS))
+#: Written only by freedom (the control headers): on a record from a main topic they came from
+#: outside (not trusted), but for the replay headers of a replay the proxy checked (replays.py).
+_PROXY_OWNED = frozenset(CONTROL_HEADERS)
 #: What the last-resort dead-letter copy keeps of the headers (cut to _MINIMAL_VALUE_BYTES each).
 _MINIMAL_KEPT = frozenset((RETRY_COUNT_HEADER, *REASON_HEADERS))
 _MINIMAL_VALUE_BYTES = 256
@@ -288,6 +291,7 @@ class RetryRouter:
         *,
         origin: Origin,
         note: str | None = None,
+        replay: bool = False,
     ) -> list[Header]:
         """The record's headers with `x-retry-count` = `retry_count` and the reason headers.
 
@@ -299,12 +303,20 @@ class RetryRouter:
         no partition, offset or time, which are not: the retry record's own would be a lie. A
         dead-letter record without them (a service listens on fail-T) gets its own position there,
         where it was first read. `note` is added to the error (why the record was not retried, ...).
+        `replay`: a main-topic record whose replay headers the proxy checked (replays.py): they are
+        kept. Names are compared in every spelling (headers.header_key), and another spelling than
+        freedom's of a proxy-owned header is dropped from any topic.
         """
         headers: list[Header] = []
         present: set[str] = set()
         for k, v in record.headers() or []:
             name = k.lower()
-            if name in _REPLACED or (origin == "main" and name in _PROXY_OWNED):
+            key = header_key(name)
+            if key in _REPLACED:
+                continue
+            if key in _PROXY_OWNED and (
+                key != name or (origin == "main" and not (replay and name in REPLAY_HEADERS))
+            ):
                 continue
             present.add(name)
             headers.append((k, v if v is not None else b""))

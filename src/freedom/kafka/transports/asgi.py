@@ -5,7 +5,9 @@ HTTP client and the HTTP server.
 The application gets the request it would get over HTTP (`POST`, the route path with the key,
 the record headers plus the proxy's, the value as body), and the answer is read by the same rule
 (`delivery.result_of`: the outcome header first, else 2xx is success). What the HTTP server would
-answer when the application raises (500) and the HTTP transport's timeout (30 s) hold here too.
+answer when the application raises (500) and the HTTP transports' deadline hold here too: the
+request carries `x-freedom-timeout-ms`, which freedom's event routes enforce (freedom/web/deadline.py),
+and the call is cancelled `DEADLINE_GRACE_SEC` after it.
 The call is a minimal ASGI exchange: build the scope, give the body through `receive`, keep the
 status and the two outcome headers from `send`; the response body is dropped (of a 4xx/5xx answer
 its start is kept: the failure's detail).
@@ -20,18 +22,22 @@ from typing import Any
 from urllib.parse import unquote
 
 from freedom.kafka.consumer.delivery import (
+    DEFAULT_TIMEOUT_SEC,
     MAX_FAILURE_BODY,
     DeliveryResult,
     EventRoute,
     RawAnswer,
     RecordHeaders,
     UnsendableRecord,
+    deadline_of,
     keeps_body,
+    proxy_wait,
     request_headers,
     result_of,
 )
 from freedom.wire.headers import (
     BODY_EXTENSION,
+    FAILURE_HEADER,
     OUTCOME_HEADER,
     REASON_HEADER,
     RETRY_AFTER_HEADER,
@@ -52,6 +58,7 @@ ASGIApp = Callable[
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
 _RETRY_AFTER = RETRY_AFTER_HEADER.encode()
+_FAILURE = FAILURE_HEADER.encode()
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
 
@@ -68,6 +75,7 @@ class _Exchange:
         "answer",
         "keep",
         "retry_after",
+        "failure",
     )
 
     def __init__(self, body: bytes, keep: int = 0) -> None:
@@ -80,6 +88,7 @@ class _Exchange:
         self.outcome: str | None = None
         self.reason: str | None = None
         self.retry_after: bytes | None = None
+        self.failure: bytes | None = None  # x-freedom-failure-id (observability/failures.py)
         self.complete = False
         self._done: asyncio.Event | None = None  # made only when the app listens past the body
 
@@ -109,6 +118,8 @@ class _Exchange:
                     self.reason = v.decode("latin-1")
                 elif k == _RETRY_AFTER:
                     self.retry_after = v
+                elif k == _FAILURE:
+                    self.failure = v
         elif kind == "http.response.body":
             kept = self.answer
             limit = self.keep or MAX_FAILURE_BODY
@@ -129,12 +140,12 @@ class AsgiTransport:
         self,
         app: ASGIApp,
         *,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT_SEC,
         secret: str | None = None,
         ready: asyncio.Event | None = None,
     ) -> None:
         self.app = app
-        self.timeout = timeout
+        self.timeout = timeout  # the deadline of a route without its own (EventRoute.timeout_sec)
         self.ready = ready  # set once the application has started (deliveries wait for it)
         # The secret guard (security.py) sits in the application, so in-process calls carry it too.
         self._extra = [(SECRET_HEADER.encode(), secret.encode())] if secret else []
@@ -157,12 +168,18 @@ class AsgiTransport:
         return self.ready.is_set()
 
     def scope(
-        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+        self,
+        route: EventRoute,
+        key: str,
+        value: bytes,
+        headers: RecordHeaders,
+        retry_count: int,
+        deadline: float | None = None,
     ) -> dict[str, Any]:
         """The ASGI scope of one delivery, as an HTTP server would make it from the HTTP request."""
         raw_path = route.url_path(key)
         # The same headers as over HTTP (freedom.wire.encoding's encoding included), lowercased as servers do.
-        out = [(k.lower(), v) for k, v in request_headers(headers, key, retry_count)]
+        out = [(k.lower(), v) for k, v in request_headers(headers, key, retry_count, deadline)]
         out.append((b"content-length", str(len(value)).encode()))
         out.extend(self._extra)
         return {
@@ -188,12 +205,13 @@ class AsgiTransport:
         self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
     ) -> DeliveryResult:
         """Call the application with the delivery's request; never raises for the handler's faults."""
+        limit = deadline_of(route, self.timeout)
         try:
-            scope = self.scope(route, key, value, headers, retry_count)
+            scope = self.scope(route, key, value, headers, retry_count, limit)
         except UnsendableRecord as exc:
             return exc.result()
         exchange = _Exchange(value)
-        deadline = asyncio.timeout(self.timeout)
+        deadline = asyncio.timeout(proxy_wait(limit))
         try:
             async with deadline:
                 await self.app(scope, exchange.receive, exchange.send)
@@ -215,13 +233,20 @@ class AsgiTransport:
             exchange.reason,
             bytes(exchange.answer) if exchange.answer else None,
             exchange.retry_after,
+            exchange.failure,
         )
 
     async def post(
-        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_body: int
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_body: int,
+        wait: float | None = None,
     ) -> RawAnswer | DeliveryResult:
         """Call the application with `POST path` (a batch, batching.py), keeping up to `keep_body`
-        bytes of the answer; a DeliveryResult when it gave no answer."""
+        bytes of the answer; a DeliveryResult when it gave no answer (within `wait` seconds)."""
         out = [(k.lower(), v) for k, v in headers]
         out.append((b"content-length", str(len(body)).encode()))
         out.extend(self._extra)
@@ -242,7 +267,7 @@ class AsgiTransport:
             "extensions": {BODY_EXTENSION: body},
         }
         exchange = _Exchange(body, keep_body)
-        deadline = asyncio.timeout(self.timeout)
+        deadline = asyncio.timeout(wait if wait is not None else proxy_wait(self.timeout))
         try:
             async with deadline:
                 await self.app(scope, exchange.receive, exchange.send)
@@ -255,7 +280,11 @@ class AsgiTransport:
         if exchange.status is None:
             return DeliveryResult(error="the application returned without answering")
         return RawAnswer(
-            exchange.status, exchange.outcome, exchange.reason, bytes(exchange.answer or b"")
+            exchange.status,
+            exchange.outcome,
+            exchange.reason,
+            bytes(exchange.answer or b""),
+            exchange.failure.decode("latin-1") if exchange.failure is not None else None,
         )
 
     async def aclose(self) -> None:

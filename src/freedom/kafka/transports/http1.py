@@ -4,7 +4,7 @@ parsed by httptools (llhttp, the C parser uvicorn uses).
 Why not a general HTTP client: the consumer proxy makes one kind of call (a POST with a known
 body to one service), and a general client's per-request machinery (URL objects, cookie jars,
 auto headers, tracing hooks, redirect and auth layers) was 40% of the service's CPU per
-delivery with aiohttp, 70% with httpx (docs/perf-log.md). Here a delivery is: take an idle
+delivery with aiohttp, 70% with httpx (bench/perf-log.md). Here a delivery is: take an idle
 connection (or open one), write `POST path HTTP/1.1` + headers + body, and let the parser pick
 the status and the two outcome headers out of the answer; the answer's body is read and dropped.
 
@@ -24,21 +24,31 @@ import httptools
 
 from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import (
+    DEFAULT_TIMEOUT_SEC,
     MAX_FAILURE_BODY,
     DeliveryResult,
     EventRoute,
     RawAnswer,
     RecordHeaders,
     UnsendableRecord,
+    deadline_of,
     keeps_body,
+    proxy_wait,
     request_headers,
     result_of,
 )
-from freedom.wire.headers import OUTCOME_HEADER, REASON_HEADER, RETRY_AFTER_HEADER, SECRET_HEADER
+from freedom.wire.headers import (
+    FAILURE_HEADER,
+    OUTCOME_HEADER,
+    REASON_HEADER,
+    RETRY_AFTER_HEADER,
+    SECRET_HEADER,
+)
 
 _OUTCOME = OUTCOME_HEADER.encode()
 _REASON = REASON_HEADER.encode()
 _RETRY_AFTER = RETRY_AFTER_HEADER.encode()
+_FAILURE = FAILURE_HEADER.encode()
 CONNECT_TIMEOUT_SEC = 5.0
 
 
@@ -63,13 +73,14 @@ async def wait_until_listening(proxy_addr: str, deadline: float, stop: asyncio.E
 class _Answer:
     """What one response told: its status, the outcome headers, and whether the connection stays open."""
 
-    __slots__ = ("status", "outcome", "reason", "keep_alive", "body", "retry_after")
+    __slots__ = ("status", "outcome", "reason", "keep_alive", "body", "retry_after", "failure")
 
     def __init__(self) -> None:
         self.status = 0
         self.outcome: bytes | None = None
         self.reason: bytes | None = None
         self.retry_after: bytes | None = None
+        self.failure: bytes | None = None  # x-freedom-failure-id (observability/failures.py)
         self.keep_alive = True
         self.body: bytearray | None = (
             None  # the start of a 4xx/5xx answer's body (delivery.keeps_body)
@@ -119,6 +130,8 @@ class _Connection(asyncio.Protocol):
             self._answer.reason = value
         elif name == _RETRY_AFTER:
             self._answer.retry_after = value
+        elif name == _FAILURE:
+            self._answer.failure = value
 
     def on_headers_complete(self) -> None:
         status = self._parser.get_status_code()
@@ -178,7 +191,7 @@ class Http1Transport:
         self,
         proxy_addr: str,
         *,
-        timeout: float = 30.0,
+        timeout: float = DEFAULT_TIMEOUT_SEC,
         max_connections: int | None = None,
         secret: str | None = None,
     ) -> None:
@@ -192,7 +205,7 @@ class Http1Transport:
         self._port = parts.port or (443 if parts.scheme == "https" else 80)
         self._ssl = ssl.create_default_context() if parts.scheme == "https" else None
         self._prefix = parts.path.rstrip("/")
-        self._timeout = timeout
+        self._timeout = timeout  # the deadline of a route without its own (EventRoute.timeout_sec)
         host = parts.netloc.rsplit("@", 1)[-1]
         # The part of every request that does not change: the Host header and the proxy's secret.
         try:
@@ -224,11 +237,17 @@ class Http1Transport:
         return sum(1 for conn in self._idle if not conn.closed)
 
     def _request(
-        self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
+        self,
+        route: EventRoute,
+        key: str,
+        value: bytes,
+        headers: RecordHeaders,
+        retry_count: int,
+        deadline: float,
     ) -> bytes:
         """The request's bytes (raises UnsendableRecord when the record cannot be a request)."""
         lines = [self._start(route.url_path(key))]
-        for name, val in request_headers(headers, key, retry_count):
+        for name, val in request_headers(headers, key, retry_count, deadline):
             lines += (name, b": ", val, b"\r\n")
         lines += (b"Content-Length: ", str(len(value)).encode(), b"\r\n\r\n", value)
         return b"".join(lines)
@@ -270,12 +289,14 @@ class Http1Transport:
     async def deliver(
         self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
     ) -> DeliveryResult:
-        """POST one record; never raises for the service's or the network's faults."""
+        """POST one record with the route's deadline; never raises for the service's or the
+        network's faults."""
+        deadline = deadline_of(route, self._timeout)
         try:
-            request = self._request(route, key, value, headers, retry_count)
+            request = self._request(route, key, value, headers, retry_count, deadline)
         except UnsendableRecord as exc:
             return exc.result()
-        answer = await self._roundtrip(request)
+        answer = await self._roundtrip(request, wait=proxy_wait(deadline))
         if isinstance(answer, DeliveryResult):
             return answer
         return result_of(
@@ -284,18 +305,27 @@ class Http1Transport:
             answer.reason.decode("latin-1") if answer.reason is not None else None,
             bytes(answer.body) if answer.body else None,
             answer.retry_after,
+            answer.failure,
         )
 
     async def post(
-        self, path: str, headers: list[tuple[bytes, bytes]], body: bytes, *, keep_body: int
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_body: int,
+        wait: float | None = None,
     ) -> RawAnswer | DeliveryResult:
         """POST `body` to `path` (a batch, batching.py) and keep up to `keep_body` bytes of the answer;
-        a DeliveryResult (the error) when no answer came."""
+        a DeliveryResult (the error) when no answer came within `wait` seconds."""
         lines = [self._start(path)]
         for name, val in headers:
             lines += (name, b": ", val, b"\r\n")
         lines += (b"Content-Length: ", str(len(body)).encode(), b"\r\n\r\n", body)
-        answer = await self._roundtrip(b"".join(lines), keep_body)
+        answer = await self._roundtrip(
+            b"".join(lines), keep_body, wait=wait if wait is not None else proxy_wait(self._timeout)
+        )
         if isinstance(answer, DeliveryResult):
             return answer
         return RawAnswer(
@@ -303,10 +333,14 @@ class Http1Transport:
             answer.outcome.decode("latin-1") if answer.outcome is not None else None,
             answer.reason.decode("latin-1") if answer.reason is not None else None,
             bytes(answer.body or b""),
+            answer.failure.decode("latin-1") if answer.failure is not None else None,
         )
 
-    async def _roundtrip(self, request: bytes, keep: int = 0) -> _Answer | DeliveryResult:
-        """Send `request` on a pooled connection and read its answer; a DeliveryResult on failure."""
+    async def _roundtrip(
+        self, request: bytes, keep: int = 0, *, wait: float
+    ) -> _Answer | DeliveryResult:
+        """Send `request` on a pooled connection and read its answer within `wait` seconds; a
+        DeliveryResult on failure."""
         slots = (
             self._slots
         )  # None (no cap of its own): no semaphore, and no coroutine more, per delivery
@@ -314,7 +348,7 @@ class Http1Transport:
             await slots.acquire()
         conn: _Connection | None = None
         try:
-            async with asyncio.timeout(self._timeout):
+            async with asyncio.timeout(wait):
                 conn = self._take_idle()
                 if conn is not None:
                     try:
