@@ -504,19 +504,27 @@ def _report(report: ReplayReport) -> str:
     return "".join(out)
 
 
+def run_form(
+    action: str, params: Mapping[str, str], signature: str, csrf: str | None, label: str, n: int
+) -> str:
+    """The form that runs exactly what a preview showed: its parameters, the preview's signature
+    and the CSRF token as hidden fields; the button disabled when the run would change nothing."""
+    hidden = "".join(
+        f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in sorted(params.items())
+    )
+    return (
+        f'<form method="post" action="{h(action)}" class="run">{hidden}'
+        f'<input type="hidden" name="preview" value="{h(signature)}">'
+        f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
+        f"<button{' disabled' if not n else ''}>{h(label)}</button></form>"
+    )
+
+
 def preview_page(
     base: str, report: ReplayReport, params: Mapping[str, str], signature: str, csrf: str | None
 ) -> str:
     """The dry run's report, and the form that runs exactly this replay."""
-    hidden = "".join(
-        f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in sorted(params.items())
-    )
-    run = (
-        f'<form method="post" action="{h(base)}/replay/run" class="run">{hidden}'
-        f'<input type="hidden" name="preview" value="{h(signature)}">'
-        f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
-        f"<button{' disabled' if not report.moved else ''}>Run this replay</button></form>"
-    )
+    run = run_form(f"{base}/replay/run", params, signature, csrf, "Run this replay", report.moved)
     filt = ", ".join(f"{k} = {v}" for k, v in sorted(params.items())) or "none"
     return (
         f"<p>Dry run: nothing was moved. Filter: {h(filt)}.</p>"

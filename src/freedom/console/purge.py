@@ -20,7 +20,7 @@ from starlette.responses import Response
 
 from freedom.console.auth import Caller
 from freedom.console.forms import PURGE_PARAMS, Refused, ReplayArgs, json_fields, purge_args
-from freedom.console.pages import FILTER_FIELDS, h, replay_form, shown
+from freedom.console.pages import FILTER_FIELDS, h, replay_form, run_form, shown
 from freedom.ops.purge import PurgeReport, audit_line, purge
 from freedom.ops.target import OpsError
 
@@ -103,15 +103,7 @@ def preview_page(
     base: str, report: PurgeReport, params: Mapping[str, str], signature: str, csrf: str | None
 ) -> str:
     """The dry run's report, and the form that runs exactly this purge."""
-    hidden = "".join(
-        f'<input type="hidden" name="{h(k)}" value="{h(v)}">' for k, v in sorted(params.items())
-    )
-    run = (
-        f'<form method="post" action="{h(base)}/purge/run" class="run">{hidden}'
-        f'<input type="hidden" name="preview" value="{h(signature)}">'
-        f'<input type="hidden" name="csrf" value="{h(csrf or "")}">'
-        f"<button{' disabled' if not report.purged else ''}>Run this purge</button></form>"
-    )
+    run = run_form(f"{base}/purge/run", params, signature, csrf, "Run this purge", report.purged)
     filt = ", ".join(f"{k} = {v}" for k, v in sorted(params.items())) or "none"
     return (
         f"<p>Dry run: nothing was purged. Filter: {h(filt)}.</p>"
