@@ -39,7 +39,8 @@ class Hung:
                 self.running -= 1
 
 
-@pytest.mark.serial
+# Not `serial`: the handler waits 45 s of a 60 s budget, a margin no neighbour's load can eat, and
+# in the parallel phase the other worker uses those 45 s (the suite stays under 15 minutes).
 def test_a_45_s_handler_succeeds_with_delivery_timeout_sec_60(apache_kafka, new_topic, tmp_path):
     """Before, every delivery timed out at 30 s: with retry_count = 0 a 45 s handler ran for ever."""
     bootstrap = apache_kafka.bootstrap
