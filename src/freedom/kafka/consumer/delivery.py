@@ -145,11 +145,20 @@ def _dropped(name: str, source: int) -> bool:
     key = header_key(name)
     if key in NOT_FORWARDED or key in PROXY_SET or key.startswith(NOT_FORWARDED_PREFIXES):
         return True
+    return forged_control(name, key, from_main=source != _WRITTEN, replay=source == _REPLAY)
+
+
+def forged_control(name: str, key: str, *, from_main: bool, replay: bool) -> bool:
+    """Whether a record header `name` (lowercased; `key` its headers.header_key) is a control
+    header freedom did not write: another spelling than freedom's of one, from any topic; or, on
+    a record read from a main topic, any control header but the replay headers of a replay the
+    proxy checked (`replay`, replays.py). The one rule for deliveries (request_headers) and for
+    the retry and dead-letter copies (retry.py)."""
     if key not in UNTRUSTED_ON_MAIN_TOPIC:
         return False
-    if key != name or source == _MAIN:
+    if key != name:
         return True
-    return source == _REPLAY and name not in KEPT_ON_A_REPLAY
+    return from_main and not (replay and name in KEPT_ON_A_REPLAY)
 
 
 # What request_headers decided about a record header name: (name as bytes, lowercased, travels as

@@ -34,10 +34,9 @@ import confluent_kafka
 from freedom.config.librdkafka import PRODUCER_DEFAULTS
 from freedom.config.models import ConsumerClientConfig
 from freedom.errors import PublishError
-from freedom.kafka.consumer.delivery import DeliveryResult
+from freedom.kafka.consumer.delivery import DeliveryResult, forged_control
 from freedom.kafka.settings import connection_settings
 from freedom.wire.headers import (
-    CONTROL_HEADERS,
     ERROR_HEADER,
     FIRST_FAILURE_TIME_HEADER,
     HEADERS_OMITTED_HEADER,
@@ -47,7 +46,6 @@ from freedom.wire.headers import (
     ORIGINAL_PARTITION_HEADER,
     ORIGINAL_TOPIC_HEADER,
     REASON_HEADERS,
-    REPLAY_HEADERS,
     RETRY_COUNT_HEADER,
     STATUS_HEADER,
     VALUE_OMITTED_HEADER,
@@ -57,9 +55,6 @@ from freedom.wire.headers import (
 log = logging.getLogger("freedom.kafka.consumer.retry")
 
 _REPLACED = (RETRY_COUNT_HEADER, ERROR_HEADER, STATUS_HEADER)
-#: Written only by freedom (the control headers): on a record from a main topic they came from
-#: outside (not trusted), but for the replay headers of a replay the proxy checked (replays.py).
-_PROXY_OWNED = frozenset(CONTROL_HEADERS)
 #: What the last-resort dead-letter copy keeps of the headers (cut to _MINIMAL_VALUE_BYTES each).
 _MINIMAL_KEPT = frozenset((RETRY_COUNT_HEADER, *REASON_HEADERS))
 _MINIMAL_VALUE_BYTES = 256
@@ -314,9 +309,7 @@ class RetryRouter:
             key = header_key(name)
             if key in _REPLACED:
                 continue
-            if key in _PROXY_OWNED and (
-                key != name or (origin == "main" and not (replay and name in REPLAY_HEADERS))
-            ):
+            if forged_control(name, key, from_main=origin == "main", replay=replay):
                 continue
             present.add(name)
             headers.append((k, v if v is not None else b""))
