@@ -23,7 +23,8 @@ import pytest
 from confluent_kafka import TopicPartition
 
 from freedom.kafka.consumer.delivery import EventRoute
-from freedom.kafka.consumer.group import GroupLoop, TopicPlan
+from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan
+from freedom.kafka.consumer.sources.kafka import KafkaSource
 
 TOPIC = "orders"
 
@@ -177,7 +178,12 @@ class Group:
         self.finished: dict[int, threading.Event] = {}
         monkeypatch.setattr(confluent_kafka, "Consumer", self._consumer)
         route = EventRoute(TOPIC, "/orders/{id}", "id")
-        self.loop = GroupLoop("g-order", {}, {TOPIC: TopicPlan(route, TOPIC)}, self._handle)
+        self.loop = ConsumerGroup(
+            "g-order",
+            KafkaSource("g-order", {}, [TOPIC]),
+            {TOPIC: TopicPlan(route, TOPIC)},
+            self._handle,
+        )
         self.stopped = False
 
     def _consumer(self, config: dict[str, Any]) -> StandIn:

@@ -174,7 +174,7 @@ def test_sequential_mode_delivers_one_at_a_time_per_partition_in_order(
 
 
 def test_offset_tracker_commits_only_below_the_lowest_unfinished_record():
-    from freedom.kafka.consumer.commits import OffsetTracker
+    from freedom.kafka.consumer.ledger import OffsetTracker
 
     t = OffsetTracker()
     for offset in (5, 6, 8, 9):  # 7 missing: a gap (compaction, transaction marker)

@@ -82,12 +82,10 @@ def liveness(app: Any, tick: LoopTick, timeout: float) -> list[str]:
     now = time.monotonic()
     problems = []
     for group in _groups(app):
-        pump = getattr(
-            group, "_task", None
-        )  # the consumer thread's loop (None: no consumer thread)
-        if pump is None or group._stop.is_set():
-            continue  # not started yet, stopping, or a stand-in without a consumer thread
-        if pump.done():
+        alive = group.source.alive()
+        if alive is None:
+            continue  # not started yet, stopping, or a source without a fetch thread
+        if not alive:
             problems.append(f"consumer group {group.group_id!r}: its consumer thread has ended")
             continue
         silent = now - group.last_round

@@ -45,7 +45,7 @@ from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from freedom.kafka.consumer.delivery import DeliveryResult
-    from freedom.kafka.consumer.group import GroupLoop, TopicPlan
+    from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan
     from freedom.kafka.consumer.retry import Plan
 
 log = logging.getLogger("freedom.observability.metrics")
@@ -391,15 +391,15 @@ class LagStats:
 # ----------------------------------------------------------------------------- scrape
 
 
-def _group_gauges(groups: Iterable[tuple[GroupLoop, LagStats | None, dict[str, str]]]) -> None:
+def _group_gauges(groups: Iterable[tuple[ConsumerGroup, LagStats | None, dict[str, str]]]) -> None:
     """Set the gauges of live consumer groups; `retry_of` maps a retry topic to its source topic."""
     for group, stats, retry_of in groups:
         gid = group.group_id
-        IN_FLIGHT.labels(gid).set(group._running)
+        IN_FLIGHT.labels(gid).set(group.running)
         reasons: dict[str, int] = {"backlog": 0, "window": 0, "delay": 0}
-        for part in list(group._parts.values()):
-            if part.paused:
-                for reason in part.pause_reasons:
+        for lane in list(group.lanes.values()):
+            if lane.paused:
+                for reason in lane.pause_reasons:
                     reasons[reason] = reasons.get(reason, 0) + 1
         for reason, n in reasons.items():
             PAUSED.labels(gid, reason).set(n)
@@ -435,7 +435,7 @@ async def _outbox_gauges(app: Any) -> bool:
     return True
 
 
-def consumer_groups(app: Any) -> Iterator[tuple[GroupLoop, LagStats | None, dict[str, str]]]:
+def consumer_groups(app: Any) -> Iterator[tuple[ConsumerGroup, LagStats | None, dict[str, str]]]:
     """Every live consumer group of `app`, with its lag statistics and its retry topics."""
     kafka = getattr(app, "kafka", None)
     for proxy in list(getattr(kafka, "proxies", None) or ()):

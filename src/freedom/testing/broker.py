@@ -40,7 +40,7 @@ import time
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
@@ -54,12 +54,18 @@ from freedom.config.models import (
 )
 from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import INPROCESS, EventRoute, Transport
-from freedom.kafka.consumer.group import GroupLoop, wait_event
 from freedom.kafka.consumer.proxy import ConsumerProxy
-from freedom.kafka.consumer.replays import ReplayCheck
-from freedom.kafka.consumer.retry import RETRY_PRODUCER_MAX_BYTES, RetryRouter, _Client
 from freedom.kafka.producer import DEFAULT_MAX_BYTES, ProducerClient
 from freedom.kafka.service import KafkaBackend
+from freedom.testing.memory_clients import (
+    MemoryClients,
+    MemoryProducer,
+    MemorySource,
+    RawHeaders,
+    raw_headers,
+    size_of,
+    too_large,
+)
 
 if TYPE_CHECKING:
     import httpx
@@ -74,7 +80,6 @@ log = logging.getLogger("freedom.testing")
 TOPIC_MAX_BYTES = 1_048_588
 
 TP = tuple[str, int]
-RawHeaders = list[tuple[str, bytes | None]]
 
 
 def _module_dirs(module_name: str) -> list[Path]:
@@ -202,278 +207,6 @@ class MemoryRecord:
         )
 
 
-def _raw_headers(
-    headers: Iterable[tuple[str, str | bytes | None]] | Mapping[str, str | bytes] | None,
-) -> RawHeaders:
-    items = headers.items() if isinstance(headers, Mapping) else (headers or [])
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in items]
-
-
-def _size(key: bytes | None, value: bytes | None, headers: RawHeaders) -> int:
-    return (
-        len(key or b"")
-        + len(value or b"")
-        + sum(len(k.encode()) + len(v or b"") for k, v in headers)
-    )
-
-
-def _too_large(what: str) -> confluent_kafka.KafkaError:
-    return confluent_kafka.KafkaError(confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE, what)
-
-
-class _MemoryProducer:
-    """Stands in for a librdkafka `confluent_kafka.Producer`: `produce` appends to the broker and
-    reports the delivery at once (the callers await the report as they would librdkafka's)."""
-
-    def __init__(self, broker: TestBroker, max_bytes: int) -> None:
-        self.broker = broker
-        self.max_bytes = max_bytes
-
-    def produce(
-        self,
-        topic: str,
-        value: bytes | None = None,
-        key: bytes | None = None,
-        partition: int = -1,
-        on_delivery: Any = None,
-        headers: Any = None,
-        **_: Any,
-    ) -> None:
-        raw = _raw_headers(headers)
-        if _size(key, value, raw) > self.max_bytes:  # librdkafka's local check (message.max.bytes)
-            raise confluent_kafka.KafkaException(_too_large("Message size too large"))
-        err, record = self.broker._append(topic, key, value, raw, partition)
-        if on_delivery is not None:
-            on_delivery(err, record)
-
-    def poll(self, timeout: float = 0) -> int:
-        if timeout:
-            time.sleep(min(timeout, 0.1))
-        return 0
-
-    def flush(self, timeout: float = 0) -> int:
-        return 0
-
-    def purge(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
-    def __len__(self) -> int:
-        return 0
-
-
-class _MemoryRetryClient(_Client):
-    """The retry router's producer on the in-memory broker (no librdkafka handle, no poll thread)."""
-
-    def __init__(self, producer: _MemoryProducer) -> None:  # noqa: D107 - _Client's would start librdkafka
-        self.producer = cast(Any, producer)
-        self.fatal = False
-
-    def close(self, timeout: float) -> int:
-        return 0
-
-
-class _MemoryRetryRouter(RetryRouter):
-    """RetryRouter producing to the in-memory broker: its decisions, headers, copies and its
-    `send` (acknowledgement awaited, refusals read) are RetryRouter's own."""
-
-    def __init__(
-        self, broker: TestBroker, config: ConsumerClientConfig, settings: dict[str, Any]
-    ) -> None:
-        super().__init__(config, settings)
-        self._memory = _MemoryRetryClient(_MemoryProducer(broker, RETRY_PRODUCER_MAX_BYTES))
-
-    def _client(self, kind: str) -> _Client:
-        return self._memory
-
-
-class _MemoryGroup(GroupLoop):
-    """A consumer group on the in-memory broker: GroupLoop's dispatch, delivery modes, backlog,
-    offset tracking and drain, with the librdkafka consumer's part (fetch, pause/resume, commit)
-    done against the broker on the event loop. One member: it owns every partition."""
-
-    def __init__(self, broker: TestBroker, like: GroupLoop) -> None:
-        super().__init__(
-            like.group_id,
-            {},
-            like.plans,
-            like.handle,
-            initial_offset=like.initial_offset,
-            delay_sec=like.delay_sec,
-            drain_timeout=like.drain_timeout,
-            fetch_batch=like.fetch_batch,
-            sequential_backlog=like.sequential_backlog,
-            poll_timeout=like.poll_timeout,
-        )
-        like._thread.shutdown(wait=False)  # never used: no consumer thread here
-        self.broker = broker
-        self._positions: dict[TP, int] = {}  # the next offset to fetch, per assigned partition
-        self._paused: set[TP] = set()
-        self._poke = asyncio.Event()  # records, a finished delivery, a clock change, stop
-        self._tick = asyncio.Event()  # replaced at every clock change (see _clock_moved)
-        self._pump_task: asyncio.Task[None] | None = None
-        self._stopping = False
-
-    # -- the clock of the retry group
-    def now(self) -> float:
-        return self.broker.time()
-
-    async def _wait_due(self, lost: asyncio.Event, seconds: float) -> None:
-        waiters = {asyncio.ensure_future(lost.wait()), asyncio.ensure_future(self._tick.wait())}
-        try:
-            await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for w in waiters:
-                w.cancel()
-
-    def _clock_moved(self) -> None:  # on the loop
-        tick, self._tick = self._tick, asyncio.Event()
-        tick.set()
-        self._poke.set()
-
-    def _finished(self, task: asyncio.Task[bool]) -> None:
-        super()._finished(task)
-        self._poke.set()
-
-    def wake(self, *, clock: bool = False) -> None:
-        """From any thread: new records (or, `clock`, the clock moved)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._clock_moved if clock else self._poke.set)
-        except RuntimeError:  # the loop closed meanwhile: nothing to wake
-            pass
-
-    # -- lifecycle
-    async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self.broker._join(self)
-        self._assign()
-        self.assigned.set()
-        self._pump_task = asyncio.create_task(
-            self._run_pump(), name=f"freedom-memory-group-{self.group_id}"
-        )
-
-    async def stop(self) -> None:
-        self._stopping = True
-        self._poke.set()
-        if self._pump_task is not None:
-            await self._pump_task
-        await self._release(list(self._parts))
-        self._commit()
-        self.broker._leave(self)
-        self._thread.shutdown(wait=False)
-
-    # -- what the consumer thread does on Kafka
-    def _assign(self) -> None:
-        """Take the partitions of the subscribed topics not assigned yet, from the committed offset
-        (a new group: the end, or the start with initial_offset = "earliest", which is committed at
-        once, as GroupLoop pins a new group's start)."""
-        for tp in self.broker._partitions_of(self.plans):
-            if tp in self._assigned:
-                continue
-            start = self.broker.committed(tp[0], tp[1], group=self.group_id)
-            if start is None:
-                start = self.broker._end(tp) if self.initial_offset == "latest" else 0
-                self.broker._commit(self.group_id, tp, start)
-            self._positions[tp] = start
-            self._assigned.add(tp)
-
-    def _commit(self) -> None:
-        with self._lock:
-            pending, self._to_commit = self._to_commit, {}
-        for tp, offset in pending.items():
-            self.broker._commit(self.group_id, tp, offset)
-
-    async def _run_pump(self) -> None:
-        while not self._stopping:
-            self._poke.clear()
-            self._assign()
-            self._commit()
-            with self._lock:
-                pause, self._to_pause = self._to_pause, set()
-                resume, self._to_resume = self._to_resume, set()
-            self._paused = (self._paused | pause) - resume
-            records = self._fetch(self._room_for())
-            if records:
-                self._handed += len(records)
-                self._dispatch_all(records)
-                await asyncio.sleep(0)
-                continue
-            await wait_event(self._poke, 0.05)
-
-    def _fetch(self, n: int) -> list[Any]:
-        out: list[Any] = []
-        for tp in sorted(self._assigned):
-            if len(out) >= n:
-                break
-            if tp in self._paused:
-                continue
-            got = self.broker._read(tp, self._positions[tp], n - len(out))
-            self._positions[tp] += len(got)
-            out.extend(got)
-        return out
-
-    # -- for TestBroker.settle
-    def pending_work(self) -> tuple[str | None, float | None]:
-        """(what is still to do now, or None; the earliest time a waiting retry record is due)."""
-        if self._running or self._handed != self._dispatched:
-            return f"group {self.group_id!r}: {self._running} deliveries running", None
-        with self._lock:
-            if self._to_commit:
-                return f"group {self.group_id!r}: offsets to commit", None
-        due: float | None = None
-        for tp in self._assigned:
-            if tp not in self._paused and self.broker._end(tp) > self._positions[tp]:
-                return f"group {self.group_id!r}: records of {tp[0]}[{tp[1]}] to fetch", None
-        now = self.now()
-        for part in list(self._parts.values()):
-            if not part.pending:
-                continue
-            at = self._due(part.pending[0]) if self.delay_sec is not None else now
-            if at <= now:
-                return (
-                    f"group {self.group_id!r}: records of {part.tp[0]}[{part.tp[1]}] to deliver",
-                    None,
-                )
-            due = at if due is None else min(due, at)
-        return None, due
-
-
-class _MemoryDeadLetters:
-    """The dead letters a replay check reads (replays.DeadLetterSource), from the broker."""
-
-    def __init__(self, broker: TestBroker) -> None:
-        self._broker = broker
-
-    def read(self, topic: str, partition: int, offset: int, count: int) -> list[MemoryRecord]:
-        return self._broker.records(topic, partition)[offset : offset + count]
-
-    def close(self) -> None:
-        return None
-
-
-class _MemoryConsumerProxy(ConsumerProxy):
-    """ConsumerProxy (its record handling untouched) whose groups and retry producer use the broker."""
-
-    def __init__(
-        self,
-        broker: TestBroker,
-        config: ConsumerClientConfig,
-        settings: dict[str, Any],
-        routes: dict[str, EventRoute],
-        delivery: Transport,
-    ) -> None:
-        super().__init__(config, settings, routes, delivery)
-        self._broker = broker
-        self.router = _MemoryRetryRouter(broker, config, settings)
-        self.replays = ReplayCheck(_MemoryDeadLetters(broker))
-        self.groups = [_MemoryGroup(broker, g) for g in self.groups]
-
-    async def _create_topics(self, topics: list[str]) -> None:
-        self._broker.create_topics(topics)
-
-
 class TestBroker(KafkaBackend):
     """An in-memory Kafka for `app` (see the module docstring); `async with` or `with` it.
 
@@ -501,7 +234,7 @@ class TestBroker(KafkaBackend):
         self._max_bytes: dict[str, int] = {}
         self._committed: dict[tuple[str, str, int], int] = {}
         self._advanced = 0.0
-        self._groups: list[_MemoryGroup] = []
+        self._groups: list[MemorySource] = []
         self._round_robin = itertools.count()
         self.partitions = partitions
         self.settle_timeout = settle_timeout
@@ -584,7 +317,7 @@ class TestBroker(KafkaBackend):
 
     def producer_client(self, name: str, settings: dict[str, Any]) -> ProducerClient:
         max_bytes = int(settings.get("message.max.bytes", DEFAULT_MAX_BYTES))
-        return ProducerClient(name, settings, client=_MemoryProducer(self, max_bytes))
+        return ProducerClient(name, settings, client=MemoryProducer(self, max_bytes))
 
     async def check_reachable(self, settings: dict[str, Any], where: str) -> None:
         return None
@@ -599,7 +332,7 @@ class TestBroker(KafkaBackend):
         routes: dict[str, EventRoute],
         delivery: Transport,
     ) -> ConsumerProxy:
-        return _MemoryConsumerProxy(self, config, settings, routes, delivery)
+        return ConsumerProxy(config, settings, routes, delivery, clients=MemoryClients(self))
 
     # ------------------------------------------------------------------ topics and records
 
@@ -640,8 +373,8 @@ class TestBroker(KafkaBackend):
                 )
                 return err, MemoryRecord(topic, partition, -1, key, value, headers, 0)
             ms = int(self.time() * 1000)
-            if _size(key, value, headers) > self._max_bytes[topic]:
-                return _too_large("Broker: Message size too large"), MemoryRecord(
+            if size_of(key, value, headers) > self._max_bytes[topic]:
+                return too_large("Broker: Message size too large"), MemoryRecord(
                     topic, partition, -1, key, value, headers, ms
                 )
             log = parts[partition]
@@ -667,7 +400,7 @@ class TestBroker(KafkaBackend):
             topic,
             key.encode() if isinstance(key, str) else key,
             value.encode() if isinstance(value, str) else value,
-            _raw_headers(headers),
+            raw_headers(headers),
             -1 if partition is None else partition,
         )
         if err is not None:
@@ -730,7 +463,7 @@ class TestBroker(KafkaBackend):
                 (t, p) for t in topics if t in self._topics for p in range(len(self._topics[t]))
             ]
 
-    def _join(self, group: _MemoryGroup) -> None:
+    def _join(self, group: MemorySource) -> None:
         with self._lock:
             if any(g.group_id == group.group_id for g in self._groups):
                 raise FreedomError(
@@ -739,7 +472,7 @@ class TestBroker(KafkaBackend):
                 )
             self._groups.append(group)
 
-    def _leave(self, group: _MemoryGroup) -> None:
+    def _leave(self, group: MemorySource) -> None:
         with self._lock:
             if group in self._groups:
                 self._groups.remove(group)

@@ -20,7 +20,7 @@ from freedom.observability.tracing import record_trace_id
 if TYPE_CHECKING:
     from freedom.config.models import ConsumerClientConfig
     from freedom.kafka.consumer.delivery import DeliveryResult
-    from freedom.kafka.consumer.group import GroupLoop, Handler, TopicPlan
+    from freedom.kafka.consumer.plan import Handler, TopicPlan
     from freedom.kafka.consumer.retry import Copy, Plan
 
 
@@ -32,12 +32,15 @@ class ProxyObserver:
         self.metrics = metrics.DeliveryMetrics(config.group_id, retry_group)
         self.lag_stats: dict[str, metrics.LagStats] = {}
 
-    def attach(self, group: GroupLoop) -> None:
-        """Before the group starts: its lag statistics, and a `process` span around each record
-        when a tracer records spans."""
-        group.settings, self.lag_stats[group.group_id] = metrics.LagStats.settings(group.settings)
-        if spans.tracer() is not None:
-            group.handle = _traced(group.handle, group.group_id)
+    def consumer_settings(self, group_id: str, settings: dict[str, Any]) -> dict[str, Any]:
+        """The librdkafka settings of a group's consumer, with its lag statistics turned on."""
+        settings, self.lag_stats[group_id] = metrics.LagStats.settings(settings)
+        return settings
+
+    def around(self, handle: Handler, group_id: str) -> Handler:
+        """The group's per-record call: `handle` itself, or inside the record's `process` span
+        when a tracer records spans (the chain is made once, when the group is made)."""
+        return _traced(handle, group_id) if spans.tracer() is not None else handle
 
     def delivered(
         self, record: Any, plan: TopicPlan, result: DeliveryResult, step: Plan, seconds: float

@@ -40,15 +40,15 @@ from typing import Any
 
 from freedom.config.librdkafka import CONSUMER_DEFAULTS
 from freedom.config.models import ConsumerClientConfig
-from freedom.kafka.admin import ensure_topics
 from freedom.kafka.consumer.backpressure import Gate
 from freedom.kafka.consumer.batching import Batcher
+from freedom.kafka.consumer.clients import KafkaClients, ProxyClients
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
-from freedom.kafka.consumer.group import GroupLoop, TopicPlan, wait_event
+from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan, wait_event
 from freedom.kafka.consumer.keys import record_key
 from freedom.kafka.consumer.keys import where as _where
 from freedom.kafka.consumer.observer import ProxyObserver
-from freedom.kafka.consumer.replays import KafkaDeadLetters, ReplayCheck, claim_of
+from freedom.kafka.consumer.replays import ReplayCheck, claim_of
 from freedom.kafka.consumer.retry import (
     Copy,
     Plan,
@@ -82,15 +82,17 @@ class ConsumerProxy:
         routes: dict[str, EventRoute],
         delivery: Transport,
         *,
+        clients: ProxyClients | None = None,
         fetch_batch: int = 500,
     ) -> None:
         self.config = config
         self.routes = routes
         self.delivery = delivery
         self.settings = settings
-        self.router = RetryRouter(config, settings)
+        self.clients = clients if clients is not None else KafkaClients()
+        self.router = RetryRouter(config, settings, self.clients.retry_producer)
         # Replay headers on main-topic records are kept only when their dead letter proves them.
-        self.replays = ReplayCheck(KafkaDeadLetters(settings))
+        self.replays = ReplayCheck(self.clients.dead_letters(settings))
         # Per topic (batch topics aside, batching.py): its backpressure gate and its head-of-line guard.
         self.gates: dict[str, Gate] = {}
         self._guards: dict[str, float] = {}
@@ -105,42 +107,56 @@ class ConsumerProxy:
                 )
                 if c.head_of_line_timeout_sec is not None:
                     self._guards[t] = c.head_of_line_timeout_sec
+        self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
+        self.batcher = Batcher(delivery)  # topics bound with listen_event(..., batch=): batching.py
         main_plans = {t: self._plan(t, route) for t, route in routes.items()}
         self.groups = [
-            GroupLoop(
-                config.group_id,
-                settings,
-                main_plans,
-                self._handle,
-                initial_offset=config.initial_offset,
-                drain_timeout=config.drain_timeout_sec,
-                fetch_batch=fetch_batch,
-            )
+            self._group(config.group_id, main_plans, config.initial_offset, None, fetch_batch)
         ]
         if config.retry_count > 0:
             retry_plans = {
                 self.router.retry_topic(t): self._plan(t, route) for t, route in routes.items()
             }
             self.groups.append(
-                GroupLoop(
+                self._group(
                     config.retry_group_id,
-                    settings,
                     retry_plans,
-                    self._handle,
-                    initial_offset="earliest",
-                    delay_sec=config.retry_interval_sec,
-                    drain_timeout=config.drain_timeout_sec,
-                    fetch_batch=fetch_batch,
+                    "earliest",
+                    config.retry_interval_sec,
+                    fetch_batch,
                 )
             )
-        self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
-        self.batcher = Batcher(delivery)  # topics bound with listen_event(..., batch=): batching.py
-        for group in self.groups:
-            self.observer.attach(group)
         self.assigned = asyncio.Event()  # set once every group got its first assignment
         self._service_up = asyncio.Event()  # set once the service accepts connections
         self._stop = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+
+    def _group(
+        self,
+        group_id: str,
+        plans: dict[str, TopicPlan],
+        initial_offset: str,
+        delay_sec: float | None,
+        fetch_batch: int,
+    ) -> ConsumerGroup:
+        """One consumer group of this proxy: its source from the clients, its handler in the
+        observer's chain (a `process` span around each record when spans are recorded)."""
+        source = self.clients.source(
+            group_id,
+            self.observer.consumer_settings(group_id, self.settings),
+            list(plans),
+            initial_offset=initial_offset,
+            drain_timeout=self.config.drain_timeout_sec,
+        )
+        return ConsumerGroup(
+            group_id,
+            source,
+            plans,
+            self.observer.around(self._handle, group_id),
+            delay_sec=delay_sec,
+            drain_timeout=self.config.drain_timeout_sec,
+            fetch_batch=fetch_batch,
+        )
 
     def _plan(self, topic: str, route: EventRoute) -> TopicPlan:
         c = self.config.consume_config(topic)
@@ -160,11 +176,11 @@ class ConsumerProxy:
         broker makes its own)."""
         if topics:
             like = {made: t for t in self.routes for made in self.router.topics_to_create([t])}
-            await asyncio.to_thread(ensure_topics, self.settings, topics, like=like)
+            await self.clients.create_topics(self.settings, topics, like)
 
     async def start(self) -> None:
         await self._create_topics(self.router.topics_to_create(list(self.routes)))
-        started: list[GroupLoop] = []
+        started: list[ConsumerGroup] = []
         try:
             for group in self.groups:
                 await group.start()

@@ -26,8 +26,9 @@ import hashlib
 import logging
 import re
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import confluent_kafka
 
@@ -166,7 +167,17 @@ def _refused(topic: str, err: Any, size: int, *, local: bool) -> ProduceRefused:
     )
 
 
-class _Client:
+class ProducerClient(Protocol):
+    """A producer for the retry and dead-letter copies: `producer.produce(...)` with an
+    `on_delivery` callback, `fatal` once librdkafka reported a fatal error, `close` (bounded)."""
+
+    producer: Any
+    fatal: bool
+
+    def close(self, timeout: float) -> int: ...
+
+
+class RetryProducer:
     """One librdkafka producer and the thread serving its delivery reports."""
 
     def __init__(self, settings: dict[str, Any], name: str) -> None:
@@ -202,11 +213,17 @@ class Plan:
 class RetryRouter:
     """Decides and performs the next step of a record that was not handled, for one consumer client."""
 
-    def __init__(self, config: ConsumerClientConfig, consumer_settings: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        config: ConsumerClientConfig,
+        consumer_settings: dict[str, Any],
+        make_client: Callable[[dict[str, Any], str], ProducerClient] = RetryProducer,
+    ) -> None:
         self.config = config
+        self._make_client = make_client
         self._settings = {**connection_settings(consumer_settings), **PRODUCER_DEFAULTS}
         self._settings["message.max.bytes"] = RETRY_PRODUCER_MAX_BYTES
-        self._clients: dict[str, _Client] = {}  # "shared", and "solo" (one record per batch)
+        self._clients: dict[str, ProducerClient] = {}  # "shared", and "solo" (one record per batch)
         self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ topics
@@ -369,14 +386,14 @@ class RetryRouter:
 
     # ------------------------------------------------------------------ producing
 
-    def _client(self, kind: str) -> _Client:
+    def _client(self, kind: str) -> ProducerClient:
         with self._lock:
             client = self._clients.get(kind)
             if client is None:
                 settings = dict(self._settings)
                 if kind == "solo":  # one record per batch: a refusal is about this record alone
                     settings.update({"linger.ms": 0, "batch.num.messages": 1})
-                client = self._clients[kind] = _Client(
+                client = self._clients[kind] = self._make_client(
                     settings, f"freedom-retry-producer-{kind}-{self.config.group_id}"
                 )
             return client
@@ -441,7 +458,7 @@ class RetryRouter:
                 self._reset(client)
             raise
 
-    def _reset(self, client: _Client) -> None:
+    def _reset(self, client: ProducerClient) -> None:
         """Forget a producer in a fatal state (idempotence broken); the next send makes a new one."""
         with self._lock:
             for kind, known in list(self._clients.items()):

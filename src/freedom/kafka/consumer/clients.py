@@ -1,0 +1,70 @@
+"""Where a consumer proxy gets its Kafka clients: the one seam between the proxy's rules and Kafka.
+
+:class:`ProxyClients` is the port: a record source per consumer group (sources/), a producer
+client for the retry and dead-letter copies, a reader of dead letters (replay checks) and topic
+creation. :class:`KafkaClients` serves them from the cluster; freedom.testing's broker serves
+them from memory. Everything else a proxy does (delivery, outcomes, retries, dead letters, commits,
+metrics) is the same code on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Protocol
+
+from freedom.kafka.admin import ensure_topics
+from freedom.kafka.consumer.replays import DeadLetterSource, KafkaDeadLetters
+from freedom.kafka.consumer.retry import ProducerClient, RetryProducer
+from freedom.kafka.consumer.sources import RecordSource
+
+
+class ProxyClients(Protocol):
+    """The Kafka clients of one consumer proxy."""
+
+    def source(
+        self,
+        group_id: str,
+        settings: dict[str, Any],
+        topics: list[str],
+        *,
+        initial_offset: str,
+        drain_timeout: float,
+    ) -> RecordSource: ...
+
+    def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient: ...
+
+    def dead_letters(self, settings: dict[str, Any]) -> DeadLetterSource: ...
+
+    async def create_topics(
+        self, settings: dict[str, Any], topics: list[str], like: dict[str, str]
+    ) -> None: ...
+
+
+class KafkaClients:
+    """The clients of a consumer proxy on a Kafka cluster."""
+
+    def source(
+        self,
+        group_id: str,
+        settings: dict[str, Any],
+        topics: list[str],
+        *,
+        initial_offset: str,
+        drain_timeout: float,
+    ) -> RecordSource:
+        from freedom.kafka.consumer.sources.kafka import KafkaSource
+
+        return KafkaSource(
+            group_id, settings, topics, initial_offset=initial_offset, drain_timeout=drain_timeout
+        )
+
+    def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient:
+        return RetryProducer(settings, name)
+
+    def dead_letters(self, settings: dict[str, Any]) -> DeadLetterSource:
+        return KafkaDeadLetters(settings)
+
+    async def create_topics(
+        self, settings: dict[str, Any], topics: list[str], like: dict[str, str]
+    ) -> None:
+        await asyncio.to_thread(ensure_topics, settings, topics, like=like)

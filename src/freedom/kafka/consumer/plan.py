@@ -1,0 +1,35 @@
+"""What a consumer group is told about each subscribed topic, and the call it makes per record."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from freedom.kafka.consumer.delivery import EventRoute
+
+
+@dataclass(frozen=True)
+class TopicPlan:
+    """How the records of one subscribed topic are delivered."""
+
+    route: EventRoute
+    source_topic: str  # the listened topic T (for a retry topic: the topic it retries)
+    mode: str = "sequential"
+    max_in_flight: int = 500
+
+
+#: `handle(record, plan, lost)`: deliver one record and settle it; True once it is finished
+#: (delivered, or acknowledged on its retry or dead-letter topic), False when it was given up
+#: because its partition went away (`lost` is set then).
+Handler = Callable[[Any, TopicPlan, asyncio.Event], Awaitable[bool]]
+
+
+async def wait_event(event: asyncio.Event, seconds: float) -> bool:
+    """Wait up to `seconds` for `event`; True when it was set."""
+    try:
+        await asyncio.wait_for(event.wait(), seconds)
+        return True
+    except TimeoutError:
+        return event.is_set()
