@@ -3,7 +3,7 @@
 A change to the hot path is judged by the CPU the service spends per record (process CPU time
 over the measured span, less sensitive to the machine's load than records/s). This runs the Go
 scenario's freedom cases (`bench/scenarios/gopeer.py`: 50,000 records pre-loaded into 6
-partitions, the trivial handler, HTTP/1.1 concurrent and in-process; the 50 ms handler over
+partitions, the trivial handler, HTTP/1.1 concurrent, in-process ASGI and direct; the 50 ms handler over
 HTTP/1.1; batch delivery, 100 records per request, and `--workers 2`, over HTTP/1.1; the GET → publish route with 50 keep-alive clients) once per source per run,
 alternating the sources within each run, on one Apache Kafka broker, and prints the medians.
 
@@ -35,6 +35,8 @@ from .common import ROOT, Context, Kafka, machine, start_broker
 CASES = {
     "http1 concurrent trivial": ("http1", "concurrent", "trivial"),
     "inprocess concurrent trivial": ("inprocess", "concurrent", "trivial"),
+    # the direct invoker (issue 19); a source without `inprocess_dispatch` shows it as FAILED (skip)
+    "direct concurrent trivial": ("direct", "concurrent", "trivial"),
     "http1 concurrent 50ms": ("http1", "concurrent", "50ms"),
     "http1 concurrent trivial batch 100": ("http1", "concurrent", "trivial", 100),
     "http1 concurrent trivial workers 2": ("http1", "concurrent", "trivial", 0, 2),

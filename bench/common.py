@@ -444,8 +444,67 @@ class Context:
 # ----------------------------------------------------------------------------- the freedom service
 
 
-#: `proxy_addr` value selecting in-process delivery (the proxy calls the ASGI app directly).
+#: `proxy_addr` value selecting in-process delivery (the proxy calls the application directly).
 INPROCESS = "inprocess"
+#: `[consumer]` key choosing how in-process deliveries reach the handler (issue 19): "direct" (the
+#: direct invoker: the handler called without the ASGI stack; the default where the key exists) or
+#: "asgi" (the in-process ASGI call). The bench's `freedom-inprocess-*` cases set "asgi", the
+#: `freedom-direct-*` cases "direct".
+DISPATCH_KEY = "inprocess_dispatch"
+DISPATCHES = ("direct", "asgi")
+
+_DISPATCH_CHECK = """
+import sys, tempfile
+from freedom.config.loading import load_kafka_config
+from freedom.errors import ConfigError
+from freedom.testing import kafka_config, write_config
+try:
+    from freedom.config.models import ConsumerSection
+    known = "%s" in ConsumerSection.model_fields
+except Exception:  # the model moved: let loading the file decide
+    known = True
+if not known:
+    print("freedom.config.models.ConsumerSection has no field %s")
+    sys.exit(0)
+with tempfile.TemporaryDirectory() as tmp:
+    kafka = kafka_config("127.0.0.1:9092", 8000)
+    kafka["consumer"]["proxy_addr"] = "inprocess"
+    kafka["consumer"]["%s"] = "direct"
+    try:
+        load_kafka_config(write_config(tmp, kafka=kafka))
+    except ConfigError as exc:
+        print(str(exc).splitlines()[0])
+""" % ((DISPATCH_KEY,) * 3)
+
+_dispatch_checked: dict[str, str | None] = {}  # measured source -> why not (None: supported)
+
+
+def dispatch_unsupported() -> str | None:
+    """None when the measured code accepts `[consumer] inprocess_dispatch = "direct"`, else why not.
+
+    Checked once per measured source in a subprocess that imports that source (so that `bench.ab`,
+    which alternates two sources in one process, gets the answer of each)."""
+    key = str(_source)
+    if key not in _dispatch_checked:
+        done = subprocess.run(
+            [sys.executable, "-c", _DISPATCH_CHECK],
+            env=child_env({}),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            why: str | None = f"checking for it failed: {last}"
+        else:
+            why = done.stdout.strip() or None
+        _dispatch_checked[key] = (
+            None
+            if why is None
+            else f"the direct invoker is not in the measured code: kafka.toml's "
+            f'`[consumer] {DISPATCH_KEY} = "direct"` is not accepted ({why})'
+        )
+    return _dispatch_checked[key]
 
 
 def inprocess_unsupported() -> str | None:
@@ -466,6 +525,22 @@ def inprocess_unsupported() -> str | None:
     return None
 
 
+#: what the service's start-up line (`consumer deliveries: ...`) says for each in-process dispatch
+DELIVERY_PATH_MARK = {"direct": "in-process direct", "asgi": "through the ASGI application"}
+
+
+def check_delivery_path(consumer: Consumer, state: dict[str, Any], dispatch: str) -> None:
+    """Raise `BenchError` when the service said its deliveries take another path than `dispatch`
+    (e.g. a "direct" case whose route fell back to the ASGI application). Nothing to check when the
+    measured code has no such line (`delivery_path` not in the probe)."""
+    line = state.get("delivery_path")
+    if line and DELIVERY_PATH_MARK[dispatch] not in line:
+        consumer.stop()
+        raise BenchError(
+            f'{consumer.name}: inprocess_dispatch = "{dispatch}", but the service says: {line}'
+        )
+
+
 def freedom_service(
     ctx: Context,
     name: str,
@@ -477,6 +552,7 @@ def freedom_service(
     expect: int,
     http2: bool = False,
     inprocess: bool = False,
+    dispatch: str = "asgi",
     extra: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     workers: int = 1,
@@ -487,6 +563,11 @@ def freedom_service(
     `topic` from the earliest offset; logging is at WARNING so no line is written per delivery. `extra`
     adds keys to the `[[consumer_clients]]` entry (retry settings, `max_in_flight`); `workers` > 1
     runs it as `freedom run --workers N` (the scaling scenario).
+
+    With `inprocess`, `dispatch` is `[consumer] inprocess_dispatch`: "asgi" (the default here, so
+    that every `freedom-inprocess-*` case stays the in-process ASGI call it always measured) or
+    "direct" (the direct invoker; `Skip` when the measured code does not accept the key). Where the
+    key does not exist yet, "asgi" leaves it out: the in-process call is then the ASGI one anyway.
     """
     from freedom.testing import free_port, kafka_config, write_config
 
@@ -502,6 +583,13 @@ def freedom_service(
         kafka["consumer"]["proxy_http2"] = True
     if inprocess:
         kafka["consumer"]["proxy_addr"] = INPROCESS
+        if dispatch not in DISPATCHES:
+            raise ValueError(f"dispatch must be one of {DISPATCHES}, got {dispatch!r}")
+        why_not = dispatch_unsupported()
+        if why_not is None:
+            kafka["consumer"][DISPATCH_KEY] = dispatch
+        elif dispatch == "direct":
+            raise Skip(why_not)
     workdir = ctx.workdir / name
     conf = write_config(
         workdir / "conf",
@@ -574,12 +662,16 @@ def wait_committed(
 
 
 def measure_throughput(
-    ctx: Context, consumer: Consumer, group: str, topic: str, n: int
+    ctx: Context, consumer: Consumer, group: str, topic: str, n: int, *, dispatch: str = ""
 ) -> dict[str, float]:
-    """Records/s from the first handled record until the group committed all `n`, and CPU per record."""
+    """Records/s from the first handled record until the group committed all `n`, and CPU per record.
+
+    `dispatch` ("direct", "asgi"; in-process cases): the path the service must say it takes."""
     try:
         timeout = 120 + n / 20
         state = consumer.wait_probe(lambda s: s.get("count", 0) >= 1, 120, "the first record")
+        if dispatch:
+            check_delivery_path(consumer, state, dispatch)
         cpu0 = consumer.cpu_seconds()
         t_done = wait_committed(ctx, group, topic, n, timeout, consumer)
         cpu1 = consumer.cpu_seconds()

@@ -1,4 +1,5 @@
-"""Rendering the results: the console table, the ratios, the targets of issue 6, and BENCHMARKS.md."""
+"""Rendering the results: the console table, the ratios, the targets of issues 6 and 14 (`targets`)
+and of issue 19, the consumer core (`core_targets`), and BENCHMARKS.md."""
 
 from __future__ import annotations
 
@@ -301,6 +302,137 @@ def targets(ctx: Context) -> list[Target]:
 
         out += gopeer.targets(ctx)
     return out
+
+
+def _missed_by(value: float, goal: float, higher_is_better: bool = True) -> str:
+    if higher_is_better:
+        return "met" if value >= goal else f"missed by {(goal - value) / goal:.0%}"
+    return "met" if value <= goal else f"missed by {(value - goal) / goal:.0%}"
+
+
+def core_targets(ctx: Context) -> list[Target]:
+    """Issue 19's targets (the consumer core): against the Go peer in the same run (the medians of
+    the per-run ratios, each from the better of one process and `--workers 2`, named), the direct
+    path's CPU per record, p99 latency (the latency scenario) and RSS with a backlog (memory)."""
+    from .scenarios import e2e, gopeer
+
+    out: list[Target] = []
+    direct = "freedom-direct-conc trivial"
+
+    def vs_go(what: str, goal: float, cases: list[str], peer: str, note: str = "") -> None:
+        found = gopeer.best_ratio(ctx, cases, peer)
+        goal_text = f"≥ {goal:.1f}x Go{note}"
+        if found is None:
+            why = gopeer.why_not_measured(ctx, cases, peer)
+            out.append(Target(what, goal_text, "–", f"not measured ({why})"))
+            return
+        value, case = found
+        out.append(Target(what, goal_text, f"{value:.2f}x ({case})", _missed_by(value, goal)))
+
+    vs_go(
+        "vs Go: direct in-process, trivial, concurrent",
+        2.0,
+        gopeer.shapes(direct),
+        "go trivial",
+    )
+    vs_go(
+        "vs Go: batch delivery over HTTP/1.1 (100 per request)",
+        3.0,
+        gopeer.shapes(gopeer.BATCH_CASE),
+        "go trivial",
+    )
+    vs_go(
+        "vs Go: per-record HTTP/1.1, concurrent, trivial",
+        1.0,
+        gopeer.shapes("freedom-http1-conc trivial"),
+        "go trivial",
+    )
+    # At the Go peer's concurrency: 500 in flight, so one process (`--workers 2` holds up to 1,000:
+    # its 50 ms case is in the ratios, not here).
+    vs_go(
+        "vs Go: 50 ms handler, max_in_flight 500 (best mode, one process)",
+        1.0,
+        [
+            gopeer.freedom_case(t, "concurrent", "50ms")
+            for t, m in gopeer.FREEDOM
+            if m == "concurrent"
+        ],
+        "go 50ms",
+    )
+    # CPU per record of the direct path (the lower of one process and --workers 2).
+    cpu = "CPU µs/record"
+    found_cpu = [
+        (v, c)
+        for c in gopeer.shapes(direct)
+        if (v := ctx.median(gopeer.SCENARIO, c, cpu)) is not None
+    ]
+    if found_cpu:
+        value, case = min(found_cpu)
+        out.append(
+            Target(
+                "CPU per record, direct path (trivial, concurrent)",
+                "≤ 25 µs",
+                f"{value:.0f} µs ({case})",
+                _missed_by(value, 25, higher_is_better=False),
+            )
+        )
+    else:
+        why = gopeer.why_not_measured(ctx, gopeer.shapes(direct))
+        out.append(
+            Target(
+                "CPU per record, direct path (trivial, concurrent)",
+                "≤ 25 µs",
+                "–",
+                f"not measured ({why})",
+            )
+        )
+    # p99 latency at half the maximum rate: the direct cases, then the worst of every case.
+    p99s = {
+        c: v
+        for (s, c, m) in ctx.results
+        if s == "latency" and m == "p99 ms" and c.startswith("freedom-")
+        if (v := ctx.median("latency", c, "p99 ms")) is not None
+    }
+    for handler in ("trivial", "slow"):
+        case = e2e.case_name("freedom-direct", handler, "concurrent")
+        what = f"p99 latency at half the max rate, {case}"
+        if case in p99s:
+            out.append(Target(what, "< 50 ms", f"{p99s[case]:.1f} ms", _p99_status(p99s[case])))
+        else:
+            why = ctx.skipped.get(("latency", case)) or "not run (see --only latency)"
+            out.append(Target(what, "< 50 ms", "–", f"not measured ({why})"))
+    if p99s:
+        worst = max(p99s, key=lambda c: p99s[c])
+        out.append(
+            Target(
+                f"p99 latency at half the max rate, every case ({len(p99s)}; the worst)",
+                "< 50 ms",
+                f"{p99s[worst]:.1f} ms ({worst})",
+                _p99_status(p99s[worst]),
+            )
+        )
+    # Resident memory with a backlog (the memory scenario; its backlog is 100,000 in quick mode).
+    rss = {
+        c: v
+        for (s, c, m) in ctx.results
+        if s == "memory" and m == "peak RSS MB" and c.startswith("freedom-")
+        if (v := ctx.median("memory", c, "peak RSS MB")) is not None
+    }
+    what = "RSS with a 1,000,000-record backlog (every freedom case; the largest)"
+    if rss:
+        worst = max(rss, key=lambda c: rss[c])
+        status = "met" if rss[worst] < 300 else f"missed by {(rss[worst] - 300) / 300:.0%}"
+        if ctx.quick:
+            what = "RSS with a backlog: 100,000 records in quick mode (every freedom case; the largest)"
+            status += " at a 100,000-record backlog (quick mode; the target's is 1,000,000)"
+        out.append(Target(what, "< 300 MB", f"{rss[worst]:.0f} MB ({worst})", status))
+    else:
+        out.append(Target(what, "< 300 MB", "–", "not measured (see --only memory)"))
+    return out
+
+
+def _p99_status(p99: float) -> str:
+    return "met" if p99 < 50 else f"missed by {(p99 - 50) / 50:.0%}"
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:

@@ -6,7 +6,15 @@ import datetime
 from pathlib import Path
 
 from .common import ROOT, Context
-from .report import markdown_table, ratio_cell, ratios, scenario_tables, skipped_by_reason, targets
+from .report import (
+    core_targets,
+    markdown_table,
+    ratio_cell,
+    ratios,
+    scenario_tables,
+    skipped_by_reason,
+    targets,
+)
 from .scenarios import gopeer
 
 NOTES = ROOT / "bench" / "notes.md"
@@ -84,6 +92,19 @@ def write_markdown(
         markdown_table(
             ["target", "goal", "measured", "status"],
             [[t.what, t.goal, t.measured, t.status] for t in targets(ctx)],
+        ),
+        "",
+        "## Targets (issue 19: the consumer core)",
+        "",
+        "Against the Go peer in the same run (medians of the per-run ratios); each row from the "
+        "better of one process and `--workers 2`, the case named (the 50 ms row: one process, at "
+        "the Go peer's 500 in flight). `freedom-direct-*` is the direct invoker "
+        '(`[consumer] inprocess_dispatch = "direct"`), `freedom-inprocess-*` the in-process ASGI '
+        'call (`inprocess_dispatch = "asgi"`).',
+        "",
+        markdown_table(
+            ["target", "goal", "measured", "status"],
+            [[t.what, t.goal, t.measured, t.status] for t in core_targets(ctx)],
         ),
         "",
     ]

@@ -81,6 +81,18 @@ def test_event_route_is_internal_but_still_importable() -> None:
     assert EventRoute is internal
 
 
+def test_the_direct_delivery_names_are_public_and_the_kafka_side_s_are_not() -> None:
+    """Event middleware gets a `freedom.EventDelivery` and gives a `freedom.DeliveryResult`; the
+    Kafka side's own types of direct delivery stay internal."""
+    from freedom.kafka.consumer.delivery import DeliveryResult
+    from freedom.web.event_middleware import EventDelivery
+
+    assert freedom.EventDelivery is EventDelivery and freedom.DeliveryResult is DeliveryResult
+    assert {"EventDelivery", "DeliveryResult"} <= set(freedom.__all__)
+    for internal in ("DirectDelivery", "DirectRoutes", "DirectTransport", "RouteCall"):
+        assert internal not in freedom.__all__, internal
+
+
 def test_get_runtime_is_importable_but_not_public() -> None:
     from freedom import get_runtime
     from freedom.web.runtime import get_runtime as internal

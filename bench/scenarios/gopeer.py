@@ -7,25 +7,32 @@ and a publish route (GET → sarama SyncProducer, answered once acknowledged). I
 session with the `go` on PATH; without Go its cases are skipped, with the reason in the report.
 
 The same workload for the Go peer and for every freedom delivery mode (HTTP/1.1, HTTP/2 and
-in-process, each sequential and concurrent), within each run one after the other:
+in-process, each sequential and concurrent), within each run one after the other. In-process comes
+two ways (issue 19): `freedom-inprocess-*` is the in-process ASGI call (`[consumer]
+inprocess_dispatch = "asgi"`), `freedom-direct-*` the direct invoker (`inprocess_dispatch =
+"direct"`: the handler called without the ASGI stack), concurrent only; where the measured code does
+not accept the key the direct cases are skipped, with the reason in the report:
 
 - `trivial`: N 100-byte records pre-loaded into 6 partitions (50,000; quick 10,000), the trivial
   JSON handler; records/s from the first handled record until the group committed all N, and CPU
   per record (`measure_throughput`). Also freedom's batch delivery (100 records per request).
 - `50ms`: the handler sleeps 50 ms (`BENCH_SLOW_MS=50`): 20,000 records (quick 5,000); sequential
-  modes, at most 6 records at a time, get 1,200 (quick 300).
+  modes, at most 6 records at a time, get 1,200 (quick 300). The concurrent modes are set to
+  `max_in_flight = 500` (explicitly; it is also the default), the Go peer's 500 workers.
 - `publish route`: GET → publish one 100-byte record → answer once acknowledged, 50 keep-alive
   clients (`gopeer load`, the same load generator for both) sending 30,000 requests (quick 5,000)
   after one warm-up each; requests/s, and the service's CPU per request.
 
 The targets allow `freedom run --workers N` on the same cores, so HTTP/1.1 concurrent (trivial and
-50 ms), in-process concurrent, batch and the publish route are also measured with `--workers 2`
+50 ms), in-process concurrent (ASGI and direct), batch and the publish route are also measured with
+`--workers 2` (each worker with its own `max_in_flight`)
 (`... workers 2`): the service is started on a new 6-partition topic, the group settles (both
 workers hold partitions), then the same N records are produced at once, so the span measured is not
 the second worker's join.
 
-Ratios are freedom / Go within each run (see `ratios`), and the issue's targets (`targets`, each
-from the better of one process and `--workers 2`, named in the report).
+Ratios are freedom / Go within each run (see `ratios`), and the issues' targets (`targets` for
+issue 14, `core_targets` for issue 19), each from the better of one process and `--workers 2`,
+named in the report.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from ..common import (
     Consumer,
     Context,
     Skip,
+    dispatch_unsupported,
     freedom_service,
     inprocess_unsupported,
     measure_throughput,
@@ -59,6 +67,8 @@ from ..report import Ratio, Target, per_run_ratio
 SCENARIO = "go"
 PARTITIONS = 6
 SLOW_MS = 50
+#: in-flight deliveries of the concurrent modes with the 50 ms handler: the Go peer's 500 workers
+MAX_IN_FLIGHT = 500
 PUBLISH_CLIENTS = 50
 #: freedom's delivery transports x the consumer proxy's modes (as the e2e scenario)
 FREEDOM = [
@@ -68,7 +78,10 @@ FREEDOM = [
     ("http2", "concurrent"),
     ("inprocess", "sequential"),
     ("inprocess", "concurrent"),
+    ("direct", "concurrent"),
 ]
+#: transport -> (in-process?, `[consumer] inprocess_dispatch`)
+IN_PROCESS = {"inprocess": "asgi", "direct": "direct"}
 SHORT_MODE = {"sequential": "seq", "concurrent": "conc"}
 GO_PEER_SRC = ROOT / "bench" / "go_peer"
 GO_PEER_BIN = ROOT / ".cache" / "go-peer" / "gopeer"
@@ -203,7 +216,9 @@ def _freedom_consume(
     transport: str, mode: str, handler: str, batch: int = 0, workers: int = 1
 ) -> Callable[[Context], dict[str, float]]:
     def run(ctx: Context) -> dict[str, float]:
-        if transport == "inprocess" and (reason := inprocess_unsupported()):
+        if transport in IN_PROCESS and (reason := inprocess_unsupported()):
+            raise Skip(reason)
+        if transport == "direct" and (reason := dispatch_unsupported()):
             raise Skip(reason)
         if batch:
             import freedom
@@ -221,6 +236,9 @@ def _freedom_consume(
         else:
             topic, n = topic_for(ctx, handler, mode)
         env = {"BENCH_SLOW_MS": str(SLOW_MS)} if handler == "50ms" else {}
+        # The concurrent modes hold up to 500 records at once (explicit, though it is the default):
+        # the Go peer's 500 workers; with --workers 2 each worker has its own 500.
+        extra = {"max_in_flight": MAX_IN_FLIGHT} if mode == "concurrent" else {}
         if batch:
             env["BENCH_BATCH"] = str(batch)
         name = (
@@ -236,7 +254,9 @@ def _freedom_consume(
             mode=mode,
             expect=n,
             http2=transport == "http2",
-            inprocess=transport == "inprocess",
+            inprocess=transport in IN_PROCESS,
+            dispatch=IN_PROCESS.get(transport, "asgi"),
+            extra=extra,
             env=env,
             workers=workers,
         )
@@ -257,7 +277,9 @@ def _freedom_consume(
                 reason = http2_unsupported(f"http://127.0.0.1:{service.port}")
                 service.stop()
                 raise Skip(reason or "no delivery over HTTP/2 within 20 s") from None
-        return measure_throughput(ctx, service, group, topic, n)
+        return measure_throughput(
+            ctx, service, group, topic, n, dispatch=IN_PROCESS.get(transport, "")
+        )
 
     return run
 
@@ -402,13 +424,14 @@ def cases(ctx: Context) -> list[Case]:
             )
         )
         if handler == "trivial":
-            out.append(
+            out += [
                 Case(
                     SCENARIO,
-                    freedom_case("inprocess", "concurrent", handler) + W,
-                    _freedom_consume("inprocess", "concurrent", handler, workers=WORKERS),
+                    freedom_case(t, "concurrent", handler) + W,
+                    _freedom_consume(t, "concurrent", handler, workers=WORKERS),
                 )
-            )
+                for t in ("inprocess", "direct")
+            ]
             out.append(
                 Case(
                     SCENARIO,
@@ -454,21 +477,44 @@ def ratios(ctx: Context) -> list[Ratio]:
     return [r for r in out if r.values]
 
 
-def targets(ctx: Context) -> list[Target]:
-    """Issue 14's targets against the Go peer, from the medians of the per-run ratios."""
+def median_ratio(ctx: Context, a: str, b: str, metric: str = "records/s") -> float | None:
+    """The median over runs of case `a` / case `b` within each run (None: never both measured)."""
     import statistics
 
-    def ratio(a: str, b: str, metric: str = "records/s") -> float | None:
-        vals = per_run_ratio(ctx, (SCENARIO, a, metric), (SCENARIO, b, metric))
-        return statistics.median(vals) if vals else None
+    vals = per_run_ratio(ctx, (SCENARIO, a, metric), (SCENARIO, b, metric))
+    return statistics.median(vals) if vals else None
+
+
+def best_ratio(
+    ctx: Context, cases: list[str], peer: str, metric: str = "records/s"
+) -> tuple[float, str] | None:
+    """The best median ratio of `cases` against `peer`, and which case (one process or workers)."""
+    found = [(r, c) for c in cases if (r := median_ratio(ctx, c, peer, metric)) is not None]
+    return max(found) if found else None
+
+
+def shapes(case: str) -> list[str]:
+    """The case in one process and with `--workers 2`."""
+    return [case, case + W]
+
+
+def shape(case: str) -> str:
+    return f"--workers {WORKERS}" if case.endswith(W) else "one process"
+
+
+def why_not_measured(ctx: Context, cases: list[str], peer: str = "go trivial") -> str:
+    """Why none of `cases` has a ratio: the Go peer's skip, a case's skip, or not run."""
+    for case in (peer, *cases):
+        if (why := ctx.skipped.get((SCENARIO, case))) is not None:
+            return why
+    return "not run (see --only go)"
+
+
+def targets(ctx: Context) -> list[Target]:
+    """Issue 14's targets against the Go peer, from the medians of the per-run ratios."""
 
     def best(cases: list[str], peer: str, metric: str = "records/s") -> tuple[float, str] | None:
-        """The best median ratio of `cases` against `peer`, and which case (one process or workers)."""
-        found = [(r, c) for c in cases if (r := ratio(c, peer, metric)) is not None]
-        return max(found) if found else None
-
-    def shapes(case: str) -> list[str]:
-        return [case, case + W]
+        return best_ratio(ctx, cases, peer, metric)
 
     rows = [
         (
@@ -507,7 +553,6 @@ def targets(ctx: Context) -> list[Target]:
             out.append(Target(what, f"≥ {goal:.1f}x Go", "–", f"not measured ({why})"))
         else:
             value, case = found
-            shape = f"--workers {WORKERS}" if case.endswith(W) else "one process"
             status = "met" if value >= goal else f"missed by {(goal - value) / goal:.0%}"
-            out.append(Target(what, f"≥ {goal:.1f}x Go", f"{value:.2f}x ({shape})", status))
+            out.append(Target(what, f"≥ {goal:.1f}x Go", f"{value:.2f}x ({shape(case)})", status))
     return out

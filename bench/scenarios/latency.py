@@ -5,6 +5,11 @@ handled); then records carrying their publish time are produced at rate R for a 
 the handler computes `now - t`. R is half of the median throughput measured for the same consumer
 and handler in this session (the `e2e` scenario runs first within each run); without it, a fixed
 200 records/s.
+
+The freedom cases are e2e's (`e2e.FREEDOM`): HTTP/1.1, h2c, the in-process ASGI call and, concurrent,
+the direct invoker (`freedom-direct-conc`, `[consumer] inprocess_dispatch = "direct"`; skipped with
+the reason where the measured code does not accept the key), each with the trivial and the 5 ms
+handler.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ from ..common import (
     Consumer,
     Context,
     Skip,
+    check_delivery_path,
+    dispatch_unsupported,
     freedom_service,
     inprocess_unsupported,
     new_group,
@@ -76,7 +83,14 @@ def warm_up(bootstrap: str, topic: str, consumer: Consumer, timeout: float = 120
 
 
 def _measure(
-    ctx: Context, consumer: Consumer, topic: str, rate: float, n: int, *, http2: bool = False
+    ctx: Context,
+    consumer: Consumer,
+    topic: str,
+    rate: float,
+    n: int,
+    *,
+    http2: bool = False,
+    dispatch: str = "",
 ) -> dict[str, float]:
     try:
         try:
@@ -92,6 +106,8 @@ def _measure(
         state = consumer.wait_probe(
             lambda s: s.get("count", 0) >= n and s.get("t_last"), 60 + n / 50, f"{n} timed records"
         )
+        if dispatch:
+            check_delivery_path(consumer, state, dispatch)
         lat = [x * 1000 for x in state["latencies"]]
         return {"offered/s": achieved, "p50 ms": percentile(lat, 50), "p99 ms": percentile(lat, 99)}
     finally:
@@ -116,7 +132,9 @@ def _case(
         group = new_group(consumer_kind)
         name = f"latency-{e2e_case.replace(' ', '-')}-{ctx.run_index}"
         if consumer_kind == "freedom":
-            if transport == "inprocess" and (reason := inprocess_unsupported()):
+            if transport in e2e.IN_PROCESS and (reason := inprocess_unsupported()):
+                raise Skip(reason)
+            if transport == "direct" and (reason := dispatch_unsupported()):
                 raise Skip(reason)
             proc = freedom_service(
                 ctx,
@@ -127,11 +145,20 @@ def _case(
                 mode=mode,
                 expect=n,
                 http2=transport == "http2",
-                inprocess=transport == "inprocess",
+                inprocess=transport in e2e.IN_PROCESS,
+                dispatch=e2e.IN_PROCESS.get(transport, "asgi"),
             )
         else:
             proc = peer_process(ctx, consumer_kind, name, topic, group, handler=handler, expect=n)
-        return _measure(ctx, proc, topic, rate, n, http2=transport == "http2")
+        return _measure(
+            ctx,
+            proc,
+            topic,
+            rate,
+            n,
+            http2=transport == "http2",
+            dispatch=e2e.IN_PROCESS.get(transport, ""),
+        )
 
     return run
 

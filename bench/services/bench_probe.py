@@ -27,6 +27,9 @@ class Probe:
         self.t_first: float | None = None
         self.t_last: float | None = None
         self.latencies: list[float] = []
+        self.delivery_path = (
+            ""  # the freedom service's "consumer deliveries: ..." start-up line, if any
+        )
 
     def hit(self, data: Any) -> None:
         """Record one handled record (`data`: its decoded JSON body)."""
@@ -58,6 +61,8 @@ class Probe:
             "t_last": self.t_last,
             "latencies": self.latencies if self.t_last else [],
         }
+        if self.delivery_path:
+            state["delivery_path"] = self.delivery_path
         tmp = f"{self.path}.tmp"
         with open(tmp, "w", encoding="utf-8") as fh:
             json.dump(state, fh)

@@ -6,6 +6,11 @@ the go scenario). With `BENCH_FAIL_EVERY=k` a record whose key is `k<i>` with `i
 500 the first time its key is seen (the retry-path scenario); the retry delivery then succeeds.
 With `BENCH_BATCH=n` the topic is bound with batch delivery (up to n records per request; the
 scaling scenario): the handler parses each record and answers ok for all.
+
+The Kafka side's start-up line saying which path deliveries take (`consumer deliveries: ...`,
+logged at INFO, below the service's WARNING) is caught and put in the probe file as
+`delivery_path`, so the harness can check that a `freedom-direct-*` case took the direct invoker
+(`common.check_delivery_path`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,27 @@ if (
 
     observer.ProxyObserver.delivered = lambda *args, **kwargs: None  # type: ignore[method-assign]
     producer.count_sent = lambda *args: None  # type: ignore[assignment]
+
+
+def _catch_delivery_path() -> None:
+    """Wrap `freedom.kafka.service.delivery_path` (where it exists) to keep the line it gives."""
+    try:
+        from freedom.kafka import service
+    except ImportError:
+        return
+    original = getattr(service, "delivery_path", None)
+    if original is None:
+        return
+
+    def delivery_path(*args: object, **kwargs: object) -> str:
+        line = original(*args, **kwargs)
+        PROBE.delivery_path = str(line)
+        return line
+
+    service.delivery_path = delivery_path  # type: ignore[assignment]
+
+
+_catch_delivery_path()
 
 
 def _fails_first_time(key: str) -> bool:

@@ -21,6 +21,7 @@ from freedom._version import DISTRIBUTION as DISTRIBUTION
 from freedom._version import __version__ as __version__
 from freedom.domain import Database, DomainEventError, Entity, EventNameError, UnitOfWork
 from freedom.errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
+from freedom.kafka.consumer.delivery import DeliveryResult
 from freedom.kafka.domain_events import get_domain_event_infra
 from freedom.kafka.producer import (
     BatchResult,
@@ -34,6 +35,7 @@ from freedom.kafka.producer import (
 from freedom.kafka.settings import setting_config
 from freedom.observability import log_text as _log_text
 from freedom.web.application import Application, StartupError
+from freedom.web.event_middleware import EventDelivery
 from freedom.web.initiator import Initiator, prepare
 from freedom.web.runtime import Request, Runtime, RuntimeDep
 from freedom.web.runtime import get_runtime as get_runtime  # importable; not in __all__
@@ -68,6 +70,9 @@ __all__ = [
     "Retry",
     "DeadLetter",
     "Drop",
+    # event middleware (direct delivery)
+    "EventDelivery",
+    "DeliveryResult",
     # batches
     "Batch",
     "BatchRecord",

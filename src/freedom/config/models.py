@@ -39,6 +39,9 @@ from freedom.config.rules import (
 from freedom.config.secret import Keys, read_secret
 from freedom.config.subscriptions import URL_KEY_PLACEHOLDER, SubscriptionConfig
 
+#: `[consumer] inprocess_dispatch`: how in-process deliveries reach the handlers.
+INPROCESS_DISPATCH = ("direct", "asgi")
+
 
 class ConsumerSection(ConfigModel):
     """`[consumer]`: the consumer proxy."""
@@ -55,6 +58,14 @@ class ConsumerSection(ConfigModel):
     )
     proxy_http2: bool = Field(
         default=False, description="Deliver over HTTP/2 cleartext (h2c); needs the `http2` extra."
+    )
+    inprocess_dispatch: str = Field(
+        default="direct",
+        description=(
+            'With `proxy_addr = "inprocess"`: `"direct"` calls each event handler itself, without '
+            "HTTP middleware (routes taking more than the request and the key go through the "
+            'application); `"asgi"` calls the whole ASGI application, middleware included.'
+        ),
     )
     secret: str | None = Field(
         default=None,
@@ -82,6 +93,12 @@ class ConsumerSection(ConfigModel):
                 "proxy_http2",
                 'has no effect with proxy_addr = "inprocess" (no HTTP is involved); '
                 "remove one of the two",
+            )
+        if self.inprocess_dispatch not in INPROCESS_DISPATCH:
+            raise Problem(
+                "inprocess_dispatch",
+                f"must be one of {', '.join(repr(d) for d in INPROCESS_DISPATCH)}, "
+                f'got "{self.inprocess_dispatch}"',
             )
         self._secret = read_secret(Keys(self, ("secret", "secret_env"), Problem))
         return self

@@ -14,11 +14,18 @@ from typing import Any
 from freedom.config.librdkafka import PRODUCER_DEFAULTS
 from freedom.config.models import ConsumerClientConfig, KafkaConfig
 from freedom.kafka.admin import check_reachable, ensure_topics
-from freedom.kafka.consumer.delivery import EventRoute, Transport
+from freedom.kafka.consumer.delivery import (
+    INPROCESS,
+    DeliveryResult,
+    EventRoute,
+    RawAnswer,
+    Transport,
+)
 from freedom.kafka.consumer.proxy import ConsumerProxy
 from freedom.kafka.producer import Producer, ProducerClient
 from freedom.kafka.settings import client_settings
 from freedom.kafka.transports import make_transport
+from freedom.kafka.transports.direct import DirectRoutes
 
 log = logging.getLogger("freedom.kafka")
 
@@ -33,6 +40,18 @@ class AfterStartup:
         self.proxy_addr = inner.proxy_addr
         self.deliver = inner.deliver  # bound as they are: no extra call per delivery
         self.aclose = inner.aclose
+
+    async def post(
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_body: int,
+        wait: float | None = None,
+    ) -> RawAnswer | DeliveryResult:
+        """The inner transport's `post` (a batch, batching.py), found when a batch is sent."""
+        return await self.inner.post(path, headers, body, keep_body=keep_body, wait=wait)
 
     async def wait_until_reachable(self, deadline: float, stop: asyncio.Event) -> bool:
         loop = asyncio.get_running_loop()
@@ -50,6 +69,36 @@ class AfterStartup:
             if not self.started.is_set():
                 return False
         return await self.inner.wait_until_reachable(loop.time() + window, stop)
+
+
+def delivery_path(
+    proxy_addr: str, cfg: KafkaConfig, routes: dict[str, EventRoute], direct: DirectRoutes | None
+) -> str:
+    """The start-up line saying which path the service's deliveries take, and why."""
+    if proxy_addr != INPROCESS:
+        how = "HTTP/2 cleartext (h2c)" if cfg.consumer.proxy_http2 else "HTTP/1.1"
+        return f"consumer deliveries: over {how} to {proxy_addr}"
+    if direct is None:
+        why = (
+            'inprocess_dispatch = "asgi"'
+            if cfg.consumer.inprocess_dispatch == "asgi"
+            else "no direct calls were handed over"
+        )
+        return f"consumer deliveries: in-process through the ASGI application, every route ({why})"
+    paths = sorted({r.path for r in routes.values()})
+    fallbacks = [p for p in paths if p not in direct.calls]
+    line = (
+        f"consumer deliveries: in-process direct: {_routes(len(paths) - len(fallbacks))} "
+        "(each handler called by the consumer proxy, without HTTP middleware)"
+    )
+    if fallbacks:
+        why = "; ".join(f"{p}: {direct.fallbacks.get(p, 'no direct call')}" for p in fallbacks)
+        line += f"; ASGI: {_routes(len(fallbacks))} ({why})"
+    return line
+
+
+def _routes(n: int) -> str:
+    return f"{n} route" if n == 1 else f"{n} routes"
 
 
 class KafkaBackend:
@@ -127,8 +176,14 @@ class KafkaInfra:
             return ("memory",)
         return servers
 
-    async def start(self, routes: dict[str, EventRoute], app: Any = None) -> None:
-        """Start the clients; `app` is the ASGI application in-process delivery calls."""
+    async def start(
+        self,
+        routes: dict[str, EventRoute],
+        app: Any = None,
+        direct_calls: DirectRoutes | None = None,
+    ) -> None:
+        """Start the clients; `app` is the ASGI application in-process delivery calls, and
+        `direct_calls` the handlers it calls directly (`inprocess_dispatch = "direct"`)."""
         cfg = self.config
         if self.use_embedded:
             from freedom.kafka.embedded import broker_for
@@ -174,16 +229,20 @@ class KafkaInfra:
                     cfg.file,
                 )
             else:
+                proxy_addr = self.backend.proxy_addr(cfg.consumer.proxy_addr)
+                direct = direct_calls if cfg.consumer.inprocess_dispatch == "direct" else None
                 self.delivery = AfterStartup(
                     make_transport(
-                        self.backend.proxy_addr(cfg.consumer.proxy_addr),
+                        proxy_addr,
                         http2=cfg.consumer.proxy_http2,
                         secret=cfg.consumer.shared_secret,
                         app=app,
                         ready=self.app_started,
+                        direct=direct if proxy_addr == INPROCESS else None,
                     ),
                     self.app_started,
                 )
+                log.info("%s", delivery_path(proxy_addr, cfg, routes, direct))
                 for i, cc in enumerate(cfg.consumer_clients):
                     # Tansu holds a new group's join for half the session timeout: keep it short there.
                     base = {"session.timeout.ms": 6000} if self.use_embedded else {}

@@ -2,7 +2,7 @@
 
 No Python application: the topics and where their records go are kafka.toml's `[[subscriptions]]`
 (topic -> URL, `{key}` in it taking the event id), read by the `[[consumer_clients]]` entries'
-groups. Each record is delivered by the same code as a service's proxy (ConsumerProxy, GroupLoop,
+groups. Each record is delivered by the same code as a service's proxy (ConsumerProxy, ConsumerGroup,
 RetryRouter, the HTTP/1.1 and h2c transports), so the commit rule, retry topics, dead letters
 with reasons, delivery modes and the shared secret are the same (docs/standalone-proxy.md).
 
@@ -52,7 +52,13 @@ from freedom.config.models import (
 )
 from freedom.errors import ConfigError, FreedomError
 from freedom.kafka.admin import check_reachable, ensure_topics
-from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, RecordHeaders, Transport
+from freedom.kafka.consumer.delivery import (
+    DeliveryResult,
+    EventRoute,
+    RawAnswer,
+    RecordHeaders,
+    Transport,
+)
 from freedom.kafka.consumer.proxy import ConsumerProxy
 from freedom.kafka.embedded import Located, locate
 from freedom.kafka.settings import client_settings
@@ -119,6 +125,20 @@ class SubscriptionTransport:
         self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
     ) -> DeliveryResult:
         return await self._targets[route.topic].deliver(route, key, value, headers, retry_count)
+
+    async def post(
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_body: int,
+        wait: float | None = None,
+    ) -> RawAnswer | DeliveryResult:
+        """No batches: a subscription delivers each record on its own."""
+        return DeliveryResult(
+            error="batch delivery is not available with freedom proxy's subscriptions"
+        )
 
     async def aclose(self) -> None:
         await asyncio.gather(*(t.aclose() for t in self._unique), return_exceptions=True)

@@ -52,10 +52,13 @@ from freedom.errors import FreedomError, RouteError
 from freedom.kafka.consumer.delivery import EventRoute
 from freedom.kafka.producer import Producer
 from freedom.kafka.service import KafkaBackend, KafkaInfra
+from freedom.kafka.transports.direct import DirectRoutes
 from freedom.observability import endpoints as observability
 from freedom.runner.addresses import port_of, proxy_addr_for, proxy_addr_mismatch
 from freedom.web.controllers import Injectables
 from freedom.web.deadline import enforce_deadlines
+from freedom.web.direct_routes import compile_direct
+from freedom.web.event_middleware import EventMiddleware
 from freedom.web.failures import FailureAnswers
 from freedom.web.guard import secure_event_routes
 from freedom.web.initiator import (
@@ -75,6 +78,7 @@ log = logging.getLogger("freedom")
 #: A start-up or shutdown function: no arguments, plain or `async def`.
 Hook = Callable[[], "Awaitable[None] | None"]
 HookT = TypeVar("HookT", bound=Callable[[], Any])
+EventMiddlewareT = TypeVar("EventMiddlewareT", bound=EventMiddleware)
 #: `Application(lifespan=...)`: called with the Application, gives an async context manager whose
 #: entry is start-up code and whose exit is shutdown code (as FastAPI's `lifespan`). What it yields,
 #: when a mapping, is set on `app.fastapi.state` (`request.app.state.<name>` in a handler).
@@ -180,6 +184,8 @@ class Application:
         self.lifespan = lifespan
         self._startup_hooks: list[Hook] = []
         self._shutdown_hooks: list[Hook] = []
+        self._event_middleware: list[EventMiddleware] = []
+        self._failures = FailureAnswers()  # made again from app.toml's error_detail at set-up
         self._user_code: contextlib.AsyncExitStack | None = (
             None  # the lifespan entered, until shutdown
         )
@@ -205,6 +211,36 @@ class Application:
         still publish); in the order registered, before the lifespan's exit."""
         self._shutdown_hooks.append(fn)
         return fn
+
+    def event_middleware(self, fn: EventMiddlewareT) -> EventMiddlewareT:
+        """Decorator: wrap every direct delivery to an event handler in
+        `async def fn(delivery: freedom.EventDelivery, call_next) -> freedom.DeliveryResult`
+        (`return await call_next(delivery)` runs the rest, the handler at the end). Functions run
+        in the order registered, the first outermost, on direct deliveries only (deliveries through
+        the ASGI application run its HTTP middleware instead); register them before start-up."""
+        given: Any = fn  # (iscoroutinefunction narrows what it checks)
+        if not inspect.iscoroutinefunction(given):
+            raise RouteError(
+                f"app.event_middleware({_name(fn)}): an event middleware is an `async def "
+                "fn(delivery, call_next)` returning `await call_next(delivery)`"
+            )
+        if self._started:
+            raise RouteError(
+                f"app.event_middleware({_name(fn)}): the application has started already; "
+                "register event middleware before it starts"
+            )
+        self._event_middleware.append(fn)
+        return fn
+
+    def direct_calls(self) -> DirectRoutes | None:
+        """The handlers the consumer proxy calls directly (web/direct.py), when in-process
+        deliveries are to be direct (`inprocess_dispatch = "direct"`, the default); None otherwise."""
+        cfg = self.kafka.config if self.kafka is not None else None
+        if cfg is None or not cfg.consumer.open or cfg.consumer.inprocess_dispatch != "direct":
+            return None
+        return compile_direct(
+            self.fastapi, self.event_routes, self._failures, self._event_middleware
+        )
 
     # ------------------------------------------------------------------ set-up
 
@@ -295,10 +331,9 @@ class Application:
         )
         # A handler running past its delivery's x-freedom-timeout-ms is cancelled (deadline.py);
         # one that raises is answered 500 naming the exception (failures.py).
+        self._failures = FailureAnswers(detail=self.config.error_detail)
         enforce_deadlines(
-            self.fastapi,
-            {r.path for r in self.event_routes.values()},
-            FailureAnswers(detail=self.config.error_detail),
+            self.fastapi, {r.path for r in self.event_routes.values()}, self._failures
         )
         route_keys_with_slashes(
             self.fastapi,
@@ -417,7 +452,9 @@ class Application:
         self._warn_proxy_addr()
         try:
             if self.kafka is not None:
-                await self.kafka.start(self.event_routes, app=self.fastapi)
+                await self.kafka.start(
+                    self.event_routes, app=self.fastapi, direct_calls=self.direct_calls()
+                )
                 await self.kafka.wait_ready()
             if self.database is not None:
                 await self.database.start(self)  # creates the outbox tables, starts the relay

@@ -81,16 +81,17 @@ def make_endpoint(
     params = [p for name, p in sig.parameters.items() if name != "self"]
     is_async = inspect.iscoroutinefunction(func)
 
-    async def endpoint(_freedom_request: Request, **kwargs: Any) -> Response:
+    async def invoke(_freedom_request: Request, **kwargs: Any) -> Any:
         runtime = Runtime.of(_freedom_request)
         instance = controller()
         for attr, provide in providers:
             setattr(instance, attr, provide(runtime))
         if is_async:
-            result = await func(instance, **kwargs)
-        else:
-            result = await run_in_threadpool(func, instance, **kwargs)
-        return to_response(result)
+            return await func(instance, **kwargs)
+        return await run_in_threadpool(func, instance, **kwargs)
+
+    async def endpoint(_freedom_request: Request, **kwargs: Any) -> Response:
+        return to_response(await invoke(_freedom_request, **kwargs))
 
     request_param = inspect.Parameter(
         "_freedom_request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request
@@ -104,6 +105,10 @@ def make_endpoint(
     )
     endpoint.__name__ = f"{controller.__name__}.{func.__name__}"
     endpoint.__doc__ = func.__doc__
+    # What direct delivery calls (web/direct.py): the method's own result, before `to_response`,
+    # and whether the method runs in a worker thread.
+    endpoint.__freedom_invoke__ = invoke  # type: ignore[attr-defined]
+    endpoint.__freedom_threaded__ = not is_async  # type: ignore[attr-defined]
     return endpoint
 
 

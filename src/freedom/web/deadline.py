@@ -65,7 +65,21 @@ def deadline_of(headers: Iterable[tuple[bytes, bytes]]) -> float | None:
     return best / 1000 if best is not None else None
 
 
-def _late(deadline: float) -> bytes:
+def deadline_sec(seconds: float) -> float:
+    """The deadline a delivery with `seconds` (the topic's `delivery_timeout_sec`) gives its handler:
+    what its `x-freedom-timeout-ms` says, read back by :func:`deadline_of`."""
+    return min(max(1, round(seconds * 1000)), _MAX_MS) / 1000
+
+
+def late_answer(scope: MutableMapping[str, Any], deadline: float) -> bytes:
+    """Log that the handler of the request `scope` ran past its `deadline` (seconds) and was
+    cancelled; the body of the 504 that answers it."""
+    log.warning(
+        "the handler of POST %s ran past its %.0f ms deadline (%s): cancelled, answered 504",
+        printable(get_route_path(scope)),
+        deadline * 1000,
+        DEADLINE_HEADER,
+    )
     return json.dumps(
         {
             "detail": f"the handler did not finish within its deadline of {deadline * 1000:.0f} ms "
@@ -119,21 +133,14 @@ class DeadlineRoute:
             return
         if not timer.cancelled_caught:
             return
-        path = printable(get_route_path(scope))
         if started:  # too late to answer 504: the connection closes on an unfinished answer
             log.warning(
                 "the handler of POST %s ran past its %.0f ms deadline while answering: cancelled",
-                path,
+                printable(get_route_path(scope)),
                 deadline * 1000,
             )
             return
-        log.warning(
-            "the handler of POST %s ran past its %.0f ms deadline (%s): cancelled, answered 504",
-            path,
-            deadline * 1000,
-            DEADLINE_HEADER,
-        )
-        body = _late(deadline)
+        body = late_answer(scope, deadline)
         await send(
             {
                 "type": "http.response.start",

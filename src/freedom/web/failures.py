@@ -30,6 +30,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.routing import get_route_path  # type: ignore[attr-defined]  # Starlette's own import
 
+from freedom.kafka.consumer.delivery import DeliveryResult, result_of
 from freedom.observability.failures import hold, log_with_traceback
 from freedom.wire.encoding import printable
 from freedom.wire.headers import FAILURE_HEADER, REASON_HEADER, RETRY_COUNT_HEADER
@@ -67,6 +68,32 @@ class FailureAnswers:
     async def answer(self, scope: MutableMapping[str, Any], exc: Exception, send: ASGISend) -> None:
         """Answer 500 for `exc` (the response has not started), holding its traceback for the
         consumer proxy."""
+        summary, token = self.hold(scope, exc)
+        body = json.dumps({"detail": summary}).encode()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (_REASON, encode_reason(summary).encode("ascii")),
+                    (_FAILURE, token.encode()),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    def result(self, scope: MutableMapping[str, Any], exc: Exception) -> DeliveryResult:
+        """What the consumer proxy makes of :meth:`answer`'s 500 for `exc` (its traceback taken
+        back at once): a direct delivery's result (web/direct.py), the same as the answer's."""
+        summary, token = self.hold(scope, exc)
+        body = json.dumps({"detail": summary}).encode()
+        return result_of(500, None, encode_reason(summary), body, failure=token)
+
+    def hold(self, scope: MutableMapping[str, Any], exc: Exception) -> tuple[str, str]:
+        """The summary of `exc` the answer gives, and the id under which its traceback is held for
+        the consumer proxy (logged here if no proxy of this process takes it)."""
         summary = exception_summary(exc, message=self.detail)
         path = printable(get_route_path(scope))
         attempt = next(
@@ -86,18 +113,4 @@ class FailureAnswers:
                 printable(attempt.decode("latin-1")) if attempt is not None else "absent",
             )
 
-        token = hold("".join(traceback.format_exception(exc)), unclaimed)
-        body = json.dumps({"detail": summary}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (_REASON, encode_reason(summary).encode("ascii")),
-                    (_FAILURE, token.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        return summary, hold("".join(traceback.format_exception(exc)), unclaimed)

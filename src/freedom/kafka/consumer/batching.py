@@ -23,9 +23,8 @@ import base64
 import json
 import logging
 from dataclasses import replace
-from typing import Any, Protocol, cast
+from typing import Any
 
-from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import (
     DeliveryResult,
     RawAnswer,
@@ -56,32 +55,6 @@ BATCH_ANSWER = "batch answer"
 _MESSAGE_KEY = MESSAGE_KEY_HEADER.encode()
 _CONTENT_TYPE = CONTENT_TYPE.encode()
 _REQUEST_HEADERS = [(CONTENT_TYPE.encode(), JSON.encode())]
-
-
-class Poster(Protocol):
-    """What a transport offers for batches (transports/http1.py, http.py, asgi.py: `post`)."""
-
-    async def __call__(
-        self,
-        path: str,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        *,
-        keep_body: int,
-        wait: float | None = None,
-    ) -> RawAnswer | DeliveryResult: ...
-
-
-def poster_of(transport: Transport) -> Poster:
-    """The transport's `post` (through the start-up wrapper, infra.AfterStartup)."""
-    inner = getattr(transport, "inner", transport)
-    post = getattr(inner, "post", None)
-    if post is None:
-        raise FreedomError(
-            f"batch delivery is not available with the {type(inner).__name__} transport "
-            "(HTTP/1.1, HTTP/2 and in-process delivery have it)"
-        )
-    return cast(Poster, post)
 
 
 def envelope_record(
@@ -136,7 +109,6 @@ class Batcher:
 
     def __init__(self, transport: Transport) -> None:
         self.transport = transport
-        self._post: Poster | None = None
         # (topic as read, partition in sequential mode, else None) -> the batch being filled: a
         # sequential batch holds one partition's records, in offset order.
         self._open: dict[tuple[str, int | None], _Open] = {}
@@ -210,8 +182,6 @@ class Batcher:
                 waiter.set_result(result)
 
     async def _exchange(self, batch: _Open) -> list[DeliveryResult]:
-        if self._post is None:
-            self._post = poster_of(self.transport)
         body = json.dumps(
             {"topic": batch.plan.source_topic, "records": batch.entries},
             ensure_ascii=False,
@@ -223,7 +193,7 @@ class Batcher:
             (BATCH_HEADER.encode(), str(len(batch.entries)).encode()),
             (DEADLINE_HEADER.encode(), str(max(1, round(deadline * 1000))).encode()),
         ]
-        answer = await self._post(
+        answer = await self.transport.post(
             batch.plan.route.path,
             headers,
             body,

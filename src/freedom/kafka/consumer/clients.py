@@ -13,7 +13,7 @@ import asyncio
 from typing import Any, Protocol
 
 from freedom.kafka.admin import ensure_topics
-from freedom.kafka.consumer.replays import DeadLetterSource, KafkaDeadLetters
+from freedom.kafka.consumer.replays import DeadLetterSource
 from freedom.kafka.consumer.retry import ProducerClient, RetryProducer
 from freedom.kafka.consumer.sources import RecordSource
 
@@ -62,6 +62,8 @@ class KafkaClients:
         return RetryProducer(settings, name)
 
     def dead_letters(self, settings: dict[str, Any]) -> DeadLetterSource:
+        from freedom.kafka.consumer.sources.kafka import KafkaDeadLetters
+
         return KafkaDeadLetters(settings)
 
     async def create_topics(

@@ -171,6 +171,13 @@ _CONTENT_TYPE = CONTENT_TYPE.encode()
 _CONTENT_TYPE_RULE: _NameRule = (_CONTENT_TYPE, _CONTENT_TYPE, True, False, False, False)
 _DEFAULT_CONTENT_TYPE = DEFAULT_CONTENT_TYPE.encode()
 _DEADLINE = DEADLINE_HEADER.encode()
+_ENCODED = ENCODED_HEADER.encode()
+_MESSAGE_KEY = MESSAGE_KEY_HEADER.encode()
+_KEY = KEY_HEADER.encode()
+_RETRY_COUNT = RETRY_COUNT_HEADER.encode()
+# Values that repeat from delivery to delivery, made once: retry counts, deadlines in ms (bounded).
+_COUNTS = [str(n).encode() for n in range(101)]  # retry_count is at most 100
+_DEADLINES: dict[float, bytes] = {}
 
 
 def _name_rule(k: str | bytes) -> _NameRule:
@@ -290,7 +297,7 @@ def request_headers(
     encoded: set[bytes] = set()  # lowercased names of which some value cannot travel as it is
     typed: int | None = None  # where in `kept` the record's content-type is
     for k, v in record_headers:
-        rule = _name_rule(k)
+        rule = _NAMES.get(k) or _name_rule(k)
         if rule[source]:
             continue
         v = v or b""
@@ -309,26 +316,42 @@ def request_headers(
     if typed is None:  # a record without one (Go freedom services send JSON without it)
         kept.append((_CONTENT_TYPE_RULE, _DEFAULT_CONTENT_TYPE))
     # One value of a name that HTTP cannot carry as it is: every value of that name is encoded.
-    out: list[tuple[bytes, bytes]] = []
-    listed: list[bytes] = []
-    for (name, lower, plain, *_), v in kept:
-        if encoded and lower in encoded:
-            if not plain:
-                lower = hex_name(name)
-            if lower not in listed:
-                listed.append(lower)
-            out.append((lower, b64encode(v)))
-        else:
-            out.append((lower, v))
-    if listed:
-        out.append((ENCODED_HEADER.encode(), b",".join(listed)))
-    out.append((MESSAGE_KEY_HEADER.encode(), eid.encode()))
+    # (Names are lowercase here, whatever the record's spelling: servers see them so.)
+    if not encoded:  # the usual case: every header as it is
+        out = [(rule[1], v) for rule, v in kept]
+    else:
+        out = []
+        listed: list[bytes] = []
+        for rule, v in kept:
+            lower = rule[1]
+            if lower in encoded:
+                if not rule[2]:
+                    lower = hex_name(rule[0])
+                if lower not in listed:
+                    listed.append(lower)
+                out.append((lower, b64encode(v)))
+            else:
+                out.append((lower, v))
+        out.append((_ENCODED, b",".join(listed)))
+    out.append((_MESSAGE_KEY, eid.encode()))
     if eid.key is not None and not is_key_itself(eid):
-        out.append((KEY_HEADER.encode(), b64encode(eid.key)))
-    out.append((RETRY_COUNT_HEADER.encode(), str(retry_count).encode()))
+        out.append((_KEY, b64encode(eid.key)))
+    out.append(
+        (
+            _RETRY_COUNT,
+            _COUNTS[retry_count] if 0 <= retry_count <= 100 else str(retry_count).encode(),
+        )
+    )
     if deadline is not None:
-        out.append((_DEADLINE, str(max(1, round(deadline * 1000))).encode()))
-    size = sum(len(k) + len(v) + 4 for k, v in out) + len(eid)
+        ms = _DEADLINES.get(deadline)
+        if ms is None:
+            ms = str(max(1, round(deadline * 1000))).encode()
+            if len(_DEADLINES) < 256:
+                _DEADLINES[deadline] = ms
+        out.append((_DEADLINE, ms))
+    size = len(eid) + 4 * len(out)
+    for header, text in out:
+        size += len(header) + len(text)
     if size > MAX_HEADER_BYTES:
         raise UnsendableRecord(
             f"its headers and key take {size} bytes as HTTP headers, over the "
@@ -386,9 +409,10 @@ def result_of(
 
 
 class Transport(Protocol):
-    """How deliveries reach the service: over HTTP (transports/http.py) or by calling the ASGI
-    application in the same process (transports/asgi.py). Both send the same request and read the
-    answer by the same rule (:func:`result_of`)."""
+    """How deliveries reach the service: over HTTP (transports/http.py, http1.py), by calling the
+    ASGI application in the same process (transports/asgi.py), or by calling the event handlers
+    themselves (transports/direct.py). They send the same request (or, direct, hand the handler what
+    that request would give it) and read the answer by the same rule (:func:`result_of`)."""
 
     proxy_addr: str
 
@@ -400,6 +424,19 @@ class Transport(Protocol):
         self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
     ) -> DeliveryResult:
         """Deliver one record; never raises for the service's or the network's faults."""
+        ...
+
+    async def post(
+        self,
+        path: str,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        *,
+        keep_body: int,
+        wait: float | None = None,
+    ) -> RawAnswer | DeliveryResult:
+        """`POST path` with `headers` and `body` (a batch, batching.py), keeping up to `keep_body`
+        bytes of the answer; a DeliveryResult when there was no answer (within `wait` seconds)."""
         ...
 
     async def aclose(self) -> None: ...

@@ -59,11 +59,17 @@ class TopicSlots:
         self.waiting: collections.deque[Lane] = collections.deque()  # lanes with records to start
 
     def release(self, by: Lane) -> None:
+        """A record of lane `by` finished: its slot goes to the lane that has waited longest (in
+        turn, so that no partition starves the others), `by` queueing up behind if it has more."""
         self.free += 1
-        if self.waiting and not by.pending:  # else `by` starts its own next record
-            lane = self.waiting.popleft()
-            lane.waiting = False
-            lane.pump()
+        if not self.waiting:
+            return
+        lane = self.waiting.popleft()
+        lane.waiting = False
+        if by.pending and not by.waiting and by is not lane and not by.lost.is_set():
+            by.waiting = True
+            self.waiting.append(by)
+        lane.pump()
 
 
 class Lane:
@@ -82,7 +88,7 @@ class Lane:
         self.most = plan.route.batch.max_records if slots is None and plan.route.batch else 1
         self.pending: collections.deque[Any] = collections.deque()
         self.running = 0  # started (or waiting for their key) and not finished
-        self.tasks: set[asyncio.Task[bool]] = set()  # deliveries that suspended
+        self.tasks: set[asyncio.Task[None]] = set()  # deliveries that waited
         self.behind: dict[Any, collections.deque[Any]] = {}  # key -> records waiting behind it
         self._ready: collections.deque[Any] = (
             collections.deque()
@@ -201,33 +207,33 @@ class Lane:
         if not counted:
             self.running += 1
             self.group.running += 1
-        coro = self.group.handle(record, self.plan, self.lost)
+        coro = self._run(record)
         if _EAGER:
-            task: asyncio.Task[bool] = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg, arg-type, unused-ignore]
+            task: asyncio.Task[None] = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg, arg-type, unused-ignore]
         else:
             task = asyncio.ensure_future(coro)
-        if task.done():
-            self._finished(record, task)
-        else:
+        if not task.done():  # it waits: the drain may have to cancel it
             self.tasks.add(task)
-            task.add_done_callback(lambda t: self._finished(record, t))
+            task.add_done_callback(self.tasks.discard)
 
-    def _finished(self, record: Any, task: asyncio.Task[bool]) -> None:
-        self.tasks.discard(task)
+    async def _run(self, record: Any) -> None:
+        """One delivery, settled as soon as it ends, inside its own task: a done-callback would run
+        only after every task ready on the loop, and with handlers keeping the loop busy the commit
+        would wait for all of them (tests/chaos/test_commit_lag.py)."""
         ok = False
-        if task.cancelled():
-            pass
-        elif (exc := task.exception()) is not None:  # a bug in the handling: delivered again later
-            log.error(
+        try:
+            ok = bool(await self.group.handle(record, self.plan, self.lost))
+        except asyncio.CancelledError:  # the drain deadline: delivered again later
+            self.settle(record, False)
+            raise
+        except Exception:  # a bug in the handling: left uncommitted, delivered again later
+            log.exception(
                 "consumer group %r: handling %s[%d]@%d failed",
                 self.group.group_id,
                 record.topic(),
                 record.partition(),
                 record.offset(),
-                exc_info=exc,
             )
-        else:
-            ok = bool(task.result())
         self.settle(record, ok)
 
     def settle(self, record: Any, ok: bool) -> None:
@@ -334,4 +340,7 @@ class Lane:
             task.cancel()
         if late:
             await asyncio.gather(*late, return_exceptions=True)
+        if self.running:  # a task cancelled before its first step never settled its record
+            self.group.running -= self.running
+            self.running = 0
         return len(late)

@@ -27,14 +27,10 @@ import asyncio
 import hashlib
 import logging
 import re
-import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import confluent_kafka
-
-from freedom.kafka.settings import connection_settings
 from freedom.wire.headers import (
     OMISSION_HEADERS,
     ORIGINAL_TOPIC_HEADER,
@@ -102,60 +98,6 @@ class DeadLetterSource(Protocol):
         ...
 
     def close(self) -> None: ...
-
-
-class KafkaDeadLetters:
-    """A :class:`DeadLetterSource` on the consumer client's cluster: a consumer that never joins a
-    group or commits, made at the first read."""
-
-    def __init__(self, settings: dict[str, Any], timeout: float = READ_TIMEOUT_SEC) -> None:
-        self._settings = {
-            **connection_settings(settings),
-            "group.id": f"{settings.get('group.id') or 'freedom'}.replay-check",  # never joined
-            "enable.auto.commit": False,
-            "enable.auto.offset.store": False,
-            "enable.partition.eof": True,
-            "auto.offset.reset": "latest",  # an offset no longer there (or not yet): nothing
-            "isolation.level": "read_committed",
-            "queued.min.messages": WINDOW,
-            "queued.max.messages.kbytes": 16384,
-        }
-        self._timeout = timeout
-        self._consumer: Any = None
-        self._lock = threading.Lock()
-
-    def read(self, topic: str, partition: int, offset: int, count: int) -> list[Any]:
-        with self._lock:
-            if self._consumer is None:
-                self._consumer = confluent_kafka.Consumer(self._settings)
-            consumer = self._consumer
-            consumer.assign([confluent_kafka.TopicPartition(topic, partition, offset)])
-            out: list[Any] = []
-            deadline = time.monotonic() + self._timeout
-            try:
-                while len(out) < count:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        raise TimeoutError(f"no answer within {self._timeout:g} s")
-                    msg = consumer.poll(min(left, 0.5))
-                    if msg is None:
-                        continue
-                    err = msg.error()
-                    if err is None:
-                        out.append(msg)
-                    elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
-                        break
-                    elif not err.retriable():
-                        raise confluent_kafka.KafkaException(err)
-                return out
-            finally:
-                consumer.unassign()
-
-    def close(self) -> None:
-        with self._lock:
-            if self._consumer is not None:
-                self._consumer.close()
-                self._consumer = None
 
 
 @dataclass(frozen=True)

@@ -210,6 +210,10 @@ class Plan:
     not_retried: str | None = None
 
 
+#: The step of a record that was handled (the common case: one object, not one per record).
+_DONE = Plan("done")
+
+
 class RetryRouter:
     """Decides and performs the next step of a record that was not handled, for one consumer client."""
 
@@ -251,7 +255,7 @@ class RetryRouter:
     def plan(self, source_topic: str, retry_count: int, result: DeliveryResult) -> Plan:
         """What to do after a delivery of a record of `source_topic` carrying `retry_count`."""
         if result.ok:
-            return Plan("done")
+            return _DONE
         fail = self.fail_topic(source_topic)
         # The handler's explicit "retry" decides over a permanent verdict (the outcome header first).
         permanent = result.permanent and result.outcome != "retry"

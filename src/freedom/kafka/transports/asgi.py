@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from freedom.kafka.consumer.delivery import (
     DEFAULT_TIMEOUT_SEC,
@@ -35,6 +36,7 @@ from freedom.kafka.consumer.delivery import (
     request_headers,
     result_of,
 )
+from freedom.kafka.consumer.keys import event_id
 from freedom.wire.headers import (
     BODY_EXTENSION,
     FAILURE_HEADER,
@@ -62,8 +64,9 @@ _FAILURE = FAILURE_HEADER.encode()
 _ASGI = {"version": "3.0", "spec_version": "2.3"}
 
 
-class _Exchange:
-    """One request/response exchange with the application: what `receive` gives and `send` keeps."""
+class Exchange:
+    """One request/response exchange with the application: what `receive` gives and `send` keeps
+    (also how direct delivery reads an answer it has to run as ASGI: a streaming response)."""
 
     __slots__ = (
         "body",
@@ -104,7 +107,20 @@ class _Exchange:
             await self._done.wait()
         return {"type": "http.disconnect"}
 
-    async def send(self, message: dict[str, Any]) -> None:
+    def result(self) -> DeliveryResult:
+        """What the consumer proxy makes of the answer (:func:`result_of`)."""
+        if self.status is None:
+            return DeliveryResult(error="the application returned without answering")
+        return result_of(
+            self.status,
+            self.outcome,
+            self.reason,
+            bytes(self.answer) if self.answer else None,
+            self.retry_after,
+            self.failure,
+        )
+
+    async def send(self, message: MutableMapping[str, Any]) -> None:
         kind = message["type"]
         if kind == "http.response.start":
             self.status = message["status"]
@@ -129,6 +145,73 @@ class _Exchange:
                 self.complete = True
                 if self._done is not None:
                     self._done.set()
+
+
+# (route path, parameter) -> the path's text before and after the parameter; None for a path
+# without one or with a `%` in it (decoded as a whole then, as a server decodes it).
+_PARTS: dict[tuple[str, str | None], tuple[str, str] | None] = {}
+#: What `quote` leaves as it is (RFC 3986's unreserved characters): an id of only these is its own
+#: percent-encoding.
+_UNRESERVED = re.compile(r"[A-Za-z0-9_.~-]+")
+
+
+def _paths(route: EventRoute, key: str) -> tuple[bytes, str]:
+    """A delivery's `raw_path` (percent-encoded, EventRoute.url_path) and `path` (decoded, as a
+    server decodes it), without decoding the whole path each time."""
+    at = (route.path, route.param)
+    try:
+        parts = _PARTS[at]
+    except KeyError:
+        parts = None
+        hole = "{" + route.param + "}" if route.param is not None else None
+        if hole is not None and hole in route.path and "%" not in route.path:
+            before, _, after = route.path.partition(hole)
+            parts = (before, after)
+        if len(_PARTS) < 1024:
+            _PARTS[at] = parts
+    if parts is None:
+        raw = route.url_path(key)
+        return raw.encode("ascii"), unquote(raw)
+    eid = event_id(key)
+    quoted = eid if _UNRESERVED.fullmatch(eid) else quote(eid, safe="")
+    return (parts[0] + quoted + parts[1]).encode("ascii"), parts[0] + eid + parts[1]
+
+
+def delivery_scope(
+    route: EventRoute,
+    key: str,
+    value: bytes,
+    headers: RecordHeaders,
+    retry_count: int,
+    deadline: float | None = None,
+) -> dict[str, Any]:
+    """The ASGI scope of one delivery, as an HTTP server would make it from the HTTP request: the
+    headers of :func:`~freedom.kafka.consumer.delivery.request_headers` (the one rule for every
+    transport) plus `content-length`, and the value under `BODY_EXTENSION` (read without streaming
+    by freedom's `Request.body`). In-process ASGI delivery (:class:`AsgiTransport`) and direct
+    delivery (transports/direct.py) both make their request from it. Raises
+    :class:`~freedom.kafka.consumer.delivery.UnsendableRecord` as `request_headers` does."""
+    # The same headers as over HTTP (freedom.wire.encoding's encoding included), lowercased as
+    # servers do (request_headers makes every name lowercase).
+    out = request_headers(headers, key, retry_count, deadline)
+    out.append((b"content-length", str(len(value)).encode()))
+    raw_path, path = _paths(route, key)
+    return {
+        "type": "http",
+        "asgi": _ASGI,
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": raw_path,
+        "query_string": b"",
+        "root_path": "",
+        "headers": out,
+        "client": None,
+        "server": None,
+        "state": {},
+        "extensions": {BODY_EXTENSION: value},
+    }
 
 
 class AsgiTransport:
@@ -176,30 +259,11 @@ class AsgiTransport:
         retry_count: int,
         deadline: float | None = None,
     ) -> dict[str, Any]:
-        """The ASGI scope of one delivery, as an HTTP server would make it from the HTTP request."""
-        raw_path = route.url_path(key)
-        # The same headers as over HTTP (freedom.wire.encoding's encoding included), lowercased as servers do.
-        out = [(k.lower(), v) for k, v in request_headers(headers, key, retry_count, deadline)]
-        out.append((b"content-length", str(len(value)).encode()))
-        out.extend(self._extra)
-        return {
-            "type": "http",
-            "asgi": _ASGI,
-            "http_version": "1.1",
-            "method": "POST",
-            "scheme": "http",
-            "path": unquote(raw_path),
-            "raw_path": raw_path.encode("ascii"),
-            "query_string": b"",
-            "root_path": "",
-            "headers": out,
-            "client": None,
-            "server": None,
-            "state": {},
-            "extensions": {
-                BODY_EXTENSION: value
-            },  # read without streaming by freedom's Request.body
-        }
+        """The ASGI scope of one delivery, as an HTTP server would make it from the HTTP request
+        (:func:`delivery_scope`, with the shared secret when one is configured)."""
+        scope = delivery_scope(route, key, value, headers, retry_count, deadline)
+        scope["headers"].extend(self._extra)
+        return scope
 
     async def deliver(
         self, route: EventRoute, key: str, value: bytes, headers: RecordHeaders, retry_count: int
@@ -210,7 +274,7 @@ class AsgiTransport:
             scope = self.scope(route, key, value, headers, retry_count, limit)
         except UnsendableRecord as exc:
             return exc.result()
-        exchange = _Exchange(value)
+        exchange = Exchange(value)
         deadline = asyncio.timeout(proxy_wait(limit))
         try:
             async with deadline:
@@ -225,16 +289,7 @@ class AsgiTransport:
             )
             if exchange.status is None:
                 return DeliveryResult(status=500)
-        if exchange.status is None:
-            return DeliveryResult(error="the application returned without answering")
-        return result_of(
-            exchange.status,
-            exchange.outcome,
-            exchange.reason,
-            bytes(exchange.answer) if exchange.answer else None,
-            exchange.retry_after,
-            exchange.failure,
-        )
+        return exchange.result()
 
     async def post(
         self,
@@ -266,7 +321,7 @@ class AsgiTransport:
             "state": {},
             "extensions": {BODY_EXTENSION: body},
         }
-        exchange = _Exchange(body, keep_body)
+        exchange = Exchange(body, keep_body)
         deadline = asyncio.timeout(wait if wait is not None else proxy_wait(self.timeout))
         try:
             async with deadline:

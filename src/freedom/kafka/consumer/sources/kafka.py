@@ -1,5 +1,6 @@
-"""The Kafka consumer group as a record source: the only module that builds a confluent-kafka
-`Consumer` (the admin and producer clients have their own adapters).
+"""The Kafka consumer group as a record source, and the reader of dead letters a replay check uses:
+the only module of the consumer core that builds a confluent-kafka `Consumer` (the admin and
+producer clients have their own adapters).
 
 Threading: every call into the librdkafka consumer happens on one dedicated thread (the "consumer
 thread"), so the client is never used concurrently; rebalance callbacks run there too, inside
@@ -37,7 +38,9 @@ from confluent_kafka import TopicPartition
 
 from freedom.config.librdkafka import CONSUMER_DEFAULTS
 from freedom.kafka.consumer.ledger import COMMIT_INTERVAL, TP
+from freedom.kafka.consumer.replays import READ_TIMEOUT_SEC, WINDOW
 from freedom.kafka.consumer.sources import OffsetSource, Sink
+from freedom.kafka.settings import connection_settings
 
 log = logging.getLogger("freedom.kafka.proxy")
 
@@ -360,3 +363,57 @@ class KafkaSource(OffsetSource):
         self._commit(asynchronous=False)
         self._consumer.close()
         self._consumer = None
+
+
+class KafkaDeadLetters:
+    """A :class:`DeadLetterSource` on the consumer client's cluster: a consumer that never joins a
+    group or commits, made at the first read."""
+
+    def __init__(self, settings: dict[str, Any], timeout: float = READ_TIMEOUT_SEC) -> None:
+        self._settings = {
+            **connection_settings(settings),
+            "group.id": f"{settings.get('group.id') or 'freedom'}.replay-check",  # never joined
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            "auto.offset.reset": "latest",  # an offset no longer there (or not yet): nothing
+            "isolation.level": "read_committed",
+            "queued.min.messages": WINDOW,
+            "queued.max.messages.kbytes": 16384,
+        }
+        self._timeout = timeout
+        self._consumer: Any = None
+        self._lock = threading.Lock()
+
+    def read(self, topic: str, partition: int, offset: int, count: int) -> list[Any]:
+        with self._lock:
+            if self._consumer is None:
+                self._consumer = confluent_kafka.Consumer(self._settings)
+            consumer = self._consumer
+            consumer.assign([confluent_kafka.TopicPartition(topic, partition, offset)])
+            out: list[Any] = []
+            deadline = time.monotonic() + self._timeout
+            try:
+                while len(out) < count:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        raise TimeoutError(f"no answer within {self._timeout:g} s")
+                    msg = consumer.poll(min(left, 0.5))
+                    if msg is None:
+                        continue
+                    err = msg.error()
+                    if err is None:
+                        out.append(msg)
+                    elif err.code() == confluent_kafka.KafkaError._PARTITION_EOF:
+                        break
+                    elif not err.retriable():
+                        raise confluent_kafka.KafkaException(err)
+                return out
+            finally:
+                consumer.unassign()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._consumer is not None:
+                self._consumer.close()
+                self._consumer = None
