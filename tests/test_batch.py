@@ -1,6 +1,8 @@
 """Batch delivery (listen_event(..., batch=)): batches of at most max_records, per-record outcomes
 (ok committed, retry via retry-T, dead-letter with its reason, drop), and the commit rule across
-batches, over HTTP/1.1 and in-process, on Apache Kafka. Plus the answer rule on its own."""
+batches, over HTTP/1.1 and in-process, on Apache Kafka. Plus the answer rule on its own, and on the
+test broker: a batch's records wait in one task, and their outcomes are those of the per-record
+path."""
 
 from __future__ import annotations
 
@@ -16,7 +18,15 @@ import pytest
 import freedom
 from freedom.kafka.consumer.batching import results_of
 from freedom.kafka.consumer.delivery import DeliveryResult, RawAnswer
-from freedom.testing import ServiceThread, free_port, kafka_config, wait_until, write_config
+from freedom.kafka.consumer.observer import ProxyObserver
+from freedom.testing import (
+    ServiceThread,
+    TestBroker,
+    free_port,
+    kafka_config,
+    wait_until,
+    write_config,
+)
 from tests.services.kafka_tools import committed, headers_of, produce, read_all, wait_drained
 from tests.services.scrape import in_flight
 
@@ -419,3 +429,195 @@ def test_a_batch_killed_before_its_answer_is_delivered_again(apache_kafka, new_t
     assert (
         sorted(r["key"] for r in lines[6:]) == sorted(keys) and len({r["pid"] for r in lines}) == 2
     )
+
+
+# ---------------------------------------------------------------------- on the test broker
+
+_TB_TOPIC = "tb-orders"
+#: Headers whose value is the time of the run (or the span it ran in), not the record's path.
+_TIMED = {"x-freedom-first-failure-time", "x-freedom-failed-at", "traceparent"}
+
+
+def _broker_app(
+    tmp_path: Path, seen: _Seen, on_batch: Any, max_records: int = 50
+) -> freedom.Application:
+    class OrderController:
+        async def post_orders(self, batch: freedom.Batch) -> dict[str, Any]:
+            seen.add(batch)
+            await on_batch(batch)
+            return batch.answer()
+
+    def prepare(initiator: freedom.Initiator) -> None:
+        initiator.bind_controller("/shop", OrderController)
+        initiator.listen_event(
+            _TB_TOPIC,
+            "OrderController.post_orders",
+            batch=freedom.BatchSettings(max_records=max_records, max_wait_ms=20),
+        )
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    return freedom.Application(config_dir=tmp_path, prepare=[prepare])
+
+
+def _lane_tasks() -> list[str]:
+    """The lane tasks alive: `_run` (one per record) or `_run_chunk` (one per chunk)."""
+    names = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+    return sorted(n.rpartition(".")[2] for n in names if n.startswith("Lane._run"))
+
+
+async def _until(condition: Any, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "timed out"
+        await asyncio.sleep(0.001)
+
+
+@pytest.mark.parametrize("mode", ["sequential", "concurrent"])
+async def test_a_batch_of_records_is_one_task_on_the_test_broker(tmp_path, mode):
+    seen, hold = _Seen(), asyncio.Event()
+
+    async def on_batch(batch: freedom.Batch) -> None:
+        await hold.wait()
+
+    app = _broker_app(tmp_path, seen, on_batch, max_records=50)
+    async with TestBroker(app, mode=mode, max_in_flight=100) as broker:
+        broker.create_topic(_TB_TOPIC)
+        await broker.settle()
+        before = len(asyncio.all_tasks())
+        for i in range(50):
+            broker.publish(_TB_TOPIC, b'{"n": 1}', key=f"K{i:02d}")
+        await _until(lambda: len(seen.records()) == 50)
+        # The 50 records wait for the batch's answer in one task (not 50), whose one call into
+        # the Batcher holds a future per record.
+        assert [len(b) for b in seen.batches] == [50]
+        assert _lane_tasks() == ["_run_chunk"]
+        assert len(asyncio.all_tasks()) - before <= 3  # the chunk, the batch's request, its handler
+        hold.set()
+        await broker.settle()
+        assert broker.committed(_TB_TOPIC) == 50
+        assert _lane_tasks() == []
+
+
+_KEYS = ["K-OK1", "K-RETRY", "K-DEAD", "K-DROP", "K-OK2"]
+
+
+async def _outcomes_run(
+    tmp_path: Path, retry_count: int, mode: str, caplog: pytest.LogCaptureFixture
+) -> dict[str, Any]:
+    """Every per-record outcome in one batch; what it led to (log lines, retry and dead-letter
+    records, metric counts)."""
+    seen = _Seen()
+    attempts: dict[str, int] = {}
+
+    async def on_batch(batch: freedom.Batch) -> None:
+        for record in batch.records:
+            key = (record.key or b"").decode()
+            attempts[key] = attempts.get(key, 0) + 1
+            if key == "K-RETRY" and attempts[key] == 1:  # once: then ok
+                batch.retry(record, "stock service down")
+            elif key == "K-DEAD":
+                batch.dead_letter(record, "amount must be positive")
+            elif key == "K-DROP":
+                batch.drop(record, "duplicate")
+
+    caplog.clear()
+    counts = _metric_counts()
+    app = _broker_app(tmp_path, seen, on_batch)
+    async with TestBroker(
+        app, mode=mode, retry_count=retry_count, retry_interval_sec=45, max_in_flight=100
+    ) as broker:
+        broker.create_topic(_TB_TOPIC)
+        await broker.settle()
+        for key in _KEYS:
+            broker.publish(_TB_TOPIC, b'{"n": 1}', key=key, headers={"x-action": "buy"})
+        await broker.settle()
+        assert broker.committed(_TB_TOPIC) == len(_KEYS)
+        out = {
+            "seen": sorted((r["key"], r["retry"], r["topic"]) for r in seen.records()),
+            "retries": [
+                (r.key(), {k: v for k, v in r.headers_dict().items() if k not in _TIMED})
+                for r in broker.retries(_TB_TOPIC)
+            ],
+            "dead": [
+                (r.key(), {k: v for k, v in r.headers_dict().items() if k not in _TIMED})
+                for r in broker.dead_letters(_TB_TOPIC)
+            ],
+        }
+    out["logs"] = sorted(
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.name.startswith("freedom.kafka") and r.levelno >= 20
+    )
+    after = _metric_counts()
+    out["metrics"] = {k: v - counts.get(k, 0) for k, v in after.items() if v != counts.get(k, 0)}
+    return out
+
+
+def _metric_counts() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The counts of the proxy's counters and histograms (not their durations)."""
+    from prometheus_client import REGISTRY
+
+    counts = {}
+    for family in REGISTRY.collect():
+        for s in family.samples:
+            if s.name.endswith(("_total", "_count")) and _TB_TOPIC in str(s.labels):
+                counts[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return counts
+
+
+@pytest.mark.parametrize(("retry_count", "mode"), [(1, "concurrent"), (0, "sequential")])
+async def test_per_record_outcomes_in_a_batch_go_where_they_went(
+    tmp_path, retry_count, mode, caplog, monkeypatch
+):
+    caplog.set_level("INFO")
+    chunked = await _outcomes_run(tmp_path / "chunked", retry_count, mode, caplog)
+    # The same records the per-record way (each record its own task into the Batcher, as with
+    # spans recorded): the same log lines, retry and dead-letter records, and metric counts.
+    with monkeypatch.context() as m:
+        m.setattr(ProxyObserver, "around_batch", lambda self, handle_batch: None)
+        alone = await _outcomes_run(tmp_path / "alone", retry_count, mode, caplog)
+    assert chunked == alone
+    assert [k for k, _ in chunked["dead"]] == [b"K-DEAD"]
+    [(_, dead)] = chunked["dead"]
+    assert (
+        dead["x-freedom-error"]
+        == "batch answer, handler asked: dead-letter (amount must be positive)"
+    )
+    assert dead["x-action"] == "buy" and "x-freedom-status" not in dead
+    logs = "\n".join(m for _, m in chunked["logs"])
+    assert "dropped" in logs and "duplicate" in logs
+    if retry_count:  # via the retry topic, then delivered again from it
+        [(key, retry)] = chunked["retries"]
+        assert key == b"K-RETRY" and retry["x-retry-count"] == "1"
+        assert retry["x-freedom-error"] == "batch answer, handler asked: retry (stock service down)"
+        assert ("K-RETRY", 1, f"retry-{_TB_TOPIC}") in chunked["seen"]
+    else:  # delivered again in memory, alone, after its backoff
+        assert chunked["retries"] == []
+        assert chunked["seen"].count(("K-RETRY", 0, _TB_TOPIC)) == 2
+        assert "delivering again in 0.5 s" in logs
+    assert any("consumed" in name for name, _ in chunked["metrics"]), chunked["metrics"]
+
+
+async def test_a_record_of_a_batch_that_keeps_failing_holds_back_no_other_record(tmp_path):
+    # retry_count = 0: a failing record is delivered again in memory, with backoff, for ever. The
+    # records of its batch that succeeded are committed meanwhile, up to it (never past it).
+    seen = _Seen()
+    held = asyncio.Event()
+
+    async def on_batch(batch: freedom.Batch) -> None:
+        for record in batch.records:
+            if record.key == b"K2":
+                held.set()
+                batch.retry(record, "always down")
+
+    app = _broker_app(tmp_path, seen, on_batch, max_records=10)
+    async with TestBroker(app, mode="sequential", retry_count=0, partitions=1) as broker:
+        broker.create_topic(_TB_TOPIC, partitions=1)
+        await broker.settle()
+        for i in range(5):
+            broker.publish(_TB_TOPIC, b'{"n": 1}', key=f"K{i}")
+        await _until(held.is_set)
+        await _until(lambda: broker.committed(_TB_TOPIC) == 2)  # K0 and K1, not K2 and after
+        await _until(lambda: sum(1 for r in seen.records() if r["key"] == "K2") >= 2)
+        assert broker.committed(_TB_TOPIC) == 2
+        assert _lane_tasks() == ["_run"]  # only K2 goes on, in a task of its own

@@ -17,6 +17,7 @@ import pytest
 from freedom.kafka.consumer.delivery import EventRoute
 from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan
 from freedom.kafka.consumer.sources import OffsetSource, Sink
+from freedom.wire.batch import BatchSettings
 
 TOPIC = "orders"
 
@@ -217,3 +218,152 @@ async def test_a_partition_over_its_backlog_is_paused_and_resumed_at_half():
     gate.set()
     await _until(lambda: (TOPIC, 0) not in source.paused)
     await _until(lambda: source.ledger.open_count((TOPIC, 0)) == 0)
+
+
+# ---------------------------------------------------------------------- batch topics: by chunks
+
+
+def _batch_group(
+    handle_batch: Callable[[list[Any], TopicPlan, asyncio.Event], Any],
+    mode: str,
+    max_records: int,
+    max_in_flight: int = 500,
+) -> tuple[ConsumerGroup, StandInSource]:
+    async def one(record: Any, plan: TopicPlan, lost: asyncio.Event) -> bool:
+        raise AssertionError(f"{record.offset()} went the per-record way")
+
+    source = StandInSource()
+    route = EventRoute(TOPIC, "/orders", None, BatchSettings(max_records=max_records))
+    plan = TopicPlan(route, TOPIC, mode, max_in_flight)
+    group = ConsumerGroup(
+        "g", source, {TOPIC: plan}, one, handle_batch=handle_batch, drain_timeout=0.5
+    )
+    return group, source
+
+
+def _lane_tasks() -> list[str]:
+    """The lane tasks alive: `_run` (a record's) or `_run_chunk` (a chunk's)."""
+    names = [getattr(t.get_coro(), "__qualname__", "") for t in asyncio.all_tasks()]
+    return sorted(n.rpartition(".")[2] for n in names if n.startswith("Lane._run"))
+
+
+class _Chunks:
+    """A batch handler that holds each chunk until released, recording what it was given."""
+
+    def __init__(self, answer: Callable[[Any], bool] = lambda r: True) -> None:
+        self.calls: list[list[int]] = []  # the offsets of each chunk
+        self.partitions: list[int] = []  # and its partition
+        self.release = asyncio.Event()
+        self.answer = answer
+
+    async def __call__(self, records: list[Any], plan: TopicPlan, lost: asyncio.Event) -> Any:
+        assert len({r.partition() for r in records}) == 1
+        self.calls.append([r.offset() for r in records])
+        self.partitions.append(records[0].partition())
+        await self.release.wait()
+        return [self.answer(r) for r in records]
+
+
+@pytest.mark.parametrize("mode", ["sequential", "concurrent"])
+async def test_a_batch_topic_runs_one_task_per_chunk_not_per_record(mode):
+    chunks = _Chunks()
+    group, source = _batch_group(chunks, mode, max_records=40)
+    await group.start()
+    before = len(asyncio.all_tasks())
+    group.dispatch([Rec(0, o) for o in range(100)])  # one fetched batch of one partition
+    await _until(lambda: len(chunks.calls) == (1 if mode == "sequential" else 3))
+    if mode == "sequential":  # one chunk at a time, the next once it has settled
+        assert chunks.calls == [list(range(40))] and group.running == 40
+        assert _lane_tasks() == ["_run_chunk"]
+        assert len(asyncio.all_tasks()) == before + 1
+    else:  # as many chunks as the slots allow at once
+        assert chunks.calls == [list(range(40)), list(range(40, 80)), list(range(80, 100))]
+        assert group.running == 100
+        assert _lane_tasks() == ["_run_chunk"] * 3
+        assert len(asyncio.all_tasks()) == before + 3
+    chunks.release.set()
+    await _until(lambda: source.ledger.open_count((TOPIC, 0)) == 0 and group.running == 0)
+    assert [o for c in chunks.calls for o in c] == list(range(100))
+    assert all(len(c) <= 40 for c in chunks.calls)
+    assert source.ledger.take() == {(TOPIC, 0): 100}
+
+
+async def test_concurrent_chunks_take_the_free_slots_of_their_topic():
+    chunks = _Chunks()
+    group, source = _batch_group(chunks, "concurrent", max_records=4, max_in_flight=6)
+    await group.start()
+    group.dispatch([Rec(0, o) for o in range(5)] + [Rec(1, o) for o in range(5)])
+    await _until(lambda: len(chunks.calls) == 3)
+    # Partition 0: a chunk of 4 (max_records), one of 1 (the rest); partition 1 the last slot.
+    assert list(zip(chunks.partitions, chunks.calls)) == [(0, [0, 1, 2, 3]), (0, [4]), (1, [0])]
+    assert group.running == 6 and group._slots[TOPIC].free == 0
+    chunks.release.set()  # the 4 slots of the first chunk go to partition 1, which waited
+    await _until(lambda: group.running == 0 and source.ledger.open_count((TOPIC, 1)) == 0)
+    assert list(zip(chunks.partitions, chunks.calls))[3] == (1, [1, 2, 3, 4])
+    assert len(chunks.calls) == 4 and group._slots[TOPIC].free == 6
+    assert source.ledger.take() == {(TOPIC, 0): 5, (TOPIC, 1): 5}
+
+
+async def test_each_record_of_a_chunk_settles_with_its_own_answer():
+    chunks = _Chunks(answer=lambda r: r.offset() != 2)  # 2 given up: the commit stops at it
+    chunks.release.set()
+    group, source = _batch_group(chunks, "sequential", max_records=5)
+    await group.start()
+    group.dispatch([Rec(0, o) for o in range(5)])
+    await _until(lambda: group.running == 0)
+    assert source.ledger.take() == {(TOPIC, 0): 2}
+    source.settled((TOPIC, 0), 2)  # 3 and 4 settled with their own answer: the commit passes them
+    assert source.ledger.take() == {(TOPIC, 0): 5}
+
+
+async def test_a_chunk_whose_call_fails_is_left_uncommitted_and_the_next_runs(caplog):
+    calls: list[list[int]] = []
+
+    async def handle_batch(records: list[Any], plan: TopicPlan, lost: asyncio.Event) -> Any:
+        calls.append([r.offset() for r in records])
+        if len(calls) == 1:
+            raise RuntimeError("a bug")
+        return [True] * len(records)
+
+    group, source = _batch_group(handle_batch, "sequential", max_records=3)
+    await group.start()
+    group.dispatch([Rec(0, o) for o in range(5)])
+    await _until(lambda: len(calls) == 2 and group.running == 0)
+    assert calls == [[0, 1, 2], [3, 4]]
+    assert source.ledger.take() == {}  # 0..2 failed: nothing committable past them
+    for o in (0, 1, 2):
+        source.settled((TOPIC, 0), o)
+    assert source.ledger.take() == {(TOPIC, 0): 5}  # 3 and 4 settled
+    assert "a chunk of orders[0] failed" in caplog.text
+
+
+async def test_a_drain_during_a_batch_abandons_it_uncommitted(caplog):
+    chunks = _Chunks()  # never released: the chunk is still running at the drain deadline
+    group, source = _batch_group(chunks, "concurrent", max_records=10)
+    await group.start()
+    group.dispatch([Rec(0, o) for o in range(4)])
+    await _until(lambda: chunks.calls == [[0, 1, 2, 3]])
+    await group.release([(TOPIC, 0)])
+    assert group.running == 0 and group.lanes == {}
+    assert _lane_tasks() == []  # cancelled
+    assert source.ledger.take() == {}  # nothing of it committed: delivered again later
+    assert "abandoned 4 in-flight deliveries" in caplog.text
+    assert group._slots[TOPIC].free == 500  # its slots came back
+
+
+async def test_a_key_ordered_batch_topic_keeps_a_task_per_record():
+    handled: list[int] = []
+
+    async def handle_batch(records: list[Any], plan: TopicPlan, lost: asyncio.Event) -> Any:
+        raise AssertionError("same-key records must never share a chunk")
+
+    async def handle(record: Any, plan: TopicPlan, lost: asyncio.Event) -> bool:
+        handled.append(record.offset())
+        return True
+
+    group, source = _batch_group(handle_batch, "key-ordered", max_records=10)
+    group.handle = handle
+    await group.start()
+    group.dispatch([Rec(0, o, b"k") for o in range(5)])
+    await _until(lambda: len(handled) == 5)
+    assert handled == list(range(5)) and source.ledger.take() == {(TOPIC, 0): 5}

@@ -1,13 +1,17 @@
 """Batch delivery on the consumer proxy's side: records of a topic gathered into one request, and
 the answer's per-record statuses turned back into one `DeliveryResult` per record.
 
-The group loop (group.py) runs each record's delivery as usual; for a topic bound with
-`listen_event(..., batch=BatchSettings(...))` the delivery (proxy.py) hands the record to
-:meth:`Batcher.deliver`, which adds it to the topic's open batch and waits for its own result.
-A batch is sent when it holds `max_records` records or its first record has waited `max_wait_ms`.
-Everything after the delivery (retry, dead letter, drop, the commit and its rule) is the
-per-record path's, unchanged: each record settles on its own. The envelope and the answer are
-defined in freedom/wire/batch.py (and docs/scaling.md).
+For a topic bound with `listen_event(..., batch=BatchSettings(...))` the lane (lanes.py) starts
+the records fetched together as one chunk: one task, one call of the proxy's batch path
+(batch_path.py), which prepares them and hands them all to :meth:`Batcher.deliver_many`: each
+record's entry goes into the topic's open batch (a full batch is sent and the rest fill the next),
+with a future, not a task, per record; the chunk waits for all of them. A record delivered alone
+(a `key-ordered` topic's, one delivered again in memory with `retry_count = 0`, or any while
+spans are recorded: no batch path then) goes through :meth:`Batcher.deliver`, into the same open batch. A batch is sent when it holds
+`max_records` records or its first record has waited `max_wait_ms`. Everything after the delivery
+(retry, dead letter, drop, the commit and its rule) is the per-record path's, unchanged: each
+record settles with its own answer (a chunk's records once the last of them is done). The envelope
+and the answer are defined in freedom/wire/batch.py (and docs/scaling.md).
 
 Which records wait together: those of one topic as read (a retry topic's apart from its main
 topic's) that are in flight at once. In `concurrent` and `key-ordered` modes that is up to
@@ -120,12 +124,37 @@ class Batcher:
     ) -> DeliveryResult:
         """Deliver `record` in its topic's next batch; its own result, never raises for the
         service's or the network's faults."""
-        settings = plan.route.batch
-        assert settings is not None
         try:
             entry = envelope_record(record, key, headers, retry_count)
         except UnsendableRecord as exc:
             return exc.result()
+        return await self._add(record, plan, entry)
+
+    async def deliver_many(
+        self, plan: TopicPlan, records: list[tuple[Any, str, RecordHeaders, int]]
+    ) -> list[DeliveryResult]:
+        """Deliver (record, key, headers, retry count) of one partition in the topic's next batch(es)
+        at once: one future per record, awaited together; their results in order, as `deliver`."""
+        results: list[DeliveryResult | None] = [None] * len(records)
+        waiting: list[tuple[int, asyncio.Future[DeliveryResult]]] = []
+        for i, (record, key, headers, retry_count) in enumerate(records):
+            try:
+                entry = envelope_record(record, key, headers, retry_count)
+            except UnsendableRecord as exc:
+                results[i] = exc.result()
+                continue
+            waiting.append((i, self._add(record, plan, entry)))
+        if waiting:
+            for (i, _), result in zip(waiting, await asyncio.gather(*(w for _, w in waiting))):
+                results[i] = result
+        return [r for r in results if r is not None]
+
+    def _add(
+        self, record: Any, plan: TopicPlan, entry: dict[str, Any]
+    ) -> asyncio.Future[DeliveryResult]:
+        """Put `entry` in its topic's open batch (opened here, sent here when full); its future."""
+        settings = plan.route.batch
+        assert settings is not None
         topic = record.topic()
         slot = (topic, record.partition() if plan.mode == "sequential" else None)
         batch = self._open.get(slot)
@@ -155,7 +184,7 @@ class Batcher:
         batch.waiters.append(waiter)
         if len(batch.entries) >= settings.max_records:
             self._flush(slot, batch)
-        return await waiter
+        return waiter
 
     def _flush(self, slot: tuple[str, int | None], batch: _Open) -> None:
         if self._open.get(slot) is batch:

@@ -3,8 +3,10 @@ the handler each record is given to.
 
 It knows nothing of HTTP or retries: for each record it starts `handle(record, plan, lost)`, which
 returns True once the record is finished (delivered, or acknowledged on its retry or dead-letter
-topic) and False when it gave the record up because the partition is going away. What the source
-does with a finished record (commit its offset in order, or acknowledge it) is the source's.
+topic) and False when it gave the record up because the partition is going away. A batch topic's
+records (in `sequential` or `concurrent` mode) go by chunks to `handle_batch(records, plan, lost)`
+when it is given: one call, one bool per record. What the source does with a finished record
+(commit its offset in order, or acknowledge it) is the source's.
 
 The path of a record: the source's fetch loop hands a batch to `dispatch` (one call on the event
 loop per batch); each record is handed to the source's ledger and put in its partition's lane,
@@ -19,12 +21,14 @@ import asyncio
 import logging
 from typing import Any
 
-from freedom.kafka.consumer.lanes import Lane, TopicSlots
+from freedom.kafka.consumer.lanes import Lane
 from freedom.kafka.consumer.ledger import COMMIT_INTERVAL, TP
-from freedom.kafka.consumer.plan import Handler, TopicPlan, wait_event
+from freedom.kafka.consumer.plan import BatchHandler, Handler, TopicPlan, wait_event
+from freedom.kafka.consumer.slots import TopicSlots
 from freedom.kafka.consumer.sources import RecordSource
 
 __all__ = [
+    "BatchHandler",
     "COMMIT_INTERVAL",
     "COMMIT_LAG_BOUND",
     "ConsumerGroup",
@@ -53,6 +57,7 @@ class ConsumerGroup:
         plans: dict[str, TopicPlan],
         handle: Handler,
         *,
+        handle_batch: BatchHandler | None = None,
         delay_sec: float | None = None,
         drain_timeout: float = 10.0,
         fetch_batch: int = 500,
@@ -62,6 +67,7 @@ class ConsumerGroup:
         self.source = source
         self.plans = plans
         self.handle = handle
+        self.handle_batch = handle_batch
         self.delay_sec = delay_sec
         self.drain_timeout = drain_timeout
         self.fetch_batch = fetch_batch
@@ -115,6 +121,7 @@ class ConsumerGroup:
     def dispatch(self, records: list[Any]) -> None:
         self._dispatched += len(records)
         lanes, source = self.lanes, self.source
+        chunked: dict[Lane, None] = {}  # lanes that start their records by chunks: after the loop
         for record in records:
             tp = (record.topic(), record.partition())
             lane = lanes.get(tp)
@@ -125,6 +132,10 @@ class ConsumerGroup:
                 continue  # finished here before a rebalance whose commit the broker refused
             source.handed(tp, offset)
             lane.put(record)
+            if lane.chunked:
+                chunked[lane] = None
+        for lane in chunked:
+            lane.pump()
 
     def _lane(self, tp: TP) -> Lane:
         plan = self.plans[tp[0]]

@@ -4,7 +4,7 @@ Delivery modes, per topic (`TopicPlan.mode`):
 - `sequential`: one record at a time per partition, in offset order (a batch topic: up to its
   `max_records` due records at once, all finished before the next ones start);
 - `concurrent`: up to `max_in_flight` records of the topic at once (over all its partitions),
-  finishing in any order;
+  finishing in any order (a batch topic: started by chunks of up to `max_records`);
 - `key-ordered`: as concurrent, but a record waits for the previous record with the same key (it
   holds its slot meanwhile, as a started record does).
 Whatever the order of completion, the committed offset of a partition never passes a record that
@@ -16,6 +16,10 @@ handler; on Python 3.12+ it starts as an eager task, so a delivery that complete
 suspending (a direct in-process handler that does not wait on I/O) never goes through the event
 loop's queue, and a lane runs its records one after another in a loop, not by recursion. On 3.11
 (no eager tasks) each record is a task, started at once.
+
+A batch topic's lane (`chunked`: sequential or concurrent, the group having a `handle_batch`)
+starts records by chunks: those fetched together, up to `max_records` (and the free slots), in one
+task and one `handle_batch` call; each settles with its own answer when the call returns.
 
 Flow control: a lane holds at most `bound + fetch batch` fetched records before its partition is
 paused ("backlog"); it resumes at half the bound. A partition whose uncommitted records reach
@@ -30,12 +34,14 @@ import asyncio
 import collections
 import logging
 import sys
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
 from freedom.kafka.consumer.ledger import TP
 from freedom.kafka.consumer.plan import TopicPlan
+from freedom.kafka.consumer.slots import TopicSlots
 
 if TYPE_CHECKING:
     from freedom.kafka.consumer.group import ConsumerGroup
@@ -47,29 +53,6 @@ log = logging.getLogger("freedom.kafka.proxy")
 UNCOMMITTED_WINDOW = 4
 
 _EAGER = sys.version_info >= (3, 12)
-
-
-class TopicSlots:
-    """The `max_in_flight` bound of one concurrent topic, shared by its lanes."""
-
-    __slots__ = ("free", "waiting")
-
-    def __init__(self, size: int) -> None:
-        self.free = max(size, 1)
-        self.waiting: collections.deque[Lane] = collections.deque()  # lanes with records to start
-
-    def release(self, by: Lane) -> None:
-        """A record of lane `by` finished: its slot goes to the lane that has waited longest (in
-        turn, so that no partition starves the others), `by` queueing up behind if it has more."""
-        self.free += 1
-        if not self.waiting:
-            return
-        lane = self.waiting.popleft()
-        lane.waiting = False
-        if by.pending and not by.waiting and by is not lane and not by.lost.is_set():
-            by.waiting = True
-            self.waiting.append(by)
-        lane.pump()
 
 
 class Lane:
@@ -85,14 +68,13 @@ class Lane:
         self.bound = bound
         self.slots = slots
         self.keyed = plan.mode == "key-ordered"
-        self.most = plan.route.batch.max_records if slots is None and plan.route.batch else 1
+        self.most = plan.route.batch.max_records if plan.route.batch else 1
+        self.chunked = bool(plan.route.batch and not self.keyed and group.handle_batch is not None)
         self.pending: collections.deque[Any] = collections.deque()
         self.running = 0  # started (or waiting for their key) and not finished
-        self.tasks: set[asyncio.Task[None]] = set()  # deliveries that waited
+        self.tasks: dict[asyncio.Task[None], int] = {}  # deliveries that waited: their records
         self.behind: dict[Any, collections.deque[Any]] = {}  # key -> records waiting behind it
-        self._ready: collections.deque[Any] = (
-            collections.deque()
-        )  # their turn came (pump starts them)
+        self._ready: collections.deque[Any] = collections.deque()  # their key's turn came
         self.lost = asyncio.Event()  # revoked, or the group stops
         self.pause_reasons: set[str] = set()  # "backlog", "window", "delay"
         self.paused = False  # what the source was last asked
@@ -105,14 +87,15 @@ class Lane:
     # ------------------------------------------------------------------ records in
 
     def put(self, record: Any) -> None:
-        """A fetched record (offset order): started now if the mode allows, else kept."""
+        """A fetched record (offset order): started now if the mode allows, else kept (a chunked
+        lane's: started when the group pumps it, after the whole fetched batch is put)."""
         self.pending.append(record)
         n = len(self.pending)
         if n >= self.bound + self.group.fetch_batch:
             self.pause("backlog")  # overflowing despite the fetch gate
         if self.source.open_count(self.tp) >= UNCOMMITTED_WINDOW * self.bound:
             self.pause("window")  # a slow record holds the commit back: do not run far ahead
-        if not self._pumping:
+        if not self._pumping and not self.chunked:
             self.pump()
 
     def pump(self) -> None:
@@ -130,6 +113,9 @@ class Lane:
                 if self.group.delay_sec is not None and not self._due_now():
                     return
                 if slots is None:  # sequential: one (a batch: up to `most`) at a time
+                    if self.chunked:
+                        self._start_chunk(self.most)
+                        continue
                     self._start(self._take())
                     while pending and self.running < self.most and self._head_due():
                         self._start(self._take())
@@ -139,6 +125,9 @@ class Lane:
                         self.waiting = True
                         slots.waiting.append(self)
                     return
+                if self.chunked:
+                    self._start_chunk(min(slots.free, self.most))
+                    continue
                 slots.free -= 1
                 record = self._take()
                 if self.keyed:
@@ -207,22 +196,39 @@ class Lane:
         if not counted:
             self.running += 1
             self.group.running += 1
-        coro = self._run(record)
+        self._spawn(self._run(record), 1)
+
+    def _start_chunk(self, most: int) -> None:
+        """Start the next kept record (due) and those due after it, `most` at most, as one chunk."""
+        chunk = [self._take()]
+        while self.pending and len(chunk) < most and self._head_due():
+            chunk.append(self._take())
+        n = len(chunk)
+        self.running += n
+        self.group.running += n
+        if self.slots is not None:
+            self.slots.free -= n
+        self._spawn(self._run_chunk(chunk), n)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None], n: int) -> None:
         if _EAGER:
             task: asyncio.Task[None] = asyncio.Task(coro, loop=self._loop, eager_start=True)  # type: ignore[call-arg, arg-type, unused-ignore]
         else:
             task = asyncio.ensure_future(coro)
         if not task.done():  # it waits: the drain may have to cancel it
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.tasks[task] = n
+            task.add_done_callback(self.tasks.pop)
 
-    async def _run(self, record: Any) -> None:
-        """One delivery, settled as soon as it ends, inside its own task: a done-callback would run
-        only after every task ready on the loop, and with handlers keeping the loop busy the commit
-        would wait for all of them (tests/chaos/test_commit_lag.py)."""
+    async def _run(self, record: Any, rest: Awaitable[bool] | None = None) -> None:
+        """One delivery (or the `rest` of one begun in a chunk), settled as soon as it ends, inside
+        its own task: a done-callback would run only after every task ready on the loop, and with
+        handlers keeping the loop busy the commit would wait for all of them
+        (tests/chaos/test_commit_lag.py)."""
         ok = False
         try:
-            ok = bool(await self.group.handle(record, self.plan, self.lost))
+            if rest is None:
+                rest = self.group.handle(record, self.plan, self.lost)
+            ok = bool(await rest)
         except asyncio.CancelledError:  # the drain deadline: delivered again later
             self.settle(record, False)
             raise
@@ -236,16 +242,47 @@ class Lane:
             )
         self.settle(record, ok)
 
+    async def _run_chunk(self, records: list[Any]) -> None:
+        """A chunk of a batch topic's records in one call. Those its answer finished settle at once,
+        inside this task (as in `_run`); each of the others (a retry, a dead letter, a drop, a
+        redelivery) goes on in a task of its own and settles when it ends, so a slow one holds
+        back no other record. All are given up when the call failed or was cancelled."""
+        assert self.group.handle_batch is not None
+        try:
+            outcomes = await self.group.handle_batch(records, self.plan, self.lost)
+        except asyncio.CancelledError:  # the drain deadline: delivered again later
+            self._settle_chunk(records, [])
+            raise
+        except Exception:  # a bug in the handling: left uncommitted, delivered again later
+            log.exception(
+                "consumer group %r: a chunk of %s[%d] failed", self.group.group_id, *self.tp
+            )
+            self._settle_chunk(records, [])
+            return
+        now = [(r, o) for r, o in zip(records, outcomes) if isinstance(o, bool)]
+        if now:
+            self._settle_chunk([r for r, _ in now], [o for _, o in now])
+        for record, outcome in zip(records, outcomes):
+            if not isinstance(outcome, bool):
+                self._spawn(self._run(record, outcome), 1)
+
+    def _settle_chunk(self, records: list[Any], oks: list[bool]) -> None:
+        """As `settle` for each record of a chunk (`oks`: theirs; missing: given up), at once."""
+        n = len(records)
+        self.running -= n
+        self.group.running -= n
+        if any([self.source.settled(self.tp, r.offset()) for r, ok in zip(records, oks) if ok]):
+            self._window_check()
+        if self.slots is not None:
+            self.slots.release(self, n)
+        self._next()
+
     def settle(self, record: Any, ok: bool) -> None:
         """`record` finished (`ok`: committable) or was given up; start what may start now."""
         self.running -= 1
         self.group.running -= 1
         if ok and self.source.settled(self.tp, record.offset()):  # also while draining
-            if (
-                "window" in self.pause_reasons
-                and self.source.open_count(self.tp) <= UNCOMMITTED_WINDOW * self.bound // 2
-            ):
-                self.unpause("window")
+            self._window_check()
         if self.keyed:
             key = record.key()
             queue = self.behind.get(key)
@@ -262,11 +299,21 @@ class Lane:
             self.behind.pop(key, None)
         if self.slots is not None:
             self.slots.release(self)
+        self._next()
+
+    def _next(self) -> None:  # after a settlement: wake the drain, or start what may start now
         if self.lost.is_set():
             if self.running == 0 and self._idle is not None and not self._idle.done():
                 self._idle.set_result(None)
         elif self.pending and not self._pumping:
             self.pump()
+
+    def _window_check(self) -> None:
+        if (
+            "window" in self.pause_reasons
+            and self.source.open_count(self.tp) <= UNCOMMITTED_WINDOW * self.bound // 2
+        ):
+            self.unpause("window")
 
     def _pumping_ready(self) -> None:
         """Start the key successors waiting in `_ready` (also while draining)."""
@@ -312,7 +359,7 @@ class Lane:
 
     async def drain(self, timeout: float) -> int:
         """Stop starting records; let those running finish within `timeout`, then cancel the rest.
-        Returns how many were abandoned at the deadline."""
+        Returns how many records were abandoned at the deadline (a chunk's: all of them)."""
         self.lost.set()
         self.pending.clear()
         if self._timer is not None:
@@ -333,7 +380,7 @@ class Lane:
             return 0
         except TimeoutError:
             pass
-        late = list(self.tasks)
+        late, abandoned = list(self.tasks), sum(self.tasks.values())
         for queue in self.behind.values():
             self._give_up(queue)
         for task in late:
@@ -343,4 +390,4 @@ class Lane:
         if self.running:  # a task cancelled before its first step never settled its record
             self.group.running -= self.running
             self.running = 0
-        return len(late)
+        return abandoned

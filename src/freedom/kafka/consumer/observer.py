@@ -20,7 +20,7 @@ from freedom.observability.tracing import record_trace_id
 if TYPE_CHECKING:
     from freedom.config.models import ConsumerClientConfig
     from freedom.kafka.consumer.delivery import DeliveryResult
-    from freedom.kafka.consumer.plan import Handler, TopicPlan
+    from freedom.kafka.consumer.plan import BatchHandler, Handler, TopicPlan
     from freedom.kafka.consumer.retry import Copy, Plan
 
 
@@ -41,6 +41,11 @@ class ProxyObserver:
         """The group's per-record call: `handle` itself, or inside the record's `process` span
         when a tracer records spans (the chain is made once, when the group is made)."""
         return _traced(handle, group_id) if spans.tracer() is not None else handle
+
+    def around_batch(self, handle_batch: BatchHandler) -> BatchHandler | None:
+        """The group's per-chunk call for batch topics: `handle_batch`, or None when a tracer
+        records spans (each record then goes the per-record way, inside its own `process` span)."""
+        return handle_batch if spans.tracer() is None else None
 
     def delivered(
         self, record: Any, plan: TopicPlan, result: DeliveryResult, step: Plan, seconds: float

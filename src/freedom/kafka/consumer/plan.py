@@ -1,4 +1,5 @@
-"""What a consumer group is told about each subscribed topic, and the call it makes per record."""
+"""What a consumer group is told about each subscribed topic, and the calls it makes per record
+(and per chunk of a batch topic's records)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ class TopicPlan:
 #: (delivered, or acknowledged on its retry or dead-letter topic), False when it was given up
 #: because its partition went away (`lost` is set then).
 Handler = Callable[[Any, TopicPlan, asyncio.Event], Awaitable[bool]]
+
+#: `handle_batch(records, plan, lost)`: as `Handler` for several records of one partition of a
+#: batch topic at once (lanes.py); one bool per record, in order.
+BatchHandler = Callable[
+    [list[Any], TopicPlan, asyncio.Event], Awaitable[list[bool | Awaitable[bool]]]
+]
 
 
 async def wait_event(event: asyncio.Event, seconds: float) -> bool:

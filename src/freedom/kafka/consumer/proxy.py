@@ -27,7 +27,9 @@ commit rule").
   commit passes it once that copy is acknowledged.
 
 Fetching, the delivery modes, flow control and commits are group.py's; the call to the service is
-the transport's (delivery.py, transports/).
+the transport's (delivery.py, transports/). A batch topic's records come by chunks to
+`_handle_batch` (batch_path.py): prepared as here, delivered in one call of the Batcher, and those
+whose answer is not plainly done go on alone through `_attempts` and `_forward`.
 """
 
 from __future__ import annotations
@@ -35,20 +37,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import replace
 from typing import Any
 
 from freedom.config.librdkafka import CONSUMER_DEFAULTS
 from freedom.config.models import ConsumerClientConfig
+from freedom.kafka.consumer import batch_path
 from freedom.kafka.consumer.backpressure import Gate
 from freedom.kafka.consumer.batching import Batcher
 from freedom.kafka.consumer.clients import KafkaClients, ProxyClients
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
 from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan, wait_event
-from freedom.kafka.consumer.keys import record_key
+from freedom.kafka.consumer.keys import EventId, record_key
 from freedom.kafka.consumer.keys import where as _where
 from freedom.kafka.consumer.observer import ProxyObserver
-from freedom.kafka.consumer.replays import ReplayCheck, claim_of
+from freedom.kafka.consumer.replays import Claim, ReplayCheck, claim_of
 from freedom.kafka.consumer.retry import (
     Copy,
     Plan,
@@ -140,7 +144,8 @@ class ConsumerProxy:
         fetch_batch: int,
     ) -> ConsumerGroup:
         """One consumer group of this proxy: its source from the clients, its handler in the
-        observer's chain (a `process` span around each record when spans are recorded)."""
+        observer's chain (a `process` span around each record when spans are recorded), and its
+        batch handler (none when spans are recorded: each record keeps its span)."""
         source = self.clients.source(
             group_id,
             self.observer.consumer_settings(group_id, self.settings),
@@ -153,6 +158,7 @@ class ConsumerProxy:
             source,
             plans,
             self.observer.around(self._handle, group_id),
+            handle_batch=self.observer.around_batch(self._handle_batch),
             delay_sec=delay_sec,
             drain_timeout=self.config.drain_timeout_sec,
             fetch_batch=fetch_batch,
@@ -228,22 +234,11 @@ class ConsumerProxy:
 
     async def _handle(self, record: Any, plan: TopicPlan, lost: asyncio.Event) -> bool:
         """Deliver one record and settle it; True when it may be committed, False when given up."""
-        if not self._service_up.is_set():
-            waiter = asyncio.ensure_future(self._service_up.wait())
-            lost_waiter = asyncio.ensure_future(lost.wait())
-            await asyncio.wait({waiter, lost_waiter}, return_when=asyncio.FIRST_COMPLETED)
-            waiter.cancel()
-            lost_waiter.cancel()
-            if lost.is_set():
-                return False
-        from_retry_topic = record.topic() != plan.source_topic
-        n, note = self._retry_count(record) if from_retry_topic else (0, None)
-        key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
-        headers = record.headers() or []
-        if not key.proxy_written:  # a main topic's: its replay headers count only when proven
-            claim = claim_of(headers, self.router.fail_topic(plan.source_topic))
-            if claim is not None:
-                key.verified_replay = await self.replays.verified(record, claim, plan.source_topic)
+        if not self._service_up.is_set() and not await self._service_ready(lost):
+            return False
+        n, note, key, headers, claim = self._prepare(record, plan)
+        if claim is not None:
+            key.verified_replay = await self.replays.verified(record, claim, plan.source_topic)
         guard = self._guards.get(plan.source_topic)
         if guard is None:
             attempt = await self._attempts(record, plan, lost, key, headers, n)
@@ -256,6 +251,36 @@ class ConsumerProxy:
             record, plan, step, n, result, lost, where, note=note, replay=key.verified_replay
         )
 
+    async def _handle_batch(
+        self, records: list[Any], plan: TopicPlan, lost: asyncio.Event
+    ) -> list[bool | Awaitable[bool]]:
+        """Deliver a chunk of a batch topic's records (batch_path.py): for each, whether its
+        answer finished it, or the rest of its way."""
+        return await batch_path.handle_batch(self, records, plan, lost)
+
+    async def _service_ready(self, lost: asyncio.Event) -> bool:
+        """Wait until the service is up (True) or the partition goes away (False)."""
+        waiter = asyncio.ensure_future(self._service_up.wait())
+        lost_waiter = asyncio.ensure_future(lost.wait())
+        await asyncio.wait({waiter, lost_waiter}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        lost_waiter.cancel()
+        return not lost.is_set()
+
+    def _prepare(
+        self, record: Any, plan: TopicPlan
+    ) -> tuple[int, str | None, EventId, Any, Claim | None]:
+        """What a delivery of `record` needs: its retry count (and a note when its header is
+        malformed), its key, its headers, and the replay claim to verify (main topics only)."""
+        from_retry_topic = record.topic() != plan.source_topic
+        n, note = self._retry_count(record) if from_retry_topic else (0, None)
+        key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
+        headers = record.headers() or []
+        claim = None
+        if not key.proxy_written:  # a main topic's: its replay headers count only when proven
+            claim = claim_of(headers, self.router.fail_topic(plan.source_topic))
+        return n, note, key, headers, claim
+
     async def _attempts(
         self,
         record: Any,
@@ -266,56 +291,61 @@ class ConsumerProxy:
         n: int,
         timer: asyncio.Timeout | None = None,
         guard: float = 0.0,
+        first: tuple[DeliveryResult, Plan] | None = None,
     ) -> bool | tuple[DeliveryResult, Plan, str]:
         """Deliver `record` until it is done (True), given up (False: its partition went away), or
         goes to its retry or dead-letter topic: then the last result, the step and the record's name.
-        `timer`: the head-of-line guard's, started (`guard` seconds) when the first delivery starts."""
+        `timer`: the head-of-line guard's, started (`guard` seconds) when the first delivery starts.
+        `first`: the result and step of a first delivery made already (and observed): a batch's."""
         gate = self.gates.get(plan.source_topic)
         held = 0.0  # the Retry-After pauses this record's own answers asked for
         backoff = 0.5
         traced = False  # a handler's traceback was logged (redelivered in place: the first only)
         while True:
-            if gate is not None and not gate.free() and not await gate.enter(lost):
-                return False
-            if timer is not None and timer.when() is None:
-                timer.reschedule(asyncio.get_running_loop().time() + guard)
-            started = time.perf_counter()
-            if gate is not None:
-                try:
-                    result = await self.delivery.deliver(
-                        plan.route, key, record.value() or b"", headers, n
-                    )
-                finally:
-                    gate.leave()
-                if (
-                    result.retry_after is not None
-                    and result.outcome is None
-                    and gate.backpressure_max_sec > 0
-                ):
-                    wait = gate.pause(
-                        result.retry_after
-                    )  # the whole topic waits, whatever this record does next
-                    if held + wait <= gate.backpressure_max_sec:
-                        held += wait
-                        self.observer.delivered(
-                            record, plan, result, _HELD, time.perf_counter() - started
+            if first is not None:  # a batch's answer for this record, observed there
+                (result, step), first = first, None
+            else:
+                if gate is not None and not gate.free() and not await gate.enter(lost):
+                    return False
+                if timer is not None and timer.when() is None:
+                    timer.reschedule(asyncio.get_running_loop().time() + guard)
+                started = time.perf_counter()
+                if gate is not None:
+                    try:
+                        result = await self.delivery.deliver(
+                            plan.route, key, record.value() or b"", headers, n
                         )
-                        log.info(
-                            "%s answered %s with Retry-After: %s waits %.1f s, then it is delivered again "
-                            "(not a failed attempt; %.0f of backpressure_max_sec = %g s used)",
-                            plan.route.path,
-                            result.describe(),
-                            plan.source_topic,
-                            wait,
-                            held,
-                            gate.backpressure_max_sec,
-                            extra=self.observer.log_fields(record, "backpressure"),
-                        )
-                        continue
-            else:  # a batch topic's record: in its topic's next batch; it settles on its own all the same
-                result = await self.batcher.deliver(record, plan, key, headers, n)
-            step = self.router.plan(plan.source_topic, n, result)
-            self.observer.delivered(record, plan, result, step, time.perf_counter() - started)
+                    finally:
+                        gate.leave()
+                    if (
+                        result.retry_after is not None
+                        and result.outcome is None
+                        and gate.backpressure_max_sec > 0
+                    ):
+                        wait = gate.pause(
+                            result.retry_after
+                        )  # the whole topic waits, whatever this record does next
+                        if held + wait <= gate.backpressure_max_sec:
+                            held += wait
+                            self.observer.delivered(
+                                record, plan, result, _HELD, time.perf_counter() - started
+                            )
+                            log.info(
+                                "%s answered %s with Retry-After: %s waits %.1f s, then it is delivered again "
+                                "(not a failed attempt; %.0f of backpressure_max_sec = %g s used)",
+                                plan.route.path,
+                                result.describe(),
+                                plan.source_topic,
+                                wait,
+                                held,
+                                gate.backpressure_max_sec,
+                                extra=self.observer.log_fields(record, "backpressure"),
+                            )
+                            continue
+                else:  # a batch topic's record: in its topic's next batch; it settles on its own all the same
+                    result = await self.batcher.deliver(record, plan, key, headers, n)
+                step = self.router.plan(plan.source_topic, n, result)
+                self.observer.delivered(record, plan, result, step, time.perf_counter() - started)
             where = _where(record, key) if step.next != "done" or result.outcome == "drop" else ""
             if step.next == "done":
                 if result.outcome == "drop":
