@@ -275,8 +275,20 @@ class ConsumerClientConfig(ClientConfig):
     group_id: str = Field(
         default="freedom", description="The consumer group; unique among the consumer clients."
     )
+    share_group: bool = Field(
+        default=False,
+        description=(
+            "Read as a Kafka share group (Apache Kafka 4.2 or later, docs/share-groups.md): "
+            "`group_id` names the share group, members share partitions, each record is "
+            'acknowledged on its own, in no order; `mode` is "concurrent".'
+        ),
+    )
     initial_offset: str = Field(
-        default="latest", description='Where a new group starts: "latest" or "earliest".'
+        default="latest",
+        description=(
+            'Where a new group starts: "latest" or "earliest" (a share group\'s '
+            '`share.auto.offset.reset`, "earliest" when not given).'
+        ),
     )
     retry_count: int = Field(
         default=0,
@@ -377,6 +389,8 @@ class ConsumerClientConfig(ClientConfig):
         if retries and self.retry_group_id == self.group_id:
             raise Problem("retry_group_id", "must differ from group_id")
         check_pressure(self)
+        if self.share_group:
+            self._check_share()
         guarded = [
             (("head_of_line_timeout_sec",), self.head_of_line_timeout_sec),
             *(
@@ -397,6 +411,28 @@ class ConsumerClientConfig(ClientConfig):
                 if name not in topic.given:
                     setattr(topic, name, getattr(self, name))
         return self
+
+    def _check_share(self) -> None:
+        """A share group hands each record to whichever member acquires it, in no order: its mode
+        is concurrent (the default here); a new group starts at the earliest record unless told."""
+        unordered = (
+            "a share group delivers records in no order (each to the member that acquires it): "
+            'use "concurrent" or leave mode out, or use a classic group (share_group = false), got "{}"'
+        )
+        if "mode" in self.model_fields_set and self.mode != "concurrent":
+            raise Problem("mode", unordered.format(self.mode))
+        self.mode = "concurrent"
+        for name, topic in self.topics.items():
+            if "mode" in topic.given and topic.mode != "concurrent":
+                raise Problem(("topics", name, "mode"), unordered.format(topic.mode))
+        if "initial_offset" not in self.model_fields_set:
+            self.initial_offset = "earliest"
+        if self.retry_count == 0 and not self.retry_fail_prefix:
+            raise Problem(
+                "retry_fail_prefix",
+                "a share group needs a dead-letter topic (or retry_count > 0): the broker "
+                "archives a record it has handed out share.delivery.count.limit times",
+            )
 
     def consume_config(self, topic: str) -> TopicConsumeConfig:
         """How `topic` is delivered: its `[consumer_clients.topics."T"]` table (what it leaves out

@@ -224,3 +224,66 @@ def _create_missing(
     if created:
         log.info("created topics %s", ", ".join(created))
     return created
+
+
+class ShareGroupsUnavailable(FreedomError):
+    """The cluster cannot serve a configured share group, or refused its configuration."""
+
+
+#: The share-group configs freedom reads at start-up (KIP-932's group configs).
+SHARE_RESET = "share.auto.offset.reset"
+SHARE_LOCK_MS = "share.record.lock.duration.ms"
+SHARE_DELIVERY_LIMIT = "share.delivery.count.limit"
+
+#: What the start-up check says a share group needs.
+NEEDS_SHARE_GROUPS = "Apache Kafka 4.2 or later with share groups enabled (share.version >= 1)"
+
+
+def configure_share_group(
+    settings: dict[str, Any], group_id: str, offset_reset: str, lock_ms: int, timeout: float = 15.0
+) -> dict[str, str]:
+    """Set a share group's `share.auto.offset.reset` and raise its acquisition lock to `lock_ms`
+    when it is shorter (a lock longer than asked is kept), then return the group's configs.
+
+    A cluster without share groups refuses the group's config resource: ShareGroupsUnavailable,
+    one line naming what is needed. So does a lock above the broker's maximum
+    (`group.share.max.record.lock.duration.ms`)."""
+    from confluent_kafka.admin import (  # type: ignore[attr-defined]
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+    )
+
+    servers = settings.get("bootstrap.servers")
+    admin = _admin(settings)
+    resource = ConfigResource(ConfigResource.Type.GROUP, group_id)
+
+    def read() -> dict[str, str]:
+        found = admin.describe_configs([resource], request_timeout=timeout)[resource]
+        return {e.name: e.value for e in found.result(timeout).values() if e.value is not None}
+
+    try:
+        current = read()
+        wanted = [
+            ConfigEntry(SHARE_RESET, offset_reset, incremental_operation=AlterConfigOpType.SET)
+        ]
+        lock_now = int(current.get(SHARE_LOCK_MS, "0") or 0)
+        if lock_now < lock_ms:
+            wanted.append(
+                ConfigEntry(
+                    SHARE_LOCK_MS, str(lock_ms), incremental_operation=AlterConfigOpType.SET
+                )
+            )
+        target = ConfigResource(ConfigResource.Type.GROUP, group_id, incremental_configs=wanted)
+        for future in admin.incremental_alter_configs([target], request_timeout=timeout).values():
+            future.result(timeout)
+        return read()
+    except confluent_kafka.KafkaException as exc:
+        err = exc.args[0]
+        text = " ".join(scrub(err.str() if hasattr(err, "str") else str(err), settings).split())
+        raise ShareGroupsUnavailable(
+            f'share group "{group_id}" at {servers}: the cluster refused its configuration '
+            f"({text}); a share group needs {NEEDS_SHARE_GROUPS}, and an acquisition lock of "
+            f"{lock_ms} ms (the longest delivery_timeout_sec of its topics plus 5 s) within the "
+            "broker's group.share.max.record.lock.duration.ms"
+        ) from None

@@ -185,6 +185,8 @@ class KafkaInfra:
         """Start the clients; `app` is the ASGI application in-process delivery calls, and
         `direct_calls` the handlers it calls directly (`inprocess_dispatch = "direct"`)."""
         cfg = self.config
+        if self.use_embedded and cfg.consumer.open:
+            _refuse_share_groups_on_embedded(cfg)
         if self.use_embedded:
             from freedom.kafka.embedded import broker_for
 
@@ -289,3 +291,16 @@ class KafkaInfra:
         if self.embedded is not None:
             await asyncio.to_thread(self.embedded.stop)
             self.embedded = None
+
+
+def _refuse_share_groups_on_embedded(cfg: KafkaConfig) -> None:
+    """The embedded broker has no share groups (its client would wait for records forever)."""
+    from freedom.kafka.admin import NEEDS_SHARE_GROUPS, ShareGroupsUnavailable
+
+    for i, client in enumerate(cfg.consumer_clients):
+        if client.share_group:
+            raise ShareGroupsUnavailable(
+                f"{cfg.file}: consumer_clients[{i}].share_group: the embedded broker has no share "
+                f"groups; a share group needs {NEEDS_SHARE_GROUPS}: give the client its `servers`, "
+                "or remove share_group"
+            )

@@ -189,6 +189,20 @@ def plan(kafka: KafkaConfig, embedded: Located | None = None) -> list[ProxyPlan]
                 'freedom proxy reads from a cluster: give its servers, like ["kafka:9092"], or '
                 f"run freedom broker for this config directory{why}",
             )
+        if client.share_group and client.servers is None:
+            raise ConfigError(
+                kafka.file,
+                f"consumer_clients[{index}].share_group",
+                "the embedded broker has no share groups; a share group needs Apache Kafka 4.2 "
+                "or later with share groups enabled: give the client its `servers`",
+            )
+        if client.share_group and sub.mode not in (None, "concurrent"):
+            raise ConfigError(
+                kafka.file,
+                f"subscriptions[{kafka.subscriptions.index(sub)}].mode",
+                "a share group delivers records in no order (each to the member that acquires "
+                f'it): use "concurrent" or leave mode out, got "{sub.mode}"',
+            )
         retries = sub.retry_count if sub.retry_count is not None else client.retry_count
         interval = (
             sub.retry_interval_sec

@@ -21,6 +21,10 @@ EVENT_ID_HEADER = "x-freedom-event-id"  # a unique id per domain event
 MESSAGE_KEY_HEADER = "x-message-key"  # the record key (the event id), seed's name
 RETRY_COUNT_HEADER = "x-retry-count"  # 0 from the main topic, n on the n-th retry (seed's name)
 SECRET_HEADER = "x-freedom-secret"  # the shared secret authenticating deliveries (security.py)
+#: A share group's record only (docs/share-groups.md): how many times the broker has handed the
+#: record to a member, this delivery included (1 the first time; 2 or more after a member crashed
+#: holding it, or released it).
+DELIVERY_COUNT_HEADER = "x-delivery-count"
 #: How long the handler has, in milliseconds from when the request arrives (a relative budget, as
 #: gRPC's `grpc-timeout`, so the clocks need not agree): the topic's `delivery_timeout_sec`. freedom's
 #: event routes cancel the handler when it runs out and answer 504 (freedom/web/deadline.py).
@@ -130,7 +134,13 @@ def header_key(name: str) -> str:
 _HEADER_NAME = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 # Names the consumer proxy sets itself, or does not forward: a record header with one of them
 # would never reach the handler as given.
-_PROXY_HEADERS = {MESSAGE_KEY_HEADER, RETRY_COUNT_HEADER, SECRET_HEADER, DEADLINE_HEADER}
+_PROXY_HEADERS = {
+    MESSAGE_KEY_HEADER,
+    RETRY_COUNT_HEADER,
+    SECRET_HEADER,
+    DEADLINE_HEADER,
+    DELIVERY_COUNT_HEADER,
+}
 _HOP_BY_HOP = {
     "content-length",
     "transfer-encoding",

@@ -15,7 +15,7 @@ from typing import Any, Protocol
 from freedom.kafka.admin import ensure_topics
 from freedom.kafka.consumer.replays import DeadLetterSource
 from freedom.kafka.consumer.retry import ProducerClient, RetryProducer
-from freedom.kafka.consumer.sources import RecordSource
+from freedom.kafka.consumer.sources import RecordSource, ShareTerms
 
 
 class ProxyClients(Protocol):
@@ -29,7 +29,10 @@ class ProxyClients(Protocol):
         *,
         initial_offset: str,
         drain_timeout: float,
-    ) -> RecordSource: ...
+        share: ShareTerms | None = None,
+    ) -> RecordSource:
+        """The group's source: a classic consumer group, or with `share` a share group."""
+        ...
 
     def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient: ...
 
@@ -51,7 +54,19 @@ class KafkaClients:
         *,
         initial_offset: str,
         drain_timeout: float,
+        share: ShareTerms | None = None,
     ) -> RecordSource:
+        if share is not None:
+            from freedom.kafka.consumer.sources.share import ShareSource
+
+            return ShareSource(
+                group_id,
+                settings,
+                topics,
+                share,
+                initial_offset=initial_offset,
+                drain_timeout=drain_timeout,
+            )
         from freedom.kafka.consumer.sources.kafka import KafkaSource
 
         return KafkaSource(

@@ -37,6 +37,7 @@ from freedom.wire.encoding import (
 from freedom.wire.headers import (
     CONTROL_HEADERS,
     DEADLINE_HEADER,
+    DELIVERY_COUNT_HEADER,
     MESSAGE_KEY_HEADER,
     OUTCOME_HEADER,
     REPLAY_HEADERS,
@@ -89,6 +90,7 @@ PROXY_SET = frozenset(
         KEY_HEADER,
         ENCODED_HEADER,
         DEADLINE_HEADER,
+        DELIVERY_COUNT_HEADER,
     }
 )
 #: On a record read from a main topic the control headers (the reason, omission and replay headers,
@@ -175,6 +177,7 @@ _ENCODED = ENCODED_HEADER.encode()
 _MESSAGE_KEY = MESSAGE_KEY_HEADER.encode()
 _KEY = KEY_HEADER.encode()
 _RETRY_COUNT = RETRY_COUNT_HEADER.encode()
+_DELIVERY_COUNT = DELIVERY_COUNT_HEADER.encode()
 # Values that repeat from delivery to delivery, made once: retry counts, deadlines in ms (bounded).
 _COUNTS = [str(n).encode() for n in range(101)]  # retry_count is at most 100
 _DEADLINES: dict[float, bytes] = {}
@@ -342,6 +345,8 @@ def request_headers(
             _COUNTS[retry_count] if 0 <= retry_count <= 100 else str(retry_count).encode(),
         )
     )
+    if eid.delivery_count is not None:
+        out.append((_DELIVERY_COUNT, str(eid.delivery_count).encode()))
     if deadline is not None:
         ms = _DEADLINES.get(deadline)
         if ms is None:

@@ -35,12 +35,16 @@ class EventId(str):
     #: A main-topic record whose replay headers the proxy checked against the dead letter they
     #: name (replays.py): those are freedom's own and travel on; set by the proxy.
     verified_replay: bool
+    #: A share group's record: how many times the broker has handed it out (`x-delivery-count`);
+    #: None for a classic group's. Set by the proxy.
+    delivery_count: int | None
 
     def __new__(cls, text: str, key: bytes | None, proxy_written: bool = False) -> EventId:
         self = super().__new__(cls, text)
         self.key = key
         self.proxy_written = proxy_written
         self.verified_replay = False
+        self.delivery_count = None
         return self
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import itertools
 import logging
 import sys
 from collections.abc import Awaitable, Coroutine
@@ -273,6 +274,10 @@ class Lane:
         self.group.running -= n
         if any([self.source.settled(self.tp, r.offset()) for r, ok in zip(records, oks) if ok]):
             self._window_check()
+        if len(oks) < n or not all(oks):
+            for record, ok in itertools.zip_longest(records, oks[:n]):
+                if not ok:
+                    self.source.abandoned(self.tp, record.offset())
         if self.slots is not None:
             self.slots.release(self, n)
         self._next()
@@ -281,8 +286,11 @@ class Lane:
         """`record` finished (`ok`: committable) or was given up; start what may start now."""
         self.running -= 1
         self.group.running -= 1
-        if ok and self.source.settled(self.tp, record.offset()):  # also while draining
-            self._window_check()
+        if ok:
+            if self.source.settled(self.tp, record.offset()):  # also while draining
+                self._window_check()
+        else:
+            self.source.abandoned(self.tp, record.offset())
         if self.keyed:
             key = record.key()
             queue = self.behind.get(key)
@@ -361,6 +369,8 @@ class Lane:
         """Stop starting records; let those running finish within `timeout`, then cancel the rest.
         Returns how many records were abandoned at the deadline (a chunk's: all of them)."""
         self.lost.set()
+        for record in self.pending:  # never started: a share group releases them at once
+            self.source.abandoned(self.tp, record.offset())
         self.pending.clear()
         if self._timer is not None:
             self._timer.cancel()

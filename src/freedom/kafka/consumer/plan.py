@@ -19,6 +19,9 @@ class TopicPlan:
     source_topic: str  # the listened topic T (for a retry topic: the topic it retries)
     mode: str = "sequential"
     max_in_flight: int = 500
+    #: Read by a share group (sources/share.py): a failure redelivered in place is released to the
+    #: group instead, and dead-lettered once the broker's delivery count reaches its limit.
+    shared: bool = False
 
 
 #: `handle(record, plan, lost)`: deliver one record and settle it; True once it is finished

@@ -61,6 +61,7 @@ from freedom.kafka.consumer.retry import (
     header_value,
     retry_count_of,
 )
+from freedom.kafka.consumer.sources import SHARE_LOCK_MARGIN_SEC, ShareTerms
 from freedom.observability.failures import log_with_traceback
 from freedom.wire.headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 
@@ -113,9 +114,22 @@ class ConsumerProxy:
                     self._guards[t] = c.head_of_line_timeout_sec
         self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
         self.batcher = Batcher(delivery)  # topics bound with listen_event(..., batch=): batching.py
-        main_plans = {t: self._plan(t, route) for t, route in routes.items()}
+        main_plans = {
+            t: self._plan(t, route, shared=config.share_group) for t, route in routes.items()
+        }
+        share = None
+        if config.share_group:
+            share = ShareTerms(
+                lock_sec=max(p.route.timeout_sec or 0.0 for p in main_plans.values())
+                + SHARE_LOCK_MARGIN_SEC,
+                max_records=max(
+                    1, min(fetch_batch, *(p.max_in_flight for p in main_plans.values()))
+                ),
+            )
         self.groups = [
-            self._group(config.group_id, main_plans, config.initial_offset, None, fetch_batch)
+            self._group(
+                config.group_id, main_plans, config.initial_offset, None, fetch_batch, share
+            )
         ]
         if config.retry_count > 0:
             retry_plans = {
@@ -142,6 +156,7 @@ class ConsumerProxy:
         initial_offset: str,
         delay_sec: float | None,
         fetch_batch: int,
+        share: ShareTerms | None = None,
     ) -> ConsumerGroup:
         """One consumer group of this proxy: its source from the clients, its handler in the
         observer's chain (a `process` span around each record when spans are recorded), and its
@@ -152,6 +167,7 @@ class ConsumerProxy:
             list(plans),
             initial_offset=initial_offset,
             drain_timeout=self.config.drain_timeout_sec,
+            share=share,
         )
         return ConsumerGroup(
             group_id,
@@ -164,7 +180,7 @@ class ConsumerProxy:
             fetch_batch=fetch_batch,
         )
 
-    def _plan(self, topic: str, route: EventRoute) -> TopicPlan:
+    def _plan(self, topic: str, route: EventRoute, *, shared: bool = False) -> TopicPlan:
         c = self.config.consume_config(topic)
         return TopicPlan(
             # The route carries the topic's deadline to the transport (x-freedom-timeout-ms).
@@ -172,6 +188,7 @@ class ConsumerProxy:
             source_topic=topic,
             mode=c.mode,
             max_in_flight=c.max_in_flight,
+            shared=shared,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -275,6 +292,8 @@ class ConsumerProxy:
         from_retry_topic = record.topic() != plan.source_topic
         n, note = self._retry_count(record) if from_retry_topic else (0, None)
         key = record_key(record, from_retry_topic, dead_letter_prefix=self.config.retry_fail_prefix)
+        if plan.shared:
+            key.delivery_count = record.delivery_count()
         headers = record.headers() or []
         claim = None
         if not key.proxy_written:  # a main topic's: its replay headers count only when proven
@@ -356,6 +375,17 @@ class ConsumerProxy:
                         extra=self.observer.log_fields(record, "dropped"),
                     )
                 return True
+            if step.next == "redeliver" and plan.shared:
+                released = await self._release_failed(record, plan, lost, result, key)
+                if released is not None:
+                    return released
+                step = Plan(
+                    "dead-letter",
+                    self.router.fail_topic(plan.source_topic),
+                    not_retried=f"delivered {record.delivery_count()} times, the share group's limit "
+                    "(share.delivery.count.limit)",
+                )
+                return result, step, where or _where(record, key)
             if step.next == "redeliver":
                 if lost.is_set():
                     return False
@@ -379,6 +409,40 @@ class ConsumerProxy:
                 backoff = min(backoff * 2, MAX_BACKOFF_SEC)
                 continue
             return result, step, where
+
+    async def _release_failed(
+        self,
+        record: Any,
+        plan: TopicPlan,
+        lost: asyncio.Event,
+        result: DeliveryResult,
+        key: str,
+    ) -> bool | None:
+        """A share group's record that failed with no retry topic (retry_count = 0): instead of
+        holding it for a delivery in place, release it after a backoff (False: the group delivers
+        it again, to any member, with a higher delivery count), or None once its delivery count
+        reaches the group's limit: the broker would archive it, so it goes to its dead-letter topic."""
+        count = record.delivery_count() or 1
+        limit = getattr(self.groups[0].source, "delivery_limit", None)
+        if limit is not None and count >= limit:
+            return None
+        backoff = min(0.5 * 2 ** (count - 1), SHARE_LOCK_MARGIN_SEC / 2)  # within the lock
+        log_with_traceback(
+            log,
+            logging.WARNING,
+            result.trace,
+            "delivery of %s to %s failed: %s; released to the share group in %.1f s "
+            "(delivery %d of %s)",
+            _where(record, key),
+            plan.route.path,
+            result.describe(),
+            backoff,
+            count,
+            limit if limit is not None else "?",
+            extra=self.observer.log_fields(record, "redeliver"),
+        )
+        await wait_event(lost, backoff)
+        return False
 
     async def _guarded(
         self,

@@ -11,10 +11,12 @@ them. The port has two sides:
   acknowledged), `skip` (settled elsewhere already); plus the clock a retry group waits on.
 
 Sources today: the Kafka consumer group (sources/kafka.py, the only module that builds a
-confluent-kafka `Consumer`) and freedom.testing's in-memory broker. Both commit offsets, so both
-keep a :class:`~freedom.kafka.consumer.ledger.CommitLedger` (:class:`OffsetSource`). A source that
-acknowledges records one by one (a share group) implements `settled` as its acknowledgement and
-`open_count` as the records it holds unacknowledged.
+confluent-kafka `Consumer`), a Kafka share group (sources/share.py, the only one that builds a
+`ShareConsumer`) and freedom.testing's in-memory broker (both kinds). A classic group commits
+offsets, so its source keeps a :class:`~freedom.kafka.consumer.ledger.CommitLedger`
+(:class:`OffsetSource`); a share group acknowledges records one by one: `settled` is its ACCEPT,
+`abandoned` (a record given up: the drain deadline, a stop, a failure redelivered) its RELEASE, and
+`open_count` the records it holds unacknowledged.
 """
 
 from __future__ import annotations
@@ -22,9 +24,27 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from freedom.kafka.consumer.ledger import TP, CommitLedger
+
+#: How much longer than a delivery's deadline a share group's acquisition lock is at least: room
+#: for the answer, the retry or dead-letter copy and the acknowledgement after the deadline.
+SHARE_LOCK_MARGIN_SEC = 5.0
+
+
+@dataclass(frozen=True)
+class ShareTerms:
+    """What a share group's source needs beyond what a classic group's does."""
+
+    #: The shortest acquisition lock the group's deliveries need: the longest delivery deadline of
+    #: its topics plus a margin. A record must never be delivered twice at once; the source raises
+    #: the group's `share.record.lock.duration.ms` to this at start-up (or refuses to start).
+    lock_sec: float
+    #: The most records one fetch acquires (`max.poll.records`): the group's concurrency, since a
+    #: share consumer fetches again only once every record of its last fetch is acknowledged.
+    max_records: int
 
 
 class Sink(Protocol):
@@ -64,6 +84,8 @@ class RecordSource(Protocol):
 
     #: When the source's fetch loop last began a round (time.monotonic()), for /livez.
     last_round: float
+    #: A share group's source (records acknowledged one by one, unordered), not a classic group's.
+    shared: bool
 
     async def start(self, sink: Sink) -> None: ...
 
@@ -97,6 +119,11 @@ class RecordSource(Protocol):
         """The record finished; True when the partition's committed position moved."""
         ...
 
+    def abandoned(self, tp: TP, offset: int) -> None:
+        """The record was given up unfinished (the drain deadline, a failed handling): a classic
+        group delivers it again after a rebalance; a share group releases it to another member."""
+        ...
+
     def skip(self, tp: TP, offset: int) -> bool: ...
 
     def open_count(self, tp: TP) -> int: ...
@@ -115,6 +142,8 @@ class RecordSource(Protocol):
 class OffsetSource:
     """The settling half of a source that commits offsets: its :class:`CommitLedger`."""
 
+    shared = False
+
     def __init__(self) -> None:
         self.ledger = CommitLedger()
         self.last_round = time.monotonic()
@@ -125,6 +154,9 @@ class OffsetSource:
 
     def settled(self, tp: TP, offset: int) -> bool:
         return self.ledger.finish(tp, offset)
+
+    def abandoned(self, tp: TP, offset: int) -> None:
+        return None  # left uncommitted: delivered again after the next rebalance or restart
 
     def skip(self, tp: TP, offset: int) -> bool:
         return self.ledger.skip(tp, offset)
