@@ -264,6 +264,13 @@ def configure_share_group(
 
     try:
         current = read()
+        if SHARE_RESET not in current:
+            # Apache Kafka 4.x lists every share.* group config, defaults included, even for a
+            # group not made yet; a broker without share groups (the embedded one) lists none.
+            raise ShareGroupsUnavailable(
+                f'share group "{group_id}" at {servers}: the cluster has no share groups (it '
+                f"lists no share.* config for the group); a share group needs {NEEDS_SHARE_GROUPS}"
+            )
         wanted = [
             ConfigEntry(SHARE_RESET, offset_reset, incremental_operation=AlterConfigOpType.SET)
         ]

@@ -286,8 +286,9 @@ class ShareSource:
                 log.exception("share group %r: fetch failed; retrying", self.group_id)
                 self._stop.wait(1.0)
 
-    def _take_acks(self) -> bool:
-        """Apply the queued acknowledgements; True when nothing fetched is held any more."""
+    def _take_acks(self) -> tuple[bool, bool]:
+        """Apply the queued acknowledgements: whether nothing fetched is held any more, and
+        whether there were any."""
         with self._lock:
             acks, self._acks = self._acks, []
             idle = not self._held
@@ -304,23 +305,25 @@ class ShareSource:
                     record.offset(),
                     exc,
                 )
-        return idle
+        return idle, bool(acks)
 
     def _round(self, poll_timeout: float | None = None) -> None:
         self.last_round = time.monotonic()
         consumer, sink, loop = self._consumer, self._sink, self._loop
         assert consumer is not None and sink is not None and loop is not None
-        idle = self._take_acks()
+        idle, acked = self._take_acks()
         if not self._fetching:
             if self._fetch_stopped is not None and not self._fetch_stopped.done():
                 loop.call_soon_threadsafe(_resolve, self._fetch_stopped)
-            consumer.commit_async()
+            if acked:
+                consumer.commit_async()
             self._wake.wait(COMMIT_INTERVAL)
             self._wake.clear()
             return
         if not idle:
             # Records of the last fetch are still running: send what finished, wait for the rest.
-            consumer.commit_async()
+            if acked:
+                consumer.commit_async()
             self._wake.wait(max(COMMIT_INTERVAL, 0.05))
             self._wake.clear()
             return
@@ -366,7 +369,7 @@ class ShareSource:
             )
 
     def _close(self) -> None:
-        consumer, self._consumer = self._consumer, None
+        consumer = self._consumer
         if consumer is None:
             return
         with self._lock:
@@ -374,6 +377,7 @@ class ShareSource:
         for key in left:  # nothing may stay acquired by a member that leaves
             self._acknowledge(*key, _RELEASE)
         self._take_acks()
+        self._consumer = None
         try:
             consumer.commit_sync(self.drain_timeout)
         except confluent_kafka.KafkaException as exc:
