@@ -82,7 +82,15 @@ def test_freedom_run_refuses_a_share_group_on_the_embedded_broker_with_one_line(
         '[[producer_clients]]\n[[consumer_clients]]\ngroup_id = "g"\nshare_group = true\n',
     )
     proc = subprocess.run(
-        [sys.executable, "-m", "freedom", "run", "recording_service:app", "--config", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "freedom",
+            "run",
+            "recording_service:app",
+            "--config",
+            str(tmp_path),
+        ],
         cwd=SERVICES,
         capture_output=True,
         text=True,
@@ -94,3 +102,37 @@ def test_freedom_run_refuses_a_share_group_on_the_embedded_broker_with_one_line(
     assert "the embedded broker has no share groups" in errors[0]
     assert "consumer_clients[0].share_group" in errors[0]
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("client", "subscription", "key", "problem"),
+    [
+        (
+            'servers = [":9092"]\nshare_group = true',
+            'mode = "sequential"',
+            "subscriptions[0].mode",
+            "a share group delivers records in no order",
+        ),
+        (
+            "share_group = true",
+            "",
+            "consumer_clients[0].share_group",
+            "the embedded broker has no share groups",
+        ),
+    ],
+)
+def test_freedom_proxy_refuses_what_a_share_group_cannot_do(
+    tmp_path, client, subscription, key, problem
+):
+    from freedom.kafka.embedded import Located
+    from freedom.standalone.proxy import plan
+
+    text = (
+        f'[[consumer_clients]]\ngroup_id = "g"\n{client}\n'
+        f'[[subscriptions]]\ntopic = "orders"\nurl = "http://127.0.0.1:9/e/{{key}}"\n{subscription}\n'
+    )
+    kafka = load_kafka_config(kafka_toml(tmp_path, text))
+    with pytest.raises(ConfigError) as info:
+        plan(kafka, Located("127.0.0.1:9092", "test") if "embedded" in problem else None)
+    assert info.value.key == key
+    assert problem in str(info.value)
