@@ -3,8 +3,13 @@
 The service (`semantics_app`) has one event route per scenario, each listening on its own topic, and
 a GET route that publishes. An `Env` runs it and gives the tests the same verbs on both sides:
 put records on a topic from outside, wait until the service has handled them, read a topic back,
-read a committed offset, call a route. The tests (test_semantics.py) use only these verbs, so the
-same assertions hold the test broker to what Apache Kafka does.
+read how far the main group finished a partition, call a route. The tests (test_semantics.py) use
+only these verbs, so the same assertions hold the test broker to what Apache Kafka does.
+
+With `share` the main group is a share group (`share_group = true`, KIP-932): its records are
+acknowledged one by one, in no order (every topic is concurrent: no key-ordered scenario), and
+`finished` reads the share-partition start offset where a classic group has its committed offset.
+The retry group stays a classic group.
 """
 
 from __future__ import annotations
@@ -55,6 +60,7 @@ SCENARIOS = {
     "sentinel": 1,  # records put there only to see a commit of the group go out (commits_caught_up)
 }
 #: Per-topic delivery modes (kafka.toml [consumer_clients.topics]); the others are sequential.
+#: A share group has none: every topic is concurrent.
 MODES = {"ordered": "key-ordered", "concurrent": "concurrent"}
 
 
@@ -160,10 +166,20 @@ def semantics_app(
 
 
 def _config(
-    config_dir: Path, bootstrap: str | None, topics: dict[str, str], interval: float
+    config_dir: Path,
+    bootstrap: str | None,
+    topics: dict[str, str],
+    interval: float,
+    *,
+    share: bool = False,
 ) -> None:
     port = free_port()
     group = f"sem-{uuid.uuid4().hex[:8]}"
+    kinds: dict[str, Any] = (
+        {"share_group": True}
+        if share
+        else {"topics": {topics[s]: {"mode": m} for s, m in MODES.items()}}
+    )
     write_config(
         config_dir,
         app={"listen_addr": f"127.0.0.1:{port}"},
@@ -176,15 +192,16 @@ def _config(
             retry_count=RETRY_COUNT,
             retry_interval_sec=interval,
             settings={"session.timeout.ms": 6000},
-            topics={topics[s]: {"mode": m} for s, m in MODES.items()},
+            **kinds,
         ),
     )
 
 
 class Env:
-    """The verbs the semantics tests use; `kind` is "apache" or "memory"."""
+    """The verbs the semantics tests use; `kind` is "apache", "memory" or "memory-share"."""
 
     kind: str
+    share: bool = False  # the main group is a share group
     interval: float  # retry_interval_sec
     topics: dict[str, str]
     journal: Journal
@@ -208,6 +225,23 @@ class Env:
         """The offset the main group (or the retry group) committed on a partition; None: none yet."""
         raise NotImplementedError
 
+    def finished(self, topic: str, partition: int = 0) -> int | None:
+        """How far the main group finished a partition: every record before it is finished. A
+        classic group's committed offset; a share group's share-partition start offset (records
+        after it may be acknowledged too, each on its own). None: nothing yet."""
+        if not self.share:
+            return self.committed(topic, partition)
+        raise NotImplementedError
+
+    def acknowledged(self, topic: str) -> int:
+        """A share group's records of `topic` acknowledged (accepted), in any order."""
+        raise NotImplementedError
+
+    def acknowledgements_sent(self) -> None:
+        """A share group: wait until the acknowledgements of the records finished so far reached
+        the broker (on Kafka the source sends them asynchronously, within COMMIT_INTERVAL)."""
+        raise NotImplementedError
+
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         raise NotImplementedError
 
@@ -221,17 +255,24 @@ class Env:
         """The moment to assert that a commit did not happen: once only `running` deliveries of the
         main group are still running (every other record it got has finished), a record put on
         the sentinel topic is committed. That commit went out after they finished, and a commit
-        of the group carries every offset the group may commit."""
+        of the group carries every offset the group may commit.
+
+        A share group's member fetches nothing while a record of its last fetch is held, so no
+        sentinel can pass a running record: its acknowledgements go each on its own, and
+        `acknowledgements_sent` waits for those of the finished records instead."""
         wait_until(
             lambda: self.in_flight() == running,
             30,
             what=f"{running} deliveries still running, every other one finished",
         )
+        if self.share:
+            self.acknowledgements_sent()
+            return
         sentinel = self.topics["sentinel"]
-        before = self.committed(sentinel) or 0
+        before = self.finished(sentinel) or 0
         self.produce("sentinel", [{"key": b"SENTINEL", "value": b"s"}])
         wait_until(
-            lambda: (self.committed(sentinel) or 0) > before, 30, what="the sentinel's commit"
+            lambda: (self.finished(sentinel) or 0) > before, 30, what="the sentinel's commit"
         )
 
     def retry_topic(self, scenario: str) -> str:
@@ -314,16 +355,17 @@ class ApacheEnv(Env):
 
 
 class MemoryEnv(Env):
-    """The same service on freedom's TestBroker (sync mode: the application on a loop thread)."""
+    """The same service on freedom's TestBroker (sync mode: the application on a loop thread);
+    with `share` its main group is a share group ("memory-share")."""
 
-    kind = "memory"
-
-    def __init__(self, config_dir: Path, interval: float) -> None:
+    def __init__(self, config_dir: Path, interval: float, *, share: bool = False) -> None:
+        self.kind = "memory-share" if share else "memory"
+        self.share = share
         self.interval = interval
         suffix = uuid.uuid4().hex[:8]
         self.topics = {s: f"sem-{s}-{suffix}" for s in SCENARIOS}
         self.journal = Journal()
-        _config(config_dir, None, self.topics, interval)
+        _config(config_dir, None, self.topics, interval, share=share)
         holder: list[TestBroker] = []
         self.app = semantics_app(config_dir, self.journal, self.topics, lambda: holder[0].time())
         test_broker = TestBroker(self.app)
@@ -337,14 +379,22 @@ class MemoryEnv(Env):
         return self.broker.time()
 
     def produce(self, scenario: str, records: list[dict[str, Any]]) -> None:
-        for r in records:
-            self.broker.publish(
-                self.topics[scenario],
-                r.get("value"),
-                key=r.get("key"),
-                headers=r.get("headers"),
-                partition=r.get("partition"),
-            )
+        """Every record in one step of the application's loop: a fetch sees them all, as one
+        produced batch (a share group's member fetches again only once its last fetch is
+        acknowledged: records trickling in one by one would each be a fetch of their own)."""
+        broker = self.broker.broker
+
+        async def put() -> None:
+            for r in records:
+                broker.publish(
+                    self.topics[scenario],
+                    r.get("value"),
+                    key=r.get("key"),
+                    headers=r.get("headers"),
+                    partition=r.get("partition"),
+                )
+
+        self.broker.run(put())
 
     def settle(self, done: Callable[[], object], what: str) -> None:
         self.broker.settle()
@@ -358,6 +408,17 @@ class MemoryEnv(Env):
 
     def committed(self, topic: str, partition: int = 0, *, retry_group: bool = False) -> int | None:
         return self.broker.committed(topic, partition, group=self.group(retry_group))
+
+    def finished(self, topic: str, partition: int = 0) -> int | None:
+        if not self.share:
+            return self.committed(topic, partition)
+        return self.broker.share_group(self.group()).start_offset(topic, partition)
+
+    def acknowledged(self, topic: str) -> int:
+        return self.broker.share_group(self.group()).acknowledged(topic)
+
+    def acknowledgements_sent(self) -> None:
+        return None  # the test broker applies each acknowledgement at once
 
     def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return self.broker.client.get(path, **kwargs)

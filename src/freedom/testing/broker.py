@@ -23,13 +23,15 @@ takes milliseconds. The clock does not reach the in-memory redelivery backoff of
 (0.5 s doubling, real time, as on Kafka) nor the reason header `x-freedom-first-failure-time`
 (the wall clock).
 
-One cluster: every producer and consumer client of kafka.toml reaches the same in-memory broker,
-and each consumer group has one member (it owns every partition; no rebalances).
+One cluster: every producer and consumer client of kafka.toml reaches the same in-memory broker.
+A classic consumer group has one member (it owns every partition; no rebalances); a share group
+(`share_group = true`) any number, sharing its records (memory_share.py, share_partitions.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import logging
@@ -38,7 +40,7 @@ import sys
 import threading
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -66,11 +68,15 @@ from freedom.testing.memory_clients import (
     size_of,
     too_large,
 )
+from freedom.testing.share_partitions import ShareGroup
 
 if TYPE_CHECKING:
     import httpx
 
+    from freedom.testing.memory_share import MemoryShareSource
     from freedom.web.application import Application
+
+    Member = MemorySource | MemoryShareSource
 
 __all__ = ["TestBroker", "BlockingTestBroker", "MemoryRecord"]
 
@@ -142,10 +148,10 @@ def _require_httpx(what: str) -> None:
 
 class MemoryRecord:
     """One record in the in-memory broker, read as a confluent-kafka `Message` (`key()`, `value()`,
-    `headers()`, `topic()`, `partition()`, `offset()`, `timestamp()`), plus :meth:`header`,
-    :meth:`headers_dict` and :meth:`json` for tests."""
+    `headers()`, `topic()`, `partition()`, `offset()`, `timestamp()`, `delivery_count()`), plus
+    :meth:`header`, :meth:`headers_dict` and :meth:`json` for tests."""
 
-    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_ms")
+    __slots__ = ("_topic", "_partition", "_offset", "_key", "_value", "_headers", "_ms", "_count")
 
     def __init__(
         self,
@@ -159,6 +165,7 @@ class MemoryRecord:
     ) -> None:
         self._topic, self._partition, self._offset = topic, partition, offset
         self._key, self._value, self._headers, self._ms = key, value, headers, ms
+        self._count: int | None = None
 
     def topic(self) -> str:
         return self._topic
@@ -184,6 +191,25 @@ class MemoryRecord:
 
     def error(self) -> None:
         return None
+
+    def delivery_count(self) -> int | None:
+        """How many times a share group acquired the record, this time included (1 the first);
+        None when a classic group read it, as confluent-kafka's `Message.delivery_count()`."""
+        return self._count
+
+    def _delivered(self, count: int) -> MemoryRecord:
+        """The record as a share group hands it out, acquired for the `count`th time."""
+        copy = MemoryRecord(
+            self._topic,
+            self._partition,
+            self._offset,
+            self._key,
+            self._value,
+            self._headers,
+            self._ms,
+        )
+        copy._count = count
+        return copy
 
     def header(self, name: str) -> str | None:
         """The last value of header `name` (any case) as text, or None."""
@@ -234,7 +260,8 @@ class TestBroker(KafkaBackend):
         self._max_bytes: dict[str, int] = {}
         self._committed: dict[tuple[str, str, int], int] = {}
         self._advanced = 0.0
-        self._groups: list[MemorySource] = []
+        self._groups: list[Member] = []
+        self._share_groups: dict[str, ShareGroup] = {}
         self._round_robin = itertools.count()
         self.partitions = partitions
         self.settle_timeout = settle_timeout
@@ -288,14 +315,17 @@ class TestBroker(KafkaBackend):
             unknown = sorted(set(self.consumer_overrides) - set(ConsumerClientConfig.model_fields))
             if unknown:
                 raise TypeError(f"TestBroker: not keys of a consumer client: {', '.join(unknown)}")
-            infra.config = infra.config.model_copy(
-                update={
-                    "consumer_clients": [
-                        cc.model_copy(update=self.consumer_overrides)
-                        for cc in infra.config.consumer_clients
-                    ]
-                }
-            )
+            clients = [
+                cc.model_copy(update=self.consumer_overrides)
+                for cc in infra.config.consumer_clients
+            ]
+            for i, cc in enumerate(clients):
+                if cc.share_group:  # what validation does for a share group (not re-run by a copy)
+                    try:
+                        cc._check_share()
+                    except ValueError as exc:
+                        raise FreedomError(f"TestBroker: consumer_clients[{i}]: {exc}") from None
+            infra.config = infra.config.model_copy(update={"consumer_clients": clients})
             app.kafka_config = infra.config
 
     def default_config(self) -> KafkaConfig:
@@ -463,16 +493,28 @@ class TestBroker(KafkaBackend):
                 (t, p) for t in topics if t in self._topics for p in range(len(self._topics[t]))
             ]
 
-    def _join(self, group: MemorySource) -> None:
+    def _join(self, group: Member) -> None:
         with self._lock:
-            if any(g.group_id == group.group_id for g in self._groups):
+            if any(
+                g.group_id == group.group_id and not (g.shared and group.shared)
+                for g in self._groups
+            ):
                 raise FreedomError(
                     f"TestBroker: consumer group {group.group_id!r} is running already "
-                    "(one member per group here)"
+                    "(one member per classic group here; a share group has any number)"
                 )
             self._groups.append(group)
 
-    def _leave(self, group: MemorySource) -> None:
+    def share_group(self, group_id: str) -> ShareGroup:
+        """Share group `group_id`: its configuration (set it before its members start), members
+        and record states (made on first use)."""
+        with self._lock:
+            found = self._share_groups.get(group_id)
+            if found is None:
+                found = self._share_groups[group_id] = ShareGroup(self, group_id)
+            return found
+
+    def _leave(self, group: Member) -> None:
         with self._lock:
             if group in self._groups:
                 self._groups.remove(group)
@@ -584,6 +626,27 @@ class TestBroker(KafkaBackend):
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def replica(self, app: Application) -> AsyncIterator[Application]:
+        """Run `app`, another instance of the service, on this broker inside the block, as a second
+        replica beside the first: its consumer groups join those running (a share group's members
+        share its records; a classic group has one member here)."""
+        if not self._running:
+            raise FreedomError("TestBroker.replica: start the broker first (async with TestBroker)")
+        if app._started:
+            raise FreedomError("TestBroker.replica: the application has started already")
+        app.kafka_backend = self
+        if not app._is_set_up:
+            app._config_dir_arg = service_config_dir(app)[0]
+        elif app.kafka is not None:
+            app.kafka.use_backend(self)
+        self._configure(app)
+        await app.start()
+        try:
+            yield app
+        finally:
+            await app.stop()
 
     def __enter__(self) -> BlockingTestBroker:
         loop = asyncio.new_event_loop()
@@ -703,3 +766,6 @@ class BlockingTestBroker:
 
     def time(self) -> float:
         return self.broker.time()
+
+    def share_group(self, group_id: str) -> ShareGroup:
+        return self.broker.share_group(group_id)

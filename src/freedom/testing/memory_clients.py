@@ -19,7 +19,13 @@ import confluent_kafka
 from freedom.kafka.consumer.plan import wait_event
 from freedom.kafka.consumer.replays import DeadLetterSource
 from freedom.kafka.consumer.retry import RETRY_PRODUCER_MAX_BYTES, ProducerClient
-from freedom.kafka.consumer.sources import Cancellable, OffsetSource, RecordSource, Sink
+from freedom.kafka.consumer.sources import (
+    Cancellable,
+    OffsetSource,
+    RecordSource,
+    ShareTerms,
+    Sink,
+)
 
 if TYPE_CHECKING:
     from freedom.kafka.consumer.group import ConsumerGroup
@@ -308,7 +314,14 @@ class MemoryClients:
         *,
         initial_offset: str,
         drain_timeout: float,
+        share: ShareTerms | None = None,
     ) -> RecordSource:
+        if share is not None:  # a share group's member (memory_share.py)
+            from freedom.testing.memory_share import MemoryShareSource
+
+            return MemoryShareSource(
+                self.broker, group_id, topics, share, initial_offset=initial_offset
+            )
         return MemorySource(self.broker, group_id, topics, initial_offset=initial_offset)
 
     def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient:
