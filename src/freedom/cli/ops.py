@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import sys
+from typing import TYPE_CHECKING
 
 from freedom.cli.ops_common import common as _common
 from freedom.cli.ops_common import filter_of as _filter
@@ -28,6 +29,9 @@ from freedom.cli.purge import add_parser as add_purge_parser
 from freedom.cli.purge import command as purge_command
 from freedom.ops.target import OpsError
 from freedom.wire.encoding import printable
+
+if TYPE_CHECKING:
+    from freedom.ops.status import PartitionStatus
 
 COMMANDS = ("status", "dlq", "offsets")
 
@@ -112,9 +116,15 @@ def _status(args: argparse.Namespace) -> int:
                 f"  group {printable(g.group)} ({g.kind}, {printable(g.state)}, {n} member{'' if n == 1 else 's'}"
                 f"{': ' + who if who else ''}), lag {g.lag}"
             )
+            if g.configs:
+                out.append(
+                    "    configs: " + ", ".join(f"{k}={printable(v)}" for k, v in g.configs.items())
+                )
             if g.note:
-                out.append(f"    note: {g.note}")
-            if g.partitions:
+                out.append(f"    note: {printable(g.note)}")
+            if g.kind == "share" and g.partitions:
+                out += _table(_share_rows(g.partitions))
+            elif g.partitions:
                 rows = [["TOPIC", "PARTITION", "COMMITTED", "END", "LAG", ""]]
                 for p in g.partitions:
                     rows.append(
@@ -133,6 +143,11 @@ def _status(args: argparse.Namespace) -> int:
                 "  waiting for a retry: "
                 + ", ".join(f"{t.topic} {t.records}" for t in c.retry_waiting)
             )
+        if c.other_share_groups:
+            out.append(
+                "  other share groups on this cluster: "
+                + ", ".join(f"{printable(g)} ({printable(st)})" for g, st in c.other_share_groups)
+            )
         out.append(
             "  dead letters: "
             + (
@@ -144,6 +159,27 @@ def _status(args: argparse.Namespace) -> int:
         )
     _print(out)
     return 0
+
+
+def share_lag(p: PartitionStatus) -> str:
+    """A share group's lag: the broker's count, `~N` estimated, `?` not known."""
+    return {"estimate": f"~{p.lag}", "unknown": "?"}.get(p.lag_source, str(p.lag))
+
+
+def _share_rows(parts: tuple[PartitionStatus, ...]) -> list[list[str]]:
+    rows = [["TOPIC", "PARTITION", "START", "END", "SHARE START", "LAG"]]
+    for p in parts:
+        rows.append(
+            [
+                printable(p.topic),
+                str(p.partition),
+                "-" if p.start is None else str(p.start),
+                str(p.end),
+                "-" if p.share_start is None else str(p.share_start),
+                share_lag(p),
+            ]
+        )
+    return rows
 
 
 def _dlq_list(args: argparse.Namespace) -> int:

@@ -17,6 +17,7 @@ import html
 from collections.abc import Iterable, Mapping
 from urllib.parse import urlencode
 
+from freedom.console.share_pages import other_share_groups, share_group
 from freedom.ops.dlq import DeadLetter, TopicDeadLetters
 from freedom.ops.replay import ReplayReport, audit_line
 from freedom.ops.status import (
@@ -151,6 +152,8 @@ _PARTITION_HEAD = ["Topic", "Partition", "Committed", "End", "Lag", ""]
 
 def _group(g: GroupStatus) -> str:
     """A group: its heading and members, its partitions with lag, then those without, folded."""
+    if g.kind == "share":
+        return share_group(g)
     members = (
         "; ".join(f"{shown(m.client_id)} on {shown(m.host.lstrip('/')) or '?'}" for m in g.members)
         or "none"
@@ -209,6 +212,7 @@ def _client(base: str, c: ClientStatus) -> str:
             + "</p>"
         )
     out.extend(_group(g) for g in c.groups)
+    out.append(other_share_groups(c))
     out.append("</section>")
     return "".join(out)
 

@@ -15,6 +15,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from freedom.kafka.protocol import Reader, receive
+
 __all__ = ["ClassicGroup", "ClassicMember", "describe_classic_group", "client_id_of"]
 
 _API_KEY = 15
@@ -39,34 +41,6 @@ class ClassicGroup:
     members: tuple[ClassicMember, ...]
 
 
-class _Reader:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = data, 0
-
-    def take(self, fmt: str) -> int:
-        size = struct.calcsize(fmt)
-        if self.at + size > len(self.data):
-            raise ValueError("the answer ends early")
-        (value,) = struct.unpack_from(fmt, self.data, self.at)
-        self.at += size
-        return int(value)
-
-    def raw(self, size: int) -> bytes:
-        if size < 0:
-            return b""
-        if self.at + size > len(self.data):
-            raise ValueError("the answer ends early")
-        out = self.data[self.at : self.at + size]
-        self.at += size
-        return out
-
-    def string(self) -> str:
-        return self.raw(self.take(">h")).decode("utf-8", "replace")
-
-    def bytes_(self) -> bytes:
-        return self.raw(self.take(">i"))
-
-
 def _string(value: str) -> bytes:
     data = value.encode()
     return struct.pack(">h", len(data)) + data
@@ -77,7 +51,7 @@ def _partitions(assignment: bytes) -> tuple[tuple[str, int], ...]:
     if not assignment:
         return ()
     try:
-        r = _Reader(assignment)
+        r = Reader(assignment)
         r.take(">h")  # version
         out = []
         for _ in range(r.take(">i")):
@@ -104,10 +78,10 @@ def describe_classic_group(bootstrap: str, group: str, timeout: float = 5.0) -> 
     request = struct.pack(">hhi", _API_KEY, 0, _CORRELATION) + _string("freedom-ops") + body
     with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
         sock.sendall(struct.pack(">i", len(request)) + request)
-        size = struct.unpack(">i", _recv(sock, 4))[0]
+        size = struct.unpack(">i", receive(sock, 4))[0]
         if not 0 < size < 64 * 1024 * 1024:
             raise ValueError(f"an answer of {size} bytes")
-        r = _Reader(_recv(sock, size))
+        r = Reader(receive(sock, size))
     if r.take(">i") != _CORRELATION:
         raise ValueError("the answer is to another request")
     for _ in range(r.take(">i")):
@@ -134,13 +108,3 @@ def describe_classic_group(bootstrap: str, group: str, timeout: float = 5.0) -> 
         if name == group:
             return ClassicGroup(error, state, protocol_type, tuple(members))
     raise ValueError(f"the answer does not describe group {group!r}")
-
-
-def _recv(sock: socket.socket, size: int) -> bytes:
-    data = bytearray()
-    while len(data) < size:
-        chunk = sock.recv(size - len(data))
-        if not chunk:
-            raise ValueError("the broker closed the connection")
-        data += chunk
-    return bytes(data)

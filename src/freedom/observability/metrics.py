@@ -11,10 +11,12 @@ Prometheus style (dots become underscores, the unit and `_total` are suffixes):
 - `messaging_client_operation_duration_seconds` (histogram): a send awaited one at a time
   (`msg.publish()`, the proxy's retry and dead-letter produces) until the broker's answer.
 
-Beyond the conventions, with a `freedom_` prefix: consumer lag per partition, deliveries in flight,
+Beyond the conventions, with a `freedom_` prefix: consumer lag per partition (classic groups),
+deliveries in flight,
 records waiting in retry topics, dead letters produced, paused partitions, outbox rows pending and
 the age of the oldest; and the web console's wrong tokens, and its requests refused while those
-are slowed (console/throttle.py).
+are slowed (console/throttle.py). Share groups add their acknowledgements, delivery counts and
+records held (share_metrics.py).
 
 The hot path pays one histogram observation per delivery (children cached per label set; the
 consumed counter is summed from it at scrape time), and a dictionary increment per produced
@@ -42,6 +44,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.registry import Collector
+
+from freedom.observability.share_metrics import is_shared, share_collector
 
 if TYPE_CHECKING:
     from freedom.kafka.consumer.delivery import DeliveryResult
@@ -404,7 +408,9 @@ def _group_gauges(groups: Iterable[tuple[ConsumerGroup, LagStats | None, dict[st
         for reason, n in reasons.items():
             PAUSED.labels(gid, reason).set(n)
         waiting: dict[str, int] = {t: 0 for t in retry_of}
-        for (topic, partition), lag in (stats.lag if stats is not None else {}).items():
+        # No statistics (yet), or a share group: no committed offset, no lag (share_metrics.py).
+        lags = stats.lag if stats is not None and not is_shared(group) else {}
+        for (topic, partition), lag in lags.items():
             LAG.labels(gid, topic, str(partition)).set(lag)
             if topic in waiting:
                 waiting[topic] += lag
@@ -464,6 +470,8 @@ async def exposition(app: Any, registry: CollectorRegistry = REGISTRY) -> bytes:
     in, the user's own included), with the gauges read from `app`'s live objects now."""
     for gauge in (IN_FLIGHT, LAG, RETRY_WAITING, PAUSED):
         gauge.clear()
-    _group_gauges(consumer_groups(app))
+    groups = list(consumer_groups(app))
+    _group_gauges(groups)
     _gauges_collector.outbox = await _outbox_gauges(app)
+    share_collector.groups = [group for group, _, _ in groups]  # read by the collector, just below
     return generate_latest(registry)

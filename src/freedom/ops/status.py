@@ -1,5 +1,7 @@
 """`freedom status`: every consumer group of the service, its members and lag; records waiting in
 the retry topics (and whether the retry group is waiting for one's due time); dead letters.
+A share group (`share_group = true`) is shown as kind "share" (share_status.py), with the other
+share groups found on its cluster.
 
 The retry group delivers a record no earlier than its timestamp + `retry_interval_sec`
 (docs/contract.md, "Retries and dead letters"), so a retry partition whose next record is not
@@ -10,12 +12,14 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from freedom.ops.cluster import TP, Cluster, Member
 from freedom.ops.common import JOB_PREFIX as JOB_PREFIX
 from freedom.ops.common import iso as iso
 from freedom.ops.common import main_topics as main_topics
 from freedom.ops.purged import waiting as still_waiting
+from freedom.ops.share_status import other_share_groups, partition_lag, share_facts
 from freedom.ops.target import ClientTarget, Target
 
 MARKER_CHECK = 3  # a lag up to this many offsets is counted in records (see _group)
@@ -27,10 +31,17 @@ class PartitionStatus:
 
     topic: str
     partition: int
-    committed: int | None  # None: the group has committed nothing here yet
+    committed: int | None  # None: the group has committed nothing here yet (a share group: never)
     end: int  # the end offset (last stable offset)
     lag: int  # records after the committed offset (after where the group would start, when none)
     due_at: str | None = None  # retry group: the next record is not due before this time (paused)
+    #: Share groups: the topic's start offset (low watermark) and the share-partition start offset
+    #: (every record before it acknowledged; None: no share state yet, or not known).
+    start: int | None = None
+    share_start: int | None = None
+    #: Where `lag` comes from: "committed" (a classic group), or a share group's "broker" (its own
+    #: count), "estimate" (end - share_start) or "unknown" (0: the brokers could not be asked).
+    lag_source: str = "committed"
 
 
 @dataclass(frozen=True)
@@ -38,12 +49,14 @@ class GroupStatus:
     """One consumer group: the main group or the retry group of a consumer client."""
 
     group: str
-    kind: str  # "main" or "retry"
+    kind: str  # "main", "retry", or "share" (a share group: the main group of its client)
     state: str
     members: tuple[Member, ...]
     partitions: tuple[PartitionStatus, ...]
     #: What the broker did not tell about the members (the embedded broker: hosts, partitions).
     note: str | None = None
+    #: A share group's configs as the broker applies them (share.auto.offset.reset, ...).
+    configs: dict[str, str] = field(default_factory=dict)
 
     @property
     def lag(self) -> int:
@@ -74,6 +87,8 @@ class ClientStatus:
         TopicCount, ...
     ]  # per retry topic: records the retry group has not settled
     dead_letters: tuple[TopicCount, ...]  # per dead-letter topic: records in it
+    #: (group, state) of the share groups on the client's cluster that no client here names.
+    other_share_groups: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -127,11 +142,71 @@ def _group(
     return GroupStatus(group, kind, info.state, info.members, tuple(parts), info.note)
 
 
-def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
-    """The groups, retry backlog and dead letters of one consumer client."""
+def is_share_client(config: Any) -> bool:
+    """Whether a `[[consumer_clients]]` entry reads as a share group (`share_group = true`)."""
+    return getattr(config, "share_group", False) is True
+
+
+def _share_group(cluster: Cluster, client: ClientTarget) -> tuple[GroupStatus, list[str]]:
+    """The share group of `client`, and its topics: the application's, else those the group has
+    share state on or its members are assigned."""
     cc = client.config
-    topics = main_topics(client, cluster)
-    groups = [_group(cluster, cc.group_id, "main", topics, cc.initial_offset == "earliest", None)]
+    facts = share_facts(cluster, cc.group_id)
+    topics = list(client.topics) if client.topics is not None else facts.topics()
+    existing = cluster.topics()
+    tps: list[TP] = [tp for t in topics if t in existing for tp in cluster.partitions(t)]
+    ends, lows = cluster.latest(tps), cluster.earliest(tps)
+    # Where a new group starts: the broker's config, unless the group does not exist yet (the
+    # service sets it from initial_offset when it starts).
+    reset = facts.configs.get("share.auto.offset.reset") or cc.initial_offset
+    if facts.state == "DEAD":
+        reset = cc.initial_offset
+    parts = []
+    for tp in tps:
+        lag = partition_lag(tp, facts.offsets, lows[tp], ends[tp], reset == "earliest")
+        parts.append(
+            PartitionStatus(
+                tp[0],
+                tp[1],
+                None,
+                ends[tp],
+                lag.lag,
+                start=lows[tp],
+                share_start=lag.share_start,
+                lag_source=lag.lag_source,
+            )
+        )
+    notes = list(facts.notes)
+    if any(p.lag_source == "estimate" for p in parts):
+        notes.append(
+            "~: lag estimated, the broker gave no count (end - share-partition start offset; "
+            "with no share state yet, the records from where the group starts)"
+        )
+    group = GroupStatus(
+        cc.group_id,
+        "share",
+        facts.state,
+        facts.members,
+        tuple(parts),
+        "; ".join(notes) or None,
+        facts.configs,
+    )
+    return group, topics
+
+
+def client_status(
+    client: ClientTarget, cluster: Cluster, known: set[str] | None = None
+) -> ClientStatus:
+    """The groups, retry backlog and dead letters of one consumer client; `known`: the share
+    groups the target names (the others found on the cluster are listed)."""
+    cc = client.config
+    if is_share_client(cc):
+        share, topics = _share_group(cluster, client)
+        groups = [share]
+    else:
+        topics = main_topics(client, cluster)
+        earliest = cc.initial_offset == "earliest"
+        groups = [_group(cluster, cc.group_id, "main", topics, earliest, None)]
     waiting: list[TopicCount] = []
     retried = [t for t in topics if client.retry_count_of(t) > 0]  # a subscription may set its own
     if retried:
@@ -157,14 +232,22 @@ def client_status(client: ClientTarget, cluster: Cluster) -> ClientStatus:
                     still_waiting(cluster, ft, {tp: (lows[tp], ends[tp]) for tp in tps}, done),
                 )
             )
+    others = other_share_groups(cluster, known if known is not None else {cc.group_id})
     return ClientStatus(
-        client.index, client.servers, tuple(topics), tuple(groups), tuple(waiting), tuple(dead)
+        client.index,
+        client.servers,
+        tuple(topics),
+        tuple(groups),
+        tuple(waiting),
+        tuple(dead),
+        others,
     )
 
 
 def status(target: Target) -> StatusReport:
     """The status of every consumer client of the service."""
+    known = {c.config.group_id for c in target.clients if is_share_client(c.config)}
     out = []
     for client in target.clients:
-        out.append(client_status(client, Cluster(client.settings, client.where)))
+        out.append(client_status(client, Cluster(client.settings, client.where), known))
     return StatusReport(iso(time.time()), tuple(out))
