@@ -58,6 +58,27 @@ logger.request.level = WARN
 """
 
 
+#: Share groups (KIP-932, on by default in 4.4: feature share.version=2) with test-friendly timing.
+#: By default a new member gets its first records only after ~5 s (its first heartbeat interval,
+#: min 5000) and a group may not set its acquisition lock below 15 s. The group configs
+#: (share.heartbeat.interval.ms, share.session.timeout.ms, share.record.lock.duration.ms) must lie
+#: within the broker's min/max, so the minimums are lowered too: a test may then set a group's
+#: lock to a few seconds. Validators: every interval >= 1 ms, the lock minimum 1000..30000 ms.
+SHARE_GROUP_PROPERTIES: dict[str, str] = {
+    "group.share.heartbeat.interval.ms": "500",
+    "group.share.min.heartbeat.interval.ms": "500",
+    # Default and minimum 45 s; a member must still survive a busy two-core machine.
+    "group.share.session.timeout.ms": "10000",
+    "group.share.min.session.timeout.ms": "3000",
+    "group.share.min.record.lock.duration.ms": "1000",
+    # A group's lock by default (30 s): what a hung member's records wait for. A service raises
+    # its group's lock to its delivery deadline plus a margin when that is longer.
+    "group.share.record.lock.duration.ms": "10000",
+    # Default 1 s between assignment updates: a joining member waits for it.
+    "group.share.assignment.interval.ms": "100",
+}
+
+
 class KafkaBrokerError(RuntimeError):
     """The test broker could not be prepared or started."""
 
@@ -138,7 +159,9 @@ class ApacheKafka:
     ``extra_listeners`` maps a listener name to its security protocol (e.g.
     ``{"SASL_PLAINTEXT": "SASL_PLAINTEXT"}``); each gets its own free port, see
     ``address(name)``. ``extra_properties`` are added to / override
-    server.properties (e.g. SASL/TLS settings per listener).
+    server.properties (e.g. SASL/TLS settings per listener). ``features`` are feature levels
+    the storage is formatted with (``StorageTool format --feature name=level``), e.g.
+    ``{"share.version": 0}`` for a broker without share groups.
     """
 
     def __init__(
@@ -146,6 +169,7 @@ class ApacheKafka:
         *,
         extra_properties: Mapping[str, str] | None = None,
         extra_listeners: Mapping[str, str] | None = None,
+        features: Mapping[str, int] | None = None,
         jvm_flags: Sequence[str] = DEFAULT_JVM_FLAGS,
         start_timeout: float = 60.0,
         work_dir: Path | None = None,
@@ -154,6 +178,7 @@ class ApacheKafka:
     ) -> None:
         self.extra_properties = dict(extra_properties or {})
         self.extra_listeners = dict(extra_listeners or {})
+        self.features = dict(features or {})
         self.jvm_flags = list(jvm_flags)
         self.start_timeout = start_timeout
         self.die_with_parent = die_with_parent
@@ -215,6 +240,7 @@ class ApacheKafka:
             "share.coordinator.state.topic.min.isr": "1",
             "share.coordinator.state.topic.num.partitions": "1",
             "group.initial.rebalance.delay.ms": "0",
+            **SHARE_GROUP_PROPERTIES,
             # Default 9 s: after kill() the restarted broker waits for its old session to expire.
             "broker.session.timeout.ms": "3000",
             "broker.heartbeat.interval.ms": "500",
@@ -256,6 +282,7 @@ class ApacheKafka:
                     str(config),
                     "--standalone",
                     "--ignore-formatted",
+                    *(a for n, v in self.features.items() for a in ("--feature", f"{n}={v}")),
                     flags=("-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC"),
                 ),
                 stdout=subprocess.PIPE,

@@ -36,6 +36,7 @@ from confluent_kafka.admin import AdminClient, NewTopic
 from tests.kafka.broker import (
     DEFAULT_JVM_FLAGS,
     LOG4J2_PROPERTIES,
+    SHARE_GROUP_PROPERTIES,
     KafkaBrokerError,
     _die_with_parent,
     ensure_jars,
@@ -169,6 +170,7 @@ class KafkaCluster:
             "share.coordinator.state.topic.min.isr": "2",
             "share.coordinator.state.topic.num.partitions": "1",
             "group.initial.rebalance.delay.ms": "0",
+            **SHARE_GROUP_PROPERTIES,
             # Failover within seconds: a dead broker is fenced after the session timeout (default 9 s)
             # and its partitions get a new leader; a dead active controller is replaced after the
             # fetch timeout plus a random part of the election timeout.
