@@ -367,3 +367,11 @@ async def test_a_key_ordered_batch_topic_keeps_a_task_per_record():
     group.dispatch([Rec(0, o, b"k") for o in range(5)])
     await _until(lambda: len(handled) == 5)
     assert handled == list(range(5)) and source.ledger.take() == {(TOPIC, 0): 5}
+
+
+def test_the_lanes_read_a_missing_timestamp_as_confluent_kafka_spells_it():
+    import confluent_kafka
+
+    from freedom.kafka.consumer import lanes
+
+    assert lanes.TIMESTAMP_NOT_AVAILABLE == confluent_kafka.TIMESTAMP_NOT_AVAILABLE

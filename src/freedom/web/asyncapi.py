@@ -38,6 +38,7 @@ from freedom.wire.headers import (
     BATCH_HEADER,
     BUS_HEADER,
     DEADLINE_HEADER,
+    DELIVERY_COUNT_HEADER,
     ENCODED_HEADER,
     ERROR_HEADER,
     EVENT_ID_HEADER,
@@ -141,6 +142,11 @@ DELIVERY_HEADERS: dict[str, dict[str, Any]] = {
     DEADLINE_HEADER: _h(
         "How long the handler has, in milliseconds from when the request arrives (the topic's "
         "delivery_timeout_sec); freedom's event routes cancel it then and answer 504.",
+        pattern="^[0-9]{1,10}$",
+    ),
+    DELIVERY_COUNT_HEADER: _h(
+        "A share group's record only: how many times the broker has handed it out, this delivery "
+        "included (1 the first time).",
         pattern="^[0-9]{1,10}$",
     ),
 }

@@ -38,8 +38,6 @@ import sys
 from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
-import confluent_kafka
-
 from freedom.kafka.consumer.ledger import TP
 from freedom.kafka.consumer.plan import TopicPlan
 from freedom.kafka.consumer.slots import TopicSlots
@@ -54,6 +52,10 @@ log = logging.getLogger("freedom.kafka.proxy")
 UNCOMMITTED_WINDOW = 4
 
 _EAGER = sys.version_info >= (3, 12)
+
+#: A record's `timestamp()` kind when it has none (confluent_kafka.TIMESTAMP_NOT_AVAILABLE; the test
+#: broker's records use it too): the lanes read records, they never build Kafka clients.
+TIMESTAMP_NOT_AVAILABLE = 0
 
 
 class Lane:
@@ -100,8 +102,9 @@ class Lane:
             self.pump()
 
     def pump(self) -> None:
-        """Start as many kept records as the mode, the slots and (retries) their due time allow."""
-        if self._pumping or self.lost.is_set():
+        """Start as many kept records as the mode, the slots and (retries) their due time allow;
+        while draining, only the key successors that hold their slot already."""
+        if self._pumping:
             return
         self._pumping = True
         try:
@@ -109,7 +112,7 @@ class Lane:
             while True:
                 while ready:  # the next record of a key whose previous one finished
                     self._start(ready.popleft(), counted=True)
-                if not pending or (slots is None and self.running):
+                if self.lost.is_set() or not pending or (slots is None and self.running):
                     return
                 if self.group.delay_sec is not None and not self._due_now():
                     return
@@ -157,7 +160,7 @@ class Lane:
 
     def _due(self, record: Any) -> float:
         kind, ms = record.timestamp()
-        if kind == confluent_kafka.TIMESTAMP_NOT_AVAILABLE or ms <= 0:
+        if kind == TIMESTAMP_NOT_AVAILABLE or ms <= 0:
             return 0.0
         return float(ms) / 1000.0 + (self.group.delay_sec or 0.0)
 
@@ -300,7 +303,7 @@ class Lane:
                     # a run of records finishing at once must not recurse).
                     self._ready.append(queue.popleft())
                     if not self._pumping:
-                        self._pumping_ready()
+                        self.pump()
                     return
                 # The previous one was given up: keep the key's order for the next owner.
                 self._give_up(queue)
@@ -322,17 +325,6 @@ class Lane:
             and self.source.open_count(self.tp) <= UNCOMMITTED_WINDOW * self.bound // 2
         ):
             self.unpause("window")
-
-    def _pumping_ready(self) -> None:
-        """Start the key successors waiting in `_ready` (also while draining)."""
-        self._pumping = True
-        try:
-            while self._ready:
-                self._start(self._ready.popleft(), counted=True)
-        finally:
-            self._pumping = False
-        if not self.lost.is_set():
-            self.pump()
 
     def _give_up(self, queue: collections.deque[Any]) -> None:
         n = len(queue)

@@ -275,21 +275,26 @@ class AsgiTransport:
         except UnsendableRecord as exc:
             return exc.result()
         exchange = Exchange(value)
-        deadline = asyncio.timeout(proxy_wait(limit))
+        failed = await self._call(scope, exchange, proxy_wait(limit), route.url_path(key))
+        return failed if failed is not None else exchange.result()
+
+    async def _call(
+        self, scope: dict[str, Any], exchange: Exchange, wait: float, what: str
+    ) -> DeliveryResult | None:
+        """Call the application within `wait` seconds: None when it answered, else what a
+        client of an HTTP server would get (a timeout, or a 500 when it raised before answering;
+        the exception is logged, as an HTTP server logs it)."""
+        deadline = asyncio.timeout(wait)
         try:
             async with deadline:
                 await self.app(scope, exchange.receive, exchange.send)
-        except (
-            Exception
-        ):  # what an HTTP server does: log it, and the answer is a 500 unless one was sent
+        except Exception:
             if deadline.expired():
                 return DeliveryResult(error="timed out waiting for the handler")
-            log.exception(
-                "the application raised while handling the delivery to %s", route.url_path(key)
-            )
+            log.exception("the application raised while handling the delivery to %s", what)
             if exchange.status is None:
                 return DeliveryResult(status=500)
-        return exchange.result()
+        return None
 
     async def post(
         self,
@@ -322,16 +327,10 @@ class AsgiTransport:
             "extensions": {BODY_EXTENSION: body},
         }
         exchange = Exchange(body, keep_body)
-        deadline = asyncio.timeout(wait if wait is not None else proxy_wait(self.timeout))
-        try:
-            async with deadline:
-                await self.app(scope, exchange.receive, exchange.send)
-        except Exception:
-            if deadline.expired():
-                return DeliveryResult(error="timed out waiting for the handler")
-            log.exception("the application raised while handling the batch delivery to %s", path)
-            if exchange.status is None:
-                return DeliveryResult(status=500)
+        wait = wait if wait is not None else proxy_wait(self.timeout)
+        failed = await self._call(scope, exchange, wait, f"{path} (a batch)")
+        if failed is not None:
+            return failed
         if exchange.status is None:
             return DeliveryResult(error="the application returned without answering")
         return RawAnswer(
