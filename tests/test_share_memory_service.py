@@ -62,7 +62,7 @@ async def test_replicas_of_a_service_share_its_share_groups_records(tmp_path):
                 broker.publish(TOPIC, b"{}", key=f"order-{i}")
             await broker.settle()
             members = broker.share_group("shop").members
-            assert len(members) == 2 and all(m.terms.max_records == 2 for m in members)
+            assert len(members) == 2 and all(m.terms.max_records == 4 for m in members)
         assert sorted(c[1] for c in calls) == sorted(f"order-{i}" for i in range(10))
         assert {c[0] for c in calls} == {"first", "second"}
         assert all(c[2]["x-delivery-count"] == "1" for c in calls)
@@ -171,3 +171,37 @@ async def test_a_share_group_asked_of_the_test_broker_is_checked_as_kafka_toml_i
             raise AssertionError("an ordered share group was accepted")
     except freedom.FreedomError as exc:
         assert "share group delivers records in no order" in str(exc)
+
+
+async def test_a_record_whose_lock_ran_out_in_the_backlog_is_released_not_started(tmp_path):
+    # One record at a time (max_in_flight 1), a 5 s deadline: the lock is 10 s. The first
+    # delivery hangs 8 s of the simulated clock, so the second record's lock would end 2 s into
+    # its deadline: it is released, and delivered with a fresh lock (delivery count 2), once.
+    config = share_config(tmp_path, max_in_flight=1, delivery_timeout_sec=5)
+    calls: list = []
+    gate = asyncio.Event()
+
+    async def behave(name: str, event_id: str, headers: dict[str, str]) -> int:
+        if event_id == "first":
+            await gate.wait()
+        return 200
+
+    broker = TestBroker(share_service(config, "svc", calls, behave))
+    broker.share_group("shop").lock_sec = 1.0  # an operator's short lock: the service raises it
+    async with broker:
+        broker.publish(TOPIC, b"{}", key="first")
+        broker.publish(TOPIC, b"{}", key="second")
+        await until(lambda: calls, "the first delivery")
+        [member] = broker.share_group("shop").members
+        assert member.lock_sec == 10.0
+        began = member.now()
+        moving = asyncio.create_task(broker.advance(8))  # settles only once "first" finishes
+        await until(lambda: member.now() >= began + 8, "the clock moved 8 s")
+        gate.set()
+        await moving
+        await broker.settle()
+        assert [(c[1], c[2]["x-delivery-count"]) for c in calls] == [
+            ("first", "1"),
+            ("second", "2"),
+        ]
+        assert member.acknowledgements == {(TOPIC, "accept"): 2, (TOPIC, "release"): 1}

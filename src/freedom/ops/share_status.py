@@ -21,8 +21,8 @@ from dataclasses import dataclass
 
 import confluent_kafka
 
-from freedom.ops.cluster import TP, Cluster, Member
 from freedom.kafka.share_wire import ShareOffset, ShareWire, Unavailable, error_name
+from freedom.ops.cluster import TP, Cluster, Member
 
 #: The group configs shown, as the broker applies them (its defaults included).
 SHARE_CONFIGS = (

@@ -174,6 +174,10 @@ class MemoryShareSource:
     def skip(self, tp: TP, offset: int) -> bool:
         return False
 
+    def lock_left(self, tp: TP, offset: int) -> float:
+        end = self._share.lock_end(self, tp, offset)
+        return 0.0 if end is None else end - self.now()
+
     def open_count(self, tp: TP) -> int:
         return len(self._held.get(tp, ()))
 

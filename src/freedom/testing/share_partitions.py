@@ -204,6 +204,15 @@ class ShareGroup:
                     out.append(record._delivered(part.in_flight[offset].count))
         return out
 
+    def lock_end(self, member: MemoryShareSource, tp: TP, offset: int) -> float | None:
+        """When `member`'s lock on a record ends (the simulated clock); None if it holds none."""
+        with self._lock:
+            part = self.partitions.get(tp)
+            held = part.in_flight.get(offset) if part is not None else None
+            if held is None or held.state != ACQUIRED or held.holder is not member:
+                return None
+            return held.until
+
     def finish(self, member: MemoryShareSource, tp: TP, offset: int, kind: str, now: float) -> bool:
         """`member` acknowledges a record ("accept", "release", "reject"); False when the broker
         ignores it: `member` does not hold the record (its lock ran out by `now`)."""

@@ -47,7 +47,7 @@ from freedom.kafka.consumer import batch_path
 from freedom.kafka.consumer.backpressure import Gate
 from freedom.kafka.consumer.batching import Batcher
 from freedom.kafka.consumer.clients import KafkaClients, ProxyClients
-from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
+from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport, deadline_of
 from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan, wait_event
 from freedom.kafka.consumer.keys import EventId, record_key
 from freedom.kafka.consumer.keys import where as _where
@@ -123,7 +123,7 @@ class ConsumerProxy:
                 lock_sec=max(p.route.timeout_sec or 0.0 for p in main_plans.values())
                 + SHARE_LOCK_MARGIN_SEC,
                 max_records=max(
-                    1, min(fetch_batch, *(p.max_in_flight for p in main_plans.values()))
+                    1, min(fetch_batch, *(2 * p.max_in_flight for p in main_plans.values()))
                 ),
             )
         self.groups = [
@@ -144,6 +144,9 @@ class ConsumerProxy:
                     fetch_batch,
                 )
             )
+        # A share group's lock on each record it holds (sources/share.py): checked before a start.
+        self._lock_left = getattr(self.groups[0].source, "lock_left", _no_lock)
+        self._late_locks = 0
         self.assigned = asyncio.Event()  # set once every group got its first assignment
         self._service_up = asyncio.Event()  # set once the service accepts connections
         self._stop = asyncio.Event()
@@ -253,6 +256,8 @@ class ConsumerProxy:
         """Deliver one record and settle it; True when it may be committed, False when given up."""
         if not self._service_up.is_set() and not await self._service_ready(lost):
             return False
+        if plan.shared and not self._lock_covers(record, plan):
+            return False  # released: another member (or this one) gets it with a fresh lock
         n, note, key, headers, claim = self._prepare(record, plan)
         if claim is not None:
             key.verified_replay = await self.replays.verified(record, claim, plan.source_topic)
@@ -409,6 +414,27 @@ class ConsumerProxy:
                 backoff = min(backoff * 2, MAX_BACKOFF_SEC)
                 continue
             return result, step, where
+
+    def _lock_covers(self, record: Any, plan: TopicPlan) -> bool:
+        """Whether this member's lock on a share group's record still covers the record's deadline
+        (and a second): a record that waited in this instance's backlog (a fetch of a whole
+        producer batch) longer than that is released rather than started, as it could run while
+        the broker hands it to another member."""
+        left = self._lock_left((record.topic(), record.partition()), record.offset())
+        if left >= deadline_of(plan.route) + 1.0:
+            return True
+        self._late_locks += 1
+        if self._late_locks == 1 or self._late_locks % 1000 == 0:
+            log.warning(
+                "share group %r: %s waited in this instance's backlog until its lock (%.1f s left) "
+                "no longer covers its deadline; released to the group (%d so far: publish in "
+                "smaller producer batches, or give the topic a longer delivery_timeout_sec)",
+                self.config.group_id,
+                _where(record, record_key(record, False)),
+                left,
+                self._late_locks,
+            )
+        return False
 
     async def _release_failed(
         self,
@@ -638,3 +664,7 @@ class ConsumerProxy:
 
 def _join(note: str | None, more: str) -> str:
     return f"{note}; {more}" if note else more
+
+
+def _no_lock(tp: tuple[str, int], offset: int) -> float:
+    return float("inf")  # a classic group: nothing expires

@@ -13,8 +13,11 @@ Threading, as for a classic group (sources/kafka.py): every call into the ShareC
 one dedicated thread. Its loop applies the acknowledgements the event loop queued, sends them
 (`commit_async`, at most every COMMIT_INTERVAL while records are held), and fetches again only once
 every record of the last fetch is acknowledged: the ShareConsumer refuses to poll before that. So
-a fetch takes at most `max.poll.records` = ShareTerms.max_records (the group's concurrency), and a
-slow record delays its own member's next fetch, never the other members'.
+a fetch takes `max.poll.records` = ShareTerms.max_records (twice the group's concurrency: the second
+half runs while the first one's slowest records finish), or a whole producer batch when the broker
+hands one out at once; a slow record delays its own member's next fetch, never the other members'.
+A record that waited so long for its turn that its lock no longer covers its deadline is released
+rather than started (proxy.py): it must never run while the broker gives it to another member.
 
 Start-up (`configure_share_group`, kafka/admin.py): the group's `share.auto.offset.reset` is set
 from `initial_offset`, and its acquisition lock raised to ShareTerms.lock_sec when shorter, so a
@@ -113,6 +116,7 @@ class ShareSource:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._lock = threading.Lock()  # guards the three below between the two threads
         self._held: dict[tuple[TP, int], Any] = {}  # fetched, not acknowledged
+        self._acquired: dict[tuple[TP, int], float] = {}  # when (time.monotonic()), the same keys
         self._per_tp: collections.Counter[TP] = collections.Counter()
         self._acks: list[tuple[Any, Any]] = []  # (record, AcknowledgeType) to apply
         self._wake = threading.Event()  # the last held record settled, or the stop
@@ -210,6 +214,12 @@ class ShareSource:
     def open_count(self, tp: TP) -> int:
         return self._per_tp[tp]
 
+    def lock_left(self, tp: TP, offset: int) -> float:
+        """How long this member's lock on the record still holds (an estimate from when its fetch
+        returned: the broker's clock started a little earlier); 0 when it holds none."""
+        since = self._acquired.get((tp, offset))
+        return 0.0 if since is None else since + self.lock_sec - time.monotonic()
+
     def forget(self, tp: TP) -> None:
         """`tp`'s lane is gone (the stop): release what it still holds, to the other members."""
         with self._lock:
@@ -229,6 +239,7 @@ class ShareSource:
             record = self._held.pop((tp, offset), None)
             if record is None:  # released already (forget, then a late answer)
                 return
+            self._acquired.pop((tp, offset), None)
             self._per_tp[tp] -= 1
             self._acks.append((record, kind))
             last = not self._held
@@ -341,10 +352,12 @@ class ShareSource:
                 log.warning("share group %r: %s", self.group_id, err.str())
         if not out:
             return
+        now = time.monotonic()
         with self._lock:
             for record in out:
                 tp = (record.topic(), record.partition())
                 self._held[tp, record.offset()] = record
+                self._acquired[tp, record.offset()] = now
                 self._per_tp[tp] += 1
         for record in out:
             self.delivery_counts[record.topic(), record.delivery_count() or 1] += 1
