@@ -294,3 +294,24 @@ def test_a_broker_without_share_groups_is_refused_at_start_up(kind, request, tmp
     assert "Traceback" not in instance.output(), instance.output()[-3000:]
     refusals = [line for line in err.splitlines() if line.startswith("freedom: error:")]
     assert len(refusals) == 1 and "share group" in refusals[0].lower(), err[-3000:]
+
+
+def test_a_deadline_the_brokers_longest_lock_cannot_cover_is_refused_at_start_up(
+    apache_kafka, tmp_path
+):
+    # The broker's longest lock (group.share.max.record.lock.duration.ms) is 60 s: a 120 s
+    # deadline would let a handler still run when another member gets its record.
+    topic = f"share-{uuid.uuid4().hex[:8]}"
+    create_topic(apache_kafka.bootstrap, topic)
+    client = {"group_id": f"share-{uuid.uuid4().hex[:8]}", "delivery_timeout_sec": 120}
+    instance = Instance("0", tmp_path, apache_kafka.bootstrap, topic, tmp_path / "r.jsonl", client)
+    try:
+        rc = instance.proc.wait(60)
+    except subprocess.TimeoutExpired:
+        instance.stop(signal.SIGKILL)
+        raise AssertionError(f"it started:\n{instance.output()[-3000:]}") from None
+    err = instance.err.read_text(errors="replace")
+    refusals = [line for line in err.splitlines() if line.startswith("freedom: error:")]
+    assert rc == 2 and len(refusals) == 1, err[-3000:]
+    assert "125000 ms" in refusals[0] and "delivery_timeout_sec" in refusals[0]
+    assert "Traceback" not in instance.output()
