@@ -283,14 +283,26 @@ def configure_share_group(
             )
         target = ConfigResource(ConfigResource.Type.GROUP, group_id, incremental_configs=wanted)
         for future in admin.incremental_alter_configs([target], request_timeout=timeout).values():
-            future.result(timeout)
+            try:
+                future.result(timeout)
+            except confluent_kafka.KafkaException as exc:
+                if len(wanted) == 1:
+                    raise
+                raise ShareGroupsUnavailable(
+                    f'share group "{group_id}" at {servers}: the cluster refused an acquisition '
+                    f"lock of {lock_ms} ms, the longest delivery_timeout_sec of its topics plus "
+                    f"5 s ({_text(exc, settings)}); lower delivery_timeout_sec, or raise the "
+                    "broker's group.share.max.record.lock.duration.ms"
+                ) from None
         return read()
     except confluent_kafka.KafkaException as exc:
-        err = exc.args[0]
-        text = " ".join(scrub(err.str() if hasattr(err, "str") else str(err), settings).split())
         raise ShareGroupsUnavailable(
             f'share group "{group_id}" at {servers}: the cluster refused its configuration '
-            f"({text}); a share group needs {NEEDS_SHARE_GROUPS}, and an acquisition lock of "
-            f"{lock_ms} ms (the longest delivery_timeout_sec of its topics plus 5 s) within the "
-            "broker's group.share.max.record.lock.duration.ms"
+            f"({_text(exc, settings)}); a share group needs {NEEDS_SHARE_GROUPS}"
         ) from None
+
+
+def _text(exc: confluent_kafka.KafkaException, settings: dict[str, Any]) -> str:
+    """A client error as one line, secrets scrubbed."""
+    err = exc.args[0]
+    return " ".join(scrub(err.str() if hasattr(err, "str") else str(err), settings).split())
