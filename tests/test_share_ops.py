@@ -29,8 +29,8 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
     ConfigResource,
 )
 
-from freedom.ops.share_status import partition_lag
 from freedom.kafka.share_wire import ShareOffset, ShareWire, Unavailable
+from freedom.ops.share_status import partition_lag
 from freedom.ops.status import status
 from freedom.ops.target import config_target
 from freedom.testing import wait_until
