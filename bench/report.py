@@ -129,6 +129,14 @@ def ratios(ctx: Context) -> list[Ratio]:
                 ),
             )
         )
+    from .scenarios import share  # issue 23: three members of a share group against one
+
+    out.append(
+        Ratio(
+            f"share {share.THREE} / {share.ONE}",
+            per_run_ratio(ctx, ("share", share.THREE, rs), ("share", share.ONE, rs)),
+        )
+    )
     mem = "peak RSS MB"
     for case in ("freedom-http1-seq slow", "freedom-http1-conc slow"):
         out.append(

@@ -27,6 +27,7 @@ SCENARIO_TITLES = {
     "memory": "Memory: peak resident set size with a backlog and a 5 ms handler",
     "metrics": "Metrics on vs off (trivial handler, concurrent; the hot-path hooks as no-ops for off)",
     "go": "Against the Go peer (bench/go_peer: sarama, 500 workers, net/http; 6 partitions; publish route with 50 clients)",
+    "share": "Share groups: 3 instances vs 1 on one partition (20 ms handler, max_in_flight 20 each)",
     "scaling": "Scaling: --workers 1 vs 2, and batch delivery (100 per request) vs per record (6 partitions, trivial, concurrent)",
 }
 

@@ -4,7 +4,7 @@ The runner interleaves every case of every selected scenario within each run, so
 its peers see the same machine load and their ratios hold on a noisy machine.
 """
 
-from . import e2e, gopeer, latency, memory, metrics, publish, retry, scaling
+from . import e2e, gopeer, latency, memory, metrics, publish, retry, scaling, share
 
 SCENARIOS = {
     "e2e": e2e,
@@ -15,4 +15,5 @@ SCENARIOS = {
     "metrics": metrics,
     "scaling": scaling,
     "go": gopeer,
+    "share": share,
 }
