@@ -205,3 +205,36 @@ async def test_a_record_whose_lock_ran_out_in_the_backlog_is_released_not_starte
             ("second", "2"),
         ]
         assert member.acknowledgements == {(TOPIC, "accept"): 2, (TOPIC, "release"): 1}
+
+
+async def test_a_record_at_its_last_delivery_starts_even_with_a_short_lock(tmp_path):
+    # As above, but the group allows one delivery only: a release would have the broker archive the
+    # record unhandled, so it starts with what is left of its lock.
+    config = share_config(tmp_path, max_in_flight=1, delivery_timeout_sec=5)
+    calls: list = []
+    gate = asyncio.Event()
+
+    async def behave(name: str, event_id: str, headers: dict[str, str]) -> int:
+        if event_id == "first":
+            await gate.wait()
+        return 200
+
+    broker = TestBroker(share_service(config, "svc", calls, behave))
+    broker.share_group("shop").lock_sec = 1.0
+    broker.share_group("shop").delivery_count_limit = 1
+    async with broker:
+        broker.publish(TOPIC, b"{}", key="first")
+        broker.publish(TOPIC, b"{}", key="second")
+        await until(lambda: calls, "the first delivery")
+        [member] = broker.share_group("shop").members
+        began = member.now()
+        moving = asyncio.create_task(broker.advance(8))
+        await until(lambda: member.now() >= began + 8, "the clock moved 8 s")
+        gate.set()
+        await moving
+        await broker.settle()
+        assert [(c[1], c[2]["x-delivery-count"]) for c in calls] == [
+            ("first", "1"),
+            ("second", "1"),
+        ]
+        assert member.acknowledgements == {(TOPIC, "accept"): 2}

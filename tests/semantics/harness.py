@@ -4,12 +4,13 @@ The service (`semantics_app`) has one event route per scenario, each listening o
 a GET route that publishes. An `Env` runs it and gives the tests the same verbs on both sides:
 put records on a topic from outside, wait until the service has handled them, read a topic back,
 read how far the main group finished a partition, call a route. The tests (test_semantics.py) use
-only these verbs, so the same assertions hold the test broker to what Apache Kafka does.
+only these verbs, so the same assertions hold the test broker to what Apache Kafka does. The Apache
+Kafka env is in apache_env.py, the test broker's here (MemoryEnv).
 
 With `share` the main group is a share group (`share_group = true`, KIP-932): its records are
 acknowledged one by one, in no order (every topic is concurrent: no key-ordered scenario), and
 `finished` reads the share-partition start offset where a classic group has its committed offset.
-The retry group stays a classic group.
+The retry group stays a classic group. Each side has it: "apache-share" and "memory-share".
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,20 +29,11 @@ from starlette.responses import Response
 
 import freedom
 from freedom.testing import (
-    ServiceThread,
     TestBroker,
     free_port,
     kafka_config,
     wait_until,
     write_config,
-)
-from tests.services.kafka_tools import committed as kafka_committed
-from tests.services.kafka_tools import (
-    create_topic,
-    partitions_of,
-    produce,
-    read_partition,
-    wait_drained,
 )
 from tests.services.scrape import in_flight, samples_of
 
@@ -198,7 +189,8 @@ def _config(
 
 
 class Env:
-    """The verbs the semantics tests use; `kind` is "apache", "memory" or "memory-share"."""
+    """The verbs the semantics tests use; `kind` is "apache", "memory", or with a share group
+    "apache-share" (apache_env.py) or "memory-share"."""
 
     kind: str
     share: bool = False  # the main group is a share group
@@ -288,70 +280,6 @@ class Env:
 
     def close(self) -> None:
         raise NotImplementedError
-
-
-class ApacheEnv(Env):
-    """The service on Apache Kafka (ServiceThread, in-process delivery), records through confluent-kafka."""
-
-    kind = "apache"
-
-    def __init__(self, bootstrap: str, config_dir: Path, interval: float) -> None:
-        self.bootstrap, self.interval = bootstrap, interval
-        suffix = uuid.uuid4().hex[:8]
-        self.topics = {
-            s: create_topic(bootstrap, f"sem-{s}-{suffix}", n) for s, n in SCENARIOS.items()
-        }
-        self.journal = Journal()
-        _config(config_dir, bootstrap, self.topics, interval)
-        self.app = semantics_app(config_dir, self.journal, self.topics, time.time)
-        self.service = ServiceThread(self.app).start()
-
-    def clock(self) -> float:
-        return time.time()
-
-    def produce(self, scenario: str, records: list[dict[str, Any]]) -> None:
-        produce(self.bootstrap, self.topics[scenario], records)
-
-    def settle(self, done: Callable[[], object], what: str) -> None:
-        wait_until(done, 60, what=what)
-        # Every record of every scenario topic and retry topic committed: no delivery, retry or
-        # dead letter of what was produced can still come (a record is committed once finished).
-        wait_drained(
-            self.bootstrap,
-            {
-                self.group(): list(self.topics.values()),
-                self.group(True): [self.retry_topic(s) for s in self.topics],
-            },
-            60,
-            what=f"{what}, and every record committed",
-        )
-
-    def records(self, topic: str) -> list[Rec]:
-        out = []
-        for p in range(partitions_of(self.bootstrap, topic)):
-            for r in read_partition(self.bootstrap, topic, p):
-                out.append(
-                    Rec(
-                        r.key(),
-                        r.value() or b"",
-                        {k: (v or b"").decode() for k, v in r.headers() or []},
-                        r.partition(),
-                        r.offset(),
-                    )
-                )
-        return out
-
-    def committed(self, topic: str, partition: int = 0, *, retry_group: bool = False) -> int | None:
-        offset = kafka_committed(self.bootstrap, self.group(retry_group), topic, partition + 1)[
-            partition
-        ]
-        return offset if offset >= 0 else None
-
-    def get(self, path: str, **kwargs: Any) -> httpx.Response:
-        return httpx.get(self.service.base_url + path, timeout=30, **kwargs)
-
-    def close(self) -> None:
-        self.service.stop()
 
 
 class MemoryEnv(Env):

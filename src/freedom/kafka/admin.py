@@ -294,7 +294,14 @@ def configure_share_group(
                     f"5 s ({_text(exc, settings)}); lower delivery_timeout_sec, or raise the "
                     "broker's group.share.max.record.lock.duration.ms"
                 ) from None
-        return read()
+        # The broker answers a describe with the old values for a moment after an alter (30-130 ms
+        # measured): read until what was set shows, within the timeout.
+        deadline = time.monotonic() + timeout
+        while True:
+            found = read()
+            if all(found.get(e.name) == e.value for e in wanted) or time.monotonic() > deadline:
+                return found
+            time.sleep(0.05)
     except confluent_kafka.KafkaException as exc:
         raise ShareGroupsUnavailable(
             f'share group "{group_id}" at {servers}: the cluster refused its configuration '

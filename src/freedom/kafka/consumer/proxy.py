@@ -423,6 +423,9 @@ class ConsumerProxy:
         left = self._lock_left((record.topic(), record.partition()), record.offset())
         if left >= deadline_of(plan.route) + 1.0:
             return True
+        limit = getattr(self.groups[0].source, "delivery_limit", None)
+        if limit is not None and (record.delivery_count() or 1) >= limit:
+            return True  # a release now would have the broker archive it: its last chance is now
         self._late_locks += 1
         if self._late_locks == 1 or self._late_locks % 1000 == 0:
             log.warning(

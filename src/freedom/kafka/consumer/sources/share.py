@@ -145,7 +145,13 @@ class ShareSource:
             int(self.terms.lock_sec * 1000),
         )
         self.offset_reset = configs.get(SHARE_RESET, self.offset_reset)
-        self.lock_sec = int(configs.get(SHARE_LOCK_MS, 0) or 0) / 1000 or self.terms.lock_sec
+        # At least what was set (the broker took it); more when an operator set a longer lock.
+        lock_ms = (
+            int(configs.get(SHARE_LOCK_MS, "0") or 0)
+            if configs.get(SHARE_LOCK_MS, "").isdigit()
+            else 0
+        )
+        self.lock_sec = max(lock_ms / 1000, self.terms.lock_sec)
         limit = configs.get(SHARE_DELIVERY_LIMIT)
         self.delivery_limit = int(limit) if limit and limit.isdigit() else None
         await self._call(self._open)
