@@ -47,7 +47,7 @@ from freedom.kafka.consumer import batch_path
 from freedom.kafka.consumer.backpressure import Gate
 from freedom.kafka.consumer.batching import Batcher
 from freedom.kafka.consumer.clients import KafkaClients, ProxyClients
-from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport, deadline_of
+from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
 from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan, wait_event
 from freedom.kafka.consumer.keys import EventId, record_key
 from freedom.kafka.consumer.keys import where as _where
@@ -61,7 +61,8 @@ from freedom.kafka.consumer.retry import (
     header_value,
     retry_count_of,
 )
-from freedom.kafka.consumer.sources import SHARE_LOCK_MARGIN_SEC, ShareTerms
+from freedom.kafka.consumer.share_rules import ShareRules, share_terms
+from freedom.kafka.consumer.sources import ShareTerms
 from freedom.observability.failures import log_with_traceback
 from freedom.wire.headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
 
@@ -117,15 +118,7 @@ class ConsumerProxy:
         main_plans = {
             t: self._plan(t, route, shared=config.share_group) for t, route in routes.items()
         }
-        share = None
-        if config.share_group:
-            share = ShareTerms(
-                lock_sec=max(p.route.timeout_sec or 0.0 for p in main_plans.values())
-                + SHARE_LOCK_MARGIN_SEC,
-                max_records=max(
-                    1, min(fetch_batch, *(2 * p.max_in_flight for p in main_plans.values()))
-                ),
-            )
+        share = share_terms(main_plans, fetch_batch) if config.share_group else None
         self.groups = [
             self._group(
                 config.group_id, main_plans, config.initial_offset, None, fetch_batch, share
@@ -144,9 +137,8 @@ class ConsumerProxy:
                     fetch_batch,
                 )
             )
-        # A share group's lock on each record it holds (sources/share.py): checked before a start.
-        self._lock_left = getattr(self.groups[0].source, "lock_left", _no_lock)
-        self._late_locks = 0
+        #: A share group's rules (share_rules.py): the lock before a start, a failure's release.
+        self.share = ShareRules(config.group_id, self.groups[0].source, self.observer)
         self.assigned = asyncio.Event()  # set once every group got its first assignment
         self._service_up = asyncio.Event()  # set once the service accepts connections
         self._stop = asyncio.Event()
@@ -256,7 +248,7 @@ class ConsumerProxy:
         """Deliver one record and settle it; True when it may be committed, False when given up."""
         if not self._service_up.is_set() and not await self._service_ready(lost):
             return False
-        if plan.shared and not self._lock_covers(record, plan):
+        if plan.shared and not self.share.lock_covers(record, plan):
             return False  # released: another member (or this one) gets it with a fresh lock
         n, note, key, headers, claim = self._prepare(record, plan)
         if claim is not None:
@@ -381,7 +373,7 @@ class ConsumerProxy:
                     )
                 return True
             if step.next == "redeliver" and plan.shared:
-                released = await self._release_failed(record, plan, lost, result, key)
+                released = await self.share.release_failed(record, plan, lost, result, key)
                 if released is not None:
                     return released
                 step = Plan(
@@ -414,64 +406,6 @@ class ConsumerProxy:
                 backoff = min(backoff * 2, MAX_BACKOFF_SEC)
                 continue
             return result, step, where
-
-    def _lock_covers(self, record: Any, plan: TopicPlan) -> bool:
-        """Whether this member's lock on a share group's record still covers the record's deadline
-        (and a second): a record that waited in this instance's backlog (a fetch of a whole
-        producer batch) longer than that is released rather than started, as it could run while
-        the broker hands it to another member."""
-        left = self._lock_left((record.topic(), record.partition()), record.offset())
-        if left >= deadline_of(plan.route) + 1.0:
-            return True
-        limit = getattr(self.groups[0].source, "delivery_limit", None)
-        if limit is not None and (record.delivery_count() or 1) >= limit:
-            return True  # a release now would have the broker archive it: its last chance is now
-        self._late_locks += 1
-        if self._late_locks == 1 or self._late_locks % 1000 == 0:
-            log.warning(
-                "share group %r: %s waited in this instance's backlog until its lock (%.1f s left) "
-                "no longer covers its deadline; released to the group (%d so far: publish in "
-                "smaller producer batches, or give the topic a longer delivery_timeout_sec)",
-                self.config.group_id,
-                _where(record, record_key(record, False)),
-                left,
-                self._late_locks,
-            )
-        return False
-
-    async def _release_failed(
-        self,
-        record: Any,
-        plan: TopicPlan,
-        lost: asyncio.Event,
-        result: DeliveryResult,
-        key: str,
-    ) -> bool | None:
-        """A share group's record that failed with no retry topic (retry_count = 0): instead of
-        holding it for a delivery in place, release it after a backoff (False: the group delivers
-        it again, to any member, with a higher delivery count), or None once its delivery count
-        reaches the group's limit: the broker would archive it, so it goes to its dead-letter topic."""
-        count = record.delivery_count() or 1
-        limit = getattr(self.groups[0].source, "delivery_limit", None)
-        if limit is not None and count >= limit:
-            return None
-        backoff = min(0.5 * 2 ** (count - 1), SHARE_LOCK_MARGIN_SEC / 2)  # within the lock
-        log_with_traceback(
-            log,
-            logging.WARNING,
-            result.trace,
-            "delivery of %s to %s failed: %s; released to the share group in %.1f s "
-            "(delivery %d of %s)",
-            _where(record, key),
-            plan.route.path,
-            result.describe(),
-            backoff,
-            count,
-            limit if limit is not None else "?",
-            extra=self.observer.log_fields(record, "redeliver"),
-        )
-        await wait_event(lost, backoff)
-        return False
 
     async def _guarded(
         self,
@@ -667,7 +601,3 @@ class ConsumerProxy:
 
 def _join(note: str | None, more: str) -> str:
     return f"{note}; {more}" if note else more
-
-
-def _no_lock(tp: tuple[str, int], offset: int) -> float:
-    return float("inf")  # a classic group: nothing expires
