@@ -7,7 +7,7 @@ call (:meth:`Batcher.deliver_many`: a future per record, no task). Each answer i
 observed as a per-record delivery's; a record whose answer is plainly done (no outcome) is
 finished there. The others (dropped, delivered again in memory with `retry_count = 0`, retried,
 dead-lettered) go on alone through the per-record code (`_attempts` from that first answer, then
-`_forward`), each in a task of its own that the lane starts and settles: log lines, metrics and headers are those of a per-record delivery.
+the forwarder, forward.py), each in a task of its own that the lane starts and settles: log lines, metrics and headers are those of a per-record delivery.
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ async def _alone(
         if isinstance(attempt, bool):
             return attempt
         result, step, where = attempt
-        return await proxy._forward(
+        return await proxy.forwarder.forward(
             record, plan, step, n, result, lost, where, note=note, replay=key.verified_replay
         )
     except Exception:

@@ -29,7 +29,7 @@ commit rule").
 Fetching, the delivery modes, flow control and commits are group.py's; the call to the service is
 the transport's (delivery.py, transports/). A batch topic's records come by chunks to
 `_handle_batch` (batch_path.py): prepared as here, delivered in one call of the Batcher, and those
-whose answer is not plainly done go on alone through `_attempts` and `_forward`.
+whose answer is not plainly done go on alone through `_attempts` and the forwarder (forward.py).
 """
 
 from __future__ import annotations
@@ -48,15 +48,14 @@ from freedom.kafka.consumer.backpressure import Gate
 from freedom.kafka.consumer.batching import Batcher
 from freedom.kafka.consumer.clients import KafkaClients, ProxyClients
 from freedom.kafka.consumer.delivery import DeliveryResult, EventRoute, Transport
+from freedom.kafka.consumer.forward import MAX_BACKOFF_SEC, Forwarder
 from freedom.kafka.consumer.group import ConsumerGroup, TopicPlan, wait_event
 from freedom.kafka.consumer.keys import EventId, record_key
 from freedom.kafka.consumer.keys import where as _where
 from freedom.kafka.consumer.observer import ProxyObserver
 from freedom.kafka.consumer.replays import Claim, ReplayCheck, claim_of
 from freedom.kafka.consumer.retry import (
-    Copy,
     Plan,
-    ProduceRefused,
     RetryRouter,
     header_value,
     retry_count_of,
@@ -64,14 +63,13 @@ from freedom.kafka.consumer.retry import (
 from freedom.kafka.consumer.share_rules import ShareRules, share_terms
 from freedom.kafka.consumer.sources import ShareTerms
 from freedom.observability.failures import log_with_traceback
-from freedom.wire.headers import RETRY_COUNT_HEADER, VALUE_OMITTED_HEADER
+from freedom.wire.headers import RETRY_COUNT_HEADER
 
 log = logging.getLogger("freedom.kafka.proxy")
 
 __all__ = ["CONSUMER_DEFAULTS", "ConsumerProxy", "record_key"]
 
 SERVICE_WAIT_SEC = 60.0
-MAX_BACKOFF_SEC = 10.0
 #: The step of a delivery answered with a Retry-After the record may wait for (metrics: "redeliver").
 _HELD = Plan("redeliver")
 #: What a retry or dead-letter record's `x-freedom-error` starts with when the head-of-line guard moved it.
@@ -114,6 +112,8 @@ class ConsumerProxy:
                 if c.head_of_line_timeout_sec is not None:
                     self._guards[t] = c.head_of_line_timeout_sec
         self.observer = ProxyObserver(config)  # metrics, spans and log fields (observer.py)
+        #: Failed records to their retry or dead-letter topic (forward.py).
+        self.forwarder = Forwarder(self.router, self.observer, config.retry_count)
         self.batcher = Batcher(delivery)  # topics bound with listen_event(..., batch=): batching.py
         main_plans = {
             t: self._plan(t, route, shared=config.share_group) for t, route in routes.items()
@@ -261,7 +261,7 @@ class ConsumerProxy:
         if isinstance(attempt, bool):
             return attempt
         result, step, where = attempt
-        return await self._forward(
+        return await self.forwarder.forward(
             record, plan, step, n, result, lost, where, note=note, replay=key.verified_replay
         )
 
@@ -471,133 +471,3 @@ class ConsumerProxy:
         note = f"{RETRY_COUNT_HEADER} {shown} is not a retry count: read as {self.config.retry_count}, the last retry"
         log.warning("%s[%d]@%d: %s", record.topic(), record.partition(), record.offset(), note)
         return self.config.retry_count, note
-
-    async def _forward(
-        self,
-        record: Any,
-        plan: TopicPlan,
-        step: Plan,
-        n: int,
-        result: DeliveryResult,
-        lost: asyncio.Event,
-        where: str,
-        *,
-        note: str | None,
-        replay: bool = False,
-    ) -> bool:
-        """Produce the failed record to its retry or dead-letter topic: True once the broker
-        acknowledged it (or, the last resort, every copy was refused for good), False when the
-        partition went away first (the record stays uncommitted and is delivered again).
-        `replay`: its replay headers were checked (replays.py) and go with it."""
-        assert step.topic is not None
-        kind, topic = step.next, step.topic
-        origin = self.router.origin(record, plan.source_topic)
-        if kind == "dead-letter" and step.not_retried:
-            note = _join(note, step.not_retried)
-        # One line per failed attempt; the handler's traceback (held by freedom's event route in
-        # this process) once per record, with the line about its dead letter.
-        log_with_traceback(
-            log,
-            logging.WARNING,
-            result.trace if kind == "dead-letter" else None,
-            "delivery of %s to %s failed: %s; %s",
-            where,
-            plan.route.path,
-            result.describe(),
-            f"retry {n + 1} of {self.config.retry_count} via {topic}"
-            if kind == "retry"
-            else f"dead-lettered to {topic}",
-            extra=self.observer.log_fields(record, kind.replace("-", "_")),
-        )
-        while True:
-            headers = self.router.headers_for(
-                record,
-                plan.source_topic,
-                n + 1 if kind == "retry" else n,
-                result,
-                origin=origin,
-                note=note,
-                replay=replay,
-            )
-            # A retry is the record itself or nothing; a dead letter may be a smaller copy.
-            copies = (
-                RetryRouter.copies(record, headers)
-                if kind == "dead-letter"
-                else [Copy(record.key(), record.value() or b"", headers)]
-            )
-            refused: ProduceRefused | None = None
-            for copy in copies:
-                outcome = await self._produce(topic, copy, lost, where)
-                if outcome is True:
-                    self.observer.forwarded(record, plan, kind, topic, result)
-                    if copy.kind != "full":
-                        log.error(
-                            "%s: dead-lettered to %s as a copy without its %s (marked %s)",
-                            where,
-                            topic,
-                            "value"
-                            if copy.kind == "value-omitted"
-                            else "value, key and own headers",
-                            VALUE_OMITTED_HEADER,
-                        )
-                    return True
-                if outcome is False:
-                    return False
-                refused = outcome
-                log.error("%s: %s", where, refused)
-            assert refused is not None
-            if kind == "retry":
-                # The retry topic can never take it: dead-letter it now, with the real cause.
-                fail = self.router.fail_topic(plan.source_topic)
-                assert (
-                    fail is not None
-                )  # config: retry_fail_prefix is required when retry_count > 0
-                note = _join(note, f"not retried: {refused}")
-                kind, topic = "dead-letter", fail
-                log_with_traceback(
-                    log,
-                    logging.ERROR,
-                    result.trace,
-                    "%s: not retried, dead-lettering it to %s instead",
-                    where,
-                    fail,
-                )
-                continue
-            # Not even the smallest copy fits: never hold the partition for good on a permanent error.
-            log.error(
-                "%s: %s refused every copy of the record, down to its reason headers (last: %s); committed "
-                "without a copy, so this line is its only trace",
-                where,
-                topic,
-                refused,
-            )
-            return True
-
-    async def _produce(
-        self, topic: str, copy: Copy, lost: asyncio.Event, where: str
-    ) -> bool | ProduceRefused:
-        """Produce to a retry or dead-letter topic until the broker acknowledges it (True), or the
-        partition goes away (False: the record stays uncommitted and is delivered again), or the
-        broker refuses it for good (the ProduceRefused: trying again cannot help)."""
-        backoff = 0.5
-        while True:
-            try:
-                with self.observer.sending(topic, copy):
-                    await self.router.produce(topic, copy)
-                return True
-            except ProduceRefused as exc:
-                if exc.permanent:
-                    return exc
-                log.error(
-                    "%s: %s; the record stays uncommitted, trying again in %.1f s",
-                    where,
-                    exc,
-                    backoff,
-                )
-            if await wait_event(lost, backoff):
-                return False
-            backoff = min(backoff * 2, MAX_BACKOFF_SEC)
-
-
-def _join(note: str | None, more: str) -> str:
-    return f"{note}; {more}" if note else more
