@@ -41,6 +41,8 @@ from freedom.config.subscriptions import URL_KEY_PLACEHOLDER, SubscriptionConfig
 
 #: `[consumer] inprocess_dispatch`: how in-process deliveries reach the handlers.
 INPROCESS_DISPATCH = ("direct", "asgi")
+#: `[consumer] http_dispatch`: how deliveries received over HTTP reach the handlers.
+HTTP_DISPATCH = ("direct", "asgi")
 
 
 class ConsumerSection(ConfigModel):
@@ -65,6 +67,15 @@ class ConsumerSection(ConfigModel):
             'With `proxy_addr = "inprocess"`: `"direct"` calls each event handler itself, without '
             "HTTP middleware (routes taking more than the request and the key go through the "
             'application); `"asgi"` calls the whole ASGI application, middleware included.'
+        ),
+    )
+    http_dispatch: str = Field(
+        default="direct",
+        description=(
+            'Deliveries this service receives over HTTP (from any consumer proxy): `"direct"` '
+            "calls each event handler in front of the ASGI application, without HTTP middleware "
+            "(routes taking more than the request and the key go through the application); "
+            '`"asgi"` sends them through the whole application, middleware included.'
         ),
     )
     secret: str | None = Field(
@@ -99,6 +110,12 @@ class ConsumerSection(ConfigModel):
                 "inprocess_dispatch",
                 f"must be one of {', '.join(repr(d) for d in INPROCESS_DISPATCH)}, "
                 f'got "{self.inprocess_dispatch}"',
+            )
+        if self.http_dispatch not in HTTP_DISPATCH:
+            raise Problem(
+                "http_dispatch",
+                f"must be one of {', '.join(repr(d) for d in HTTP_DISPATCH)}, "
+                f'got "{self.http_dispatch}"',
             )
         self._secret = read_secret(Keys(self, ("secret", "secret_env"), Problem))
         return self

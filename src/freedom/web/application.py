@@ -61,6 +61,7 @@ from freedom.web.direct_routes import compile_direct
 from freedom.web.event_middleware import EventMiddleware
 from freedom.web.failures import FailureAnswers
 from freedom.web.guard import secure_event_routes
+from freedom.web.http_direct import http_entry
 from freedom.web.initiator import (
     Initiator,
     PrepareHook,
@@ -195,6 +196,9 @@ class Application:
         self.serving_addr: str | None = None
         #: A worker's own delivery port (deliver_to), where its consumer proxy posts instead.
         self._own_delivery: str | None = None
+        #: What __call__ hands requests to: the FastAPI application, or from start-up on the HTTP
+        #: entry in front of it that calls event handlers directly (web/http_direct.py).
+        self._asgi: Callable[..., Awaitable[None]] = self.fastapi
 
     # ------------------------------------------------------------------ start-up and shutdown code
 
@@ -431,7 +435,7 @@ class Application:
     ) -> None:
         if not self._is_set_up:
             self.setup()
-        await self.fastapi(scope, receive, send)
+        await self._asgi(scope, receive, send)
 
     @contextlib.asynccontextmanager
     async def _lifespan(self, _api: FastAPI) -> AsyncIterator[None]:
@@ -462,6 +466,15 @@ class Application:
         except BaseException:
             await self.stop()
             raise
+        # Deliveries received over HTTP: to the event handlers directly, unless http_dispatch =
+        # "asgi" (web/http_direct.py); the application itself for everything else.
+        self._asgi = http_entry(
+            self.fastapi,
+            self.event_routes,
+            self.kafka_config,
+            self._failures,
+            self._event_middleware,
+        )
         if self.kafka is not None:
             self.kafka.app_started.set()  # deliveries may begin (HTTP and in-process alike)
 

@@ -1,7 +1,8 @@
 """Direct delivery, the web side: the call the consumer proxy makes of an event route instead of an
 HTTP request (freedom/kafka/transports/direct.py; docs/consumer-proxy.md, "Which path a delivery
 takes"), one :class:`RouteCall` per route, made at start-up for the routes that qualify
-(direct_routes.py: those whose endpoint takes only the request and the key).
+(direct_routes.py: those whose endpoint takes only the request and the key). Deliveries received
+over HTTP are called the same way (http_direct.py's WireCall, which keeps the answer to write it).
 
 What the handler sees is what the ASGI request gives it: `runtime.request` is a `freedom.Request`
 on the scope `asgi.delivery_scope` makes (the same headers, body, key), with the application, the
@@ -28,7 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine, MutableMapping, Sequence
+import math
+from collections.abc import Awaitable, Callable, Coroutine, MutableMapping, Sequence
 from typing import Annotated, Any
 
 import anyio
@@ -94,8 +96,9 @@ class _Receive:
         return {"type": "http.request", "body": body or b"", "more_body": False}
 
 
-def _read(response: Response, body: bytes | memoryview) -> DeliveryResult:
-    """What the consumer proxy reads from `response` (as `asgi.Exchange` keeps it from the wire)."""
+def read_answer(response: Response, body: bytes | memoryview, take: bool = True) -> DeliveryResult:
+    """What the consumer proxy reads from `response` (as `asgi.Exchange` keeps it from the wire);
+    `take=False` leaves the traceback an `x-freedom-failure-id` names held (it goes on the wire)."""
     outcome = reason = None
     retry_after = failure = None
     for k, v in response.raw_headers:
@@ -110,7 +113,7 @@ def _read(response: Response, body: bytes | memoryview) -> DeliveryResult:
             failure = v
     status = response.status_code
     kept = bytes(body[:MAX_FAILURE_BODY]) if body and keeps_body(status) else None
-    return result_of(status, outcome, reason, kept, retry_after, failure)
+    return result_of(status, outcome, reason, kept, retry_after, failure if take else None)
 
 
 async def answer_of(response: Response | None, scope: MutableMapping[str, Any]) -> DeliveryResult:
@@ -120,7 +123,7 @@ async def answer_of(response: Response | None, scope: MutableMapping[str, Any]) 
         return DeliveryResult(error="the application returned without answering")
     body = getattr(response, "body", None)
     if response.background is None and isinstance(body, (bytes, memoryview)):
-        return _read(response, body)
+        return read_answer(response, body)
     exchange = Exchange(b"")
     await response(scope, exchange.receive, exchange.send)
     return exchange.result()
@@ -136,7 +139,7 @@ class RouteCall:
         failures: FailureAnswers,
         middleware: Sequence[EventMiddleware],
     ) -> None:
-        self.api, self.failures = api, failures
+        self.api, self.failures, self.route = api, failures, route
         self._scope = {"app": api, "router": api.router, "route": route, "endpoint": route.endpoint}
         d = route.dependant
         field = d.path_params[0] if d.path_params else None
@@ -174,12 +177,16 @@ class RouteCall:
         guarded: Step = self._guarded
         self.chain = chain(middleware, guarded, self._middleware_failed) if middleware else None
 
-    async def __call__(self, direct: DirectDelivery) -> DeliveryResult:
+    async def __call__(
+        self, direct: DirectDelivery, receive: Callable[[], Awaitable[Any]] | None = None
+    ) -> DeliveryResult:
+        """The delivery's result; `receive`: the request's own (received over HTTP, http_direct.py),
+        else one that gives `direct.value`."""
         scope = direct.scope
         scope.update(self._scope)
         event_id = str(direct.event_id)
         scope["path_params"] = {self.param: event_id} if self.param is not None else {}
-        request = Request(scope, _Receive(direct.value))
+        request = Request(scope, receive if receive is not None else _Receive(direct.value))
         try:
             if self.raw:
                 work: Coroutine[Any, Any, Any] = self._method(request, event_id)
@@ -197,13 +204,12 @@ class RouteCall:
                 else:  # it waits: from now on under the deadline (a timer started only now)
                     result = await self._timed(rest, direct.deadline)
             if result is _LATE:
-                deadline = deadline_sec(direct.deadline)
-                return result_of(504, None, None, late_answer(scope, deadline))
+                return self.late(scope, deadline_sec(direct.deadline))
             if not self.raw:
                 return result  # type: ignore[no-any-return]
             if not isinstance(result, Response):
-                return _OK  # to_response's 200: nothing in it the proxy reads (_RENDERED)
-            return await answer_of(result, scope)
+                return self.returned(result)
+            return await self.answer(result, scope)
         except Exception as exc:
             return await self.failed(exc, request)
 
@@ -211,7 +217,7 @@ class RouteCall:
     async def _timed(rest: Resume, limit: float) -> Any:
         """The rest of a call that waits, under its deadline (deadline.py's, as asyncio's timer):
         what it gives, or :data:`_LATE`."""
-        timer = asyncio.timeout(deadline_sec(limit))
+        timer = asyncio.timeout(None if limit == math.inf else deadline_sec(limit))
         try:
             async with timer:
                 return await rest
@@ -224,7 +230,7 @@ class RouteCall:
     async def _threaded(work: Coroutine[Any, Any, Any], limit: float) -> Any:
         """`work` under deadline.DeadlineRoute's own kind of deadline: an anyio scope, which waits
         for a worker thread (a `def` handler's answer never goes out while it runs)."""
-        with anyio.move_on_after(deadline_sec(limit)):
+        with anyio.move_on_after(None if limit == math.inf else deadline_sec(limit)):
             return await work
         return _LATE
 
@@ -268,8 +274,8 @@ class RouteCall:
     async def _controller(self, request: Request, event_id: str) -> DeliveryResult:
         result = await self._method(request, event_id)
         if not isinstance(result, Response):
-            return _OK  # to_response's 200: nothing in it the proxy reads (_RENDERED)
-        return await answer_of(result, request.scope)
+            return self.returned(result)
+        return await self.answer(result, request.scope)
 
     async def _plain(self, request: Request, event_id: str) -> DeliveryResult:
         kwargs: dict[str, Any] = {}
@@ -284,7 +290,7 @@ class RouteCall:
         else:
             raw = await run_in_threadpool(self.invoke, **kwargs)
         if isinstance(raw, Response):
-            return await answer_of(raw, request.scope)
+            return await self.answer(raw, request.scope)
         if raw is None and self.none is not None:
             return self.none
         content = jsonable_encoder(raw)
@@ -294,7 +300,7 @@ class RouteCall:
             response = self.response_class(content)
         if not is_body_allowed_for_status_code(response.status_code):
             response.body = b""
-        return await answer_of(response, request.scope)
+        return await self.answer(response, request.scope)
 
     async def failed(self, exc: Exception, request: Request) -> DeliveryResult:
         """The answer to `exc`, as the application's exception handlers (Starlette's
@@ -311,11 +317,11 @@ class RouteCall:
             )
         if handler is not None:
             try:
-                return await answer_of(await _call(handler, scope, exc), scope)
+                return await self.answer(await _call(handler, scope, exc), scope)
             except Exception as again:  # noqa: BLE001 - as ServerErrorMiddleware takes it
                 exc = again
         elif Exception not in handlers and 500 not in handlers:
-            return self.failures.result(scope, exc)  # failures.py's 500, traceback held
+            return self.unhandled(scope, exc)  # failures.py's 500, traceback held
         # What reaches the server: the application's own handler for it, logged as the in-process
         # transport logs an exception escaping the application.
         log.exception(
@@ -328,11 +334,41 @@ class RouteCall:
             if key in (500, Exception):
                 own = value
         if own is None:
-            return result_of(500, None, None, _SERVER_ERROR)
+            return self.server_error()
         try:
-            return await answer_of(await _call(own, scope, exc), scope)
+            return await self.answer(await _call(own, scope, exc), scope)
         except Exception:  # noqa: BLE001 - escapes the application: the server's 500
-            return DeliveryResult(status=500)
+            return self.escaped()
+
+    # How an answer is given: here, as the result the consumer proxy reads from it; the HTTP
+    # entry's calls (http_direct.WireCall) keep the answer itself, to write it to the wire.
+
+    async def answer(
+        self, response: Response | None, scope: MutableMapping[str, Any]
+    ) -> DeliveryResult:
+        """The result of the route answering `response`."""
+        return await answer_of(response, scope)
+
+    def returned(self, value: Any) -> DeliveryResult:
+        """A controller method returned `value`, not a Response: to_response's 200, nothing in it
+        the proxy reads (_RENDERED)."""
+        return _OK
+
+    def late(self, scope: MutableMapping[str, Any], deadline: float) -> DeliveryResult:
+        """The route's 504: the handler ran past its `deadline` (seconds) and was cancelled."""
+        return result_of(504, None, None, late_answer(scope, deadline))
+
+    def unhandled(self, scope: MutableMapping[str, Any], exc: Exception) -> DeliveryResult:
+        """failures.py's 500 naming `exc`, its traceback held (and taken back here)."""
+        return self.failures.result(scope, exc)
+
+    def server_error(self) -> DeliveryResult:
+        """Starlette's 500 (ServerErrorMiddleware) for what reaches it."""
+        return result_of(500, None, None, _SERVER_ERROR)
+
+    def escaped(self) -> DeliveryResult:
+        """The server's 500: an exception escaped the application."""
+        return DeliveryResult(status=500)
 
 
 async def _call(

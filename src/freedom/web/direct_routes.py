@@ -31,8 +31,10 @@ def compile_direct(
     routes: Mapping[str, EventRoute],
     failures: FailureAnswers,
     middleware: Sequence[EventMiddleware] = (),
+    make: type[RouteCall] = RouteCall,
 ) -> DirectRoutes:
-    """The direct call of each event route that qualifies, and why each other one does not."""
+    """The direct call of each event route that qualifies (a `make`: the consumer proxy's
+    RouteCall, or the HTTP entry's http_direct.WireCall), and why each other one does not."""
     calls: dict[str, RouteCall] = {}
     fallbacks: dict[str, str] = {}
     for event_route in routes.values():
@@ -51,7 +53,7 @@ def compile_direct(
         if why is not None or route is None:
             fallbacks[path] = why or "no POST route on this path"
         else:
-            calls[path] = RouteCall(api, route, failures, middleware)
+            calls[path] = make(api, route, failures, middleware)
     return DirectRoutes(calls, fallbacks)
 
 

@@ -17,9 +17,10 @@ the answer as the consumer proxy reads it, exceptions already mapped (`freedom.R
 cancellation (the deadline). A function may return another result, or raise: what it raises is
 answered as if the handler had raised it (`freedom.Drop("duplicate")` before calling `call_next`
 skips the handler and drops the record). They run in the order registered (the
-first is the outermost), under the delivery's deadline, on direct deliveries only: deliveries
-through the ASGI application (over HTTP, `inprocess_dispatch = "asgi"`, the routes that fall back)
-run the HTTP middleware instead.
+first is the outermost), under the delivery's deadline, on direct deliveries only (in-process, and
+received over HTTP: web/http_direct.py): deliveries through the ASGI application
+(`inprocess_dispatch` or `http_dispatch = "asgi"`, the routes that fall back) run the HTTP
+middleware instead.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class EventDelivery:
 
     @property
     def topic(self) -> str:
-        """The topic the event route listens on (a retry's too: its main topic)."""
+        """The topic the event route listens on (a retry's too: its main topic); for a delivery
+        received over HTTP, which does not say it, the first topic bound to the route."""
         return self._direct.route.topic
 
     @property
@@ -91,7 +93,8 @@ class EventDelivery:
 
     @property
     def deadline(self) -> float:
-        """Seconds the delivery has (the topic's `delivery_timeout_sec`): middleware and handler."""
+        """Seconds the delivery has (the topic's `delivery_timeout_sec`): middleware and handler;
+        infinite for a request received over HTTP without `x-freedom-timeout-ms`."""
         return self._direct.deadline
 
     @property

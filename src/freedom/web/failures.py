@@ -68,21 +68,23 @@ class FailureAnswers:
     async def answer(self, scope: MutableMapping[str, Any], exc: Exception, send: ASGISend) -> None:
         """Answer 500 for `exc` (the response has not started), holding its traceback for the
         consumer proxy."""
+        headers, body = self.parts(scope, exc)
+        await send({"type": "http.response.start", "status": 500, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def parts(
+        self, scope: MutableMapping[str, Any], exc: Exception
+    ) -> tuple[list[tuple[bytes, bytes]], bytes]:
+        """The headers and body of :meth:`answer`'s 500 for `exc`, its traceback held."""
         summary, token = self.hold(scope, exc)
         body = json.dumps({"detail": summary}).encode()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 500,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (_REASON, encode_reason(summary).encode("ascii")),
-                    (_FAILURE, token.encode()),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
+        headers = [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(body)).encode()),
+            (_REASON, encode_reason(summary).encode("ascii")),
+            (_FAILURE, token.encode()),
+        ]
+        return headers, body
 
     def result(self, scope: MutableMapping[str, Any], exc: Exception) -> DeliveryResult:
         """What the consumer proxy makes of :meth:`answer`'s 500 for `exc` (its traceback taken

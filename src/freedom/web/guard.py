@@ -18,7 +18,7 @@ from __future__ import annotations
 import hmac
 import logging
 import re
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, Any
 
 from starlette.responses import JSONResponse
@@ -64,6 +64,22 @@ def _refuse(scope: MutableMapping[str, Any], given: str) -> JSONResponse:
     )
 
 
+def take_secret(
+    headers: Iterable[tuple[bytes, bytes]],
+) -> tuple[bytes | None, list[tuple[bytes, bytes]]]:
+    """The first `x-freedom-secret` value of a request's headers (None: it has none), and the
+    headers without any of them. What DeliveryGuard checks, and the HTTP entry too (http_direct.py)."""
+    given: bytes | None = None
+    kept = []
+    for k, v in headers:
+        if k.lower() == _SECRET_HEADER_RAW:
+            if given is None:
+                given = v
+        else:
+            kept.append((k, v))
+    return given, kept
+
+
 class DeliveryGuard:
     """ASGI middleware, outermost: takes the shared secret out of **every** request before any
     application code or middleware sees it, and answers 401 to a POST to an event route that
@@ -89,14 +105,7 @@ class DeliveryGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        given: bytes | None = None
-        kept = []
-        for k, v in scope["headers"]:
-            if k.lower() == _SECRET_HEADER_RAW:
-                if given is None:
-                    given = v
-            else:
-                kept.append((k, v))
+        given, kept = take_secret(scope["headers"])
         verified = given is not None and hmac.compare_digest(given, self._secret)
         # A new scope with the secret left out: nothing after this point (middleware, routes,
         # handlers, their logs) sees it, whatever the route.
