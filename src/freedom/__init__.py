@@ -23,15 +23,11 @@ from freedom.domain import Database, DomainEventError, Entity, EventNameError, U
 from freedom.errors import ConfigError, FreedomError, PublishError, RouteError, UnknownClientError
 from freedom.kafka.consumer.delivery import DeliveryResult
 from freedom.kafka.domain_events import get_domain_event_infra
-from freedom.kafka.producer import (
-    BatchResult,
-    Delivered,
-    Msg,
-    PendingBatch,
-    Producer,
-    ProducerClosedError,
-    RecordTooLargeError,
-)
+from freedom.kafka.producing.batch import BatchResult, PendingBatch
+from freedom.kafka.producing.client import ProducerClosedError
+from freedom.kafka.producing.delivery import Delivered, RecordTooLargeError
+from freedom.kafka.producing.msg import Msg
+from freedom.kafka.producing.producer import Producer
 from freedom.kafka.settings import setting_config
 from freedom.observability import log_text as _log_text
 from freedom.web.application import Application, StartupError

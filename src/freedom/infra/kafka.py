@@ -12,16 +12,11 @@ here for compatibility but is internal (not in `__all__`).
 
 from freedom.kafka.consumer.delivery import EventRoute as EventRoute  # internal; not in __all__
 from freedom.kafka.domain_events import KafkaDomainEventInfra, get_domain_event_infra
-from freedom.kafka.producer import (
-    BatchResult,
-    Delivered,
-    Msg,
-    PendingBatch,
-    Producer,
-    ProducerClosedError,
-    RecordTooLargeError,
-    new_key,
-)
+from freedom.kafka.producing.batch import BatchResult, PendingBatch
+from freedom.kafka.producing.client import ProducerClosedError
+from freedom.kafka.producing.delivery import Delivered, RecordTooLargeError
+from freedom.kafka.producing.msg import Msg, new_key
+from freedom.kafka.producing.producer import Producer
 from freedom.kafka.settings import setting_config
 
 __all__ = [

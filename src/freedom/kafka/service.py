@@ -22,7 +22,8 @@ from freedom.kafka.consumer.delivery import (
     Transport,
 )
 from freedom.kafka.consumer.proxy import ConsumerProxy
-from freedom.kafka.producer import Producer, ProducerClient
+from freedom.kafka.producing.client import ProducerClient
+from freedom.kafka.producing.producer import Producer
 from freedom.kafka.settings import client_settings
 from freedom.kafka.transports import make_transport
 from freedom.kafka.transports.direct import DirectRoutes

@@ -57,7 +57,7 @@ from freedom.config.models import (
 from freedom.errors import FreedomError
 from freedom.kafka.consumer.delivery import INPROCESS, EventRoute, Transport
 from freedom.kafka.consumer.proxy import ConsumerProxy
-from freedom.kafka.producer import DEFAULT_MAX_BYTES, ProducerClient
+from freedom.kafka.producing.client import DEFAULT_MAX_BYTES, ProducerClient
 from freedom.kafka.service import KafkaBackend
 from freedom.testing.memory_clients import (
     MemoryClients,

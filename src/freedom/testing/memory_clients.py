@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
 
+from freedom.kafka.consumer.copy_producer import RETRY_PRODUCER_MAX_BYTES
 from freedom.kafka.consumer.plan import wait_event
 from freedom.kafka.consumer.replays import DeadLetterSource
-from freedom.kafka.consumer.retry import RETRY_PRODUCER_MAX_BYTES, ProducerClient
 from freedom.kafka.consumer.sources import (
     Cancellable,
     OffsetSource,
@@ -26,6 +26,7 @@ from freedom.kafka.consumer.sources import (
     ShareTerms,
     Sink,
 )
+from freedom.kafka.producing.client import ProducerClient
 
 if TYPE_CHECKING:
     from freedom.kafka.consumer.group import ConsumerGroup
@@ -93,17 +94,6 @@ class MemoryProducer:
         return None
 
     def __len__(self) -> int:
-        return 0
-
-
-class MemoryRetryProducer:
-    """The retry router's producer client on the in-memory broker (no poll thread)."""
-
-    def __init__(self, broker: TestBroker) -> None:
-        self.producer: Any = MemoryProducer(broker, RETRY_PRODUCER_MAX_BYTES)
-        self.fatal = False
-
-    def close(self, timeout: float) -> int:
         return 0
 
 
@@ -325,7 +315,8 @@ class MemoryClients:
         return MemorySource(self.broker, group_id, topics, initial_offset=initial_offset)
 
     def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient:
-        return MemoryRetryProducer(self.broker)
+        client = MemoryProducer(self.broker, RETRY_PRODUCER_MAX_BYTES)
+        return ProducerClient(name, settings, client=client, thread_name=name)
 
     def dead_letters(self, settings: dict[str, Any]) -> DeadLetterSource:
         return MemoryDeadLetters(self.broker)

@@ -1,7 +1,7 @@
 """Where a consumer proxy gets its Kafka clients: the one seam between the proxy's rules and Kafka.
 
 :class:`ProxyClients` is the port: a record source per consumer group (sources/), a producer
-client for the retry and dead-letter copies, a reader of dead letters (replay checks) and topic
+client for the retry and dead-letter copies (the producer adapter, kafka/producing/client.py), a reader of dead letters (replay checks) and topic
 creation. :class:`KafkaClients` serves them from the cluster; freedom.testing's broker serves
 them from memory. Everything else a proxy does (delivery, outcomes, retries, dead letters, commits,
 metrics) is the same code on both.
@@ -13,9 +13,10 @@ import asyncio
 from typing import Any, Protocol
 
 from freedom.kafka.admin import ensure_topics
+from freedom.kafka.consumer.copy_producer import new_producer
 from freedom.kafka.consumer.replays import DeadLetterSource
-from freedom.kafka.consumer.retry import ProducerClient, RetryProducer
 from freedom.kafka.consumer.sources import RecordSource, ShareTerms
+from freedom.kafka.producing.client import ProducerClient
 
 
 class ProxyClients(Protocol):
@@ -34,7 +35,10 @@ class ProxyClients(Protocol):
         """The group's source: a classic consumer group, or with `share` a share group."""
         ...
 
-    def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient: ...
+    def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient:
+        """The producer of the retry and dead-letter copies: the producer adapter, on the cluster's
+        librdkafka producer or a stand-in for it."""
+        ...
 
     def dead_letters(self, settings: dict[str, Any]) -> DeadLetterSource: ...
 
@@ -74,7 +78,7 @@ class KafkaClients:
         )
 
     def retry_producer(self, settings: dict[str, Any], name: str) -> ProducerClient:
-        return RetryProducer(settings, name)
+        return new_producer(settings, name)
 
     def dead_letters(self, settings: dict[str, Any]) -> DeadLetterSource:
         from freedom.kafka.consumer.sources.kafka import KafkaDeadLetters

@@ -4,8 +4,8 @@ docs/contract.md, "Retries and dead letters": a record of topic T that fails goe
 `{retry_prefix}T` with `x-retry-count` n + 1; the one that fails with `x-retry-count` =
 `retry_count` goes to `{retry_fail_prefix}T`, the dead-letter topic. Both keep the key, the value
 and the headers, and carry the reason headers (set at the first failure and kept, except the error,
-which is the last one). Producing waits for the broker's acknowledgement: only then may the original
-offset be committed.
+which is the last one). Producing them (copy_producer.py) waits for the broker's acknowledgement: only
+then may the original offset be committed.
 
 docs/contract.md, "Every record settles": a failure that can never succeed as it is
 (DeliveryResult.permanent) goes to the dead-letter topic at once; so does a record its retry topic
@@ -20,23 +20,26 @@ outside and are replaced from the record's real position; on a retry record they
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import hashlib
 import logging
 import re
-import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass
+from typing import Any, Literal
 
-import confluent_kafka
-
-from freedom.config.librdkafka import PRODUCER_DEFAULTS
 from freedom.config.models import ConsumerClientConfig
-from freedom.errors import PublishError
+from freedom.kafka.consumer.copy_producer import (
+    PERMANENT_PRODUCE_ERRORS as PERMANENT_PRODUCE_ERRORS,
+)
+from freedom.kafka.consumer.copy_producer import (
+    RETRY_PRODUCER_MAX_BYTES as RETRY_PRODUCER_MAX_BYTES,
+)
+from freedom.kafka.consumer.copy_producer import Copy as Copy
+from freedom.kafka.consumer.copy_producer import CopyProducer, Header, new_producer
+from freedom.kafka.consumer.copy_producer import ProduceRefused as ProduceRefused
 from freedom.kafka.consumer.delivery import DeliveryResult, forged_control
-from freedom.kafka.settings import connection_settings
+from freedom.kafka.producing.client import ProducerClient
 from freedom.wire.headers import (
     ERROR_HEADER,
     FIRST_FAILURE_TIME_HEADER,
@@ -60,31 +63,6 @@ _REPLACED = (RETRY_COUNT_HEADER, ERROR_HEADER, STATUS_HEADER)
 _MINIMAL_KEPT = frozenset((RETRY_COUNT_HEADER, *REASON_HEADERS))
 _MINIMAL_VALUE_BYTES = 256
 _ERROR_BYTES = 1000  # x-freedom-error is cut to this many bytes
-
-#: Produce errors about the record itself: trying the same record again can never succeed
-#: (docs/contract.md, "Every record settles").
-#: MSG_SIZE_TOO_LARGE: over the topic's max.message.bytes (broker) or message.max.bytes (librdkafka,
-#: locally); RECORD_LIST_TOO_LARGE: over the broker's segment size; INVALID_RECORD: the broker's
-#: validation refused it (e.g. no key on a compacted topic). Everything else is held and retried:
-#: broker down, timeouts, leader changes, and also authorization and unknown-topic errors, which are
-#: configuration faults that hit every record alike and that fixing the ACL or the topic cures;
-#: dead-lettering on them would empty a whole topic into its dead letters (or lose records when the
-#: dead-letter topic is the one refused). INVALID_TIMESTAMP is held too: the retry producer stamps
-#: each record with its own clock, so it is about clocks or the topic's timestamp settings.
-PERMANENT_PRODUCE_ERRORS = frozenset(
-    {
-        confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE,
-        confluent_kafka.KafkaError.RECORD_LIST_TOO_LARGE,
-        confluent_kafka.KafkaError.INVALID_RECORD,
-    }
-)
-
-#: librdkafka's own size check of the retry producer: well above the broker's default
-#: message.max.bytes (1,048,588), so that the retry/dead-letter topic's limit decides, not the
-#: client's 1,000,000-byte default (a record the publisher sent with a raised limit must fit).
-RETRY_PRODUCER_MAX_BYTES = 16 * 1024 * 1024
-
-Header = tuple[str, "str | bytes | None"]
 
 Next = Literal["done", "retry", "dead-letter", "redeliver"]
 Origin = Literal["main", "retry", "dead-letter"]  # the kind of topic a record was read from
@@ -119,87 +97,6 @@ def _now_text() -> str:
     )
 
 
-class ProduceRefused(PublishError):
-    """A retry or dead-letter record the broker (or librdkafka, locally) did not take.
-
-    `permanent`: about the record itself (PERMANENT_PRODUCE_ERRORS), so the same record can never
-    be produced to that topic; otherwise a fault of the moment or of the configuration.
-    """
-
-    def __init__(self, message: str, *, code: int, permanent: bool, local: bool) -> None:
-        super().__init__(message)
-        self.code = code
-        self.permanent = permanent
-        self.local = local
-
-
-@dataclass(frozen=True)
-class Copy:
-    """What is produced to a retry or dead-letter topic for one record."""
-
-    key: bytes | None
-    value: bytes
-    headers: list[Header] = field(default_factory=list)
-    kind: Literal["full", "value-omitted", "minimal"] = "full"
-
-    def size(self) -> int:
-        """Key, value and header bytes (the record batch adds about 70 bytes of framing)."""
-        return (
-            len(self.key or b"")
-            + len(self.value)
-            + sum(
-                len(k.encode()) + len(v if isinstance(v, bytes) else (v or "").encode())
-                for k, v in self.headers
-            )
-        )
-
-
-def _refused(topic: str, err: Any, size: int, *, local: bool) -> ProduceRefused:
-    code = err.code()
-    permanent = code in PERMANENT_PRODUCE_ERRORS
-    if code == confluent_kafka.KafkaError.MSG_SIZE_TOO_LARGE:
-        where = "librdkafka's message.max.bytes" if local else "the topic's max.message.bytes"
-        what = f"the record is too large: {size} bytes with the proxy's headers, over {where} (MSG_SIZE_TOO_LARGE)"
-    else:
-        what = f"{err.str()} ({err.name()})"
-    return ProduceRefused(
-        f"could not produce to {topic!r}: {what}", code=code, permanent=permanent, local=local
-    )
-
-
-class ProducerClient(Protocol):
-    """A producer for the retry and dead-letter copies: `producer.produce(...)` with an
-    `on_delivery` callback, `fatal` once librdkafka reported a fatal error, `close` (bounded)."""
-
-    producer: Any
-    fatal: bool
-
-    def close(self, timeout: float) -> int: ...
-
-
-class RetryProducer:
-    """One librdkafka producer and the thread serving its delivery reports."""
-
-    def __init__(self, settings: dict[str, Any], name: str) -> None:
-        self.producer = confluent_kafka.Producer(settings)
-        self.fatal = False
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name=name, daemon=True)
-        self._poller.start()
-
-    def _poll(self) -> None:
-        """Serve delivery reports (they resolve the futures of RetryRouter.send)."""
-        while not self._stop.is_set():
-            self.producer.poll(0.1)
-
-    def close(self, timeout: float) -> int:
-        """Wait (bounded) for queued records, then stop; returns how many were not acknowledged."""
-        left = self.producer.flush(timeout)
-        self._stop.set()
-        self._poller.join(1.0)
-        return left
-
-
 @dataclass(frozen=True)
 class Plan:
     """What happens next to a record that was delivered (or not), and where it goes."""
@@ -221,14 +118,14 @@ class RetryRouter:
         self,
         config: ConsumerClientConfig,
         consumer_settings: dict[str, Any],
-        make_client: Callable[[dict[str, Any], str], ProducerClient] = RetryProducer,
+        make_client: Callable[[dict[str, Any], str], ProducerClient] = new_producer,
     ) -> None:
+        """`make_client(settings, name)` makes the producers of the copies (clients.py's
+        `ProxyClients.retry_producer`)."""
         self.config = config
-        self._make_client = make_client
-        self._settings = {**connection_settings(consumer_settings), **PRODUCER_DEFAULTS}
-        self._settings["message.max.bytes"] = RETRY_PRODUCER_MAX_BYTES
-        self._clients: dict[str, ProducerClient] = {}  # "shared", and "solo" (one record per batch)
-        self._lock = threading.Lock()
+        self.producer = CopyProducer(config.group_id, consumer_settings, make_client)
+        #: Produce a copy, returning once the broker acknowledged it (CopyProducer.produce).
+        self.produce = self.producer.produce
 
     # ------------------------------------------------------------------ topics
 
@@ -388,107 +285,9 @@ class RetryRouter:
         out.append(Copy(None, b"", minimal, "minimal"))
         return out
 
-    # ------------------------------------------------------------------ producing
-
-    def _client(self, kind: str) -> ProducerClient:
-        with self._lock:
-            client = self._clients.get(kind)
-            if client is None:
-                settings = dict(self._settings)
-                if kind == "solo":  # one record per batch: a refusal is about this record alone
-                    settings.update({"linger.ms": 0, "batch.num.messages": 1})
-                client = self._clients[kind] = self._make_client(
-                    settings, f"freedom-retry-producer-{kind}-{self.config.group_id}"
-                )
-            return client
-
-    async def produce(self, topic: str, copy: Copy) -> None:
-        """Produce `copy` to `topic`; returns once the broker acknowledged it.
-
-        Raises ProduceRefused; `permanent` only when the record alone was refused: librdkafka does
-        not split a batch the broker refuses as too large, so every record batched with a large one
-        is refused with it. A permanent refusal is therefore confirmed by producing the record
-        again alone (a producer that sends one record per batch) before it counts.
-        """
-        try:
-            await self.send(topic, copy)
-        except ProduceRefused as exc:
-            if not exc.permanent or exc.local:
-                raise
-            await self.send(topic, copy, solo=True)
-
-    async def send(self, topic: str, copy: Copy, *, solo: bool = False) -> None:
-        """Produce `copy` to `topic` once; returns once the broker acknowledged it.
-
-        Raises ProduceRefused when the broker (or librdkafka) did not take it: the caller must then
-        not commit the original.
-        """
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[None] = loop.create_future()
-        size = copy.size()
-        client = self._client("solo" if solo else "shared")
-
-        def resolve(err: Any) -> None:
-            if future.done():
-                return
-            if err is None:
-                future.set_result(None)
-            else:
-                future.set_exception(_refused(topic, err, size, local=False))
-
-        def on_delivery(err: Any, _msg: Any) -> None:  # on the poll thread
-            if err is not None and err.fatal():
-                client.fatal = True
-            loop.call_soon_threadsafe(resolve, err)
-
-        while True:
-            try:
-                client.producer.produce(
-                    topic,
-                    value=copy.value,
-                    key=copy.key,
-                    headers=copy.headers,
-                    on_delivery=on_delivery,
-                )
-                break
-            except BufferError:  # the local queue is full: let deliveries make room
-                await asyncio.sleep(0.05)
-            except confluent_kafka.KafkaException as exc:
-                raise _refused(topic, exc.args[0], size, local=True) from None
-        try:
-            await future
-        except ProduceRefused:
-            if client.fatal:
-                self._reset(client)
-            raise
-
-    def _reset(self, client: ProducerClient) -> None:
-        """Forget a producer in a fatal state (idempotence broken); the next send makes a new one."""
-        with self._lock:
-            for kind, known in list(self._clients.items()):
-                if known is client:
-                    del self._clients[kind]
-                    break
-            else:
-                return
-        log.warning(
-            "the retry producer of %r hit a fatal error; making a new one", self.config.group_id
-        )
-        threading.Thread(target=client.close, args=(10.0,), daemon=True).start()
-
     def close(self) -> None:
-        """Wait (bounded) for records still queued, then stop the producers."""
-        with self._lock:
-            clients, self._clients = list(self._clients.values()), {}
-        for client in clients:
-            left = client.close(10.0)
-            if left:
-                log.error(
-                    "retry producer of %r stopped with %d records not acknowledged; their originals "
-                    "stay uncommitted and are delivered again",
-                    self.config.group_id,
-                    left,
-                )
+        """Wait (bounded) for copies still queued, then stop the producers."""
+        self.producer.close()
 
 
 def _cut(value: str | bytes | None, limit: int = _MINIMAL_VALUE_BYTES) -> bytes:

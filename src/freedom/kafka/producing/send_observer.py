@@ -8,11 +8,14 @@ import time
 from typing import TYPE_CHECKING
 
 from freedom.errors import PublishError
+from freedom.kafka.producing.delivery import produce_for_loop
 from freedom.observability import metrics, spans
 from freedom.wire.headers import EVENT_ID_HEADER
 
 if TYPE_CHECKING:
-    from freedom.kafka.producer import Delivered, Msg, ProducerClient
+    from freedom.kafka.producing.client import ProducerClient
+    from freedom.kafka.producing.delivery import Delivered
+    from freedom.kafka.producing.msg import Msg
 
 
 async def observed_publish(msg: Msg, client: ProducerClient) -> Delivered:
@@ -35,7 +38,7 @@ async def observed_publish(msg: Msg, client: ProducerClient) -> Delivered:
             }
     started = time.perf_counter()
     try:
-        delivered = await client.produce_for_loop(msg, asyncio.get_running_loop())
+        delivered = await produce_for_loop(client, msg, asyncio.get_running_loop())
     except PublishError as exc:
         metrics.observe_send(msg.topic, time.perf_counter() - started, type(exc).__name__)
         if send is not None:
