@@ -363,7 +363,15 @@ async def test_the_handler_sees_the_request_without_the_secret(services):
         assert answer.json() == {"body": "the body", "secret": None, "retry": "0"}
 
 
-@pytest.mark.parametrize("secret", [None, "wrong-" + "x" * 20, SECRET.upper()])
+@pytest.mark.parametrize(
+    "secret",
+    [None, "wrong-" + "x" * 20, SECRET.upper()],
+    ids=[
+        "none",
+        "wrong",
+        "other-case",
+    ],  # fixed ids: the secret is random, pytest-xdist's workers must agree
+)
 async def test_a_request_without_the_secret_is_refused_the_same_way(services, secret, caplog):
     caplog.set_level(logging.WARNING, logger="freedom.web.guard")
     asgi, direct = services
