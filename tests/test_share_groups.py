@@ -1,6 +1,7 @@
 """Kafka share groups (KIP-932, `share_group = true`) on a real Apache Kafka 4.4: instances of a
 service (tests/services/share_service.py, real `freedom run` subprocesses) in one share group read
-one partition together; a poison record goes through the retry topic to its dead letter without
+one partition together; a slow record holds up nothing published after it, even in one instance
+(its other fetcher goes on); a poison record goes through the retry topic to its dead letter without
 holding the records behind it; an instance SIGKILLed (its records come back at once: the broker
 sees its connections close) or hung by SIGSTOP (they come back when their locks expire) loses
 nothing, and they come with `x-delivery-count` >= 2; a SIGTERMed one gives its records back. A
@@ -129,6 +130,60 @@ def test_a_poison_record_is_retried_then_dead_lettered_without_blocking_the_part
         f"its dead letter; attempts at {[round(s['t'] - starts[0]['t'], 2) for s in starts]} s"
     )
     assert last < dead_at, "the records behind the poison record waited for its dead letter"
+
+
+def test_a_slow_record_holds_up_nothing_fetched_after_it_in_its_instance(
+    apache_kafka, fleet, tmp_path
+):
+    """One instance: while a record's handler takes 15 s, the records published after it (in
+    several producer batches, at several times) are fetched by its other fetcher and handled."""
+    bootstrap, slow_sec, behind = apache_kafka.bootstrap, 15.0, 60
+    topic = create_topic(bootstrap, f"share-{uuid.uuid4().hex[:8]}")
+    group = f"share-{uuid.uuid4().hex[:8]}"
+    client = {"max_in_flight": 10, "delivery_timeout_sec": 25}
+    [instance], record_file = start(
+        fleet,
+        1,
+        bootstrap,
+        topic,
+        group,
+        tmp_path,
+        client,
+        SLOW_PREFIX="slow",
+        SLOW_MS=str(int(slow_sec * 1000)),
+    )
+    publish(bootstrap, topic, ["slow-1"])
+
+    def slow_started() -> list[dict[str, Any]]:
+        return [x for x in lines(record_file) if x["key"] == "slow-1" and x["ev"] == "start"]
+
+    [started] = wait_until(slow_started, 60, interval=0.1, what="the slow record started")
+    names = keys(behind)
+    for i in range(0, behind, 20):  # three publications, each in producer batches of 5
+        publish(bootstrap, topic, names[i : i + 20], batch=5)
+    wait_until(
+        lambda: len(ended(record_file)) == behind + 1,
+        slow_sec + 60,
+        interval=0.2,
+        what=f"the slow record and the {behind} behind it handled",
+    )
+    instance.stop()
+    instance.assert_clean()
+
+    done = ended(record_file)
+    assert set(done) == {"slow-1", *names}
+    [slow_end] = done.pop("slow-1")
+    assert slow_end["t"] - started["t"] >= slow_sec - 0.5
+    last = max(entries[0]["t"] for entries in done.values())
+    print(
+        f"[share] slow record {slow_end['t'] - started['t']:.1f} s; the {behind} published after "
+        f"it done {last - started['t']:.1f} s after it started"
+    )
+    assert last < slow_end["t"], "records fetched after the slow one waited for it"
+    # Nothing was given up or delivered twice: one start each, first deliveries.
+    starts = Counter(line["key"] for line in lines(record_file) if line["ev"] == "start")
+    assert max(starts.values()) == 1, [k for k, n in starts.items() if n > 1]
+    assert {line["dc"] for line in lines(record_file)} == {1}
 
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSTOP], ids=["SIGKILL", "SIGSTOP"])

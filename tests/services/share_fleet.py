@@ -24,6 +24,8 @@ from typing import Any
 
 import confluent_kafka
 
+from freedom.kafka.consumer.sources import ShareTerms
+from freedom.kafka.consumer.sources.share import fetchers_for
 from freedom.kafka.share_wire import ShareWire
 from freedom.testing import free_port, kafka_config, wait_until, write_config
 
@@ -116,6 +118,13 @@ def ended(path: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
+def members_of(client: dict[str, Any]) -> int:
+    """How many members of its share group one instance with `client`'s settings runs (its
+    source's fetchers: sources/share.py)."""
+    max_in_flight = int(client.get("max_in_flight", 500))
+    return fetchers_for(ShareTerms(lock_sec=0.0, max_records=min(500, 2 * max_in_flight)))
+
+
 def wait_members(bootstrap: str, group: str, topic: str, n: int, timeout: float = 60) -> None:
     """Until `group` has `n` members, each assigned `topic`'s partition 0."""
 
@@ -153,7 +162,7 @@ def start(
     fleet.extend(instances)
     for instance in instances:
         wait_until(instance.ready, 90, interval=0.2, what=f"instance {instance.name} /readyz 200")
-    wait_members(bootstrap, group, topic, n)
+    wait_members(bootstrap, group, topic, n * members_of(client))
     return instances, record_file
 
 

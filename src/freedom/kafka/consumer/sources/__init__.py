@@ -42,9 +42,10 @@ class ShareTerms:
     #: its topics plus a margin. A record must never be delivered twice at once; the source raises
     #: the group's `share.record.lock.duration.ms` to this at start-up (or refuses to start).
     lock_sec: float
-    #: The most records one fetch asks for (`max.poll.records`): twice the group's concurrency,
-    #: since a share consumer fetches again only once every record of its last fetch is
-    #: acknowledged (the broker may still hand out a whole producer batch at once).
+    #: The most records the source's fetches ask for (`max.poll.records`, shared out between its
+    #: fetchers): twice the group's concurrency, since a share consumer fetches again only once
+    #: every record of its last fetch is acknowledged (the broker may still hand out a whole
+    #: producer batch at once).
     max_records: int
 
 
