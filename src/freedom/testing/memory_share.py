@@ -1,7 +1,9 @@
 """A share group's member on the test broker: the in-memory counterpart of sources/share.py.
 
 A :class:`MemoryShareSource` is one member of a share group (KIP-932). Every member reads every
-partition of its topics (no assignment); the group's share-partitions (share_partitions.py) hand
+partition of its topics here (Kafka's assignor shares a partition only between more members than
+partitions; the test broker does not model that), and one per replica (the service fetches with
+two on Kafka: sources/share.py); the group's share-partitions (share_partitions.py) hand
 each record to one member at a time under a lock, so several members (several proxies of the same
 `group_id`, e.g. replicas on one TestBroker) share the records.
 

@@ -168,7 +168,7 @@ class ShareSource:
             self.lock_sec,
             self.delivery_limit if self.delivery_limit is not None else "?",
         )
-        sink.assigned.set()  # no assignment to wait for: every member reads every partition
+        sink.assigned.set()  # no assignment callback to wait for: the broker assigns as members fetch
         for fetcher in self.fetchers:
             fetcher.run()  # until close()
 
