@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import confluent_kafka
@@ -20,13 +20,13 @@ from freedom.kafka.consumer.copy_producer import RETRY_PRODUCER_MAX_BYTES
 from freedom.kafka.consumer.plan import wait_event
 from freedom.kafka.consumer.replays import DeadLetterSource
 from freedom.kafka.consumer.sources import (
-    Cancellable,
     OffsetSource,
     RecordSource,
     ShareTerms,
     Sink,
 )
 from freedom.kafka.producing.client import ProducerClient
+from freedom.testing.clock import SimulatedClock
 
 if TYPE_CHECKING:
     from freedom.kafka.consumer.group import ConsumerGroup
@@ -110,28 +110,7 @@ class MemoryDeadLetters:
         return None
 
 
-class _Timer:
-    """A wait on the broker's clock: fires when the clock moves (the lane checks the due time
-    again) or after the real seconds."""
-
-    def __init__(self, source: MemorySource, callback: Callable[[], None], seconds: float) -> None:
-        self.source, self.callback = source, callback
-        assert source._loop is not None
-        self._real = source._loop.call_later(seconds, self.fire)
-
-    def fire(self) -> None:
-        if self not in self.source._timers:
-            return
-        self.source._timers.discard(self)
-        self._real.cancel()
-        self.callback()
-
-    def cancel(self) -> None:
-        self.source._timers.discard(self)
-        self._real.cancel()
-
-
-class MemorySource(OffsetSource):
+class MemorySource(SimulatedClock, OffsetSource):
     """A consumer group's record source on the in-memory broker: one member, every partition."""
 
     def __init__(
@@ -147,7 +126,7 @@ class MemorySource(OffsetSource):
         self._positions: dict[TP, int] = {}  # the next offset to fetch, per assigned partition
         self._paused: set[TP] = set()
         self._poke = asyncio.Event()  # records, a finished delivery, a clock change, stop
-        self._timers: set[_Timer] = set()
+        self._timers = set()
         self._pump_task: asyncio.Task[None] | None = None
         self._stopping = False
 
@@ -191,30 +170,6 @@ class MemorySource(OffsetSource):
     def settled(self, tp: TP, offset: int) -> bool:
         self._poke.set()
         return super().settled(tp, offset)
-
-    def now(self) -> float:
-        return self.broker.time()
-
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
-        timer = _Timer(self, callback, seconds)
-        self._timers.add(timer)
-        return timer
-
-    # -- the broker's side
-    def wake(self, *, clock: bool = False) -> None:
-        """From any thread: new records (or, `clock`, the clock moved)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._clock_moved if clock else self._poke.set)
-        except RuntimeError:  # the loop closed meanwhile: nothing to wake
-            pass
-
-    def _clock_moved(self) -> None:  # on the loop
-        for timer in list(self._timers):
-            timer.fire()
-        self._poke.set()
 
     def _assign(self) -> None:
         """Take the partitions of the subscribed topics not assigned yet, from the committed offset

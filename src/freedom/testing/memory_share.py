@@ -29,11 +29,11 @@ import asyncio
 import collections
 import logging
 import time
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from freedom.kafka.consumer.plan import wait_event
-from freedom.kafka.consumer.sources import Cancellable, ShareTerms, Sink
+from freedom.kafka.consumer.sources import ShareTerms, Sink
+from freedom.testing.clock import SimulatedClock
 
 if TYPE_CHECKING:
     from freedom.kafka.consumer.group import ConsumerGroup
@@ -44,30 +44,7 @@ log = logging.getLogger("freedom.testing")
 TP = tuple[str, int]
 
 
-class _Timer:
-    """A wait on the broker's clock: fires when the clock moves (the caller checks its due time
-    again) or after the real seconds."""
-
-    def __init__(
-        self, source: MemoryShareSource, callback: Callable[[], None], seconds: float
-    ) -> None:
-        self.source, self.callback = source, callback
-        assert source._loop is not None
-        self._real = source._loop.call_later(seconds, self.fire)
-
-    def fire(self) -> None:
-        if self not in self.source._timers:
-            return
-        self.source._timers.discard(self)
-        self._real.cancel()
-        self.callback()
-
-    def cancel(self) -> None:
-        self.source._timers.discard(self)
-        self._real.cancel()
-
-
-class MemoryShareSource:
+class MemoryShareSource(SimulatedClock):
     """One member of a share group on the in-memory broker (a RecordSource)."""
 
     shared: bool = True
@@ -101,7 +78,7 @@ class MemoryShareSource:
         self._tps: list[TP] = []  # every partition of the topics
         self._held: dict[TP, set[int]] = {}  # acquired, not acknowledged
         self._poke = asyncio.Event()  # records, an acknowledgement, a clock change, stop
-        self._timers: set[_Timer] = set()
+        self._timers = set()
         self._pump_task: asyncio.Task[None] | None = None
         self._stopping = False
         self._crashed = False
@@ -189,14 +166,6 @@ class MemoryShareSource:
             self._acknowledge(tp, offset, "release")
         self._held.pop(tp, None)
 
-    def now(self) -> float:
-        return self.broker.time()
-
-    def call_later(self, seconds: float, callback: Callable[[], None]) -> Cancellable:
-        timer = _Timer(self, callback, seconds)
-        self._timers.add(timer)
-        return timer
-
     # ------------------------------------------------------------------ acknowledgements
 
     def _acknowledge(self, tp: TP, offset: int, kind: str) -> None:
@@ -247,21 +216,6 @@ class MemoryShareSource:
             lane.lost.set()
 
     # ------------------------------------------------------------------ the broker's side
-
-    def wake(self, *, clock: bool = False) -> None:
-        """From any thread: records to fetch (or, `clock`, the clock moved)."""
-        loop = self._loop
-        if loop is None or loop.is_closed():
-            return
-        try:
-            loop.call_soon_threadsafe(self._clock_moved if clock else self._poke.set)
-        except RuntimeError:  # the loop closed meanwhile: nothing to wake
-            pass
-
-    def _clock_moved(self) -> None:  # on the loop
-        for timer in list(self._timers):
-            timer.fire()
-        self._poke.set()
 
     def _subscribe(self) -> None:
         """Every partition of the topics (a new one starts as the group's offset reset says)."""
