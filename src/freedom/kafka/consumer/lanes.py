@@ -164,7 +164,7 @@ class Lane:
             return 0.0
         # The copy was written within the millisecond after `ms` (Kafka keeps whole milliseconds):
         # due from the end of it, so a retry never comes sooner than the interval after its copy.
-        return (ms + 1) / 1000.0 + (self.group.delay_sec or 0.0)
+        return float(ms + 1) / 1000.0 + (self.group.delay_sec or 0.0)
 
     def due_at(self) -> float | None:
         """When the next kept record is due (0: now); None when none is kept."""
